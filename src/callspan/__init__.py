@@ -3,3 +3,7 @@
 from __future__ import annotations
 
 __version__ = "0.1.0"
+
+from callspan.api import start, stop, traced, tracing  # noqa: E402
+
+__all__ = ["__version__", "start", "stop", "traced", "tracing"]

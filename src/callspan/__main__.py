@@ -1,0 +1,5 @@
+import sys
+
+from callspan.cli import main
+
+sys.exit(main())

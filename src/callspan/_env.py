@@ -1,0 +1,45 @@
+"""Version facts, each with its evidence. The rest of callspan asks this module, not sys.version."""
+
+from __future__ import annotations
+
+import dis
+import sys
+
+PYVERSION = sys.version_info[:2]
+
+# PEP 669: sys.monitoring exists from 3.12. It lets a tool DISABLE events per code location, which
+# is what makes unselected code nearly free.
+HAS_SYS_MONITORING = hasattr(sys, "monitoring")
+
+# PEP 669 / CPython docs: PY_UNWIND and PY_THROW are not local events, so their callbacks must not
+# return DISABLE (CPython raises ValueError if they do).
+GLOBAL_ONLY_EVENTS = ("PY_UNWIND", "PY_THROW")
+
+# Measured with callspan's own probe (tests/test_env.py): on 3.12 and 3.13, an await suspension fires
+# PY_YIELD for every coroutine in the await chain, innermost first; resuming fires PY_RESUME outermost
+# first; an exception delivered into a suspended coroutine (Task.cancel, a failed awaited task) fires
+# PY_THROW instead of PY_RESUME.
+AWAIT_CHAIN_FIRES_EVERY_FRAME = HAS_SYS_MONITORING
+
+# CPython 3.13 (gh-111964 era gen_close fast path): closing a generator suspended outside any
+# try-block does not run its frame, so no PY_THROW/PY_UNWIND arrives. Suspended generator records
+# must therefore be bounded and evicted, never trusted to be closed.
+GENERATOR_CLOSE_MAY_BE_SILENT = PYVERSION >= (3, 13)
+
+# sys.setprofile reports a generator's yield, a return and an exception exit all as "return"
+# (arg None for the last); Python 3.11's ceval hides the in-flight exception from the profile
+# function (PyErr_Fetch before the call), so the setprofile core can tell *that* a call raised,
+# from the opcode at f_lasti, but not *which* exception. It reports error.type "_OTHER".
+SETPROFILE_SEES_EXCEPTION_TYPE = False
+
+# Opcodes that end a frame normally, or suspend it, as seen at frame.f_lasti in a "return" event.
+RETURN_OPCODES = frozenset(dis.opmap[name] for name in ("RETURN_VALUE", "RETURN_CONST") if name in dis.opmap)
+YIELD_OPCODES = frozenset(dis.opmap[name] for name in ("YIELD_VALUE",) if name in dis.opmap)
+# Measured (tests/unit/test_core.py generator test under setprofile): on 3.13 the "return" event
+# of a yield reports f_lasti at the RESUME that follows YIELD_VALUE, not at YIELD_VALUE itself.
+RESUME_OPCODE = dis.opmap.get("RESUME", -1)
+YIELD_REPORTED_AT_NEXT_RESUME = PYVERSION >= (3, 13)
+
+# threading.setprofile_all_threads appeared in 3.12; on 3.11 the setprofile core only reaches the
+# threads started after it is installed (plus the current one).
+HAS_SETPROFILE_ALL_THREADS = hasattr(__import__("threading"), "setprofile_all_threads")

@@ -1,0 +1,339 @@
+"""Turns finished call records into spans, off the hot path, in batches.
+
+Budget per trace (schema: "Summaries"): a trace keeps at most ``max_spans`` spans:
+- the first half of the budget keeps every call;
+- after that, only calls at least as slow (wall) as the 90th percentile of the calls kept so
+  far, until the budget is spent;
+- the root, and every ancestor of a kept span, is always kept (ancestors may exceed the budget
+  by at most the depth of the stack);
+- every other call is summarised on its nearest kept (or still running) ancestor: per-function
+  totals, plus its cache-key and return hashes in call order (SHARDS-sampled by key hash
+  beyond ``max_summary_calls`` per function), so no cost disappears.
+
+The builder knows nothing of OpenTelemetry: it hands SpanNodes to a Sink.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from callspan.keys import KeyHasher
+from callspan.record import (
+    R_ARGS, R_CHILD_CPU, R_CPU, R_END, R_ERROR, R_INCOMPLETE, R_INFO, R_OUT, R_PARENT, R_RET,
+    R_RET_SIZE, R_ROOT, R_START, R_SUSP_NS, R_SUSPENDS, R_THREAD, Record,
+)
+from callspan.selection import KIND_COROUTINE, KIND_FUNCTION, KIND_NAMES, CodeInfo
+
+_PENDING, _OPEN, _CLOSED, _SUMMARISED = range(4)
+_UNKNOWN_EXCEPTION_NAMES = ("_UnknownException",)
+
+
+class SpanNode:
+    """One span to be: what the sink needs at open (name, parent, start) and at close."""
+
+    __slots__ = ("name", "parent", "context", "start_ns", "end_ns", "open_attributes",
+                 "attributes", "error", "events", "handle")
+
+    def __init__(self, name: str, parent: SpanNode | None, context: Any, start_ns: int,
+                 open_attributes: dict[str, Any]) -> None:
+        self.name = name
+        self.parent = parent
+        self.context = context
+        self.start_ns = start_ns
+        self.end_ns = 0
+        self.open_attributes = open_attributes
+        self.attributes: dict[str, Any] = {}
+        self.error: str | None = None
+        self.events: list[tuple[str, int, dict[str, Any]]] = []
+        self.handle: Any = None
+
+
+class Sink(Protocol):
+    def open(self, node: SpanNode) -> None: ...
+
+    def close(self, node: SpanNode) -> None: ...
+
+
+class _Summary:
+    __slots__ = ("info", "count", "errors", "wall", "run", "cpu_total", "cpu_self", "calls", "rate")
+
+    def __init__(self, info: CodeInfo) -> None:
+        self.info = info
+        self.count = self.errors = self.wall = self.run = self.cpu_total = self.cpu_self = 0
+        self.calls: list[tuple[str, str, int, int, int]] = []
+        self.rate = 1.0
+
+    def merge(self, other: _Summary, cap: int) -> None:
+        self.count += other.count
+        self.errors += other.errors
+        self.wall += other.wall
+        self.run += other.run
+        self.cpu_total += other.cpu_total
+        self.cpu_self += other.cpu_self
+        if other.rate < self.rate:
+            self.rate = other.rate
+            self._resample()
+        for call in other.calls:
+            self.add_call(call, cap)
+
+    def add_call(self, call: tuple[str, str, int, int, int], cap: int) -> None:
+        if self.rate < 1.0 and not _sampled(call[0], self.rate):
+            return
+        self.calls.append(call)
+        while len(self.calls) > cap:
+            self.rate /= 2
+            self._resample()
+
+    def _resample(self) -> None:
+        rate = self.rate
+        self.calls = [c for c in self.calls if _sampled(c[0], rate)]
+
+
+def _sampled(args_hash: str, rate: float) -> bool:
+    # SHARDS spatial sampling: keep a key iff its (uniform, keyed) hash falls below the rate.
+    return bool(args_hash) and int(args_hash[:8], 16) < rate * 0x100000000
+
+
+class _Out:
+    """Builder state of one record (lives in its R_OUT slot)."""
+
+    __slots__ = ("state", "node", "summaries", "kept", "walls", "threshold")
+
+    def __init__(self) -> None:
+        self.state = _PENDING
+        self.node: SpanNode | None = None
+        self.summaries: dict[CodeInfo, _Summary] | None = None
+        # Trace budget, used on root records only.
+        self.kept = 0
+        self.walls: list[int] | None = []
+        self.threshold = 0
+
+
+class SpanBuilder:
+    def __init__(self, sink: Sink, hasher: KeyHasher, *, clock_offset: int, cpu_enabled: bool,
+                 max_spans: int = 2000, max_summary_calls: int = 10_000) -> None:
+        self.sink = sink
+        self.hasher = hasher
+        self.clock_offset = clock_offset
+        self.cpu_enabled = cpu_enabled
+        self.max_spans = max_spans
+        self.max_summary_calls = max_summary_calls
+        self.spans_opened = 0
+        self.calls_summarised = 0
+
+    # -- decisions ----------------------------------------------------------------------------
+
+    def process(self, records: list[Record]) -> None:
+        for record in records:
+            out = record[R_OUT]
+            if out is None:
+                out = record[R_OUT] = _Out()
+            if out.state != _PENDING and out.state != _OPEN:
+                continue
+            if out.state == _OPEN or record[R_ROOT] is record or self._accept(record):
+                self._close(record, out)
+            elif not self._summarise(record, out):
+                self._close(record, out)
+
+    def _accept(self, record: Record) -> bool:
+        budget = self._budget(record)
+        wall = record[R_END] - record[R_START]
+        half = self.max_spans // 2
+        if budget.kept < half:
+            if budget.walls is not None:
+                budget.walls.append(wall)
+            return True
+        if budget.walls is not None:
+            walls = sorted(budget.walls)
+            budget.threshold = walls[int(len(walls) * 0.9)] if walls else 0
+            budget.walls = None
+        return budget.kept < self.max_spans and wall >= budget.threshold
+
+    def _budget(self, record: Record) -> _Out:
+        root = record[R_ROOT]
+        out = root[R_OUT]
+        if out is None:
+            out = root[R_OUT] = _Out()
+        return out
+
+    def _kept_ancestor(self, record: Record) -> Record | None:
+        parent = record[R_PARENT]
+        while parent is not None:
+            out = parent[R_OUT]
+            if out is None or out.state != _SUMMARISED:
+                return parent
+            parent = parent[R_PARENT]
+        return None
+
+    # -- summarising --------------------------------------------------------------------------
+
+    def _summarise(self, record: Record, out: _Out) -> bool:
+        target = self._kept_ancestor(record)
+        if target is None:
+            return False
+        target_out = target[R_OUT]
+        if target_out is None:
+            target_out = target[R_OUT] = _Out()
+        if target_out.state == _CLOSED:
+            return False  # the ancestor's span has ended already (a task outliving its creator)
+        if target_out.summaries is None:
+            target_out.summaries = {}
+        summaries = target_out.summaries
+        cap = self.max_summary_calls
+        info: CodeInfo = record[R_INFO]
+        summary = summaries.get(info)
+        if summary is None:
+            summary = summaries[info] = _Summary(info)
+        summary.count += 1
+        summary.errors += record[R_ERROR] is not None
+        wall = record[R_END] - record[R_START]
+        summary.wall += wall
+        summary.run += wall - record[R_SUSP_NS]
+        summary.cpu_total += record[R_CPU]
+        summary.cpu_self += record[R_CPU] - record[R_CHILD_CPU]
+        args_hex, ret_hex = self._hashes(record)
+        if args_hex or ret_hex:
+            summary.add_call((args_hex, ret_hex, record[R_START] + self.clock_offset,
+                              record[R_END] + self.clock_offset, record[R_CPU]), cap)
+        if out.summaries:
+            for child_info, child in out.summaries.items():
+                mine = summaries.get(child_info)
+                if mine is None:
+                    summaries[child_info] = child
+                else:
+                    mine.merge(child, cap)
+        out.summaries = None
+        out.state = _SUMMARISED
+        self.calls_summarised += 1
+        return True
+
+    def _hashes(self, record: Record) -> tuple[str, str]:
+        args = record[R_ARGS]
+        ret = record[R_RET]
+        keyed = self.hasher.keyed
+        args_hex = keyed(args[0]) if args is not None and args[0] is not None else ""
+        ret_hex = keyed(ret[0]) if ret is not None and ret[0] is not None and record[R_ERROR] is None else ""
+        return args_hex, ret_hex
+
+    # -- spans --------------------------------------------------------------------------------
+
+    def _open(self, record: Record) -> SpanNode:
+        """Open the span of ``record`` and of every ancestor that has none yet, outermost first."""
+        chain: list[Record] = []
+        current: Record | None = record
+        while current is not None:
+            out = current[R_OUT]
+            if out is None:
+                out = current[R_OUT] = _Out()
+            if out.node is not None:
+                break
+            chain.append(current)
+            current = self._kept_ancestor(current)
+        parent_node = current[R_OUT].node if current is not None else None
+        for item in reversed(chain):
+            parent_node = self._open_one(item, parent_node)
+        node = record[R_OUT].node
+        assert node is not None
+        return node
+
+    def _open_one(self, record: Record, parent: SpanNode | None) -> SpanNode:
+        info: CodeInfo = record[R_INFO]
+        thread = record[R_THREAD]
+        attributes: dict[str, Any] = {
+            "code.function.name": info.name,
+            "code.file.path": info.file,
+            "code.line.number": info.line,
+            "thread.id": thread.ident,
+            "thread.name": thread.name,
+            "callspan.kind": KIND_NAMES[info.kind],
+        }
+        if record[18]:
+            attributes["callspan.parent.via"] = "task"
+        context = record[16] if parent is None else None
+        node = SpanNode(info.name, parent, context, record[R_START] + self.clock_offset, attributes)
+        out = record[R_OUT]
+        out.node = node
+        out.state = _OPEN
+        self._budget(record).kept += 1
+        self.spans_opened += 1
+        self.sink.open(node)
+        return node
+
+    def _close(self, record: Record, out: _Out) -> None:
+        node = out.node if out.node is not None else self._open(record)
+        info: CodeInfo = record[R_INFO]
+        attributes = node.attributes
+        wall = record[R_END] - record[R_START]
+        attributes["callspan.run_ns"] = wall - record[R_SUSP_NS]
+        if info.kind == KIND_COROUTINE:
+            attributes["callspan.await.count"] = record[R_SUSPENDS]
+            attributes["callspan.await.suspended_ns"] = record[R_SUSP_NS]
+        elif info.kind != KIND_FUNCTION:
+            attributes["callspan.yield.count"] = record[R_SUSPENDS]
+        if self.cpu_enabled:
+            attributes["callspan.cpu.total"] = record[R_CPU]
+            attributes["callspan.cpu.self"] = record[R_CPU] - record[R_CHILD_CPU]
+        if info.keys:
+            self._key_attributes(record, attributes)
+        error = record[R_ERROR]
+        if error is not None:
+            if error.__name__ in _UNKNOWN_EXCEPTION_NAMES and error.__module__.startswith("callspan"):
+                node.error = attributes["error.type"] = "_OTHER"
+            else:
+                node.error = error.__qualname__
+                attributes["error.type"] = f"{error.__module__}.{error.__qualname__}"
+        if record[R_INCOMPLETE]:
+            attributes["callspan.incomplete"] = True
+        node.end_ns = record[R_END] + self.clock_offset
+        if out.summaries:
+            self._summary_attributes(node, out.summaries)
+            out.summaries = None
+        out.state = _CLOSED
+        self.sink.close(node)
+
+    def _key_attributes(self, record: Record, attributes: dict[str, Any]) -> None:
+        info: CodeInfo = record[R_INFO]
+        args_hex, ret_hex = self._hashes(record)
+        args = record[R_ARGS]
+        if args is not None:
+            if args_hex:
+                attributes["callspan.args.hash"] = args_hex
+            attributes["callspan.args.hashable"] = not args[1]
+            if args[1]:
+                attributes["callspan.args.unhashable"] = args[1]
+        ret = record[R_RET]
+        if ret is not None and record[R_ERROR] is None:
+            if ret_hex:
+                attributes["callspan.return.hash"] = ret_hex
+            attributes["callspan.return.hashable"] = ret[1]
+            attributes["callspan.return.size"] = record[R_RET_SIZE]
+        if info.is_method:
+            attributes["callspan.method"] = True
+
+    def _summary_attributes(self, node: SpanNode, summaries: dict[CodeInfo, _Summary]) -> None:
+        items = list(summaries.values())
+        attributes = node.attributes
+        attributes["callspan.summary.function"] = [s.info.name for s in items]
+        attributes["callspan.summary.file"] = [s.info.file for s in items]
+        attributes["callspan.summary.line"] = [s.info.line for s in items]
+        attributes["callspan.summary.kind"] = [KIND_NAMES[s.info.kind] for s in items]
+        attributes["callspan.summary.count"] = [s.count for s in items]
+        attributes["callspan.summary.errors"] = [s.errors for s in items]
+        attributes["callspan.summary.wall_ns"] = [s.wall for s in items]
+        attributes["callspan.summary.run_ns"] = [s.run for s in items]
+        if self.cpu_enabled:
+            attributes["callspan.summary.cpu_total"] = [s.cpu_total for s in items]
+            attributes["callspan.summary.cpu_self"] = [s.cpu_self for s in items]
+        for summary in items:
+            if not summary.calls:
+                continue
+            calls = sorted(summary.calls, key=lambda c: c[2])
+            node.events.append(("callspan.calls", calls[0][2], {
+                "callspan.function": summary.info.name,
+                "callspan.args.hash": [c[0] for c in calls],
+                "callspan.return.hash": [c[1] for c in calls],
+                "callspan.start_ns": [c[2] for c in calls],
+                "callspan.end_ns": [c[3] for c in calls],
+                "callspan.cpu": [c[4] for c in calls],
+                "callspan.sample_rate": summary.rate,
+            }))

@@ -1,0 +1,150 @@
+"""Settings and their precedence: explicit argument > CALLSPAN_* variable > [tool.callspan] > default.
+
+Every environment variable is a documented constant here. The standard OTEL_* variables are not
+read here: the OpenTelemetry SDK reads them with their usual meaning.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+from callspan.errors import CallspanError
+
+#: Force a core: ``sysmon`` or ``setprofile`` (default: the best available).
+CALLSPAN_CORE = "CALLSPAN_CORE"
+#: Comma-separated module/package names or path prefixes to trace (default: the user's own code).
+CALLSPAN_INCLUDE = "CALLSPAN_INCLUDE"
+#: Comma-separated module/package names or path prefixes never to trace.
+CALLSPAN_EXCLUDE = "CALLSPAN_EXCLUDE"
+#: CPU counter: ``auto`` (hardware instructions if the CPU exposes them, else thread CPU time),
+#: ``instructions``, ``task-clock``, ``thread``, or ``off``.
+CALLSPAN_CPU = "CALLSPAN_CPU"
+#: Cache-key hashing: ``on`` (every traced function), ``off``, or a comma-separated list of
+#: function names (``module.QualName`` or bare ``QualName``) to hash keys for.
+CALLSPAN_KEYS = "CALLSPAN_KEYS"
+#: Hex secret for the keyed hashes (default: random per process). Set it to compare keys across processes.
+CALLSPAN_KEY_SECRET = "CALLSPAN_KEY_SECRET"
+#: Most spans kept per trace; calls beyond are summarised on their nearest kept ancestor.
+CALLSPAN_MAX_SPANS_PER_TRACE = "CALLSPAN_MAX_SPANS_PER_TRACE"
+#: Most per-call cache records kept per summarised function per span before key sampling starts.
+CALLSPAN_MAX_SUMMARY_CALLS = "CALLSPAN_MAX_SUMMARY_CALLS"
+#: Most finished call records waiting for the span builder; beyond, records are dropped and counted.
+CALLSPAN_MAX_PENDING = "CALLSPAN_MAX_PENDING"
+#: Seconds between span-building passes.
+CALLSPAN_FLUSH_INTERVAL = "CALLSPAN_FLUSH_INTERVAL"
+
+ENV_VARS = (
+    CALLSPAN_CORE, CALLSPAN_INCLUDE, CALLSPAN_EXCLUDE, CALLSPAN_CPU, CALLSPAN_KEYS,
+    CALLSPAN_KEY_SECRET, CALLSPAN_MAX_SPANS_PER_TRACE, CALLSPAN_MAX_SUMMARY_CALLS,
+    CALLSPAN_MAX_PENDING, CALLSPAN_FLUSH_INTERVAL,
+)
+
+CORES = ("sysmon", "setprofile")
+CPU_MODES = ("auto", "instructions", "task-clock", "thread", "off")
+
+
+@dataclass(frozen=True)
+class Settings:
+    core: str | None = None
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    cpu: str = "auto"
+    keys: str = "on"
+    key_secret: bytes | None = None
+    max_spans_per_trace: int = 2000
+    max_summary_calls: int = 10_000
+    max_pending: int = 1_000_000
+    flush_interval: float = 0.5
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+_ENV_FOR_FIELD = {
+    "core": CALLSPAN_CORE, "include": CALLSPAN_INCLUDE, "exclude": CALLSPAN_EXCLUDE,
+    "cpu": CALLSPAN_CPU, "keys": CALLSPAN_KEYS, "key_secret": CALLSPAN_KEY_SECRET,
+    "max_spans_per_trace": CALLSPAN_MAX_SPANS_PER_TRACE,
+    "max_summary_calls": CALLSPAN_MAX_SUMMARY_CALLS, "max_pending": CALLSPAN_MAX_PENDING,
+    "flush_interval": CALLSPAN_FLUSH_INTERVAL,
+}
+
+
+def _convert(name: str, raw: Any, source: str) -> Any:
+    try:
+        if name in ("include", "exclude"):
+            if isinstance(raw, str):
+                return tuple(part.strip() for part in raw.split(",") if part.strip())
+            return tuple(str(part) for part in raw)
+        if name in ("max_spans_per_trace", "max_summary_calls", "max_pending"):
+            value = int(raw)
+            if value < 1:
+                raise ValueError("must be at least 1")
+            return value
+        if name == "flush_interval":
+            value_f = float(raw)
+            if value_f <= 0:
+                raise ValueError("must be positive")
+            return value_f
+        if name == "key_secret":
+            return bytes.fromhex(str(raw)) if raw else None
+        value_s = str(raw).strip()
+        if name == "core" and value_s not in CORES:
+            raise ValueError(f"must be one of {', '.join(CORES)}")
+        if name == "cpu" and value_s not in CPU_MODES:
+            raise ValueError(f"must be one of {', '.join(CPU_MODES)}")
+        return value_s
+    except (TypeError, ValueError) as exc:
+        raise CallspanError(f"{source}: bad value {raw!r} for {name}: {exc}") from None
+
+
+def _pyproject_table(start: Path) -> tuple[dict[str, Any], str]:
+    for directory in (start, *start.parents):
+        candidate = directory / "pyproject.toml"
+        if candidate.is_file():
+            import tomllib
+
+            try:
+                data = tomllib.loads(candidate.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+                raise CallspanError(f"{candidate}: cannot read [tool.callspan]: {exc}") from None
+            table = data.get("tool", {}).get("callspan", {})
+            if not isinstance(table, dict):
+                raise CallspanError(f"{candidate}: [tool.callspan] must be a table")
+            return table, str(candidate)
+    return {}, ""
+
+
+def load_settings(
+    explicit: Mapping[str, Any] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    project_dir: Path | None = None,
+) -> Settings:
+    """Resolve every setting once, in the documented order of precedence."""
+    environ = os.environ if environ is None else environ
+    table, table_source = _pyproject_table(project_dir or Path.cwd())
+    known = {f.name for f in fields(Settings)} - {"extra"}
+    unknown = set(table) - {n.replace("_", "-") for n in known} - known
+    if unknown:
+        raise CallspanError(f"{table_source}: unknown [tool.callspan] keys: {', '.join(sorted(unknown))}")
+    values: dict[str, Any] = {}
+    for name in known:
+        if explicit and explicit.get(name) is not None:
+            values[name] = _convert(name, explicit[name], "argument")
+        elif environ.get(_ENV_FOR_FIELD[name]):
+            values[name] = _convert(name, environ[_ENV_FOR_FIELD[name]], _ENV_FOR_FIELD[name])
+        elif name in table or name.replace("_", "-") in table:
+            raw = table.get(name, table.get(name.replace("_", "-")))
+            values[name] = _convert(name, raw, f"{table_source} [tool.callspan]")
+    return replace(Settings(), **values)
+
+
+def stdlib_paths() -> tuple[str, ...]:
+    """Directories holding the standard library and installed packages (never traced by default)."""
+    import sysconfig
+
+    paths = {sysconfig.get_paths()[key] for key in ("stdlib", "platstdlib", "purelib", "platlib")}
+    paths.update(p for p in sys.path if "site-packages" in p or "dist-packages" in p)
+    return tuple(sorted(os.path.realpath(p) + os.sep for p in paths if p))

@@ -1,0 +1,114 @@
+"""Cache keys: hash arguments the way functools.lru_cache keys them, and return values.
+
+The hot path only computes Python's ``hash()`` of the key (so equal keys give equal numbers, the
+same equality lru_cache uses). The raw number never leaves the process: ``KeyHasher.keyed`` turns
+it into a keyed BLAKE2b digest off the hot path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from types import FrameType
+from typing import Any
+
+from callspan.selection import CodeInfo
+
+# Separates positional from keyword parts, as lru_cache's kwd_mark does.
+_KWD_MARK = ("callspan.kwd_mark",)
+_FINGERPRINT_LIMIT = 10_000  # elements; larger unhashable values are not fingerprinted
+
+
+class Unkeyable(Exception):
+    """A value that is neither hashable nor a container we can fingerprint cheaply."""
+
+
+def fingerprint(value: Any, budget: list[int]) -> int:
+    """hash() of ``value``, or of its structure when it is an unhashable builtin container.
+
+    The fingerprint is what the lru_cache key would hash to after converting lists to tuples,
+    dicts to frozensets of items, sets to frozensets and bytearrays to bytes.
+    """
+    try:
+        return hash(value)
+    except TypeError:
+        pass
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise Unkeyable("too large")
+    if isinstance(value, (list, tuple)):
+        budget[0] -= len(value)
+        if budget[0] < 0:
+            raise Unkeyable("too large")
+        return hash((type(value).__name__, tuple(fingerprint(v, budget) for v in value)))
+    if isinstance(value, dict):
+        budget[0] -= len(value)
+        if budget[0] < 0:
+            raise Unkeyable("too large")
+        return hash(("dict", frozenset((k, fingerprint(v, budget)) for k, v in value.items())))
+    if isinstance(value, (set, frozenset)):
+        return hash(("set", frozenset(value)))
+    if isinstance(value, bytearray):
+        return hash(bytes(value))
+    raise Unkeyable(type(value).__name__)
+
+
+def args_key(info: CodeInfo, frame: FrameType) -> tuple[int | None, str]:
+    """(hash of the lru_cache-style key, "" or the unhashable argument type names).
+
+    Parameters are keyed positionally in declaration order, then *args, then keyword-only and
+    **kwargs items in call order. (lru_cache also distinguishes f(1, b=2) from f(1, 2); the
+    frame no longer shows how an argument was passed, so callspan treats them as one key.)
+    """
+    local = frame.f_locals
+    key: tuple[Any, ...] = tuple(local[name] for name in info.arg_names)
+    if info.varargs is not None:
+        key += local[info.varargs]
+    if info.kwonly or info.varkw is not None:
+        key += _KWD_MARK
+        for name in info.kwonly:
+            key += (name, local[name])
+        if info.varkw is not None:
+            for item in local[info.varkw].items():
+                key += item
+    try:
+        return hash(key), ""
+    except TypeError:
+        pass
+    except Exception:
+        return None, "error"
+    unhashable = []
+    for value in key:
+        try:
+            hash(value)
+        except Exception:
+            unhashable.append(type(value).__name__)
+    try:
+        return fingerprint(key, [_FINGERPRINT_LIMIT]), ",".join(dict.fromkeys(unhashable))
+    except Exception:
+        return None, ",".join(dict.fromkeys(unhashable))
+
+
+def value_key(value: Any) -> tuple[int | None, bool]:
+    """(hash or fingerprint of a return value, whether it was hashable)."""
+    try:
+        return hash(value), True
+    except TypeError:
+        pass
+    except Exception:
+        return None, False
+    try:
+        return fingerprint(value, [_FINGERPRINT_LIMIT]), False
+    except Exception:
+        return None, False
+
+
+class KeyHasher:
+    """Turns raw hash() numbers into keyed digests with a per-process secret."""
+
+    def __init__(self, secret: bytes | None = None) -> None:
+        self.secret = secret if secret else os.urandom(32)
+
+    def keyed(self, raw: int) -> str:
+        data = (raw & 0xFFFFFFFFFFFFFFFF).to_bytes(8, "little")
+        return hashlib.blake2b(data, key=self.secret[:64], digest_size=8).hexdigest()

@@ -1,0 +1,1 @@
+"""The boundary: the only callspan package that imports OpenTelemetry."""

@@ -1,0 +1,118 @@
+"""An exporter writing OTLP JSON lines: the format of the Collector's file exporter.
+
+One line per export call: {"resourceSpans": [...]} with hex ids, string nanosecond times and
+string intValues, as the OTLP/JSON specification and the Collector write them.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+from collections.abc import Sequence
+from typing import IO, Any
+
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+
+def any_value(value: Any) -> dict[str, Any]:
+    if isinstance(value, bool):
+        return {"boolValue": value}
+    if isinstance(value, int):
+        return {"intValue": str(value)}
+    if isinstance(value, float):
+        return {"doubleValue": value}
+    if isinstance(value, str):
+        return {"stringValue": value}
+    if isinstance(value, bytes):
+        return {"bytesValue": base64.b64encode(value).decode("ascii")}
+    if isinstance(value, (list, tuple)):
+        return {"arrayValue": {"values": [any_value(v) for v in value]}}
+    return {"stringValue": str(value)}
+
+
+def key_values(attributes: Any) -> list[dict[str, Any]]:
+    return [{"key": k, "value": any_value(v)} for k, v in (attributes or {}).items()]
+
+
+def encode_spans(spans: Sequence[ReadableSpan]) -> dict[str, Any]:
+    """The ExportTraceServiceRequest for ``spans`` as an OTLP/JSON object."""
+    resources: dict[int, tuple[Any, dict[Any, list[dict[str, Any]]]]] = {}
+    for span in spans:
+        resource_entry = resources.setdefault(id(span.resource), (span.resource, {}))
+        scope = span.instrumentation_scope
+        scope_key = (scope.name, scope.version, tuple(sorted((scope.attributes or {}).items()))) if scope else None
+        resource_entry[1].setdefault(scope_key, []).append(_span(span))
+    resource_spans = []
+    for resource, scopes in resources.values():
+        scope_spans = []
+        for scope_key, encoded in scopes.items():
+            scope_json: dict[str, Any] = {}
+            if scope_key is not None:
+                scope_json = {"name": scope_key[0]}
+                if scope_key[1]:
+                    scope_json["version"] = scope_key[1]
+                if scope_key[2]:
+                    scope_json["attributes"] = key_values(dict(scope_key[2]))
+            scope_spans.append({"scope": scope_json, "spans": encoded})
+        resource_spans.append({
+            "resource": {"attributes": key_values(resource.attributes)},
+            "scopeSpans": scope_spans,
+        })
+    return {"resourceSpans": resource_spans}
+
+
+def _span(span: ReadableSpan) -> dict[str, Any]:
+    context = span.context
+    out: dict[str, Any] = {
+        "traceId": f"{context.trace_id:032x}",
+        "spanId": f"{context.span_id:016x}",
+        "name": span.name,
+        "kind": span.kind.value + 1,  # OTLP enum: 1 = INTERNAL; the SDK's starts at 0
+        "startTimeUnixNano": str(span.start_time),
+        "endTimeUnixNano": str(span.end_time),
+        "attributes": key_values(span.attributes),
+        "status": {},
+    }
+    if span.parent is not None:
+        out["parentSpanId"] = f"{span.parent.span_id:016x}"
+    if span.events:
+        out["events"] = [
+            {"timeUnixNano": str(e.timestamp), "name": e.name, "attributes": key_values(e.attributes)}
+            for e in span.events
+        ]
+    if span.status.status_code.value:
+        out["status"] = {"code": span.status.status_code.value}
+        if span.status.description:
+            out["status"]["message"] = span.status.description
+    return out
+
+
+class OtlpJsonLinesExporter(SpanExporter):
+    """Appends one OTLP/JSON ExportTraceServiceRequest per export call to a file."""
+
+    def __init__(self, path: str, stream: IO[str] | None = None) -> None:
+        self.path = path
+        self._stream = stream if stream is not None else open(path, "w", encoding="utf-8")  # noqa: SIM115
+        self._lock = threading.Lock()
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        line = json.dumps(encode_spans(spans), separators=(",", ":"))
+        try:
+            with self._lock:
+                self._stream.write(line + "\n")
+                self._stream.flush()
+        except (OSError, ValueError):
+            return SpanExportResult.FAILURE
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        with self._lock:
+            try:
+                self._stream.close()
+            except OSError:
+                pass
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
