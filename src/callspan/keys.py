@@ -16,6 +16,7 @@ from callspan.selection import CodeInfo
 
 # Separates positional from keyword parts, as lru_cache's kwd_mark does.
 _KWD_MARK = ("callspan.kwd_mark",)
+_FAST_TYPES = (int, str)
 _FINGERPRINT_LIMIT = 10_000  # elements; larger unhashable values are not fingerprinted
 
 
@@ -71,6 +72,8 @@ def args_key(info: CodeInfo, frame: FrameType) -> tuple[int | None, str]:
         if info.varkw is not None:
             for item in local[info.varkw].items():
                 key += item
+    if len(key) == 1 and type(key[0]) in _FAST_TYPES:
+        key = key[0]  # lru_cache keys a lone int/str argument as itself: f(1) and f(1.0) differ
     try:
         return hash(key), ""
     except TypeError:
@@ -78,7 +81,7 @@ def args_key(info: CodeInfo, frame: FrameType) -> tuple[int | None, str]:
     except Exception:
         return None, "error"
     unhashable = []
-    for value in key:
+    for value in key if isinstance(key, tuple) else (key,):
         try:
             hash(value)
         except Exception:

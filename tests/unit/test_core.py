@@ -209,8 +209,10 @@ def test_threads_have_their_own_stacks(traced) -> None:  # type: ignore[no-untyp
         pass  # 3.11 setprofile reaches threads started after start(): these are.
     run = traced()
     results: dict[str, int] = {}
+    both_alive = threading.Barrier(2)
 
     def worker(name: str, x: int) -> None:
+        both_alive.wait()  # so the two threads cannot share an ident
         results[name] = middle(x)
 
     def main() -> None:

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# The test command (README, .ci/run): the whole suite on every supported Python, 3.11-3.13,
+# each in its own virtual environment with callspan installed from this checkout. End-to-end
+# tests need the real OpenTelemetry Collector and Jaeger: they are built (or reused) first.
+# Extra arguments go to pytest.
+set -u
+cd "$(dirname "$0")/.."
+
+if command -v go >/dev/null 2>&1 && [ -f scripts/build-otel-binaries.sh ]; then
+  if bins=$(bash scripts/build-otel-binaries.sh); then
+    while IFS= read -r line; do
+      case "$line" in CALLSPAN_OTELCOL_BIN=*|CALLSPAN_JAEGER_BIN=*) export "${line?}";; esac
+    done <<< "$bins"
+  else
+    echo "test.sh: building the Collector/Jaeger binaries failed; end-to-end tests will be skipped" >&2
+    [ "${CI:-}" = "true" ] && exit 1
+  fi
+else
+  echo "test.sh: Go not found: end-to-end tests will be skipped (install Go, then rerun)" >&2
+fi
+
+find_python() {
+  local version=$1 candidate
+  for candidate in "python$version" "$HOME/.pyenv/versions/$version"*/bin/python; do
+    if command -v "$candidate" >/dev/null 2>&1 && "$candidate" -c "import sys; assert sys.version_info[:2] == tuple(map(int, '$version'.split('.')))" 2>/dev/null; then
+      command -v "$candidate"
+      return 0
+    fi
+  done
+  return 1
+}
+
+status=0
+missing=""
+for version in 3.11 3.12 3.13; do
+  if ! python=$(find_python "$version"); then
+    echo "test.sh: Python $version NOT FOUND: not tested" >&2
+    missing="$missing $version"
+    continue
+  fi
+  venv=".venv-$version"
+  echo "=== Python $version ($python) ==="
+  if [ ! -x "$venv/bin/python" ]; then
+    "$python" -m venv "$venv" || { status=1; continue; }
+  fi
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check -e '.[test]' || { status=1; continue; }
+  "$venv/bin/python" -m pytest -q -p no:cacheprovider "$@"
+  code=$?
+  [ $code -ne 0 ] && status=1
+done
+
+if [ -n "$missing" ]; then
+  echo "test.sh: missing Python versions:$missing" >&2
+  status=1
+fi
+exit $status

@@ -1,0 +1,39 @@
+"""Settings precedence: argument > CALLSPAN_* > [tool.callspan] > default."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from callspan.config import CALLSPAN_CPU, CALLSPAN_MAX_SPANS_PER_TRACE, load_settings
+from callspan.errors import CallspanError
+
+
+def project(tmp_path: Path, body: str) -> Path:
+    (tmp_path / "pyproject.toml").write_text(body)
+    return tmp_path
+
+
+def test_precedence(tmp_path: Path) -> None:
+    where = project(tmp_path, '[tool.callspan]\ncpu = "off"\nmax-spans-per-trace = 50\n')
+    assert load_settings(environ={}, project_dir=where).cpu == "off"
+    assert load_settings(environ={}, project_dir=where).max_spans_per_trace == 50
+    env = {CALLSPAN_CPU: "thread", CALLSPAN_MAX_SPANS_PER_TRACE: "70"}
+    assert load_settings(environ=env, project_dir=where).cpu == "thread"
+    assert load_settings({"cpu": "task-clock"}, environ=env, project_dir=where).cpu == "task-clock"
+    assert load_settings(environ=env, project_dir=where).max_spans_per_trace == 70
+    elsewhere = tmp_path.parent / (tmp_path.name + "-other")
+    elsewhere.mkdir()
+    assert load_settings(environ={}, project_dir=elsewhere).cpu == "auto"
+
+
+def test_bad_values_are_one_line_errors(tmp_path: Path) -> None:
+    with pytest.raises(CallspanError, match="CALLSPAN_CPU: bad value 'fast'"):
+        load_settings(environ={CALLSPAN_CPU: "fast"}, project_dir=tmp_path)
+    where = project(tmp_path, "[tool.callspan]\nbogus = 1\n")
+    with pytest.raises(CallspanError, match="unknown \\[tool.callspan\\] keys: bogus"):
+        load_settings(environ={}, project_dir=where)
+    (tmp_path / "pyproject.toml").write_text("[tool.callspan\n")
+    with pytest.raises(CallspanError, match="pyproject.toml: cannot read"):
+        load_settings(environ={}, project_dir=tmp_path)
