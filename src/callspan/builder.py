@@ -2,8 +2,8 @@
 
 Budget per trace (schema: "Summaries"): a trace keeps at most ``max_spans`` spans:
 - the first half of the budget keeps every call;
-- after that, only calls at least as slow (wall) as the 90th percentile of the calls kept so
-  far, until the budget is spent;
+- after that, only calls slower (wall) than the 90th percentile of the trace's recent calls
+  (the last 256, kept or not), until the budget is spent;
 - the root, and every ancestor of a kept span, is always kept (ancestors may exceed the budget
   by at most the depth of the stack);
 - every other call is summarised on its nearest kept (or still running) ancestor: per-function
@@ -15,6 +15,7 @@ The builder knows nothing of OpenTelemetry: it hands SpanNodes to a Sink.
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any, Protocol
 
 from callspan.keys import KeyHasher
@@ -97,7 +98,7 @@ def _sampled(args_hash: str, rate: float) -> bool:
 class _Out:
     """Builder state of one record (lives in its R_OUT slot)."""
 
-    __slots__ = ("state", "node", "summaries", "kept", "walls", "threshold")
+    __slots__ = ("state", "node", "summaries", "kept", "walls", "seen", "threshold")
 
     def __init__(self) -> None:
         self.state = _PENDING
@@ -105,8 +106,9 @@ class _Out:
         self.summaries: dict[CodeInfo, _Summary] | None = None
         # Trace budget, used on root records only.
         self.kept = 0
-        self.walls: list[int] | None = []
-        self.threshold = 0
+        self.walls: deque[int] = deque(maxlen=256)  # recent walls of the trace's calls
+        self.seen = 0
+        self.threshold = -1
 
 
 class SpanBuilder:
@@ -138,16 +140,17 @@ class SpanBuilder:
     def _accept(self, record: Record) -> bool:
         budget = self._budget(record)
         wall = record[R_END] - record[R_START]
-        half = self.max_spans // 2
-        if budget.kept < half:
-            if budget.walls is not None:
-                budget.walls.append(wall)
+        walls = budget.walls
+        walls.append(wall)
+        budget.seen += 1
+        if budget.kept < self.max_spans // 2:
             return True
-        if budget.walls is not None:
-            walls = sorted(budget.walls)
-            budget.threshold = walls[int(len(walls) * 0.9)] if walls else 0
-            budget.walls = None
-        return budget.kept < self.max_spans and wall >= budget.threshold
+        if budget.kept >= self.max_spans:
+            return False
+        if budget.seen <= 256 or budget.seen % 64 == 0:
+            ordered = sorted(walls)
+            budget.threshold = ordered[int(len(ordered) * 0.9)]
+        return wall > budget.threshold
 
     def _budget(self, record: Record) -> _Out:
         root = record[R_ROOT]
@@ -325,10 +328,10 @@ class SpanBuilder:
             attributes["callspan.summary.cpu_total"] = [s.cpu_total for s in items]
             attributes["callspan.summary.cpu_self"] = [s.cpu_self for s in items]
         for summary in items:
-            if not summary.calls:
-                continue
+            if not summary.calls and summary.rate == 1.0:
+                continue  # nothing keyed (keys off, or no hashable values)
             calls = sorted(summary.calls, key=lambda c: c[2])
-            node.events.append(("callspan.calls", calls[0][2], {
+            node.events.append(("callspan.calls", calls[0][2] if calls else node.start_ns, {
                 "callspan.function": summary.info.name,
                 "callspan.args.hash": [c[0] for c in calls],
                 "callspan.return.hash": [c[1] for c in calls],

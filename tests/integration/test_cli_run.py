@@ -1,0 +1,105 @@
+"""`callspan run` as a user runs it: a subprocess, a real script, the local OTLP JSON file."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+SCRIPT = textwrap.dedent('''
+    import sys
+
+    def square(x):
+        return x * x
+
+    def main(argv):
+        print("args", argv[1:])
+        print("total", sum(square(int(a)) for a in argv[1:]))
+        print("to stderr", file=sys.stderr)
+        import __main__
+        print("main is me", __main__.__file__ == __file__ and __name__ == "__main__")
+        return int(argv[1])
+
+    if __name__ == "__main__":
+        sys.exit(main(sys.argv))
+''')
+
+
+def run(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "CALLSPAN_"))}
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=full_env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def read_spans(path: Path) -> list[dict]:  # type: ignore[type-arg]
+    return [s for line in path.read_text().splitlines() for rs in json.loads(line)["resourceSpans"]
+            for ss in rs["scopeSpans"] for s in ss["spans"]]
+
+
+def test_program_behaviour_is_preserved(tmp_path: Path) -> None:
+    script = tmp_path / "prog.py"
+    script.write_text(SCRIPT)
+    plain = run(str(script), "3", "4", cwd=tmp_path)
+    traced = run("-m", "callspan", "run", "-o", "t.jsonl", str(script), "3", "4", cwd=tmp_path)
+    assert plain.returncode == traced.returncode == 3
+    assert plain.stdout == traced.stdout
+    assert "total 25" in traced.stdout and "main is me True" in traced.stdout
+    assert traced.stderr.startswith("to stderr\n")
+    assert traced.stderr.strip().splitlines()[-1] == "callspan: 4 spans written to t.jsonl"
+    names = sorted(s["name"] for s in read_spans(tmp_path / "t.jsonl"))
+    assert names == ["__main__.main", "__main__.main.<locals>.<genexpr>", "__main__.square", "__main__.square"]
+
+
+def test_module_mode_traces_the_package(tmp_path: Path) -> None:
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "util.py").write_text("def double(x):\n    return 2 * x\n")
+    (package / "__main__.py").write_text(
+        "import sys\nfrom pkg.util import double\nprint(double(int(sys.argv[1])))\n"
+    )
+    result = run("-m", "callspan", "run", "-o", "m.jsonl", "-m", "pkg", "21", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "42\n"
+    assert [s["name"] for s in read_spans(tmp_path / "m.jsonl")] == ["pkg.util.double"]
+
+
+def test_program_exception_exits_1_with_its_own_traceback(tmp_path: Path) -> None:
+    script = tmp_path / "boom.py"
+    script.write_text("def f():\n    raise ValueError('boom')\n\nf()\n")
+    plain = run(str(script), cwd=tmp_path)
+    traced = run("-m", "callspan", "run", "-o", "b.jsonl", str(script), cwd=tmp_path)
+    assert plain.returncode == traced.returncode == 1
+    assert "ValueError: boom" in traced.stderr
+    assert "callspan/cli.py" not in traced.stderr and "runpy" not in traced.stderr
+    (span,) = read_spans(tmp_path / "b.jsonl")
+    assert span["status"]["code"] == 2
+
+
+def test_bad_input_is_one_line_error(tmp_path: Path) -> None:
+    result = run("-m", "callspan", "run", "missing.py", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr == "callspan: error: missing.py: no such file\n"
+    result = run("-m", "callspan", "run", "-m", "no_such_module_xyz", cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr == "callspan: error: module no_such_module_xyz: not found\n"
+    result = run("-m", "callspan", "run", "-o", "x.jsonl", "prog.py", cwd=tmp_path,
+                 env={"CALLSPAN_CPU": "fast"})
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+
+
+def test_core_can_be_forced_and_is_recorded(tmp_path: Path) -> None:
+    script = tmp_path / "prog.py"
+    script.write_text(SCRIPT)
+    result = run("-m", "callspan", "run", "-o", "c.jsonl", str(script), "0", cwd=tmp_path,
+                 env={"CALLSPAN_CORE": "setprofile"})
+    assert result.returncode == 0, result.stderr
+    line = json.loads((tmp_path / "c.jsonl").read_text().splitlines()[0])
+    scope = line["resourceSpans"][0]["scopeSpans"][0]["scope"]
+    attrs = {a["key"]: list(a["value"].values())[0] for a in scope["attributes"]}
+    assert attrs["callspan.core"] == "setprofile"
+    assert attrs["callspan.core.reason"] == "setprofile requested"
+    assert attrs["process.pid"] not in ("", None)
