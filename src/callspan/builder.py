@@ -106,9 +106,13 @@ class _Out:
         self.summaries: dict[CodeInfo, _Summary] | None = None
         # Trace budget, used on root records only.
         self.kept = 0
-        self.walls: deque[int] = deque(maxlen=256)  # recent walls of the trace's calls
+        self.walls: deque[int] | None = None  # recent walls of the trace's calls
         self.seen = 0
         self.threshold = -1
+
+
+_SUMMARISED_OUT = _Out()
+_SUMMARISED_OUT.state = _SUMMARISED
 
 
 class SpanBuilder:
@@ -122,44 +126,56 @@ class SpanBuilder:
         self.max_summary_calls = max_summary_calls
         self.spans_opened = 0
         self.calls_summarised = 0
+        self._keyed_memo: dict[int, str] = {}
+
+    def _keyed(self, raw: int) -> str:
+        """Keyed digest of a raw hash, memoised (bounded) since keys repeat by nature."""
+        memo = self._keyed_memo
+        digest = memo.get(raw)
+        if digest is None:
+            if len(memo) >= 1 << 18:
+                memo.clear()
+            digest = memo[raw] = self.hasher.keyed(raw)
+        return digest
 
     # -- decisions ----------------------------------------------------------------------------
 
     def process(self, records: list[Record]) -> None:
         for record in records:
             out = record[R_OUT]
-            if out is None:
-                out = record[R_OUT] = _Out()
-            if out.state != _PENDING and out.state != _OPEN:
-                continue
-            if out.state == _OPEN or record[R_ROOT] is record or self._accept(record):
-                self._close(record, out)
-            elif not self._summarise(record, out):
-                self._close(record, out)
+            if out is not None and out.state != _OPEN:
+                continue  # already closed or summarised (e.g. ended at stop, then finished)
+            if out is not None or record[R_ROOT] is None or self._accept(record):
+                self._close(record, out if out is not None else self._out(record))
+            elif not self._summarise(record):
+                self._close(record, self._out(record))
+
+    @staticmethod
+    def _out(record: Record) -> _Out:
+        out = record[R_OUT]
+        if out is None:
+            out = record[R_OUT] = _Out()
+        return out
 
     def _accept(self, record: Record) -> bool:
-        budget = self._budget(record)
+        budget = self._out(record[R_ROOT] or record)
+        if budget.kept >= self.max_spans:
+            return False
         wall = record[R_END] - record[R_START]
         walls = budget.walls
+        if walls is None:
+            walls = budget.walls = deque(maxlen=256)
         walls.append(wall)
         budget.seen += 1
         if budget.kept < self.max_spans // 2:
             return True
-        if budget.kept >= self.max_spans:
-            return False
         if budget.seen <= 256 or budget.seen % 64 == 0:
             ordered = sorted(walls)
             budget.threshold = ordered[int(len(ordered) * 0.9)]
         return wall > budget.threshold
 
-    def _budget(self, record: Record) -> _Out:
-        root = record[R_ROOT]
-        out = root[R_OUT]
-        if out is None:
-            out = root[R_OUT] = _Out()
-        return out
-
     def _kept_ancestor(self, record: Record) -> Record | None:
+        """The nearest ancestor not summarised (it has a span, or is still undecided)."""
         parent = record[R_PARENT]
         while parent is not None:
             out = parent[R_OUT]
@@ -168,17 +184,30 @@ class SpanBuilder:
             parent = parent[R_PARENT]
         return None
 
+    def _summary_target(self, record: Record) -> Record | None:
+        """Where a summarised call goes: the nearest ancestor whose span is open (it will be
+        kept for sure, so the summary never moves again); else the nearest undecided one."""
+        parent = record[R_PARENT]
+        undecided = None
+        while parent is not None:
+            out = parent[R_OUT]
+            if out is None:
+                if undecided is None:
+                    undecided = parent
+            elif out.state == _OPEN:
+                return parent
+            elif out.state == _CLOSED:
+                return undecided
+            parent = parent[R_PARENT]
+        return undecided
+
     # -- summarising --------------------------------------------------------------------------
 
-    def _summarise(self, record: Record, out: _Out) -> bool:
-        target = self._kept_ancestor(record)
+    def _summarise(self, record: Record) -> bool:
+        target = self._summary_target(record)
         if target is None:
-            return False
-        target_out = target[R_OUT]
-        if target_out is None:
-            target_out = target[R_OUT] = _Out()
-        if target_out.state == _CLOSED:
-            return False  # the ancestor's span has ended already (a task outliving its creator)
+            return False  # no ancestor can take it (e.g. a task outliving its creator's span)
+        target_out = self._out(target)
         if target_out.summaries is None:
             target_out.summaries = {}
         summaries = target_out.summaries
@@ -188,32 +217,36 @@ class SpanBuilder:
         if summary is None:
             summary = summaries[info] = _Summary(info)
         summary.count += 1
-        summary.errors += record[R_ERROR] is not None
-        wall = record[R_END] - record[R_START]
-        summary.wall += wall
-        summary.run += wall - record[R_SUSP_NS]
-        summary.cpu_total += record[R_CPU]
-        summary.cpu_self += record[R_CPU] - record[R_CHILD_CPU]
-        args_hex, ret_hex = self._hashes(record)
-        if args_hex or ret_hex:
-            summary.add_call((args_hex, ret_hex, record[R_START] + self.clock_offset,
-                              record[R_END] + self.clock_offset, record[R_CPU]), cap)
-        if out.summaries:
-            for child_info, child in out.summaries.items():
+        if record[R_ERROR] is not None:
+            summary.errors += 1
+        start = record[R_START]
+        end = record[R_END]
+        cpu = record[R_CPU]
+        summary.wall += end - start
+        summary.run += end - start - record[R_SUSP_NS]
+        summary.cpu_total += cpu
+        summary.cpu_self += cpu - record[R_CHILD_CPU]
+        if record[R_ARGS] is not None or record[R_RET] is not None:
+            args_hex, ret_hex = self._hashes(record)
+            if args_hex or ret_hex:
+                offset = self.clock_offset
+                summary.add_call((args_hex, ret_hex, start + offset, end + offset, cpu), cap)
+        own = record[R_OUT]
+        if own is not None and own.summaries:
+            for child_info, child in own.summaries.items():
                 mine = summaries.get(child_info)
                 if mine is None:
                     summaries[child_info] = child
                 else:
                     mine.merge(child, cap)
-        out.summaries = None
-        out.state = _SUMMARISED
+        record[R_OUT] = _SUMMARISED_OUT
         self.calls_summarised += 1
         return True
 
     def _hashes(self, record: Record) -> tuple[str, str]:
         args = record[R_ARGS]
         ret = record[R_RET]
-        keyed = self.hasher.keyed
+        keyed = self._keyed
         args_hex = keyed(args[0]) if args is not None and args[0] is not None else ""
         ret_hex = keyed(ret[0]) if ret is not None and ret[0] is not None and record[R_ERROR] is None else ""
         return args_hex, ret_hex
@@ -254,10 +287,10 @@ class SpanBuilder:
             attributes["callspan.parent.via"] = "task"
         context = record[16] if parent is None else None
         node = SpanNode(info.name, parent, context, record[R_START] + self.clock_offset, attributes)
-        out = record[R_OUT]
+        out = self._out(record)
         out.node = node
         out.state = _OPEN
-        self._budget(record).kept += 1
+        self._out(record[R_ROOT] or record).kept += 1
         self.spans_opened += 1
         self.sink.open(node)
         return node

@@ -13,7 +13,7 @@ Record = list[Any]
 (
     R_INFO,        # CodeInfo of the function
     R_PARENT,      # logical parent record, or None for the outermost traced call
-    R_ROOT,        # the outermost record of this call tree (itself for a root)
+    R_ROOT,        # the outermost record of this call tree; None when this record is the root
     R_START,       # clock reading at the first start
     R_END,         # clock reading at the end (0 while running)
     R_SEG_CPU,     # CPU counter at the start of the current running segment

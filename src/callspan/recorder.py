@@ -7,6 +7,7 @@ local-variable access only: no attribute lookups on self, no logging, no OpenTel
 
 from __future__ import annotations
 
+import _thread
 import contextvars
 import sys
 import threading
@@ -18,9 +19,8 @@ from typing import Any, Callable
 from callspan.counters import CpuCounter
 from callspan.keys import args_key, value_key
 from callspan.record import (
-    R_ARGS, R_CHILD_CPU, R_CPU, R_END, R_ERROR, R_INCOMPLETE, R_INFO, R_PARENT, R_PREV_CURRENT,
-    R_RET, R_RET_SIZE, R_ROOT, R_SEG_CPU, R_START, R_SUSP_AT, R_SUSP_NS, R_SUSPENDS, R_THREAD,
-    RECORD_SIZE, Record,
+    R_CHILD_CPU, R_CPU, R_END, R_ERROR, R_INCOMPLETE, R_INFO, R_PARENT, R_PREV_CURRENT,
+    R_RET, R_RET_SIZE, R_SEG_CPU, R_START, R_SUSP_AT, R_SUSP_NS, R_SUSPENDS, Record,
 )
 from callspan.selection import KIND_COROUTINE, CodeInfo, Selector
 
@@ -48,6 +48,18 @@ class ThreadState:
         self.cpu = cpu
 
 
+class _ThreadSentinel:
+    __slots__ = ("states", "state")
+
+    def __init__(self, states: dict[int, ThreadState], state: ThreadState) -> None:
+        self.states = states
+        self.state = state
+
+    def __del__(self) -> None:
+        if self.states.get(self.state.ident) is self.state:
+            del self.states[self.state.ident]
+
+
 class Recorder:
     """Holds everything the hot path touches; cores call its closures."""
 
@@ -70,9 +82,9 @@ class Recorder:
         self.infos: dict[CodeType, CodeInfo | None] = {}
         self.finished: deque[Record] = deque()
         self.suspended: dict[int, Record] = {}
-        self.threads: list[ThreadState] = []
         self.dropped = 0          # records not kept because max_pending was reached
         self.faults = 0           # internal errors swallowed by the hot path
+        self.states: dict[int, ThreadState] = {}
         self._local = threading.local()
         self._threads_lock = threading.Lock()
         self._build()
@@ -88,9 +100,11 @@ class Recorder:
     def thread_state(self) -> ThreadState:
         reader = self.counter.thread_reader() if self.counter is not None else None
         state = ThreadState(reader)
-        self._local.state = state
         with self._threads_lock:
-            self.threads.append(state)
+            self.states[state.ident] = state
+        # When the thread ends, its thread-local sentinel is deleted and forgets the state, so
+        # a later thread that reuses the ident starts fresh (and memory stays bounded).
+        self._local.sentinel = _ThreadSentinel(self.states, state)
         return state
 
     def evict_oldest_suspended(self) -> None:
@@ -104,7 +118,7 @@ class Recorder:
     def open_records(self) -> list[Record]:
         """Records still running or suspended (for stop): innermost first, so children end first."""
         records: list[Record] = []
-        for state in self.threads:
+        for state in list(self.states.values()):
             records.extend(reversed(state.stack))
         records.extend(self.suspended.values())
         return records
@@ -116,7 +130,7 @@ class Recorder:
                 record[R_END] = now
                 record[R_INCOMPLETE] = True
                 self.finished.append(record)
-        for state in self.threads:
+        for state in list(self.states.values()):
             state.stack.clear()
         self.suspended.clear()
 
@@ -132,7 +146,8 @@ class Recorder:
     # -- the hot path ------------------------------------------------------------------------
 
     def _build(self) -> None:
-        local = self._local
+        states = self.states
+        get_ident = _thread.get_ident
         clock = self.clock
         finished = self.finished
         suspended = self.suspended
@@ -144,18 +159,22 @@ class Recorder:
         thread_state = self.thread_state
         getsizeof = sys.getsizeof
         recorder = self
+        COROUTINE = KIND_COROUTINE
+        # Record slots as closure constants (module globals cost a dict lookup per use).
+        INFO, PARENT, START, END, SEG_CPU, CPU, CHILD_CPU = R_INFO, R_PARENT, R_START, R_END, R_SEG_CPU, R_CPU, R_CHILD_CPU
+        RET, RET_SIZE, ERROR, SUSPENDS, SUSP_NS, SUSP_AT, PREV = (
+            R_RET, R_RET_SIZE, R_ERROR, R_SUSPENDS, R_SUSP_NS, R_SUSP_AT, R_PREV_CURRENT)
 
         def start(info: CodeInfo, frame: FrameType) -> None:
             """A traced call begins (or a generator/coroutine starts for the first time)."""
-            try:
-                state = local.state
-            except AttributeError:
+            state = states.get(get_ident())
+            if state is None:
                 state = thread_state()
             stack = state.stack
             parent = stack[-1] if stack else None
             via_task = False
             prev = None
-            if info.kind == KIND_COROUTINE:
+            if info.kind == COROUTINE:
                 prev = current_get()
                 if prev is not None and prev is not parent:
                     parent = prev
@@ -163,54 +182,51 @@ class Recorder:
             elif parent is None:
                 parent = current_get()
                 via_task = parent is not None
-            record = [None] * RECORD_SIZE
-            record[R_INFO] = info
-            record[R_PARENT] = parent
             if parent is None:
-                record[R_ROOT] = record
-                if context_getter is not None:
-                    record[16] = context_getter()
+                root = None
+                context = context_getter() if context_getter is not None else None
             else:
-                record[R_ROOT] = parent[R_ROOT]
-            record[R_THREAD] = state
-            record[R_PREV_CURRENT] = prev
-            record[18] = via_task
-            record[R_SUSPENDS] = record[R_SUSP_NS] = record[R_CPU] = record[R_CHILD_CPU] = record[R_END] = 0
-            if info.keys:
-                record[R_ARGS] = args_key(info, frame)
+                root = parent[2] or parent  # R_ROOT: None means "I am the root"
+                context = None
+            # Layout: see callspan.record.
+            record = [info, parent, root, 0, 0, 0, 0, 0,
+                      args_key(info, frame) if info.keys else None,
+                      None, 0, None, 0, 0, 0, state, context, prev, via_task, False, None]
             stack.append(record)
-            if info.kind == KIND_COROUTINE:
+            if info.kind == COROUTINE:
                 current_set(record)
             cpu = state.cpu
-            record[R_SEG_CPU] = cpu() if cpu is not None else 0
-            record[R_START] = clock()
+            if cpu is not None:
+                record[SEG_CPU] = cpu()
+            record[START] = clock()
 
         def finish(code: CodeType, value: Any, error: BaseException | None) -> None:
             """The call on top of this thread's stack returned (value) or raised (error)."""
             now = clock()
-            try:
-                state = local.state
-            except AttributeError:
+            state = states.get(get_ident())
+            if state is None:
                 return
             stack = state.stack
-            if not stack or stack[-1][R_INFO].code is not code:
+            if not stack or stack[-1][INFO].code is not code:
                 return  # started before tracing began
             record = stack.pop()
             cpu = state.cpu
             if cpu is not None:
-                record[R_CPU] += cpu() - record[R_SEG_CPU]
-            record[R_END] = now
+                record[CPU] += cpu() - record[SEG_CPU]
+            record[END] = now
+            info = record[INFO]
             if error is None:
-                if record[R_INFO].keys:
-                    record[R_RET] = value_key(value)
-                    record[R_RET_SIZE] = getsizeof(value, 0)
+                if info.keys:
+                    record[RET] = value_key(value)
+                    record[RET_SIZE] = getsizeof(value, 0)
             elif not isinstance(error, _NOT_ERRORS):
-                record[R_ERROR] = type(error)
-            parent = record[R_PARENT]
-            if stack and stack[-1] is parent:
-                parent[R_CHILD_CPU] += record[R_CPU]
-            if record[R_INFO].kind == KIND_COROUTINE:
-                current_set(record[R_PREV_CURRENT])
+                record[ERROR] = type(error)
+            if stack and cpu is not None:
+                parent = stack[-1]
+                if parent is record[PARENT]:
+                    parent[CHILD_CPU] += record[CPU]
+            if info.kind == COROUTINE:
+                current_set(record[PREV])
             if len(finished) < max_pending:
                 finished.append(record)
             else:
@@ -219,19 +235,18 @@ class Recorder:
         def suspend(code: CodeType, frame: FrameType) -> None:
             """A generator yields or a coroutine suspends at an await."""
             now = clock()
-            try:
-                state = local.state
-            except AttributeError:
+            state = states.get(get_ident())
+            if state is None:
                 return
             stack = state.stack
-            if not stack or stack[-1][R_INFO].code is not code:
+            if not stack or stack[-1][INFO].code is not code:
                 return
             record = stack.pop()
             cpu = state.cpu
             if cpu is not None:
-                record[R_CPU] += cpu() - record[R_SEG_CPU]
-            record[R_SUSPENDS] += 1
-            record[R_SUSP_AT] = now
+                record[CPU] += cpu() - record[SEG_CPU]
+            record[SUSPENDS] += 1
+            record[SUSP_AT] = now
             if len(suspended) >= max_suspended:
                 recorder.evict_oldest_suspended()
             suspended[id(frame)] = record
@@ -239,17 +254,17 @@ class Recorder:
         def resume(frame: FrameType) -> bool:
             """A suspended generator/coroutine runs again. False if we never saw it start."""
             record = suspended.pop(id(frame), None)
-            if record is None or record[R_INFO].code is not frame.f_code:
+            if record is None or record[INFO].code is not frame.f_code:
                 return False
-            try:
-                state = local.state
-            except AttributeError:
+            state = states.get(get_ident())
+            if state is None:
                 state = thread_state()
             now = clock()
-            record[R_SUSP_NS] += now - record[R_SUSP_AT]
+            record[SUSP_NS] += now - record[SUSP_AT]
             state.stack.append(record)
             cpu = state.cpu
-            record[R_SEG_CPU] = cpu() if cpu is not None else 0
+            if cpu is not None:
+                record[SEG_CPU] = cpu()
             return True
 
         self.start = start
