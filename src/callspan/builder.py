@@ -20,8 +20,23 @@ from typing import Any, Protocol
 
 from callspan.keys import KeyHasher
 from callspan.record import (
-    R_ARGS, R_CHILD_CPU, R_CPU, R_END, R_ERROR, R_INCOMPLETE, R_INFO, R_OUT, R_PARENT, R_RET,
-    R_RET_SIZE, R_ROOT, R_START, R_SUSP_NS, R_SUSPENDS, R_THREAD, Record,
+    R_ARGS,
+    R_CHILD_CPU,
+    R_CPU,
+    R_END,
+    R_ERROR,
+    R_INCOMPLETE,
+    R_INFO,
+    R_OUT,
+    R_PARENT,
+    R_RET,
+    R_RET_SIZE,
+    R_ROOT,
+    R_START,
+    R_SUSP_NS,
+    R_SUSPENDS,
+    R_THREAD,
+    Record,
 )
 from callspan.selection import KIND_COROUTINE, KIND_FUNCTION, KIND_NAMES, CodeInfo
 

@@ -11,7 +11,8 @@ import os
 import platform
 import struct
 import time
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 from callspan.errors import CallspanError
 

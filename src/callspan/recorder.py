@@ -13,14 +13,29 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from types import CodeType, FrameType
-from typing import Any, Callable
+from typing import Any
 
 from callspan.counters import CpuCounter
 from callspan.keys import args_key, value_key
 from callspan.record import (
-    R_CHILD_CPU, R_CPU, R_END, R_ERROR, R_INCOMPLETE, R_INFO, R_PARENT, R_PREV_CURRENT,
-    R_RET, R_RET_SIZE, R_SEG_CPU, R_START, R_SUSP_AT, R_SUSP_NS, R_SUSPENDS, Record,
+    R_CHILD_CPU,
+    R_CPU,
+    R_END,
+    R_ERROR,
+    R_INCOMPLETE,
+    R_INFO,
+    R_PARENT,
+    R_PREV_CURRENT,
+    R_RET,
+    R_RET_SIZE,
+    R_SEG_CPU,
+    R_START,
+    R_SUSP_AT,
+    R_SUSP_NS,
+    R_SUSPENDS,
+    Record,
 )
 from callspan.selection import KIND_COROUTINE, CodeInfo, Selector
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from types import CodeType
-from typing import Iterable
 
 from callspan.config import stdlib_paths
 

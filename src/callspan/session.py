@@ -9,14 +9,15 @@ import os
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
-from callspan.builder import SpanBuilder, Sink
+from callspan.builder import Sink, SpanBuilder
 from callspan.config import Settings
-from callspan.counters import CpuCounter, choose_counter
 from callspan.cores.base import Core
 from callspan.cores.select import choose_core
+from callspan.counters import CpuCounter, choose_counter
 from callspan.keys import KeyHasher
 from callspan.recorder import Clock, Recorder
 from callspan.selection import Selector

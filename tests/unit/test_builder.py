@@ -41,7 +41,7 @@ def test_budget_keeps_root_then_first_half_then_slow_calls_and_summarises_the_re
         short = node.name.rsplit(".", 1)[-1]
         counted[short] = counted.get(short, 0) + 1
         attrs = node.attributes
-        for name, count in zip(attrs.get("callspan.summary.function", []), attrs.get("callspan.summary.count", [])):
+        for name, count in zip(attrs.get("callspan.summary.function", []), attrs.get("callspan.summary.count", []), strict=True):
             counted[name.rsplit(".", 1)[-1]] = counted.get(name.rsplit(".", 1)[-1], 0) + count
     assert counted == {"driver": 1, "<genexpr>": 1, "fast": 40, "tiny": 43, "slow": 1}
 

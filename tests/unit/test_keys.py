@@ -136,7 +136,7 @@ def test_key_equality_matches_lru_cache() -> None:
     values = [1, 1.0, True, "1", (1,), (1, 2), frozenset({1}), None, b"x1", 2, "2"]
     seen: dict[int, object] = {}
 
-    @functools.lru_cache(maxsize=None)
+    @functools.cache
     def cached(x: object) -> object:
         return x
 

@@ -38,7 +38,7 @@ class SetProfileCore:
             sys.setprofile(self._hook)
 
     def stop(self) -> None:
-        threading.setprofile(None)  # type: ignore[arg-type]
+        threading.setprofile(None)  # type: ignore[arg-type,unused-ignore]
         if _env.HAS_SETPROFILE_ALL_THREADS:
             threading.setprofile_all_threads(None)  # type: ignore[attr-defined,unused-ignore]
         else:

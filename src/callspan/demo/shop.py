@@ -47,7 +47,7 @@ async def inventory(sku: str) -> int:
 async def handle_checkout(items: list[str]) -> float:
     request_id()
     counts = await asyncio.gather(*(inventory(sku) for sku in items))
-    cart = Cart([sku for sku, n in zip(items, counts) if n > 0])
+    cart = Cart([sku for sku, n in zip(items, counts, strict=True) if n > 0])
     return cart.total("EUR")
 
 
