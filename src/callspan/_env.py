@@ -15,7 +15,7 @@ HAS_SYS_MONITORING = hasattr(sys, "monitoring")
 # return DISABLE (CPython raises ValueError if they do).
 GLOBAL_ONLY_EVENTS = ("PY_UNWIND", "PY_THROW")
 
-# Measured with callspan's own probe (tests/test_env.py): on 3.12 and 3.13, an await suspension fires
+# Measured with callspan's own probe (tests/unit/test_env.py): on 3.12 and 3.13, an await suspension fires
 # PY_YIELD for every coroutine in the await chain, innermost first; resuming fires PY_RESUME outermost
 # first; an exception delivered into a suspended coroutine (Task.cancel, a failed awaited task) fires
 # PY_THROW instead of PY_RESUME.
