@@ -22,7 +22,7 @@ from callspan.errors import CallspanError
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", metavar="FILE",
                         help="write spans as OTLP JSON lines to FILE (default: callspan-traces.jsonl, "
-                             "unless --otlp or OTEL_TRACES_EXPORTER=otlp)")
+                             "unless --otlp or OTEL_TRACES_EXPORTER=otlp; with --otlp, both)")
     parser.add_argument("--otlp", nargs="?", const="", default=None, metavar="ENDPOINT",
                         help="export over OTLP instead (endpoint default from OTEL_EXPORTER_OTLP_ENDPOINT)")
     parser.add_argument("--otlp-protocol", choices=["grpc", "http/protobuf", "http"],
@@ -50,12 +50,9 @@ def _parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="trace the bundled demo service and analyze it (no server needed)")
     demo.add_argument("-o", "--output", default="callspan-demo.jsonl", metavar="FILE")
     analyze = commands.add_parser("analyze", help="report cache opportunities, CPU by stack, latency")
-    try:
-        from callspan.analysis.cli import add_analyze_arguments
-    except ImportError:
-        add_analyze_arguments = None
-    if add_analyze_arguments is not None:
-        add_analyze_arguments(analyze)
+    from callspan.analysis.cli import add_analyze_arguments
+
+    add_analyze_arguments(analyze)
     return parser
 
 
@@ -160,20 +157,21 @@ def run_program(args: argparse.Namespace) -> int:
 
 
 def _report(session: Any, sink: Any, pipeline: Any, finished: bool) -> None:
+    """One line on stderr: where the spans went, or how many did not get there and why."""
     ended = sink.spans_ended
-    exported = pipeline.exporter.exported
-    lost = ended - exported
-    dropped_records = session.dropped
-    if lost or dropped_records or not finished:
-        parts = []
+    parts = []
+    for destination in pipeline.destinations:
+        lost = ended - destination.exporter.exported
         if lost:
-            parts.append(f"{lost} of {ended} spans not exported to {pipeline.destination}"
-                         + ("" if finished else f" (exporter still busy after {pipeline.export_timeout:g}s)"))
-        if dropped_records:
-            parts.append(f"{dropped_records} calls dropped (tracer backlog full)")
-        print("callspan: " + "; ".join(parts), file=sys.stderr)
-    else:
-        print(f"callspan: {ended} spans written to {pipeline.destination}", file=sys.stderr)
+            why = "" if finished else f" (exporter still busy after {pipeline.export_timeout:g}s)"
+            parts.append(f"{lost} of {ended} spans not exported to {destination.name}{why}")
+        else:
+            parts.append(f"{ended} spans written to {destination.name}")
+    if session.dropped:
+        parts.append(f"{session.dropped} calls dropped (tracer backlog full)")
+    if session.build_faults or sink.faults:
+        parts.append(f"{session.build_faults + sink.faults} internal faults")
+    print("callspan: " + "; ".join(parts), file=sys.stderr)
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -186,10 +184,8 @@ def run_demo(args: argparse.Namespace) -> int:
     code = run_program(ns)
     if code:
         return code
-    try:
-        from callspan.analysis.cli import run_analyze
-    except ImportError:
-        return 0
+    from callspan.analysis.cli import run_analyze
+
     analyze_args = _parser().parse_args(["analyze", args.output])
     return run_analyze(analyze_args)
 

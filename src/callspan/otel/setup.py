@@ -53,10 +53,15 @@ class CountingExporter(SpanExporter):
 
 
 @dataclass
+class Destination:
+    exporter: CountingExporter
+    name: str  # e.g. "traces.jsonl" or "OTLP/gRPC localhost:4317"
+
+
+@dataclass
 class Pipeline:
     provider: TracerProvider
-    exporter: CountingExporter
-    destination: str
+    destinations: list[Destination]
     export_timeout: float
 
     def shutdown(self) -> bool:
@@ -112,23 +117,28 @@ def build_pipeline(
         attributes["service.name"] = service_name
     resource = Resource.create(attributes)
     chosen = os.environ.get("OTEL_TRACES_EXPORTER", "").strip().lower()
+    exporters: list[tuple[SpanExporter, str]] = []
     if otlp or (chosen == "otlp" and output is None):
-        inner, destination = _otlp_exporter(otlp_endpoint, otlp_protocol, export_timeout)
+        exporters.append(_otlp_exporter(otlp_endpoint, otlp_protocol, export_timeout))
     elif chosen == "console" and output is None:
         from opentelemetry.sdk.trace.export import ConsoleSpanExporter
 
-        inner, destination = ConsoleSpanExporter(), "console"
-    else:
+        exporters.append((ConsoleSpanExporter(), "console"))
+    if output is not None or not exporters:
         path = output or DEFAULT_OUTPUT
         try:
-            inner = OtlpJsonLinesExporter(path)
+            exporters.append((OtlpJsonLinesExporter(path), path))
         except OSError as exc:
             raise CallspanError(f"{path}: cannot write traces: {exc.strerror or exc}") from None
-        destination = path
-    exporter = CountingExporter(inner)
-    provider = TracerProvider(resource=resource)
-    provider.add_span_processor(BatchSpanProcessor(
-        exporter, max_queue_size=1 << 18, schedule_delay_millis=500, max_export_batch_size=2048,
-        export_timeout_millis=int(export_timeout * 1000),
-    ))
-    return Pipeline(provider, exporter, destination, export_timeout)
+    # shutdown_on_exit=False: callspan shuts down itself, bounded by the export timeout; the
+    # SDK's own atexit hook would wait for a dead collector again.
+    provider = TracerProvider(resource=resource, shutdown_on_exit=False)
+    destinations = []
+    for inner, name in exporters:
+        counting = CountingExporter(inner)
+        destinations.append(Destination(counting, name))
+        provider.add_span_processor(BatchSpanProcessor(
+            counting, max_queue_size=1 << 18, schedule_delay_millis=500, max_export_batch_size=2048,
+            export_timeout_millis=int(export_timeout * 1000),
+        ))
+    return Pipeline(provider, destinations, export_timeout)

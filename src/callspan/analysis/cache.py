@@ -1,0 +1,596 @@
+"""Cache opportunities: LRU hit ratios at every cache size, in one pass per function.
+
+For each (process, function) the calls are replayed in start order as accesses to an LRU cache
+keyed by ``callspan.args.hash``. Mattson's stack algorithm gives each access its *stack
+distance* (1 + the number of distinct other keys used since the previous use of its key): an
+LRU cache of size N hits exactly the accesses whose distance is <= N, so one histogram of
+distances is the hit count at every size at once. Distances come from a Fenwick tree over
+access positions marking the latest use of each key: O(log gap) per access.
+
+Modelled like ``functools.lru_cache``: a call that raised, or whose arguments could not be keyed,
+is a miss and does not enter the cache; every other call is a hit if its key is cached and is
+then the most recent entry, or a miss that inserts its key (evicting the least recent).
+
+SHARDS: summarised calls may be key-sampled (``callspan.sample_rate`` R < 1: only keys whose hash
+falls below R * 2**64 are listed). The whole function is then filtered at its smallest R, the
+sampled distance d stands for size d/R, and counts scale by 1/R; results are estimates.
+
+The replay is of the traced (uncached) program: for a recursive function, calls nested inside a
+call that would have hit would not happen at all with the cache. Savings count the cost of such
+nested hits once (inside their outermost hit, same thread, synchronous functions); hit ratios
+are reported as replayed.
+"""
+
+from __future__ import annotations
+
+import math
+from array import array
+from bisect import bisect_right
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from callspan.analysis.model import (
+    F_ERROR,
+    F_NO_ARGS,
+    S_CPU_CALLS,
+    S_CPU_SELF,
+    S_CPU_TOTAL,
+    S_ERRORS,
+    S_METHOD,
+    S_RET_SIZE,
+    S_RET_SIZE_N,
+    S_RET_UNHASHABLE,
+    S_SUM_ERRORS,
+    CallColumns,
+    FunctionInfo,
+    Model,
+)
+
+TWO64 = 1 << 64
+DEFAULT_MAXSIZE = 128  # functools.lru_cache's default
+# A cache hit costs roughly this much (key tuple + dict lookup in C); calls cheaper than a few
+# times this are not worth caching whatever their hit ratio.
+CHEAP_CALL = {"ns": 500, "instructions": 2000}
+
+ADVICE_KINDS = ("lru_cache", "lru_cache_convert_args", "method", "async_cache", "inflight_coalescing",
+                "inconsistent", "not_cacheable", "not_worth_it")
+
+
+def lru_histogram(keys: Iterable[int]) -> tuple[list[int], int]:
+    """Stack-distance histogram of ``keys`` (hist[d] = accesses at distance d) and the cold misses.
+
+    hits(N) == sum(hist[1:N+1]) for an LRU cache of N entries. A standalone, key-only version of
+    what ``analyze_calls`` does, for tests and tools.
+    """
+    keys = list(keys)
+    n = len(keys)
+    size = 1
+    while size < n + 1:
+        size <<= 1
+    tree = [0] * (size + 1)
+    hist = [0] * (n + 2)
+    last: dict[int, int] = {}
+    cold = 0
+    for i, key in enumerate(keys, 1):
+        p = last.get(key)
+        if p is None:
+            cold += 1
+            j = i
+            while j <= size:
+                tree[j] += 1
+                j += j & -j
+        else:
+            hist[_distance_and_move(tree, p, i)] += 1
+        last[key] = i
+    return hist, cold
+
+
+def _distance_and_move(tree: list[int], p: int, i: int) -> int:
+    """Distance of an access at position i whose key was last used at p; moves the mark p -> i."""
+    # Marks strictly between p and i: prefix(i-1) - prefix(p), walking both down until they meet.
+    a = i - 1
+    b = p
+    s = 0
+    while a != b:
+        if a > b:
+            s += tree[a]
+            a &= a - 1
+        else:
+            s -= tree[b]
+            b &= b - 1
+    # Unmark p along its update path up to the first node that also covers i, then mark i
+    # along its path up to that node (from there on, -1 and +1 cancel).
+    j = p
+    while j < i:
+        tree[j] -= 1
+        j += j & -j
+    meet = j
+    j = i
+    while j < meet:
+        tree[j] += 1
+        j += j & -j
+    return s + 1
+
+
+@dataclass(slots=True)
+class ProcessResult:
+    """One function in one process."""
+
+    function: int  # index into Model.functions
+    process: int
+    calls: int
+    accesses: int  # calls replayed (after SHARDS filtering), unscaled
+    sample_rate: float
+    distinct_keys: float
+    hits_unbounded: float
+    steps: list[tuple[int, float]]  # (cache size, extra hits from that size on), ascending
+    inconsistent_keys: int
+    overlapping: int
+    order: array[int] = field(default_factory=lambda: array("I"), repr=False)  # replay order (column indices)
+    distances: array[int] = field(default_factory=lambda: array("I"), repr=False)  # 0 = miss
+
+    def hits_at(self, size: int) -> float:
+        return sum(h for s, h in self.steps if s <= size)
+
+
+def analyze_calls(function: int, info: FunctionInfo, columns: CallColumns) -> ProcessResult:
+    """Replay one function's calls (one process) through every LRU size at once."""
+    n = len(columns)
+    starts = columns.start
+    order = sorted(range(n), key=starts.__getitem__)
+    keys = columns.args
+    rets = columns.ret
+    ends = columns.end
+    flags = columns.flags
+    rate = info.sample_rate if 0 < info.sample_rate < 1 else 1.0
+    if rate < 1:
+        limit = int(rate * TWO64)
+        order = [i for i in order if 0 < keys[i] < limit]
+    track_overlap = info.kind in ("coroutine", "async_generator")
+    size = 1
+    while size < len(order) + 1:
+        size <<= 1
+    tree = [0] * (size + 1)
+    hist = [0] * (len(order) + 2)
+    last: dict[int, int] = {}
+    max_end: dict[int, int] = {}
+    returned: dict[int, int] = {}
+    inconsistent: set[int] = set()
+    distances = array("I", bytes(4 * n))
+    overlapping = 0
+    position = 0
+    skip = F_ERROR | F_NO_ARGS
+    for index in order:
+        if flags[index] & skip:
+            continue
+        key = keys[index]
+        ret = rets[index]
+        if ret:
+            seen = returned.get(key)
+            if seen is None:
+                returned[key] = ret
+            elif seen != ret:
+                inconsistent.add(key)
+        position += 1
+        p = last.get(key)
+        last[key] = position
+        if p is None:
+            j = position
+            while j <= size:
+                tree[j] += 1
+                j += j & -j
+            if track_overlap:
+                max_end[key] = ends[index]
+            continue
+        # Stack distance = 1 + marks strictly between p and position (see _distance_and_move).
+        a = position - 1
+        b = p
+        d = 1
+        while a != b:
+            if a > b:
+                d += tree[a]
+                a &= a - 1
+            else:
+                d -= tree[b]
+                b &= b - 1
+        j = p
+        while j < position:
+            tree[j] -= 1
+            j += j & -j
+        meet = j
+        j = position
+        while j < meet:
+            tree[j] += 1
+            j += j & -j
+        hist[d] += 1
+        distances[index] = d
+        if track_overlap:
+            end = max_end[key]
+            if starts[index] < end:
+                overlapping += 1
+            if ends[index] > end:
+                max_end[key] = ends[index]
+    scale = 1.0 / rate
+    # Sizes that round to the same value (sampling) merge into one step.
+    merged: list[tuple[int, float]] = []
+    for d, h in enumerate(hist):
+        if h:
+            s = math.ceil(d * scale - 1e-9)
+            if merged and merged[-1][0] == s:
+                merged[-1] = (s, merged[-1][1] + h * scale)
+            else:
+                merged.append((s, h * scale))
+    return ProcessResult(
+        function=function, process=info.process, calls=info.calls, accesses=len(order), sample_rate=rate,
+        distinct_keys=len(last) * scale, hits_unbounded=sum(hist) * scale, steps=merged,
+        inconsistent_keys=round(len(inconsistent) * scale), overlapping=round(overlapping * scale),
+        order=array("I", order), distances=distances,
+    )
+
+
+@dataclass(slots=True)
+class Savings:
+    cpu: float = 0.0
+    wall: float = 0.0
+    hits: float = 0.0
+
+
+def savings_at(result: ProcessResult, columns: CallColumns, size: int, nested_exclusion: bool) -> Savings:
+    """CPU and wall of the calls that would have hit a cache of ``size`` entries.
+
+    With ``nested_exclusion`` (synchronous functions), a hit nested inside an earlier hit of the
+    same function on the same thread is counted as a hit but its cost is not added again: it is
+    part of the outer call's ``callspan.cpu.total``.
+    """
+    out = Savings()
+    if size <= 0:
+        return out
+    threshold = size * result.sample_rate + 1e-9
+    distances = result.distances
+    starts = columns.start
+    ends = columns.end
+    cpus = columns.cpu
+    threads = columns.thread
+    open_until: dict[int, int] = {}
+    hits = 0
+    cpu = 0
+    wall = 0
+    for index in result.order:
+        d = distances[index]
+        if not d or d > threshold:
+            continue
+        hits += 1
+        if nested_exclusion:
+            thread = threads[index]
+            if starts[index] < open_until.get(thread, 0):
+                continue
+            open_until[thread] = ends[index]
+        cpu += cpus[index]
+        wall += ends[index] - starts[index]
+    scale = 1.0 / result.sample_rate
+    out.cpu = cpu * scale
+    out.wall = wall * scale
+    out.hits = hits * scale
+    return out
+
+
+@dataclass(slots=True)
+class Advice:
+    kind: str
+    text: str
+    paste: str | None = None
+
+
+@dataclass(slots=True)
+class Opportunity:
+    """One function, summed over the processes it ran in."""
+
+    name: str
+    file: str
+    line: int
+    kind: str
+    method: bool
+    calls: int
+    errors: int
+    distinct_keys: float
+    hits_unbounded: float
+    hit_ratio: float
+    hit_ratio_at_128: float
+    recommended_maxsize: int | None
+    hit_ratio_at_recommended: float | None
+    consistent: bool
+    inconsistent_keys: int
+    overlapping: int
+    sample_rate: float
+    unhashable_types: list[str]
+    returns_unhashable: bool
+    cpu_unit: str
+    savings: Savings
+    share: float | None
+    memory_bytes: int | None
+    mean_cost: float | None  # CPU per call (unit cpu_unit), None without CPU data
+    curve: list[tuple[int, float]]  # (size, hit ratio) points
+    processes: list[dict[str, object]]
+    advice: Advice = field(default_factory=lambda: Advice("lru_cache", ""))
+
+    @property
+    def estimated(self) -> bool:
+        return self.sample_rate < 1
+
+
+@dataclass(slots=True)
+class CacheOptions:
+    target: float = 0.95
+    min_calls: int = 2
+    min_share: float = 0.005
+    curve_points: int = 200
+
+
+@dataclass(slots=True)
+class CacheReport:
+    opportunities: list[Opportunity]
+    total_cpu: dict[str, int]  # unit -> sum of callspan.cpu.self over everything
+    functions_analyzed: int
+    functions_without_reuse: int
+    functions_without_keys: int
+    options: CacheOptions
+
+
+def _summed_steps(results: Sequence[ProcessResult]) -> list[tuple[int, float]]:
+    if len(results) == 1:
+        return results[0].steps
+    merged: dict[int, float] = {}
+    for result in results:
+        for s, h in result.steps:
+            merged[s] = merged.get(s, 0.0) + h
+    return sorted(merged.items())
+
+
+def _cumulative(steps: list[tuple[int, float]]) -> tuple[list[int], list[float]]:
+    sizes: list[int] = []
+    totals: list[float] = []
+    running = 0.0
+    for s, h in steps:
+        running += h
+        sizes.append(s)
+        totals.append(running)
+    return sizes, totals
+
+
+def _hits_at(sizes: list[int], totals: list[float], size: int) -> float:
+    i = bisect_right(sizes, size)
+    return totals[i - 1] if i else 0.0
+
+
+def recommend(sizes: list[int], totals: list[float], target: float) -> int | None:
+    """Smallest size whose hits reach ``target`` of the unbounded hits."""
+    if not totals or totals[-1] <= 0:
+        return None
+    goal = target * totals[-1] - 1e-9 * totals[-1]
+    for s, t in zip(sizes, totals, strict=True):
+        if t >= goal:
+            return s
+    return sizes[-1]
+
+
+def _curve_points(sizes: list[int], totals: list[float], calls: int, limit: int) -> list[tuple[int, float]]:
+    if not sizes or calls <= 0:
+        return []
+    if len(sizes) <= limit:
+        return [(s, min(1.0, t / calls)) for s, t in zip(sizes, totals, strict=True)]
+    top = sizes[-1]
+    points = sorted({max(1, round(math.exp(math.log(top) * k / (limit - 1)))) for k in range(limit)})
+    return [(s, min(1.0, _hits_at(sizes, totals, s) / calls)) for s in points]
+
+
+def _format_count(value: float) -> str:
+    return f"{value:,.0f}"
+
+
+def _advise(op: Opportunity, options: CacheOptions) -> Advice:
+    where = f"{op.file}:{op.line}" if op.file else op.name
+    size = op.recommended_maxsize
+    paste = f"@functools.lru_cache(maxsize={size})  # {where}" if size else None
+    if op.hits_unbounded <= 0 and op.method:
+        return Advice("method", f"self is part of the cache key and no key repeated "
+                      f"({_format_count(op.calls)} calls, {_format_count(op.distinct_keys)} distinct keys): "
+                      "if the result does not depend on the instance, cache a module-level function of the "
+                      "other arguments instead")
+    if not op.consistent:
+        return Advice("inconsistent", f"not cacheable as is: {op.inconsistent_keys:,} argument key(s) returned "
+                      "different values (the result depends on more than the arguments, or is a new object "
+                      "each call)")
+    if op.kind in ("generator", "async_generator"):
+        return Advice("not_cacheable", f"a {op.kind.replace('_', ' ')} function: lru_cache would cache the "
+                      "generator object, which can be iterated once; cache a function returning a tuple of "
+                      "its values instead")
+    cheap = CHEAP_CALL.get(op.cpu_unit)
+    if (op.share is not None and op.share < options.min_share) or (
+            cheap is not None and op.mean_cost is not None and op.mean_cost < cheap):
+        reason = []
+        if op.share is not None and op.share < options.min_share:
+            reason.append(f"would save {op.share:.2%} of all CPU (threshold {options.min_share:.2%})")
+        if cheap is not None and op.mean_cost is not None and op.mean_cost < cheap:
+            reason.append(f"a call costs ~{op.mean_cost:,.0f} {op.cpu_unit}, close to a cache lookup")
+        return Advice("not_worth_it", "not worth it: " + "; ".join(reason))
+    if op.kind == "coroutine":
+        text = ("async def: functools.lru_cache would cache the coroutine object (awaiting it a second time "
+                "raises RuntimeError); cache the awaited result instead, e.g. a dict of results, or of "
+                "asyncio.Tasks keyed by the arguments")
+        if op.overlapping:
+            return Advice("inflight_coalescing", f"{_format_count(op.overlapping)} calls started while an "
+                          "identical call was still running: share one in-flight asyncio.Task per key "
+                          "(coalescing) and cache its result; " + text.split(": ", 1)[1])
+        return Advice("async_cache", text)
+    if op.unhashable_types:
+        types = ", ".join(op.unhashable_types)
+        return Advice("lru_cache_convert_args", f"arguments include unhashable {types}: convert them to "
+                      "tuple / frozenset (e.g. in a thin wrapper) and cache the function of the converted "
+                      "arguments", paste)
+    note = ""
+    if op.method:
+        note = ("; a method: self is part of the key, hits only repeat per instance, and the cache keeps "
+                "instances alive until evicted")
+    if op.returns_unhashable:
+        note += "; returns a mutable value: callers would share (and could mutate) the cached object"
+    return Advice("lru_cache", f"cache it with functools.lru_cache(maxsize={size})" + note, paste)
+
+
+JOB_CALLS = 200_000  # per-function replays are sent to workers in jobs of about this many calls
+
+
+def _analyze_job(job: list[tuple[int, FunctionInfo, CallColumns]]) -> list[ProcessResult]:
+    return [analyze_calls(*item) for item in job]
+
+
+class PendingAnalysis:
+    """Replays started (maybe in worker processes); :meth:`finish` gathers them into a report."""
+
+    def __init__(self, model: Model, options: CacheOptions,
+                 imap: Callable[[Callable[[Any], Any], Iterable[Any]], Iterable[Any]]) -> None:
+        self.model = model
+        self.options = options
+        total_cpu: dict[str, int] = {}
+        for info in model.functions:
+            unit = model.processes[info.process].cpu_unit or "unknown"
+            total_cpu[unit] = total_cpu.get(unit, 0) + info.stats[S_CPU_SELF]
+        self.total_cpu = total_cpu
+        groups: dict[tuple[str, str], list[int]] = {}
+        for index, info in enumerate(model.functions):
+            columns = model.calls[index]
+            if columns is not None and len(columns):
+                groups.setdefault((info.name, info.file), []).append(index)
+        self.without_keys = 0
+        for key, indices in list(groups.items()):
+            if sum(model.functions[i].calls for i in indices) < options.min_calls:
+                del groups[key]
+                continue
+            if all(_unkeyed(model.calls[i]) for i in indices):
+                self.without_keys += 1
+                del groups[key]
+        self.groups = groups
+        jobs: list[list[tuple[int, FunctionInfo, CallColumns]]] = []
+        size = JOB_CALLS
+        for indices in groups.values():
+            for i in indices:
+                columns = model.calls[i]
+                assert columns is not None
+                if size >= JOB_CALLS:
+                    jobs.append([])
+                    size = 0
+                jobs[-1].append((i, model.functions[i], columns))
+                size += len(columns)
+        self.replayed = iter(imap(_analyze_job, jobs))  # a pool's imap starts working right away
+
+    def finish(self) -> CacheReport:
+        model, options = self.model, self.options
+        results_flat = (result for batch in self.replayed for result in batch)
+        opportunities: list[Opportunity] = []
+        without_reuse = 0
+        for indices in self.groups.values():
+            results = [next(results_flat) for _ in indices]
+            op = _opportunity(model, results, self.total_cpu, options)
+            for result in results:  # free the per-call replay data
+                result.order = array("I")
+                result.distances = array("I")
+            if op.hits_unbounded <= 0 and not op.method:
+                without_reuse += 1
+                continue
+            opportunities.append(op)
+        opportunities.sort(key=lambda op: (op.advice.kind in ("inconsistent", "not_cacheable", "method"),
+                                           -(op.savings.cpu or 0), -op.savings.wall, -op.hits_unbounded,
+                                           op.name))
+        return CacheReport(opportunities, self.total_cpu, len(self.groups), without_reuse, self.without_keys,
+                           options)
+
+
+def _unkeyed(columns: CallColumns | None) -> bool:
+    return columns is None or columns.args.count(0) == len(columns.args)
+
+
+def start(model: Model, options: CacheOptions | None = None,
+          imap: Callable[[Callable[[Any], Any], Iterable[Any]], Iterable[Any]] = map) -> PendingAnalysis:
+    """Start the replays (``imap``: e.g. a process pool's, results in order); finish() reports."""
+    return PendingAnalysis(model, options or CacheOptions(), imap)
+
+
+def analyze(model: Model, options: CacheOptions | None = None,
+            imap: Callable[[Callable[[Any], Any], Iterable[Any]], Iterable[Any]] = map) -> CacheReport:
+    """Cache opportunities of every function in ``model``, ranked by savings."""
+    return start(model, options, imap).finish()
+
+
+def _opportunity(model: Model, results: list[ProcessResult], total_cpu: dict[str, int],
+                 options: CacheOptions) -> Opportunity:
+    infos = [model.functions[r.function] for r in results]
+    first = infos[0]
+    calls = sum(i.calls for i in infos)
+    errors = sum(i.stats[S_ERRORS] + i.stats[S_SUM_ERRORS] for i in infos)
+    steps = _summed_steps(results)
+    sizes, totals = _cumulative(steps)
+    hits = totals[-1] if totals else 0.0
+    size = recommend(sizes, totals, options.target)
+    units = {model.processes[i.process].cpu_unit or "unknown" for i in infos}
+    unit = units.pop() if len(units) == 1 else "mixed"
+    has_cpu = any(i.stats[S_CPU_CALLS] for i in infos)
+    nested = first.kind == "function"
+    inconsistent = sum(r.inconsistent_keys for r in results)
+    savings = Savings()
+    per_process: list[dict[str, object]] = []
+    for result in results:
+        columns = model.calls[result.function]
+        assert columns is not None
+        saved = savings_at(result, columns, size or 0, nested) if size and not inconsistent else Savings()
+        savings.cpu += saved.cpu
+        savings.wall += saved.wall
+        savings.hits += saved.hits
+        p_sizes, p_totals = _cumulative(result.steps)
+        process = model.processes[result.process]
+        per_process.append({
+            "process": process.key, "label": process.label, "calls": result.calls,
+            "distinct_keys": round(result.distinct_keys), "hit_ratio": _ratio(result.hits_unbounded, result.calls),
+            "hit_ratio_at_128": _ratio(_hits_at(p_sizes, p_totals, DEFAULT_MAXSIZE), result.calls),
+            "recommended_maxsize": recommend(p_sizes, p_totals, options.target),
+            "inconsistent_keys": result.inconsistent_keys, "sample_rate": result.sample_rate,
+            "savings": {"cpu": round(saved.cpu), "wall_ns": round(saved.wall), "hits": round(saved.hits)},
+        })
+    cpu_total_all = total_cpu.get(unit)
+    share = savings.cpu / cpu_total_all if has_cpu and cpu_total_all else None
+    ret_size = sum(i.stats[S_RET_SIZE] for i in infos)
+    ret_n = sum(i.stats[S_RET_SIZE_N] for i in infos)
+    memory = round(size * ret_size / ret_n) if size and ret_n else None
+    cpu_calls = sum(i.stats[S_CPU_CALLS] for i in infos)
+    mean_cost = sum(i.stats[S_CPU_TOTAL] for i in infos) / cpu_calls if cpu_calls else None
+    unhashable: set[str] = set()
+    for info in infos:
+        unhashable |= info.unhashable
+    op = Opportunity(
+        name=first.name, file=first.file, line=first.line, kind=first.kind,
+        method=any(i.stats[S_METHOD] for i in infos), calls=calls, errors=errors,
+        distinct_keys=sum(r.distinct_keys for r in results), hits_unbounded=hits,
+        hit_ratio=_ratio(hits, calls), hit_ratio_at_128=_ratio(_hits_at(sizes, totals, DEFAULT_MAXSIZE), calls),
+        recommended_maxsize=size if not inconsistent else None,
+        hit_ratio_at_recommended=_ratio(_hits_at(sizes, totals, size), calls) if size else None,
+        consistent=not inconsistent, inconsistent_keys=inconsistent,
+        overlapping=sum(r.overlapping for r in results), sample_rate=min(r.sample_rate for r in results),
+        unhashable_types=sorted(unhashable),
+        returns_unhashable=any(i.stats[S_RET_UNHASHABLE] for i in infos),
+        cpu_unit=unit if has_cpu else "none", savings=savings, share=share,
+        memory_bytes=memory if not inconsistent else None, mean_cost=mean_cost,
+        curve=_curve_points(sizes, totals, calls, options.curve_points), processes=per_process,
+    )
+    op.advice = _advise(op, options)
+    if op.advice.kind in ("inconsistent", "not_cacheable", "method"):
+        op.recommended_maxsize = None
+        op.hit_ratio_at_recommended = None
+        op.memory_bytes = None
+        op.advice.paste = None
+    if op.advice.kind == "not_worth_it":
+        op.advice.paste = None
+    return op
+
+
+def _ratio(part: float, whole: float) -> float:
+    return min(1.0, part / whole) if whole > 0 else 0.0
+

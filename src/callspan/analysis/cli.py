@@ -1,0 +1,197 @@
+"""``callspan analyze``: arguments and the run, wired into the ``callspan`` CLI by its caller."""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import sys
+import time
+from typing import TextIO
+
+from callspan.analysis import cache, cpu, latency
+from callspan.analysis.jaeger import fetch, parse_since
+from callspan.analysis.loader import LoadOptions, Workers, auto_jobs, load_bytes, load_files, new_model
+from callspan.analysis.progress import Progress
+from callspan.analysis.readers import MAX_LINE_BYTES
+from callspan.analysis.report import Results, render_html, render_json_object, render_text
+from callspan.errors import CallspanError
+
+REPORTS = ("cache", "cpu", "latency")
+MAX_WARNINGS = 20
+
+
+def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``callspan analyze``'s arguments to ``parser``."""
+    parser.add_argument("inputs", nargs="*", metavar="PATH",
+                        help="trace files (OTLP JSON lines, Jaeger JSON; .gz ok) or directories of them")
+    parser.add_argument("--report", default="cache", metavar="KIND",
+                        help="cache, cpu, latency, a comma-separated list, or all (default: cache)")
+    parser.add_argument("--format", default="text", choices=("text", "json", "html"),
+                        help="output format (default: text)")
+    parser.add_argument("-o", "--output", metavar="FILE", help="write the report to FILE (default: stdout)")
+    parser.add_argument("--top", type=int, default=20, metavar="N", help="rows per table (default: 20)")
+    cache_group = parser.add_argument_group("cache report")
+    cache_group.add_argument("--target", type=float, default=0.95, metavar="FRACTION",
+                             help="recommend the smallest maxsize reaching this fraction of the unbounded "
+                                  "hits (default: 0.95)")
+    cache_group.add_argument("--min-calls", type=int, default=2, metavar="N",
+                             help="ignore functions with fewer calls (default: 2)")
+    cache_group.add_argument("--min-share", type=float, default=0.005, metavar="FRACTION",
+                             help="below this share of all CPU saved, advise 'not worth it' (default: 0.005)")
+    cpu_group = parser.add_argument_group("cpu report exports")
+    cpu_group.add_argument("--folded", metavar="FILE", help="write folded stacks (flamegraph.pl input)")
+    cpu_group.add_argument("--speedscope", metavar="FILE", help="write a speedscope profile (JSON)")
+    jaeger = parser.add_argument_group("reading from Jaeger")
+    jaeger.add_argument("--jaeger", metavar="URL", help="Jaeger query service, e.g. http://localhost:16686")
+    jaeger.add_argument("--service", metavar="NAME", help="service name to fetch traces of")
+    jaeger.add_argument("--since", default="1h", metavar="DURATION", help="how far back (default: 1h)")
+    jaeger.add_argument("--limit", type=int, default=1000, metavar="N", help="most traces to fetch (default: 1000)")
+    jaeger.add_argument("--jaeger-api", default="auto", choices=("auto", "v3", "v1"),
+                        help="/api/v3/traces, /api/traces, or v3 then v1 (default: auto)")
+    parser.add_argument("--jobs", type=int, default=0, metavar="N",
+                        help="worker processes for big inputs (default: one per CPU)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
+    parser.add_argument("--max-line-mb", type=int, default=MAX_LINE_BYTES >> 20, metavar="MB",
+                        help=f"longest JSON line accepted (default: {MAX_LINE_BYTES >> 20})")
+
+
+def _reports(text: str) -> list[str]:
+    names = [n.strip().lower() for n in (text or "").split(",") if n.strip()]
+    if names == ["all"]:
+        return list(REPORTS)
+    for name in names:
+        if name not in REPORTS:
+            raise CallspanError(f"--report {text!r}: expected cache, cpu, latency (comma-separated) or all")
+    if not names:
+        raise CallspanError("--report: expected cache, cpu, latency or all")
+    return list(dict.fromkeys(names))
+
+
+def _validate(args: argparse.Namespace) -> list[str]:
+    reports = _reports(args.report)
+    if not args.inputs and not args.jaeger:
+        raise CallspanError("no input: name trace files or directories, or use --jaeger URL --service NAME")
+    if args.jaeger and not args.service:
+        raise CallspanError("--jaeger needs --service NAME")
+    if not 0 < args.target <= 1:
+        raise CallspanError(f"--target {args.target}: expected a fraction in (0, 1]")
+    if args.min_calls < 1:
+        raise CallspanError(f"--min-calls {args.min_calls}: expected at least 1")
+    if not 0 <= args.min_share < 1:
+        raise CallspanError(f"--min-share {args.min_share}: expected a fraction in [0, 1)")
+    if args.top < 1:
+        raise CallspanError(f"--top {args.top}: expected at least 1")
+    if args.limit < 1:
+        raise CallspanError(f"--limit {args.limit}: expected at least 1")
+    if args.max_line_mb < 1:
+        raise CallspanError(f"--max-line-mb {args.max_line_mb}: expected at least 1")
+    if args.jobs < 0:
+        raise CallspanError(f"--jobs {args.jobs}: expected 0 (automatic) or more")
+    return reports
+
+
+def _write(path: str, text: str) -> None:
+    try:
+        with open(path, "w", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+    except OSError as exc:
+        raise CallspanError(f"{path}: cannot write: {exc.strerror or exc}") from None
+
+
+def analyze(args: argparse.Namespace, stderr: TextIO | None = None) -> Results:
+    """Read the inputs named by ``args`` and run the reports asked for."""
+    stderr = stderr if stderr is not None else sys.stderr
+    reports = _validate(args)
+    started = time.monotonic()
+    want_stacks = "cpu" in reports or "latency" in reports or bool(args.folded or args.speedscope)
+    options = LoadOptions(want_calls="cache" in reports or "latency" in reports, want_rows=want_stacks,
+                          slow_keep=args.top if "latency" in reports else 0, jobs=args.jobs,
+                          max_line=args.max_line_mb << 20)
+    model = new_model(options)
+    progress = Progress(0, stream=stderr, enabled=False if args.no_progress else None)
+    workers = Workers(auto_jobs(args.inputs, args.jobs) if args.inputs else 1)
+    # The analysis builds no reference cycles; the cyclic GC would only re-scan a big heap.
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        if args.inputs:
+            load_files(args.inputs, options, model, progress, workers)
+        if args.jaeger:
+            name, body = fetch(args.jaeger, args.service, parse_since(args.since), args.limit, args.jaeger_api)
+            load_bytes(model, body, name)
+        progress.set_phase("analyzing", progress.total, model.spans)
+        results = Results(model, reports, top=args.top)
+        pending = None
+        if "cache" in reports:
+            # With worker processes, the replays run there while this process resolves stacks.
+            pending = cache.start(model, cache.CacheOptions(
+                target=args.target, min_calls=args.min_calls, min_share=args.min_share), workers.imap)
+        if want_stacks:
+            wanted = [(trace, span) for _, trace, span, _, _ in model.slow]
+            stacks = cpu.resolve(model, wanted)
+            if "cpu" in reports:
+                results.cpu = stacks
+            if args.folded:
+                _write(args.folded, cpu.folded(stacks))
+            if args.speedscope:
+                _write(args.speedscope, cpu.speedscope_json(stacks))
+            if "latency" in reports:
+                results.latency = latency.analyze(model, stacks)
+        elif "latency" in reports:
+            results.latency = latency.analyze(model, None)
+        if pending is not None:
+            results.cache = pending.finish()
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+        workers.close()
+        progress.finish()
+    results.elapsed = time.monotonic() - started
+    return results
+
+
+def render(results: Results, fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps(render_json_object(results), indent=2) + "\n"
+    if fmt == "html":
+        return render_html(results)
+    return render_text(results)
+
+
+def run_analyze(args: argparse.Namespace) -> int:
+    """Run ``callspan analyze``; user errors become one line on stderr and exit status 2."""
+    try:
+        results = analyze(args)
+        warnings = results.model.warnings
+        for warning in warnings[:MAX_WARNINGS]:
+            print(f"callspan: warning: {warning}", file=sys.stderr)
+        if len(warnings) > MAX_WARNINGS:
+            print(f"callspan: warning: ... and {len(warnings) - MAX_WARNINGS} more", file=sys.stderr)
+        if not results.model.spans:
+            print("callspan: warning: no spans found in the input", file=sys.stderr)
+        text = render(results, args.format)
+        if args.output:
+            _write(args.output, text)
+        else:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+        return 0
+    except CallspanError as exc:
+        print(f"callspan: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("callspan: interrupted", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print("callspan: error: out of memory (analyze fewer files, or fewer reports at once)", file=sys.stderr)
+        return CallspanError.exit_code
+    except BrokenPipeError:
+        # stdout closed early (e.g. piped into head): not an error; silence the flush at exit.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except OSError:
+            pass
+        return 0

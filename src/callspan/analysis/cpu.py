@@ -1,0 +1,280 @@
+"""CPU by complete logical call stack, plus folded-stacks and speedscope export.
+
+A span's stack is the chain of span names from its trace's root (or from the first ancestor
+present in the input) down to it, following parent links; the tracer already links asyncio
+task children to the logical parent that created them, so stacks cross task boundaries.
+Calls summarised on a span (``callspan.summary.*``) are leaves under that span.
+
+Cost is ``callspan.cpu.self`` (unit: the process's ``callspan.cpu.unit``). Without any CPU data
+the report falls back to running wall time (``callspan.run_ns``), self = own running time minus
+the running time of traced children, clamped at 0 (an approximation when children are tasks
+running concurrently).
+"""
+
+from __future__ import annotations
+
+import json
+from array import array
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from callspan.analysis.model import R_HAS_CPU, S_CPU_CALLS, Model, RowColumns
+
+ROOT = 0  # stack id of the empty stack
+UNRESOLVED = 0xFFFFFFFF
+
+
+@dataclass(slots=True)
+class StackStat:
+    stack: int
+    self_cost: int
+    total_cost: int
+    calls: int
+
+
+class Stacks:
+    """Interned stacks: each is (parent stack, frame name id)."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self.name_index: dict[str, int] = {}
+        self.parent = array("I", [ROOT])
+        self.frame = array("I", [0])
+        self.index: dict[tuple[int, int], int] = {}
+
+    def name_id(self, name: str) -> int:
+        index = self.name_index.get(name)
+        if index is None:
+            index = self.name_index[name] = len(self.names)
+            self.names.append(name)
+        return index
+
+    def child(self, parent: int, name_id: int) -> int:
+        key = (parent, name_id)
+        stack = self.index.get(key)
+        if stack is None:
+            stack = self.index[key] = len(self.parent)
+            self.parent.append(parent)
+            self.frame.append(name_id)
+        return stack
+
+    def frames(self, stack: int) -> list[int]:
+        out = []
+        while stack != ROOT:
+            out.append(self.frame[stack])
+            stack = self.parent[stack]
+        out.reverse()
+        return out
+
+    def path(self, stack: int) -> list[str]:
+        return [self.names[i] for i in self.frames(stack)]
+
+
+@dataclass(slots=True)
+class CpuReport:
+    basis: str  # "cpu" or "wall"
+    unit: str  # "ns", "instructions", ... ("ns" for the wall basis)
+    total_self: int
+    stacks: list[StackStat]  # every stack with a cost or a call, by self cost descending
+    table: Stacks
+    frame_files: dict[str, tuple[str, int]]  # frame name -> (file, line) when known
+    spans: int
+    orphans: int  # spans whose parent was not in the input (their stack starts at them)
+    wanted: dict[tuple[int, int], list[str]]  # (trace index, span id) -> stack, as asked
+
+    def stack_of(self, trace: int, span: int) -> list[str] | None:
+        return self.wanted.get((trace, span))
+
+
+def resolve(model: Model, wanted: Iterable[tuple[int, int]] = ()) -> CpuReport:
+    """Resolve every row's stack and aggregate cost per stack.
+
+    ``wanted``: (trace index, span id) pairs whose stacks the caller needs (slowest calls),
+    available afterwards through ``CpuReport.stack_of``.
+    """
+    rows = model.rows
+    n = len(rows)
+    table = Stacks()
+    frame_files: dict[str, tuple[str, int]] = {}
+    func_name = []
+    for info in model.functions:
+        func_name.append(table.name_id(info.name))
+        if info.file and info.name not in frame_files:
+            frame_files[info.name] = (info.file, info.line)
+    units: dict[str, int] = {}
+    for info in model.functions:
+        unit = model.processes[info.process].cpu_unit
+        if unit and unit != "none" and info.stats[S_CPU_CALLS]:
+            units[unit] = units.get(unit, 0) + info.stats[S_CPU_CALLS]
+    has_cpu = any(flag & R_HAS_CPU for flag in rows.flags) if n else False
+    basis = "cpu" if has_cpu else "wall"
+    unit = (max(units, key=units.__getitem__) if units else "unknown") if has_cpu else "ns"
+    if len(units) > 1:
+        unit = "mixed"
+    row_stack = array("I", [UNRESOLVED]) * n
+    traces = rows.trace
+    spans = rows.span
+    parents = rows.parent
+    funcs = rows.func
+    # Stable sort: within a trace, rows stay in arrival order, which is end order (exporters
+    # write a span when it ends), so walking a trace's rows backwards meets parents first.
+    order = sorted(range(n), key=traces.__getitem__)
+    self_cost = rows.self_cost if has_cpu else _wall_self(rows)
+    total_cost = rows.total_cost if has_cpu else rows.run
+    index = table.index
+    stack_parent = table.parent
+    stack_frame = table.frame
+    orphans = 0
+    start = 0
+    while start < n:
+        trace = traces[order[start]]
+        end = start + 1
+        while end < n and traces[order[end]] == trace:
+            end += 1
+        group = order[start:end]
+        by_span = {spans[i]: i for i in group}
+        by_span.pop(0, None)
+        for i in reversed(group):
+            p = parents[i]
+            base = ROOT
+            if p:
+                pr = by_span.get(p)
+                if pr is None:
+                    orphans += 1
+                else:
+                    base = row_stack[pr]
+                    if base == UNRESOLVED:
+                        base = _resolve_chain(table, pr, by_span, parents, funcs, func_name, row_stack)
+            key = (base, func_name[funcs[i]])
+            stack = index.get(key)
+            if stack is None:
+                stack = index[key] = len(stack_parent)
+                stack_parent.append(base)
+                stack_frame.append(key[1])
+            row_stack[i] = stack
+        start = end
+    size = len(stack_parent)
+    self_by = [0] * size
+    total_by = [0] * size
+    calls_by = [0] * size
+    for s, c, t, k in zip(row_stack, self_cost, total_cost, rows.count, strict=True):
+        self_by[s] += c
+        total_by[s] += t
+        calls_by[s] += k
+    stats = [StackStat(s, self_by[s], total_by[s], calls_by[s]) for s in range(1, size) if calls_by[s]]
+    stats.sort(key=lambda st: (-st.self_cost, -st.total_cost, st.stack))
+    found: dict[tuple[int, int], list[str]] = {}
+    wanted_set = set(wanted)
+    if wanted_set:
+        for i in range(n):
+            key = (traces[i], spans[i])
+            if key in wanted_set:
+                found[key] = table.path(row_stack[i])
+    return CpuReport(basis, unit, sum(self_by), stats, table, frame_files, n, orphans, found)
+
+
+def _resolve_chain(table: Stacks, row: int, by_span: dict[int, int], parents: array[int], funcs: array[int],
+                   func_name: list[int], row_stack: array[int]) -> int:
+    """Stack of ``row`` when its ancestors are not resolved yet (spans out of end order)."""
+    chain = [row]
+    base = ROOT
+    r = row
+    while len(chain) <= len(by_span) + 1:
+        p = parents[r]
+        pr = by_span.get(p) if p else None
+        if pr is None:
+            break
+        if row_stack[pr] != UNRESOLVED:
+            base = row_stack[pr]
+            break
+        chain.append(pr)
+        r = pr
+    else:  # a parent cycle in malformed input: cut it at the row asked for
+        chain = [row]
+        base = ROOT
+    for r in reversed(chain):
+        base = table.child(base, func_name[funcs[r]])
+        row_stack[r] = base
+    return base
+
+
+def _wall_self(rows: RowColumns) -> array[int]:
+    """Running time minus the running time of traced children (clamped at 0)."""
+    n = len(rows)
+    child_run = array("q", bytes(8 * n))
+    by_span: dict[tuple[int, int], int] = {}
+    for i in range(n):
+        if rows.span[i]:
+            by_span[(rows.trace[i], rows.span[i])] = i
+    for i in range(n):
+        p = rows.parent[i]
+        if p:
+            pr = by_span.get((rows.trace[i], p))
+            if pr is not None:
+                child_run[pr] += rows.run[i]
+    return array("q", (max(0, rows.run[i] - child_run[i]) for i in range(n)))
+
+
+def _clean(name: str) -> str:
+    return name.replace(";", ":").replace("\n", " ").replace("\r", " ") or "?"
+
+
+def folded(report: CpuReport) -> str:
+    """Brendan Gregg's folded stacks: ``root;child;leaf <self cost>`` per line."""
+    lines = []
+    for st in report.stacks:
+        if st.self_cost > 0 and st.stack != ROOT:
+            lines.append(";".join(_clean(n) for n in report.table.path(st.stack)) + f" {st.self_cost}")
+    lines.sort()
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+_SPEEDSCOPE_UNITS = {"ns": "nanoseconds"}
+
+
+def speedscope(report: CpuReport, name: str = "callspan: CPU by call stack") -> dict[str, object]:
+    """A speedscope file (https://www.speedscope.app/file-format-schema.json), one sampled profile."""
+    frames: list[dict[str, object]] = []
+    frame_of: dict[int, int] = {}
+    samples: list[list[int]] = []
+    weights: list[int] = []
+    for st in sorted(report.stacks, key=lambda s: report.table.path(s.stack)):
+        if st.self_cost <= 0 or st.stack == ROOT:
+            continue
+        sample = []
+        for name_id in report.table.frames(st.stack):
+            index = frame_of.get(name_id)
+            if index is None:
+                index = frame_of[name_id] = len(frames)
+                frame_name = report.table.names[name_id]
+                frame: dict[str, object] = {"name": frame_name}
+                where = report.frame_files.get(frame_name)
+                if where and where[0]:
+                    frame["file"] = where[0]
+                    if where[1]:
+                        frame["line"] = where[1]
+                frames.append(frame)
+            sample.append(index)
+        samples.append(sample)
+        weights.append(st.self_cost)
+    unit = _SPEEDSCOPE_UNITS.get(report.unit, "none")
+    return {
+        "$schema": "https://www.speedscope.app/file-format-schema.json",
+        "version": "0.6.0",
+        "name": name,
+        "activeProfileIndex": 0,
+        "shared": {"frames": frames},
+        "profiles": [{
+            "type": "sampled",
+            "name": f"self {'CPU' if report.basis == 'cpu' else 'running time'} ({report.unit})",
+            "unit": unit,
+            "startValue": 0,
+            "endValue": sum(weights),
+            "samples": samples,
+            "weights": weights,
+        }],
+    }
+
+
+def speedscope_json(report: CpuReport) -> str:
+    return json.dumps(speedscope(report), separators=(",", ":"))

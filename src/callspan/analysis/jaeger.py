@@ -1,0 +1,233 @@
+"""Jaeger: its ``/api/traces`` JSON converted to OTLP JSON, and fetching from its HTTP API.
+
+Jaeger's query JSON (``{"data": [trace, ...]}``) loses some of what callspan wrote: array
+attributes become one string tag holding JSON text, span events become logs (the event name in
+field ``event``), the instrumentation scope becomes tags ``otel.scope.name``/``otel.scope.version``
+(scope attributes are lost), and microseconds replace nanoseconds. The conversion undoes what it
+can; processes are told apart by the ``service.instance.id`` / ``process.pid`` process tags, else
+each distinct Jaeger process entry (service name + tags) counts as one process.
+
+Jaeger v2's ``/api/v3/traces`` answers in OTLP JSON already (``{"result": {"resourceSpans": ...}}``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from datetime import UTC, datetime
+from typing import Any
+
+from callspan.analysis.otlp import PROCESS_KEY_ATTRIBUTE
+from callspan.errors import CallspanError
+
+MAX_RESPONSE_BYTES = 1 << 30
+
+_ARRAY_KEYS = frozenset({
+    "callspan.args.hash", "callspan.return.hash", "callspan.start_ns", "callspan.end_ns", "callspan.cpu",
+})
+_DROPPED_TAGS = frozenset({"otel.scope.name", "otel.scope.version", "otel.library.name",
+                           "otel.library.version", "otel.status_code", "otel.status_description",
+                           "span.kind", "internal.span.format"})
+
+
+def _json_any(value: Any) -> dict[str, Any]:
+    if isinstance(value, bool):
+        return {"boolValue": value}
+    if isinstance(value, int):
+        return {"intValue": str(value)}
+    if isinstance(value, float):
+        return {"doubleValue": value}
+    if isinstance(value, list):
+        return {"arrayValue": {"values": [_json_any(v) for v in value]}}
+    return {"stringValue": "" if value is None else str(value)}
+
+
+def _tag_value(key: str, tag: dict[str, Any]) -> dict[str, Any]:
+    kind = str(tag.get("type") or "string").lower()
+    value = tag.get("value")
+    if kind == "bool":
+        return {"boolValue": value in (True, "true")}
+    if kind == "int64":
+        return {"intValue": str(int(value or 0))}
+    if kind == "float64":
+        return {"doubleValue": float(value or 0)}
+    if kind == "binary":
+        return {"bytesValue": value}
+    if isinstance(value, str) and value.startswith("[") and (
+            key.startswith("callspan.summary.") or key in _ARRAY_KEYS):
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, list):
+            return _json_any(parsed)
+    return {"stringValue": "" if value is None else str(value)}
+
+
+def _key_values(tags: Any, skip: frozenset[str] = frozenset()) -> list[dict[str, Any]]:
+    out = []
+    for tag in tags or ():
+        key = tag.get("key")
+        if key and key not in skip:
+            out.append({"key": key, "value": _tag_value(key, tag)})
+    return out
+
+
+def _tags_dict(tags: Any) -> dict[str, Any]:
+    return {str(tag.get("key")): tag.get("value") for tag in tags or () if isinstance(tag, dict)}
+
+
+def trace_to_otlp(trace: dict[str, Any]) -> dict[str, Any]:
+    """One trace of Jaeger's ``/api/traces`` JSON as an OTLP ExportTraceServiceRequest."""
+    if not isinstance(trace, dict):
+        raise ValueError("a Jaeger trace is not a JSON object")
+    processes = trace.get("processes") or {}
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for span in trace.get("spans") or ():
+        tags = span.get("tags") or ()
+        tag_map = _tags_dict(tags)
+        scope_name = str(tag_map.get("otel.scope.name") or tag_map.get("otel.library.name") or "")
+        scope_version = str(tag_map.get("otel.scope.version") or tag_map.get("otel.library.version") or "")
+        parent = ""
+        for ref in span.get("references") or ():
+            if ref.get("refType", "CHILD_OF") == "CHILD_OF":
+                parent = ref.get("spanID") or ""
+                break
+        else:
+            refs = span.get("references") or ()
+            if refs:
+                parent = refs[0].get("spanID") or ""
+        if not parent:
+            parent = span.get("parentSpanID") or ""
+        start_us = int(span.get("startTime") or 0)
+        duration_us = int(span.get("duration") or 0)
+        out: dict[str, Any] = {
+            "traceId": span.get("traceID") or trace.get("traceID") or "",
+            "spanId": span.get("spanID") or "",
+            "parentSpanId": parent,
+            "name": span.get("operationName") or "",
+            "startTimeUnixNano": str(start_us * 1000),
+            "endTimeUnixNano": str((start_us + duration_us) * 1000),
+            "attributes": _key_values(tags, _DROPPED_TAGS),
+        }
+        if tag_map.get("otel.status_code") == "ERROR" or tag_map.get("error") in (True, "true"):
+            out["status"] = {"code": 2}
+        events = []
+        for log in span.get("logs") or ():
+            fields = log.get("fields") or ()
+            name = ""
+            for item in fields:
+                if item.get("key") == "event":
+                    name = str(item.get("value") or "")
+                    break
+            events.append({"timeUnixNano": str(int(log.get("timestamp") or 0) * 1000), "name": name,
+                           "attributes": _key_values(fields, frozenset({"event"}))})
+        if events:
+            out["events"] = events
+        groups.setdefault((str(span.get("processID") or ""), scope_name, scope_version), []).append(out)
+    resources: dict[str, dict[str, Any]] = {}
+    for (process_id, scope_name, scope_version), spans in groups.items():
+        resource = resources.get(process_id)
+        if resource is None:
+            process = processes.get(process_id) or {}
+            service = str(process.get("serviceName") or "")
+            ptags = process.get("tags") or ()
+            fingerprint = hashlib.blake2b(json.dumps([service, sorted(
+                (str(t.get("key")), str(t.get("value"))) for t in ptags)]).encode(), digest_size=8).hexdigest()
+            attrs = _key_values(ptags)
+            attrs.append({"key": "service.name", "value": {"stringValue": service}})
+            attrs.append({"key": PROCESS_KEY_ATTRIBUTE,
+                          "value": {"stringValue": f"jaeger:{service}:{fingerprint}"}})
+            resource = resources[process_id] = {"resource": {"attributes": attrs}, "scopeSpans": []}
+        scope: dict[str, Any] = {"name": scope_name}
+        if scope_version:
+            scope["version"] = scope_version
+        resource["scopeSpans"].append({"scope": scope, "spans": spans})
+    return {"resourceSpans": list(resources.values())}
+
+
+# -- fetching ---------------------------------------------------------------------------------
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|min|h|d|w)\s*$")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_since(text: str) -> float:
+    """``30m``, ``1h``, ``2d`` ... as seconds."""
+    match = _DURATION.match(text or "")
+    if not match:
+        raise CallspanError(f"--since {text!r}: expected a duration like 30m, 1h, 2d")
+    seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    if seconds <= 0:
+        raise CallspanError(f"--since {text!r}: must be positive")
+    return seconds
+
+
+def _rfc3339(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _get(url: str, timeout: float) -> bytes:
+    request = urllib.request.Request(url, headers={"Accept": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 (user-given URL)
+        body: bytes = response.read(MAX_RESPONSE_BYTES + 1)
+    if len(body) > MAX_RESPONSE_BYTES:
+        raise CallspanError(f"{url}: response larger than {MAX_RESPONSE_BYTES >> 20} MiB; use a smaller --since or --limit")
+    return body
+
+
+def _http_error(url: str, error: urllib.error.HTTPError) -> CallspanError:
+    try:
+        detail = error.read(300).decode("utf-8", "replace").strip().replace("\n", " ")
+    except OSError:
+        detail = ""
+    return CallspanError(f"{url}: HTTP {error.code} {error.reason}" + (f": {detail}" if detail else ""))
+
+
+def query_urls(base: str, service: str, since: float, limit: int, now: float | None = None) -> dict[str, str]:
+    """The v3 and v1 search URLs for ``service`` over the last ``since`` seconds."""
+    end = time.time() if now is None else now
+    start = end - since
+    root = base.rstrip("/")
+    v3 = root + "/api/v3/traces?" + urllib.parse.urlencode({
+        "query.service_name": service, "query.start_time_min": _rfc3339(start),
+        "query.start_time_max": _rfc3339(end), "query.search_depth": str(limit),
+    })
+    v1 = root + "/api/traces?" + urllib.parse.urlencode({
+        "service": service, "start": str(int(start * 1_000_000)), "end": str(int(end * 1_000_000)),
+        "limit": str(limit),
+    })
+    return {"v3": v3, "v1": v1}
+
+
+def fetch(base: str, service: str, since: float, limit: int, api: str = "auto",
+          timeout: float = 60.0) -> tuple[str, bytes]:
+    """The response body of a trace search (v3 first when ``api`` is auto, v1 on 404)."""
+    if not base.startswith(("http://", "https://")):
+        raise CallspanError(f"--jaeger {base!r}: expected an http:// or https:// URL of Jaeger's query service")
+    urls = query_urls(base, service, since, limit)
+    order = ["v3", "v1"] if api == "auto" else [api]
+    last_404: CallspanError | None = None
+    for version in order:
+        url = urls[version]
+        try:
+            return url, _get(url, timeout)
+        except urllib.error.HTTPError as exc:
+            error = _http_error(url, exc)
+            if exc.code == 404 and version != order[-1]:
+                last_404 = error
+                continue
+            if exc.code == 404 and last_404 is not None:
+                # Jaeger answers 404 when a search finds nothing, and when the API is absent.
+                return url, b'{"data": []}'
+            raise error from None
+        except urllib.error.URLError as exc:
+            raise CallspanError(f"cannot reach Jaeger at {base}: {exc.reason}") from None
+        except (TimeoutError, OSError) as exc:
+            raise CallspanError(f"cannot read from Jaeger at {base}: {exc}") from None
+    raise CallspanError(f"--jaeger-api {api!r}: expected auto, v3 or v1")

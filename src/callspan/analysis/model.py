@@ -1,0 +1,377 @@
+"""The analyzer's compact in-memory model of a set of traces.
+
+Spans are folded into this model one export request at a time and then dropped; what stays is
+
+- per process: a few identifying facts (``ProcessInfo``);
+- per (process, function): a row of integer totals (``S_*`` indices) and, when the cache or
+  latency report needs them, one entry per call in typed arrays (``CallColumns``: start, end,
+  args hash, return hash, CPU, thread, flags: 37 bytes per call, no Python object per call);
+- when the CPU or latency report needs call stacks: one entry per span in typed arrays
+  (``RowColumns``: trace, span id, parent id, function, self, total, running, count, flags:
+  53 bytes per span), resolved into stacks once all input is read (spans of one trace may
+  arrive in different lines or files, children usually before their parents).
+
+A ``Batch`` is the same thing for one chunk of input with local indices; batches are built in
+worker processes, pickled cheaply (typed arrays pickle as bytes) and merged into a ``Model``.
+"""
+
+from __future__ import annotations
+
+import heapq
+from array import array
+from dataclasses import dataclass, field
+from typing import Any
+
+# Per-function integer totals: indices into a stats row.
+S_CALLS = 0  # calls seen as spans
+S_ERRORS = 1  # of which raised
+S_CPU_TOTAL = 2  # sum of callspan.cpu.total (spans + summaries)
+S_CPU_SELF = 3  # sum of callspan.cpu.self (spans + summaries)
+S_CPU_CALLS = 4  # spans that carried callspan.cpu.total
+S_WALL = 5  # sum of span durations (spans + summaries), ns
+S_RUN = 6  # sum of callspan.run_ns (spans + summaries)
+S_SUSPENDED = 7  # sum of callspan.await.suspended_ns
+S_AWAITS = 8  # sum of callspan.await.count
+S_RET_SIZE = 9  # sum of callspan.return.size
+S_RET_SIZE_N = 10  # spans that carried callspan.return.size
+S_ARGS_UNHASHABLE = 11  # spans with callspan.args.hashable = false
+S_RET_UNHASHABLE = 12  # spans with callspan.return.hashable = false
+S_METHOD = 13  # spans with callspan.method = true
+S_NO_KEY = 14  # spans without callspan.args.hash
+S_SUM_CALLS = 15  # calls folded in from callspan.summary.* arrays
+S_SUM_ERRORS = 16
+S_SUM_LISTED = 17  # summarised calls listed one by one in callspan.calls events
+S_MAX_WALL = 18  # longest single call (spans and listed summarised calls), ns
+S_COUNT = 19
+
+# Per-call flags.
+F_ERROR = 1  # the call raised
+F_SUMMARY = 2  # listed in a callspan.calls event rather than a span of its own
+F_UNHASHABLE = 4  # callspan.args.hashable = false (hash is a structural fingerprint)
+F_NO_ARGS = 8  # no usable args hash: lru_cache could not key it
+F_NO_RETURN = 16  # no return hash
+
+# Per-row flags.
+R_HAS_CPU = 1
+R_SUMMARY = 2
+
+UNKNOWN_KIND = "span"  # spans that are not callspan function spans (e.g. an HTTP server span)
+
+
+@dataclass(slots=True)
+class ProcessInfo:
+    """One traced process (cache keys are only comparable within one)."""
+
+    key: str
+    service: str = ""
+    pid: int | None = None
+    instance: str = ""
+    host: str = ""
+    cpu_unit: str = ""  # "ns", "instructions", "none" or "" (unknown)
+    cpu_counter: str = ""
+
+    @property
+    def label(self) -> str:
+        parts = [self.service or "?"]
+        if self.pid is not None:
+            parts.append(f"pid {self.pid}")
+        elif self.instance:
+            parts.append(self.instance[:13])
+        if self.host:
+            parts.append(f"on {self.host}")
+        return " ".join(parts)
+
+    def absorb(self, other: ProcessInfo) -> None:
+        for name in ("service", "instance", "host", "cpu_unit", "cpu_counter"):
+            if not getattr(self, name) and getattr(other, name):
+                setattr(self, name, getattr(other, name))
+        if self.pid is None:
+            self.pid = other.pid
+
+    def as_json(self) -> dict[str, Any]:
+        return {"key": self.key, "label": self.label, "service": self.service, "pid": self.pid,
+                "instance": self.instance or None, "host": self.host or None,
+                "cpu_unit": self.cpu_unit or None, "cpu_counter": self.cpu_counter or None}
+
+
+@dataclass(slots=True)
+class FunctionInfo:
+    """Static facts of one function in one process, and its totals."""
+
+    process: int
+    name: str
+    file: str = ""
+    line: int = 0
+    kind: str = UNKNOWN_KIND
+    stats: list[int] = field(default_factory=lambda: [0] * S_COUNT)
+    unhashable: set[str] = field(default_factory=set)  # type names from callspan.args.unhashable
+    sample_rate: float = 1.0  # smallest callspan.sample_rate of its callspan.calls events
+
+    def absorb_facts(self, file: str, line: int, kind: str) -> None:
+        if not self.file and file:
+            self.file = file
+        if not self.line and line:
+            self.line = line
+        if self.kind == UNKNOWN_KIND and kind != UNKNOWN_KIND:
+            self.kind = kind
+
+    def merge(self, other: FunctionInfo) -> None:
+        self.absorb_facts(other.file, other.line, other.kind)
+        mine = self.stats
+        for i, value in enumerate(other.stats):
+            if i == S_MAX_WALL:
+                if value > mine[i]:
+                    mine[i] = value
+            else:
+                mine[i] += value
+        self.unhashable |= other.unhashable
+        if other.sample_rate < self.sample_rate:
+            self.sample_rate = other.sample_rate
+
+    @property
+    def calls(self) -> int:
+        return self.stats[S_CALLS] + self.stats[S_SUM_CALLS]
+
+
+class CallColumns:
+    """One entry per call of one function: what the cache and latency analyses need."""
+
+    __slots__ = ("start", "end", "args", "ret", "cpu", "thread", "flags")
+
+    def __init__(self) -> None:
+        self.start = array("q")
+        self.end = array("q")
+        self.args = array("Q")  # 64-bit args hash, 0 = none
+        self.ret = array("Q")  # 64-bit return hash, 0 = none
+        self.cpu = array("q")  # callspan.cpu.total, 0 when absent
+        self.thread = array("I")  # low 32 bits of thread.id (nesting of sync recursive calls)
+        self.flags = array("B")
+
+    def __len__(self) -> int:
+        return len(self.start)
+
+    def extend(self, other: CallColumns) -> None:
+        self.start.extend(other.start)
+        self.end.extend(other.end)
+        self.args.extend(other.args)
+        self.ret.extend(other.ret)
+        self.cpu.extend(other.cpu)
+        self.thread.extend(other.thread)
+        self.flags.extend(other.flags)
+
+    def __getstate__(self) -> tuple[array[Any], ...]:
+        return (self.start, self.end, self.args, self.ret, self.cpu, self.thread, self.flags)
+
+    def __setstate__(self, state: tuple[array[Any], ...]) -> None:
+        (self.start, self.end, self.args, self.ret, self.cpu, self.thread, self.flags) = state
+
+
+class RowColumns:
+    """One entry per span (and per summarised function on a span): the stack analysis input."""
+
+    __slots__ = ("trace", "span", "parent", "func", "self_cost", "total_cost", "run", "count", "flags")
+
+    def __init__(self) -> None:
+        self.trace = array("I")
+        self.span = array("Q")  # 0 for summary rows (never a parent)
+        self.parent = array("Q")  # 0 = none
+        self.func = array("I")
+        self.self_cost = array("q")
+        self.total_cost = array("q")
+        self.run = array("q")
+        self.count = array("I")
+        self.flags = array("B")
+
+    def __len__(self) -> int:
+        return len(self.trace)
+
+    def __getstate__(self) -> tuple[array[Any], ...]:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __setstate__(self, state: tuple[array[Any], ...]) -> None:
+        for name, value in zip(self.__slots__, state, strict=True):
+            setattr(self, name, value)
+
+
+def _appenders(columns: CallColumns | None) -> tuple[Any, ...] | None:
+    if columns is None:
+        return None
+    return (columns.start.append, columns.end.append, columns.args.append, columns.ret.append,
+            columns.cpu.append, columns.thread.append, columns.flags.append)
+
+
+# A slow-call candidate: (wall_ns, trace index, span id, function index, start_ns).
+SlowCall = tuple[int, int, int, int, int]
+
+
+class Batch:
+    """What one chunk of input contributes, with chunk-local process/function/trace indices."""
+
+    def __init__(self, want_calls: bool = True, want_rows: bool = True, slow_keep: int = 0) -> None:
+        self.want_calls = want_calls
+        self.want_rows = want_rows
+        self.slow_keep = slow_keep
+        self.processes: list[ProcessInfo] = []
+        self.process_index: dict[str, int] = {}
+        self.functions: list[FunctionInfo] = []
+        self.function_index: dict[tuple[int, str], int] = {}
+        self.by_process: list[dict[str, int]] = []  # per process: function name -> index
+        self.calls: list[CallColumns | None] = []
+        self.appenders: list[tuple[Any, ...] | None] = []  # per function: bound appends of calls
+        self.rows = RowColumns()
+        self.traces: list[str] = []
+        self.trace_index: dict[str, int] = {}
+        self.slow: list[SlowCall] = []  # min-heap on wall
+        self.spans = 0
+        self.requests = 0
+        self.first_ns = 0
+        self.last_ns = 0
+        self.warnings: list[str] = []
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        for name in ("process_index", "function_index", "trace_index", "by_process", "appenders"):
+            state[name] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.process_index = {p.key: i for i, p in enumerate(self.processes)}
+        self.function_index = {(f.process, f.name): i for i, f in enumerate(self.functions)}
+        self.trace_index = {t: i for i, t in enumerate(self.traces)}
+        self.by_process = [{} for _ in self.processes]
+        for i, f in enumerate(self.functions):
+            self.by_process[f.process][f.name] = i
+        self.appenders = [_appenders(c) for c in self.calls]
+
+    def process(self, info: ProcessInfo) -> int:
+        index = self.process_index.get(info.key)
+        if index is None:
+            index = self.process_index[info.key] = len(self.processes)
+            self.processes.append(info)
+            self.by_process.append({})
+        else:
+            self.processes[index].absorb(info)
+        return index
+
+    def names_of(self, process: int) -> dict[str, int]:
+        """Function name -> index, for one process."""
+        return self.by_process[process]
+
+    def function(self, process: int, name: str) -> int:
+        key = (process, name)
+        index = self.function_index.get(key)
+        if index is None:
+            index = self.function_index[key] = len(self.functions)
+            self.by_process[process][name] = index
+            self.functions.append(FunctionInfo(process, name))
+            columns = CallColumns() if self.want_calls else None
+            self.calls.append(columns)
+            self.appenders.append(_appenders(columns))
+        return index
+
+    def trace(self, trace_id: str) -> int:
+        index = self.trace_index.get(trace_id)
+        if index is None:
+            index = self.trace_index[trace_id] = len(self.traces)
+            self.traces.append(trace_id)
+        return index
+
+    def offer_slow(self, item: SlowCall) -> None:
+        slow = self.slow
+        if len(slow) < self.slow_keep:
+            heapq.heappush(slow, item)
+        elif slow and item > slow[0]:
+            heapq.heapreplace(slow, item)
+
+    def note_time(self, start: int, end: int) -> None:
+        if start and (not self.first_ns or start < self.first_ns):
+            self.first_ns = start
+        if end > self.last_ns:
+            self.last_ns = end
+
+
+class Model:
+    """Everything read so far, merged from batches, with global indices."""
+
+    def __init__(self, want_calls: bool = True, want_rows: bool = True, slow_keep: int = 0) -> None:
+        self.want_calls = want_calls
+        self.want_rows = want_rows
+        self.slow_keep = slow_keep
+        self.processes: list[ProcessInfo] = []
+        self.process_index: dict[str, int] = {}
+        self.functions: list[FunctionInfo] = []
+        self.function_index: dict[tuple[int, str], int] = {}
+        self.calls: list[CallColumns | None] = []
+        self.rows = RowColumns()
+        self.traces: list[str] = []
+        self.trace_index: dict[str, int] = {}
+        self.slow: list[SlowCall] = []
+        self.spans = 0
+        self.requests = 0
+        self.first_ns = 0
+        self.last_ns = 0
+        self.warnings: list[str] = []
+        self.sources: list[str] = []
+
+    def new_batch(self) -> Batch:
+        return Batch(self.want_calls, self.want_rows, self.slow_keep)
+
+    def merge(self, batch: Batch) -> None:
+        process_map = []
+        for process in batch.processes:
+            index = self.process_index.get(process.key)
+            if index is None:
+                index = self.process_index[process.key] = len(self.processes)
+                self.processes.append(process)
+            else:
+                self.processes[index].absorb(process)
+            process_map.append(index)
+        function_map = []
+        for local, info in enumerate(batch.functions):
+            key = (process_map[info.process], info.name)
+            index = self.function_index.get(key)
+            if index is None:
+                index = self.function_index[key] = len(self.functions)
+                info.process = key[0]
+                self.functions.append(info)
+                self.calls.append(batch.calls[local])
+            else:
+                self.functions[index].merge(info)
+                mine = self.calls[index]
+                theirs = batch.calls[local]
+                if mine is not None and theirs is not None:
+                    mine.extend(theirs)
+            function_map.append(index)
+        trace_map = []
+        for trace_id in batch.traces:
+            index = self.trace_index.get(trace_id)
+            if index is None:
+                index = self.trace_index[trace_id] = len(self.traces)
+                self.traces.append(trace_id)
+            trace_map.append(index)
+        rows = batch.rows
+        if len(rows):
+            mine_rows = self.rows
+            mine_rows.trace.extend(array("I", map(trace_map.__getitem__, rows.trace)))
+            mine_rows.func.extend(array("I", map(function_map.__getitem__, rows.func)))
+            mine_rows.span.extend(rows.span)
+            mine_rows.parent.extend(rows.parent)
+            mine_rows.self_cost.extend(rows.self_cost)
+            mine_rows.total_cost.extend(rows.total_cost)
+            mine_rows.run.extend(rows.run)
+            mine_rows.count.extend(rows.count)
+            mine_rows.flags.extend(rows.flags)
+        for wall, trace, span, func, start in batch.slow:
+            item = (wall, trace_map[trace], span, function_map[func], start)
+            if len(self.slow) < self.slow_keep:
+                heapq.heappush(self.slow, item)
+            elif self.slow and item > self.slow[0]:
+                heapq.heapreplace(self.slow, item)
+        self.spans += batch.spans
+        self.requests += batch.requests
+        if batch.first_ns and (not self.first_ns or batch.first_ns < self.first_ns):
+            self.first_ns = batch.first_ns
+        if batch.last_ns > self.last_ns:
+            self.last_ns = batch.last_ns
+        self.warnings.extend(batch.warnings)

@@ -1,0 +1,32 @@
+"""Import direction: the core never imports OpenTelemetry; the analyzer imports neither."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+CORE_MODULES = [
+    "callspan.recorder", "callspan.builder", "callspan.session", "callspan.cores.select",
+    "callspan.cores.setprofile", "callspan.keys", "callspan.counters", "callspan.selection",
+]
+
+
+def imported_after(module: str) -> set[str]:
+    code = f"import sys; before = set(sys.modules); import {module}; print('\\n'.join(sorted(set(sys.modules) - before)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    return set(out.split())
+
+
+def test_core_does_not_import_opentelemetry() -> None:
+    for module in CORE_MODULES:
+        leaked = {m for m in imported_after(module) if m.startswith("opentelemetry")}
+        assert not leaked, f"{module} imports {sorted(leaked)[:3]}"
+
+
+def test_analyzer_imports_neither_core_nor_sdk() -> None:
+    modules = imported_after("callspan.analysis.cli")
+    assert not {m for m in modules if m.startswith("opentelemetry")}
+    allowed = ("callspan.analysis", "callspan.errors")
+    assert {m for m in modules if m.startswith("callspan.")} - {"callspan"} <= {
+        m for m in modules if m.startswith(allowed)
+    }
