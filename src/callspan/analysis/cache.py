@@ -11,9 +11,15 @@ Modelled like ``functools.lru_cache``: a call that raised, or whose arguments co
 is a miss and does not enter the cache; every other call is a hit if its key is cached and is
 then the most recent entry, or a miss that inserts its key (evicting the least recent).
 
-SHARDS: summarised calls may be key-sampled (``callspan.sample_rate`` R < 1: only keys whose hash
-falls below R * 2**64 are listed). The whole function is then filtered at its smallest R, the
-sampled distance d stands for size d/R, and counts scale by 1/R; results are estimates.
+Sampled summaries: summarised calls may be key-sampled (``callspan.sample_rate`` R < 1: only
+keys whose hash falls below R * 2**64 are listed). Estimates then come from one of two replays:
+- ``shards``: the whole function filtered at its smallest R (SHARDS): the sampled distance d
+  stands for size d/R, counts scale by (keyed calls / sampled calls), distinct keys by 1/R. Only
+  as good as the number of sampled keys, so used when at least ``SHARDS_MIN_KEYS`` distinct keys
+  survive the filter;
+- ``listed``: otherwise (few distinct keys, e.g. a recursive function of one small int), every
+  call that is known one by one is replayed, sizes unscaled, counts scaled by all calls / replayed
+  calls; the unlisted calls are assumed to behave like the listed ones.
 
 The replay is of the traced (uncached) program: for a recursive function, calls nested inside a
 call that would have hit would not happen at all with the cache. Savings count the cost of such
@@ -48,6 +54,7 @@ from callspan.analysis.model import (
 )
 
 TWO64 = 1 << 64
+SHARDS_MIN_KEYS = 64  # fewer sampled distinct keys than this: replay the listed calls instead
 DEFAULT_MAXSIZE = 128  # functools.lru_cache's default
 # A cache hit costs roughly this much (key tuple + dict lookup in C); calls cheaper than a few
 # times this are not worth caching whatever their hit ratio.
@@ -122,6 +129,9 @@ class ProcessResult:
     calls: int
     accesses: int  # calls replayed (after SHARDS filtering), unscaled
     sample_rate: float
+    estimator: str  # "exact", "shards" or "listed"
+    count_scale: float  # estimated calls per replayed call
+    size_scale: float  # cache size per replayed stack distance
     distinct_keys: float
     hits_unbounded: float
     steps: list[tuple[int, float]]  # (cache size, extra hits from that size on), ascending
@@ -144,9 +154,21 @@ def analyze_calls(function: int, info: FunctionInfo, columns: CallColumns) -> Pr
     ends = columns.end
     flags = columns.flags
     rate = info.sample_rate if 0 < info.sample_rate < 1 else 1.0
+    estimator = "exact"
+    count_scale = size_scale = 1.0
     if rate < 1:
         limit = int(rate * TWO64)
-        order = [i for i in order if 0 < keys[i] < limit]
+        sampled = [i for i in order if 0 < keys[i] < limit]
+        if len({keys[i] for i in sampled}) >= SHARDS_MIN_KEYS:
+            order = sampled
+            estimator = "shards"
+            size_scale = 1.0 / rate
+            # Normalised by the sampled share of the keyed calls rather than 1/R, so that the
+            # hit ratio is the sampled one (errors in the number of sampled keys cancel out).
+            count_scale = (info.calls - keys.count(0)) / len(sampled)
+        else:
+            estimator = "listed"
+            count_scale = info.calls / n if n else 1.0
     track_overlap = info.kind in ("coroutine", "async_generator")
     size = 1
     while size < len(order) + 1:
@@ -211,20 +233,21 @@ def analyze_calls(function: int, info: FunctionInfo, columns: CallColumns) -> Pr
                 overlapping += 1
             if ends[index] > end:
                 max_end[key] = ends[index]
-    scale = 1.0 / rate
     # Sizes that round to the same value (sampling) merge into one step.
     merged: list[tuple[int, float]] = []
     for d, h in enumerate(hist):
         if h:
-            s = math.ceil(d * scale - 1e-9)
+            s = math.ceil(d * size_scale - 1e-9)
             if merged and merged[-1][0] == s:
-                merged[-1] = (s, merged[-1][1] + h * scale)
+                merged[-1] = (s, merged[-1][1] + h * count_scale)
             else:
-                merged.append((s, h * scale))
+                merged.append((s, h * count_scale))
+    key_scale = size_scale  # distinct keys scale with SHARDS sampling only
     return ProcessResult(
         function=function, process=info.process, calls=info.calls, accesses=len(order), sample_rate=rate,
-        distinct_keys=len(last) * scale, hits_unbounded=sum(hist) * scale, steps=merged,
-        inconsistent_keys=round(len(inconsistent) * scale), overlapping=round(overlapping * scale),
+        estimator=estimator, count_scale=count_scale, size_scale=size_scale,
+        distinct_keys=len(last) * key_scale, hits_unbounded=sum(hist) * count_scale, steps=merged,
+        inconsistent_keys=round(len(inconsistent) * key_scale), overlapping=round(overlapping * count_scale),
         order=array("I", order), distances=distances,
     )
 
@@ -246,7 +269,7 @@ def savings_at(result: ProcessResult, columns: CallColumns, size: int, nested_ex
     out = Savings()
     if size <= 0:
         return out
-    threshold = size * result.sample_rate + 1e-9
+    threshold = size / result.size_scale + 1e-9
     distances = result.distances
     starts = columns.start
     ends = columns.end
@@ -268,7 +291,7 @@ def savings_at(result: ProcessResult, columns: CallColumns, size: int, nested_ex
             open_until[thread] = ends[index]
         cpu += cpus[index]
         wall += ends[index] - starts[index]
-    scale = 1.0 / result.sample_rate
+    scale = result.count_scale
     out.cpu = cpu * scale
     out.wall = wall * scale
     out.hits = hits * scale
@@ -303,6 +326,7 @@ class Opportunity:
     inconsistent_keys: int
     overlapping: int
     sample_rate: float
+    estimator: str  # "exact", "shards", "listed" or "mixed" (see the module docstring)
     unhashable_types: list[str]
     returns_unhashable: bool
     cpu_unit: str
@@ -316,7 +340,7 @@ class Opportunity:
 
     @property
     def estimated(self) -> bool:
-        return self.sample_rate < 1
+        return self.estimator != "exact"
 
 
 @dataclass(slots=True)
@@ -553,6 +577,7 @@ def _opportunity(model: Model, results: list[ProcessResult], total_cpu: dict[str
             "hit_ratio_at_128": _ratio(_hits_at(p_sizes, p_totals, DEFAULT_MAXSIZE), result.calls),
             "recommended_maxsize": recommend(p_sizes, p_totals, options.target),
             "inconsistent_keys": result.inconsistent_keys, "sample_rate": result.sample_rate,
+            "estimator": result.estimator,
             "savings": {"cpu": round(saved.cpu), "wall_ns": round(saved.wall), "hits": round(saved.hits)},
         })
     cpu_total_all = total_cpu.get(unit)
@@ -574,6 +599,7 @@ def _opportunity(model: Model, results: list[ProcessResult], total_cpu: dict[str
         hit_ratio_at_recommended=_ratio(_hits_at(sizes, totals, size), calls) if size else None,
         consistent=not inconsistent, inconsistent_keys=inconsistent,
         overlapping=sum(r.overlapping for r in results), sample_rate=min(r.sample_rate for r in results),
+        estimator=_estimator(results),
         unhashable_types=sorted(unhashable),
         returns_unhashable=any(i.stats[S_RET_UNHASHABLE] for i in infos),
         cpu_unit=unit if has_cpu else "none", savings=savings, share=share,
@@ -589,6 +615,11 @@ def _opportunity(model: Model, results: list[ProcessResult], total_cpu: dict[str
     if op.advice.kind == "not_worth_it":
         op.advice.paste = None
     return op
+
+
+def _estimator(results: list[ProcessResult]) -> str:
+    kinds = {r.estimator for r in results} - {"exact"}
+    return kinds.pop() if len(kinds) == 1 else ("mixed" if kinds else "exact")
 
 
 def _ratio(part: float, whole: float) -> float:

@@ -196,7 +196,7 @@ def query_urls(base: str, service: str, since: float, limit: int, now: float | N
     root = base.rstrip("/")
     v3 = root + "/api/v3/traces?" + urllib.parse.urlencode({
         "query.service_name": service, "query.start_time_min": _rfc3339(start),
-        "query.start_time_max": _rfc3339(end), "query.search_depth": str(limit),
+        "query.start_time_max": _rfc3339(end), "query.num_traces": str(limit),
     })
     v1 = root + "/api/traces?" + urllib.parse.urlencode({
         "service": service, "start": str(int(start * 1_000_000)), "end": str(int(end * 1_000_000)),

@@ -10,12 +10,12 @@ from typing import TextIO
 WIDTH = 79
 
 
-def _size(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} GB"
+def _sizes(done: float, total: float) -> str:
+    """``12.5/116.1 MB``: both in the unit of the total."""
+    for scale, unit in ((1e9, "GB"), (1e6, "MB"), (1e3, "KB")):
+        if total >= scale:
+            return f"{done / scale:.1f}/{total / scale:.1f} {unit}"
+    return f"{done:.0f}/{total:.0f} B"
 
 
 def _count(n: int) -> str:
@@ -47,10 +47,10 @@ class Progress:
     def line(self, done: int, spans: int) -> str:
         elapsed = self.clock() - self.started
         fraction = min(1.0, done / self.total) if self.total else 0.0
-        bar_width = 20
+        bar_width = 16
         filled = int(fraction * bar_width)
         text = (f"callspan: {self.phase:<9} [{'#' * filled}{'.' * (bar_width - filled)}] {fraction:4.0%} "
-                f"{_size(done)}/{_size(self.total)}, {_count(spans)} spans, {elapsed:.0f}s")
+                f"{_sizes(done, self.total)}, {_count(spans)} spans, {elapsed:.0f}s")
         return text[:WIDTH]
 
     def update(self, done: int, spans: int, force: bool = False) -> None:

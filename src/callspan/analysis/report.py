@@ -16,6 +16,14 @@ from callspan.analysis.latency import LatencyReport
 from callspan.analysis.model import Model
 
 WIDTH = 100
+ESTIMATES = {
+    "shards": "estimated: summarised calls were key-sampled at rate {rate:g}; replayed the sampled keys "
+              "(SHARDS), counts and sizes scaled by {scale:g}",
+    "listed": "estimated: summarised calls were key-sampled at rate {rate:g}, too few keys for SHARDS; "
+              "replayed the calls listed one by one, counts scaled up to all calls",
+    "mixed": "estimated: summarised calls were key-sampled (smallest rate {rate:g}); processes estimated "
+             "differently",
+}
 JSON_SCHEMA = "callspan.analysis/1"
 ADVICE_LABELS = {
     "lru_cache": "lru_cache", "lru_cache_convert_args": "convert args", "method": "method (self)",
@@ -204,8 +212,9 @@ def opportunity_text(rank: int, op: Opportunity) -> list[str]:
                        "shallow size)")
         lines.extend(_wrap(saving, "     "))
     if op.estimated:
-        lines.extend(_wrap(f"estimated: summarised calls were key-sampled (SHARDS) at rate "
-                           f"{op.sample_rate:g}; counts scaled by {1 / op.sample_rate:g}", "     "))
+        lines.extend(_wrap(ESTIMATES.get(op.estimator, ESTIMATES["mixed"]).format(rate=op.sample_rate,
+                                                                                   scale=1 / op.sample_rate),
+                           "     "))
     if len(op.processes) > 1:
         parts = [f"{p['label']}: {fmt_pct(p['hit_ratio'])}% of {fmt_count(p['calls'])}"  # type: ignore[arg-type]
                  for p in op.processes[:4]]
@@ -286,7 +295,7 @@ def opportunity_json(rank: int, op: Opportunity) -> dict[str, Any]:
         "consistent": op.consistent, "inconsistent_keys": op.inconsistent_keys,
         "overlapping_calls": op.overlapping, "unhashable_arg_types": op.unhashable_types,
         "returns_unhashable": op.returns_unhashable,
-        "sample_rate": op.sample_rate, "estimated": op.estimated,
+        "sample_rate": op.sample_rate, "estimated": op.estimated, "estimator": op.estimator,
         "advice": {"kind": op.advice.kind, "text": op.advice.text, "paste": op.advice.paste},
         "savings": {"cpu": round(op.savings.cpu) if op.cpu_unit != "none" else None,
                     "cpu_unit": op.cpu_unit, "wall_ns": round(op.savings.wall), "hits": round(op.savings.hits),

@@ -1,0 +1,145 @@
+"""Small OTLP JSON / Jaeger JSON fixtures built in code, encoded like the Collector's file exporter."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from typing import Any
+
+SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "src")
+
+
+def av(value: Any) -> dict[str, Any]:
+    """An OTLP AnyValue (intValue as a JSON string, as OTLP/JSON requires)."""
+    if isinstance(value, bool):
+        return {"boolValue": value}
+    if isinstance(value, int):
+        return {"intValue": str(value)}
+    if isinstance(value, float):
+        return {"doubleValue": value}
+    if isinstance(value, (list, tuple)):
+        return {"arrayValue": {"values": [av(v) for v in value]}}
+    return {"stringValue": value}
+
+
+def kvs(attributes: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{"key": k, "value": av(v)} for k, v in attributes.items()]
+
+
+def hexkey(key: int) -> str:
+    """A 16-hex-digit hash for a small test key (0 and negative keys are not used)."""
+    return f"{key:016x}"
+
+
+def span(name: str, span_id: int, start: int, end: int, *, parent: int | None = None, trace: int = 1,
+         args: int | None = None, ret: int | None = None, cpu: int | None = None, cpu_self: int | None = None,
+         kind: str = "function", file: str | None = None, line: int = 10, thread: int = 7,
+         error: bool = False, run: int | None = None, extra: dict[str, Any] | None = None,
+         events: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    attrs: dict[str, Any] = {
+        "code.function.name": name, "code.file.path": file or f"/app/{name.split('.')[0]}.py",
+        "code.line.number": line, "thread.id": thread, "thread.name": "MainThread", "callspan.kind": kind,
+        "callspan.run_ns": end - start if run is None else run,
+    }
+    if cpu is not None:
+        attrs["callspan.cpu.total"] = cpu
+        attrs["callspan.cpu.self"] = cpu if cpu_self is None else cpu_self
+    if args is not None:
+        attrs["callspan.args.hash"] = hexkey(args)
+        attrs["callspan.args.hashable"] = True
+    if ret is not None and not error:
+        attrs["callspan.return.hash"] = hexkey(ret)
+        attrs["callspan.return.hashable"] = True
+        attrs["callspan.return.size"] = 32
+    if error:
+        attrs["error.type"] = "builtins.ValueError"
+    attrs.update(extra or {})
+    out: dict[str, Any] = {
+        "traceId": f"{trace:032x}", "spanId": f"{span_id:016x}", "name": name, "kind": 1,
+        "startTimeUnixNano": str(start), "endTimeUnixNano": str(end), "attributes": kvs(attrs),
+        "status": {"code": 2, "message": "ValueError"} if error else {},
+    }
+    if parent is not None:
+        out["parentSpanId"] = f"{parent:016x}"
+    if events:
+        out["events"] = events
+    return out
+
+
+def request(spans: list[dict[str, Any]], *, pid: int = 100, instance: str | None = "inst-1",
+            unit: str = "ns", service: str = "svc") -> dict[str, Any]:
+    resource: dict[str, Any] = {"service.name": service}
+    if instance:
+        resource["service.instance.id"] = instance
+    scope = {"callspan.schema": 1, "process.pid": pid, "callspan.core": "sysmon",
+             "callspan.cpu.counter": "thread_time" if unit == "ns" else "perf:instructions",
+             "callspan.cpu.unit": unit}
+    return {"resourceSpans": [{"resource": {"attributes": kvs(resource)}, "scopeSpans": [
+        {"scope": {"name": "callspan", "version": "0.1.0", "attributes": kvs(scope)}, "spans": spans}]}]}
+
+
+def lines(requests: list[dict[str, Any]]) -> bytes:
+    return b"".join(json.dumps(r, separators=(",", ":")).encode() + b"\n" for r in requests)
+
+
+def write(path: str, requests: list[dict[str, Any]], gz: bool = False) -> str:
+    data = lines(requests)
+    if gz:
+        data = gzip.compress(data)
+    with open(path, "wb") as f:
+        f.write(data)
+    return path
+
+
+def key_sequence_spans(name: str, keys: list[int], *, first_id: int = 1, step: int = 1000,
+                       cpu: int = 100, kind: str = "function", returns: dict[int, int] | None = None,
+                       **kw: Any) -> list[dict[str, Any]]:
+    """One span per key, sequential and non-overlapping, each returning ``returns[key]`` (key+1000)."""
+    out = []
+    for i, key in enumerate(keys):
+        ret = (returns or {}).get(key, key + 1000)
+        out.append(span(name, first_id + i, i * step, i * step + step // 2, args=key, ret=ret, cpu=cpu,
+                        kind=kind, **kw))
+    return out
+
+
+def summary(names: list[str], counts: list[int], *, cpu_total: list[int] | None = None,
+            cpu_self: list[int] | None = None, walls: list[int] | None = None,
+            kinds: list[str] | None = None) -> dict[str, Any]:
+    n = len(names)
+    out: dict[str, Any] = {
+        "callspan.summary.function": names, "callspan.summary.file": [f"/app/{x}.py" for x in names],
+        "callspan.summary.line": [5] * n, "callspan.summary.kind": kinds or ["function"] * n,
+        "callspan.summary.count": counts, "callspan.summary.errors": [0] * n,
+        "callspan.summary.wall_ns": walls or [10 * c for c in counts],
+        "callspan.summary.run_ns": walls or [10 * c for c in counts],
+    }
+    if cpu_total is not None:
+        out["callspan.summary.cpu_total"] = cpu_total
+        out["callspan.summary.cpu_self"] = cpu_self if cpu_self is not None else cpu_total
+    return out
+
+
+def calls_event(name: str, keys: list[int], starts: list[int], *, rate: float = 1.0, cpu: int = 10,
+                duration: int = 5, returns: list[int] | None = None) -> dict[str, Any]:
+    rets = returns if returns is not None else [k + 1000 for k in keys]
+    attrs = {
+        "callspan.function": name, "callspan.args.hash": [hexkey(k) for k in keys],
+        "callspan.return.hash": [hexkey(r) if r else "" for r in rets],
+        "callspan.start_ns": starts, "callspan.end_ns": [s + duration for s in starts],
+        "callspan.cpu": [cpu] * len(keys), "callspan.sample_rate": rate,
+    }
+    return {"timeUnixNano": str(starts[0] if starts else 0), "name": "callspan.calls", "attributes": kvs(attrs)}
+
+
+def jaeger_tag(key: str, value: Any) -> dict[str, Any]:
+    if isinstance(value, bool):
+        return {"key": key, "type": "bool", "value": value}
+    if isinstance(value, int):
+        return {"key": key, "type": "int64", "value": value}
+    if isinstance(value, float):
+        return {"key": key, "type": "float64", "value": value}
+    if isinstance(value, list):
+        return {"key": key, "type": "string", "value": json.dumps(value)}
+    return {"key": key, "type": "string", "value": value}

@@ -1,0 +1,379 @@
+"""Cache analysis: LRU hits at every size equal functools.lru_cache's, consistency, SHARDS, advice."""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import random
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from callspan.analysis import cache
+from callspan.analysis.cache import CacheOptions, analyze_calls, lru_histogram
+from callspan.analysis.model import Batch, Model
+from callspan.analysis.otlp import add_request
+from tests.analysis.otlp_fixtures import (
+    calls_event,
+    hexkey,
+    key_sequence_spans,
+    kvs,
+    request,
+    span,
+    summary,
+)
+
+
+def real_lru_hits(keys: list[int], maxsize: int | None) -> int:
+    """What functools.lru_cache(maxsize) reports for calls with these arguments, in order."""
+    cached = functools.lru_cache(maxsize=maxsize)(lambda key: key * 2)
+    for key in keys:
+        cached(key)
+    return cached.cache_info().hits
+
+
+def model_of(*requests: dict) -> Model:
+    model = Model()
+    batch = model.new_batch()
+    for r in requests:
+        add_request(batch, r)
+    model.merge(batch)
+    return model
+
+
+def replay(model: Model, name: str) -> cache.ProcessResult:
+    index = next(i for i, f in enumerate(model.functions) if f.name == name)
+    columns = model.calls[index]
+    assert columns is not None
+    return analyze_calls(index, model.functions[index], columns)
+
+
+def hits_at(result: cache.ProcessResult, size: int) -> float:
+    return result.hits_at(size)
+
+
+def opportunity(model: Model, name: str, **options: Any) -> cache.Opportunity:
+    report = cache.analyze(model, CacheOptions(**options))
+    for op in report.opportunities:
+        if op.name == name:
+            return op
+    raise AssertionError(f"{name} not among {[op.name for op in report.opportunities]}")
+
+
+# -- the stack-distance algorithm against the real lru_cache -------------------------------------
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(min_value=1, max_value=25), max_size=250))
+def test_histogram_hits_equal_functools_lru_cache_at_every_size(keys: list[int]) -> None:
+    hist, cold = lru_histogram(keys)
+    distinct = len(set(keys))
+    assert cold == distinct
+    for maxsize in range(0, distinct + 3):
+        assert sum(hist[1:maxsize + 1]) == real_lru_hits(keys, maxsize), maxsize
+    assert sum(hist) == real_lru_hits(keys, None)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.integers(min_value=1, max_value=40), min_size=1, max_size=300))
+def test_spans_through_the_reader_give_lru_cache_hits_at_every_size(keys: list[int]) -> None:
+    """The whole path: OTLP JSON spans -> model -> replay, compared with functools.lru_cache."""
+    model = model_of(request(key_sequence_spans("m.f", keys)))
+    result = replay(model, "m.f")
+    for maxsize in range(0, len(set(keys)) + 3):
+        assert hits_at(result, maxsize) == real_lru_hits(keys, maxsize), maxsize
+    assert result.hits_unbounded == real_lru_hits(keys, None)
+    assert result.distinct_keys == len(set(keys))
+
+
+def planted_cyclic_scan(k: int, rounds: int) -> list[int]:
+    return [1 + i % k for i in range(k * rounds)]
+
+
+def planted_working_set() -> list[int]:
+    # 3 hot keys, each followed by a never-repeated cold key: the hot key's distance is 6.
+    cold = itertools.count(100)
+    return [x for _ in range(10) for hot in (1, 2, 3) for x in (hot, next(cold))]
+
+
+def planted_zipf(seed: int) -> list[int]:
+    rng = random.Random(seed)
+    return [1 + int(50 * rng.random() ** 3) for _ in range(2000)]
+
+
+@pytest.mark.parametrize("keys", [
+    planted_cyclic_scan(8, 5), planted_working_set(), planted_zipf(1), planted_zipf(2),
+    [5] * 50, list(range(1, 200)), [1, 2, 1, 3, 1, 4, 2, 5, 3, 1],
+], ids=["cyclic-scan", "working-set", "zipf-1", "zipf-2", "one-key", "all-distinct", "mixed"])
+def test_planted_workloads_match_lru_cache(keys: list[int]) -> None:
+    result = replay(model_of(request(key_sequence_spans("m.f", keys))), "m.f")
+    for maxsize in [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 16, 32, 64, 128, 256]:
+        assert hits_at(result, maxsize) == real_lru_hits(keys, maxsize), maxsize
+
+
+def test_cyclic_scan_hand_computed() -> None:
+    # LRU's worst case: 8 keys in a loop hit nothing below size 8, everything after round 1 at 8.
+    result = replay(model_of(request(key_sequence_spans("m.f", planted_cyclic_scan(8, 5)))), "m.f")
+    assert [hits_at(result, n) for n in (1, 7, 8, 100)] == [0, 0, 32, 32]
+    assert result.steps == [(8, 32.0)]
+
+
+def test_working_set_hand_computed() -> None:
+    # Between two uses of a hot key: 2 other hot keys and 3 cold keys -> distance 6.
+    result = replay(model_of(request(key_sequence_spans("m.f", planted_working_set()))), "m.f")
+    assert hits_at(result, 5) == 0
+    assert hits_at(result, 6) == 27  # 3 hot keys x 9 repeats
+
+
+def test_calls_are_replayed_in_start_order_not_arrival_order() -> None:
+    spans = key_sequence_spans("m.f", [1, 2, 1])
+    # arrival order 3rd, 1st, 2nd: start order is still 1, 2, 1 -> one hit at size 2, none at 1
+    model = model_of(request([spans[2], spans[0], spans[1]]))
+    result = replay(model, "m.f")
+    assert (hits_at(result, 1), hits_at(result, 2)) == (0, 1)
+
+
+def test_a_call_that_raised_is_a_miss_that_does_not_enter_the_cache() -> None:
+    # A, B(raised), A at size 1: B never gets cached, so A is still there -> hit (as lru_cache).
+    spans = [span("m.f", 1, 0, 5, args=1, ret=2, cpu=1), span("m.f", 2, 10, 15, args=9, error=True, cpu=1),
+             span("m.f", 3, 20, 25, args=1, ret=2, cpu=1)]
+    result = replay(model_of(request(spans)), "m.f")
+    assert hits_at(result, 1) == 1
+    assert result.accesses == 3
+
+
+def test_calls_without_a_key_are_misses() -> None:
+    spans = [span("m.f", 1, 0, 5, args=1, ret=2), span("m.f", 2, 10, 15),  # no args hash
+             span("m.f", 3, 20, 25, args=1, ret=2)]
+    result = replay(model_of(request(spans)), "m.f")
+    assert result.hits_unbounded == 1
+    assert hits_at(result, 1) == 1
+
+
+# -- opportunities ---------------------------------------------------------------------------------
+
+def test_recommended_maxsize_is_the_smallest_reaching_the_target() -> None:
+    # working set: all 27 hits need size 6; one big function so that it is worth it.
+    keys = planted_working_set()
+    model = model_of(request(key_sequence_spans("m.f", keys, cpu=100_000)))
+    op = opportunity(model, "m.f")
+    assert op.recommended_maxsize == 6
+    assert op.calls == 60 and op.distinct_keys == 33
+    assert op.hit_ratio == pytest.approx(27 / 60)
+    assert op.hit_ratio_at_128 == pytest.approx(27 / 60)
+    assert op.advice.kind == "lru_cache"
+    assert op.advice.paste == "@functools.lru_cache(maxsize=6)  # /app/m.py:10"
+    assert op.consistent and op.inconsistent_keys == 0
+    # CPU saved: the 27 hit calls of 100,000 ns; the share of all self CPU (60 calls).
+    assert op.savings.cpu == 27 * 100_000
+    assert op.savings.wall == 27 * 500
+    assert op.share == pytest.approx(27 / 60)
+    assert op.memory_bytes == 6 * 32
+
+
+def test_target_option_changes_the_recommendation() -> None:
+    # Keys 1..4 cycled then key 1 repeated: distances 4 (x4 per round) and 1.
+    keys = [1, 2, 3, 4] * 3 + [1] * 8
+    model = model_of(request(key_sequence_spans("m.f", keys, cpu=100_000)))
+    # hits: 8 at size 1 (the repeats of 1 ... the first repeat has distance 4): count exactly
+    result = replay(model, "m.f")
+    assert [hits_at(result, n) for n in (1, 3, 4)] == [7, 7, 16]
+    assert opportunity(model, "m.f", target=0.95).recommended_maxsize == 4
+    assert opportunity(model, "m.f", target=0.4).recommended_maxsize == 1
+
+
+def test_inconsistent_returns_are_never_recommended() -> None:
+    keys = [1, 1, 2, 2, 1]
+    spans = key_sequence_spans("m.f", keys, cpu=100_000)
+    spans[4] = span("m.f", 99, 5000, 5100, args=1, ret=777, cpu=100_000)  # key 1 returned another value
+    op = opportunity(model_of(request(spans)), "m.f")
+    assert not op.consistent
+    assert op.inconsistent_keys == 1
+    assert op.recommended_maxsize is None
+    assert op.advice.kind == "inconsistent" and op.advice.paste is None
+    assert op.savings.cpu == 0
+
+
+def test_calls_that_raised_do_not_make_a_function_inconsistent() -> None:
+    spans = key_sequence_spans("m.f", [1, 1, 1], cpu=100_000)
+    spans.append(span("m.f", 50, 9000, 9100, args=1, error=True, cpu=100_000))
+    op = opportunity(model_of(request(spans)), "m.f")
+    assert op.consistent and op.errors == 1
+
+
+def test_savings_count_nested_recursive_hits_once() -> None:
+    # f(A) [0,10]; f(A) [20,60] containing f(A) [30,40] on the same thread: both later calls hit,
+    # but the nested one's CPU is already inside the outer one's callspan.cpu.total.
+    spans = [span("m.f", 1, 0, 10, args=1, ret=2, cpu=10_000_000),
+             span("m.f", 2, 20, 60, args=1, ret=2, cpu=40_000_000),
+             span("m.f", 3, 30, 40, args=1, ret=2, cpu=30_000_000, parent=2)]
+    op = opportunity(model_of(request(spans)), "m.f")
+    assert op.savings.hits == 2
+    assert op.savings.cpu == 40_000_000
+    assert op.savings.wall == 40
+
+
+def test_coroutines_get_async_advice_and_overlaps_are_counted() -> None:
+    # Same key: [0,100] and [50,150] overlap (a second identical call while the first is in flight),
+    # [200,250] does not.
+    spans = [span("m.fetch", i + 1, s, e, args=7, ret=8, cpu=1_000_000, kind="coroutine")
+             for i, (s, e) in enumerate([(0, 100), (50, 150), (200, 250)])]
+    op = opportunity(model_of(request(spans)), "m.fetch")
+    assert op.overlapping == 1
+    assert op.advice.kind == "inflight_coalescing"
+    assert "1 calls started while an identical call was still running" in op.advice.text
+    assert op.advice.paste is None
+    # without overlap: async cache
+    spans = [span("m.fetch", i + 1, s, e, args=7, ret=8, cpu=1_000_000, kind="coroutine")
+             for i, (s, e) in enumerate([(0, 100), (200, 250)])]
+    op = opportunity(model_of(request(spans)), "m.fetch")
+    assert (op.overlapping, op.advice.kind) == (0, "async_cache")
+    assert "coroutine object" in op.advice.text
+
+
+def test_unhashable_arguments_say_which_types() -> None:
+    extra = {"callspan.args.hashable": False, "callspan.args.unhashable": "list,dict"}
+    spans = key_sequence_spans("m.f", [1, 1, 1], cpu=1_000_000, extra=extra)
+    op = opportunity(model_of(request(spans)), "m.f")
+    assert op.advice.kind == "lru_cache_convert_args"
+    assert op.unhashable_types == ["dict", "list"]
+    assert "unhashable dict, list" in op.advice.text
+
+
+def test_methods_whose_self_makes_every_key_distinct() -> None:
+    spans = key_sequence_spans("m.C.area", [1, 2, 3, 4], cpu=1_000_000, extra={"callspan.method": True})
+    op = opportunity(model_of(request(spans)), "m.C.area")
+    assert op.method and op.hits_unbounded == 0
+    assert op.advice.kind == "method"
+    assert "self is part of the cache key" in op.advice.text
+    assert op.recommended_maxsize is None
+
+
+def test_cheap_functions_are_not_worth_it() -> None:
+    # 100 ns per call is about what an lru_cache lookup costs.
+    op = opportunity(model_of(request(key_sequence_spans("m.f", [1] * 10, cpu=100))), "m.f")
+    assert op.advice.kind == "not_worth_it"
+    assert "close to a cache lookup" in op.advice.text
+    assert op.advice.paste is None
+
+
+def test_small_share_is_not_worth_it() -> None:
+    spans = key_sequence_spans("m.small", [1, 1], cpu=10_000)
+    spans += key_sequence_spans("m.big", list(range(1, 101)), cpu=10_000_000, first_id=100)
+    op = opportunity(model_of(request(spans)), "m.small", min_share=0.01)
+    assert op.share == pytest.approx(10_000 / (20_000 + 100 * 10_000_000))
+    assert op.advice.kind == "not_worth_it"
+    op = opportunity(model_of(request(spans)), "m.small", min_share=0.0)
+    assert op.advice.kind == "lru_cache"
+
+
+def test_generators_are_not_cacheable() -> None:
+    spans = key_sequence_spans("m.gen", [1, 1, 1], cpu=1_000_000, kind="generator")
+    op = opportunity(model_of(request(spans)), "m.gen")
+    assert op.advice.kind == "not_cacheable"
+
+
+def test_min_calls_filters_functions() -> None:
+    model = model_of(request(key_sequence_spans("m.f", [1, 1, 1], cpu=1_000_000)))
+    assert [op.name for op in cache.analyze(model, CacheOptions(min_calls=3)).opportunities] == ["m.f"]
+    assert cache.analyze(model, CacheOptions(min_calls=4)).opportunities == []
+
+
+def test_processes_have_separate_caches_and_results_sum() -> None:
+    # The same key in two processes: one hit in each (not a cross-process hit).
+    a = request(key_sequence_spans("m.f", [1, 1], cpu=1_000_000), instance="A", pid=1)
+    b = request(key_sequence_spans("m.f", [1, 1], cpu=1_000_000, first_id=50), instance="B", pid=2)
+    model = model_of(a, b)
+    assert len(model.processes) == 2
+    op = opportunity(model, "m.f")
+    assert op.calls == 4 and op.hits_unbounded == 2 and op.distinct_keys == 2
+    assert [p["process"] for p in op.processes] == ["instance:A", "instance:B"]
+    assert [p["hit_ratio"] for p in op.processes] == [0.5, 0.5]
+
+
+def test_processes_fall_back_to_pid() -> None:
+    a = request(key_sequence_spans("m.f", [1]), instance=None, pid=11)
+    b = request(key_sequence_spans("m.f", [1], first_id=9), instance=None, pid=12)
+    model = model_of(a, b)
+    assert sorted(p.pid or 0 for p in model.processes) == [11, 12]
+
+
+# -- summaries and SHARDS --------------------------------------------------------------------------
+
+def test_summarised_calls_count_and_are_replayed_in_call_order() -> None:
+    # g as a span at t=0 (key 1), and 4 calls summarised on root, listed at t=10..40 (1, 2, 1, 2):
+    # sequence 1, 1, 2, 1, 2 -> hits 1 at size 1, 3 at size 2.
+    root = span("m.root", 100, 0, 100, cpu=1_000, extra=summary(["m.g"], [4], cpu_total=[40], cpu_self=[40]),
+                events=[calls_event("m.g", [1, 2, 1, 2], [10, 20, 30, 40])])
+    g = span("m.g", 101, 1, 5, args=1, ret=1001, cpu=10, parent=100)
+    model = model_of(request([g, root]))
+    result = replay(model, "m.g")
+    assert (hits_at(result, 1), hits_at(result, 2)) == (1, 3)
+    info = next(f for f in model.functions if f.name == "m.g")
+    assert info.calls == 5
+    assert info.stats[2] == 50  # cpu total: 10 (span) + 40 (summary)
+
+
+def test_sampled_summaries_use_shards_when_enough_keys_survive() -> None:
+    # Keys 1..100 hash below 2**63 (kept at rate 0.5), keys 2**63+1.. above (sampled out).
+    low = list(range(1, 101))
+    high = [(1 << 63) + k for k in range(1, 101)]
+    sequence = low + high + low + high
+    spans = [span("m.g", 10 + i, 1000 * i, 1000 * i + 10, args=k, ret=7, cpu=10, parent=1)
+             for i, k in enumerate(sequence)]
+    # A fifth round (low keys) listed on the root, the sixth (high keys) summarised but not listed.
+    start = 1000 * len(sequence)
+    event = calls_event("m.g", low, [start + 1000 * i for i in range(100)], rate=0.5, returns=[7] * 100)
+    root = span("m.root", 1, 0, 10**9, cpu=1_000, events=[event], extra=summary(["m.g"], [200]))
+    model = model_of(request(spans + [root]))
+    result = replay(model, "m.g")
+    assert (result.estimator, result.sample_rate) == ("shards", 0.5)
+    # sampled: 3 rounds of the 100 low keys, distance 100 -> size 200; 600 calls / 300 replayed
+    assert result.accesses == 300 and result.count_scale == 2 and result.size_scale == 2
+    assert result.steps == [(200, 400.0)]
+    assert result.distinct_keys == 200
+    # the true full sequence: 6 rounds of 100 keys at distance 200 -> 400 hits at size 200
+    full = low + high + low + high + low + high
+    assert real_lru_hits(full, 199) == 0 and real_lru_hits(full, 200) == 400
+    op = opportunity(model, "m.g")
+    assert op.estimated and op.estimator == "shards" and op.recommended_maxsize == 200
+    assert op.calls == 600 and op.hit_ratio == pytest.approx(400 / 600)
+
+
+def test_sampled_summaries_with_few_keys_replay_the_listed_calls() -> None:
+    # rate 0.5 but only 3 keys below the threshold: SHARDS would estimate from 3 keys. Instead the
+    # 7 calls known one by one are replayed and counts scaled to the 13 calls.
+    event = calls_event("m.g", [1, 2, 1, 3, 1, 2], [10, 20, 30, 40, 50, 60], rate=0.5)
+    root = span("m.root", 100, 0, 100, cpu=1_000, events=[event],
+                extra=summary(["m.g"], [12], cpu_total=[120]))
+    g_high = span("m.g", 101, 1, 5, args=1 << 63, ret=1, cpu=10, parent=100)
+    model = model_of(request([g_high, root]))
+    result = replay(model, "m.g")
+    assert (result.estimator, result.accesses, result.size_scale) == ("listed", 7, 1.0)
+    assert result.count_scale == pytest.approx(13 / 7)
+    # 2**63, then 1 2 1 3 1 2: distances 2, 2, 3
+    assert result.steps == [(2, pytest.approx(2 * 13 / 7)), (3, pytest.approx(13 / 7))]
+    assert result.distinct_keys == 4
+    op = opportunity(model, "m.g")
+    assert op.estimated and op.estimator == "listed" and op.calls == 13
+
+
+def test_summary_rows_without_listing_still_count() -> None:
+    root = span("m.root", 100, 0, 100, cpu=1_000, extra=summary(["m.h"], [7], cpu_total=[70]))
+    model = model_of(request([root]))
+    info = next(f for f in model.functions if f.name == "m.h")
+    assert info.calls == 7 and info.stats[2] == 70 and info.stats[3] == 70
+
+
+def test_listed_call_arrays_of_different_lengths_are_rejected() -> None:
+    event = calls_event("m.g", [1, 2], [10, 20])
+    event["attributes"] = [a for a in event["attributes"] if a["key"] != "callspan.start_ns"]
+    event["attributes"] += kvs({"callspan.start_ns": [10]})
+    root = span("m.root", 100, 0, 100, events=[event])
+    with pytest.raises(ValueError, match="callspan.start_ns"):
+        add_request(Batch(), request([root]))
+
+
+def test_hexkey_helper_is_16_digits() -> None:
+    assert hexkey(1) == "0000000000000001"
