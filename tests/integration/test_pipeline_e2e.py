@@ -131,6 +131,42 @@ def test_demo_reaches_collector_file_and_jaeger_intact(otelcol: Any, jaeger: Any
     assert status == 200
     assert len(spans_of([v3["result"]])) == total
 
+    # The analyzer gets the same answer from the Collector's file, from Jaeger's JSON (as the
+    # UI downloads it) and from Jaeger's URL as from callspan's own local file.
+    status, every_trace = otelbins.http_get_json(f"{jaeger.query_url}/api/traces?service=callspan-e2e&limit=100")
+    assert status == 200
+    (tmp_path / "jaeger.json").write_text(json.dumps(every_trace))
+    local_report = analyze_json(tmp_path, "local.jsonl")
+    assert local_report["cache"]["opportunities"][0]["function"] == "__main__.price"
+    assert differences(analyze_json(tmp_path, str(otelcol.output_file)), local_report) == []
+    # Jaeger's v1 JSON has microsecond times: wall-time savings may differ by under 1 us a call.
+    v1_report = analyze_json(tmp_path, "jaeger.json")
+    v1_diffs = differences(v1_report, local_report)
+    assert v1_diffs and all(".savings.wall_ns" in d for d in v1_diffs)
+    for got, want in zip(v1_report["cache"]["opportunities"], local_report["cache"]["opportunities"], strict=True):
+        assert abs(got["savings"]["wall_ns"] - want["savings"]["wall_ns"]) < 1000 * got["calls"]
+    jaeger_url_report = analyze_json(tmp_path, "--jaeger", jaeger.query_url, "--service", "callspan-e2e")
+    assert differences(jaeger_url_report, local_report) == []
+
+
+def differences(got: Any, want: Any, path: str = "") -> list[str]:
+    """Readable differences between two JSON values (empty when equal)."""
+    if isinstance(got, dict) and isinstance(want, dict):
+        return [d for key in sorted(set(got) | set(want)) for d in differences(got.get(key), want.get(key), f"{path}.{key}")]
+    if isinstance(got, list) and isinstance(want, list) and len(got) == len(want):
+        return [d for i, (g, w) in enumerate(zip(got, want, strict=True)) for d in differences(g, w, f"{path}[{i}]")]
+    return [] if got == want else [f"{path}: {str(got)[:80]} != {str(want)[:80]}"]
+
+
+def analyze_json(cwd: Path, *args: str) -> dict[str, Any]:
+    """The cache opportunities and CPU-by-stack answer, without input bookkeeping."""
+    result = subprocess.run([sys.executable, "-m", "callspan", "analyze", "--format", "json", "--report",
+                             "cache,cpu", "--no-progress", *args], cwd=cwd, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    return {"cache": report["cache"], "cpu": report["cpu"]}
+
 
 SLOW_PROGRAM = textwrap.dedent('''
     import sys, time
