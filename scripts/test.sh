@@ -43,10 +43,16 @@ for version in 3.11 3.12 3.13; do
   if [ ! -x "$venv/bin/python" ]; then
     "$python" -m venv "$venv" || { status=1; continue; }
   fi
-  "$venv/bin/python" -m pip install -q --disable-pip-version-check -e '.[test]' || { status=1; continue; }
+  extras="test"
+  [ "$version" = "3.12" ] && extras="test,dev"  # lint once
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check -e ".[$extras]" || { status=1; continue; }
   "$venv/bin/python" -m pytest -q -p no:cacheprovider "$@"
   code=$?
   [ $code -ne 0 ] && status=1
+  if [ "$version" = "3.12" ]; then
+    "$venv/bin/ruff" check src tests benchmarks || status=1
+    "$venv/bin/mypy" src || status=1
+  fi
 done
 
 if [ -n "$missing" ]; then

@@ -16,9 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 import otelbins  # type: ignore[import-not-found]
+import pytest
 
 DEMO = Path(__file__).resolve().parents[2] / "src" / "callspan" / "demo" / "shop.py"
 REPORT = re.compile(r"callspan: (\d+) spans written to (.+)$")
