@@ -352,6 +352,8 @@ class SpanBuilder:
             attributes["callspan.args.hashable"] = not args[1]
             if args[1]:
                 attributes["callspan.args.unhashable"] = args[1]
+            if args[2]:
+                attributes["callspan.args.identity"] = True
         ret = record[R_RET]
         if ret is not None and record[R_ERROR] is None:
             if ret_hex:

@@ -17,6 +17,7 @@ from callspan.selection import CodeInfo
 # Separates positional from keyword parts, as lru_cache's kwd_mark does.
 _KWD_MARK = ("callspan.kwd_mark",)
 _FAST_TYPES = (int, str)
+_OBJECT_HASH = object.__hash__
 _FINGERPRINT_LIMIT = 10_000  # elements; larger unhashable values are not fingerprinted
 
 
@@ -54,8 +55,12 @@ def fingerprint(value: Any, budget: list[int]) -> int:
     raise Unkeyable(type(value).__name__)
 
 
-def args_key(info: CodeInfo, frame: FrameType) -> tuple[int | None, str]:
-    """(hash of the lru_cache-style key, "" or the unhashable argument type names).
+def args_key(info: CodeInfo, frame: FrameType) -> tuple[int | None, str, bool]:
+    """(hash of the lru_cache-style key, "" or the unhashable argument type names, whether
+    ``self`` hashes by identity).
+
+    An identity-hashed ``self`` makes keys only as good as ``id()``: a new instance at a freed
+    instance's address gets its key, so such keys may "disagree" without any impurity.
 
     Parameters are keyed positionally in declaration order, then *args, then keyword-only and
     **kwargs items in call order. (lru_cache also distinguishes f(1, b=2) from f(1, 2); the
@@ -63,6 +68,7 @@ def args_key(info: CodeInfo, frame: FrameType) -> tuple[int | None, str]:
     """
     local = frame.f_locals
     key: tuple[Any, ...] = tuple(local[name] for name in info.arg_names)
+    identity = info.is_method and type(key[0]).__hash__ is _OBJECT_HASH
     if info.varargs is not None:
         key += local[info.varargs]
     if info.kwonly or info.varkw is not None:
@@ -75,11 +81,11 @@ def args_key(info: CodeInfo, frame: FrameType) -> tuple[int | None, str]:
     if len(key) == 1 and type(key[0]) in _FAST_TYPES:
         key = key[0]  # lru_cache keys a lone int/str argument as itself: f(1) and f(1.0) differ
     try:
-        return hash(key), ""
+        return hash(key), "", identity
     except TypeError:
         pass
     except Exception:
-        return None, "error"
+        return None, "error", identity
     unhashable = []
     for value in key if isinstance(key, tuple) else (key,):
         try:
@@ -87,9 +93,9 @@ def args_key(info: CodeInfo, frame: FrameType) -> tuple[int | None, str]:
         except Exception:
             unhashable.append(type(value).__name__)
     try:
-        return fingerprint(key, [_FINGERPRINT_LIMIT]), ",".join(dict.fromkeys(unhashable))
+        return fingerprint(key, [_FINGERPRINT_LIMIT]), ",".join(dict.fromkeys(unhashable)), identity
     except Exception:
-        return None, ",".join(dict.fromkeys(unhashable))
+        return None, ",".join(dict.fromkeys(unhashable)), identity
 
 
 def value_key(value: Any) -> tuple[int | None, bool]:

@@ -33,6 +33,28 @@ class Shop:
         return len(sku) + len(self.name)
 
 
+class Money:
+    def __init__(self, cents: int) -> None:
+        self.cents = cents
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Money) and other.cents == self.cents
+
+    def __hash__(self) -> int:
+        return hash(self.cents)
+
+    def doubled(self) -> int:
+        return 2 * self.cents
+
+
+def test_value_hashed_self_is_not_identity_keyed(traced) -> None:  # type: ignore[no-untyped-def]
+    run = traced()
+    run.run(lambda: (Money(5).doubled(), Money(5).doubled()))
+    nodes = run.sink.named(".Money.doubled")
+    assert len(nodes) == 2 and "callspan.args.identity" not in nodes[0].attributes
+    assert nodes[0].attributes["callspan.args.hash"] == nodes[1].attributes["callspan.args.hash"]
+
+
 def keyed(nodes, name):  # type: ignore[no-untyped-def]
     return [(n.attributes.get("callspan.args.hash"), n.attributes.get("callspan.return.hash"))
             for n in nodes if n.name.endswith("." + name)]
@@ -108,6 +130,8 @@ def test_methods_key_on_self(traced) -> None:  # type: ignore[no-untyped-def]
     keys = [n.attributes["callspan.args.hash"] for n in nodes]
     assert keys[0] == keys[1] != keys[2]
     assert all(n.attributes["callspan.method"] is True for n in nodes)
+    assert all(n.attributes["callspan.args.identity"] is True for n in nodes)
+
 
 
 def test_keys_off_and_keys_for_chosen_functions(traced) -> None:  # type: ignore[no-untyped-def]
