@@ -15,7 +15,9 @@ The builder knows nothing of OpenTelemetry: it hands SpanNodes to a Sink.
 
 from __future__ import annotations
 
+import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from callspan.keys import KeyHasher
@@ -36,6 +38,7 @@ from callspan.record import (
     R_SUSP_NS,
     R_SUSPENDS,
     R_THREAD,
+    RECORD_SIZE,
     Record,
 )
 from callspan.selection import KIND_COROUTINE, KIND_FUNCTION, KIND_NAMES, CodeInfo
@@ -126,18 +129,48 @@ class _Out:
         self.threshold = -1
 
 
+class _SyntheticInfo:
+    """Stands in for a CodeInfo on the span that collects unsampled traces."""
+
+    name = "callspan.unsampled_calls"
+    file = ""
+    line = 0
+    kind = KIND_FUNCTION
+    keys = False
+    is_method = False
+
+
+class _SyntheticThread:
+    ident = 0
+    name = "callspan"
+
+
+_UNSAMPLED_INFO = _SyntheticInfo()
+_UNSAMPLED_THREAD = _SyntheticThread()
+
 _SUMMARISED_OUT = _Out()
 _SUMMARISED_OUT.state = _SUMMARISED
 
 
 class SpanBuilder:
     def __init__(self, sink: Sink, hasher: KeyHasher, *, clock_offset: int, cpu_enabled: bool,
-                 max_spans: int = 2000, max_summary_calls: int = 10_000) -> None:
+                 max_spans: int = 2000, max_summary_calls: int = 10_000,
+                 max_spans_per_second: float = 2000.0,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self.sink = sink
         self.hasher = hasher
         self.clock_offset = clock_offset
         self.cpu_enabled = cpu_enabled
         self.max_spans = max_spans
+        # Process-wide span rate: a token bucket holding one second's worth. Every opened span
+        # takes a token; without tokens, calls are summarised, and whole traces (roots too) go
+        # to the current "callspan.unsampled_calls" span instead of becoming spans of their own.
+        self.max_spans_per_second = max_spans_per_second
+        self._monotonic = monotonic
+        self._tokens = max_spans_per_second
+        self._refilled = monotonic()
+        self._unsampled: Record | None = None
+        self.traces_unsampled = 0
         self.max_summary_calls = max_summary_calls
         self.spans_opened = 0
         self.calls_summarised = 0
@@ -158,12 +191,45 @@ class SpanBuilder:
     def process(self, records: list[Record]) -> None:
         for record in records:
             out = record[R_OUT]
-            if out is not None and out.state != _OPEN:
+            if out is not None and out.state != _OPEN and out.state != _PENDING:
                 continue  # already closed or summarised (e.g. ended at stop, then finished)
-            if out is not None or record[R_ROOT] is None or self._accept(record):
-                self._close(record, out if out is not None else self._out(record))
-            elif not self._summarise(record):
+            if out is not None and out.state == _OPEN:
+                self._close(record, out)
+            elif record[R_ROOT] is None:
+                if self._has_token():
+                    self._close(record, self._out(record))
+                else:
+                    self.traces_unsampled += 1
+                    self._summarise(record, self._unsampled_record(record))
+            elif self._accept(record) or not self._summarise(record):
                 self._close(record, self._out(record))
+        unsampled = self._unsampled
+        if unsampled is not None:
+            self._unsampled = None
+            self._close(unsampled, self._out(unsampled))
+
+    def _has_token(self) -> bool:
+        now = self._monotonic()
+        rate = self.max_spans_per_second
+        self._tokens = min(rate, self._tokens + (now - self._refilled) * rate)
+        self._refilled = now
+        return self._tokens >= 1
+
+    def _unsampled_record(self, record: Record) -> Record:
+        """The synthetic root that collects this batch's traces beyond the span rate."""
+        holder = self._unsampled
+        if holder is None:
+            holder = [None] * RECORD_SIZE
+            holder[R_INFO] = _UNSAMPLED_INFO
+            holder[R_THREAD] = _UNSAMPLED_THREAD
+            holder[R_START] = record[R_START]
+            for slot in (R_END, R_CPU, R_CHILD_CPU, R_SUSPENDS, R_SUSP_NS):
+                holder[slot] = 0
+            holder[18] = False
+            self._unsampled = holder
+        holder[R_START] = min(holder[R_START], record[R_START])
+        holder[R_END] = max(holder[R_END], record[R_END])
+        return holder
 
     @staticmethod
     def _out(record: Record) -> _Out:
@@ -174,7 +240,7 @@ class SpanBuilder:
 
     def _accept(self, record: Record) -> bool:
         budget = self._out(record[R_ROOT] or record)
-        if budget.kept >= self.max_spans:
+        if budget.kept >= self.max_spans or not self._has_token():
             return False
         wall = record[R_END] - record[R_START]
         walls = budget.walls
@@ -206,7 +272,7 @@ class SpanBuilder:
         undecided = None
         while parent is not None:
             out = parent[R_OUT]
-            if out is None:
+            if out is None or out.state == _PENDING:
                 if undecided is None:
                     undecided = parent
             elif out.state == _OPEN:
@@ -218,8 +284,9 @@ class SpanBuilder:
 
     # -- summarising --------------------------------------------------------------------------
 
-    def _summarise(self, record: Record) -> bool:
-        target = self._summary_target(record)
+    def _summarise(self, record: Record, target: Record | None = None) -> bool:
+        if target is None:
+            target = self._summary_target(record)
         if target is None:
             return False  # no ancestor can take it (e.g. a task outliving its creator's span)
         target_out = self._out(target)
@@ -306,6 +373,7 @@ class SpanBuilder:
         out.node = node
         out.state = _OPEN
         self._out(record[R_ROOT] or record).kept += 1
+        self._tokens -= 1
         self.spans_opened += 1
         self.sink.open(node)
         return node

@@ -31,6 +31,8 @@ CALLSPAN_KEYS = "CALLSPAN_KEYS"
 CALLSPAN_KEY_SECRET = "CALLSPAN_KEY_SECRET"
 #: Most spans kept per trace; calls beyond are summarised on their nearest kept ancestor.
 CALLSPAN_MAX_SPANS_PER_TRACE = "CALLSPAN_MAX_SPANS_PER_TRACE"
+#: Most spans per second, process-wide; beyond, calls (and whole traces) are summarised.
+CALLSPAN_MAX_SPANS_PER_SECOND = "CALLSPAN_MAX_SPANS_PER_SECOND"
 #: Most per-call cache records kept per summarised function per span before key sampling starts.
 CALLSPAN_MAX_SUMMARY_CALLS = "CALLSPAN_MAX_SUMMARY_CALLS"
 #: Most finished call records waiting for the span builder; beyond, records are dropped and counted.
@@ -40,7 +42,7 @@ CALLSPAN_FLUSH_INTERVAL = "CALLSPAN_FLUSH_INTERVAL"
 
 ENV_VARS = (
     CALLSPAN_CORE, CALLSPAN_INCLUDE, CALLSPAN_EXCLUDE, CALLSPAN_CPU, CALLSPAN_KEYS,
-    CALLSPAN_KEY_SECRET, CALLSPAN_MAX_SPANS_PER_TRACE, CALLSPAN_MAX_SUMMARY_CALLS,
+    CALLSPAN_KEY_SECRET, CALLSPAN_MAX_SPANS_PER_TRACE, CALLSPAN_MAX_SPANS_PER_SECOND, CALLSPAN_MAX_SUMMARY_CALLS,
     CALLSPAN_MAX_PENDING, CALLSPAN_FLUSH_INTERVAL,
 )
 
@@ -57,8 +59,9 @@ class Settings:
     keys: str = "on"
     key_secret: bytes | None = None
     max_spans_per_trace: int = 2000
+    max_spans_per_second: int = 2000
     max_summary_calls: int = 10_000
-    max_pending: int = 1_000_000
+    max_pending: int = 200_000
     flush_interval: float = 0.5
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -67,6 +70,7 @@ _ENV_FOR_FIELD = {
     "core": CALLSPAN_CORE, "include": CALLSPAN_INCLUDE, "exclude": CALLSPAN_EXCLUDE,
     "cpu": CALLSPAN_CPU, "keys": CALLSPAN_KEYS, "key_secret": CALLSPAN_KEY_SECRET,
     "max_spans_per_trace": CALLSPAN_MAX_SPANS_PER_TRACE,
+    "max_spans_per_second": CALLSPAN_MAX_SPANS_PER_SECOND,
     "max_summary_calls": CALLSPAN_MAX_SUMMARY_CALLS, "max_pending": CALLSPAN_MAX_PENDING,
     "flush_interval": CALLSPAN_FLUSH_INTERVAL,
 }
@@ -78,7 +82,7 @@ def _convert(name: str, raw: Any, source: str) -> Any:
             if isinstance(raw, str):
                 return tuple(part.strip() for part in raw.split(",") if part.strip())
             return tuple(str(part) for part in raw)
-        if name in ("max_spans_per_trace", "max_summary_calls", "max_pending"):
+        if name in ("max_spans_per_trace", "max_spans_per_second", "max_summary_calls", "max_pending"):
             value = int(raw)
             if value < 1:
                 raise ValueError("must be at least 1")

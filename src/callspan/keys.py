@@ -18,41 +18,53 @@ from callspan.selection import CodeInfo
 _KWD_MARK = ("callspan.kwd_mark",)
 _FAST_TYPES = (int, str)
 _OBJECT_HASH = object.__hash__
-_FINGERPRINT_LIMIT = 10_000  # elements; larger unhashable values are not fingerprinted
+# Elements: larger unhashable values are flagged but not fingerprinted, since walking them on
+# every call (a request dict passed to each validator, say) would cost more than the call.
+_FINGERPRINT_LIMIT = 16
 
 
-class Unkeyable(Exception):
-    """A value that is neither hashable nor a container we can fingerprint cheaply."""
-
-
-def fingerprint(value: Any, budget: list[int]) -> int:
-    """hash() of ``value``, or of its structure when it is an unhashable builtin container.
+def fingerprint(value: Any, budget: list[int]) -> int | None:
+    """hash() of ``value``, or of its structure when it is an unhashable builtin container;
+    None when it is neither, or larger than ``budget`` elements.
 
     The fingerprint is what the lru_cache key would hash to after converting lists to tuples,
-    dicts to frozensets of items, sets to frozensets and bytearrays to bytes.
+    dicts to frozensets of items, sets to frozensets and bytearrays to bytes. No exceptions on
+    the common paths: this runs on the tracer's hot path.
     """
+    kind = type(value)
+    if kind is list or kind is tuple:
+        budget[0] -= len(value) + 1
+        if budget[0] < 0:
+            return None
+        parts = []
+        for item in value:
+            part = fingerprint(item, budget)
+            if part is None:
+                return None
+            parts.append(part)
+        return hash((kind is list, tuple(parts)))
+    if kind is dict:
+        budget[0] -= len(value) + 1
+        if budget[0] < 0:
+            return None
+        items = []
+        for key, item in value.items():
+            part = fingerprint(item, budget)
+            if part is None:
+                return None
+            items.append((key, part))
+        try:
+            return hash(("dict", frozenset(items)))
+        except Exception:
+            return None
     try:
+        if kind is set:
+            return hash(("set", frozenset(value)))
+        if kind is bytearray:
+            return hash(bytes(value))
         return hash(value)
-    except TypeError:
-        pass
-    budget[0] -= 1
-    if budget[0] < 0:
-        raise Unkeyable("too large")
-    if isinstance(value, (list, tuple)):
-        budget[0] -= len(value)
-        if budget[0] < 0:
-            raise Unkeyable("too large")
-        return hash((type(value).__name__, tuple(fingerprint(v, budget) for v in value)))
-    if isinstance(value, dict):
-        budget[0] -= len(value)
-        if budget[0] < 0:
-            raise Unkeyable("too large")
-        return hash(("dict", frozenset((k, fingerprint(v, budget)) for k, v in value.items())))
-    if isinstance(value, (set, frozenset)):
-        return hash(("set", frozenset(value)))
-    if isinstance(value, bytearray):
-        return hash(bytes(value))
-    raise Unkeyable(type(value).__name__)
+    except Exception:
+        return None
 
 
 def args_key(info: CodeInfo, frame: FrameType) -> tuple[int | None, str, bool]:
@@ -86,16 +98,20 @@ def args_key(info: CodeInfo, frame: FrameType) -> tuple[int | None, str, bool]:
         pass
     except Exception:
         return None, "error", identity
-    unhashable = []
-    for value in key if isinstance(key, tuple) else (key,):
-        try:
-            hash(value)
-        except Exception:
-            unhashable.append(type(value).__name__)
+    # Unhashable builtins have __hash__ None; a tuple holding one is named as a tuple.
+    values = key if type(key) is tuple else (key,)
+    unhashable = ",".join(dict.fromkeys(type(v).__name__ for v in values if not _hashable(v)))
+    return fingerprint(key, [_FINGERPRINT_LIMIT]), unhashable, identity
+
+
+def _hashable(value: Any) -> bool:
+    if type(value).__hash__ is None:
+        return False
     try:
-        return fingerprint(key, [_FINGERPRINT_LIMIT]), ",".join(dict.fromkeys(unhashable)), identity
+        hash(value)
     except Exception:
-        return None, ",".join(dict.fromkeys(unhashable)), identity
+        return False
+    return True
 
 
 def value_key(value: Any) -> tuple[int | None, bool]:
@@ -106,10 +122,7 @@ def value_key(value: Any) -> tuple[int | None, bool]:
         pass
     except Exception:
         return None, False
-    try:
-        return fingerprint(value, [_FINGERPRINT_LIMIT]), False
-    except Exception:
-        return None, False
+    return fingerprint(value, [_FINGERPRINT_LIMIT]), False
 
 
 class KeyHasher:

@@ -85,7 +85,7 @@ class Recorder:
         counter: CpuCounter | None = None,
         clock: Clock = time.perf_counter_ns,
         context_getter: Callable[[], Any] | None = None,
-        max_pending: int = 1_000_000,
+        max_pending: int = 200_000,
         max_suspended: int = 100_000,
     ) -> None:
         self.selector = selector

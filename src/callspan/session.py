@@ -70,6 +70,7 @@ class Session:
             sink, KeyHasher(settings.key_secret), clock_offset=time.time_ns() - clock(),
             cpu_enabled=counter is not None, max_spans=settings.max_spans_per_trace,
             max_summary_calls=settings.max_summary_calls,
+            max_spans_per_second=settings.max_spans_per_second,
         )
         self.build_faults = 0
         self._background = background

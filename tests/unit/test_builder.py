@@ -99,3 +99,26 @@ def test_shards_sampling_halves_the_rate_and_keeps_whole_keys(traced) -> None:  
     assert all(_sampled(h, rate) for h in kept)
     counts = {h: kept.count(h) for h in kept}
     assert sum(1 for c in counts.values() if c == 4) >= len(counts) - 2
+
+
+def test_span_rate_limit_sends_whole_traces_to_the_unsampled_span(traced) -> None:  # type: ignore[no-untyped-def]
+    from tests.unit.test_core import middle
+
+    run = traced(max_spans_per_second=3)
+    builder = run.session.builder
+    builder._monotonic = lambda: 0.0  # a frozen clock: the bucket never refills
+    builder._refilled = 0.0
+
+    run.run(list, map(middle, range(10)))  # called from C: every middle() is a root
+    names = [n.name.rsplit(".", 1)[-1] for n in run.sink.closed]
+    # Three tokens: root 1 (leaf + middle), root 2 (leaf, then middle forced as its ancestor);
+    # the other eight traces become summaries on one callspan.unsampled_calls span.
+    assert names.count("middle") == 2 and names.count("leaf") == 2
+    (unsampled,) = [n for n in run.sink.closed if n.name == "callspan.unsampled_calls"]
+    assert unsampled.parent is None
+    counts = dict(zip([f.rsplit(".", 1)[-1] for f in unsampled.attributes["callspan.summary.function"]],
+                      unsampled.attributes["callspan.summary.count"], strict=True))
+    assert counts == {"middle": 8, "leaf": 8}
+    assert builder.traces_unsampled == 8
+    (event,) = [e for e in unsampled.events if e[2]["callspan.function"].endswith(".middle")]
+    assert len(event[2]["callspan.args.hash"]) == 8

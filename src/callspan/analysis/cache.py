@@ -11,8 +11,10 @@ Modelled like ``functools.lru_cache``: a call that raised, or whose arguments co
 is a miss and does not enter the cache; every other call is a hit if its key is cached and is
 then the most recent entry, or a miss that inserts its key (evicting the least recent).
 
-Sampled summaries: summarised calls may be key-sampled (``callspan.sample_rate`` R < 1: only
-keys whose hash falls below R * 2**64 are listed). Estimates then come from one of two replays:
+Sampled summaries: summarised calls may be key-sampled (``callspan.sample_rate`` R < 1): the
+tracer lists a call iff ``int(args_hash[:8], 16) < R * 2**32`` (``key_sampled``: the high 32 bits of
+the 64-bit key; rates are powers of two, so a smaller rate keeps a subset of a larger one's keys).
+Estimates then come from one of two replays:
 - ``shards``: the whole function filtered at its smallest R (SHARDS): the sampled distance d
   stands for size d/R, counts scale by (keyed calls / sampled calls), distinct keys by 1/R. Only
   as good as the number of sampled keys, so used when at least ``SHARDS_MIN_KEYS`` distinct keys
@@ -25,6 +27,15 @@ The replay is of the traced (uncached) program: for a recursive function, calls 
 call that would have hit would not happen at all with the cache. Savings count the cost of such
 nested hits once (inside their outermost hit, same thread, synchronous functions); hit ratios
 are reported as replayed.
+
+Identity keys: when ``self`` hashes by identity (``callspan.args.identity``), a key means "this
+object" only while it lives; a new object at a freed one's address gets the same key, so a key
+returning different values is counted as an identity key collision, not as inconsistency. Such
+functions get the ``method`` advice and are never recommended.
+
+Impurity propagates to callers: a function that calls an inconsistent (impure) function, directly
+or through other traced functions, in the logical call graph (parent span links, and calls
+summarised on a span) is never recommended: caching it would skip those calls (``calls_impure``).
 """
 
 from __future__ import annotations
@@ -38,11 +49,14 @@ from typing import Any
 
 from callspan.analysis.model import (
     F_ERROR,
+    F_IDENTITY,
     F_NO_ARGS,
+    F_SUMMARY,
     S_CPU_CALLS,
     S_CPU_SELF,
     S_CPU_TOTAL,
     S_ERRORS,
+    S_IDENTITY,
     S_METHOD,
     S_RET_SIZE,
     S_RET_SIZE_N,
@@ -53,7 +67,7 @@ from callspan.analysis.model import (
     Model,
 )
 
-TWO64 = 1 << 64
+TWO32 = 1 << 32
 SHARDS_MIN_KEYS = 64  # fewer sampled distinct keys than this: replay the listed calls instead
 DEFAULT_MAXSIZE = 128  # functools.lru_cache's default
 # A cache hit costs roughly this much (key tuple + dict lookup in C); calls cheaper than a few
@@ -61,7 +75,18 @@ DEFAULT_MAXSIZE = 128  # functools.lru_cache's default
 CHEAP_CALL = {"ns": 500, "instructions": 2000}
 
 ADVICE_KINDS = ("lru_cache", "lru_cache_convert_args", "method", "async_cache", "inflight_coalescing",
-                "inconsistent", "not_cacheable", "not_worth_it")
+                "inconsistent", "calls_impure", "not_cacheable", "not_worth_it")
+NOT_RECOMMENDED = ("inconsistent", "calls_impure", "not_cacheable", "method")
+
+
+def key_sampled(key: int, rate: float) -> bool:
+    """The tracer's key-sampling rule on a 64-bit key from ``parse_hash``.
+
+    The tracer lists a summarised call iff ``int(args_hash[:8], 16) < rate * 2**32``; the high 32
+    bits of the key are exactly ``int(args_hash[:8], 16)``. Calls without an args hash (key 0)
+    are never listed.
+    """
+    return key != 0 and (key >> 32) < rate * TWO32
 
 
 def lru_histogram(keys: Iterable[int]) -> tuple[list[int], int]:
@@ -137,6 +162,7 @@ class ProcessResult:
     steps: list[tuple[int, float]]  # (cache size, extra hits from that size on), ascending
     inconsistent_keys: int
     overlapping: int
+    identity_collisions: int = 0  # keys with different returns whose self was hashed by identity
     order: array[int] = field(default_factory=lambda: array("I"), repr=False)  # replay order (column indices)
     distances: array[int] = field(default_factory=lambda: array("I"), repr=False)  # 0 = miss
 
@@ -144,8 +170,13 @@ class ProcessResult:
         return sum(h for s, h in self.steps if s <= size)
 
 
-def analyze_calls(function: int, info: FunctionInfo, columns: CallColumns) -> ProcessResult:
-    """Replay one function's calls (one process) through every LRU size at once."""
+def analyze_calls(function: int, info: FunctionInfo, columns: CallColumns,
+                  identity: bool | None = None) -> ProcessResult:
+    """Replay one function's calls (one process) through every LRU size at once.
+
+    ``identity``: whether ``self`` is hashed by identity in calls that cannot say so themselves
+    (summarised calls); default: whether any of this function's spans here said so.
+    """
     n = len(columns)
     starts = columns.start
     order = sorted(range(n), key=starts.__getitem__)
@@ -157,8 +188,8 @@ def analyze_calls(function: int, info: FunctionInfo, columns: CallColumns) -> Pr
     estimator = "exact"
     count_scale = size_scale = 1.0
     if rate < 1:
-        limit = int(rate * TWO64)
-        sampled = [i for i in order if 0 < keys[i] < limit]
+        threshold = rate * TWO32  # key_sampled(), inlined
+        sampled = [i for i in order if keys[i] and (keys[i] >> 32) < threshold]
         if len({keys[i] for i in sampled}) >= SHARDS_MIN_KEYS:
             order = sampled
             estimator = "shards"
@@ -179,6 +210,11 @@ def analyze_calls(function: int, info: FunctionInfo, columns: CallColumns) -> Pr
     max_end: dict[int, int] = {}
     returned: dict[int, int] = {}
     inconsistent: set[int] = set()
+    collisions: set[int] = set()
+    if identity is None:
+        identity = info.stats[S_IDENTITY] > 0
+    # A listed (summarised) call carries no callspan.args.identity: it follows the function's spans.
+    identity_flags = F_IDENTITY | (F_SUMMARY if identity else 0)
     distances = array("I", bytes(4 * n))
     overlapping = 0
     position = 0
@@ -192,8 +228,11 @@ def analyze_calls(function: int, info: FunctionInfo, columns: CallColumns) -> Pr
             seen = returned.get(key)
             if seen is None:
                 returned[key] = ret
-            elif seen != ret:
-                inconsistent.add(key)
+            elif seen != ret and key not in inconsistent and key not in collisions:
+                if flags[index] & identity_flags:
+                    collisions.add(key)  # another object at a freed one's address, probably
+                else:
+                    inconsistent.add(key)
         position += 1
         p = last.get(key)
         last[key] = position
@@ -248,7 +287,7 @@ def analyze_calls(function: int, info: FunctionInfo, columns: CallColumns) -> Pr
         estimator=estimator, count_scale=count_scale, size_scale=size_scale,
         distinct_keys=len(last) * key_scale, hits_unbounded=sum(hist) * count_scale, steps=merged,
         inconsistent_keys=round(len(inconsistent) * key_scale), overlapping=round(overlapping * count_scale),
-        order=array("I", order), distances=distances,
+        identity_collisions=round(len(collisions) * key_scale), order=array("I", order), distances=distances,
     )
 
 
@@ -337,6 +376,9 @@ class Opportunity:
     curve: list[tuple[int, float]]  # (size, hit ratio) points
     processes: list[dict[str, object]]
     advice: Advice = field(default_factory=lambda: Advice("lru_cache", ""))
+    identity: bool = False  # some call's self was hashed by identity (callspan.args.identity)
+    identity_collisions: int = 0  # keys with different returns explained by identity keys
+    impure_callees: list[str] = field(default_factory=list)  # inconsistent functions it calls, nearest first
 
     @property
     def estimated(self) -> bool:
@@ -416,7 +458,7 @@ def _advise(op: Opportunity, options: CacheOptions) -> Advice:
     where = f"{op.file}:{op.line}" if op.file else op.name
     size = op.recommended_maxsize
     paste = f"@functools.lru_cache(maxsize={size})  # {where}" if size else None
-    if op.hits_unbounded <= 0 and op.method:
+    if op.hits_unbounded <= 0 and op.method and not op.identity:
         return Advice("method", f"self is part of the cache key and no key repeated "
                       f"({_format_count(op.calls)} calls, {_format_count(op.distinct_keys)} distinct keys): "
                       "if the result does not depend on the instance, cache a module-level function of the "
@@ -429,6 +471,15 @@ def _advise(op: Opportunity, options: CacheOptions) -> Advice:
         return Advice("not_cacheable", f"a {op.kind.replace('_', ' ')} function: lru_cache would cache the "
                       "generator object, which can be iterated once; cache a function returning a tuple of "
                       "its values instead")
+    if op.identity:
+        reuse = (f"{_format_count(op.hits_unbounded)} apparent hits"
+                 + (f" and {op.identity_collisions:,} keys returning different values" if op.identity_collisions
+                    else "") + " can be address reuse") if op.hits_unbounded > 0 else "no key repeated"
+        return Advice("method", "self is hashed by identity, so keys are per instance (id-based) and mean "
+                      "\"this object\" only while it lives: a new object at a freed one's address gets the same "
+                      f"key ({reuse}, not evidence of impurity); functools.lru_cache on a method keeps every "
+                      "cached instance alive until evicted: cache a module-level function of the values the "
+                      "result depends on instead, or give the class value-based __eq__ and __hash__")
     cheap = CHEAP_CALL.get(op.cpu_unit)
     if (op.share is not None and op.share < options.min_share) or (
             cheap is not None and op.mean_cost is not None and op.mean_cost < cheap):
@@ -464,7 +515,7 @@ def _advise(op: Opportunity, options: CacheOptions) -> Advice:
 JOB_CALLS = 200_000  # per-function replays are sent to workers in jobs of about this many calls
 
 
-def _analyze_job(job: list[tuple[int, FunctionInfo, CallColumns]]) -> list[ProcessResult]:
+def _analyze_job(job: list[tuple[int, FunctionInfo, CallColumns, bool]]) -> list[ProcessResult]:
     return [analyze_calls(*item) for item in job]
 
 
@@ -494,16 +545,19 @@ class PendingAnalysis:
                 self.without_keys += 1
                 del groups[key]
         self.groups = groups
-        jobs: list[list[tuple[int, FunctionInfo, CallColumns]]] = []
+        # Whether self hashes by identity is a fact of the function: any span of it, in any process.
+        self.identity = {key: any(model.functions[i].stats[S_IDENTITY] for i in indices)
+                         for key, indices in groups.items()}
+        jobs: list[list[tuple[int, FunctionInfo, CallColumns, bool]]] = []
         size = JOB_CALLS
-        for indices in groups.values():
+        for key, indices in groups.items():
             for i in indices:
                 columns = model.calls[i]
                 assert columns is not None
                 if size >= JOB_CALLS:
                     jobs.append([])
                     size = 0
-                jobs[-1].append((i, model.functions[i], columns))
+                jobs[-1].append((i, model.functions[i], columns, self.identity[key]))
                 size += len(columns)
         self.replayed = iter(imap(_analyze_job, jobs))  # a pool's imap starts working right away
 
@@ -511,20 +565,28 @@ class PendingAnalysis:
         model, options = self.model, self.options
         results_flat = (result for batch in self.replayed for result in batch)
         opportunities: list[Opportunity] = []
+        impure: list[tuple[str, str]] = []
         without_reuse = 0
-        for indices in self.groups.values():
+        for key, indices in self.groups.items():
             results = [next(results_flat) for _ in indices]
-            op = _opportunity(model, results, self.total_cpu, options)
+            op = _opportunity(model, results, self.total_cpu, options, self.identity[key])
             for result in results:  # free the per-call replay data
                 result.order = array("I")
                 result.distances = array("I")
+            if op.inconsistent_keys:
+                impure.append(key)
             if op.hits_unbounded <= 0 and not op.method:
                 without_reuse += 1
                 continue
             opportunities.append(op)
-        opportunities.sort(key=lambda op: (op.advice.kind in ("inconsistent", "not_cacheable", "method"),
-                                           -(op.savings.cpu or 0), -op.savings.wall, -op.hits_unbounded,
-                                           op.name))
+        if impure:
+            reach = impure_reach(model, impure)
+            for op in opportunities:
+                paths = reach.get((op.name, op.file))
+                if paths:
+                    _calls_impure(op, paths)
+        opportunities.sort(key=lambda op: (op.advice.kind in NOT_RECOMMENDED, -(op.savings.cpu or 0),
+                                           -op.savings.wall, -op.hits_unbounded, op.name))
         return CacheReport(opportunities, self.total_cpu, len(self.groups), without_reuse, self.without_keys,
                            options)
 
@@ -546,7 +608,7 @@ def analyze(model: Model, options: CacheOptions | None = None,
 
 
 def _opportunity(model: Model, results: list[ProcessResult], total_cpu: dict[str, int],
-                 options: CacheOptions) -> Opportunity:
+                 options: CacheOptions, identity: bool = False) -> Opportunity:
     infos = [model.functions[r.function] for r in results]
     first = infos[0]
     calls = sum(i.calls for i in infos)
@@ -560,12 +622,14 @@ def _opportunity(model: Model, results: list[ProcessResult], total_cpu: dict[str
     has_cpu = any(i.stats[S_CPU_CALLS] for i in infos)
     nested = first.kind == "function"
     inconsistent = sum(r.inconsistent_keys for r in results)
+    # Identity-keyed hits may be address reuse: never recommended, so nothing is counted as saved.
+    blocked = bool(inconsistent) or identity
     savings = Savings()
     per_process: list[dict[str, object]] = []
     for result in results:
         columns = model.calls[result.function]
         assert columns is not None
-        saved = savings_at(result, columns, size or 0, nested) if size and not inconsistent else Savings()
+        saved = savings_at(result, columns, size or 0, nested) if size and not blocked else Savings()
         savings.cpu += saved.cpu
         savings.wall += saved.wall
         savings.hits += saved.hits
@@ -576,7 +640,8 @@ def _opportunity(model: Model, results: list[ProcessResult], total_cpu: dict[str
             "distinct_keys": round(result.distinct_keys), "hit_ratio": _ratio(result.hits_unbounded, result.calls),
             "hit_ratio_at_128": _ratio(_hits_at(p_sizes, p_totals, DEFAULT_MAXSIZE), result.calls),
             "recommended_maxsize": recommend(p_sizes, p_totals, options.target),
-            "inconsistent_keys": result.inconsistent_keys, "sample_rate": result.sample_rate,
+            "inconsistent_keys": result.inconsistent_keys, "identity_key_collisions": result.identity_collisions,
+            "sample_rate": result.sample_rate,
             "estimator": result.estimator,
             "savings": {"cpu": round(saved.cpu), "wall_ns": round(saved.wall), "hits": round(saved.hits)},
         })
@@ -605,9 +670,10 @@ def _opportunity(model: Model, results: list[ProcessResult], total_cpu: dict[str
         cpu_unit=unit if has_cpu else "none", savings=savings, share=share,
         memory_bytes=memory if not inconsistent else None, mean_cost=mean_cost,
         curve=_curve_points(sizes, totals, calls, options.curve_points), processes=per_process,
+        identity=identity, identity_collisions=sum(r.identity_collisions for r in results),
     )
     op.advice = _advise(op, options)
-    if op.advice.kind in ("inconsistent", "not_cacheable", "method"):
+    if op.advice.kind in NOT_RECOMMENDED:
         op.recommended_maxsize = None
         op.hit_ratio_at_recommended = None
         op.memory_bytes = None
@@ -615,6 +681,68 @@ def _opportunity(model: Model, results: list[ProcessResult], total_cpu: dict[str
     if op.advice.kind == "not_worth_it":
         op.advice.paste = None
     return op
+
+
+def impure_reach(model: Model, impure: Sequence[tuple[str, str]]) -> dict[tuple[str, str], list[list[str]]]:
+    """For each function that calls one of ``impure``: a shortest call path to each, nearest first.
+
+    Functions are (name, file) as in the report; the call graph is ``Model.call_edges`` (parent
+    span links and summarised calls, across processes). A path runs from the caller to the
+    impure function, e.g. ``["a", "b", "impure"]`` for a -> b -> impure; self-calls are ignored.
+    """
+    functions = model.functions
+    callers: dict[tuple[str, str], set[tuple[str, str]]] = {}
+    for caller_index, callee_index in model.call_edges():
+        a, b = functions[caller_index], functions[callee_index]
+        ka, kb = (a.name, a.file), (b.name, b.file)
+        if ka != kb:
+            callers.setdefault(kb, set()).add(ka)
+    found: dict[tuple[str, str], list[list[str]]] = {}
+    for seed in sorted(impure):
+        via: dict[tuple[str, str], tuple[str, str]] = {}  # reached caller -> the callee it was reached from
+        frontier = [seed]
+        while frontier:
+            following = []
+            for callee in frontier:
+                for caller in sorted(callers.get(callee, ())):
+                    if caller != seed and caller not in via:
+                        via[caller] = callee
+                        following.append(caller)
+            frontier = following
+        for node in via:
+            path = [node[0]]
+            step = node
+            while step != seed:
+                step = via[step]
+                path.append(step[0])
+            found.setdefault(node, []).append(path)
+    for paths in found.values():
+        paths.sort(key=lambda path: (len(path), path[-1]))
+    return found
+
+
+def _calls_impure(op: Opportunity, paths: list[list[str]]) -> None:
+    """``op`` calls impure functions (``paths``, nearest first): never recommend caching it."""
+    op.impure_callees = [path[-1] for path in paths]
+    if op.advice.kind in ("inconsistent", "not_cacheable"):
+        return  # already never recommended, for a reason of its own
+    nearest = paths[0]
+    text = f"calls impure {nearest[-1]}"
+    if len(nearest) > 2:
+        text += " (via " + " > ".join(nearest[1:-1]) + ")"
+    if len(paths) > 1:
+        text += f" and {len(paths) - 1} other impure function{'s' if len(paths) > 2 else ''}"
+    text += (", whose returns differ for the same arguments: caching this function would skip those calls "
+             "and their side effects, so it is not recommended even though its own returns look consistent")
+    op.advice = Advice("calls_impure", text)
+    op.recommended_maxsize = None
+    op.hit_ratio_at_recommended = None
+    op.memory_bytes = None
+    op.savings = Savings()
+    if op.share is not None:
+        op.share = 0.0
+    for process in op.processes:
+        process["savings"] = {"cpu": 0, "wall_ns": 0, "hits": 0}
 
 
 def _estimator(results: list[ProcessResult]) -> str:

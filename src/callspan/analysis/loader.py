@@ -48,7 +48,9 @@ def new_model(options: LoadOptions) -> Model:
 
 def _work(job: tuple[Task, bool, bool, int, int]) -> Batch:
     task, want_calls, want_rows, slow_keep, max_line = job
-    return run_task(task, Batch(want_calls, want_rows, slow_keep), max_line)
+    batch = run_task(task, Batch(want_calls, want_rows, slow_keep), max_line)
+    batch.resolve_links()  # here, in the worker, rather than in the merging process
+    return batch
 
 
 def _worker_init() -> None:

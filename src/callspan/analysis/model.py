@@ -9,7 +9,12 @@ Spans are folded into this model one export request at a time and then dropped; 
 - when the CPU or latency report needs call stacks: one entry per span in typed arrays
   (``RowColumns``: trace, span id, parent id, function, self, total, running, count, flags:
   53 bytes per span), resolved into stacks once all input is read (spans of one trace may
-  arrive in different lines or files, children usually before their parents).
+  arrive in different lines or files, children usually before their parents);
+- when the cache report runs: the call graph between functions (``Model.call_edges``), a set of
+  (caller, callee) function pairs. Parent links are resolved within each chunk of input; a
+  parent may arrive in a later chunk (or, for a task outliving its creator, an earlier one), so
+  every span's (span id, function) stays in typed arrays (12 bytes per span), and so does each
+  child left unresolved in its chunk, until the links are joined once all input is read.
 
 A ``Batch`` is the same thing for one chunk of input with local indices; batches are built in
 worker processes, pickled cheaply (typed arrays pickle as bytes) and merged into a ``Model``.
@@ -42,7 +47,8 @@ S_SUM_CALLS = 15  # calls folded in from callspan.summary.* arrays
 S_SUM_ERRORS = 16
 S_SUM_LISTED = 17  # summarised calls listed one by one in callspan.calls events
 S_MAX_WALL = 18  # longest single call (spans and listed summarised calls), ns
-S_COUNT = 19
+S_IDENTITY = 19  # spans with callspan.args.identity = true (self hashed by identity)
+S_COUNT = 20
 
 # Per-call flags.
 F_ERROR = 1  # the call raised
@@ -50,6 +56,7 @@ F_SUMMARY = 2  # listed in a callspan.calls event rather than a span of its own
 F_UNHASHABLE = 4  # callspan.args.hashable = false (hash is a structural fingerprint)
 F_NO_ARGS = 8  # no usable args hash: lru_cache could not key it
 F_NO_RETURN = 16  # no return hash
+F_IDENTITY = 32  # callspan.args.identity = true: self hashed by identity (id-based key)
 
 # Per-row flags.
 R_HAS_CPU = 1
@@ -193,6 +200,71 @@ class RowColumns:
             setattr(self, name, value)
 
 
+class Links:
+    """Caller -> callee edges between functions, and what is needed to find the rest.
+
+    ``edges`` holds resolved (caller function, callee function) pairs. Until ``resolve``, the
+    children whose parent span was not found are kept as (parent span id, child function) in
+    typed arrays, and every span as (span id, function). Span ids are taken as unique.
+    """
+
+    __slots__ = ("edges", "span", "func", "parent", "child")
+
+    JOIN_CHUNK = 1 << 18  # spans per transient lookup dict when joining
+
+    def __init__(self) -> None:
+        self.edges: set[tuple[int, int]] = set()
+        self.span = array("Q")  # span id of every span read (parents to be)
+        self.func = array("I")  # its function
+        self.parent = array("Q")  # parent span id of each child not yet joined
+        self.child = array("I")  # that child's function
+
+    def __getstate__(self) -> tuple[Any, ...]:
+        return (self.edges, self.span, self.func, self.parent, self.child)
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        (self.edges, self.span, self.func, self.parent, self.child) = state
+
+    def resolve(self) -> None:
+        """Join the pending children to the spans seen; children whose parent is absent stay."""
+        if not self.parent:
+            return
+        wanted: dict[int, set[int]] = {}
+        for parent, child in set(zip(self.parent, self.child, strict=True)):
+            wanted.setdefault(parent, set()).add(child)
+        edges = self.edges
+        span, func = self.span, self.func
+        step = self.JOIN_CHUNK
+        for lo in range(0, len(span), step):
+            ids = span[lo:lo + step]
+            found = wanted.keys() & set(ids)
+            if not found:
+                continue
+            by_id = dict(zip(ids, func[lo:lo + step], strict=True))
+            for parent in found:
+                caller = by_id[parent]
+                for child in wanted.pop(parent):
+                    edges.add((caller, child))
+        self.parent = array("Q", [p for p, children in wanted.items() for _ in children])
+        self.child = array("I", [c for children in wanted.values() for c in children])
+
+    def drop_spans(self) -> None:
+        """After the last ``resolve``: the per-span arrays are no longer needed."""
+        self.span = array("Q")
+        self.func = array("I")
+        self.parent = array("Q")
+        self.child = array("I")
+
+    def merge(self, other: Links, function_map: list[int]) -> None:
+        """Fold in a chunk's links (its function indices mapped through ``function_map``)."""
+        remap = function_map.__getitem__
+        self.edges.update((remap(a), remap(b)) for a, b in other.edges)
+        self.span.extend(other.span)
+        self.func.extend(array("I", map(remap, other.func)))
+        self.parent.extend(other.parent)
+        self.child.extend(array("I", map(remap, other.child)))
+
+
 def _appenders(columns: CallColumns | None) -> tuple[Any, ...] | None:
     if columns is None:
         return None
@@ -219,6 +291,7 @@ class Batch:
         self.calls: list[CallColumns | None] = []
         self.appenders: list[tuple[Any, ...] | None] = []  # per function: bound appends of calls
         self.rows = RowColumns()
+        self.links = Links() if want_calls else None
         self.traces: list[str] = []
         self.trace_index: dict[str, int] = {}
         self.slow: list[SlowCall] = []  # min-heap on wall
@@ -277,6 +350,11 @@ class Batch:
             self.traces.append(trace_id)
         return index
 
+    def resolve_links(self) -> None:
+        """Join this chunk's children to their parents in it (done in the worker that read it)."""
+        if self.links is not None:
+            self.links.resolve()
+
     def offer_slow(self, item: SlowCall) -> None:
         slow = self.slow
         if len(slow) < self.slow_keep:
@@ -304,6 +382,7 @@ class Model:
         self.function_index: dict[tuple[int, str], int] = {}
         self.calls: list[CallColumns | None] = []
         self.rows = RowColumns()
+        self.links = Links() if want_calls else None
         self.traces: list[str] = []
         self.trace_index: dict[str, int] = {}
         self.slow: list[SlowCall] = []
@@ -362,6 +441,9 @@ class Model:
             mine_rows.run.extend(rows.run)
             mine_rows.count.extend(rows.count)
             mine_rows.flags.extend(rows.flags)
+        if self.links is not None and batch.links is not None:
+            batch.resolve_links()
+            self.links.merge(batch.links, function_map)
         for wall, trace, span, func, start in batch.slow:
             item = (wall, trace_map[trace], span, function_map[func], start)
             if len(self.slow) < self.slow_keep:
@@ -375,3 +457,15 @@ class Model:
         if batch.last_ns > self.last_ns:
             self.last_ns = batch.last_ns
         self.warnings.extend(batch.warnings)
+
+    def call_edges(self) -> set[tuple[int, int]]:
+        """(caller, callee) function index pairs: parent span links and summarised calls.
+
+        Joins the links left unresolved by each chunk once; afterwards only the (small) set of
+        edges is kept. Empty when the model was read without ``want_calls``.
+        """
+        if self.links is None:
+            return set()
+        self.links.resolve()
+        self.links.drop_spans()
+        return self.links.edges

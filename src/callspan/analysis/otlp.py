@@ -16,6 +16,7 @@ from typing import Any
 
 from callspan.analysis.model import (
     F_ERROR,
+    F_IDENTITY,
     F_NO_ARGS,
     F_NO_RETURN,
     F_SUMMARY,
@@ -29,6 +30,7 @@ from callspan.analysis.model import (
     S_CPU_SELF,
     S_CPU_TOTAL,
     S_ERRORS,
+    S_IDENTITY,
     S_MAX_WALL,
     S_METHOD,
     S_NO_KEY,
@@ -108,14 +110,26 @@ def parse_id(text: Any) -> int:
 
 
 def parse_hash(text: Any) -> int:
-    """A key/return hash (16 hex digits) as a nonzero 64-bit int; 0 when absent."""
+    """A key/return hash (16 hex digits) as a nonzero 64-bit int; 0 when absent.
+
+    The high 32 bits are always ``int(text[:8], 16)``, the tracer's key-sampling value (see
+    ``cache.key_sampled``), also for a hex string shorter than the schema's 16 digits.
+    """
     if not text:
         return 0
     try:
-        value = int(text[:16], 16) if isinstance(text, str) else int(text) & MASK64
+        if isinstance(text, str):
+            value = int(text[:16], 16) if len(text) >= 16 else _short_hash(text)
+        else:
+            value = int(text) & MASK64
     except ValueError:
         value = int.from_bytes(hashlib.blake2b(str(text).encode(), digest_size=8).digest(), "big")
     return value or 1
+
+
+def _short_hash(text: str) -> int:
+    """A hex hash of fewer than 16 digits: ``int(text[:8], 16)`` high, the rest (if any) low."""
+    return (int(text[:8], 16) << 32) | int(text[8:] or "0", 16)
 
 
 def process_info(resource: dict[str, Any], scope: dict[str, Any], fallback: str = "") -> ProcessInfo:
@@ -207,6 +221,10 @@ def _add_spans(batch: Batch, process: int, spans: Iterable[Any], callspan_scope:
                                              rows.func.append)
         r_self, r_total, r_run, r_count, r_flags = (rows.self_cost.append, rows.total_cost.append,
                                                     rows.run.append, rows.count.append, rows.flags.append)
+    links = batch.links
+    if links is not None:
+        l_span, l_func, l_parent, l_child = (links.span.append, links.func.append, links.parent.append,
+                                             links.child.append)
     trace_index = batch.trace_index
     slow = batch.slow
     slow_keep = batch.slow_keep
@@ -252,7 +270,11 @@ def _add_spans(batch: Batch, process: int, spans: Iterable[Any], callspan_scope:
             v = get("thread.id")
             thread = (int(v["intValue"]) & 0xFFFFFFFF) if v else 0
             v = get("callspan.args.hash")
-            args = (int(v["stringValue"][:16], 16) or 1) if v else 0
+            if v:
+                text = v["stringValue"]
+                args = (int(text[:16], 16) if len(text) >= 16 else _short_hash(text)) or 1
+            else:
+                args = 0
             v = get("callspan.return.hash")
             ret = (int(v["stringValue"][:16], 16) or 1) if v else 0
             v = get("callspan.return.size")
@@ -298,6 +320,10 @@ def _add_spans(batch: Batch, process: int, spans: Iterable[Any], callspan_scope:
         v = get("callspan.method")
         if v and v.get("boolValue") is True:
             st[S_METHOD] += 1
+        v = get("callspan.args.identity")
+        identity = v is not None and v.get("boolValue") is True
+        if identity:
+            st[S_IDENTITY] += 1
         columns = appenders[func]
         if columns is not None:
             c_start, c_end, c_args, c_ret, c_cpu, c_thread, c_flags = columns
@@ -308,7 +334,8 @@ def _add_spans(batch: Batch, process: int, spans: Iterable[Any], callspan_scope:
             c_cpu(cpu_total)
             c_thread(thread)
             c_flags((F_ERROR if error else 0) | (0 if args else F_NO_ARGS)
-                    | (0 if ret else F_NO_RETURN) | (F_UNHASHABLE if unhashable else 0))
+                    | (0 if ret else F_NO_RETURN) | (F_UNHASHABLE if unhashable else 0)
+                    | (F_IDENTITY if identity else 0))
         if start and (start < first_ns or not first_ns):
             first_ns = start
         if end > last_ns:
@@ -317,9 +344,17 @@ def _add_spans(batch: Batch, process: int, spans: Iterable[Any], callspan_scope:
         trace_id = span.get("traceId") or ""
         if trace_id.__class__ is not str:
             trace_id = str(trace_id)
+        parent_id = parse_id(span.get("parentSpanId"))
+        if links is not None:
+            if span_id:
+                l_span(span_id)
+                l_func(func)
+            if parent_id:
+                l_parent(parent_id)
+                l_child(func)
         if "callspan.summary.function" in at:
             # Before the span's own row: rows are read back to front, parents first.
-            _add_summaries(batch, process, attributes(kvs), span_id, trace_id)
+            _add_summaries(batch, process, attributes(kvs), span_id, trace_id, func)
         if rows is not None or slow_keep:
             trace = trace_index.get(trace_id)
             if trace is None:
@@ -327,7 +362,7 @@ def _add_spans(batch: Batch, process: int, spans: Iterable[Any], callspan_scope:
             if rows is not None:
                 r_trace(trace)
                 r_span(span_id)
-                r_parent(parse_id(span.get("parentSpanId")))
+                r_parent(parent_id)
                 r_func(func)
                 r_self(cpu_self)
                 r_total(cpu_total)
@@ -340,7 +375,7 @@ def _add_spans(batch: Batch, process: int, spans: Iterable[Any], callspan_scope:
         if events:
             for event in events:
                 if event.get("name") == "callspan.calls":
-                    _add_listed_calls(batch, process, attributes(event.get("attributes")), thread)
+                    _add_listed_calls(batch, process, attributes(event.get("attributes")), thread, func)
     batch.first_ns = first_ns
     batch.last_ns = last_ns
 
@@ -375,7 +410,8 @@ def _array(at: dict[str, Any], key: str, n: int, required: bool = True) -> list[
     return value
 
 
-def _add_summaries(batch: Batch, process: int, at: dict[str, Any], span_id: int, trace_id: str) -> None:
+def _add_summaries(batch: Batch, process: int, at: dict[str, Any], span_id: int, trace_id: str,
+                   caller: int) -> None:
     names = at["callspan.summary.function"]
     if not isinstance(names, list):
         raise ValueError("callspan.summary.function is not an array")
@@ -392,8 +428,11 @@ def _add_summaries(batch: Batch, process: int, at: dict[str, Any], span_id: int,
     rows = batch.rows if batch.want_rows else None
     trace = batch.trace(trace_id) if rows is not None else 0
     assert counts is not None
+    edges = batch.links.edges if batch.links is not None else None
     for i, name in enumerate(names):
         func = batch.function(process, str(name))
+        if edges is not None and func != caller:
+            edges.add((caller, func))  # the span's function called it (maybe through other summarised calls)
         info = batch.functions[func]
         info.absorb_facts(str(files[i] or ""), int(lines[i] or 0), str(kinds[i] or "function"))
         st = info.stats
@@ -421,7 +460,7 @@ def _add_summaries(batch: Batch, process: int, at: dict[str, Any], span_id: int,
             rows.flags.append(R_SUMMARY | (R_HAS_CPU if cpu_totals is not None else 0))
 
 
-def _add_listed_calls(batch: Batch, process: int, at: dict[str, Any], thread: int) -> None:
+def _add_listed_calls(batch: Batch, process: int, at: dict[str, Any], thread: int, caller: int) -> None:
     name = at.get("callspan.function")
     if not name:
         raise ValueError("callspan.calls event without callspan.function")
@@ -436,6 +475,8 @@ def _add_listed_calls(batch: Batch, process: int, at: dict[str, Any], thread: in
     assert starts is not None and ends is not None
     rate = at.get("callspan.sample_rate")
     func = batch.function(process, str(name))
+    if batch.links is not None and func != caller:
+        batch.links.edges.add((caller, func))
     info = batch.functions[func]
     if rate is not None and 0 < float(rate) < info.sample_rate:
         info.sample_rate = float(rate)

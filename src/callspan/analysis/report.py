@@ -28,7 +28,7 @@ JSON_SCHEMA = "callspan.analysis/1"
 ADVICE_LABELS = {
     "lru_cache": "lru_cache", "lru_cache_convert_args": "convert args", "method": "method (self)",
     "async_cache": "async cache", "inflight_coalescing": "coalesce", "inconsistent": "inconsistent",
-    "not_cacheable": "not cacheable", "not_worth_it": "not worth it",
+    "calls_impure": "calls impure", "not_cacheable": "not cacheable", "not_worth_it": "not worth it",
 }
 
 
@@ -197,6 +197,10 @@ def opportunity_text(rank: int, op: Opportunity) -> list[str]:
         facts += f"; {op.kind}"
     if op.method:
         facts += "; method"
+    if op.identity:
+        facts += "; self hashed by identity"
+        if op.identity_collisions:
+            facts += f" ({op.identity_collisions:,} keys returned different values: address reuse)"
     if op.overlapping:
         facts += f"; {op.overlapping:,} calls overlapped an identical in-flight call"
     lines.extend(_wrap(facts, "     "))
@@ -293,7 +297,8 @@ def opportunity_json(rank: int, op: Opportunity) -> dict[str, Any]:
         "recommended_maxsize": op.recommended_maxsize,
         "hit_ratio_at_recommended": _round(op.hit_ratio_at_recommended),
         "consistent": op.consistent, "inconsistent_keys": op.inconsistent_keys,
-        "overlapping_calls": op.overlapping, "unhashable_arg_types": op.unhashable_types,
+        "identity_keys": op.identity, "identity_key_collisions": op.identity_collisions,
+        "impure_callees": op.impure_callees, "overlapping_calls": op.overlapping, "unhashable_arg_types": op.unhashable_types,
         "returns_unhashable": op.returns_unhashable,
         "sample_rate": op.sample_rate, "estimated": op.estimated, "estimator": op.estimator,
         "advice": {"kind": op.advice.kind, "text": op.advice.text, "paste": op.advice.paste},
@@ -366,7 +371,7 @@ text-align:right;vertical-align:top}th{background:#f6f6f6}td.l,th.l{text-align:l
 code{font:12.5px ui-monospace,Menlo,Consolas,monospace;background:#f4f4f4;padding:.1em .3em}
 .fn{display:flex;flex-wrap:wrap;gap:1.5em;align-items:flex-start;margin:1em 0;padding:1em;
 border:1px solid #e4e4e4;border-radius:6px}.fn div{flex:1 1 28em}.muted{color:#777}
-.k-lru_cache{color:#1a7f37}.k-not_worth_it,.k-method{color:#9a6700}.k-inconsistent,.k-not_cacheable{color:#cf222e}
+.k-lru_cache{color:#1a7f37}.k-not_worth_it,.k-method{color:#9a6700}.k-inconsistent,.k-calls_impure,.k-not_cacheable{color:#cf222e}
 svg text{font:11px system-ui,sans-serif;fill:#444}
 """
 

@@ -138,7 +138,7 @@ def build_pipeline(
         counting = CountingExporter(inner)
         destinations.append(Destination(counting, name))
         provider.add_span_processor(BatchSpanProcessor(
-            counting, max_queue_size=1 << 18, schedule_delay_millis=500, max_export_batch_size=2048,
+            counting, max_queue_size=1 << 16, schedule_delay_millis=500, max_export_batch_size=2048,
             export_timeout_millis=int(export_timeout * 1000),
         ))
     return Pipeline(provider, destinations, export_timeout)
