@@ -6,6 +6,8 @@ latency (``latency``). Standard library only; imports nothing of the tracer nor 
 
 Memory: the analyzer keeps per function a few totals, and per call 37 bytes in typed arrays
 (cache and latency reports), plus per span 53 bytes for the stack reports (cpu and latency),
-and per distinct argument key a dict entry while its function is analyzed. JSON is parsed
+12 bytes per span (span id, function) for the cache report's call graph until parent links are
+joined (the graph itself is a set of caller/callee function pairs), and per distinct argument
+key a dict entry while its function is analyzed. JSON is parsed
 one line (one export request) at a time.
 """

@@ -472,14 +472,17 @@ def _advise(op: Opportunity, options: CacheOptions) -> Advice:
                       "generator object, which can be iterated once; cache a function returning a tuple of "
                       "its values instead")
     if op.identity:
-        reuse = (f"{_format_count(op.hits_unbounded)} apparent hits"
-                 + (f" and {op.identity_collisions:,} keys returning different values" if op.identity_collisions
-                    else "") + " can be address reuse") if op.hits_unbounded > 0 else "no key repeated"
+        reuse = ""
+        if op.hits_unbounded > 0:
+            collided = (f" and {op.identity_collisions:,} keys returning different values"
+                        if op.identity_collisions else "")
+            reuse = (f" (so {_format_count(op.hits_unbounded)} apparent hits{collided} can be address reuse, "
+                     "not evidence of impurity)")
         return Advice("method", "self is hashed by identity, so keys are per instance (id-based) and mean "
                       "\"this object\" only while it lives: a new object at a freed one's address gets the same "
-                      f"key ({reuse}, not evidence of impurity); functools.lru_cache on a method keeps every "
-                      "cached instance alive until evicted: cache a module-level function of the values the "
-                      "result depends on instead, or give the class value-based __eq__ and __hash__")
+                      f"key{reuse}; functools.lru_cache on a method keeps every cached instance alive until "
+                      "evicted: cache a module-level function of the values the result depends on instead, or "
+                      "give the class value-based __eq__ and __hash__")
     cheap = CHEAP_CALL.get(op.cpu_unit)
     if (op.share is not None and op.share < options.min_share) or (
             cheap is not None and op.mean_cost is not None and op.mean_cost < cheap):

@@ -25,7 +25,12 @@ from __future__ import annotations
 import heapq
 from array import array
 from dataclasses import dataclass, field
+from itertools import compress, repeat
+from operator import is_, itemgetter
 from typing import Any
+
+_first = itemgetter(0)
+_second = itemgetter(1)
 
 # Per-function integer totals: indices into a stats row.
 S_CALLS = 0  # calls seen as spans
@@ -213,7 +218,7 @@ class Links:
     JOIN_CHUNK = 1 << 18  # spans per transient lookup dict when joining
 
     def __init__(self) -> None:
-        self.edges: set[tuple[int, int]] = set()
+        self.edges: set[tuple[int, int]] = set()  # (caller, callee) function indices
         self.span = array("Q")  # span id of every span read (parents to be)
         self.func = array("I")  # its function
         self.parent = array("Q")  # parent span id of each child not yet joined
@@ -229,24 +234,20 @@ class Links:
         """Join the pending children to the spans seen; children whose parent is absent stay."""
         if not self.parent:
             return
-        wanted: dict[int, set[int]] = {}
-        for parent, child in set(zip(self.parent, self.child, strict=True)):
-            wanted.setdefault(parent, set()).add(child)
-        edges = self.edges
+        # Per-span work stays in C (zip, map, dict, compress); Python loops only over function pairs.
+        remaining = list(set(zip(self.parent, self.child, strict=True)))
         span, func = self.span, self.func
         step = self.JOIN_CHUNK
         for lo in range(0, len(span), step):
-            ids = span[lo:lo + step]
-            found = wanted.keys() & set(ids)
-            if not found:
-                continue
-            by_id = dict(zip(ids, func[lo:lo + step], strict=True))
-            for parent in found:
-                caller = by_id[parent]
-                for child in wanted.pop(parent):
-                    edges.add((caller, child))
-        self.parent = array("Q", [p for p, children in wanted.items() for _ in children])
-        self.child = array("I", [c for children in wanted.values() for c in children])
+            if not remaining:
+                break
+            by_id = dict(zip(span[lo:lo + step], func[lo:lo + step], strict=True))
+            callers = list(map(by_id.get, map(_first, remaining)))
+            self.edges.update((caller, callee) for caller, callee in set(zip(callers, map(_second, remaining),
+                                                                             strict=True)) if caller is not None)
+            remaining = list(compress(remaining, map(is_, callers, repeat(None))))
+        self.parent = array("Q", map(_first, remaining))
+        self.child = array("I", map(_second, remaining))
 
     def drop_spans(self) -> None:
         """After the last ``resolve``: the per-span arrays are no longer needed."""

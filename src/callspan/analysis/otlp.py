@@ -276,7 +276,11 @@ def _add_spans(batch: Batch, process: int, spans: Iterable[Any], callspan_scope:
             else:
                 args = 0
             v = get("callspan.return.hash")
-            ret = (int(v["stringValue"][:16], 16) or 1) if v else 0
+            if v:
+                text = v["stringValue"]
+                ret = (int(text[:16], 16) if len(text) >= 16 else _short_hash(text)) or 1
+            else:
+                ret = 0
             v = get("callspan.return.size")
             size = int(v["intValue"]) if v else None
         except (KeyError, ValueError, TypeError):

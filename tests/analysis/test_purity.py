@@ -1,0 +1,362 @@
+"""Identity-hashed self, impurity propagating to callers through the call graph, key sampling."""
+
+from __future__ import annotations
+
+import pickle
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from callspan.analysis import cache
+from callspan.analysis.cache import CacheOptions, analyze_calls, key_sampled
+from callspan.analysis.loader import LoadOptions, load_files
+from callspan.analysis.model import Batch, Links, Model
+from callspan.analysis.otlp import add_request, parse_hash
+from callspan.analysis.report import opportunity_json
+from tests.analysis.otlp_fixtures import calls_event, kvs, request, span, summary, write
+
+IDENTITY = {"callspan.method": True, "callspan.args.identity": True}
+METHOD = {"callspan.method": True}
+
+
+def model_of(*requests: dict[str, Any]) -> Model:
+    model = Model()
+    batch = model.new_batch()
+    for r in requests:
+        add_request(batch, r)
+    model.merge(batch)
+    return model
+
+
+def ops_by_name(model: Model, **options: Any) -> dict[str, cache.Opportunity]:
+    return {op.name: op for op in cache.analyze(model, CacheOptions(**options)).opportunities}
+
+
+def calls(name: str, keys: list[int], returns: list[int], *, first_id: int = 1, cpu: int = 1_000_000,
+          extra: dict[str, Any] | None = None, **kw: Any) -> list[dict[str, Any]]:
+    """Sequential calls of ``name``: key ``keys[i]`` returning ``returns[i]``."""
+    return [span(name, first_id + i, i * 1000, i * 1000 + 500, args=k, ret=r, cpu=cpu, extra=extra, **kw)
+            for i, (k, r) in enumerate(zip(keys, returns, strict=True))]
+
+
+# -- identity-hashed self ----------------------------------------------------------------------
+
+def test_identity_keyed_disagreements_are_collisions_not_inconsistency() -> None:
+    # Key 1 returns 10, then 20 (a new cart at the freed cart's address), then 20 again.
+    keys, rets = [1, 1, 1, 2, 2], [10, 20, 20, 30, 30]
+    op = ops_by_name(model_of(request(calls("m.Cart.total", keys, rets, extra=IDENTITY))))["m.Cart.total"]
+    assert op.consistent and op.inconsistent_keys == 0
+    assert op.identity and op.identity_collisions == 1
+    assert op.advice.kind == "method" and op.advice.paste is None
+    assert "per instance (id-based)" in op.advice.text
+    assert "keeps every cached instance alive" in op.advice.text
+    assert "1 keys returning different values can be address reuse" in op.advice.text
+    assert op.recommended_maxsize is None and op.memory_bytes is None
+    assert (op.savings.cpu, op.savings.hits, op.share) == (0, 0, 0.0)
+    doc = opportunity_json(1, op)
+    assert (doc["identity_keys"], doc["identity_key_collisions"], doc["inconsistent_keys"]) == (True, 1, 0)
+    assert doc["processes"][0]["identity_key_collisions"] == 1
+    # The same calls without callspan.args.identity: a key returning two values is impurity.
+    op = ops_by_name(model_of(request(calls("m.Cart.total", keys, rets, extra=METHOD))))["m.Cart.total"]
+    assert not op.consistent and op.inconsistent_keys == 1 and op.identity_collisions == 0
+    assert op.advice.kind == "inconsistent"
+
+
+def test_identity_keyed_methods_are_never_recommended_even_when_consistent() -> None:
+    keys = [1, 2, 1, 2, 1, 2]
+    rets = [k + 1000 for k in keys]
+    op = ops_by_name(model_of(request(calls("m.C.area", keys, rets, extra=IDENTITY))))["m.C.area"]
+    assert op.consistent and op.hits_unbounded == 4
+    assert op.advice.kind == "method" and op.advice.paste is None and op.recommended_maxsize is None
+    assert "lru_cache(maxsize" not in op.advice.text
+    assert op.savings.cpu == 0
+    # A method whose self hashes by value is recommended as before (with the per-instance note).
+    op = ops_by_name(model_of(request(calls("m.C.area", keys, rets, extra=METHOD))))["m.C.area"]
+    assert op.advice.kind == "lru_cache" and op.recommended_maxsize == 2
+    assert "keeps instances alive" in op.advice.text
+
+
+def test_identity_method_without_repeated_keys_gets_the_identity_text() -> None:
+    op = ops_by_name(model_of(request(calls("m.C.f", [1, 2, 3], [1, 2, 3], extra=IDENTITY))))["m.C.f"]
+    assert op.advice.kind == "method" and "per instance (id-based)" in op.advice.text
+    assert "apparent hits" not in op.advice.text
+
+
+def test_a_value_hashed_call_disagreeing_in_an_identity_function_is_inconsistent() -> None:
+    # Calls 0-1 (identity self) disagree on key 1; calls 2-3 (self hashed by value) on key 2.
+    spans = calls("m.C.f", [1, 1], [10, 11], extra=IDENTITY)
+    spans += calls("m.C.f", [2, 2], [20, 21], first_id=10, extra=METHOD)
+    op = ops_by_name(model_of(request(spans)))["m.C.f"]
+    assert (op.identity_collisions, op.inconsistent_keys, op.advice.kind) == (1, 1, "inconsistent")
+
+
+def test_summarised_calls_follow_the_identity_of_the_functions_spans() -> None:
+    # The listed calls of m.C.f disagree on key 5; one span of m.C.f says self hashes by identity.
+    event = calls_event("m.C.f", [5, 5], [100, 200], returns=[50, 51])
+    root = span("m.root", 1, 0, 1000, cpu=10, extra=summary(["m.C.f"], [2]), events=[event])
+    own = span("m.C.f", 2, 300, 310, args=6, ret=60, cpu=10, parent=1, extra=IDENTITY)
+    op = ops_by_name(model_of(request([own, root])), min_share=0)["m.C.f"]
+    assert (op.identity_collisions, op.inconsistent_keys, op.advice.kind) == (1, 0, "method")
+    own_by_value = span("m.C.f", 2, 300, 310, args=6, ret=60, cpu=10, parent=1, extra=METHOD)
+    op = ops_by_name(model_of(request([own_by_value, root])), min_share=0)["m.C.f"]
+    assert (op.identity_collisions, op.inconsistent_keys, op.advice.kind) == (0, 1, "inconsistent")
+
+
+def test_identity_from_another_process_applies_to_summarised_calls() -> None:
+    # Process A only has summarised (listed) calls of m.C.f; process B has its identity span.
+    event = calls_event("m.C.f", [5, 5], [100, 200], returns=[50, 51])
+    a = request([span("m.root", 1, 0, 1000, cpu=10, extra=summary(["m.C.f"], [2]), events=[event])],
+                instance="A")
+    b = request([span("m.C.f", 2, 300, 310, args=6, ret=60, cpu=10, extra=IDENTITY, file="/app/m.C.f.py")],
+                instance="B")
+    op = ops_by_name(model_of(a, b), min_share=0)["m.C.f"]
+    assert (op.identity_collisions, op.inconsistent_keys) == (1, 0)
+
+
+# -- impurity propagates to callers ------------------------------------------------------------
+
+def service(handler: str, callees: list[str], requests: int = 6, *, first_id: int = 1,
+            trace: int = 1) -> list[dict[str, Any]]:
+    """``handler`` called with keys 1, 2, 1, 2, ... (consistent returns), each call calling every
+    callee once: ``m.request_id`` (key 9) returns a new value each time, ``m.price`` (key 5)
+    always 7, anything else its call number."""
+    spans: list[dict[str, Any]] = []
+    ids = iter(range(first_id, first_id + 1_000_000))
+    for i in range(requests):
+        t = i * 10_000
+        me = next(ids)
+        for j, callee in enumerate(callees):
+            key, ret = {"m.request_id": (9, 1000 + i + first_id), "m.price": (5, 7)}.get(callee, (50 + i, i))
+            spans.append(span(callee, next(ids), t + 10 + 100 * j, t + 90 + 100 * j, parent=me, trace=trace,
+                              args=key, ret=ret, cpu=1_000_000))
+        spans.append(span(handler, me, t, t + 5_000, trace=trace, args=1 + i % 2, ret=100 + i % 2,
+                          cpu=5_000_000, cpu_self=1_000_000))
+    return spans
+
+
+def test_a_caller_of_an_impure_function_is_not_recommended() -> None:
+    spans = service("m.checkout", ["m.request_id", "m.price"])
+    spans += service("m.browse", ["m.price"], first_id=10_000, trace=2)
+    ops = ops_by_name(model_of(request(spans)))
+    assert ops["m.request_id"].advice.kind == "inconsistent"
+    checkout = ops["m.checkout"]
+    assert checkout.consistent and checkout.hits_unbounded == 4
+    assert checkout.advice.kind == "calls_impure" and checkout.advice.paste is None
+    assert checkout.advice.text.startswith("calls impure m.request_id, whose returns differ")
+    assert checkout.impure_callees == ["m.request_id"]
+    assert checkout.recommended_maxsize is None and checkout.memory_bytes is None
+    assert checkout.savings.cpu == 0 and checkout.share == 0.0
+    assert checkout.processes[0]["savings"] == {"cpu": 0, "wall_ns": 0, "hits": 0}
+    assert opportunity_json(1, checkout)["impure_callees"] == ["m.request_id"]
+    # The same shape without the impure call, and the pure callee, are still recommended.
+    assert ops["m.browse"].advice.kind == "lru_cache" and ops["m.browse"].impure_callees == []
+    assert ops["m.price"].advice.kind == "lru_cache" and ops["m.price"].impure_callees == []
+    ranked = [op.name for op in cache.analyze(model_of(request(spans))).opportunities]
+    assert ranked.index("m.checkout") > ranked.index("m.browse")
+
+
+def test_impurity_propagates_through_intermediate_callers() -> None:
+    # m.top -> m.mid -> m.request_id; m.top's and m.mid's own returns are consistent.
+    spans = []
+    for i in range(4):
+        t = i * 1000
+        top, mid, rid = 10 * i + 1, 10 * i + 2, 10 * i + 3
+        spans.append(span("m.request_id", rid, t + 2, t + 3, parent=mid, args=9, ret=500 + i, cpu=10))
+        spans.append(span("m.mid", mid, t + 1, t + 4, parent=top, args=1, ret=2, cpu=1_000_000))
+        spans.append(span("m.top", top, t, t + 5, args=1, ret=3, cpu=2_000_000))
+    ops = ops_by_name(model_of(request(spans)))
+    assert ops["m.mid"].advice.text.startswith("calls impure m.request_id, ")
+    assert ops["m.top"].advice.kind == "calls_impure"
+    assert ops["m.top"].advice.text.startswith("calls impure m.request_id (via m.mid), ")
+    assert ops["m.top"].impure_callees == ["m.request_id"]
+
+
+def test_impurity_from_identity_collisions_does_not_propagate() -> None:
+    spans = []
+    for i in range(4):
+        t = i * 1000
+        spans.append(span("m.Cart.total", 10 * i + 2, t + 1, t + 4, parent=10 * i + 1, args=1, ret=500 + i,
+                          cpu=10, extra=IDENTITY))
+        spans.append(span("m.handle", 10 * i + 1, t, t + 5, args=1, ret=3, cpu=2_000_000))
+    ops = ops_by_name(model_of(request(spans)))
+    assert ops["m.Cart.total"].identity_collisions == 1 and ops["m.Cart.total"].consistent
+    assert ops["m.handle"].advice.kind == "lru_cache" and ops["m.handle"].impure_callees == []
+
+
+def test_a_function_summarised_on_a_span_is_called_by_the_spans_function() -> None:
+    # m.handle's calls of m.request_id are only summarised on it (listed, disagreeing returns).
+    spans = []
+    for i in range(4):
+        t = i * 1000
+        event = calls_event("m.request_id", [9, 9], [t + 1, t + 2], duration=1, returns=[2 * i + 1, 2 * i + 2])
+        spans.append(span("m.handle", i + 1, t, t + 10, args=1, ret=3, cpu=2_000_000,
+                          extra=summary(["m.request_id"], [2]), events=[event]))
+    ops = ops_by_name(model_of(request(spans)))
+    assert ops["m.request_id"].advice.kind == "inconsistent"
+    assert ops["m.handle"].advice.kind == "calls_impure"
+    # Summarised without listed calls: the edge comes from callspan.summary.function alone.
+    spans = [span("m.handle", i + 1, i * 1000, i * 1000 + 10, args=1, ret=3, cpu=2_000_000,
+                  extra=summary(["m.request_id"], [1])) for i in range(4)]
+    spans += calls("m.request_id", [9, 9], [1, 2], first_id=100, cpu=10)  # impure, seen elsewhere
+    ops = ops_by_name(model_of(request(spans)))
+    assert ops["m.handle"].advice.kind == "calls_impure"
+
+
+def test_parent_links_are_joined_across_chunks_in_either_order() -> None:
+    # Child in the first chunk, its parent in the second (the usual: spans are written as they
+    # end); and a task that outlived its creator: the parent in the first chunk, the child later.
+    child_first = service("m.checkout", ["m.request_id"])
+    parents = [s for s in child_first if s["name"] == "m.checkout"]
+    children = [s for s in child_first if s["name"] != "m.checkout"]
+    for first, second in ((children, parents), (parents, children)):
+        model = Model()
+        for part in (first, second):
+            batch = model.new_batch()
+            add_request(batch, request(part))
+            batch = pickle.loads(pickle.dumps(batch))  # as it comes back from a worker process
+            model.merge(batch)
+        assert ops_by_name(model)["m.checkout"].advice.kind == "calls_impure"
+        # Once joined, only the function-level edges remain.
+        assert len(model.call_edges()) == 1 and len(model.links.span) == 0  # type: ignore[union-attr]
+
+
+def test_links_are_joined_within_a_chunk_and_only_strays_are_kept() -> None:
+    batch = Batch()
+    add_request(batch, request(service("m.checkout", ["m.request_id", "m.price"])))
+    assert batch.links is not None and len(batch.links.parent) == 12
+    batch.resolve_links()
+    assert len(batch.links.parent) == 0
+    names = {i: f.name for i, f in enumerate(batch.functions)}
+    assert {(names[a], names[b]) for a, b in batch.links.edges} == {("m.checkout", "m.request_id"),
+                                                                     ("m.checkout", "m.price")}
+
+
+def test_joining_in_small_lookup_chunks_finds_every_parent(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Parents arrive after all of their children; the final join scans spans a few at a time.
+    spans = service("m.checkout", ["m.request_id", "m.price"]) + service("m.browse", ["m.price"], first_id=500)
+    children = [s for s in spans if s["name"] in ("m.request_id", "m.price")]
+    parents = [s for s in spans if s not in children]
+    model = Model()
+    for part in (children, parents[:5], parents[5:]):
+        batch = model.new_batch()
+        add_request(batch, request(part))
+        model.merge(batch)
+    monkeypatch.setattr(Links, "JOIN_CHUNK", 3)
+    names = {(model.functions[a].name, model.functions[b].name) for a, b in model.call_edges()}
+    assert names == {("m.checkout", "m.request_id"), ("m.checkout", "m.price"), ("m.browse", "m.price")}
+
+
+def test_chunked_file_reading_finds_the_same_edges(tmp_path: Path) -> None:
+    requests = [request([s]) for s in service("m.checkout", ["m.request_id", "m.price"])]
+    path = write(str(tmp_path / "t.jsonl"), requests)
+    whole = load_files([path], LoadOptions(want_rows=False))
+    chunked = load_files([path], LoadOptions(want_rows=False, chunk_bytes=2000, jobs=1))
+    assert chunked.requests == whole.requests == 18
+
+    def named(model: Model) -> set[tuple[str, str]]:
+        return {(model.functions[a].name, model.functions[b].name) for a, b in model.call_edges()}
+    assert named(chunked) == named(whole) == {("m.checkout", "m.request_id"), ("m.checkout", "m.price")}
+
+
+def test_impurity_seen_in_one_process_applies_to_callers_in_another() -> None:
+    # Process A: m.request_id returns different values. Process B: it happens to repeat itself,
+    # and m.checkout calls it there.
+    a = request(calls("m.request_id", [9, 9], [1, 2], cpu=10), instance="A")
+    b_spans = service("m.checkout", ["m.request_id"], first_id=100)
+    for s in b_spans:
+        if s["name"] == "m.request_id":
+            s["attributes"] = [kv for kv in s["attributes"] if kv["key"] != "callspan.return.hash"]
+            s["attributes"] += kvs({"callspan.return.hash": "00000000000003e7"})
+    b = request(b_spans, instance="B")
+    ops = ops_by_name(model_of(a, b))
+    assert ops["m.request_id"].processes[1]["inconsistent_keys"] == 0
+    assert ops["m.checkout"].advice.kind == "calls_impure"
+
+
+def test_an_inconsistent_caller_keeps_its_own_advice_and_lists_impure_callees() -> None:
+    spans = service("m.checkout", ["m.request_id"])
+    for s in spans:  # m.checkout's key 1 now returns a different value each call
+        if s["name"] == "m.checkout":
+            s["attributes"] += kvs({"callspan.return.hash": f"{int(s['spanId'], 16) + 77:016x}"})
+    op = ops_by_name(model_of(request(spans)))["m.checkout"]
+    assert op.advice.kind == "inconsistent" and op.impure_callees == ["m.request_id"]
+
+
+# -- key sampling: the tracer's rule -----------------------------------------------------------
+
+def tracer_rule(args_hash: str, rate: float) -> bool:
+    """docs/analysis-json.md, "Key sampling": what the tracer lists."""
+    return bool(args_hash) and int(args_hash[:8], 16) < rate * 2**32
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text("0123456789abcdef", max_size=20), st.integers(min_value=0, max_value=32))
+def test_key_sampled_is_the_tracers_rule(args_hash: str, power: int) -> None:
+    rate = 2.0 ** -power
+    assert key_sampled(parse_hash(args_hash), rate) == tracer_rule(args_hash, rate)
+
+
+@pytest.mark.parametrize(("args_hash", "rate", "kept"), [
+    ("7fffffffffffffff", 0.5, True), ("8000000000000000", 0.5, False),
+    ("0000000000000000", 1 / 1024, True), ("003fffffffffffff", 1 / 1024, True),
+    ("0040000000000000", 1 / 1024, False),
+    # a rate that is not a power of two: the 32-bit comparison, not a 64-bit one
+    ("4cccccccf0000000", 0.3, True), ("4ccccccd00000000", 0.3, False),
+    # shorter than the schema's 16 digits: still the first 8
+    ("abcdef123", 0.75, True), ("abcdef123", 0.5, False), ("abc", 2.0 ** -20, True), ("", 1.0, False),
+])
+def test_key_sampled_boundaries(args_hash: str, rate: float, kept: bool) -> None:
+    assert tracer_rule(args_hash, rate) == kept
+    assert key_sampled(parse_hash(args_hash), rate) == kept
+
+
+def test_shards_replays_exactly_the_calls_the_tracer_would_list() -> None:
+    # 64 keys sampled at 0.3 for sure, two on either side of the 32-bit threshold, and keys far
+    # above it; as spans (every call) plus one listed batch at rate 0.3.
+    rng = random.Random(5)
+    keys = [f"{rng.randrange(1 << 60):016x}" for _ in range(64)]
+    keys += ["4cccccccf0000000", "4ccccccd00000000"] + [f"{0xF0000000 + i:08x}00000000" for i in range(20)]
+    spans = []
+    for i, key in enumerate(keys * 2):
+        s = span("m.g", 10 + i, 100 * i, 100 * i + 10, ret=7, cpu=10, parent=1)
+        s["attributes"] += kvs({"callspan.args.hash": key})
+        spans.append(s)
+    listed = [k for k in keys if tracer_rule(k, 0.3)]
+    event = calls_event("m.g", [], [])
+    event["attributes"] = kvs({"callspan.function": "m.g", "callspan.args.hash": listed,
+                               "callspan.return.hash": [f"{7:016x}"] * len(listed),
+                               "callspan.start_ns": [10**6 + i for i in range(len(listed))],
+                               "callspan.end_ns": [10**6 + i + 1 for i in range(len(listed))],
+                               "callspan.cpu": [1] * len(listed), "callspan.sample_rate": 0.3})
+    root = span("m.root", 1, 0, 10**7, cpu=10, extra=summary(["m.g"], [len(keys)]), events=[event])
+    model = model_of(request([*spans, root]))
+    index = next(i for i, f in enumerate(model.functions) if f.name == "m.g")
+    columns = model.calls[index]
+    assert columns is not None
+    result = analyze_calls(index, model.functions[index], columns)
+    assert len(listed) == 65  # the 64, and 4cccccccf0000000
+    assert result.estimator == "shards"
+    assert result.accesses == 3 * 65  # two rounds of spans and the listed round, sampled keys only
+    replayed = {columns.args[i] for i in result.order}
+    assert replayed == {parse_hash(k) for k in listed}
+
+
+@pytest.mark.parametrize("args_hash", ["abcdef123", "abc", "0123456789abcdef", "0123456789abcdef99"])
+def test_span_and_listed_call_keys_are_parsed_alike(args_hash: str) -> None:
+    # The span reader's fast path and parse_hash (listed calls) give the same 64-bit keys and returns.
+    own = span("m.g", 2, 10, 20, cpu=10, parent=1)
+    own["attributes"] += kvs({"callspan.args.hash": args_hash, "callspan.return.hash": args_hash})
+    event = calls_event("m.g", [], [])
+    event["attributes"] = kvs({"callspan.function": "m.g", "callspan.args.hash": [args_hash],
+                               "callspan.return.hash": [args_hash], "callspan.start_ns": [30],
+                               "callspan.end_ns": [31], "callspan.cpu": [1], "callspan.sample_rate": 1.0})
+    model = model_of(request([own, span("m.root", 1, 0, 100, extra=summary(["m.g"], [1]), events=[event])]))
+    columns = model.calls[next(i for i, f in enumerate(model.functions) if f.name == "m.g")]
+    assert columns is not None
+    assert list(columns.args) == [parse_hash(args_hash)] * 2
+    assert list(columns.ret) == [parse_hash(args_hash)] * 2  # so the two calls agree
+    assert key_sampled(columns.args[0], 2.0 ** -8) == tracer_rule(args_hash, 2.0 ** -8)
