@@ -59,8 +59,8 @@ class Settings:
     keys: str = "on"
     key_secret: bytes | None = None
     max_spans_per_trace: int = 2000
-    max_spans_per_second: int = 2000
-    max_summary_calls: int = 10_000
+    max_spans_per_second: int = 500
+    max_summary_calls: int = 2048
     max_pending: int = 200_000
     flush_interval: float = 0.5
     extra: Mapping[str, Any] = field(default_factory=dict)
