@@ -111,11 +111,16 @@ class Selector:
                 return True
         if _module_matches(module, _ALWAYS_EXCLUDED_MODULES) or path.startswith("<"):
             return False
-        if path.startswith(self.never_paths):
-            return False
         if self.include_modules or self.include_paths:
             return False
-        return _module_matches(module, self.root_modules) or path.startswith(self.root_paths or ("\0",))
+        if _module_matches(module, self.root_modules):
+            return True
+        # The most specific prefix decides: a project's own .venv inside the script's directory
+        # stays untraced, while a script that itself lives in site-packages (an installed demo,
+        # `-m` of an installed package) is traced.
+        root = max((len(r) for r in self.root_paths if path.startswith(r)), default=-1)
+        never = max((len(n) for n in self.never_paths if path.startswith(n)), default=-1)
+        return root > never
 
     def decide(self, code: CodeType, module: str) -> CodeInfo | None:
         # Module and class bodies run once at import: not calls anyone would cache or profile.

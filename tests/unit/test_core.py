@@ -278,3 +278,20 @@ def test_unselected_code_is_decided_once(traced) -> None:  # type: ignore[no-unt
 
 def test_stop_restores_previous_profile_function(core) -> None:
     assert sys.getprofile() is None
+
+
+def test_selection_prefers_the_most_specific_prefix(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from callspan.selection import Selector
+
+    site = tmp_path / "lib" / "site-packages"
+    (site / "shop").mkdir(parents=True)
+    (tmp_path / "app").mkdir()
+    selector = Selector(default_roots=(str(site / "shop"), str(tmp_path)))
+    selector.never_paths = (str(site) + "/",)
+
+    def code_at(path: str):  # type: ignore[no-untyped-def]
+        return compile("def f():\n    pass\n", path, "exec").co_consts[0]
+
+    assert selector.selects(code_at(str(site / "shop" / "main.py")), "__main__")  # installed script
+    assert not selector.selects(code_at(str(site / "other" / "lib.py")), "other.lib")  # a dependency
+    assert selector.selects(code_at(str(tmp_path / "app" / "views.py")), "app.views")  # own code
