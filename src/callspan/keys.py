@@ -24,47 +24,53 @@ _FINGERPRINT_LIMIT = 16
 
 
 def fingerprint(value: Any, budget: list[int]) -> int | None:
-    """hash() of ``value``, or of its structure when it is an unhashable builtin container;
-    None when it is neither, or larger than ``budget`` elements.
+    """hash() of ``value``, or of its structure when it is an unhashable builtin container
+    whose elements are hashable; None otherwise, or when larger than ``budget`` elements.
 
     The fingerprint is what the lru_cache key would hash to after converting lists to tuples,
-    dicts to frozensets of items, sets to frozensets and bytearrays to bytes. No exceptions on
-    the common paths: this runs on the tracer's hot path.
+    dicts to frozensets of items, sets to frozensets and bytearrays to bytes. Containers of
+    containers (a parsed JSON request, say) are not walked: that would cost more than the call.
+    The argument tuple itself is the one level allowed to hold such containers.
     """
     kind = type(value)
-    if kind is list or kind is tuple:
-        budget[0] -= len(value) + 1
-        if budget[0] < 0:
-            return None
-        parts = []
-        for item in value:
-            part = fingerprint(item, budget)
-            if part is None:
-                return None
-            parts.append(part)
-        return hash((kind is list, tuple(parts)))
-    if kind is dict:
-        budget[0] -= len(value) + 1
-        if budget[0] < 0:
-            return None
-        items = []
-        for key, item in value.items():
-            part = fingerprint(item, budget)
-            if part is None:
-                return None
-            items.append((key, part))
-        try:
-            return hash(("dict", frozenset(items)))
-        except Exception:
-            return None
     try:
-        if kind is set:
-            return hash(("set", frozenset(value)))
-        if kind is bytearray:
-            return hash(bytes(value))
-        return hash(value)
+        if kind is list or kind is tuple:
+            budget[0] -= len(value)
+            if budget[0] < 0:
+                return None
+            if kind is tuple:  # the key tuple: one level of unhashable containers inside
+                parts = []
+                for item in value:
+                    part = _flat_fingerprint(item, budget)
+                    if part is None:
+                        return None
+                    parts.append(part)
+                return hash((False, tuple(parts)))
+            return _flat_fingerprint(value, budget)
+        return _flat_fingerprint(value, budget)
     except Exception:
         return None
+
+
+def _flat_fingerprint(value: Any, budget: list[int]) -> int | None:
+    kind = type(value)
+    if kind.__hash__ is not None:
+        return hash(value)
+    if kind is list:
+        budget[0] -= len(value)
+        if budget[0] < 0:
+            return None
+        return hash((True, tuple(value)))
+    if kind is dict:
+        budget[0] -= len(value)
+        if budget[0] < 0:
+            return None
+        return hash(("dict", frozenset(value.items())))
+    if kind is set:
+        return hash(("set", frozenset(value)))
+    if kind is bytearray:
+        return hash(bytes(value))
+    return None
 
 
 def args_key(info: CodeInfo, frame: FrameType) -> tuple[int | None, str, bool]:
@@ -100,18 +106,9 @@ def args_key(info: CodeInfo, frame: FrameType) -> tuple[int | None, str, bool]:
         return None, "error", identity
     # Unhashable builtins have __hash__ None; a tuple holding one is named as a tuple.
     values = key if type(key) is tuple else (key,)
-    unhashable = ",".join(dict.fromkeys(type(v).__name__ for v in values if not _hashable(v)))
+    names = [type(v).__name__ for v in values if type(v).__hash__ is None]
+    unhashable = ",".join(dict.fromkeys(names)) if names else "tuple"
     return fingerprint(key, [_FINGERPRINT_LIMIT]), unhashable, identity
-
-
-def _hashable(value: Any) -> bool:
-    if type(value).__hash__ is None:
-        return False
-    try:
-        hash(value)
-    except Exception:
-        return False
-    return True
 
 
 def value_key(value: Any) -> tuple[int | None, bool]:
