@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from callspan.builder import SpanNode
+from callspan.builder import COMPILED_BUILDER, SpanNode
 from callspan.config import Settings
 from callspan.cores.select import available_cores
 from callspan.session import Session
@@ -59,15 +59,25 @@ def core(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+BUILDERS = ["python"] + (["compiled"] if COMPILED_BUILDER is not None else [])
+
+
+@pytest.fixture(params=BUILDERS)
+def builder(request: pytest.FixtureRequest) -> str:
+    """Every span-building implementation available (the compiled one when it was built)."""
+    return str(request.param)
+
+
 class Traced:
     """Runs code under a session with a RecordingSink, a TickClock and a TickCounter."""
 
-    def __init__(self, core: str, **settings: Any) -> None:
+    def __init__(self, core: str, builder: str = "python", **settings: Any) -> None:
         self.sink = RecordingSink()
         defaults: dict[str, Any] = {"core": core, "keys": "on"}
         defaults.update(settings)
         self.session = Session(Settings(**defaults), self.sink, default_roots=(TESTS_DIR,),
-                               clock=TickClock(), counter=TickCounter(), background=False)
+                               clock=TickClock(), counter=TickCounter(), background=False,
+                               compiled_builder=builder == "compiled")
 
     def run(self, func: Any, *args: Any, **kwargs: Any) -> Any:
         self.session.start()
@@ -78,9 +88,9 @@ class Traced:
 
 
 @pytest.fixture
-def traced(core: str) -> Iterator[Any]:
+def traced(core: str, builder: str) -> Iterator[Any]:
     def make(**settings: Any) -> Traced:
-        return Traced(core, **settings)
+        return Traced(core, builder, **settings)
 
     yield make
     # No hook may be left installed after a test.

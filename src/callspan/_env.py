@@ -40,6 +40,20 @@ YIELD_OPCODES = frozenset(dis.opmap[name] for name in ("YIELD_VALUE",) if name i
 RESUME_OPCODE = dis.opmap.get("RESUME", -1)
 YIELD_REPORTED_AT_NEXT_RESUME = PYVERSION >= (3, 13)
 
+# The compiled hot path (callspan._hotpath, an optional C extension built at install time): its
+# sys.monitoring callbacks need 3.12+; without a C compiler at install time it is absent.
+try:
+    from callspan import _hotpath as _compiled  # type: ignore[attr-defined]
+
+    HAS_COMPILED_HOTPATH = hasattr(_compiled, "HotPath")
+    HAS_COMPILED_HASH = hasattr(_compiled, "siphash24")
+except ImportError:
+    HAS_COMPILED_HOTPATH = HAS_COMPILED_HASH = False
+
+# CPython's time.perf_counter_ns is clock_gettime(CLOCK_MONOTONIC) on Linux (Python/pytime.c,
+# py_get_monotonic_clock), so compiled code reads that clock and gets the same numbers.
+PERF_COUNTER_IS_CLOCK_MONOTONIC = sys.platform.startswith("linux")
+
 # threading.setprofile_all_threads appeared in 3.12; on 3.11 the setprofile core only reaches the
 # threads started after it is installed (plus the current one).
 HAS_SETPROFILE_ALL_THREADS = hasattr(__import__("threading"), "setprofile_all_threads")

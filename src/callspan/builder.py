@@ -20,6 +20,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from callspan import _env
 from callspan.keys import KeyHasher
 from callspan.record import (
     R_ARGS,
@@ -73,16 +74,20 @@ class Sink(Protocol):
     def close(self, node: SpanNode) -> None: ...
 
 
-class _Summary:
-    __slots__ = ("info", "count", "errors", "wall", "run", "cpu_total", "cpu_self", "calls", "rate")
+class _SummaryMethods:
+    """The summary operations; the compiled builder (callspan._hotpath) implements the same."""
 
-    def __init__(self, info: CodeInfo) -> None:
-        self.info = info
-        self.count = self.errors = self.wall = self.run = self.cpu_total = self.cpu_self = 0
-        self.calls: list[tuple[str, str, int, int, int]] = []
-        self.rate = 1.0
+    __slots__ = ()
+    count: int
+    errors: int
+    wall: int
+    run: int
+    cpu_total: int
+    cpu_self: int
+    calls: list[tuple[str, str, int, int, int]]
+    rate: float
 
-    def merge(self, other: _Summary, cap: int) -> None:
+    def merge(self, other: _SummaryMethods, cap: int) -> None:
         self.count += other.count
         self.errors += other.errors
         self.wall += other.wall
@@ -106,6 +111,16 @@ class _Summary:
     def _resample(self) -> None:
         rate = self.rate
         self.calls = [c for c in self.calls if _sampled(c[0], rate)]
+
+
+class _Summary(_SummaryMethods):
+    __slots__ = ("info", "count", "errors", "wall", "run", "cpu_total", "cpu_self", "calls", "rate")
+
+    def __init__(self, info: CodeInfo) -> None:
+        self.info = info
+        self.count = self.errors = self.wall = self.run = self.cpu_total = self.cpu_self = 0
+        self.calls = []
+        self.rate = 1.0
 
 
 def _sampled(args_hash: str, rate: float) -> bool:
@@ -148,17 +163,47 @@ class _SyntheticThread:
 _UNSAMPLED_INFO = _SyntheticInfo()
 _UNSAMPLED_THREAD = _SyntheticThread()
 
-_SUMMARISED_OUT = _Out()
-_SUMMARISED_OUT.state = _SUMMARISED
+class _Implementation:
+    """The builder's record-level types and loop: pure Python, or compiled (callspan._hotpath)."""
+
+    def __init__(self, out_type: Any, summary_type: Any, process_records: Any) -> None:
+        self.out_type = out_type
+        self.summary_type = summary_type
+        self.process_records = process_records
+        self.summarised_out = out_type()
+        self.summarised_out.state = _SUMMARISED
+
+
+PYTHON_BUILDER = _Implementation(_Out, _Summary, None)
+COMPILED_BUILDER: _Implementation | None = None
+if _env.HAS_COMPILED_HASH:
+    from callspan import _hotpath  # type: ignore[attr-defined]
+
+    class _CompiledSummary(_SummaryMethods, _hotpath.Summary):  # type: ignore[misc,name-defined]
+        __slots__ = ()
+
+    COMPILED_BUILDER = _Implementation(_hotpath.Out, _CompiledSummary, _hotpath.process_records)
 
 
 class SpanBuilder:
     def __init__(self, sink: Sink, hasher: KeyHasher, *, clock_offset: int, cpu_enabled: bool,
                  max_spans: int = 2000, max_summary_calls: int = 10_000,
                  max_spans_per_second: float = 2000.0,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 monotonic: Callable[[], float] = time.monotonic,
+                 compiled: bool | None = None) -> None:
         self.sink = sink
         self.hasher = hasher
+        if compiled is None:
+            compiled = COMPILED_BUILDER is not None
+        implementation = COMPILED_BUILDER if compiled else PYTHON_BUILDER
+        if implementation is None:
+            raise ValueError("the compiled builder (callspan._hotpath) is not built")
+        self.compiled = compiled
+        self._out_type = implementation.out_type
+        self._summary_type = implementation.summary_type
+        self._summarised_out = implementation.summarised_out
+        self._process_records = implementation.process_records
+        self._sip_key = (hasher.k0, hasher.k1)
         self.clock_offset = clock_offset
         self.cpu_enabled = cpu_enabled
         self.max_spans = max_spans
@@ -189,6 +234,16 @@ class SpanBuilder:
     # -- decisions ----------------------------------------------------------------------------
 
     def process(self, records: list[Record]) -> None:
+        if self._process_records is not None:
+            self._process_records(self, records)
+        else:
+            self._process_python(records)
+        unsampled = self._unsampled
+        if unsampled is not None:
+            self._unsampled = None
+            self._close(unsampled, self._out(unsampled))
+
+    def _process_python(self, records: list[Record]) -> None:
         for record in records:
             out = record[R_OUT]
             if out is not None and out.state != _OPEN and out.state != _PENDING:
@@ -203,10 +258,6 @@ class SpanBuilder:
                     self._summarise(record, self._unsampled_record(record))
             elif self._accept(record) or not self._summarise(record):
                 self._close(record, self._out(record))
-        unsampled = self._unsampled
-        if unsampled is not None:
-            self._unsampled = None
-            self._close(unsampled, self._out(unsampled))
 
     def _has_token(self) -> bool:
         now = self._monotonic()
@@ -231,11 +282,10 @@ class SpanBuilder:
         holder[R_END] = max(holder[R_END], record[R_END])
         return holder
 
-    @staticmethod
-    def _out(record: Record) -> _Out:
+    def _out(self, record: Record) -> _Out:
         out = record[R_OUT]
         if out is None:
-            out = record[R_OUT] = _Out()
+            out = record[R_OUT] = self._out_type()
         return out
 
     def _accept(self, record: Record) -> bool:
@@ -297,7 +347,7 @@ class SpanBuilder:
         info: CodeInfo = record[R_INFO]
         summary = summaries.get(info)
         if summary is None:
-            summary = summaries[info] = _Summary(info)
+            summary = summaries[info] = self._summary_type(info)
         summary.count += 1
         if record[R_ERROR] is not None:
             summary.errors += 1
@@ -321,7 +371,7 @@ class SpanBuilder:
                     summaries[child_info] = child
                 else:
                     mine.merge(child, cap)
-        record[R_OUT] = _SUMMARISED_OUT
+        record[R_OUT] = self._summarised_out
         self.calls_summarised += 1
         return True
 
@@ -342,7 +392,7 @@ class SpanBuilder:
         while current is not None:
             out = current[R_OUT]
             if out is None:
-                out = current[R_OUT] = _Out()
+                out = current[R_OUT] = self._out_type()
             if out.node is not None:
                 break
             chain.append(current)

@@ -15,7 +15,7 @@ from typing import Any
 
 from callspan.errors import CallspanError
 
-#: Force a core: ``sysmon`` or ``setprofile`` (default: the best available).
+#: Force a core: ``csysmon``, ``sysmon`` or ``setprofile`` (default: the best available).
 CALLSPAN_CORE = "CALLSPAN_CORE"
 #: Comma-separated module/package names or path prefixes to trace (default: the user's own code).
 CALLSPAN_INCLUDE = "CALLSPAN_INCLUDE"
@@ -24,6 +24,10 @@ CALLSPAN_EXCLUDE = "CALLSPAN_EXCLUDE"
 #: CPU counter: ``auto`` (hardware instructions if the CPU exposes them, else thread CPU time),
 #: ``instructions``, ``task-clock``, ``thread``, or ``off``.
 CALLSPAN_CPU = "CALLSPAN_CPU"
+#: Thread CPU time: read the kernel's clock at most once per this many microseconds of wall
+#: time per thread (each read is a system call, ~0.5-1 us); shorter intervals in between count
+#: their wall time as CPU time. 0 reads the clock at every call boundary.
+CALLSPAN_CPU_INTERVAL_US = "CALLSPAN_CPU_INTERVAL_US"
 #: Cache-key hashing: ``on`` (every traced function), ``off``, or a comma-separated list of
 #: function names (``module.QualName`` or bare ``QualName``) to hash keys for.
 CALLSPAN_KEYS = "CALLSPAN_KEYS"
@@ -41,12 +45,12 @@ CALLSPAN_MAX_PENDING = "CALLSPAN_MAX_PENDING"
 CALLSPAN_FLUSH_INTERVAL = "CALLSPAN_FLUSH_INTERVAL"
 
 ENV_VARS = (
-    CALLSPAN_CORE, CALLSPAN_INCLUDE, CALLSPAN_EXCLUDE, CALLSPAN_CPU, CALLSPAN_KEYS,
+    CALLSPAN_CORE, CALLSPAN_INCLUDE, CALLSPAN_EXCLUDE, CALLSPAN_CPU, CALLSPAN_CPU_INTERVAL_US, CALLSPAN_KEYS,
     CALLSPAN_KEY_SECRET, CALLSPAN_MAX_SPANS_PER_TRACE, CALLSPAN_MAX_SPANS_PER_SECOND, CALLSPAN_MAX_SUMMARY_CALLS,
     CALLSPAN_MAX_PENDING, CALLSPAN_FLUSH_INTERVAL,
 )
 
-CORES = ("sysmon", "setprofile")
+CORES = ("csysmon", "sysmon", "setprofile")
 CPU_MODES = ("auto", "instructions", "task-clock", "thread", "off")
 
 
@@ -56,6 +60,7 @@ class Settings:
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     cpu: str = "auto"
+    cpu_interval_us: int = 20
     keys: str = "on"
     key_secret: bytes | None = None
     max_spans_per_trace: int = 2000
@@ -68,7 +73,7 @@ class Settings:
 
 _ENV_FOR_FIELD = {
     "core": CALLSPAN_CORE, "include": CALLSPAN_INCLUDE, "exclude": CALLSPAN_EXCLUDE,
-    "cpu": CALLSPAN_CPU, "keys": CALLSPAN_KEYS, "key_secret": CALLSPAN_KEY_SECRET,
+    "cpu": CALLSPAN_CPU, "cpu_interval_us": CALLSPAN_CPU_INTERVAL_US, "keys": CALLSPAN_KEYS, "key_secret": CALLSPAN_KEY_SECRET,
     "max_spans_per_trace": CALLSPAN_MAX_SPANS_PER_TRACE,
     "max_spans_per_second": CALLSPAN_MAX_SPANS_PER_SECOND,
     "max_summary_calls": CALLSPAN_MAX_SUMMARY_CALLS, "max_pending": CALLSPAN_MAX_PENDING,
@@ -86,6 +91,11 @@ def _convert(name: str, raw: Any, source: str) -> Any:
             value = int(raw)
             if value < 1:
                 raise ValueError("must be at least 1")
+            return value
+        if name == "cpu_interval_us":
+            value = int(raw)
+            if value < 0:
+                raise ValueError("must be 0 or more")
             return value
         if name == "flush_interval":
             value_f = float(raw)

@@ -42,14 +42,86 @@ class CpuCounter(Protocol):
     def thread_reader(self) -> Reader: ...
 
 
+class IntervalThreadClock:
+    """One thread's CPU time, reading the kernel clock at most once per ``interval`` ns of wall time.
+
+    Reading CLOCK_THREAD_CPUTIME_ID is a system call (0.5-1 us on a VM: more than a small Python
+    call). Between two real readings less than ``interval`` apart, the wall time elapsed counts
+    as CPU time; each real reading re-anchors the value (never backwards), so totals over longer
+    stretches are the kernel's, and only the split among calls inside one interval is by wall time.
+    The compiled hot path implements the same rule (``_hotpath.interval_clock_replay`` tests it).
+    """
+
+    __slots__ = ("interval", "wall", "cpu", "anchor", "last", "value", "ready")
+
+    def __init__(self, interval: int, wall: Reader = time.perf_counter_ns,
+                 cpu: Reader = time.thread_time_ns) -> None:
+        self.interval = interval
+        self.wall = wall
+        self.cpu = cpu
+        self.anchor = self.last = self.value = 0
+        self.ready = False
+
+    def __call__(self) -> int:
+        now = self.wall()
+        if not self.ready or now - self.anchor >= self.interval:
+            real = self.cpu()
+            if not self.ready or real > self.value:
+                self.value = real
+            self.anchor = now
+            self.ready = True
+        else:
+            self.value += now - self.last
+        self.last = now
+        return self.value
+
+
 class ThreadTimeCounter:
-    """CLOCK_THREAD_CPUTIME_ID through time.thread_time_ns: CPU nanoseconds of the calling thread."""
+    """CLOCK_THREAD_CPUTIME_ID: CPU nanoseconds of the calling thread, read from the kernel at
+    every call boundary (``interval_ns`` 0) or at most once per ``interval_ns`` of wall time."""
 
     name = "thread_time"
     unit = "ns"
 
+    def __init__(self, interval_ns: int = 0) -> None:
+        self.interval_ns = interval_ns
+
     def thread_reader(self) -> Reader:
+        if self.interval_ns > 0:
+            return IntervalThreadClock(self.interval_ns)
         return time.thread_time_ns
+
+
+class PerfReader:
+    """Reads one thread's perf_event counter: 8 bytes from its file descriptor."""
+
+    __slots__ = ("fd",)
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def __call__(self) -> int:
+        return int.from_bytes(os.read(self.fd, 8), "little")
+
+
+_NATIVE_THREAD_TIME = -2
+_NATIVE_INTERVAL_THREAD_TIME = -3
+_NATIVE_NONE = -1
+
+
+def native_reader(reader: Reader | None) -> int:
+    """How compiled code can read ``reader`` itself: -2 for thread CPU time
+    (CLOCK_THREAD_CPUTIME_ID), -3 for an IntervalThreadClock of the real clocks (the interval is
+    the counter's, handed to the compiled core once), a perf_event file descriptor, or -1 (call
+    the reader)."""
+    if reader is time.thread_time_ns:
+        return _NATIVE_THREAD_TIME
+    if (isinstance(reader, IntervalThreadClock) and reader.wall is time.perf_counter_ns
+            and reader.cpu is time.thread_time_ns):
+        return _NATIVE_INTERVAL_THREAD_TIME
+    if isinstance(reader, PerfReader):
+        return reader.fd
+    return _NATIVE_NONE
 
 
 def _perf_event_open(event_type: int, config: int, flags: int) -> int:
@@ -89,13 +161,7 @@ class PerfEventCounter:
     def thread_reader(self) -> Reader:
         fd = self._open()
         self._fds.append(fd)
-        read = os.read
-        from_bytes = int.from_bytes
-
-        def read_counter() -> int:
-            return from_bytes(read(fd, 8), "little")
-
-        return read_counter
+        return PerfReader(fd)
 
     def close(self) -> None:
         for fd in self._fds:
@@ -106,12 +172,13 @@ class PerfEventCounter:
         self._fds.clear()
 
 
-def choose_counter(mode: str) -> tuple[CpuCounter | None, str]:
+def choose_counter(mode: str, interval_us: int = 0) -> tuple[CpuCounter | None, str]:
     """The counter for a CALLSPAN_CPU mode, and why it was chosen."""
     if mode == "off":
         return None, "CPU counting is off"
+    interval = f", read at most every {interval_us} us" if interval_us else ""
     if mode == "thread":
-        return ThreadTimeCounter(), "thread CPU time requested"
+        return ThreadTimeCounter(interval_us * 1000), f"thread CPU time requested{interval}"
     if mode in ("instructions", "task-clock", "cpu-clock"):
         try:
             return PerfEventCounter(mode), f"perf_event {mode} requested"
@@ -121,4 +188,4 @@ def choose_counter(mode: str) -> tuple[CpuCounter | None, str]:
         return PerfEventCounter("instructions"), "hardware instruction counter available"
     except OSError as exc:
         why = exc.strerror or str(exc)
-        return ThreadTimeCounter(), f"no hardware instruction counter ({why}); using thread CPU time"
+        return ThreadTimeCounter(interval_us * 1000), f"no hardware instruction counter ({why}); using thread CPU time{interval}"

@@ -65,6 +65,9 @@ def _flat_fingerprint(value: Any, budget: list[int]) -> int | None:
         budget[0] -= len(value)
         if budget[0] < 0:
             return None
+        for item in value.values():
+            if type(item).__hash__ is None:
+                return None  # a nested container (a parsed JSON request): not walked
         return hash(("dict", frozenset(value.items())))
     if kind is set:
         return hash(("set", frozenset(value)))
@@ -104,11 +107,17 @@ def args_key(info: CodeInfo, frame: FrameType) -> tuple[int | None, str, bool]:
         pass
     except Exception:
         return None, "error", identity
+    return (*unhashable_args(key), identity)
+
+
+def unhashable_args(key: Any) -> tuple[int | None, str]:
+    """(fingerprint or None, unhashable type names) of an argument key that hash() refused.
+    Both hot paths call this (the compiled one without raising TypeError first)."""
     # Unhashable builtins have __hash__ None; a tuple holding one is named as a tuple.
     values = key if type(key) is tuple else (key,)
     names = [type(v).__name__ for v in values if type(v).__hash__ is None]
     unhashable = ",".join(dict.fromkeys(names)) if names else "tuple"
-    return fingerprint(key, [_FINGERPRINT_LIMIT]), unhashable, identity
+    return fingerprint(key, [_FINGERPRINT_LIMIT]), unhashable
 
 
 def value_key(value: Any) -> tuple[int | None, bool]:
@@ -119,15 +128,70 @@ def value_key(value: Any) -> tuple[int | None, bool]:
         pass
     except Exception:
         return None, False
-    return fingerprint(value, [_FINGERPRINT_LIMIT]), False
+    return unhashable_value(value), False
+
+
+def unhashable_value(value: Any) -> int | None:
+    """Fingerprint (or None) of a return value that hash() refused."""
+    return fingerprint(value, [_FINGERPRINT_LIMIT])
+
+
+_MASK64 = 0xFFFFFFFFFFFFFFFF
+
+
+def _rotl(x: int, b: int) -> int:
+    return ((x << b) | (x >> (64 - b))) & _MASK64
+
+
+def siphash24_py(k0: int, k1: int, message: int) -> int:
+    """SipHash-2-4 of one 64-bit word (as 8 little-endian bytes) under the 128-bit key (k0, k1).
+    The reference for the compiled ``callspan._hotpath.siphash24``; slow, used without it."""
+    v0 = 0x736F6D6570736575 ^ k0
+    v1 = 0x646F72616E646F6D ^ k1
+    v2 = 0x6C7967656E657261 ^ k0
+    v3 = 0x7465646279746573 ^ k1
+
+    def rounds(n: int) -> None:
+        nonlocal v0, v1, v2, v3
+        for _ in range(n):
+            v0 = (v0 + v1) & _MASK64
+            v1 = _rotl(v1, 13) ^ v0
+            v0 = _rotl(v0, 32)
+            v2 = (v2 + v3) & _MASK64
+            v3 = _rotl(v3, 16) ^ v2
+            v0 = (v0 + v3) & _MASK64
+            v3 = _rotl(v3, 21) ^ v0
+            v2 = (v2 + v1) & _MASK64
+            v1 = _rotl(v1, 17) ^ v2
+            v2 = _rotl(v2, 32)
+
+    for word in (message & _MASK64, 8 << 56):  # the message, then the length block
+        v3 ^= word
+        rounds(2)
+        v0 ^= word
+    v2 ^= 0xFF
+    rounds(4)
+    return v0 ^ v1 ^ v2 ^ v3
+
+
+try:
+    from callspan._hotpath import siphash24 as _siphash24  # type: ignore[attr-defined]
+except ImportError:
+    _siphash24 = siphash24_py
 
 
 class KeyHasher:
-    """Turns raw hash() numbers into keyed digests with a per-process secret."""
+    """Turns raw hash() numbers into keyed digests with a per-process secret.
+
+    SipHash-2-4, a pseudorandom function for short inputs, under a 128-bit key taken from the
+    secret: without the secret, a digest tells nothing about the argument values (Python's raw
+    hash of a small int is the int itself), and equal keys still give equal digests."""
 
     def __init__(self, secret: bytes | None = None) -> None:
         self.secret = secret if secret else os.urandom(32)
+        key = hashlib.blake2b(self.secret, digest_size=16, person=b"callspan.keys").digest()
+        self.k0 = int.from_bytes(key[:8], "little")
+        self.k1 = int.from_bytes(key[8:], "little")
 
     def keyed(self, raw: int) -> str:
-        data = (raw & 0xFFFFFFFFFFFFFFFF).to_bytes(8, "little")
-        return hashlib.blake2b(data, key=self.secret[:64], digest_size=8).hexdigest()
+        return f"{_siphash24(self.k0, self.k1, raw & _MASK64):016x}"

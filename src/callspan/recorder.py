@@ -17,7 +17,7 @@ from collections.abc import Callable
 from types import CodeType, FrameType
 from typing import Any
 
-from callspan.counters import CpuCounter
+from callspan.counters import CpuCounter, native_reader
 from callspan.keys import args_key, value_key
 from callspan.record import (
     R_CHILD_CPU,
@@ -47,13 +47,15 @@ _current_coroutine: contextvars.ContextVar[Record | None] = contextvars.ContextV
     "callspan_current_coroutine", default=None
 )
 
+current_coroutine_var = _current_coroutine  # the compiled hot path reads and sets the same variable
+
 _NOT_ERRORS = (GeneratorExit,)
 
 
 class ThreadState:
     """Per-thread: the stack of running traced records and the thread's CPU reader."""
 
-    __slots__ = ("stack", "ident", "name", "cpu")
+    __slots__ = ("stack", "ident", "name", "cpu", "cpu_fd")
 
     def __init__(self, cpu: Callable[[], int] | None) -> None:
         thread = threading.current_thread()
@@ -61,6 +63,9 @@ class ThreadState:
         self.ident = threading.get_ident()
         self.name = thread.name
         self.cpu = cpu
+        # How the compiled hot path reads ``cpu`` without calling it: -2 thread CPU time,
+        # a perf_event file descriptor, or -1 (call it).
+        self.cpu_fd = native_reader(cpu)
 
 
 class _ThreadSentinel:

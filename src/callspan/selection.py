@@ -25,7 +25,8 @@ _ALWAYS_EXCLUDED_MODULES = ("callspan", "opentelemetry")
 class CodeInfo:
     """What the hot path needs to know about one traced code object, computed once."""
 
-    __slots__ = ("code", "name", "file", "line", "kind", "arg_names", "varargs", "kwonly", "varkw", "keys", "is_method")
+    __slots__ = ("code", "name", "file", "line", "kind", "arg_names", "varargs", "kwonly", "varkw", "keys",
+                 "is_method", "flat")
 
     def __init__(self, code: CodeType, module: str, keys: bool) -> None:
         self.code = code
@@ -50,8 +51,14 @@ class CodeInfo:
         self.varargs = names[index] if flags & _CO_VARARGS else None
         index += 1 if flags & _CO_VARARGS else 0
         self.varkw = names[index] if flags & _CO_VARKEYWORDS else None
-        self.keys = keys
         self.is_method = bool(self.arg_names) and self.arg_names[0] in ("self", "cls")
+        self.set_keys(keys)
+
+    def set_keys(self, keys: bool) -> None:
+        self.keys = keys
+        # What the compiled hot path reads, in one attribute (layout: FLAT_* in _hotpath.c).
+        self.flat = (self.kind, keys, self.arg_names, self.varargs, self.kwonly, self.varkw,
+                     self.is_method, self.code)
 
 
 def _split(patterns: Iterable[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -127,5 +134,5 @@ class Selector:
         if not code.co_flags & _CO_OPTIMIZED or not self.selects(code, module):
             return None
         info = CodeInfo(code, module, keys=False)
-        info.keys = self._keys_all or info.name in self._keys_names or code.co_qualname in self._keys_names
+        info.set_keys(self._keys_all or info.name in self._keys_names or code.co_qualname in self._keys_names)
         return info

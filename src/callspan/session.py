@@ -34,6 +34,7 @@ class SessionFacts:
     cpu_counter: str
     cpu_unit: str
     cpu_reason: str
+    cpu_interval_ns: int = 0
 
 
 class Session:
@@ -47,10 +48,11 @@ class Session:
         counter: CpuCounter | None | str = "auto",
         context_getter: Callable[[], Any] | None = None,
         background: bool = True,
+        compiled_builder: bool | None = None,
     ) -> None:
         self.settings = settings
         if isinstance(counter, str):
-            counter, cpu_reason = choose_counter(settings.cpu)
+            counter, cpu_reason = choose_counter(settings.cpu, settings.cpu_interval_us)
         else:
             cpu_reason = "counter supplied by the caller"
         self.counter = counter
@@ -63,14 +65,14 @@ class Session:
             core=self.core.name, core_reason=core_reason,
             cpu_counter=counter.name if counter is not None else "none",
             cpu_unit=counter.unit if counter is not None else "",
-            cpu_reason=cpu_reason,
+            cpu_reason=cpu_reason, cpu_interval_ns=getattr(counter, "interval_ns", 0),
         )
         self.clock = clock
         self.builder = SpanBuilder(
             sink, KeyHasher(settings.key_secret), clock_offset=time.time_ns() - clock(),
             cpu_enabled=counter is not None, max_spans=settings.max_spans_per_trace,
             max_summary_calls=settings.max_summary_calls,
-            max_spans_per_second=settings.max_spans_per_second,
+            max_spans_per_second=settings.max_spans_per_second, compiled=compiled_builder,
         )
         self.build_faults = 0
         self._background = background

@@ -74,7 +74,7 @@ def test_exception_sets_error_and_reaches_the_caller_unchanged(traced, core) -> 
     (f,) = by_name(run.sink.closed, "fails")
     (c,) = by_name(run.sink.closed, "catches")
     assert f.parent is c and c.error is None
-    if core == "sysmon":
+    if core in ("sysmon", "csysmon"):
         assert f.error == "ValueError" and f.attributes["error.type"] == "builtins.ValueError"
     else:
         assert f.error == "_OTHER" and f.attributes["error.type"] == "_OTHER"
@@ -199,7 +199,7 @@ def test_cancellation_is_an_error_of_the_cancelled_coroutine_only(traced, core) 
     (f,) = by_name(run.sink.closed, "forever")
     (c,) = by_name(run.sink.closed, "cancel_one")
     assert f.parent is c and c.error is None
-    expected = "CancelledError" if core == "sysmon" else "_OTHER"
+    expected = "CancelledError" if core in ("sysmon", "csysmon") else "_OTHER"
     assert f.error == expected
     assert f.attributes["callspan.await.count"] == 1
 

@@ -7,26 +7,45 @@ from callspan.cores.base import Core
 from callspan.errors import CallspanError
 from callspan.recorder import Recorder
 
+CORE_NAMES = ("csysmon", "sysmon", "setprofile")
+
 
 def available_cores() -> list[str]:
-    return (["sysmon"] if _env.HAS_SYS_MONITORING else []) + ["setprofile"]
+    cores = []
+    if _env.HAS_SYS_MONITORING and _env.HAS_COMPILED_HOTPATH:
+        cores.append("csysmon")
+    if _env.HAS_SYS_MONITORING:
+        cores.append("sysmon")
+    return cores + ["setprofile"]
 
 
 def choose_core(recorder: Recorder, requested: str | None) -> tuple[Core, str]:
-    """The core to use and the reason, e.g. ("sysmon", "sys.monitoring available (3.12+)")."""
-    if requested == "sysmon" and not _env.HAS_SYS_MONITORING:
-        raise CallspanError(f"core 'sysmon' needs Python 3.12+ (this is {_env.PYVERSION[0]}.{_env.PYVERSION[1]})")
-    if requested not in (None, "sysmon", "setprofile"):
-        raise CallspanError(f"unknown core {requested!r}: choose sysmon or setprofile")
+    """The core to use and the reason, e.g. ("csysmon", "sys.monitoring with the compiled hot path")."""
+    if requested not in (None, *CORE_NAMES):
+        raise CallspanError(f"unknown core {requested!r}: choose one of {', '.join(CORE_NAMES)}")
+    version = f"{_env.PYVERSION[0]}.{_env.PYVERSION[1]}"
+    if requested in ("sysmon", "csysmon") and not _env.HAS_SYS_MONITORING:
+        raise CallspanError(f"core {requested!r} needs Python 3.12+ (this is {version})")
+    if requested == "csysmon" and not _env.HAS_COMPILED_HOTPATH:
+        raise CallspanError("core 'csysmon' needs the compiled hot path (callspan._hotpath), "
+                            "which was not built when callspan was installed (no C compiler?)")
     if requested == "setprofile":
         from callspan.cores.setprofile import SetProfileCore
 
         return SetProfileCore(recorder), "setprofile requested"
+    if requested == "sysmon":
+        from callspan.cores.sysmon import SysMonitoringCore
+
+        return SysMonitoringCore(recorder), "sysmon (pure Python) requested"
+    if _env.HAS_SYS_MONITORING and _env.HAS_COMPILED_HOTPATH:
+        from callspan.cores.csysmon import CompiledSysMonitoringCore
+
+        reason = "csysmon requested" if requested else "sys.monitoring (Python 3.12+) with the compiled hot path"
+        return CompiledSysMonitoringCore(recorder), reason
     if _env.HAS_SYS_MONITORING:
         from callspan.cores.sysmon import SysMonitoringCore
 
-        reason = "sysmon requested" if requested else "sys.monitoring available (Python 3.12+)"
-        return SysMonitoringCore(recorder), reason
+        return SysMonitoringCore(recorder), "sys.monitoring (Python 3.12+); compiled hot path not built"
     from callspan.cores.setprofile import SetProfileCore
 
-    return SetProfileCore(recorder), "sys.monitoring unavailable before Python 3.12"
+    return SetProfileCore(recorder), f"sys.monitoring unavailable before Python 3.12 (this is {version})"

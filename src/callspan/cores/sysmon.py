@@ -42,6 +42,9 @@ class SysMonitoringCore:
         for event_name in callbacks:
             mask |= getattr(events, event_name)
         monitoring.set_events(self.tool_id, mask)
+        # DISABLE outlives a tool's session: locations an earlier session (of any selection)
+        # disabled for this tool id would stay silent. Decisions restart with this recorder.
+        monitoring.restart_events()
 
     def stop(self) -> None:
         if self.tool_id is None:

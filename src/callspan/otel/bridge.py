@@ -25,6 +25,7 @@ def scope_attributes(facts: SessionFacts) -> dict[str, Any]:
         "callspan.core.reason": facts.core_reason,
         "callspan.cpu.counter": facts.cpu_counter,
         "callspan.cpu.unit": facts.cpu_unit or "none",
+        "callspan.cpu.interval_ns": facts.cpu_interval_ns,
     }
 
 

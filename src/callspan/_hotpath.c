@@ -1,0 +1,2024 @@
+/* callspan._hotpath: the compiled hot path.
+ *
+ * The same state machine as callspan/recorder.py (start, finish, suspend, resume) and the same
+ * records (callspan/record.py layout), driven by sys.monitoring callbacks written in C (3.12+),
+ * plus the keyed hash the span builder uses. The Python recorder is the reference: this file
+ * reads the same clocks and counters in the same order, so injected clocks give equal records.
+ *
+ * Rules for everything reachable from a callback: never leave an exception set (it would be
+ * raised into the application); count the fault on the recorder instead.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <structmember.h>
+#include <pthread.h>
+
+static PyObject *str_empty;
+
+/* Record layout: must match callspan/record.py (checked by tests/unit/test_hotpath.py). */
+enum {
+    R_INFO, R_PARENT, R_ROOT, R_START, R_END, R_SEG_CPU, R_CPU, R_CHILD_CPU, R_ARGS, R_RET,
+    R_RET_SIZE, R_ERROR, R_SUSPENDS, R_SUSP_NS, R_SUSP_AT, R_THREAD, R_CONTEXT, R_PREV_CURRENT,
+    R_VIA_TASK, R_INCOMPLETE, R_OUT, RECORD_SIZE
+};
+
+/* CodeInfo.flat layout (callspan/selection.py). */
+enum { F_KIND, F_KEYS, F_ARG_NAMES, F_VARARGS, F_KWONLY, F_VARKW, F_IS_METHOD, F_CODE, FLAT_SIZE };
+
+enum { KIND_FUNCTION, KIND_COROUTINE, KIND_GENERATOR, KIND_ASYNC_GENERATOR };
+
+/* ---------------------------------------------------------------------------------------- */
+/* SipHash-2-4 (Aumasson and Bernstein): a keyed PRF for short inputs, here one 64-bit word.  */
+
+#define ROTL(x, b) (uint64_t)(((x) << (b)) | ((x) >> (64 - (b))))
+#define SIPROUND                                                     \
+    do {                                                             \
+        v0 += v1; v1 = ROTL(v1, 13); v1 ^= v0; v0 = ROTL(v0, 32);    \
+        v2 += v3; v3 = ROTL(v3, 16); v3 ^= v2;                       \
+        v0 += v3; v3 = ROTL(v3, 21); v3 ^= v0;                       \
+        v2 += v1; v1 = ROTL(v1, 17); v1 ^= v2; v2 = ROTL(v2, 32);    \
+    } while (0)
+
+static uint64_t
+siphash24_u64(uint64_t k0, uint64_t k1, uint64_t m)
+{
+    uint64_t v0 = 0x736f6d6570736575ULL ^ k0;
+    uint64_t v1 = 0x646f72616e646f6dULL ^ k1;
+    uint64_t v2 = 0x6c7967656e657261ULL ^ k0;
+    uint64_t v3 = 0x7465646279746573ULL ^ k1;
+    uint64_t b = ((uint64_t)8) << 56; /* message length 8, no tail bytes */
+    v3 ^= m; SIPROUND; SIPROUND; v0 ^= m;
+    v3 ^= b; SIPROUND; SIPROUND; v0 ^= b;
+    v2 ^= 0xff;
+    SIPROUND; SIPROUND; SIPROUND; SIPROUND;
+    return v0 ^ v1 ^ v2 ^ v3;
+}
+
+static PyObject *
+py_siphash24(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "siphash24(k0, k1, message) takes 3 integers");
+        return NULL;
+    }
+    uint64_t v[3];
+    for (int i = 0; i < 3; i++) {
+        v[i] = PyLong_AsUnsignedLongLongMask(args[i]);
+        if (v[i] == (uint64_t)-1 && PyErr_Occurred())
+            return NULL;
+    }
+    return PyLong_FromUnsignedLongLong(siphash24_u64(v[0], v[1], v[2]));
+}
+
+
+static int
+set_ll(PyObject *record, Py_ssize_t slot, long long value)
+{
+    PyObject *obj = PyLong_FromLongLong(value);
+    if (obj == NULL)
+        return -1;
+    PyList_SET_ITEM(record, slot, obj); /* steals; the old item is released below by caller */
+    return 0;
+}
+
+/* record[slot] = value (a C integer), releasing the old item. */
+static int
+put_ll(PyObject *record, Py_ssize_t slot, long long value)
+{
+    PyObject *old = PyList_GET_ITEM(record, slot);
+    if (set_ll(record, slot, value) < 0)
+        return -1;
+    Py_XDECREF(old);
+    return 0;
+}
+
+static int
+get_ll(PyObject *record, Py_ssize_t slot, long long *out)
+{
+    *out = PyLong_AsLongLong(PyList_GET_ITEM(record, slot));
+    return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
+}
+
+static void
+put_obj(PyObject *record, Py_ssize_t slot, PyObject *value) /* steals value */
+{
+    PyObject *old = PyList_GET_ITEM(record, slot);
+    PyList_SET_ITEM(record, slot, value);
+    Py_XDECREF(old);
+}
+
+
+/* ---------------------------------------------------------------------------------------- */
+/* Fingerprints of unhashable keys and values: callspan/keys.py (fingerprint, _flat_fingerprint,
+ * unhashable_args) is the reference; the same tuples are built and hashed, so the numbers are
+ * equal. Results: 1 with *out set, 0 for None. Never leaves an exception set. */
+
+static PyObject *str_dict_tag, *str_set_tag;
+
+static int
+unhashable_type(PyObject *value)
+{
+    return Py_TYPE(value)->tp_hash == PyObject_HashNotImplemented;
+}
+
+static int
+hash_built(PyObject *built, Py_hash_t *out) /* steals built */
+{
+    if (built == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    Py_hash_t h = PyObject_Hash(built);
+    Py_DECREF(built);
+    if (h == -1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return 0;
+    }
+    *out = h;
+    return 1;
+}
+
+static int
+flat_fingerprint(PyObject *value, Py_ssize_t *budget, Py_hash_t *out)
+{
+    PyTypeObject *kind = Py_TYPE(value);
+    if (!unhashable_type(value)) {
+        Py_hash_t h = PyObject_Hash(value);
+        if (h == -1 && PyErr_Occurred()) {
+            PyErr_Clear();
+            return 0;
+        }
+        *out = h;
+        return 1;
+    }
+    if (kind == &PyList_Type) {
+        *budget -= PyList_GET_SIZE(value);
+        if (*budget < 0)
+            return 0;
+        PyObject *items = PyList_AsTuple(value);
+        return hash_built(items ? Py_BuildValue("(ON)", Py_True, items) : NULL, out);
+    }
+    if (kind == &PyDict_Type) {
+        *budget -= PyDict_GET_SIZE(value);
+        if (*budget < 0)
+            return 0;
+        Py_ssize_t pos = 0;
+        PyObject *k, *v;
+        while (PyDict_Next(value, &pos, &k, &v)) {
+            if (unhashable_type(v))
+                return 0; /* a nested container: not walked */
+        }
+        PyObject *items = PyDict_Items(value);
+        PyObject *frozen = items ? PyFrozenSet_New(items) : NULL;
+        Py_XDECREF(items);
+        return hash_built(frozen ? Py_BuildValue("(ON)", str_dict_tag, frozen) : NULL, out);
+    }
+    if (kind == &PySet_Type) {
+        PyObject *frozen = PyFrozenSet_New(value);
+        return hash_built(frozen ? Py_BuildValue("(ON)", str_set_tag, frozen) : NULL, out);
+    }
+    if (kind == &PyByteArray_Type)
+        return hash_built(PyBytes_FromStringAndSize(PyByteArray_AS_STRING(value), PyByteArray_GET_SIZE(value)), out);
+    return 0;
+}
+
+static int
+fingerprint(PyObject *value, Py_ssize_t budget, Py_hash_t *out)
+{
+    PyTypeObject *kind = Py_TYPE(value);
+    if (kind == &PyList_Type || kind == &PyTuple_Type) {
+        budget -= Py_SIZE(value);
+        if (budget < 0)
+            return 0;
+        if (kind == &PyTuple_Type) { /* the key tuple: one level of unhashable containers inside */
+            Py_ssize_t n = PyTuple_GET_SIZE(value);
+            PyObject *parts = PyTuple_New(n);
+            if (parts == NULL) {
+                PyErr_Clear();
+                return 0;
+            }
+            for (Py_ssize_t i = 0; i < n; i++) {
+                Py_hash_t part;
+                if (!flat_fingerprint(PyTuple_GET_ITEM(value, i), &budget, &part)) {
+                    Py_DECREF(parts);
+                    return 0;
+                }
+                PyObject *number = PyLong_FromSsize_t(part);
+                if (number == NULL) {
+                    PyErr_Clear();
+                    Py_DECREF(parts);
+                    return 0;
+                }
+                PyTuple_SET_ITEM(parts, i, number);
+            }
+            return hash_built(Py_BuildValue("(ON)", Py_False, parts), out);
+        }
+    }
+    return flat_fingerprint(value, &budget, out);
+}
+
+static PyObject * /* new reference: fingerprint as an int, or None */
+fingerprint_object(PyObject *value)
+{
+    Py_hash_t h;
+    if (fingerprint(value, 16, &h))
+        return PyLong_FromSsize_t(h);
+    return Py_NewRef(Py_None);
+}
+
+static PyObject *
+py_fingerprint(PyObject *module, PyObject *value)
+{
+    return fingerprint_object(value);
+}
+
+/* The unhashable type names of a key, as keys.unhashable_args names them. */
+static PyObject *
+unhashable_names(PyObject *key)
+{
+    PyObject *names = PyList_New(0);
+    if (names == NULL)
+        return NULL;
+    Py_ssize_t n = PyTuple_Check(key) ? PyTuple_GET_SIZE(key) : 1;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *v = PyTuple_Check(key) ? PyTuple_GET_ITEM(key, i) : key;
+        if (!unhashable_type(v))
+            continue;
+        PyObject *name = PyType_GetName(Py_TYPE(v));
+        if (name == NULL) {
+            Py_DECREF(names);
+            return NULL;
+        }
+        int seen = PySequence_Contains(names, name);
+        if (seen < 0 || (!seen && PyList_Append(names, name) < 0)) {
+            Py_DECREF(name);
+            Py_DECREF(names);
+            return NULL;
+        }
+        Py_DECREF(name);
+    }
+    PyObject *joined;
+    if (PyList_GET_SIZE(names) == 0) {
+        joined = PyUnicode_FromString("tuple");
+    }
+    else {
+        PyObject *comma = PyUnicode_FromString(",");
+        joined = comma ? PyUnicode_Join(comma, names) : NULL;
+        Py_XDECREF(comma);
+    }
+    Py_DECREF(names);
+    return joined;
+}
+
+static PyObject *
+py_unhashable_args(PyObject *module, PyObject *key)
+{
+    PyObject *names = unhashable_names(key);
+    if (names == NULL)
+        return NULL;
+    return Py_BuildValue("(NN)", fingerprint_object(key), names);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* The span builder's per-record decisions and summaries (callspan/builder.py is the reference:
+ * SpanBuilder.process with _accept, _has_token, _summary_target, _summarise, _hashes,
+ * _Summary.add_call/merge). Spans themselves are still opened and closed by the Python builder. */
+
+enum { OUT_PENDING, OUT_OPEN, OUT_CLOSED, OUT_SUMMARISED };
+
+typedef struct {
+    PyObject_HEAD
+    int state;
+    PyObject *node;
+    PyObject *summaries;
+    long long kept;
+    PyObject *walls;
+    long long seen;
+    long long threshold;
+} OutObject;
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *info;
+    long long count, errors, wall, run, cpu_total, cpu_self;
+    PyObject *calls;
+    double rate;
+} SummaryObject;
+
+static int
+Out_init(OutObject *self, PyObject *args, PyObject *kwds)
+{
+    if (!PyArg_ParseTuple(args, ":Out"))
+        return -1;
+    self->state = OUT_PENDING;
+    Py_CLEAR(self->node);
+    Py_CLEAR(self->summaries);
+    Py_CLEAR(self->walls);
+    self->kept = self->seen = 0;
+    self->threshold = -1;
+    return 0;
+}
+
+static int
+Out_traverse(OutObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->node);
+    Py_VISIT(self->summaries);
+    Py_VISIT(self->walls);
+    return 0;
+}
+
+static int
+Out_clear(OutObject *self)
+{
+    Py_CLEAR(self->node);
+    Py_CLEAR(self->summaries);
+    Py_CLEAR(self->walls);
+    return 0;
+}
+
+static void
+Out_dealloc(OutObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    Out_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMemberDef Out_members[] = {
+    {"state", T_INT, offsetof(OutObject, state), 0, NULL},
+    {"node", T_OBJECT, offsetof(OutObject, node), 0, NULL},
+    {"summaries", T_OBJECT, offsetof(OutObject, summaries), 0, NULL},
+    {"kept", T_LONGLONG, offsetof(OutObject, kept), 0, NULL},
+    {"walls", T_OBJECT, offsetof(OutObject, walls), 0, NULL},
+    {"seen", T_LONGLONG, offsetof(OutObject, seen), 0, NULL},
+    {"threshold", T_LONGLONG, offsetof(OutObject, threshold), 0, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject OutType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "callspan._hotpath.Out",
+    .tp_basicsize = sizeof(OutObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE,
+    .tp_doc = "builder state of one record (see callspan.builder._Out)",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Out_init,
+    .tp_dealloc = (destructor)Out_dealloc,
+    .tp_traverse = (traverseproc)Out_traverse,
+    .tp_clear = (inquiry)Out_clear,
+    .tp_members = Out_members,
+};
+
+static int
+Summary_init(SummaryObject *self, PyObject *args, PyObject *kwds)
+{
+    PyObject *info;
+    if (!PyArg_ParseTuple(args, "O:Summary", &info))
+        return -1;
+    Py_XSETREF(self->info, Py_NewRef(info));
+    Py_XSETREF(self->calls, PyList_New(0));
+    if (self->calls == NULL)
+        return -1;
+    self->count = self->errors = self->wall = self->run = self->cpu_total = self->cpu_self = 0;
+    self->rate = 1.0;
+    return 0;
+}
+
+static int
+Summary_traverse(SummaryObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->info);
+    Py_VISIT(self->calls);
+    return 0;
+}
+
+static int
+Summary_clear(SummaryObject *self)
+{
+    Py_CLEAR(self->info);
+    Py_CLEAR(self->calls);
+    return 0;
+}
+
+static void
+Summary_dealloc(SummaryObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    Summary_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMemberDef Summary_members[] = {
+    {"info", T_OBJECT, offsetof(SummaryObject, info), 0, NULL},
+    {"count", T_LONGLONG, offsetof(SummaryObject, count), 0, NULL},
+    {"errors", T_LONGLONG, offsetof(SummaryObject, errors), 0, NULL},
+    {"wall", T_LONGLONG, offsetof(SummaryObject, wall), 0, NULL},
+    {"run", T_LONGLONG, offsetof(SummaryObject, run), 0, NULL},
+    {"cpu_total", T_LONGLONG, offsetof(SummaryObject, cpu_total), 0, NULL},
+    {"cpu_self", T_LONGLONG, offsetof(SummaryObject, cpu_self), 0, NULL},
+    {"calls", T_OBJECT, offsetof(SummaryObject, calls), 0, NULL},
+    {"rate", T_DOUBLE, offsetof(SummaryObject, rate), 0, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject SummaryType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "callspan._hotpath.Summary",
+    .tp_basicsize = sizeof(SummaryObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE,
+    .tp_doc = "calls of one function summarised on one span (see callspan.builder._Summary)",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Summary_init,
+    .tp_dealloc = (destructor)Summary_dealloc,
+    .tp_traverse = (traverseproc)Summary_traverse,
+    .tp_clear = (inquiry)Summary_clear,
+    .tp_members = Summary_members,
+};
+
+/* One batch's view of the builder. */
+typedef struct {
+    PyObject *builder;
+    PyObject *out_type, *summary_type, *summarised_out, *monotonic, *deque_type;
+    long long max_spans, cap, clock_offset;
+    double rate, tokens, refilled;
+    long long traces_unsampled, calls_summarised;
+    uint64_t k0, k1;
+} Batch;
+
+static int
+attr_ll(PyObject *obj, const char *name, long long *out)
+{
+    PyObject *value = PyObject_GetAttrString(obj, name);
+    if (value == NULL)
+        return -1;
+    *out = PyLong_AsLongLong(value);
+    Py_DECREF(value);
+    return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
+}
+
+static int
+attr_double(PyObject *obj, const char *name, double *out)
+{
+    PyObject *value = PyObject_GetAttrString(obj, name);
+    if (value == NULL)
+        return -1;
+    *out = PyFloat_AsDouble(value);
+    Py_DECREF(value);
+    return (*out == -1.0 && PyErr_Occurred()) ? -1 : 0;
+}
+
+static int
+set_attr_ll(PyObject *obj, const char *name, long long value)
+{
+    PyObject *v = PyLong_FromLongLong(value);
+    if (v == NULL)
+        return -1;
+    int rc = PyObject_SetAttrString(obj, name, v);
+    Py_DECREF(v);
+    return rc;
+}
+
+static int
+set_attr_double(PyObject *obj, const char *name, double value)
+{
+    PyObject *v = PyFloat_FromDouble(value);
+    if (v == NULL)
+        return -1;
+    int rc = PyObject_SetAttrString(obj, name, v);
+    Py_DECREF(v);
+    return rc;
+}
+
+/* Mutable builder fields: written back before Python code runs, reloaded after. */
+static int
+batch_store(Batch *b)
+{
+    if (set_attr_double(b->builder, "_tokens", b->tokens) < 0 ||
+        set_attr_double(b->builder, "_refilled", b->refilled) < 0 ||
+        set_attr_ll(b->builder, "traces_unsampled", b->traces_unsampled) < 0 ||
+        set_attr_ll(b->builder, "calls_summarised", b->calls_summarised) < 0)
+        return -1;
+    return 0;
+}
+
+static int
+batch_load(Batch *b)
+{
+    if (attr_double(b->builder, "_tokens", &b->tokens) < 0 ||
+        attr_double(b->builder, "_refilled", &b->refilled) < 0 ||
+        attr_ll(b->builder, "traces_unsampled", &b->traces_unsampled) < 0 ||
+        attr_ll(b->builder, "calls_summarised", &b->calls_summarised) < 0)
+        return -1;
+    return 0;
+}
+
+static int
+has_token(Batch *b)
+{
+    PyObject *value = PyObject_CallNoArgs(b->monotonic);
+    if (value == NULL)
+        return -1;
+    double now = PyFloat_AsDouble(value);
+    Py_DECREF(value);
+    if (now == -1.0 && PyErr_Occurred())
+        return -1;
+    double tokens = b->tokens + (now - b->refilled) * b->rate;
+    b->tokens = tokens < b->rate ? tokens : b->rate;
+    b->refilled = now;
+    return b->tokens >= 1;
+}
+
+static OutObject *
+out_of(Batch *b, PyObject *record) /* borrowed; creates the record's Out when it has none */
+{
+    PyObject *out = PyList_GET_ITEM(record, R_OUT);
+    if (out == Py_None) {
+        out = PyObject_CallNoArgs(b->out_type);
+        if (out == NULL)
+            return NULL;
+        put_obj(record, R_OUT, out);
+    }
+    if (!PyObject_TypeCheck(out, &OutType)) {
+        PyErr_SetString(PyExc_TypeError, "record's builder state is not a callspan._hotpath.Out");
+        return NULL;
+    }
+    return (OutObject *)out;
+}
+
+static int
+is_record(PyObject *obj)
+{
+    return PyList_CheckExact(obj) && PyList_GET_SIZE(obj) == RECORD_SIZE;
+}
+
+static int
+out_state(PyObject *record) /* -1: no Out yet */
+{
+    PyObject *out = PyList_GET_ITEM(record, R_OUT);
+    if (out == Py_None || !PyObject_TypeCheck(out, &OutType))
+        return -1;
+    return ((OutObject *)out)->state;
+}
+
+static int
+accept_record(Batch *b, PyObject *record)
+{
+    PyObject *root = PyList_GET_ITEM(record, R_ROOT);
+    OutObject *budget = out_of(b, root == Py_None ? record : root);
+    if (budget == NULL)
+        return -1;
+    if (budget->kept >= b->max_spans)
+        return 0;
+    int token = has_token(b);
+    if (token <= 0)
+        return token;
+    long long start, end;
+    if (get_ll(record, R_START, &start) < 0 || get_ll(record, R_END, &end) < 0)
+        return -1;
+    long long wall = end - start;
+    if (budget->walls == NULL || budget->walls == Py_None) {
+        PyObject *kwargs = Py_BuildValue("{s:i}", "maxlen", 256);
+        PyObject *empty = PyTuple_New(0);
+        PyObject *walls = (kwargs && empty) ? PyObject_Call(b->deque_type, empty, kwargs) : NULL;
+        Py_XDECREF(kwargs);
+        Py_XDECREF(empty);
+        if (walls == NULL)
+            return -1;
+        Py_XSETREF(budget->walls, walls);
+    }
+    PyObject *wall_obj = PyLong_FromLongLong(wall);
+    if (wall_obj == NULL)
+        return -1;
+    PyObject *done = PyObject_CallMethod(budget->walls, "append", "O", wall_obj);
+    Py_DECREF(wall_obj);
+    if (done == NULL)
+        return -1;
+    Py_DECREF(done);
+    budget->seen += 1;
+    if (budget->kept < b->max_spans / 2)
+        return 1;
+    if (budget->seen <= 256 || budget->seen % 64 == 0) {
+        PyObject *ordered = PySequence_List(budget->walls);
+        if (ordered == NULL || PyList_Sort(ordered) < 0) {
+            Py_XDECREF(ordered);
+            return -1;
+        }
+        Py_ssize_t n = PyList_GET_SIZE(ordered);
+        long long threshold = PyLong_AsLongLong(PyList_GET_ITEM(ordered, (Py_ssize_t)(n * 0.9)));
+        Py_DECREF(ordered);
+        if (threshold == -1 && PyErr_Occurred())
+            return -1;
+        budget->threshold = threshold;
+    }
+    return wall > budget->threshold;
+}
+
+/* Where a summarised call goes (borrowed, or NULL): see SpanBuilder._summary_target. */
+static PyObject *
+summary_target(PyObject *record)
+{
+    PyObject *parent = PyList_GET_ITEM(record, R_PARENT);
+    PyObject *undecided = NULL;
+    while (parent != Py_None && is_record(parent)) {
+        int state = out_state(parent);
+        if (state < 0 || state == OUT_PENDING) {
+            if (undecided == NULL)
+                undecided = parent;
+        }
+        else if (state == OUT_OPEN) {
+            return parent;
+        }
+        else if (state == OUT_CLOSED) {
+            return undecided;
+        }
+        parent = PyList_GET_ITEM(parent, R_PARENT);
+    }
+    return undecided;
+}
+
+static PyObject *
+keyed_hex(Batch *b, PyObject *raw) /* new reference: 16 hex digits of SipHash-2-4(raw) */
+{
+    uint64_t m = PyLong_AsUnsignedLongLongMask(raw);
+    if (m == (uint64_t)-1 && PyErr_Occurred())
+        return NULL;
+    char text[17];
+    snprintf(text, sizeof text, "%016llx", (unsigned long long)siphash24_u64(b->k0, b->k1, m));
+    return PyUnicode_FromStringAndSize(text, 16);
+}
+
+/* SHARDS: keep a key iff the high 32 bits of its keyed hash fall below rate * 2**32. */
+static int
+hex_sampled(PyObject *hex, double rate)
+{
+    Py_ssize_t size;
+    const char *text = PyUnicode_AsUTF8AndSize(hex, &size);
+    if (text == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    if (size == 0)
+        return 0;
+    char head[9];
+    Py_ssize_t n = size < 8 ? size : 8;
+    memcpy(head, text, n);
+    head[n] = '\0';
+    return (double)strtoull(head, NULL, 16) < rate * 4294967296.0;
+}
+
+static int
+resample(SummaryObject *summary)
+{
+    PyObject *kept = PyList_New(0);
+    if (kept == NULL)
+        return -1;
+    Py_ssize_t n = PyList_GET_SIZE(summary->calls);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *call = PyList_GET_ITEM(summary->calls, i);
+        if (PyTuple_Check(call) && PyTuple_GET_SIZE(call) == 5 &&
+            hex_sampled(PyTuple_GET_ITEM(call, 0), summary->rate) && PyList_Append(kept, call) < 0) {
+            Py_DECREF(kept);
+            return -1;
+        }
+    }
+    Py_SETREF(summary->calls, kept);
+    return 0;
+}
+
+static int
+add_call(SummaryObject *summary, PyObject *call, long long cap)
+{
+    if (summary->rate < 1.0 && !hex_sampled(PyTuple_GET_ITEM(call, 0), summary->rate))
+        return 0;
+    if (PyList_Append(summary->calls, call) < 0)
+        return -1;
+    while (PyList_GET_SIZE(summary->calls) > cap) {
+        summary->rate /= 2;
+        if (resample(summary) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+static int
+merge_summary(SummaryObject *mine, SummaryObject *other, long long cap)
+{
+    mine->count += other->count;
+    mine->errors += other->errors;
+    mine->wall += other->wall;
+    mine->run += other->run;
+    mine->cpu_total += other->cpu_total;
+    mine->cpu_self += other->cpu_self;
+    if (other->rate < mine->rate) {
+        mine->rate = other->rate;
+        if (resample(mine) < 0)
+            return -1;
+    }
+    PyObject *calls = Py_NewRef(other->calls); /* other may be mine's own list: iterate a fixed one */
+    Py_ssize_t n = PyList_GET_SIZE(calls);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (add_call(mine, PyList_GET_ITEM(calls, i), cap) < 0) {
+            Py_DECREF(calls);
+            return -1;
+        }
+    }
+    Py_DECREF(calls);
+    return 0;
+}
+
+/* 1 summarised, 0 no ancestor can take it, -1 error. */
+static int
+summarise(Batch *b, PyObject *record, PyObject *target)
+{
+    if (target == NULL && (target = summary_target(record)) == NULL)
+        return 0;
+    OutObject *tout = out_of(b, target);
+    if (tout == NULL)
+        return -1;
+    if (tout->summaries == NULL || tout->summaries == Py_None) {
+        PyObject *fresh = PyDict_New();
+        if (fresh == NULL)
+            return -1;
+        Py_XSETREF(tout->summaries, fresh);
+    }
+    PyObject *summaries = tout->summaries;
+    PyObject *info = PyList_GET_ITEM(record, R_INFO);
+    PyObject *found = PyDict_GetItemWithError(summaries, info);
+    if (found == NULL) {
+        if (PyErr_Occurred())
+            return -1;
+        PyObject *made = PyObject_CallOneArg(b->summary_type, info);
+        if (made == NULL)
+            return -1;
+        int rc = PyDict_SetItem(summaries, info, made);
+        Py_DECREF(made);
+        if (rc < 0)
+            return -1;
+        found = made; /* the dict holds it */
+    }
+    if (!PyObject_TypeCheck(found, &SummaryType)) {
+        PyErr_SetString(PyExc_TypeError, "summary is not a callspan._hotpath.Summary");
+        return -1;
+    }
+    SummaryObject *summary = (SummaryObject *)found;
+    long long start, end, cpu, susp, child;
+    if (get_ll(record, R_START, &start) < 0 || get_ll(record, R_END, &end) < 0 ||
+        get_ll(record, R_CPU, &cpu) < 0 || get_ll(record, R_SUSP_NS, &susp) < 0 ||
+        get_ll(record, R_CHILD_CPU, &child) < 0)
+        return -1;
+    summary->count += 1;
+    PyObject *error = PyList_GET_ITEM(record, R_ERROR);
+    if (error != Py_None)
+        summary->errors += 1;
+    summary->wall += end - start;
+    summary->run += end - start - susp;
+    summary->cpu_total += cpu;
+    summary->cpu_self += cpu - child;
+    PyObject *args = PyList_GET_ITEM(record, R_ARGS);
+    PyObject *ret = PyList_GET_ITEM(record, R_RET);
+    if (args != Py_None || ret != Py_None) {
+        PyObject *args_hex = NULL, *ret_hex = NULL;
+        if (PyTuple_Check(args) && PyTuple_GET_SIZE(args) >= 1 && PyTuple_GET_ITEM(args, 0) != Py_None)
+            args_hex = keyed_hex(b, PyTuple_GET_ITEM(args, 0));
+        else
+            args_hex = Py_NewRef(str_empty);
+        if (args_hex != NULL) {
+            if (error == Py_None && PyTuple_Check(ret) && PyTuple_GET_SIZE(ret) >= 1 &&
+                PyTuple_GET_ITEM(ret, 0) != Py_None)
+                ret_hex = keyed_hex(b, PyTuple_GET_ITEM(ret, 0));
+            else
+                ret_hex = Py_NewRef(str_empty);
+        }
+        if (args_hex == NULL || ret_hex == NULL) {
+            Py_XDECREF(args_hex);
+            Py_XDECREF(ret_hex);
+            return -1;
+        }
+        int rc = 0;
+        if (PyUnicode_GET_LENGTH(args_hex) || PyUnicode_GET_LENGTH(ret_hex)) {
+            PyObject *call = Py_BuildValue("(OOLLL)", args_hex, ret_hex, start + b->clock_offset,
+                                           end + b->clock_offset, cpu);
+            rc = call == NULL ? -1 : add_call(summary, call, b->cap);
+            Py_XDECREF(call);
+        }
+        Py_DECREF(args_hex);
+        Py_DECREF(ret_hex);
+        if (rc < 0)
+            return -1;
+    }
+    PyObject *own = PyList_GET_ITEM(record, R_OUT);
+    if (own != Py_None && PyObject_TypeCheck(own, &OutType)) {
+        PyObject *children = ((OutObject *)own)->summaries;
+        if (children != NULL && PyDict_Check(children) && PyDict_GET_SIZE(children)) {
+            Py_INCREF(children);
+            Py_ssize_t pos = 0;
+            PyObject *child_info, *child;
+            while (PyDict_Next(children, &pos, &child_info, &child)) {
+                PyObject *mine = PyDict_GetItemWithError(summaries, child_info);
+                int rc;
+                if (mine == NULL)
+                    rc = PyErr_Occurred() ? -1 : PyDict_SetItem(summaries, child_info, child);
+                else if (!PyObject_TypeCheck(mine, &SummaryType) || !PyObject_TypeCheck(child, &SummaryType))
+                    rc = (PyErr_SetString(PyExc_TypeError, "summary is not a callspan._hotpath.Summary"), -1);
+                else
+                    rc = merge_summary((SummaryObject *)mine, (SummaryObject *)child, b->cap);
+                if (rc < 0) {
+                    Py_DECREF(children);
+                    return -1;
+                }
+            }
+            Py_DECREF(children);
+        }
+    }
+    put_obj(record, R_OUT, Py_NewRef(b->summarised_out));
+    b->calls_summarised += 1;
+    return 1;
+}
+
+static int
+call_close(Batch *b, PyObject *record, PyObject *out) /* builder._close(record, out or _out(record)) */
+{
+    if (batch_store(b) < 0)
+        return -1;
+    PyObject *done;
+    if (out == NULL) {
+        out = PyObject_CallMethod(b->builder, "_out", "O", record);
+        if (out == NULL)
+            return -1;
+        done = PyObject_CallMethod(b->builder, "_close", "OO", record, out);
+        Py_DECREF(out);
+    }
+    else {
+        done = PyObject_CallMethod(b->builder, "_close", "OO", record, out);
+    }
+    if (done == NULL)
+        return -1;
+    Py_DECREF(done);
+    return batch_load(b);
+}
+
+static int
+process_one(Batch *b, PyObject *record)
+{
+    if (!is_record(record)) {
+        PyErr_SetString(PyExc_TypeError, "not a call record");
+        return -1;
+    }
+    PyObject *out = PyList_GET_ITEM(record, R_OUT);
+    int state = out_state(record);
+    if (out != Py_None && state != OUT_OPEN && state != OUT_PENDING)
+        return 0; /* already closed or summarised (e.g. ended at stop, then finished) */
+    if (out != Py_None && state == OUT_OPEN)
+        return call_close(b, record, out);
+    if (PyList_GET_ITEM(record, R_ROOT) == Py_None) {
+        int token = has_token(b);
+        if (token < 0)
+            return -1;
+        if (token)
+            return call_close(b, record, NULL);
+        b->traces_unsampled += 1;
+        if (batch_store(b) < 0)
+            return -1;
+        PyObject *holder = PyObject_CallMethod(b->builder, "_unsampled_record", "O", record);
+        if (holder == NULL)
+            return -1;
+        int rc = is_record(holder) ? summarise(b, record, holder) : -1;
+        if (!is_record(holder))
+            PyErr_SetString(PyExc_TypeError, "unsampled holder is not a record");
+        Py_DECREF(holder);
+        return rc < 0 ? -1 : 0;
+    }
+    int accepted = accept_record(b, record);
+    if (accepted < 0)
+        return -1;
+    if (!accepted) {
+        int done = summarise(b, record, NULL);
+        if (done < 0)
+            return -1;
+        if (done)
+            return 0;
+    }
+    return call_close(b, record, NULL);
+}
+
+/* process_records(builder, records): SpanBuilder.process's loop (without the final close of
+ * the unsampled holder, which the Python caller does). */
+static PyObject *
+py_process_records(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyList_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "process_records(builder, records: list)");
+        return NULL;
+    }
+    Batch b;
+    memset(&b, 0, sizeof b);
+    b.builder = args[0];
+    PyObject *key = NULL, *collections = NULL;
+    PyObject *result = NULL;
+    if ((b.out_type = PyObject_GetAttrString(b.builder, "_out_type")) == NULL ||
+        (b.summary_type = PyObject_GetAttrString(b.builder, "_summary_type")) == NULL ||
+        (b.summarised_out = PyObject_GetAttrString(b.builder, "_summarised_out")) == NULL ||
+        (b.monotonic = PyObject_GetAttrString(b.builder, "_monotonic")) == NULL ||
+        (key = PyObject_GetAttrString(b.builder, "_sip_key")) == NULL)
+        goto finally;
+    if ((collections = PyImport_ImportModule("collections")) == NULL ||
+        (b.deque_type = PyObject_GetAttrString(collections, "deque")) == NULL)
+        goto finally;
+    if (!PyTuple_Check(key) || PyTuple_GET_SIZE(key) != 2) {
+        PyErr_SetString(PyExc_TypeError, "builder._sip_key must be (k0, k1)");
+        goto finally;
+    }
+    b.k0 = PyLong_AsUnsignedLongLongMask(PyTuple_GET_ITEM(key, 0));
+    b.k1 = PyLong_AsUnsignedLongLongMask(PyTuple_GET_ITEM(key, 1));
+    if (PyErr_Occurred() || attr_ll(b.builder, "max_spans", &b.max_spans) < 0 ||
+        attr_ll(b.builder, "max_summary_calls", &b.cap) < 0 ||
+        attr_ll(b.builder, "clock_offset", &b.clock_offset) < 0 ||
+        attr_double(b.builder, "max_spans_per_second", &b.rate) < 0 || batch_load(&b) < 0)
+        goto finally;
+    Py_ssize_t n = PyList_GET_SIZE(args[1]);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *record = Py_NewRef(PyList_GET_ITEM(args[1], i));
+        int rc = process_one(&b, record);
+        Py_DECREF(record);
+        if (rc < 0) {
+            batch_store(&b);
+            goto finally;
+        }
+    }
+    if (batch_store(&b) < 0)
+        goto finally;
+    result = Py_NewRef(Py_None);
+finally:
+    Py_XDECREF(b.out_type);
+    Py_XDECREF(b.summary_type);
+    Py_XDECREF(b.summarised_out);
+    Py_XDECREF(b.monotonic);
+    Py_XDECREF(b.deque_type);
+    Py_XDECREF(collections);
+    Py_XDECREF(key);
+    return result;
+}
+
+#if PY_VERSION_HEX >= 0x030C0000
+/* ---------------------------------------------------------------------------------------- */
+/* The sys.monitoring hot path (3.12+).                                                       */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *recorder;
+    PyObject *infos;          /* dict: code -> CodeInfo or None */
+    PyObject *decide;         /* recorder.decide(code, frame) */
+    PyObject *states;         /* dict: thread ident -> ThreadState */
+    PyObject *thread_state;   /* recorder.thread_state() */
+    PyObject *finished;       /* deque of finished records */
+    PyObject *finished_append;
+    PyObject *suspended;      /* dict: id(frame) -> record */
+    PyObject *evict;          /* recorder.evict_oldest_suspended() */
+    PyObject *clock;          /* NULL: CLOCK_MONOTONIC (what time.perf_counter_ns reads) */
+    PyObject *context_getter; /* NULL or callable */
+    PyObject *current;        /* the ContextVar of the innermost running traced coroutine */
+    PyObject *slow_args;      /* keys.unhashable_args(key) -> (fingerprint or None, names) */
+    PyObject *slow_value;     /* keys.unhashable_value(value) -> fingerprint or None */
+    PyObject *getsizeof;
+    PyObject *disable;        /* sys.monitoring.DISABLE */
+    PyObject *kwd_mark;
+    PyObject *generator_exit;
+    Py_ssize_t max_pending;
+    Py_ssize_t max_suspended;
+} HotPath;
+
+static PyObject *str_stack, *str_cpu, *str_cpu_fd, *str_flat, *str_faults, *str_dropped;
+static PyObject *str_error;
+
+static void
+count_on_recorder(HotPath *hp, PyObject *name)
+{
+    /* Called with no exception set; leaves none set. */
+    PyObject *value = PyObject_GetAttr(hp->recorder, name);
+    if (value != NULL) {
+        PyObject *one = PyLong_FromLong(1);
+        PyObject *sum = one ? PyNumber_Add(value, one) : NULL;
+        if (sum != NULL) {
+            PyObject_SetAttr(hp->recorder, name, sum);
+            Py_DECREF(sum);
+        }
+        Py_XDECREF(one);
+        Py_DECREF(value);
+    }
+    PyErr_Clear();
+}
+
+static void
+fault(HotPath *hp)
+{
+    PyErr_Clear();
+    count_on_recorder(hp, str_faults);
+}
+
+static int
+read_clock(HotPath *hp, long long *out)
+{
+    if (hp->clock == NULL) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        *out = (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+        return 0;
+    }
+    PyObject *value = PyObject_CallNoArgs(hp->clock);
+    if (value == NULL)
+        return -1;
+    *out = PyLong_AsLongLong(value);
+    Py_DECREF(value);
+    return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
+}
+
+/* IntervalThreadClock (callspan/counters.py) over the real clocks, one per OS thread. */
+static unsigned int fork_generation = 1;
+
+static void
+after_fork_in_child(void)
+{
+    fork_generation++;
+}
+
+typedef struct {
+    long long anchor, last, value;
+    unsigned int generation; /* 0 or stale: not read yet in this thread (of this process) */
+} IntervalClock;
+
+static long long
+interval_step(IntervalClock *c, long long interval, long long now, int *need_real)
+{
+    /* Phase 1: returns 1 in *need_real when the kernel clock must be read (then call
+     * interval_commit). Same rule as IntervalThreadClock.__call__. */
+    if (c->generation != fork_generation || now - c->anchor >= interval) {
+        *need_real = 1;
+        return 0;
+    }
+    *need_real = 0;
+    c->value += now - c->last;
+    c->last = now;
+    return c->value;
+}
+
+static long long
+interval_commit(IntervalClock *c, long long now, long long real)
+{
+    if (c->generation != fork_generation || real > c->value)
+        c->value = real;
+    c->anchor = now;
+    c->last = now;
+    c->generation = fork_generation;
+    return c->value;
+}
+
+static long long
+monotonic_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static long long
+thread_cpu_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static __thread IntervalClock thread_interval_clock;
+static long long cpu_interval_ns = 20000; /* set by HotPath from the counter */
+
+/* interval_clock_replay(interval, walls, reals): the values the rule gives for a sequence of
+ * wall readings, consuming a real CPU reading only when it reads the kernel. For tests. */
+static PyObject *
+py_interval_clock_replay(PyObject *module, PyObject *args)
+{
+    long long interval;
+    PyObject *walls, *reals;
+    if (!PyArg_ParseTuple(args, "LOO:interval_clock_replay", &interval, &walls, &reals))
+        return NULL;
+    PyObject *wall_list = PySequence_Fast(walls, "walls must be a sequence");
+    if (wall_list == NULL)
+        return NULL;
+    PyObject *real_iter = PyObject_GetIter(reals);
+    PyObject *out = real_iter ? PyList_New(0) : NULL;
+    IntervalClock clock = {0, 0, 0, 0};
+    for (Py_ssize_t i = 0; out != NULL && i < PySequence_Fast_GET_SIZE(wall_list); i++) {
+        long long now = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(wall_list, i));
+        int need_real = 0;
+        long long value = PyErr_Occurred() ? 0 : interval_step(&clock, interval, now, &need_real);
+        if (!PyErr_Occurred() && need_real) {
+            PyObject *real = PyIter_Next(real_iter);
+            if (real == NULL) {
+                if (!PyErr_Occurred())
+                    PyErr_SetString(PyExc_ValueError, "reals ran out");
+            }
+            else {
+                long long r = PyLong_AsLongLong(real);
+                Py_DECREF(real);
+                value = interval_commit(&clock, now, r);
+            }
+        }
+        PyObject *item = PyErr_Occurred() ? NULL : PyLong_FromLongLong(value);
+        if (item == NULL || PyList_Append(out, item) < 0)
+            Py_CLEAR(out);
+        Py_XDECREF(item);
+    }
+    Py_DECREF(wall_list);
+    Py_XDECREF(real_iter);
+    return out;
+}
+
+/* The thread's CPU reading, by ThreadState.cpu_fd: -2 thread CPU time (natively), >= 0 a
+ * perf_event fd (read natively), -1 call the reader (injected counters in tests). Returns 1
+ * when the thread has no counter. */
+static int
+read_cpu(PyObject *state, PyObject *cpu, long long *out)
+{
+    if (cpu == NULL || cpu == Py_None)
+        return 1; /* no counter */
+    PyObject *fd_obj = PyObject_GetAttr(state, str_cpu_fd);
+    if (fd_obj == NULL)
+        return -1;
+    long fd = PyLong_AsLong(fd_obj);
+    Py_DECREF(fd_obj);
+    if (fd == -1 && PyErr_Occurred())
+        return -1;
+    if (fd == -3) { /* thread CPU time, read at most once per interval */
+        IntervalClock *clock = &thread_interval_clock;
+        long long now = monotonic_ns();
+        int need_real;
+        *out = interval_step(clock, cpu_interval_ns, now, &need_real);
+        if (need_real)
+            *out = interval_commit(clock, now, thread_cpu_ns());
+        return 0;
+    }
+    if (fd == -2) { /* thread CPU time */
+        struct timespec ts;
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+        *out = (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+        return 0;
+    }
+    if (fd >= 0) {
+        uint64_t value = 0;
+        if (read((int)fd, &value, sizeof value) != (ssize_t)sizeof value) {
+            PyErr_SetString(PyExc_OSError, "perf_event read failed");
+            return -1;
+        }
+        *out = (long long)value;
+        return 0;
+    }
+    PyObject *value = PyObject_CallNoArgs(cpu);
+    if (value == NULL)
+        return -1;
+    *out = PyLong_AsLongLong(value);
+    Py_DECREF(value);
+    return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
+}
+
+/* Borrowed ThreadState of this thread (created when ``create``), or NULL: with an exception
+ * set on error, without one when the thread has no state and create is 0. */
+static PyObject *
+get_state(HotPath *hp, int create)
+{
+    PyObject *key = PyLong_FromUnsignedLong(PyThread_get_thread_ident());
+    if (key == NULL)
+        return NULL;
+    PyObject *state = PyDict_GetItemWithError(hp->states, key);
+    Py_DECREF(key);
+    if (state != NULL || PyErr_Occurred() || !create)
+        return state;
+    PyObject *made = PyObject_CallNoArgs(hp->thread_state);
+    if (made == NULL)
+        return NULL;
+    Py_DECREF(made); /* recorder.states holds it */
+    return made;
+}
+
+static PyObject *
+flat_of(PyObject *info)
+{
+    PyObject *flat = PyObject_GetAttr(info, str_flat);
+    if (flat != NULL && (!PyTuple_Check(flat) || PyTuple_GET_SIZE(flat) != FLAT_SIZE)) {
+        Py_DECREF(flat);
+        PyErr_SetString(PyExc_TypeError, "CodeInfo.flat has the wrong layout");
+        return NULL;
+    }
+    return flat;
+}
+
+/* (raw hash or None, unhashable type names, identity) as keys.args_key computes it. */
+static PyObject *
+args_key(HotPath *hp, PyObject *flat, PyFrameObject *frame)
+{
+    PyObject *arg_names = PyTuple_GET_ITEM(flat, F_ARG_NAMES);
+    PyObject *varargs = PyTuple_GET_ITEM(flat, F_VARARGS);
+    PyObject *kwonly = PyTuple_GET_ITEM(flat, F_KWONLY);
+    PyObject *varkw = PyTuple_GET_ITEM(flat, F_VARKW);
+    int is_method = PyTuple_GET_ITEM(flat, F_IS_METHOD) == Py_True;
+    Py_ssize_t nargs = PyTuple_GET_SIZE(arg_names);
+    Py_ssize_t nkwonly = PyTuple_GET_SIZE(kwonly);
+    PyObject *extra = NULL, *kwdict = NULL, *key = NULL, *result = NULL;
+    if (varargs != Py_None) {
+        extra = PyFrame_GetVar(frame, varargs);
+        if (extra == NULL || !PyTuple_Check(extra))
+            goto error;
+    }
+    if (varkw != Py_None) {
+        kwdict = PyFrame_GetVar(frame, varkw);
+        if (kwdict == NULL || !PyDict_Check(kwdict))
+            goto error;
+    }
+    Py_ssize_t nextra = extra ? PyTuple_GET_SIZE(extra) : 0;
+    Py_ssize_t total = nargs + nextra;
+    int keyword_part = nkwonly > 0 || kwdict != NULL;
+    if (keyword_part)
+        total += 1 + 2 * nkwonly + (kwdict ? 2 * PyDict_GET_SIZE(kwdict) : 0);
+    key = PyTuple_New(total);
+    if (key == NULL)
+        goto error;
+    Py_ssize_t at = 0;
+    for (Py_ssize_t i = 0; i < nargs; i++) {
+        PyObject *value = PyFrame_GetVar(frame, PyTuple_GET_ITEM(arg_names, i));
+        if (value == NULL)
+            goto error;
+        PyTuple_SET_ITEM(key, at++, value);
+    }
+    for (Py_ssize_t i = 0; i < nextra; i++)
+        PyTuple_SET_ITEM(key, at++, Py_NewRef(PyTuple_GET_ITEM(extra, i)));
+    if (keyword_part) {
+        PyTuple_SET_ITEM(key, at++, Py_NewRef(hp->kwd_mark));
+        for (Py_ssize_t i = 0; i < nkwonly; i++) {
+            PyObject *name = PyTuple_GET_ITEM(kwonly, i);
+            PyObject *value = PyFrame_GetVar(frame, name);
+            if (value == NULL)
+                goto error;
+            PyTuple_SET_ITEM(key, at++, Py_NewRef(name));
+            PyTuple_SET_ITEM(key, at++, value);
+        }
+        if (kwdict != NULL) {
+            Py_ssize_t pos = 0;
+            PyObject *k, *v;
+            while (at + 1 < total && PyDict_Next(kwdict, &pos, &k, &v)) {
+                PyTuple_SET_ITEM(key, at++, Py_NewRef(k));
+                PyTuple_SET_ITEM(key, at++, Py_NewRef(v));
+            }
+        }
+    }
+    while (at < total) /* a kwargs dict that shrank meanwhile: cannot happen, but stay valid */
+        PyTuple_SET_ITEM(key, at++, Py_NewRef(Py_None));
+
+    PyObject *identity = Py_False;
+    if (is_method && nargs > 0 &&
+        Py_TYPE(PyTuple_GET_ITEM(key, 0))->tp_hash == PyBaseObject_Type.tp_hash)
+        identity = Py_True;
+    PyObject *hashed = key; /* lru_cache keys a lone int/str argument as itself */
+    if (total == 1 && (PyLong_CheckExact(PyTuple_GET_ITEM(key, 0)) ||
+                       PyUnicode_CheckExact(PyTuple_GET_ITEM(key, 0))))
+        hashed = PyTuple_GET_ITEM(key, 0);
+    int unhashable = 0;
+    for (Py_ssize_t i = 0; i < total; i++) {
+        if (Py_TYPE(PyTuple_GET_ITEM(key, i))->tp_hash == PyObject_HashNotImplemented) {
+            unhashable = 1;
+            break;
+        }
+    }
+    Py_hash_t h = -1;
+    if (!unhashable) {
+        h = PyObject_Hash(hashed);
+        if (h == -1 && PyErr_Occurred()) {
+            if (!PyErr_ExceptionMatches(PyExc_TypeError)) {
+                PyErr_Clear();
+                result = Py_BuildValue("(OOO)", Py_None, str_error, identity);
+                goto done;
+            }
+            PyErr_Clear();
+            unhashable = 1;
+        }
+    }
+    if (unhashable) {
+        PyObject *names = unhashable_names(hashed);
+        if (names == NULL)
+            goto error;
+        result = Py_BuildValue("(NNO)", fingerprint_object(hashed), names, identity);
+    }
+    else {
+        PyObject *raw = PyLong_FromSsize_t(h);
+        if (raw == NULL)
+            goto error;
+        result = Py_BuildValue("(NOO)", raw, str_empty, identity);
+    }
+done:
+    Py_XDECREF(extra);
+    Py_XDECREF(kwdict);
+    Py_XDECREF(key);
+    return result;
+error:
+    if (!PyErr_Occurred())
+        PyErr_SetString(PyExc_TypeError, "unexpected frame variables");
+    Py_XDECREF(extra);
+    Py_XDECREF(kwdict);
+    Py_XDECREF(key);
+    return NULL;
+}
+
+/* (raw hash or fingerprint or None, hashable) as keys.value_key computes it. */
+static PyObject *
+value_key(HotPath *hp, PyObject *value)
+{
+    if (Py_TYPE(value)->tp_hash != PyObject_HashNotImplemented) {
+        Py_hash_t h = PyObject_Hash(value);
+        if (h != -1 || !PyErr_Occurred())
+            return Py_BuildValue("(NO)", PyLong_FromSsize_t(h), Py_True);
+        if (!PyErr_ExceptionMatches(PyExc_TypeError)) {
+            PyErr_Clear();
+            return Py_BuildValue("(OO)", Py_None, Py_False);
+        }
+        PyErr_Clear();
+    }
+    return Py_BuildValue("(NO)", fingerprint_object(value), Py_False);
+}
+
+/* -- the four transitions (mirror callspan/recorder.py) ---------------------------------- */
+
+static int
+hp_start(HotPath *hp, PyObject *info, PyFrameObject *frame)
+{
+    PyObject *flat = NULL, *stack = NULL, *cpu = NULL, *parent = NULL, *prev = NULL;
+    PyObject *record = NULL, *args = NULL, *context = NULL;
+    int rc = -1;
+    PyObject *state = get_state(hp, 1);
+    if (state == NULL)
+        goto finally;
+    if ((flat = flat_of(info)) == NULL || (stack = PyObject_GetAttr(state, str_stack)) == NULL ||
+        (cpu = PyObject_GetAttr(state, str_cpu)) == NULL)
+        goto finally;
+    if (!PyList_Check(stack)) {
+        PyErr_SetString(PyExc_TypeError, "ThreadState.stack is not a list");
+        goto finally;
+    }
+    long kind = PyLong_AsLong(PyTuple_GET_ITEM(flat, F_KIND));
+    Py_ssize_t depth = PyList_GET_SIZE(stack);
+    parent = Py_NewRef(depth ? PyList_GET_ITEM(stack, depth - 1) : Py_None);
+    PyObject *via_task = Py_False;
+    prev = Py_NewRef(Py_None);
+    if (kind == KIND_COROUTINE) {
+        Py_CLEAR(prev);
+        if (PyContextVar_Get(hp->current, Py_None, &prev) < 0)
+            goto finally;
+        if (prev != Py_None && prev != parent) {
+            Py_SETREF(parent, Py_NewRef(prev));
+            via_task = Py_True;
+        }
+    }
+    else if (parent == Py_None) {
+        PyObject *found = NULL;
+        if (PyContextVar_Get(hp->current, Py_None, &found) < 0)
+            goto finally;
+        Py_SETREF(parent, found);
+        via_task = parent != Py_None ? Py_True : Py_False;
+    }
+    PyObject *root;
+    if (parent == Py_None) {
+        root = Py_None;
+        if (hp->context_getter != NULL && (context = PyObject_CallNoArgs(hp->context_getter)) == NULL)
+            goto finally;
+    }
+    else {
+        if (!PyList_Check(parent) || PyList_GET_SIZE(parent) != RECORD_SIZE) {
+            PyErr_SetString(PyExc_TypeError, "parent is not a record");
+            goto finally;
+        }
+        root = PyList_GET_ITEM(parent, R_ROOT);
+        if (root == Py_None)
+            root = parent;
+    }
+    if (PyTuple_GET_ITEM(flat, F_KEYS) == Py_True) {
+        if ((args = args_key(hp, flat, frame)) == NULL)
+            goto finally;
+    }
+    if ((record = PyList_New(RECORD_SIZE)) == NULL)
+        goto finally;
+    PyObject *zero = PyLong_FromLong(0); /* a cached small int */
+    PyList_SET_ITEM(record, R_INFO, Py_NewRef(info));
+    PyList_SET_ITEM(record, R_PARENT, Py_NewRef(parent));
+    PyList_SET_ITEM(record, R_ROOT, Py_NewRef(root));
+    for (int slot = R_START; slot <= R_CHILD_CPU; slot++)
+        PyList_SET_ITEM(record, slot, Py_NewRef(zero));
+    PyList_SET_ITEM(record, R_ARGS, args ? Py_NewRef(args) : Py_NewRef(Py_None));
+    PyList_SET_ITEM(record, R_RET, Py_NewRef(Py_None));
+    PyList_SET_ITEM(record, R_RET_SIZE, Py_NewRef(zero));
+    PyList_SET_ITEM(record, R_ERROR, Py_NewRef(Py_None));
+    PyList_SET_ITEM(record, R_SUSPENDS, Py_NewRef(zero));
+    PyList_SET_ITEM(record, R_SUSP_NS, Py_NewRef(zero));
+    PyList_SET_ITEM(record, R_SUSP_AT, Py_NewRef(zero));
+    PyList_SET_ITEM(record, R_THREAD, Py_NewRef(state));
+    PyList_SET_ITEM(record, R_CONTEXT, context ? Py_NewRef(context) : Py_NewRef(Py_None));
+    PyList_SET_ITEM(record, R_PREV_CURRENT, Py_NewRef(prev));
+    PyList_SET_ITEM(record, R_VIA_TASK, Py_NewRef(via_task));
+    PyList_SET_ITEM(record, R_INCOMPLETE, Py_NewRef(Py_False));
+    PyList_SET_ITEM(record, R_OUT, Py_NewRef(Py_None));
+    Py_DECREF(zero);
+    /* Records never form reference cycles (they point to parents, infos, their thread state,
+     * never to children), and hundreds of thousands may wait for the builder: left tracked, the
+     * cyclic GC would traverse them all on every full collection. */
+    PyObject_GC_UnTrack(record);
+    if (PyList_Append(stack, record) < 0)
+        goto finally;
+    if (kind == KIND_COROUTINE) {
+        PyObject *token = PyContextVar_Set(hp->current, record);
+        if (token == NULL)
+            goto finally;
+        Py_DECREF(token);
+    }
+    long long value;
+    int got = read_cpu(state, cpu, &value);
+    if (got < 0 || (got == 0 && put_ll(record, R_SEG_CPU, value) < 0))
+        goto finally;
+    if (read_clock(hp, &value) < 0 || put_ll(record, R_START, value) < 0)
+        goto finally;
+    rc = 0;
+finally:
+    Py_XDECREF(flat);
+    Py_XDECREF(stack);
+    Py_XDECREF(cpu);
+    Py_XDECREF(parent);
+    Py_XDECREF(prev);
+    Py_XDECREF(record);
+    Py_XDECREF(args);
+    Py_XDECREF(context);
+    return rc;
+}
+
+/* Pops this thread's innermost record if it belongs to ``code``; new reference, or NULL (no
+ * exception: not ours). Also returns the thread's state (borrowed) and cpu reader (new). */
+static PyObject *
+pop_own(HotPath *hp, PyObject *code, PyObject **state_out, PyObject **cpu_out, PyObject **stack_out)
+{
+    *cpu_out = NULL;
+    *stack_out = NULL;
+    PyObject *state = get_state(hp, 0);
+    *state_out = state;
+    if (state == NULL)
+        return NULL;
+    PyObject *stack = PyObject_GetAttr(state, str_stack);
+    if (stack == NULL)
+        return NULL;
+    Py_ssize_t depth = PyList_Check(stack) ? PyList_GET_SIZE(stack) : 0;
+    if (depth == 0) {
+        Py_DECREF(stack);
+        return NULL;
+    }
+    PyObject *top = PyList_GET_ITEM(stack, depth - 1);
+    PyObject *flat = flat_of(PyList_GET_ITEM(top, R_INFO));
+    if (flat == NULL) {
+        Py_DECREF(stack);
+        return NULL;
+    }
+    int ours = PyTuple_GET_ITEM(flat, F_CODE) == code;
+    Py_DECREF(flat);
+    if (!ours) { /* started before tracing began */
+        Py_DECREF(stack);
+        return NULL;
+    }
+    PyObject *cpu = PyObject_GetAttr(state, str_cpu);
+    if (cpu == NULL) {
+        Py_DECREF(stack);
+        return NULL;
+    }
+    Py_INCREF(top);
+    if (PyList_SetSlice(stack, depth - 1, depth, NULL) < 0) {
+        Py_DECREF(top);
+        Py_DECREF(cpu);
+        Py_DECREF(stack);
+        return NULL;
+    }
+    *cpu_out = cpu;
+    *stack_out = stack;
+    return top;
+}
+
+/* record[CPU] += cpu() - record[SEG_CPU]; 1 when there is no counter. */
+static int
+close_segment(PyObject *state, PyObject *cpu, PyObject *record)
+{
+    long long now, seg, total;
+    int got = read_cpu(state, cpu, &now);
+    if (got != 0)
+        return got;
+    if (get_ll(record, R_SEG_CPU, &seg) < 0 || get_ll(record, R_CPU, &total) < 0)
+        return -1;
+    return put_ll(record, R_CPU, total + now - seg);
+}
+
+static int
+hp_finish(HotPath *hp, PyObject *code, PyObject *value, PyObject *error)
+{
+    long long now;
+    if (read_clock(hp, &now) < 0)
+        return -1;
+    PyObject *state, *cpu, *stack;
+    PyObject *record = pop_own(hp, code, &state, &cpu, &stack);
+    if (record == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    int rc = -1;
+    PyObject *flat = NULL;
+    int counted = close_segment(state, cpu, record);
+    if (counted < 0 || put_ll(record, R_END, now) < 0)
+        goto finally;
+    if ((flat = flat_of(PyList_GET_ITEM(record, R_INFO))) == NULL)
+        goto finally;
+    if (error == NULL) {
+        if (PyTuple_GET_ITEM(flat, F_KEYS) == Py_True) {
+            PyObject *ret = value_key(hp, value);
+            if (ret == NULL)
+                goto finally;
+            put_obj(record, R_RET, ret);
+            PyObject *size = PyObject_CallFunctionObjArgs(hp->getsizeof, value, PyList_GET_ITEM(record, R_RET_SIZE), NULL);
+            if (size == NULL)
+                goto finally;
+            put_obj(record, R_RET_SIZE, size);
+        }
+    }
+    else if (!PyObject_TypeCheck(error, (PyTypeObject *)hp->generator_exit)) {
+        put_obj(record, R_ERROR, Py_NewRef((PyObject *)Py_TYPE(error)));
+    }
+    Py_ssize_t depth = PyList_GET_SIZE(stack);
+    if (depth && counted == 0) {
+        PyObject *parent = PyList_GET_ITEM(stack, depth - 1);
+        if (parent == PyList_GET_ITEM(record, R_PARENT)) {
+            long long mine, theirs;
+            if (get_ll(record, R_CPU, &mine) < 0 || get_ll(parent, R_CHILD_CPU, &theirs) < 0 ||
+                put_ll(parent, R_CHILD_CPU, theirs + mine) < 0)
+                goto finally;
+        }
+    }
+    if (PyLong_AsLong(PyTuple_GET_ITEM(flat, F_KIND)) == KIND_COROUTINE) {
+        PyObject *token = PyContextVar_Set(hp->current, PyList_GET_ITEM(record, R_PREV_CURRENT));
+        if (token == NULL)
+            goto finally;
+        Py_DECREF(token);
+    }
+    Py_ssize_t pending = PyObject_Length(hp->finished);
+    if (pending < 0)
+        goto finally;
+    if (pending < hp->max_pending) {
+        PyObject *done = PyObject_CallOneArg(hp->finished_append, record);
+        if (done == NULL)
+            goto finally;
+        Py_DECREF(done);
+    }
+    else {
+        count_on_recorder(hp, str_dropped);
+    }
+    rc = 0;
+finally:
+    Py_XDECREF(flat);
+    Py_DECREF(record);
+    Py_XDECREF(cpu);
+    Py_XDECREF(stack);
+    return rc;
+}
+
+static int
+hp_suspend(HotPath *hp, PyObject *code, PyFrameObject *frame)
+{
+    long long now;
+    if (read_clock(hp, &now) < 0)
+        return -1;
+    PyObject *state, *cpu, *stack;
+    PyObject *record = pop_own(hp, code, &state, &cpu, &stack);
+    if (record == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    int rc = -1;
+    long long count;
+    PyObject *key = NULL;
+    if (close_segment(state, cpu, record) < 0 || get_ll(record, R_SUSPENDS, &count) < 0 ||
+        put_ll(record, R_SUSPENDS, count + 1) < 0 || put_ll(record, R_SUSP_AT, now) < 0)
+        goto finally;
+    if (PyDict_GET_SIZE(hp->suspended) >= hp->max_suspended) {
+        PyObject *done = PyObject_CallNoArgs(hp->evict);
+        if (done == NULL)
+            goto finally;
+        Py_DECREF(done);
+    }
+    if ((key = PyLong_FromVoidPtr(frame)) == NULL || PyDict_SetItem(hp->suspended, key, record) < 0)
+        goto finally;
+    rc = 0;
+finally:
+    Py_XDECREF(key);
+    Py_DECREF(record);
+    Py_XDECREF(cpu);
+    Py_XDECREF(stack);
+    return rc;
+}
+
+static int
+hp_resume(HotPath *hp, PyFrameObject *frame)
+{
+    PyObject *key = PyLong_FromVoidPtr(frame);
+    if (key == NULL)
+        return -1;
+    PyObject *record = PyDict_GetItemWithError(hp->suspended, key);
+    if (record == NULL) {
+        Py_DECREF(key);
+        return PyErr_Occurred() ? -1 : 0;
+    }
+    Py_INCREF(record);
+    int deleted = PyDict_DelItem(hp->suspended, key);
+    Py_DECREF(key);
+    if (deleted < 0) {
+        Py_DECREF(record);
+        return -1;
+    }
+    int rc = -1;
+    PyObject *flat = NULL, *stack = NULL, *cpu = NULL;
+    PyCodeObject *code = PyFrame_GetCode(frame);
+    if ((flat = flat_of(PyList_GET_ITEM(record, R_INFO))) == NULL)
+        goto finally;
+    if (PyTuple_GET_ITEM(flat, F_CODE) != (PyObject *)code) {
+        rc = 0;
+        goto finally;
+    }
+    PyObject *state = get_state(hp, 1);
+    if (state == NULL)
+        goto finally;
+    long long now, at, total;
+    if (read_clock(hp, &now) < 0 || get_ll(record, R_SUSP_AT, &at) < 0 ||
+        get_ll(record, R_SUSP_NS, &total) < 0 || put_ll(record, R_SUSP_NS, total + now - at) < 0)
+        goto finally;
+    if ((stack = PyObject_GetAttr(state, str_stack)) == NULL || PyList_Append(stack, record) < 0)
+        goto finally;
+    if ((cpu = PyObject_GetAttr(state, str_cpu)) == NULL)
+        goto finally;
+    int got = read_cpu(state, cpu, &now);
+    if (got < 0 || (got == 0 && put_ll(record, R_SEG_CPU, now) < 0))
+        goto finally;
+    rc = 0;
+finally:
+    Py_XDECREF(code);
+    Py_XDECREF(flat);
+    Py_XDECREF(stack);
+    Py_XDECREF(cpu);
+    Py_DECREF(record);
+    return rc;
+}
+
+/* -- sys.monitoring callbacks ------------------------------------------------------------ */
+
+/* The CodeInfo of ``code`` (borrowed), Py_None when unselected, NULL when never decided. */
+static PyObject *
+info_of(HotPath *hp, PyObject *code)
+{
+    return PyDict_GetItemWithError(hp->infos, code);
+}
+
+static PyObject *
+cb_py_start(HotPath *hp, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs < 1)
+        Py_RETURN_NONE;
+    PyObject *code = args[0];
+    PyObject *info = info_of(hp, code);
+    PyFrameObject *frame;
+    if (info == NULL) {
+        if (PyErr_Occurred()) {
+            fault(hp);
+            Py_RETURN_NONE;
+        }
+        frame = PyEval_GetFrame();
+        PyObject *decided = PyObject_CallFunctionObjArgs(hp->decide, code, frame ? (PyObject *)frame : Py_None, NULL);
+        if (decided == NULL) {
+            fault(hp);
+            Py_RETURN_NONE;
+        }
+        Py_DECREF(decided); /* recorder.infos holds it */
+        if (decided == Py_None)
+            return Py_NewRef(hp->disable);
+        info = decided;
+    }
+    else if (info == Py_None) {
+        return Py_NewRef(hp->disable);
+    }
+    else {
+        frame = PyEval_GetFrame();
+    }
+    if (frame == NULL || hp_start(hp, info, frame) < 0)
+        fault(hp);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+cb_py_resume(HotPath *hp, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *info = nargs >= 1 ? info_of(hp, args[0]) : NULL;
+    if (info == NULL || info == Py_None) {
+        if (PyErr_Occurred())
+            fault(hp);
+        return Py_NewRef(hp->disable);
+    }
+    PyFrameObject *frame = PyEval_GetFrame();
+    if (frame == NULL || hp_resume(hp, frame) < 0)
+        fault(hp);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+cb_py_return(HotPath *hp, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *info = nargs >= 3 ? info_of(hp, args[0]) : NULL;
+    if (info == NULL || info == Py_None) {
+        if (PyErr_Occurred())
+            fault(hp);
+        return Py_NewRef(hp->disable);
+    }
+    if (hp_finish(hp, args[0], args[2], NULL) < 0)
+        fault(hp);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+cb_py_yield(HotPath *hp, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *info = nargs >= 1 ? info_of(hp, args[0]) : NULL;
+    if (info == NULL || info == Py_None) {
+        if (PyErr_Occurred())
+            fault(hp);
+        return Py_NewRef(hp->disable);
+    }
+    PyFrameObject *frame = PyEval_GetFrame();
+    if (frame == NULL || hp_suspend(hp, args[0], frame) < 0)
+        fault(hp);
+    Py_RETURN_NONE;
+}
+
+/* PY_UNWIND and PY_THROW are global events: they must never return DISABLE. */
+static PyObject *
+cb_py_unwind(HotPath *hp, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *info = nargs >= 3 ? info_of(hp, args[0]) : NULL;
+    if (info == NULL || info == Py_None) {
+        if (PyErr_Occurred())
+            fault(hp);
+        Py_RETURN_NONE;
+    }
+    if (hp_finish(hp, args[0], Py_None, args[2]) < 0)
+        fault(hp);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+cb_py_throw(HotPath *hp, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *info = nargs >= 1 ? info_of(hp, args[0]) : NULL;
+    if (info == NULL || info == Py_None) {
+        if (PyErr_Occurred())
+            fault(hp);
+        Py_RETURN_NONE;
+    }
+    PyFrameObject *frame = PyEval_GetFrame();
+    if (frame == NULL || hp_resume(hp, frame) < 0)
+        fault(hp);
+    Py_RETURN_NONE;
+}
+
+/* -- the type ------------------------------------------------------------------------------ */
+
+static int
+HotPath_traverse(HotPath *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->recorder);
+    Py_VISIT(self->infos);
+    Py_VISIT(self->decide);
+    Py_VISIT(self->states);
+    Py_VISIT(self->thread_state);
+    Py_VISIT(self->finished);
+    Py_VISIT(self->finished_append);
+    Py_VISIT(self->suspended);
+    Py_VISIT(self->evict);
+    Py_VISIT(self->clock);
+    Py_VISIT(self->context_getter);
+    Py_VISIT(self->current);
+    Py_VISIT(self->slow_args);
+    Py_VISIT(self->slow_value);
+    Py_VISIT(self->getsizeof);
+    Py_VISIT(self->disable);
+    Py_VISIT(self->kwd_mark);
+    Py_VISIT(self->generator_exit);
+    return 0;
+}
+
+static int
+HotPath_clear(HotPath *self)
+{
+    Py_CLEAR(self->recorder);
+    Py_CLEAR(self->infos);
+    Py_CLEAR(self->decide);
+    Py_CLEAR(self->states);
+    Py_CLEAR(self->thread_state);
+    Py_CLEAR(self->finished);
+    Py_CLEAR(self->finished_append);
+    Py_CLEAR(self->suspended);
+    Py_CLEAR(self->evict);
+    Py_CLEAR(self->clock);
+    Py_CLEAR(self->context_getter);
+    Py_CLEAR(self->current);
+    Py_CLEAR(self->slow_args);
+    Py_CLEAR(self->slow_value);
+    Py_CLEAR(self->getsizeof);
+    Py_CLEAR(self->disable);
+    Py_CLEAR(self->kwd_mark);
+    Py_CLEAR(self->generator_exit);
+    return 0;
+}
+
+static void
+HotPath_dealloc(HotPath *self)
+{
+    PyObject_GC_UnTrack(self);
+    HotPath_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+attr_or_null(PyObject *obj, const char *name)
+{
+    PyObject *value = PyObject_GetAttrString(obj, name);
+    if (value == Py_None) {
+        Py_DECREF(value);
+        return NULL;
+    }
+    return value;
+}
+
+/* HotPath(recorder, current_var, slow_args, slow_value, kwd_mark, disable, native_clock) */
+static int
+HotPath_init(HotPath *self, PyObject *args, PyObject *kwds)
+{
+    PyObject *recorder, *current, *slow_args, *slow_value, *kwd_mark, *disable;
+    int native_clock;
+    if (!PyArg_ParseTuple(args, "OOOOOOp:HotPath", &recorder, &current, &slow_args, &slow_value,
+                          &kwd_mark, &disable, &native_clock))
+        return -1;
+    HotPath_clear(self);
+    self->recorder = Py_NewRef(recorder);
+    self->current = Py_NewRef(current);
+    self->slow_args = Py_NewRef(slow_args);
+    self->slow_value = Py_NewRef(slow_value);
+    self->kwd_mark = Py_NewRef(kwd_mark);
+    self->disable = Py_NewRef(disable);
+    self->generator_exit = Py_NewRef(PyExc_GeneratorExit);
+    if ((self->infos = PyObject_GetAttrString(recorder, "infos")) == NULL ||
+        (self->decide = PyObject_GetAttrString(recorder, "decide")) == NULL ||
+        (self->states = PyObject_GetAttrString(recorder, "states")) == NULL ||
+        (self->thread_state = PyObject_GetAttrString(recorder, "thread_state")) == NULL ||
+        (self->finished = PyObject_GetAttrString(recorder, "finished")) == NULL ||
+        (self->finished_append = PyObject_GetAttrString(self->finished, "append")) == NULL ||
+        (self->suspended = PyObject_GetAttrString(recorder, "suspended")) == NULL ||
+        (self->evict = PyObject_GetAttrString(recorder, "evict_oldest_suspended")) == NULL)
+        return -1;
+    if (!PyDict_Check(self->infos) || !PyDict_Check(self->states) || !PyDict_Check(self->suspended)) {
+        PyErr_SetString(PyExc_TypeError, "recorder.infos, states and suspended must be dicts");
+        return -1;
+    }
+    if (!native_clock && (self->clock = PyObject_GetAttrString(recorder, "clock")) == NULL)
+        return -1;
+    self->context_getter = attr_or_null(recorder, "context_getter");
+    if (self->context_getter == NULL && PyErr_Occurred())
+        return -1;
+    PyObject *sys = PyImport_ImportModule("sys");
+    if (sys == NULL)
+        return -1;
+    self->getsizeof = PyObject_GetAttrString(sys, "getsizeof");
+    Py_DECREF(sys);
+    if (self->getsizeof == NULL)
+        return -1;
+    PyObject *value = PyObject_GetAttrString(recorder, "max_pending");
+    if (value == NULL)
+        return -1;
+    self->max_pending = PyLong_AsSsize_t(value);
+    Py_DECREF(value);
+    if ((value = PyObject_GetAttrString(recorder, "max_suspended")) == NULL)
+        return -1;
+    self->max_suspended = PyLong_AsSsize_t(value);
+    Py_DECREF(value);
+    PyObject *counter = PyObject_GetAttrString(recorder, "counter");
+    if (counter == NULL)
+        return -1;
+    PyObject *interval = counter == Py_None ? NULL : PyObject_GetAttrString(counter, "interval_ns");
+    Py_DECREF(counter);
+    if (interval == NULL)
+        PyErr_Clear();
+    else {
+        long long ns = PyLong_AsLongLong(interval);
+        Py_DECREF(interval);
+        if (ns > 0)
+            cpu_interval_ns = ns;
+        PyErr_Clear();
+    }
+    return PyErr_Occurred() ? -1 : 0;
+}
+
+static PyMethodDef HotPath_methods[] = {
+    {"py_start", (PyCFunction)(void (*)(void))cb_py_start, METH_FASTCALL, "PY_START callback"},
+    {"py_resume", (PyCFunction)(void (*)(void))cb_py_resume, METH_FASTCALL, "PY_RESUME callback"},
+    {"py_return", (PyCFunction)(void (*)(void))cb_py_return, METH_FASTCALL, "PY_RETURN callback"},
+    {"py_yield", (PyCFunction)(void (*)(void))cb_py_yield, METH_FASTCALL, "PY_YIELD callback"},
+    {"py_unwind", (PyCFunction)(void (*)(void))cb_py_unwind, METH_FASTCALL, "PY_UNWIND callback"},
+    {"py_throw", (PyCFunction)(void (*)(void))cb_py_throw, METH_FASTCALL, "PY_THROW callback"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject HotPathType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "callspan._hotpath.HotPath",
+    .tp_basicsize = sizeof(HotPath),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "sys.monitoring callbacks driving a callspan Recorder",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)HotPath_init,
+    .tp_dealloc = (destructor)HotPath_dealloc,
+    .tp_traverse = (traverseproc)HotPath_traverse,
+    .tp_clear = (inquiry)HotPath_clear,
+    .tp_methods = HotPath_methods,
+};
+#endif /* 3.12+ */
+
+static PyMethodDef module_methods[] = {
+    {"siphash24", (PyCFunction)(void (*)(void))py_siphash24, METH_FASTCALL,
+     "siphash24(k0, k1, message): SipHash-2-4 of one little-endian 64-bit word under the key (k0, k1)"},
+    {"fingerprint", (PyCFunction)py_fingerprint, METH_O,
+     "fingerprint(value): as callspan.keys.fingerprint(value, [16]) computes it (tests)"},
+    {"unhashable_args", (PyCFunction)py_unhashable_args, METH_O,
+     "unhashable_args(key): as callspan.keys.unhashable_args computes it (tests)"},
+    {"interval_clock_replay", (PyCFunction)py_interval_clock_replay, METH_VARARGS,
+     "interval_clock_replay(interval, walls, reals): the interval thread clock's values (tests)"},
+    {"process_records", (PyCFunction)(void (*)(void))py_process_records, METH_FASTCALL,
+     "process_records(builder, records): the span builder's per-record decisions and summaries"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef hotpath_module = {
+    PyModuleDef_HEAD_INIT, "callspan._hotpath", "callspan's compiled hot path", -1, module_methods,
+};
+
+PyMODINIT_FUNC
+PyInit__hotpath(void)
+{
+    PyObject *module = PyModule_Create(&hotpath_module);
+    if (module == NULL)
+        return NULL;
+    if (pthread_atfork(NULL, NULL, after_fork_in_child) != 0) {
+        PyErr_SetString(PyExc_OSError, "pthread_atfork failed");
+        goto error;
+    }
+    if (PyModule_AddIntConstant(module, "RECORD_SIZE", RECORD_SIZE) < 0 ||
+        PyModule_AddIntConstant(module, "R_OUT", R_OUT) < 0 ||
+        PyModule_AddIntConstant(module, "R_VIA_TASK", R_VIA_TASK) < 0 ||
+        PyModule_AddIntConstant(module, "FLAT_SIZE", FLAT_SIZE) < 0)
+        goto error;
+    if ((str_empty = PyUnicode_InternFromString("")) == NULL ||
+        (str_dict_tag = PyUnicode_InternFromString("dict")) == NULL ||
+        (str_set_tag = PyUnicode_InternFromString("set")) == NULL || PyType_Ready(&OutType) < 0 ||
+        PyType_Ready(&SummaryType) < 0)
+        goto error;
+    Py_INCREF(&OutType);
+    if (PyModule_AddObject(module, "Out", (PyObject *)&OutType) < 0) {
+        Py_DECREF(&OutType);
+        goto error;
+    }
+    Py_INCREF(&SummaryType);
+    if (PyModule_AddObject(module, "Summary", (PyObject *)&SummaryType) < 0) {
+        Py_DECREF(&SummaryType);
+        goto error;
+    }
+#if PY_VERSION_HEX >= 0x030C0000
+    if ((str_stack = PyUnicode_InternFromString("stack")) == NULL ||
+        (str_cpu = PyUnicode_InternFromString("cpu")) == NULL ||
+        (str_cpu_fd = PyUnicode_InternFromString("cpu_fd")) == NULL ||
+        (str_flat = PyUnicode_InternFromString("flat")) == NULL ||
+        (str_faults = PyUnicode_InternFromString("faults")) == NULL ||
+        (str_dropped = PyUnicode_InternFromString("dropped")) == NULL ||
+        (str_error = PyUnicode_InternFromString("error")) == NULL)
+        goto error;
+    if (PyType_Ready(&HotPathType) < 0)
+        goto error;
+    Py_INCREF(&HotPathType);
+    if (PyModule_AddObject(module, "HotPath", (PyObject *)&HotPathType) < 0) {
+        Py_DECREF(&HotPathType);
+        goto error;
+    }
+#endif
+    return module;
+error:
+    Py_DECREF(module);
+    return NULL;
+}
