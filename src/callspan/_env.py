@@ -43,7 +43,7 @@ YIELD_REPORTED_AT_NEXT_RESUME = PYVERSION >= (3, 13)
 # The compiled hot path (callspan._hotpath, an optional C extension built at install time): its
 # sys.monitoring callbacks need 3.12+; without a C compiler at install time it is absent.
 try:
-    from callspan import _hotpath as _compiled  # type: ignore[attr-defined]
+    from callspan import _hotpath as _compiled
 
     HAS_COMPILED_HOTPATH = hasattr(_compiled, "HotPath")
     HAS_COMPILED_HASH = hasattr(_compiled, "siphash24")

@@ -75,6 +75,106 @@ py_siphash24(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 }
 
 
+/* IntervalThreadClock (callspan/counters.py) over the real clocks, one per OS thread. */
+static unsigned int fork_generation = 1;
+
+static void
+after_fork_in_child(void)
+{
+    fork_generation++;
+}
+
+typedef struct {
+    long long anchor, last, value;
+    unsigned int generation; /* 0 or stale: not read yet in this thread (of this process) */
+} IntervalClock;
+
+static long long
+interval_step(IntervalClock *c, long long interval, long long now, int *need_real)
+{
+    /* Phase 1: returns 1 in *need_real when the kernel clock must be read (then call
+     * interval_commit). Same rule as IntervalThreadClock.__call__. */
+    if (c->generation != fork_generation || now - c->anchor >= interval) {
+        *need_real = 1;
+        return 0;
+    }
+    *need_real = 0;
+    c->value += now - c->last;
+    c->last = now;
+    return c->value;
+}
+
+static long long
+interval_commit(IntervalClock *c, long long now, long long real)
+{
+    if (c->generation != fork_generation || real > c->value)
+        c->value = real;
+    c->anchor = now;
+    c->last = now;
+    c->generation = fork_generation;
+    return c->value;
+}
+
+static inline long long
+monotonic_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static inline long long
+thread_cpu_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static __thread IntervalClock thread_interval_clock __attribute__((unused));
+static long long cpu_interval_ns __attribute__((unused)) = 20000; /* set by HotPath from the counter */
+
+/* interval_clock_replay(interval, walls, reals): the values the rule gives for a sequence of
+ * wall readings, consuming a real CPU reading only when it reads the kernel. For tests. */
+static PyObject *
+py_interval_clock_replay(PyObject *module, PyObject *args)
+{
+    long long interval;
+    PyObject *walls, *reals;
+    if (!PyArg_ParseTuple(args, "LOO:interval_clock_replay", &interval, &walls, &reals))
+        return NULL;
+    PyObject *wall_list = PySequence_Fast(walls, "walls must be a sequence");
+    if (wall_list == NULL)
+        return NULL;
+    PyObject *real_iter = PyObject_GetIter(reals);
+    PyObject *out = real_iter ? PyList_New(0) : NULL;
+    IntervalClock clock = {0, 0, 0, 0};
+    for (Py_ssize_t i = 0; out != NULL && i < PySequence_Fast_GET_SIZE(wall_list); i++) {
+        long long now = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(wall_list, i));
+        int need_real = 0;
+        long long value = PyErr_Occurred() ? 0 : interval_step(&clock, interval, now, &need_real);
+        if (!PyErr_Occurred() && need_real) {
+            PyObject *real = PyIter_Next(real_iter);
+            if (real == NULL) {
+                if (!PyErr_Occurred())
+                    PyErr_SetString(PyExc_ValueError, "reals ran out");
+            }
+            else {
+                long long r = PyLong_AsLongLong(real);
+                Py_DECREF(real);
+                value = interval_commit(&clock, now, r);
+            }
+        }
+        PyObject *item = PyErr_Occurred() ? NULL : PyLong_FromLongLong(value);
+        if (item == NULL || PyList_Append(out, item) < 0)
+            Py_CLEAR(out);
+        Py_XDECREF(item);
+    }
+    Py_DECREF(wall_list);
+    Py_XDECREF(real_iter);
+    return out;
+}
+
 static int
 set_ll(PyObject *record, Py_ssize_t slot, long long value)
 {
@@ -86,7 +186,7 @@ set_ll(PyObject *record, Py_ssize_t slot, long long value)
 }
 
 /* record[slot] = value (a C integer), releasing the old item. */
-static int
+static inline int
 put_ll(PyObject *record, Py_ssize_t slot, long long value)
 {
     PyObject *old = PyList_GET_ITEM(record, slot);
@@ -1035,106 +1135,6 @@ read_clock(HotPath *hp, long long *out)
     *out = PyLong_AsLongLong(value);
     Py_DECREF(value);
     return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
-}
-
-/* IntervalThreadClock (callspan/counters.py) over the real clocks, one per OS thread. */
-static unsigned int fork_generation = 1;
-
-static void
-after_fork_in_child(void)
-{
-    fork_generation++;
-}
-
-typedef struct {
-    long long anchor, last, value;
-    unsigned int generation; /* 0 or stale: not read yet in this thread (of this process) */
-} IntervalClock;
-
-static long long
-interval_step(IntervalClock *c, long long interval, long long now, int *need_real)
-{
-    /* Phase 1: returns 1 in *need_real when the kernel clock must be read (then call
-     * interval_commit). Same rule as IntervalThreadClock.__call__. */
-    if (c->generation != fork_generation || now - c->anchor >= interval) {
-        *need_real = 1;
-        return 0;
-    }
-    *need_real = 0;
-    c->value += now - c->last;
-    c->last = now;
-    return c->value;
-}
-
-static long long
-interval_commit(IntervalClock *c, long long now, long long real)
-{
-    if (c->generation != fork_generation || real > c->value)
-        c->value = real;
-    c->anchor = now;
-    c->last = now;
-    c->generation = fork_generation;
-    return c->value;
-}
-
-static long long
-monotonic_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
-
-static long long
-thread_cpu_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
-
-static __thread IntervalClock thread_interval_clock;
-static long long cpu_interval_ns = 20000; /* set by HotPath from the counter */
-
-/* interval_clock_replay(interval, walls, reals): the values the rule gives for a sequence of
- * wall readings, consuming a real CPU reading only when it reads the kernel. For tests. */
-static PyObject *
-py_interval_clock_replay(PyObject *module, PyObject *args)
-{
-    long long interval;
-    PyObject *walls, *reals;
-    if (!PyArg_ParseTuple(args, "LOO:interval_clock_replay", &interval, &walls, &reals))
-        return NULL;
-    PyObject *wall_list = PySequence_Fast(walls, "walls must be a sequence");
-    if (wall_list == NULL)
-        return NULL;
-    PyObject *real_iter = PyObject_GetIter(reals);
-    PyObject *out = real_iter ? PyList_New(0) : NULL;
-    IntervalClock clock = {0, 0, 0, 0};
-    for (Py_ssize_t i = 0; out != NULL && i < PySequence_Fast_GET_SIZE(wall_list); i++) {
-        long long now = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(wall_list, i));
-        int need_real = 0;
-        long long value = PyErr_Occurred() ? 0 : interval_step(&clock, interval, now, &need_real);
-        if (!PyErr_Occurred() && need_real) {
-            PyObject *real = PyIter_Next(real_iter);
-            if (real == NULL) {
-                if (!PyErr_Occurred())
-                    PyErr_SetString(PyExc_ValueError, "reals ran out");
-            }
-            else {
-                long long r = PyLong_AsLongLong(real);
-                Py_DECREF(real);
-                value = interval_commit(&clock, now, r);
-            }
-        }
-        PyObject *item = PyErr_Occurred() ? NULL : PyLong_FromLongLong(value);
-        if (item == NULL || PyList_Append(out, item) < 0)
-            Py_CLEAR(out);
-        Py_XDECREF(item);
-    }
-    Py_DECREF(wall_list);
-    Py_XDECREF(real_iter);
-    return out;
 }
 
 /* The thread's CPU reading, by ThreadState.cpu_fd: -2 thread CPU time (natively), >= 0 a

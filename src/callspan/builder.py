@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from callspan import _env
 from callspan.keys import KeyHasher
@@ -77,7 +77,8 @@ class Sink(Protocol):
 class _SummaryMethods:
     """The summary operations; the compiled builder (callspan._hotpath) implements the same."""
 
-    __slots__ = ()
+    if not TYPE_CHECKING:  # (mypy would refuse assignments to the annotated names below)
+        __slots__ = ()
     count: int
     errors: int
     wall: int
@@ -177,9 +178,9 @@ class _Implementation:
 PYTHON_BUILDER = _Implementation(_Out, _Summary, None)
 COMPILED_BUILDER: _Implementation | None = None
 if _env.HAS_COMPILED_HASH:
-    from callspan import _hotpath  # type: ignore[attr-defined]
+    from callspan import _hotpath
 
-    class _CompiledSummary(_SummaryMethods, _hotpath.Summary):  # type: ignore[misc,name-defined]
+    class _CompiledSummary(_SummaryMethods, _hotpath.Summary):
         __slots__ = ()
 
     COMPILED_BUILDER = _Implementation(_hotpath.Out, _CompiledSummary, _hotpath.process_records)

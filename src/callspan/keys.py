@@ -175,7 +175,7 @@ def siphash24_py(k0: int, k1: int, message: int) -> int:
 
 
 try:
-    from callspan._hotpath import siphash24 as _siphash24  # type: ignore[attr-defined]
+    from callspan._hotpath import siphash24 as _siphash24
 except ImportError:
     _siphash24 = siphash24_py
 

@@ -22,7 +22,7 @@ class CompiledSysMonitoringCore(SysMonitoringCore):
 
     def __init__(self, recorder: Recorder) -> None:
         super().__init__(recorder)
-        from callspan import _hotpath  # type: ignore[attr-defined]
+        from callspan import _hotpath
 
         monitoring = sys.monitoring  # type: ignore[attr-defined,unused-ignore]
         # The default clock is read natively (CLOCK_MONOTONIC, what time.perf_counter_ns reads on

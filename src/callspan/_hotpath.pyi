@@ -1,0 +1,45 @@
+# Types of the optional compiled module built from _hotpath.c.
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+RECORD_SIZE: int
+R_OUT: int
+R_VIA_TASK: int
+FLAT_SIZE: int
+
+def siphash24(k0: int, k1: int, message: int, /) -> int: ...
+def fingerprint(value: Any, /) -> int | None: ...
+def unhashable_args(key: Any, /) -> tuple[int | None, str]: ...
+def interval_clock_replay(interval: int, walls: Sequence[int], reals: Iterable[int], /) -> list[int]: ...
+def process_records(builder: Any, records: list[list[Any]], /) -> None: ...
+
+class Out:
+    state: int
+    node: Any
+    summaries: dict[Any, Any] | None
+    kept: int
+    walls: Any
+    seen: int
+    threshold: int
+
+class Summary:
+    info: Any
+    count: int
+    errors: int
+    wall: int
+    run: int
+    cpu_total: int
+    cpu_self: int
+    calls: list[tuple[str, str, int, int, int]]
+    rate: float
+    def __init__(self, info: Any, /) -> None: ...
+
+class HotPath:
+    def __init__(self, recorder: Any, current: Any, slow_args: Callable[..., Any], slow_value: Callable[..., Any],
+                 kwd_mark: Any, disable: Any, native_clock: bool, /) -> None: ...
+    def py_start(self, code: Any, offset: int, /) -> Any: ...
+    def py_resume(self, code: Any, offset: int, /) -> Any: ...
+    def py_return(self, code: Any, offset: int, value: Any, /) -> Any: ...
+    def py_yield(self, code: Any, offset: int, value: Any, /) -> Any: ...
+    def py_unwind(self, code: Any, offset: int, exc: BaseException, /) -> Any: ...
+    def py_throw(self, code: Any, offset: int, exc: BaseException, /) -> Any: ...
