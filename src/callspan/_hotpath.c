@@ -17,6 +17,10 @@
 #include <structmember.h>
 #include <pthread.h>
 
+#if PY_VERSION_HEX >= 0x030D0000
+PyAPI_FUNC(size_t) _PySys_GetSizeOf(PyObject *); /* exported; declared in an internal header in 3.13 */
+#endif
+
 static PyObject *str_empty;
 
 /* Record layout: must match callspan/record.py (checked by tests/unit/test_hotpath.py). */
@@ -25,9 +29,6 @@ enum {
     R_RET_SIZE, R_ERROR, R_SUSPENDS, R_SUSP_NS, R_SUSP_AT, R_THREAD, R_CONTEXT, R_PREV_CURRENT,
     R_VIA_TASK, R_INCOMPLETE, R_OUT, RECORD_SIZE
 };
-
-/* CodeInfo.flat layout (callspan/selection.py). */
-enum { F_KIND, F_KEYS, F_ARG_NAMES, F_VARARGS, F_KWONLY, F_VARKW, F_IS_METHOD, F_CODE, FLAT_SIZE };
 
 enum { KIND_FUNCTION, KIND_COROUTINE, KIND_GENERATOR, KIND_ASYNC_GENERATOR };
 
@@ -131,7 +132,7 @@ thread_cpu_ns(void)
     return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
-static __thread IntervalClock thread_interval_clock __attribute__((unused));
+static __thread IntervalClock thread_interval_clock __attribute__((unused, tls_model("initial-exec")));
 static long long cpu_interval_ns __attribute__((unused)) = 20000; /* set by HotPath from the counter */
 
 /* interval_clock_replay(interval, walls, reals): the values the rule gives for a sequence of
@@ -742,33 +743,26 @@ summary_target(PyObject *record)
 }
 
 static PyObject *
-keyed_hex(Batch *b, PyObject *raw) /* new reference: 16 hex digits of SipHash-2-4(raw) */
+keyed_digest(Batch *b, PyObject *raw) /* new reference: SipHash-2-4 of the raw hash (an int) */
 {
     uint64_t m = PyLong_AsUnsignedLongLongMask(raw);
     if (m == (uint64_t)-1 && PyErr_Occurred())
         return NULL;
-    char text[17];
-    snprintf(text, sizeof text, "%016llx", (unsigned long long)siphash24_u64(b->k0, b->k1, m));
-    return PyUnicode_FromStringAndSize(text, 16);
+    return PyLong_FromUnsignedLongLong(siphash24_u64(b->k0, b->k1, m));
 }
 
-/* SHARDS: keep a key iff the high 32 bits of its keyed hash fall below rate * 2**32. */
+/* SHARDS: keep a key iff the high 32 bits of its keyed digest fall below rate * 2**32. */
 static int
-hex_sampled(PyObject *hex, double rate)
+digest_sampled(PyObject *digest, double rate)
 {
-    Py_ssize_t size;
-    const char *text = PyUnicode_AsUTF8AndSize(hex, &size);
-    if (text == NULL) {
+    if (digest == Py_None)
+        return 0;
+    uint64_t d = PyLong_AsUnsignedLongLongMask(digest);
+    if (d == (uint64_t)-1 && PyErr_Occurred()) {
         PyErr_Clear();
         return 0;
     }
-    if (size == 0)
-        return 0;
-    char head[9];
-    Py_ssize_t n = size < 8 ? size : 8;
-    memcpy(head, text, n);
-    head[n] = '\0';
-    return (double)strtoull(head, NULL, 16) < rate * 4294967296.0;
+    return (double)(d >> 32) < rate * 4294967296.0;
 }
 
 static int
@@ -781,7 +775,7 @@ resample(SummaryObject *summary)
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *call = PyList_GET_ITEM(summary->calls, i);
         if (PyTuple_Check(call) && PyTuple_GET_SIZE(call) == 5 &&
-            hex_sampled(PyTuple_GET_ITEM(call, 0), summary->rate) && PyList_Append(kept, call) < 0) {
+            digest_sampled(PyTuple_GET_ITEM(call, 0), summary->rate) && PyList_Append(kept, call) < 0) {
             Py_DECREF(kept);
             return -1;
         }
@@ -793,7 +787,7 @@ resample(SummaryObject *summary)
 static int
 add_call(SummaryObject *summary, PyObject *call, long long cap)
 {
-    if (summary->rate < 1.0 && !hex_sampled(PyTuple_GET_ITEM(call, 0), summary->rate))
+    if (summary->rate < 1.0 && !digest_sampled(PyTuple_GET_ITEM(call, 0), summary->rate))
         return 0;
     if (PyList_Append(summary->calls, call) < 0)
         return -1;
@@ -882,32 +876,47 @@ summarise(Batch *b, PyObject *record, PyObject *target)
     PyObject *args = PyList_GET_ITEM(record, R_ARGS);
     PyObject *ret = PyList_GET_ITEM(record, R_RET);
     if (args != Py_None || ret != Py_None) {
-        PyObject *args_hex = NULL, *ret_hex = NULL;
+        PyObject *args_digest, *ret_digest;
         if (PyTuple_Check(args) && PyTuple_GET_SIZE(args) >= 1 && PyTuple_GET_ITEM(args, 0) != Py_None)
-            args_hex = keyed_hex(b, PyTuple_GET_ITEM(args, 0));
+            args_digest = keyed_digest(b, PyTuple_GET_ITEM(args, 0));
         else
-            args_hex = Py_NewRef(str_empty);
-        if (args_hex != NULL) {
-            if (error == Py_None && PyTuple_Check(ret) && PyTuple_GET_SIZE(ret) >= 1 &&
-                PyTuple_GET_ITEM(ret, 0) != Py_None)
-                ret_hex = keyed_hex(b, PyTuple_GET_ITEM(ret, 0));
-            else
-                ret_hex = Py_NewRef(str_empty);
-        }
-        if (args_hex == NULL || ret_hex == NULL) {
-            Py_XDECREF(args_hex);
-            Py_XDECREF(ret_hex);
+            args_digest = Py_NewRef(Py_None);
+        if (args_digest == NULL)
+            return -1;
+        if (error == Py_None && PyTuple_Check(ret) && PyTuple_GET_SIZE(ret) >= 1 &&
+            PyTuple_GET_ITEM(ret, 0) != Py_None)
+            ret_digest = keyed_digest(b, PyTuple_GET_ITEM(ret, 0));
+        else
+            ret_digest = Py_NewRef(Py_None);
+        if (ret_digest == NULL) {
+            Py_DECREF(args_digest);
             return -1;
         }
         int rc = 0;
-        if (PyUnicode_GET_LENGTH(args_hex) || PyUnicode_GET_LENGTH(ret_hex)) {
-            PyObject *call = Py_BuildValue("(OOLLL)", args_hex, ret_hex, start + b->clock_offset,
-                                           end + b->clock_offset, cpu);
-            rc = call == NULL ? -1 : add_call(summary, call, b->cap);
-            Py_XDECREF(call);
+        if (args_digest != Py_None || ret_digest != Py_None) {
+            PyObject *call = PyTuple_New(5);
+            PyObject *t0 = PyLong_FromLongLong(start + b->clock_offset);
+            PyObject *t1 = PyLong_FromLongLong(end + b->clock_offset);
+            PyObject *c = PyLong_FromLongLong(cpu);
+            if (call == NULL || t0 == NULL || t1 == NULL || c == NULL) {
+                Py_XDECREF(call);
+                Py_XDECREF(t0);
+                Py_XDECREF(t1);
+                Py_XDECREF(c);
+                rc = -1;
+            }
+            else {
+                PyTuple_SET_ITEM(call, 0, Py_NewRef(args_digest));
+                PyTuple_SET_ITEM(call, 1, Py_NewRef(ret_digest));
+                PyTuple_SET_ITEM(call, 2, t0);
+                PyTuple_SET_ITEM(call, 3, t1);
+                PyTuple_SET_ITEM(call, 4, c);
+                rc = add_call(summary, call, b->cap);
+                Py_DECREF(call);
+            }
         }
-        Py_DECREF(args_hex);
-        Py_DECREF(ret_hex);
+        Py_DECREF(args_digest);
+        Py_DECREF(ret_digest);
         if (rc < 0)
             return -1;
     }
@@ -1064,9 +1073,145 @@ finally:
     return result;
 }
 
+
+/* ---------------------------------------------------------------------------------------- */
+/* Per-thread state and per-code facts as C structs the hot path reads directly; the Python
+ * classes callspan.recorder.ThreadState and callspan.selection.CodeInfo derive from these. */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *stack; /* list of running records */
+    PyObject *ident;
+    PyObject *name;
+    PyObject *cpu;   /* the thread's CPU reader, or None */
+    long cpu_fd;     /* see callspan.counters.native_reader */
+} ThreadStateObject;
+
+static PyMemberDef ThreadState_members[] = {
+    {"stack", T_OBJECT, offsetof(ThreadStateObject, stack), 0, NULL},
+    {"ident", T_OBJECT, offsetof(ThreadStateObject, ident), 0, NULL},
+    {"name", T_OBJECT, offsetof(ThreadStateObject, name), 0, NULL},
+    {"cpu", T_OBJECT, offsetof(ThreadStateObject, cpu), 0, NULL},
+    {"cpu_fd", T_LONG, offsetof(ThreadStateObject, cpu_fd), 0, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static int
+ThreadState_traverse(ThreadStateObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->stack);
+    Py_VISIT(self->ident);
+    Py_VISIT(self->name);
+    Py_VISIT(self->cpu);
+    return 0;
+}
+
+static int
+ThreadState_clear(ThreadStateObject *self)
+{
+    Py_CLEAR(self->stack);
+    Py_CLEAR(self->ident);
+    Py_CLEAR(self->name);
+    Py_CLEAR(self->cpu);
+    return 0;
+}
+
+static void
+ThreadState_dealloc(ThreadStateObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    ThreadState_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyTypeObject ThreadStateType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "callspan._hotpath.ThreadStateBase",
+    .tp_basicsize = sizeof(ThreadStateObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE,
+    .tp_doc = "fields of callspan.recorder.ThreadState",
+    .tp_new = PyType_GenericNew,
+    .tp_dealloc = (destructor)ThreadState_dealloc,
+    .tp_traverse = (traverseproc)ThreadState_traverse,
+    .tp_clear = (inquiry)ThreadState_clear,
+    .tp_members = ThreadState_members,
+};
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *code;
+    int kind;
+    char keys;
+    char is_method;
+    PyObject *arg_names; /* tuple of positional parameter names */
+    PyObject *varargs;   /* name or None */
+    PyObject *kwonly;    /* tuple */
+    PyObject *varkw;     /* name or None */
+} CodeInfoObject;
+
+static PyMemberDef CodeInfo_members[] = {
+    {"code", T_OBJECT, offsetof(CodeInfoObject, code), 0, NULL},
+    {"kind", T_INT, offsetof(CodeInfoObject, kind), 0, NULL},
+    {"keys", T_BOOL, offsetof(CodeInfoObject, keys), 0, NULL},
+    {"is_method", T_BOOL, offsetof(CodeInfoObject, is_method), 0, NULL},
+    {"arg_names", T_OBJECT, offsetof(CodeInfoObject, arg_names), 0, NULL},
+    {"varargs", T_OBJECT, offsetof(CodeInfoObject, varargs), 0, NULL},
+    {"kwonly", T_OBJECT, offsetof(CodeInfoObject, kwonly), 0, NULL},
+    {"varkw", T_OBJECT, offsetof(CodeInfoObject, varkw), 0, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static int
+CodeInfo_traverse(CodeInfoObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->code);
+    Py_VISIT(self->arg_names);
+    Py_VISIT(self->varargs);
+    Py_VISIT(self->kwonly);
+    Py_VISIT(self->varkw);
+    return 0;
+}
+
+static int
+CodeInfo_clear(CodeInfoObject *self)
+{
+    Py_CLEAR(self->code);
+    Py_CLEAR(self->arg_names);
+    Py_CLEAR(self->varargs);
+    Py_CLEAR(self->kwonly);
+    Py_CLEAR(self->varkw);
+    return 0;
+}
+
+static void
+CodeInfo_dealloc(CodeInfoObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    CodeInfo_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyTypeObject CodeInfoType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "callspan._hotpath.CodeInfoBase",
+    .tp_basicsize = sizeof(CodeInfoObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE,
+    .tp_doc = "fields of callspan.selection.CodeInfo the hot path reads",
+    .tp_new = PyType_GenericNew,
+    .tp_dealloc = (destructor)CodeInfo_dealloc,
+    .tp_traverse = (traverseproc)CodeInfo_traverse,
+    .tp_clear = (inquiry)CodeInfo_clear,
+    .tp_members = CodeInfo_members,
+};
+
 #if PY_VERSION_HEX >= 0x030C0000
 /* ---------------------------------------------------------------------------------------- */
 /* The sys.monitoring hot path (3.12+).                                                       */
+
+typedef struct {
+    PyObject *code;
+    PyObject *info;
+} MapEntry;
 
 typedef struct {
     PyObject_HEAD
@@ -1090,9 +1235,12 @@ typedef struct {
     PyObject *generator_exit;
     Py_ssize_t max_pending;
     Py_ssize_t max_suspended;
+    MapEntry *map;            /* the decision cache (see info_of) */
+    Py_ssize_t map_mask;
+    Py_ssize_t map_used;
 } HotPath;
 
-static PyObject *str_stack, *str_cpu, *str_cpu_fd, *str_flat, *str_faults, *str_dropped;
+static PyObject *str_faults, *str_dropped;
 static PyObject *str_error;
 
 static void
@@ -1124,9 +1272,7 @@ static int
 read_clock(HotPath *hp, long long *out)
 {
     if (hp->clock == NULL) {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        *out = (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+        *out = monotonic_ns();
         return 0;
     }
     PyObject *value = PyObject_CallNoArgs(hp->clock);
@@ -1137,22 +1283,17 @@ read_clock(HotPath *hp, long long *out)
     return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
 }
 
-/* The thread's CPU reading, by ThreadState.cpu_fd: -2 thread CPU time (natively), >= 0 a
- * perf_event fd (read natively), -1 call the reader (injected counters in tests). Returns 1
- * when the thread has no counter. */
+/* The thread's CPU reading, by ThreadState.cpu_fd: -3 thread CPU time read at most once per
+ * interval, -2 thread CPU time, >= 0 a perf_event fd (all read natively), -1 call the reader
+ * (injected counters in tests). Returns 1 when the thread has no counter. */
 static int
-read_cpu(PyObject *state, PyObject *cpu, long long *out)
+read_cpu(ThreadStateObject *ts, long long *out)
 {
+    PyObject *cpu = ts->cpu;
     if (cpu == NULL || cpu == Py_None)
         return 1; /* no counter */
-    PyObject *fd_obj = PyObject_GetAttr(state, str_cpu_fd);
-    if (fd_obj == NULL)
-        return -1;
-    long fd = PyLong_AsLong(fd_obj);
-    Py_DECREF(fd_obj);
-    if (fd == -1 && PyErr_Occurred())
-        return -1;
-    if (fd == -3) { /* thread CPU time, read at most once per interval */
+    long fd = ts->cpu_fd;
+    if (fd == -3) {
         IntervalClock *clock = &thread_interval_clock;
         long long now = monotonic_ns();
         int need_real;
@@ -1161,10 +1302,8 @@ read_cpu(PyObject *state, PyObject *cpu, long long *out)
             *out = interval_commit(clock, now, thread_cpu_ns());
         return 0;
     }
-    if (fd == -2) { /* thread CPU time */
-        struct timespec ts;
-        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-        *out = (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+    if (fd == -2) {
+        *out = thread_cpu_ns();
         return 0;
     }
     if (fd >= 0) {
@@ -1186,7 +1325,7 @@ read_cpu(PyObject *state, PyObject *cpu, long long *out)
 
 /* Borrowed ThreadState of this thread (created when ``create``), or NULL: with an exception
  * set on error, without one when the thread has no state and create is 0. */
-static PyObject *
+static ThreadStateObject *
 get_state(HotPath *hp, int create)
 {
     PyObject *key = PyLong_FromUnsignedLong(PyThread_get_thread_ident());
@@ -1194,46 +1333,62 @@ get_state(HotPath *hp, int create)
         return NULL;
     PyObject *state = PyDict_GetItemWithError(hp->states, key);
     Py_DECREF(key);
-    if (state != NULL || PyErr_Occurred() || !create)
-        return state;
-    PyObject *made = PyObject_CallNoArgs(hp->thread_state);
-    if (made == NULL)
-        return NULL;
-    Py_DECREF(made); /* recorder.states holds it */
-    return made;
-}
-
-static PyObject *
-flat_of(PyObject *info)
-{
-    PyObject *flat = PyObject_GetAttr(info, str_flat);
-    if (flat != NULL && (!PyTuple_Check(flat) || PyTuple_GET_SIZE(flat) != FLAT_SIZE)) {
-        Py_DECREF(flat);
-        PyErr_SetString(PyExc_TypeError, "CodeInfo.flat has the wrong layout");
+    if (state == NULL) {
+        if (PyErr_Occurred() || !create)
+            return NULL;
+        PyObject *made = PyObject_CallNoArgs(hp->thread_state);
+        if (made == NULL)
+            return NULL;
+        Py_DECREF(made); /* recorder.states holds it */
+        state = made;
+    }
+    if (!PyObject_TypeCheck(state, &ThreadStateType) || ((ThreadStateObject *)state)->stack == NULL ||
+        !PyList_Check(((ThreadStateObject *)state)->stack)) {
+        PyErr_SetString(PyExc_TypeError, "thread state is not a callspan._hotpath.ThreadStateBase with a stack");
         return NULL;
     }
-    return flat;
+    return (ThreadStateObject *)state;
+}
+
+static CodeInfoObject *
+as_info(PyObject *info)
+{
+    if (!PyObject_TypeCheck(info, &CodeInfoType)) {
+        PyErr_SetString(PyExc_TypeError, "not a callspan._hotpath.CodeInfoBase");
+        return NULL;
+    }
+    CodeInfoObject *ci = (CodeInfoObject *)info;
+    if (ci->code == NULL || ci->arg_names == NULL || !PyTuple_Check(ci->arg_names) || ci->kwonly == NULL ||
+        !PyTuple_Check(ci->kwonly)) {
+        PyErr_SetString(PyExc_TypeError, "CodeInfo is not initialised");
+        return NULL;
+    }
+    return ci;
+}
+
+static int
+is_set(PyObject *obj)
+{
+    return obj != NULL && obj != Py_None;
 }
 
 /* (raw hash or None, unhashable type names, identity) as keys.args_key computes it. */
 static PyObject *
-args_key(HotPath *hp, PyObject *flat, PyFrameObject *frame)
+args_key(HotPath *hp, CodeInfoObject *ci, PyFrameObject *frame)
 {
-    PyObject *arg_names = PyTuple_GET_ITEM(flat, F_ARG_NAMES);
-    PyObject *varargs = PyTuple_GET_ITEM(flat, F_VARARGS);
-    PyObject *kwonly = PyTuple_GET_ITEM(flat, F_KWONLY);
-    PyObject *varkw = PyTuple_GET_ITEM(flat, F_VARKW);
-    int is_method = PyTuple_GET_ITEM(flat, F_IS_METHOD) == Py_True;
+    PyObject *arg_names = ci->arg_names;
+    PyObject *kwonly = ci->kwonly;
+    int is_method = ci->is_method;
     Py_ssize_t nargs = PyTuple_GET_SIZE(arg_names);
     Py_ssize_t nkwonly = PyTuple_GET_SIZE(kwonly);
     PyObject *extra = NULL, *kwdict = NULL, *key = NULL, *result = NULL;
-    if (varargs != Py_None) {
-        extra = PyFrame_GetVar(frame, varargs);
+    if (is_set(ci->varargs)) {
+        extra = PyFrame_GetVar(frame, ci->varargs);
         if (extra == NULL || !PyTuple_Check(extra))
             goto error;
     }
-    if (varkw != Py_None) {
-        kwdict = PyFrame_GetVar(frame, varkw);
+    if (is_set(ci->varkw)) {
+        kwdict = PyFrame_GetVar(frame, ci->varkw);
         if (kwdict == NULL || !PyDict_Check(kwdict))
             goto error;
     }
@@ -1297,7 +1452,7 @@ args_key(HotPath *hp, PyObject *flat, PyFrameObject *frame)
         if (h == -1 && PyErr_Occurred()) {
             if (!PyErr_ExceptionMatches(PyExc_TypeError)) {
                 PyErr_Clear();
-                result = Py_BuildValue("(OOO)", Py_None, str_error, identity);
+                result = PyTuple_Pack(3, Py_None, str_error, identity);
                 goto done;
             }
             PyErr_Clear();
@@ -1314,7 +1469,8 @@ args_key(HotPath *hp, PyObject *flat, PyFrameObject *frame)
         PyObject *raw = PyLong_FromSsize_t(h);
         if (raw == NULL)
             goto error;
-        result = Py_BuildValue("(NOO)", raw, str_empty, identity);
+        result = PyTuple_Pack(3, raw, str_empty, identity);
+        Py_DECREF(raw);
     }
 done:
     Py_XDECREF(extra);
@@ -1336,11 +1492,17 @@ value_key(HotPath *hp, PyObject *value)
 {
     if (Py_TYPE(value)->tp_hash != PyObject_HashNotImplemented) {
         Py_hash_t h = PyObject_Hash(value);
-        if (h != -1 || !PyErr_Occurred())
-            return Py_BuildValue("(NO)", PyLong_FromSsize_t(h), Py_True);
+        if (h != -1 || !PyErr_Occurred()) {
+            PyObject *raw = PyLong_FromSsize_t(h);
+            if (raw == NULL)
+                return NULL;
+            PyObject *result = PyTuple_Pack(2, raw, Py_True);
+            Py_DECREF(raw);
+            return result;
+        }
         if (!PyErr_ExceptionMatches(PyExc_TypeError)) {
             PyErr_Clear();
-            return Py_BuildValue("(OO)", Py_None, Py_False);
+            return PyTuple_Pack(2, Py_None, Py_False);
         }
         PyErr_Clear();
     }
@@ -1352,20 +1514,17 @@ value_key(HotPath *hp, PyObject *value)
 static int
 hp_start(HotPath *hp, PyObject *info, PyFrameObject *frame)
 {
-    PyObject *flat = NULL, *stack = NULL, *cpu = NULL, *parent = NULL, *prev = NULL;
+    PyObject *parent = NULL, *prev = NULL;
     PyObject *record = NULL, *args = NULL, *context = NULL;
     int rc = -1;
-    PyObject *state = get_state(hp, 1);
-    if (state == NULL)
+    CodeInfoObject *ci = as_info(info);
+    if (ci == NULL)
+        return -1;
+    ThreadStateObject *ts = get_state(hp, 1);
+    if (ts == NULL)
         goto finally;
-    if ((flat = flat_of(info)) == NULL || (stack = PyObject_GetAttr(state, str_stack)) == NULL ||
-        (cpu = PyObject_GetAttr(state, str_cpu)) == NULL)
-        goto finally;
-    if (!PyList_Check(stack)) {
-        PyErr_SetString(PyExc_TypeError, "ThreadState.stack is not a list");
-        goto finally;
-    }
-    long kind = PyLong_AsLong(PyTuple_GET_ITEM(flat, F_KIND));
+    PyObject *stack = ts->stack;
+    int kind = ci->kind;
     Py_ssize_t depth = PyList_GET_SIZE(stack);
     parent = Py_NewRef(depth ? PyList_GET_ITEM(stack, depth - 1) : Py_None);
     PyObject *via_task = Py_False;
@@ -1401,8 +1560,12 @@ hp_start(HotPath *hp, PyObject *info, PyFrameObject *frame)
         if (root == Py_None)
             root = parent;
     }
-    if (PyTuple_GET_ITEM(flat, F_KEYS) == Py_True) {
-        if ((args = args_key(hp, flat, frame)) == NULL)
+    if (ci->keys) {
+        if (frame == NULL) {
+            PyErr_SetString(PyExc_RuntimeError, "no frame");
+            goto finally;
+        }
+        if ((args = args_key(hp, ci, frame)) == NULL)
             goto finally;
     }
     if ((record = PyList_New(RECORD_SIZE)) == NULL)
@@ -1420,7 +1583,7 @@ hp_start(HotPath *hp, PyObject *info, PyFrameObject *frame)
     PyList_SET_ITEM(record, R_SUSPENDS, Py_NewRef(zero));
     PyList_SET_ITEM(record, R_SUSP_NS, Py_NewRef(zero));
     PyList_SET_ITEM(record, R_SUSP_AT, Py_NewRef(zero));
-    PyList_SET_ITEM(record, R_THREAD, Py_NewRef(state));
+    PyList_SET_ITEM(record, R_THREAD, Py_NewRef((PyObject *)ts));
     PyList_SET_ITEM(record, R_CONTEXT, context ? Py_NewRef(context) : Py_NewRef(Py_None));
     PyList_SET_ITEM(record, R_PREV_CURRENT, Py_NewRef(prev));
     PyList_SET_ITEM(record, R_VIA_TASK, Py_NewRef(via_task));
@@ -1440,16 +1603,13 @@ hp_start(HotPath *hp, PyObject *info, PyFrameObject *frame)
         Py_DECREF(token);
     }
     long long value;
-    int got = read_cpu(state, cpu, &value);
+    int got = read_cpu(ts, &value);
     if (got < 0 || (got == 0 && put_ll(record, R_SEG_CPU, value) < 0))
         goto finally;
     if (read_clock(hp, &value) < 0 || put_ll(record, R_START, value) < 0)
         goto finally;
     rc = 0;
 finally:
-    Py_XDECREF(flat);
-    Py_XDECREF(stack);
-    Py_XDECREF(cpu);
     Py_XDECREF(parent);
     Py_XDECREF(prev);
     Py_XDECREF(record);
@@ -1458,60 +1618,39 @@ finally:
     return rc;
 }
 
-/* Pops this thread's innermost record if it belongs to ``code``; new reference, or NULL (no
- * exception: not ours). Also returns the thread's state (borrowed) and cpu reader (new). */
+/* Pops this thread's innermost record if it belongs to ``code``: a new reference, or NULL (an
+ * exception set on error; none when the record is not ours). */
 static PyObject *
-pop_own(HotPath *hp, PyObject *code, PyObject **state_out, PyObject **cpu_out, PyObject **stack_out)
+pop_own(HotPath *hp, PyObject *code, ThreadStateObject **ts_out)
 {
-    *cpu_out = NULL;
-    *stack_out = NULL;
-    PyObject *state = get_state(hp, 0);
-    *state_out = state;
-    if (state == NULL)
+    ThreadStateObject *ts = get_state(hp, 0);
+    *ts_out = ts;
+    if (ts == NULL)
         return NULL;
-    PyObject *stack = PyObject_GetAttr(state, str_stack);
-    if (stack == NULL)
+    PyObject *stack = ts->stack;
+    Py_ssize_t depth = PyList_GET_SIZE(stack);
+    if (depth == 0)
         return NULL;
-    Py_ssize_t depth = PyList_Check(stack) ? PyList_GET_SIZE(stack) : 0;
-    if (depth == 0) {
-        Py_DECREF(stack);
-        return NULL;
-    }
     PyObject *top = PyList_GET_ITEM(stack, depth - 1);
-    PyObject *flat = flat_of(PyList_GET_ITEM(top, R_INFO));
-    if (flat == NULL) {
-        Py_DECREF(stack);
+    CodeInfoObject *ci = as_info(PyList_GET_ITEM(top, R_INFO));
+    if (ci == NULL)
         return NULL;
-    }
-    int ours = PyTuple_GET_ITEM(flat, F_CODE) == code;
-    Py_DECREF(flat);
-    if (!ours) { /* started before tracing began */
-        Py_DECREF(stack);
+    if (ci->code != code) /* started before tracing began */
         return NULL;
-    }
-    PyObject *cpu = PyObject_GetAttr(state, str_cpu);
-    if (cpu == NULL) {
-        Py_DECREF(stack);
-        return NULL;
-    }
     Py_INCREF(top);
     if (PyList_SetSlice(stack, depth - 1, depth, NULL) < 0) {
         Py_DECREF(top);
-        Py_DECREF(cpu);
-        Py_DECREF(stack);
         return NULL;
     }
-    *cpu_out = cpu;
-    *stack_out = stack;
     return top;
 }
 
 /* record[CPU] += cpu() - record[SEG_CPU]; 1 when there is no counter. */
 static int
-close_segment(PyObject *state, PyObject *cpu, PyObject *record)
+close_segment(ThreadStateObject *ts, PyObject *record)
 {
     long long now, seg, total;
-    int got = read_cpu(state, cpu, &now);
+    int got = read_cpu(ts, &now);
     if (got != 0)
         return got;
     if (get_ll(record, R_SEG_CPU, &seg) < 0 || get_ll(record, R_CPU, &total) < 0)
@@ -1525,35 +1664,38 @@ hp_finish(HotPath *hp, PyObject *code, PyObject *value, PyObject *error)
     long long now;
     if (read_clock(hp, &now) < 0)
         return -1;
-    PyObject *state, *cpu, *stack;
-    PyObject *record = pop_own(hp, code, &state, &cpu, &stack);
+    ThreadStateObject *ts;
+    PyObject *record = pop_own(hp, code, &ts);
     if (record == NULL)
         return PyErr_Occurred() ? -1 : 0;
     int rc = -1;
-    PyObject *flat = NULL;
-    int counted = close_segment(state, cpu, record);
+    CodeInfoObject *ci = (CodeInfoObject *)PyList_GET_ITEM(record, R_INFO); /* checked by pop_own */
+    int counted = close_segment(ts, record);
     if (counted < 0 || put_ll(record, R_END, now) < 0)
         goto finally;
-    if ((flat = flat_of(PyList_GET_ITEM(record, R_INFO))) == NULL)
-        goto finally;
     if (error == NULL) {
-        if (PyTuple_GET_ITEM(flat, F_KEYS) == Py_True) {
+        if (ci->keys) {
             PyObject *ret = value_key(hp, value);
             if (ret == NULL)
                 goto finally;
             put_obj(record, R_RET, ret);
-            PyObject *size = PyObject_CallFunctionObjArgs(hp->getsizeof, value, PyList_GET_ITEM(record, R_RET_SIZE), NULL);
-            if (size == NULL)
+            size_t bytes = _PySys_GetSizeOf(value); /* sys.getsizeof(value, 0) */
+            if (bytes == (size_t)-1 && PyErr_Occurred()) {
+                if (!PyErr_ExceptionMatches(PyExc_TypeError))
+                    goto finally;
+                PyErr_Clear();
+                bytes = 0;
+            }
+            if (put_ll(record, R_RET_SIZE, (long long)bytes) < 0)
                 goto finally;
-            put_obj(record, R_RET_SIZE, size);
         }
     }
     else if (!PyObject_TypeCheck(error, (PyTypeObject *)hp->generator_exit)) {
         put_obj(record, R_ERROR, Py_NewRef((PyObject *)Py_TYPE(error)));
     }
-    Py_ssize_t depth = PyList_GET_SIZE(stack);
+    Py_ssize_t depth = PyList_GET_SIZE(ts->stack);
     if (depth && counted == 0) {
-        PyObject *parent = PyList_GET_ITEM(stack, depth - 1);
+        PyObject *parent = PyList_GET_ITEM(ts->stack, depth - 1);
         if (parent == PyList_GET_ITEM(record, R_PARENT)) {
             long long mine, theirs;
             if (get_ll(record, R_CPU, &mine) < 0 || get_ll(parent, R_CHILD_CPU, &theirs) < 0 ||
@@ -1561,7 +1703,7 @@ hp_finish(HotPath *hp, PyObject *code, PyObject *value, PyObject *error)
                 goto finally;
         }
     }
-    if (PyLong_AsLong(PyTuple_GET_ITEM(flat, F_KIND)) == KIND_COROUTINE) {
+    if (ci->kind == KIND_COROUTINE) {
         PyObject *token = PyContextVar_Set(hp->current, PyList_GET_ITEM(record, R_PREV_CURRENT));
         if (token == NULL)
             goto finally;
@@ -1581,10 +1723,7 @@ hp_finish(HotPath *hp, PyObject *code, PyObject *value, PyObject *error)
     }
     rc = 0;
 finally:
-    Py_XDECREF(flat);
     Py_DECREF(record);
-    Py_XDECREF(cpu);
-    Py_XDECREF(stack);
     return rc;
 }
 
@@ -1594,14 +1733,14 @@ hp_suspend(HotPath *hp, PyObject *code, PyFrameObject *frame)
     long long now;
     if (read_clock(hp, &now) < 0)
         return -1;
-    PyObject *state, *cpu, *stack;
-    PyObject *record = pop_own(hp, code, &state, &cpu, &stack);
+    ThreadStateObject *ts;
+    PyObject *record = pop_own(hp, code, &ts);
     if (record == NULL)
         return PyErr_Occurred() ? -1 : 0;
     int rc = -1;
     long long count;
     PyObject *key = NULL;
-    if (close_segment(state, cpu, record) < 0 || get_ll(record, R_SUSPENDS, &count) < 0 ||
+    if (close_segment(ts, record) < 0 || get_ll(record, R_SUSPENDS, &count) < 0 ||
         put_ll(record, R_SUSPENDS, count + 1) < 0 || put_ll(record, R_SUSP_AT, now) < 0)
         goto finally;
     if (PyDict_GET_SIZE(hp->suspended) >= hp->max_suspended) {
@@ -1616,8 +1755,6 @@ hp_suspend(HotPath *hp, PyObject *code, PyFrameObject *frame)
 finally:
     Py_XDECREF(key);
     Py_DECREF(record);
-    Py_XDECREF(cpu);
-    Py_XDECREF(stack);
     return rc;
 }
 
@@ -1640,46 +1777,97 @@ hp_resume(HotPath *hp, PyFrameObject *frame)
         return -1;
     }
     int rc = -1;
-    PyObject *flat = NULL, *stack = NULL, *cpu = NULL;
     PyCodeObject *code = PyFrame_GetCode(frame);
-    if ((flat = flat_of(PyList_GET_ITEM(record, R_INFO))) == NULL)
+    CodeInfoObject *ci = as_info(PyList_GET_ITEM(record, R_INFO));
+    if (ci == NULL)
         goto finally;
-    if (PyTuple_GET_ITEM(flat, F_CODE) != (PyObject *)code) {
+    if (ci->code != (PyObject *)code) {
         rc = 0;
         goto finally;
     }
-    PyObject *state = get_state(hp, 1);
-    if (state == NULL)
+    ThreadStateObject *ts = get_state(hp, 1);
+    if (ts == NULL)
         goto finally;
     long long now, at, total;
     if (read_clock(hp, &now) < 0 || get_ll(record, R_SUSP_AT, &at) < 0 ||
         get_ll(record, R_SUSP_NS, &total) < 0 || put_ll(record, R_SUSP_NS, total + now - at) < 0)
         goto finally;
-    if ((stack = PyObject_GetAttr(state, str_stack)) == NULL || PyList_Append(stack, record) < 0)
+    if (PyList_Append(ts->stack, record) < 0)
         goto finally;
-    if ((cpu = PyObject_GetAttr(state, str_cpu)) == NULL)
-        goto finally;
-    int got = read_cpu(state, cpu, &now);
+    int got = read_cpu(ts, &now);
     if (got < 0 || (got == 0 && put_ll(record, R_SEG_CPU, now) < 0))
         goto finally;
     rc = 0;
 finally:
     Py_XDECREF(code);
-    Py_XDECREF(flat);
-    Py_XDECREF(stack);
-    Py_XDECREF(cpu);
     Py_DECREF(record);
     return rc;
 }
 
-/* -- sys.monitoring callbacks ------------------------------------------------------------ */
+/* -- the decision cache: code object -> CodeInfo or None, per session ------------------------
+ * The recorder's infos dict is the record of decisions; this open-addressing table keyed by the
+ * code object's address avoids hashing code objects (code_hash walks the code's fields) on every
+ * event. It holds strong references, so an address cannot be reused while it is in the table. */
 
-/* The CodeInfo of ``code`` (borrowed), Py_None when unselected, NULL when never decided. */
+static Py_ssize_t
+map_slot(HotPath *hp, PyObject *code)
+{
+    uint64_t h = ((uint64_t)(uintptr_t)code >> 4) * 0x9E3779B97F4A7C15ULL;
+    Py_ssize_t i = (Py_ssize_t)(h >> 32) & hp->map_mask;
+    while (hp->map[i].code != NULL && hp->map[i].code != code)
+        i = (i + 1) & hp->map_mask;
+    return i;
+}
+
+static int
+map_put(HotPath *hp, PyObject *code, PyObject *info)
+{
+    if (hp->map == NULL || (hp->map_used + 1) * 2 > hp->map_mask + 1) {
+        Py_ssize_t size = hp->map ? (hp->map_mask + 1) * 2 : 1024;
+        MapEntry *old = hp->map;
+        Py_ssize_t old_size = old ? hp->map_mask + 1 : 0;
+        MapEntry *fresh = PyMem_Calloc((size_t)size, sizeof(MapEntry));
+        if (fresh == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        hp->map = fresh;
+        hp->map_mask = size - 1;
+        for (Py_ssize_t i = 0; i < old_size; i++) {
+            if (old[i].code != NULL)
+                hp->map[map_slot(hp, old[i].code)] = old[i];
+        }
+        PyMem_Free(old);
+    }
+    Py_ssize_t i = map_slot(hp, code);
+    if (hp->map[i].code == NULL) {
+        hp->map[i].code = Py_NewRef(code);
+        hp->map[i].info = Py_NewRef(info);
+        hp->map_used++;
+    }
+    else {
+        Py_SETREF(hp->map[i].info, Py_NewRef(info));
+    }
+    return 0;
+}
+
+/* The CodeInfo of ``code`` (borrowed), Py_None when unselected, NULL when never decided
+ * (an exception set on error). */
 static PyObject *
 info_of(HotPath *hp, PyObject *code)
 {
-    return PyDict_GetItemWithError(hp->infos, code);
+    if (hp->map != NULL) {
+        MapEntry *entry = &hp->map[map_slot(hp, code)];
+        if (entry->code == code)
+            return entry->info;
+    }
+    PyObject *info = PyDict_GetItemWithError(hp->infos, code);
+    if (info != NULL && map_put(hp, code, info) < 0)
+        return NULL;
+    return info;
 }
+
+/* -- sys.monitoring callbacks ------------------------------------------------------------ */
 
 static PyObject *
 cb_py_start(HotPath *hp, PyObject *const *args, Py_ssize_t nargs)
@@ -1688,7 +1876,7 @@ cb_py_start(HotPath *hp, PyObject *const *args, Py_ssize_t nargs)
         Py_RETURN_NONE;
     PyObject *code = args[0];
     PyObject *info = info_of(hp, code);
-    PyFrameObject *frame;
+    PyFrameObject *frame = NULL;
     if (info == NULL) {
         if (PyErr_Occurred()) {
             fault(hp);
@@ -1701,6 +1889,10 @@ cb_py_start(HotPath *hp, PyObject *const *args, Py_ssize_t nargs)
             Py_RETURN_NONE;
         }
         Py_DECREF(decided); /* recorder.infos holds it */
+        if (map_put(hp, code, decided) < 0) {
+            fault(hp);
+            Py_RETURN_NONE;
+        }
         if (decided == Py_None)
             return Py_NewRef(hp->disable);
         info = decided;
@@ -1708,10 +1900,10 @@ cb_py_start(HotPath *hp, PyObject *const *args, Py_ssize_t nargs)
     else if (info == Py_None) {
         return Py_NewRef(hp->disable);
     }
-    else {
+    /* The frame object is materialised only to read arguments (keys). */
+    if (frame == NULL && PyObject_TypeCheck(info, &CodeInfoType) && ((CodeInfoObject *)info)->keys)
         frame = PyEval_GetFrame();
-    }
-    if (frame == NULL || hp_start(hp, info, frame) < 0)
+    if (hp_start(hp, info, frame) < 0)
         fault(hp);
     Py_RETURN_NONE;
 }
@@ -1813,6 +2005,12 @@ HotPath_traverse(HotPath *self, visitproc visit, void *arg)
     Py_VISIT(self->disable);
     Py_VISIT(self->kwd_mark);
     Py_VISIT(self->generator_exit);
+    if (self->map != NULL) {
+        for (Py_ssize_t i = 0; i <= self->map_mask; i++) {
+            Py_VISIT(self->map[i].code);
+            Py_VISIT(self->map[i].info);
+        }
+    }
     return 0;
 }
 
@@ -1837,6 +2035,17 @@ HotPath_clear(HotPath *self)
     Py_CLEAR(self->disable);
     Py_CLEAR(self->kwd_mark);
     Py_CLEAR(self->generator_exit);
+    if (self->map != NULL) {
+        MapEntry *map = self->map;
+        Py_ssize_t size = self->map_mask + 1;
+        self->map = NULL;
+        self->map_mask = self->map_used = 0;
+        for (Py_ssize_t i = 0; i < size; i++) {
+            Py_XDECREF(map[i].code);
+            Py_XDECREF(map[i].info);
+        }
+        PyMem_Free(map);
+    }
     return 0;
 }
 
@@ -1982,14 +2191,25 @@ PyInit__hotpath(void)
     }
     if (PyModule_AddIntConstant(module, "RECORD_SIZE", RECORD_SIZE) < 0 ||
         PyModule_AddIntConstant(module, "R_OUT", R_OUT) < 0 ||
-        PyModule_AddIntConstant(module, "R_VIA_TASK", R_VIA_TASK) < 0 ||
-        PyModule_AddIntConstant(module, "FLAT_SIZE", FLAT_SIZE) < 0)
+        PyModule_AddIntConstant(module, "R_VIA_TASK", R_VIA_TASK) < 0)
         goto error;
     if ((str_empty = PyUnicode_InternFromString("")) == NULL ||
         (str_dict_tag = PyUnicode_InternFromString("dict")) == NULL ||
         (str_set_tag = PyUnicode_InternFromString("set")) == NULL || PyType_Ready(&OutType) < 0 ||
         PyType_Ready(&SummaryType) < 0)
         goto error;
+    if (PyType_Ready(&ThreadStateType) < 0 || PyType_Ready(&CodeInfoType) < 0)
+        goto error;
+    Py_INCREF(&ThreadStateType);
+    if (PyModule_AddObject(module, "ThreadStateBase", (PyObject *)&ThreadStateType) < 0) {
+        Py_DECREF(&ThreadStateType);
+        goto error;
+    }
+    Py_INCREF(&CodeInfoType);
+    if (PyModule_AddObject(module, "CodeInfoBase", (PyObject *)&CodeInfoType) < 0) {
+        Py_DECREF(&CodeInfoType);
+        goto error;
+    }
     Py_INCREF(&OutType);
     if (PyModule_AddObject(module, "Out", (PyObject *)&OutType) < 0) {
         Py_DECREF(&OutType);
@@ -2001,11 +2221,7 @@ PyInit__hotpath(void)
         goto error;
     }
 #if PY_VERSION_HEX >= 0x030C0000
-    if ((str_stack = PyUnicode_InternFromString("stack")) == NULL ||
-        (str_cpu = PyUnicode_InternFromString("cpu")) == NULL ||
-        (str_cpu_fd = PyUnicode_InternFromString("cpu_fd")) == NULL ||
-        (str_flat = PyUnicode_InternFromString("flat")) == NULL ||
-        (str_faults = PyUnicode_InternFromString("faults")) == NULL ||
+    if ((str_faults = PyUnicode_InternFromString("faults")) == NULL ||
         (str_dropped = PyUnicode_InternFromString("dropped")) == NULL ||
         (str_error = PyUnicode_InternFromString("error")) == NULL)
         goto error;

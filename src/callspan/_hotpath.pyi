@@ -5,7 +5,7 @@ from typing import Any
 RECORD_SIZE: int
 R_OUT: int
 R_VIA_TASK: int
-FLAT_SIZE: int
+
 
 def siphash24(k0: int, k1: int, message: int, /) -> int: ...
 def fingerprint(value: Any, /) -> int | None: ...
@@ -30,7 +30,7 @@ class Summary:
     run: int
     cpu_total: int
     cpu_self: int
-    calls: list[tuple[str, str, int, int, int]]
+    calls: list[tuple[int | None, int | None, int, int, int]]
     rate: float
     def __init__(self, info: Any, /) -> None: ...
 
@@ -43,3 +43,20 @@ class HotPath:
     def py_yield(self, code: Any, offset: int, value: Any, /) -> Any: ...
     def py_unwind(self, code: Any, offset: int, exc: BaseException, /) -> Any: ...
     def py_throw(self, code: Any, offset: int, exc: BaseException, /) -> Any: ...
+
+class ThreadStateBase:
+    stack: Any
+    ident: Any
+    name: Any
+    cpu: Any
+    cpu_fd: int
+
+class CodeInfoBase:
+    code: Any
+    kind: int
+    keys: bool
+    is_method: bool
+    arg_names: Any
+    varargs: Any
+    kwonly: Any
+    varkw: Any

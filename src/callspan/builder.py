@@ -85,7 +85,7 @@ class _SummaryMethods:
     run: int
     cpu_total: int
     cpu_self: int
-    calls: list[tuple[str, str, int, int, int]]
+    calls: list[tuple[int | None, int | None, int, int, int]]
     rate: float
 
     def merge(self, other: _SummaryMethods, cap: int) -> None:
@@ -101,7 +101,7 @@ class _SummaryMethods:
         for call in other.calls:
             self.add_call(call, cap)
 
-    def add_call(self, call: tuple[str, str, int, int, int], cap: int) -> None:
+    def add_call(self, call: tuple[int | None, int | None, int, int, int], cap: int) -> None:
         if self.rate < 1.0 and not _sampled(call[0], self.rate):
             return
         self.calls.append(call)
@@ -124,9 +124,14 @@ class _Summary(_SummaryMethods):
         self.rate = 1.0
 
 
-def _sampled(args_hash: str, rate: float) -> bool:
-    # SHARDS spatial sampling: keep a key iff its (uniform, keyed) hash falls below the rate.
-    return bool(args_hash) and int(args_hash[:8], 16) < rate * 0x100000000
+def _sampled(args_digest: int | None, rate: float) -> bool:
+    # SHARDS spatial sampling: keep a key iff its (uniform, keyed) hash falls below the rate:
+    # the high 32 bits, i.e. the first 8 hex digits the analyzer reads.
+    return args_digest is not None and (args_digest >> 32) < rate * 0x100000000
+
+
+def _hex(digest: int | None) -> str:
+    return f"{digest:016x}" if digest is not None else ""
 
 
 class _Out:
@@ -220,16 +225,16 @@ class SpanBuilder:
         self.max_summary_calls = max_summary_calls
         self.spans_opened = 0
         self.calls_summarised = 0
-        self._keyed_memo: dict[int, str] = {}
+        self._keyed_memo: dict[int, int] = {}
 
-    def _keyed(self, raw: int) -> str:
+    def _keyed(self, raw: int) -> int:
         """Keyed digest of a raw hash, memoised (bounded) since keys repeat by nature."""
         memo = self._keyed_memo
         digest = memo.get(raw)
         if digest is None:
             if len(memo) >= 1 << 18:
                 memo.clear()
-            digest = memo[raw] = self.hasher.keyed(raw)
+            digest = memo[raw] = self.hasher.digest(raw)
         return digest
 
     # -- decisions ----------------------------------------------------------------------------
@@ -360,10 +365,10 @@ class SpanBuilder:
         summary.cpu_total += cpu
         summary.cpu_self += cpu - record[R_CHILD_CPU]
         if record[R_ARGS] is not None or record[R_RET] is not None:
-            args_hex, ret_hex = self._hashes(record)
-            if args_hex or ret_hex:
+            args_digest, ret_digest = self._digests(record)
+            if args_digest is not None or ret_digest is not None:
                 offset = self.clock_offset
-                summary.add_call((args_hex, ret_hex, start + offset, end + offset, cpu), cap)
+                summary.add_call((args_digest, ret_digest, start + offset, end + offset, cpu), cap)
         own = record[R_OUT]
         if own is not None and own.summaries:
             for child_info, child in own.summaries.items():
@@ -376,13 +381,14 @@ class SpanBuilder:
         self.calls_summarised += 1
         return True
 
-    def _hashes(self, record: Record) -> tuple[str, str]:
+    def _digests(self, record: Record) -> tuple[int | None, int | None]:
+        """Keyed digests of the record's argument key and return value (None when absent)."""
         args = record[R_ARGS]
         ret = record[R_RET]
         keyed = self._keyed
-        args_hex = keyed(args[0]) if args is not None and args[0] is not None else ""
-        ret_hex = keyed(ret[0]) if ret is not None and ret[0] is not None and record[R_ERROR] is None else ""
-        return args_hex, ret_hex
+        args_digest = keyed(args[0]) if args is not None and args[0] is not None else None
+        ret_digest = keyed(ret[0]) if ret is not None and ret[0] is not None and record[R_ERROR] is None else None
+        return args_digest, ret_digest
 
     # -- spans --------------------------------------------------------------------------------
 
@@ -463,7 +469,8 @@ class SpanBuilder:
 
     def _key_attributes(self, record: Record, attributes: dict[str, Any]) -> None:
         info: CodeInfo = record[R_INFO]
-        args_hex, ret_hex = self._hashes(record)
+        args_digest, ret_digest = self._digests(record)
+        args_hex, ret_hex = _hex(args_digest), _hex(ret_digest)
         args = record[R_ARGS]
         if args is not None:
             if args_hex:
@@ -502,8 +509,8 @@ class SpanBuilder:
             calls = sorted(summary.calls, key=lambda c: c[2])
             node.events.append(("callspan.calls", calls[0][2] if calls else node.start_ns, {
                 "callspan.function": summary.info.name,
-                "callspan.args.hash": [c[0] for c in calls],
-                "callspan.return.hash": [c[1] for c in calls],
+                "callspan.args.hash": [_hex(c[0]) for c in calls],
+                "callspan.return.hash": [_hex(c[1]) for c in calls],
                 "callspan.start_ns": [c[2] for c in calls],
                 "callspan.end_ns": [c[3] for c in calls],
                 "callspan.cpu": [c[4] for c in calls],

@@ -193,5 +193,9 @@ class KeyHasher:
         self.k0 = int.from_bytes(key[:8], "little")
         self.k1 = int.from_bytes(key[8:], "little")
 
+    def digest(self, raw: int) -> int:
+        return _siphash24(self.k0, self.k1, raw & _MASK64)
+
     def keyed(self, raw: int) -> str:
-        return f"{_siphash24(self.k0, self.k1, raw & _MASK64):016x}"
+        """The digest as exported: 16 hex digits."""
+        return f"{self.digest(raw):016x}"

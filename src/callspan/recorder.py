@@ -15,8 +15,9 @@ import time
 from collections import deque
 from collections.abc import Callable
 from types import CodeType, FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from callspan import _env
 from callspan.counters import CpuCounter, native_reader
 from callspan.keys import args_key, value_key
 from callspan.record import (
@@ -52,10 +53,23 @@ current_coroutine_var = _current_coroutine  # the compiled hot path reads and se
 _NOT_ERRORS = (GeneratorExit,)
 
 
-class ThreadState:
+if TYPE_CHECKING or not _env.HAS_COMPILED_HASH:
+    class _ThreadStateBase:
+        __slots__ = ("stack", "ident", "name", "cpu", "cpu_fd")
+else:
+    # The same fields as C struct members, read directly by the compiled hot path.
+    from callspan._hotpath import ThreadStateBase as _ThreadStateBase
+
+
+class ThreadState(_ThreadStateBase):
     """Per-thread: the stack of running traced records and the thread's CPU reader."""
 
-    __slots__ = ("stack", "ident", "name", "cpu", "cpu_fd")
+    __slots__ = ()
+    stack: list[Record]
+    ident: int
+    name: str
+    cpu: Callable[[], int] | None
+    cpu_fd: int
 
     def __init__(self, cpu: Callable[[], int] | None) -> None:
         thread = threading.current_thread()

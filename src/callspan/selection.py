@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from types import CodeType
+from typing import TYPE_CHECKING
 
+from callspan import _env
 from callspan.config import stdlib_paths
 
 KIND_FUNCTION, KIND_COROUTINE, KIND_GENERATOR, KIND_ASYNC_GENERATOR = range(4)
@@ -22,11 +24,26 @@ _CO_ASYNC_GENERATOR = 0x200
 _ALWAYS_EXCLUDED_MODULES = ("callspan", "opentelemetry")
 
 
-class CodeInfo:
+if TYPE_CHECKING or not _env.HAS_COMPILED_HASH:
+    class _CodeInfoBase:
+        __slots__ = ("code", "kind", "keys", "is_method", "arg_names", "varargs", "kwonly", "varkw")
+else:
+    # The same fields as C struct members, read directly by the compiled hot path.
+    from callspan._hotpath import CodeInfoBase as _CodeInfoBase
+
+
+class CodeInfo(_CodeInfoBase):
     """What the hot path needs to know about one traced code object, computed once."""
 
-    __slots__ = ("code", "name", "file", "line", "kind", "arg_names", "varargs", "kwonly", "varkw", "keys",
-                 "is_method", "flat")
+    __slots__ = ("name", "file", "line")
+    code: CodeType
+    kind: int
+    keys: bool
+    is_method: bool
+    arg_names: tuple[str, ...]
+    varargs: str | None
+    kwonly: tuple[str, ...]
+    varkw: str | None
 
     def __init__(self, code: CodeType, module: str, keys: bool) -> None:
         self.code = code
@@ -52,13 +69,7 @@ class CodeInfo:
         index += 1 if flags & _CO_VARARGS else 0
         self.varkw = names[index] if flags & _CO_VARKEYWORDS else None
         self.is_method = bool(self.arg_names) and self.arg_names[0] in ("self", "cls")
-        self.set_keys(keys)
-
-    def set_keys(self, keys: bool) -> None:
         self.keys = keys
-        # What the compiled hot path reads, in one attribute (layout: FLAT_* in _hotpath.c).
-        self.flat = (self.kind, keys, self.arg_names, self.varargs, self.kwonly, self.varkw,
-                     self.is_method, self.code)
 
 
 def _split(patterns: Iterable[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -134,5 +145,5 @@ class Selector:
         if not code.co_flags & _CO_OPTIMIZED or not self.selects(code, module):
             return None
         info = CodeInfo(code, module, keys=False)
-        info.set_keys(self._keys_all or info.name in self._keys_names or code.co_qualname in self._keys_names)
+        info.keys = self._keys_all or info.name in self._keys_names or code.co_qualname in self._keys_names
         return info

@@ -96,7 +96,7 @@ def test_shards_sampling_halves_the_rate_and_keeps_whole_keys(traced) -> None:  
     # Spatial sampling: a key is either always in or always out, so every kept key appears 4x
     # (minus the calls kept as spans).
     kept = [h for h in attrs["callspan.args.hash"]]
-    assert all(_sampled(h, rate) for h in kept)
+    assert all(_sampled(int(h, 16), rate) for h in kept)
     counts = {h: kept.count(h) for h in kept}
     assert sum(1 for c in counts.values() if c == 4) >= len(counts) - 2
 

@@ -113,10 +113,15 @@ def test_native_readers_are_recognised() -> None:
 def test_layouts_match() -> None:
     assert hotpath.RECORD_SIZE == record.RECORD_SIZE
     assert hotpath.R_OUT == record.R_OUT and hotpath.R_VIA_TASK == record.R_VIA_TASK
+    from callspan.recorder import ThreadState
     from callspan.selection import CodeInfo
 
+    # The Python classes the hot path reads are the C structs' subclasses, with their fields.
     info = CodeInfo(test_layouts_match.__code__, __name__, keys=True)
-    assert len(info.flat) == hotpath.FLAT_SIZE and info.flat[-1] is info.code and info.flat[1] is True
+    assert isinstance(info, hotpath.CodeInfoBase) and info.keys is True and info.kind == 0
+    assert info.arg_names == () and info.varargs is None and info.code is test_layouts_match.__code__
+    state = ThreadState(None)
+    assert isinstance(state, hotpath.ThreadStateBase) and state.stack == [] and state.cpu_fd == -1
 
 
 needs_sysmon = pytest.mark.skipif(not _env.HAS_COMPILED_HOTPATH, reason="sys.monitoring core needs 3.12+")
@@ -135,7 +140,7 @@ def test_compiled_core_counts_faults_instead_of_raising(traced) -> None:  # type
     from callspan.selection import CodeInfo
 
     broken = CodeInfo(double.__code__, __name__, keys=True)
-    broken.flat = None  # type: ignore[assignment]
+    broken.arg_names = None  # type: ignore[assignment]
     recorder.infos[double.__code__] = broken
     assert run.run(lambda: [double(i) for i in range(3)]) == [0, 2, 4]
     assert recorder.faults >= 3
