@@ -337,42 +337,70 @@ py_fingerprint(PyObject *module, PyObject *value)
     return fingerprint_object(value);
 }
 
-/* The unhashable type names of a key, as keys.unhashable_args names them. */
+/* The unhashable type names of a key, as keys.unhashable_args names them. Names are cached
+ * per type (a type's __name__ can change, but not for the builtin containers that matter). */
+static PyObject *type_names; /* dict: type -> its __name__ */
+
+static PyObject * /* new reference */
+type_name(PyTypeObject *type)
+{
+    PyObject *name = PyDict_GetItemWithError(type_names, (PyObject *)type);
+    if (name != NULL)
+        return Py_NewRef(name);
+    if (PyErr_Occurred() || (name = PyType_GetName(type)) == NULL)
+        return NULL;
+    if (PyDict_GET_SIZE(type_names) < 256 && PyDict_SetItem(type_names, (PyObject *)type, name) < 0)
+        Py_CLEAR(name);
+    return name;
+}
+
 static PyObject *
 unhashable_names(PyObject *key)
 {
-    PyObject *names = PyList_New(0);
-    if (names == NULL)
-        return NULL;
     Py_ssize_t n = PyTuple_Check(key) ? PyTuple_GET_SIZE(key) : 1;
+    PyObject *first = NULL, *names = NULL;
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *v = PyTuple_Check(key) ? PyTuple_GET_ITEM(key, i) : key;
         if (!unhashable_type(v))
             continue;
-        PyObject *name = PyType_GetName(Py_TYPE(v));
-        if (name == NULL) {
-            Py_DECREF(names);
-            return NULL;
+        PyObject *name = type_name(Py_TYPE(v));
+        if (name == NULL)
+            goto error;
+        if (first == NULL) {
+            first = name;
+            continue;
         }
-        int seen = PySequence_Contains(names, name);
-        if (seen < 0 || (!seen && PyList_Append(names, name) < 0)) {
+        int seen = 0;
+        if (names == NULL) {
+            seen = PyUnicode_Compare(first, name) == 0;
+            if (!seen && ((names = PyList_New(0)) == NULL || PyList_Append(names, first) < 0)) {
+                Py_DECREF(name);
+                goto error;
+            }
+        }
+        else {
+            seen = PySequence_Contains(names, name);
+        }
+        if (seen < 0 || (!seen && names != NULL && PyList_Append(names, name) < 0)) {
             Py_DECREF(name);
-            Py_DECREF(names);
-            return NULL;
+            goto error;
         }
         Py_DECREF(name);
     }
-    PyObject *joined;
-    if (PyList_GET_SIZE(names) == 0) {
-        joined = PyUnicode_FromString("tuple");
-    }
-    else {
-        PyObject *comma = PyUnicode_FromString(",");
-        joined = comma ? PyUnicode_Join(comma, names) : NULL;
-        Py_XDECREF(comma);
-    }
+    if (first == NULL)
+        return PyUnicode_FromString("tuple");
+    if (names == NULL)
+        return first;
+    PyObject *comma = PyUnicode_FromString(",");
+    PyObject *joined = comma ? PyUnicode_Join(comma, names) : NULL;
+    Py_XDECREF(comma);
     Py_DECREF(names);
+    Py_DECREF(first);
     return joined;
+error:
+    Py_XDECREF(first);
+    Py_XDECREF(names);
+    return NULL;
 }
 
 static PyObject *
@@ -639,7 +667,14 @@ out_of(Batch *b, PyObject *record) /* borrowed; creates the record's Out when it
 {
     PyObject *out = PyList_GET_ITEM(record, R_OUT);
     if (out == Py_None) {
-        out = PyObject_CallNoArgs(b->out_type);
+        if (b->out_type == (PyObject *)&OutType) {
+            out = OutType.tp_alloc(&OutType, 0);
+            if (out != NULL)
+                ((OutObject *)out)->threshold = -1; /* state PENDING (0), counters 0, objects NULL */
+        }
+        else {
+            out = PyObject_CallNoArgs(b->out_type);
+        }
         if (out == NULL)
             return NULL;
         put_obj(record, R_OUT, out);
@@ -846,7 +881,20 @@ summarise(Batch *b, PyObject *record, PyObject *target)
     if (found == NULL) {
         if (PyErr_Occurred())
             return -1;
-        PyObject *made = PyObject_CallOneArg(b->summary_type, info);
+        PyObject *made;
+        if (b->summary_type == (PyObject *)&SummaryType) {
+            made = SummaryType.tp_alloc(&SummaryType, 0);
+            if (made != NULL) {
+                SummaryObject *fresh = (SummaryObject *)made;
+                fresh->info = Py_NewRef(info);
+                fresh->rate = 1.0;
+                if ((fresh->calls = PyList_New(0)) == NULL)
+                    Py_CLEAR(made);
+            }
+        }
+        else {
+            made = PyObject_CallOneArg(b->summary_type, info);
+        }
         if (made == NULL)
             return -1;
         int rc = PyDict_SetItem(summaries, info, made);
@@ -1235,6 +1283,7 @@ typedef struct {
     PyObject *generator_exit;
     Py_ssize_t max_pending;
     Py_ssize_t max_suspended;
+    uint64_t serial;          /* this session's key in the per-thread cache (get_state) */
     MapEntry *map;            /* the decision cache (see info_of) */
     Py_ssize_t map_mask;
     Py_ssize_t map_used;
@@ -1325,8 +1374,32 @@ read_cpu(ThreadStateObject *ts, long long *out)
 
 /* Borrowed ThreadState of this thread (created when ``create``), or NULL: with an exception
  * set on error, without one when the thread has no state and create is 0. */
-static ThreadStateObject *
+/* This thread's state for the session that looked it up last: sessions get serial numbers
+ * that are never reused, so a stale entry never matches. The state is borrowed from
+ * recorder.states, which drops it only when its thread ends (and this cache with it). */
+static uint64_t next_serial = 1;
+static __thread struct {
+    uint64_t serial;
+    ThreadStateObject *state;
+} thread_cache __attribute__((tls_model("initial-exec")));
+
+static ThreadStateObject *get_state_slow(HotPath *hp, int create);
+
+static inline ThreadStateObject *
 get_state(HotPath *hp, int create)
+{
+    if (thread_cache.serial == hp->serial)
+        return thread_cache.state;
+    ThreadStateObject *state = get_state_slow(hp, create);
+    if (state != NULL) {
+        thread_cache.serial = hp->serial;
+        thread_cache.state = state;
+    }
+    return state;
+}
+
+static ThreadStateObject *
+get_state_slow(HotPath *hp, int create)
 {
     PyObject *key = PyLong_FromUnsignedLong(PyThread_get_thread_ident());
     if (key == NULL)
@@ -1471,6 +1544,8 @@ args_key(HotPath *hp, CodeInfoObject *ci, PyFrameObject *frame)
             goto error;
         result = PyTuple_Pack(3, raw, str_empty, identity);
         Py_DECREF(raw);
+        if (result != NULL) /* atomic contents: it can never be part of a cycle */
+            PyObject_GC_UnTrack(result);
     }
 done:
     Py_XDECREF(extra);
@@ -1498,6 +1573,8 @@ value_key(HotPath *hp, PyObject *value)
                 return NULL;
             PyObject *result = PyTuple_Pack(2, raw, Py_True);
             Py_DECREF(raw);
+            if (result != NULL) /* atomic contents: it can never be part of a cycle */
+                PyObject_GC_UnTrack(result);
             return result;
         }
         if (!PyErr_ExceptionMatches(PyExc_TypeError)) {
@@ -1637,11 +1714,9 @@ pop_own(HotPath *hp, PyObject *code, ThreadStateObject **ts_out)
         return NULL;
     if (ci->code != code) /* started before tracing began */
         return NULL;
-    Py_INCREF(top);
-    if (PyList_SetSlice(stack, depth - 1, depth, NULL) < 0) {
-        Py_DECREF(top);
-        return NULL;
-    }
+    /* Pop: the list keeps its capacity; the reference moves to the caller. */
+    PyList_SET_ITEM(stack, depth - 1, NULL);
+    Py_SET_SIZE(stack, depth - 1);
     return top;
 }
 
@@ -2078,6 +2153,7 @@ HotPath_init(HotPath *self, PyObject *args, PyObject *kwds)
                           &kwd_mark, &disable, &native_clock))
         return -1;
     HotPath_clear(self);
+    self->serial = next_serial++;
     self->recorder = Py_NewRef(recorder);
     self->current = Py_NewRef(current);
     self->slow_args = Py_NewRef(slow_args);
@@ -2195,6 +2271,7 @@ PyInit__hotpath(void)
         goto error;
     if ((str_empty = PyUnicode_InternFromString("")) == NULL ||
         (str_dict_tag = PyUnicode_InternFromString("dict")) == NULL ||
+        (type_names = PyDict_New()) == NULL ||
         (str_set_tag = PyUnicode_InternFromString("set")) == NULL || PyType_Ready(&OutType) < 0 ||
         PyType_Ready(&SummaryType) < 0)
         goto error;

@@ -185,10 +185,8 @@ COMPILED_BUILDER: _Implementation | None = None
 if _env.HAS_COMPILED_HASH:
     from callspan import _hotpath
 
-    class _CompiledSummary(_SummaryMethods, _hotpath.Summary):
-        __slots__ = ()
-
-    COMPILED_BUILDER = _Implementation(_hotpath.Out, _CompiledSummary, _hotpath.process_records)
+    # The compiled loop does all summary operations itself: the bare C types suffice.
+    COMPILED_BUILDER = _Implementation(_hotpath.Out, _hotpath.Summary, _hotpath.process_records)
 
 
 class SpanBuilder:
@@ -196,7 +194,7 @@ class SpanBuilder:
                  max_spans: int = 2000, max_summary_calls: int = 10_000,
                  max_spans_per_second: float = 2000.0,
                  monotonic: Callable[[], float] = time.monotonic,
-                 compiled: bool | None = None) -> None:
+                 compiled: bool | None = None, unsampled_window: float = 5.0) -> None:
         self.sink = sink
         self.hasher = hasher
         if compiled is None:
@@ -221,6 +219,10 @@ class SpanBuilder:
         self._tokens = max_spans_per_second
         self._refilled = monotonic()
         self._unsampled: Record | None = None
+        self._unsampled_opened = 0.0
+        # One unsampled_calls span collects this many seconds of traces: its per-call cache
+        # records are capped per function, so fewer, longer windows export far fewer of them.
+        self.unsampled_window = unsampled_window
         self.traces_unsampled = 0
         self.max_summary_calls = max_summary_calls
         self.spans_opened = 0
@@ -244,6 +246,11 @@ class SpanBuilder:
             self._process_records(self, records)
         else:
             self._process_python(records)
+        if self._unsampled is not None and self._monotonic() - self._unsampled_opened >= self.unsampled_window:
+            self.finish()
+
+    def finish(self) -> None:
+        """Close the open ``callspan.unsampled_calls`` span, if any (at stop, and per window)."""
         unsampled = self._unsampled
         if unsampled is not None:
             self._unsampled = None
@@ -284,6 +291,7 @@ class SpanBuilder:
                 holder[slot] = 0
             holder[18] = False
             self._unsampled = holder
+            self._unsampled_opened = self._monotonic()
         holder[R_START] = min(holder[R_START], record[R_START])
         holder[R_END] = max(holder[R_END], record[R_END])
         return holder

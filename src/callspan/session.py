@@ -103,16 +103,18 @@ class Session:
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join()
         self._thread = None
-        self.flush()
+        self.flush(final=True)
 
-    def flush(self) -> None:
-        """Build spans for every finished record now (the builder thread does this periodically)."""
+    def flush(self, final: bool = False) -> None:
+        """Build spans for every finished record now (the builder thread does this periodically);
+        ``final`` also closes the span collecting unsampled traces."""
         with self._lock:
             records = self.recorder.drain()
-            if not records:
-                return
             try:
-                self.builder.process(records)
+                if records:
+                    self.builder.process(records)
+                if final:
+                    self.builder.finish()
             except Exception:
                 self.build_faults += 1
 

@@ -122,3 +122,43 @@ def test_span_rate_limit_sends_whole_traces_to_the_unsampled_span(traced) -> Non
     assert builder.traces_unsampled == 8
     (event,) = [e for e in unsampled.events if e[2]["callspan.function"].endswith(".middle")]
     assert len(event[2]["callspan.args.hash"]) == 8
+
+
+def test_unsampled_span_collects_one_window_of_passes(traced) -> None:  # type: ignore[no-untyped-def]
+    import functools
+    import operator
+
+    from tests.unit.test_core import middle
+
+    # Flushing while tracing: the test sink's own methods must not be traced.
+    run = traced(max_spans_per_second=1, exclude=("tests.conftest",))
+    session, builder = run.session, run.session.builder
+    now = [0.0]
+    builder._monotonic = functools.partial(operator.getitem, now, 0)  # C-level: not itself traced
+    builder._refilled = 0.0
+    assert builder.unsampled_window == 5.0
+    closed = run.sink.closed
+    session.start()
+    try:
+        for i in range(3):  # t=0: root 1 takes the token; roots 2 and 3 go to the open window
+            middle(i)
+            session.flush()
+        now[0] = 0.5  # half a token: root 4 joins the same window in a later pass
+        middle(3)
+        session.flush()
+        still_open = (len(closed), builder.traces_unsampled)
+        now[0] = 5.0  # the window is over: it closes at the next pass (root 5 has a token again)
+        middle(4)
+        session.flush()
+        after_window = len(closed)
+        middle(5)  # t=5, no token left: a new window, closed by stop
+    finally:
+        session.stop()
+    assert still_open == (2, 3)  # only root 1 has spans
+    windows = [n for n in closed if n.name == "callspan.unsampled_calls"]
+    assert len(windows) == 2 and after_window == 2 + 1 + 2  # + the first window + root 5's spans
+    counts = dict(zip(windows[0].attributes["callspan.summary.function"],
+                      windows[0].attributes["callspan.summary.count"], strict=True))
+    assert {f.rsplit(".", 1)[-1]: c for f, c in counts.items()} == {"middle": 3, "leaf": 3}
+    assert builder.traces_unsampled == 4
+    assert [n.name.rsplit(".", 1)[-1] for n in closed].count("middle") == 2
