@@ -4,8 +4,9 @@ For each (process, function) the calls are replayed in start order as accesses t
 keyed by ``callspan.args.hash``. Mattson's stack algorithm gives each access its *stack
 distance* (1 + the number of distinct other keys used since the previous use of its key): an
 LRU cache of size N hits exactly the accesses whose distance is <= N, so one histogram of
-distances is the hit count at every size at once. Distances come from a Fenwick tree over
-access positions marking the latest use of each key: O(log gap) per access.
+distances is the hit count at every size at once. For up to ``MTF_MAX_KEYS`` distinct keys the
+distances come from an explicit LRU stack of byte codes (searched and moved in C); beyond, from a
+Fenwick tree over access positions marking the latest use of each key: O(log gap) per access.
 
 Modelled like ``functools.lru_cache``: a call that raised, or whose arguments could not be keyed,
 is a miss and does not enter the cache; every other call is a hit if its key is cached and is
@@ -69,6 +70,10 @@ from callspan.analysis.model import (
 
 TWO32 = 1 << 32
 SHARDS_MIN_KEYS = 64  # fewer sampled distinct keys than this: replay the listed calls instead
+# Functions with at most this many distinct keys get their distances from an explicit LRU stack
+# of byte codes (``_mtf_distances``); more keys, from a Fenwick tree (``_fenwick_distances``).
+MTF_MAX_KEYS = 2048  # the worst case (every access at the largest distance) costs about a Fenwick replay
+MTF_CODES = 1 << 14  # distinct keys that two-byte codes can tell apart
 DEFAULT_MAXSIZE = 128  # functools.lru_cache's default
 # A cache hit costs roughly this much (key tuple + dict lookup in C); calls cheaper than a few
 # times this are not worth caching whatever their hit ratio.
@@ -118,6 +123,91 @@ def lru_histogram(keys: Iterable[int]) -> tuple[list[int], int]:
     return hist, cold
 
 
+def _fenwick_distances(keys: Sequence[int]) -> list[int]:
+    """Stack distance of each access in ``keys`` (0 = first use of its key): O(log gap) each."""
+    n = len(keys)
+    size = 1
+    while size < n + 1:
+        size <<= 1
+    tree = [0] * (size + 1)
+    out = [0] * n
+    last: dict[int, int] = {}
+    position = 0
+    for key in keys:
+        position += 1
+        p = last.get(key)
+        last[key] = position
+        if p is None:
+            j = position
+            while j <= size:
+                tree[j] += 1
+                j += j & -j
+            continue
+        # Stack distance = 1 + marks strictly between p and position (see _distance_and_move).
+        a = position - 1
+        b = p
+        d = 1
+        while a != b:
+            if a > b:
+                d += tree[a]
+                a &= a - 1
+            else:
+                d -= tree[b]
+                b &= b - 1
+        j = p
+        while j < position:
+            tree[j] -= 1
+            j += j & -j
+        meet = j
+        j = position
+        while j < meet:
+            tree[j] += 1
+            j += j & -j
+        out[position - 1] = d
+    return out
+
+
+def _mtf_distances(keys: Sequence[int], distinct: dict[int, None]) -> list[int]:
+    """The same distances as ``_fenwick_distances``, from an explicit LRU stack in a bytearray.
+
+    Each distinct key gets a code of one byte (up to 256 keys) or two (up to 2**14 keys: a first
+    byte >= 0x80 and a second < 0x80, so a search can only match at a code boundary); the stack
+    holds the codes, least recent first. Finding a key's code (searching backwards from the most
+    recent end) and moving it to the end are byte searches and moves in C, so the cost grows
+    with the distance only by a few nanoseconds per entry.
+    """
+    count = len(distinct)
+    if count > MTF_CODES:
+        raise ValueError(f"{count} distinct keys: more than {MTF_CODES}")
+    out = [0] * len(keys)
+    stack = bytearray()
+    # Codes in order of first use: an access is a key's first exactly when its code is ``fresh``.
+    codes = map({key: code for code, key in enumerate(distinct)}.__getitem__, keys)
+    fresh = 0
+    # One loop per code width keeps the per-access work free of branches on it.
+    if count <= 256:
+        for position, code in enumerate(codes):
+            if code < fresh:
+                i = stack.rindex(code)
+                out[position] = len(stack) - i
+                del stack[i]
+            else:
+                fresh += 1
+            stack.append(code)
+    else:
+        pairs = [bytes((0x80 | (code >> 7), code & 0x7F)) for code in range(count)]
+        for position, code in enumerate(codes):
+            pair = pairs[code]
+            if code < fresh:
+                i = stack.rindex(pair)
+                out[position] = (len(stack) - i) >> 1
+                del stack[i:i + 2]
+            else:
+                fresh += 1
+            stack += pair
+    return out
+
+
 def _distance_and_move(tree: list[int], p: int, i: int) -> int:
     """Distance of an access at position i whose key was last used at p; moves the mark p -> i."""
     # Marks strictly between p and i: prefix(i-1) - prefix(p), walking both down until they meet.
@@ -165,6 +255,9 @@ class ProcessResult:
     identity_collisions: int = 0  # keys with different returns whose self was hashed by identity
     order: array[int] = field(default_factory=lambda: array("I"), repr=False)  # replay order (column indices)
     distances: array[int] = field(default_factory=lambda: array("I"), repr=False)  # 0 = miss
+    # (cache size, savings_at that size), computed where the replay ran when the function is the
+    # only one of its group: the size is then the one the report recommends.
+    saved: tuple[int, Savings] | None = field(default=None, repr=False)
 
     def hits_at(self, size: int) -> float:
         return sum(h for s, h in self.steps if s <= size)
@@ -201,12 +294,7 @@ def analyze_calls(function: int, info: FunctionInfo, columns: CallColumns,
             estimator = "listed"
             count_scale = info.calls / n if n else 1.0
     track_overlap = info.kind in ("coroutine", "async_generator")
-    size = 1
-    while size < len(order) + 1:
-        size <<= 1
-    tree = [0] * (size + 1)
     hist = [0] * (len(order) + 2)
-    last: dict[int, int] = {}
     max_end: dict[int, int] = {}
     returned: dict[int, int] = {}
     inconsistent: set[int] = set()
@@ -217,12 +305,15 @@ def analyze_calls(function: int, info: FunctionInfo, columns: CallColumns,
     identity_flags = F_IDENTITY | (F_SUMMARY if identity else 0)
     distances = array("I", bytes(4 * n))
     overlapping = 0
-    position = 0
     skip = F_ERROR | F_NO_ARGS
-    for index in order:
-        if flags[index] & skip:
-            continue
-        key = keys[index]
+    replayed = [index for index in order if not flags[index] & skip]
+    replayed_keys = array("Q", map(keys.__getitem__, replayed))
+    distinct = dict.fromkeys(replayed_keys)
+    if len(distinct) <= MTF_MAX_KEYS:
+        access_distances = _mtf_distances(replayed_keys, distinct)
+    else:
+        access_distances = _fenwick_distances(replayed_keys)
+    for index, key, d in zip(replayed, replayed_keys, access_distances, strict=True):
         ret = rets[index]
         if ret:
             seen = returned.get(key)
@@ -233,37 +324,10 @@ def analyze_calls(function: int, info: FunctionInfo, columns: CallColumns,
                     collisions.add(key)  # another object at a freed one's address, probably
                 else:
                     inconsistent.add(key)
-        position += 1
-        p = last.get(key)
-        last[key] = position
-        if p is None:
-            j = position
-            while j <= size:
-                tree[j] += 1
-                j += j & -j
+        if not d:
             if track_overlap:
                 max_end[key] = ends[index]
             continue
-        # Stack distance = 1 + marks strictly between p and position (see _distance_and_move).
-        a = position - 1
-        b = p
-        d = 1
-        while a != b:
-            if a > b:
-                d += tree[a]
-                a &= a - 1
-            else:
-                d -= tree[b]
-                b &= b - 1
-        j = p
-        while j < position:
-            tree[j] -= 1
-            j += j & -j
-        meet = j
-        j = position
-        while j < meet:
-            tree[j] += 1
-            j += j & -j
         hist[d] += 1
         distances[index] = d
         if track_overlap:
@@ -285,7 +349,7 @@ def analyze_calls(function: int, info: FunctionInfo, columns: CallColumns,
     return ProcessResult(
         function=function, process=info.process, calls=info.calls, accesses=len(order), sample_rate=rate,
         estimator=estimator, count_scale=count_scale, size_scale=size_scale,
-        distinct_keys=len(last) * key_scale, hits_unbounded=sum(hist) * count_scale, steps=merged,
+        distinct_keys=len(distinct) * key_scale, hits_unbounded=sum(hist) * count_scale, steps=merged,
         inconsistent_keys=round(len(inconsistent) * key_scale), overlapping=round(overlapping * count_scale),
         identity_collisions=round(len(collisions) * key_scale), order=array("I", order), distances=distances,
     )
@@ -518,8 +582,24 @@ def _advise(op: Opportunity, options: CacheOptions) -> Advice:
 JOB_CALLS = 200_000  # per-function replays are sent to workers in jobs of about this many calls
 
 
-def _analyze_job(job: list[tuple[int, FunctionInfo, CallColumns, bool]]) -> list[ProcessResult]:
-    return [analyze_calls(*item) for item in job]
+# One replay: (function index, its info, its calls, identity, the report's target fraction when
+# the function is alone in its group, else None).
+ReplayItem = tuple[int, FunctionInfo, CallColumns, bool, float | None]
+
+
+def _analyze_job(job: list[ReplayItem]) -> list[ProcessResult]:
+    results = []
+    for function, info, columns, identity, target in job:
+        result = analyze_calls(function, info, columns, identity)
+        if target is not None:
+            # What _opportunity would compute for a group of this one result, done here, where
+            # the replay data is (and in parallel, when this runs in a worker process).
+            sizes, totals = _cumulative(_summed_steps([result]))
+            size = recommend(sizes, totals, target)
+            if size:
+                result.saved = (size, savings_at(result, columns, size, info.kind == "function"))
+        results.append(result)
+    return results
 
 
 class PendingAnalysis:
@@ -551,7 +631,7 @@ class PendingAnalysis:
         # Whether self hashes by identity is a fact of the function: any span of it, in any process.
         self.identity = {key: any(model.functions[i].stats[S_IDENTITY] for i in indices)
                          for key, indices in groups.items()}
-        jobs: list[list[tuple[int, FunctionInfo, CallColumns, bool]]] = []
+        jobs: list[list[ReplayItem]] = []
         size = JOB_CALLS
         for key, indices in groups.items():
             for i in indices:
@@ -560,7 +640,8 @@ class PendingAnalysis:
                 if size >= JOB_CALLS:
                     jobs.append([])
                     size = 0
-                jobs[-1].append((i, model.functions[i], columns, self.identity[key]))
+                alone = options.target if len(indices) == 1 else None
+                jobs[-1].append((i, model.functions[i], columns, self.identity[key], alone))
                 size += len(columns)
         self.replayed = iter(imap(_analyze_job, jobs))  # a pool's imap starts working right away
 
@@ -632,7 +713,12 @@ def _opportunity(model: Model, results: list[ProcessResult], total_cpu: dict[str
     for result in results:
         columns = model.calls[result.function]
         assert columns is not None
-        saved = savings_at(result, columns, size or 0, nested) if size and not blocked else Savings()
+        if not size or blocked:
+            saved = Savings()
+        elif result.saved is not None and result.saved[0] == size and len(results) == 1:
+            saved = result.saved[1]
+        else:
+            saved = savings_at(result, columns, size, nested)
         savings.cpu += saved.cpu
         savings.wall += saved.wall
         savings.hits += saved.hits

@@ -124,8 +124,10 @@ def analyze(args: argparse.Namespace, stderr: TextIO | None = None) -> Results:
         progress.set_phase("analyzing", progress.total, model.spans)
         results = Results(model, reports, top=args.top)
         pending = None
+        # With worker processes, the per-function wall-time sorts and the cache replays run there
+        # (in that order) while this process resolves stacks.
+        pending_latency = latency.start(model, workers.imap) if "latency" in reports else None
         if "cache" in reports:
-            # With worker processes, the replays run there while this process resolves stacks.
             pending = cache.start(model, cache.CacheOptions(
                 target=args.target, min_calls=args.min_calls, min_share=args.min_share), workers.imap)
         if want_stacks:
@@ -137,10 +139,10 @@ def analyze(args: argparse.Namespace, stderr: TextIO | None = None) -> Results:
                 _write(args.folded, cpu.folded(stacks))
             if args.speedscope:
                 _write(args.speedscope, cpu.speedscope_json(stacks))
-            if "latency" in reports:
-                results.latency = latency.analyze(model, stacks)
-        elif "latency" in reports:
-            results.latency = latency.analyze(model, None)
+            if pending_latency is not None:
+                results.latency = pending_latency.finish(stacks)
+        elif pending_latency is not None:
+            results.latency = pending_latency.finish(None)
         if pending is not None:
             results.cache = pending.finish()
     finally:

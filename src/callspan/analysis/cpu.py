@@ -17,6 +17,7 @@ import json
 from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass
+from itertools import compress
 
 from callspan.analysis.model import R_HAS_CPU, S_CPU_CALLS, Model, RowColumns
 
@@ -166,10 +167,12 @@ def resolve(model: Model, wanted: Iterable[tuple[int, int]] = ()) -> CpuReport:
     found: dict[tuple[int, int], list[str]] = {}
     wanted_set = set(wanted)
     if wanted_set:
-        for i in range(n):
-            key = (traces[i], spans[i])
-            if key in wanted_set:
-                found[key] = table.path(row_stack[i])
+        # Only rows with a wanted span id can match: find them in C.
+        wanted_spans = {span for _, span in wanted_set}
+        for i in compress(range(n), map(wanted_spans.__contains__, spans)):
+            pair = (traces[i], spans[i])
+            if pair in wanted_set:
+                found[pair] = table.path(row_stack[i])
     return CpuReport(basis, unit, sum(self_by), stats, table, frame_files, n, orphans, found)
 
 

@@ -232,7 +232,7 @@ def _add_spans(batch: Batch, process: int, spans: Iterable[Any], callspan_scope:
     last_ns = batch.last_ns
     for span in spans:
         kvs = span.get("attributes")
-        at = dict(map(_key_value, kvs)) if kvs else {}
+        at = {kv["key"]: kv["value"] for kv in kvs} if kvs else {}
         get = at.get
         v = get("code.function.name")
         name = (v.get("stringValue") or _str(v) if v else "") or span.get("name") or "?"
@@ -344,11 +344,20 @@ def _add_spans(batch: Batch, process: int, spans: Iterable[Any], callspan_scope:
             first_ns = start
         if end > last_ns:
             last_ns = end
-        span_id = parse_id(span.get("spanId"))
+        # parse_id, inlined for hex ids
+        text = span.get("spanId")
+        try:
+            span_id = int(text, 16) if text else 0
+        except ValueError:
+            span_id = parse_id(text)
         trace_id = span.get("traceId") or ""
         if trace_id.__class__ is not str:
             trace_id = str(trace_id)
-        parent_id = parse_id(span.get("parentSpanId"))
+        text = span.get("parentSpanId")
+        try:
+            parent_id = int(text, 16) if text else 0
+        except ValueError:
+            parent_id = parse_id(text)
         if links is not None:
             if span_id:
                 l_span(span_id)
