@@ -377,3 +377,80 @@ def test_listed_call_arrays_of_different_lengths_are_rejected() -> None:
 
 def test_hexkey_helper_is_16_digits() -> None:
     assert hexkey(1) == "0000000000000001"
+
+
+# -- the two stack-distance implementations and where the savings are computed --------------------
+
+def _distances_by_definition(keys: list[int]) -> list[int]:
+    """Stack distance by its definition: 1 + distinct other keys since the key's last use; 0 = first."""
+    out = []
+    for i, key in enumerate(keys):
+        before = keys[:i]
+        if key not in before:
+            out.append(0)
+            continue
+        last = len(before) - 1 - before[::-1].index(key)
+        out.append(1 + len(set(keys[last + 1:i]) - {key}))
+    return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=2**64 - 1) | st.integers(1, 12), max_size=200))
+def test_move_to_front_and_fenwick_distances_match_the_definition(keys: list[int]) -> None:
+    expected = _distances_by_definition(keys)
+    assert cache._fenwick_distances(keys) == expected
+    assert cache._mtf_distances(keys, dict.fromkeys(keys)) == expected
+
+
+@pytest.mark.parametrize("distinct", [255, 256, 257, 300, 2048])
+def test_move_to_front_two_byte_codes(distinct: int) -> None:
+    # Around the one-byte/two-byte code boundary, with codes whose bytes look alike (0x80 | hi, lo).
+    rng = random.Random(distinct)
+    keys = [rng.getrandbits(64) for _ in range(distinct)]
+    sequence = keys + [keys[int(distinct * rng.random() ** 2)] for _ in range(3000)] + keys[::-1]
+    assert cache._mtf_distances(sequence, dict.fromkeys(sequence)) == cache._fenwick_distances(sequence)
+
+
+def test_move_to_front_refuses_more_keys_than_codes() -> None:
+    keys = list(range(cache.MTF_CODES + 1))
+    with pytest.raises(ValueError):
+        cache._mtf_distances(keys, dict.fromkeys(keys))
+
+
+def _result_fields(result: cache.ProcessResult) -> tuple[Any, ...]:
+    return tuple(getattr(result, name) for name in result.__slots__ if name != "saved")
+
+
+@pytest.mark.parametrize("keys", [planted_zipf(3), planted_cyclic_scan(300, 4), list(range(1, 400)) * 3],
+                         ids=["zipf", "cyclic-300", "distinct-399"])
+def test_analyze_calls_gives_the_same_result_either_way(keys: list[int], monkeypatch: pytest.MonkeyPatch) -> None:
+    model = model_of(request(key_sequence_spans("m.f", keys)))
+    by_mtf = replay(model, "m.f")
+    monkeypatch.setattr(cache, "MTF_MAX_KEYS", 0)  # every function through the Fenwick tree
+    by_fenwick = replay(model, "m.f")
+    assert _result_fields(by_mtf) == _result_fields(by_fenwick)
+    assert sum(by_mtf.distances) == sum(_distances_by_definition(keys))
+
+
+def test_savings_computed_with_the_replay_equal_those_computed_after(monkeypatch: pytest.MonkeyPatch) -> None:
+    spans_f = key_sequence_spans("m.f", planted_zipf(5)[:400], cpu=50)
+    spans_g = key_sequence_spans("m.g", [1, 2, 3, 1, 2, 3, 4, 1] * 20, first_id=10_000, cpu=70)
+    model = model_of(request(spans_f + spans_g), request(key_sequence_spans("m.g", [1, 2, 1], first_id=20_000),
+                                                          pid=7, instance="inst-2"))
+    jobs: list[Any] = []
+
+    def recording_map(func: Any, items: Any) -> Any:
+        items = list(items)
+        jobs.extend(items)
+        return map(func, items)
+
+    report = cache.analyze(model, CacheOptions(), recording_map)
+    # m.f is alone in its group: its savings were computed with the replay; m.g has two processes.
+    alone = {item[1].name: item[4] for job in jobs for item in job}
+    assert alone == {"m.f": CacheOptions().target, "m.g": None}
+    monkeypatch.setattr(cache, "_analyze_job", lambda job: [analyze_calls(*item[:4]) for item in job])
+    after = cache.analyze(model, CacheOptions())
+    assert [(op.name, op.savings, op.recommended_maxsize) for op in report.opportunities] == \
+        [(op.name, op.savings, op.recommended_maxsize) for op in after.opportunities]
+    f = next(op for op in report.opportunities if op.name == "m.f")
+    assert f.recommended_maxsize and f.savings.hits > 0 and f.savings.cpu == f.savings.hits * 50

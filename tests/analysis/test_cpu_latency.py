@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -141,3 +143,40 @@ def test_slowest_calls_have_their_stacks(tmp_path: Path) -> None:
                         LoadOptions(slow_keep=3))
     report2 = latency.analyze(model2, cpu.resolve(model2, [(t, s) for _, t, s, _, _ in model2.slow]))
     assert [c.stack for c in report2.slowest] == [["m.top"], ["m.top", "m.mid"], ["m.top", "m.mid", "m.leaf"]]
+
+
+def test_latency_sorts_in_jobs_give_the_same_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """latency.start hands the wall-time sorts to a pool's imap in jobs; the report is unchanged."""
+    import pickle
+
+    spans = [span(f"m.f{i % 3}", i + 1, 1000 * i, 1000 * i + (i * 37) % 500 + 1) for i in range(60)]
+    spans += [span("m.root", 100, 0, 70_000, extra=summary(["m.f1"], [2], walls=[6]),
+                   events=[calls_event("m.f1", [1, 1], [80_000, 90_000], duration=3)])]
+    model = load_files([write(str(tmp_path / "t.jsonl"), [request(spans)])], LoadOptions(slow_keep=4))
+    stacks = cpu.resolve(model, [(t, s) for _, t, s, _, _ in model.slow])
+    expected = latency.analyze(model, stacks)
+    jobs: list[Any] = []
+
+    def pool_like_imap(func: Callable[[Any], Any], items: Iterable[Any]) -> Iterator[Any]:
+        # As a process pool does: arguments and results cross a pickle boundary.
+        shipped = [pickle.loads(pickle.dumps(item)) for item in items]
+        jobs.extend(shipped)
+        return (pickle.loads(pickle.dumps(func(item))) for item in shipped)
+
+    monkeypatch.setattr(latency, "JOB_CALLS", 25)  # several jobs
+    report = latency.start(model, pool_like_imap).finish(stacks)
+    assert len(jobs) > 1
+    assert report == expected
+    f1 = next(r for r in report.functions if r.name == "m.f1")
+    walls = sorted([(i * 37) % 500 + 1 for i in range(1, 60, 3)] + [3, 3])
+    assert (f1.timed_calls, f1.p50, f1.p95, f1.p99) == (22, walls[10], walls[20], walls[21])
+
+
+def test_slowest_call_stack_is_found_in_its_own_trace(tmp_path: Path) -> None:
+    # Span id 5 in two traces: the slow one (trace 2) sits under m.b, the other under m.a.
+    spans = [span("m.leaf", 5, 10, 20, parent=1, trace=1), span("m.a", 1, 0, 30, trace=1),
+             span("m.leaf", 5, 10, 900, parent=2, trace=2), span("m.b", 2, 0, 950, trace=2)]
+    model = load_files([write(str(tmp_path / "t.jsonl"), [request(spans)])], LoadOptions(slow_keep=2))
+    stacks = cpu.resolve(model, [(t, s) for _, t, s, _, _ in model.slow])
+    report = latency.analyze(model, stacks)
+    assert [(c.wall, c.stack) for c in report.slowest] == [(950, ["m.b"]), (890, ["m.b", "m.leaf"])]
