@@ -13,7 +13,18 @@ from hypothesis import strategies as st
 
 from callspan.analysis import cache
 from callspan.analysis.cache import CacheOptions, analyze_calls, lru_histogram
-from callspan.analysis.model import Batch, Model
+from callspan.analysis.model import (
+    F_ERROR,
+    F_IDENTITY,
+    F_NO_ARGS,
+    F_SUMMARY,
+    F_UNHASHABLE,
+    S_CALLS,
+    Batch,
+    CallColumns,
+    FunctionInfo,
+    Model,
+)
 from callspan.analysis.otlp import add_request
 from tests.analysis.otlp_fixtures import (
     calls_event,
@@ -454,3 +465,77 @@ def test_savings_computed_with_the_replay_equal_those_computed_after(monkeypatch
         [(op.name, op.savings, op.recommended_maxsize) for op in after.opportunities]
     f = next(op for op in report.opportunities if op.name == "m.f")
     assert f.recommended_maxsize and f.savings.hits > 0 and f.savings.cpu == f.savings.hits * 50
+
+
+def _reference_replay(info: FunctionInfo, columns: CallColumns, identity: bool) -> tuple[Any, ...]:
+    """The replay as one loop over the calls (the implementation before the per-call work moved
+    into C): (histogram, distinct keys, inconsistent keys, collisions, overlapping, {index: distance})."""
+    order = sorted(range(len(columns)), key=columns.start.__getitem__)
+    keys, rets, flags = columns.args, columns.ret, columns.flags
+    identity_flags = F_IDENTITY | (F_SUMMARY if identity else 0)
+    track_overlap = info.kind in ("coroutine", "async_generator")
+    hist = [0] * (len(order) + 2)
+    stack: list[int] = []
+    returned: dict[int, int] = {}
+    inconsistent: set[int] = set()
+    collisions: set[int] = set()
+    max_end: dict[int, int] = {}
+    overlapping = 0
+    distances = {}
+    for index in order:
+        if flags[index] & (F_ERROR | F_NO_ARGS):
+            continue
+        key, ret = keys[index], rets[index]
+        if ret:
+            seen = returned.get(key)
+            if seen is None:
+                returned[key] = ret
+            elif seen != ret and key not in inconsistent and key not in collisions:
+                (collisions if flags[index] & identity_flags else inconsistent).add(key)
+        if key not in stack:
+            stack.append(key)
+            if track_overlap:
+                max_end[key] = columns.end[index]
+            continue
+        d = len(stack) - stack.index(key)
+        stack.remove(key)
+        stack.append(key)
+        hist[d] += 1
+        distances[index] = d
+        if track_overlap:
+            if columns.start[index] < max_end[key]:
+                overlapping += 1
+            max_end[key] = max(max_end[key], columns.end[index])
+    return hist, len(stack), inconsistent, collisions, overlapping, distances
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 30), st.integers(0, 25), st.sampled_from([0, 1, 2]),
+                          st.sampled_from([0, F_ERROR, F_NO_ARGS, F_IDENTITY, F_SUMMARY, F_UNHASHABLE]),
+                          st.integers(1, 6)), max_size=120),
+       st.sampled_from(["function", "coroutine"]), st.booleans(), st.sampled_from([2048, 0]))
+def test_replay_matches_the_one_loop_reference(calls: list[tuple[int, int, int, int, int]], kind: str,
+                                               identity: bool, mtf_max_keys: int) -> None:
+    columns = CallColumns()
+    for key, start, ret, flag, duration in calls:
+        columns.start.append(start)
+        columns.end.append(start + duration)
+        columns.args.append(0 if flag == F_NO_ARGS else key + 2**63)  # keys beyond one byte
+        columns.ret.append(ret)
+        columns.cpu.append(duration)
+        columns.thread.append(1)
+        columns.flags.append(flag)
+    info = FunctionInfo(0, "m.f", kind=kind)
+    info.stats[S_CALLS] = len(calls)
+    old = cache.MTF_MAX_KEYS
+    cache.MTF_MAX_KEYS = mtf_max_keys  # 0: through the Fenwick tree
+    try:
+        result = analyze_calls(0, info, columns, identity)
+    finally:
+        cache.MTF_MAX_KEYS = old
+    hist, distinct, inconsistent, collisions, overlapping, distances = _reference_replay(info, columns, identity)
+    steps = [(d, float(h)) for d, h in enumerate(hist) if h]
+    assert (result.steps, result.distinct_keys, result.inconsistent_keys, result.identity_collisions,
+            result.overlapping) == (steps, distinct, len(inconsistent), len(collisions), overlapping)
+    assert {i: d for i, d in zip(result.order, result.distances, strict=True) if d} == distances
+    assert result.accesses == len(calls)

@@ -44,8 +44,10 @@ from __future__ import annotations
 import math
 from array import array
 from bisect import bisect_right
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import compress
 from typing import Any
 
 from callspan.analysis.model import (
@@ -74,6 +76,8 @@ SHARDS_MIN_KEYS = 64  # fewer sampled distinct keys than this: replay the listed
 # of byte codes (``_mtf_distances``); more keys, from a Fenwick tree (``_fenwick_distances``).
 MTF_MAX_KEYS = 2048  # the worst case (every access at the largest distance) costs about a Fenwick replay
 MTF_CODES = 1 << 14  # distinct keys that two-byte codes can tell apart
+# flags byte -> 1 when a call with these flags is replayed (did not raise, has a key)
+_REPLAYABLE = bytes(0 if flags & (F_ERROR | F_NO_ARGS) else 1 for flags in range(256))
 DEFAULT_MAXSIZE = 128  # functools.lru_cache's default
 # A cache hit costs roughly this much (key tuple + dict lookup in C); calls cheaper than a few
 # times this are not worth caching whatever their hit ratio.
@@ -179,32 +183,39 @@ def _mtf_distances(keys: Sequence[int], distinct: dict[int, None]) -> list[int]:
     count = len(distinct)
     if count > MTF_CODES:
         raise ValueError(f"{count} distinct keys: more than {MTF_CODES}")
-    out = [0] * len(keys)
+    out: list[int] = []
+    put = out.append
     stack = bytearray()
-    # Codes in order of first use: an access is a key's first exactly when its code is ``fresh``.
+    find = stack.rindex
+    # Codes in order of first use: an access is a key's first exactly when its code is ``fresh``,
+    # and the stack then holds ``fresh`` codes.
     codes = map({key: code for code, key in enumerate(distinct)}.__getitem__, keys)
     fresh = 0
     # One loop per code width keeps the per-access work free of branches on it.
     if count <= 256:
-        for position, code in enumerate(codes):
+        push = stack.append
+        for code in codes:
             if code < fresh:
-                i = stack.rindex(code)
-                out[position] = len(stack) - i
+                i = find(code)
+                put(fresh - i)
                 del stack[i]
             else:
                 fresh += 1
-            stack.append(code)
+                put(0)
+            push(code)
     else:
         pairs = [bytes((0x80 | (code >> 7), code & 0x7F)) for code in range(count)]
-        for position, code in enumerate(codes):
+        extend = stack.extend
+        for code in codes:
             pair = pairs[code]
             if code < fresh:
-                i = stack.rindex(pair)
-                out[position] = (len(stack) - i) >> 1
+                i = find(pair)
+                put(fresh - (i >> 1))
                 del stack[i:i + 2]
             else:
                 fresh += 1
-            stack += pair
+                put(0)
+            extend(pair)
     return out
 
 
@@ -253,8 +264,9 @@ class ProcessResult:
     inconsistent_keys: int
     overlapping: int
     identity_collisions: int = 0  # keys with different returns whose self was hashed by identity
-    order: array[int] = field(default_factory=lambda: array("I"), repr=False)  # replay order (column indices)
-    distances: array[int] = field(default_factory=lambda: array("I"), repr=False)  # 0 = miss
+    # The calls replayed (column indices, in replay order) and each one's stack distance (0 = miss).
+    order: array[int] = field(default_factory=lambda: array("I"), repr=False)
+    distances: array[int] = field(default_factory=lambda: array("I"), repr=False)
     # (cache size, savings_at that size), computed where the replay ran when the function is the
     # only one of its group: the size is then the one the report recommends.
     saved: tuple[int, Savings] | None = field(default=None, repr=False)
@@ -295,42 +307,52 @@ def analyze_calls(function: int, info: FunctionInfo, columns: CallColumns,
             count_scale = info.calls / n if n else 1.0
     track_overlap = info.kind in ("coroutine", "async_generator")
     hist = [0] * (len(order) + 2)
-    max_end: dict[int, int] = {}
-    returned: dict[int, int] = {}
     inconsistent: set[int] = set()
     collisions: set[int] = set()
     if identity is None:
         identity = info.stats[S_IDENTITY] > 0
     # A listed (summarised) call carries no callspan.args.identity: it follows the function's spans.
     identity_flags = F_IDENTITY | (F_SUMMARY if identity else 0)
-    distances = array("I", bytes(4 * n))
-    overlapping = 0
-    skip = F_ERROR | F_NO_ARGS
-    replayed = [index for index in order if not flags[index] & skip]
+    # The calls replayed, in order: all but those that raised or have no key (per-call work in C).
+    replayable = bytes(flags).translate(_REPLAYABLE)
+    replayed = array("I", compress(order, map(replayable.__getitem__, order)))
     replayed_keys = array("Q", map(keys.__getitem__, replayed))
     distinct = dict.fromkeys(replayed_keys)
     if len(distinct) <= MTF_MAX_KEYS:
         access_distances = _mtf_distances(replayed_keys, distinct)
     else:
         access_distances = _fenwick_distances(replayed_keys)
-    for index, key, d in zip(replayed, replayed_keys, access_distances, strict=True):
-        ret = rets[index]
+    for d, count in Counter(access_distances).items():
+        if d:
+            hist[d] += count
+    # Keys seen with two different return hashes; only their calls need a look in order.
+    returns_of: dict[int, int] = {}
+    suspects = set()
+    for key, ret in set(zip(replayed_keys, map(rets.__getitem__, replayed), strict=True)):
         if ret:
-            seen = returned.get(key)
-            if seen is None:
-                returned[key] = ret
-            elif seen != ret and key not in inconsistent and key not in collisions:
-                if flags[index] & identity_flags:
-                    collisions.add(key)  # another object at a freed one's address, probably
-                else:
-                    inconsistent.add(key)
-        if not d:
-            if track_overlap:
+            if returns_of.setdefault(key, ret) != ret:
+                suspects.add(key)
+    if suspects:
+        returned: dict[int, int] = {}
+        for index in compress(replayed, map(suspects.__contains__, replayed_keys)):
+            key = keys[index]
+            ret = rets[index]
+            if ret:
+                seen = returned.get(key)
+                if seen is None:
+                    returned[key] = ret
+                elif seen != ret and key not in inconsistent and key not in collisions:
+                    if flags[index] & identity_flags:
+                        collisions.add(key)  # another object at a freed one's address, probably
+                    else:
+                        inconsistent.add(key)
+    overlapping = 0
+    if track_overlap:
+        max_end: dict[int, int] = {}
+        for index, key, d in zip(replayed, replayed_keys, access_distances, strict=True):
+            if not d:
                 max_end[key] = ends[index]
-            continue
-        hist[d] += 1
-        distances[index] = d
-        if track_overlap:
+                continue
             end = max_end[key]
             if starts[index] < end:
                 overlapping += 1
@@ -351,7 +373,8 @@ def analyze_calls(function: int, info: FunctionInfo, columns: CallColumns,
         estimator=estimator, count_scale=count_scale, size_scale=size_scale,
         distinct_keys=len(distinct) * key_scale, hits_unbounded=sum(hist) * count_scale, steps=merged,
         inconsistent_keys=round(len(inconsistent) * key_scale), overlapping=round(overlapping * count_scale),
-        identity_collisions=round(len(collisions) * key_scale), order=array("I", order), distances=distances,
+        identity_collisions=round(len(collisions) * key_scale), order=replayed,
+        distances=array("I", access_distances),
     )
 
 
@@ -373,7 +396,6 @@ def savings_at(result: ProcessResult, columns: CallColumns, size: int, nested_ex
     if size <= 0:
         return out
     threshold = size / result.size_scale + 1e-9
-    distances = result.distances
     starts = columns.start
     ends = columns.end
     cpus = columns.cpu
@@ -382,8 +404,7 @@ def savings_at(result: ProcessResult, columns: CallColumns, size: int, nested_ex
     hits = 0
     cpu = 0
     wall = 0
-    for index in result.order:
-        d = distances[index]
+    for index, d in zip(result.order, result.distances, strict=True):
         if not d or d > threshold:
             continue
         hits += 1
