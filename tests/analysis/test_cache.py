@@ -539,3 +539,66 @@ def test_replay_matches_the_one_loop_reference(calls: list[tuple[int, int, int, 
             result.overlapping) == (steps, distinct, len(inconsistent), len(collisions), overlapping)
     assert {i: d for i, d in zip(result.order, result.distances, strict=True) if d} == distances
     assert result.accesses == len(calls)
+
+
+def _reference_savings(result: cache.ProcessResult, columns: CallColumns, size: int,
+                       nested_exclusion: bool) -> tuple[float, float, float]:
+    """savings_at as one loop over the replayed calls (before the hits were picked out in C)."""
+    threshold = size / result.size_scale + 1e-9
+    open_until: dict[int, int] = {}
+    hits = cpu = wall = 0
+    for index, d in zip(result.order, result.distances, strict=True):
+        if not d or d > threshold:
+            continue
+        hits += 1
+        if nested_exclusion:
+            thread = columns.thread[index]
+            if columns.start[index] < open_until.get(thread, 0):
+                continue
+            open_until[thread] = columns.end[index]
+        cpu += columns.cpu[index]
+        wall += columns.end[index] - columns.start[index]
+    scale = result.count_scale
+    return cpu * scale, wall * scale, hits * scale
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 8), st.integers(0, 60), st.integers(1, 12), st.sampled_from([1, 1, 1, 2]),
+                          st.integers(0, 9)), min_size=1, max_size=80),
+       st.integers(0, 9), st.booleans())
+def test_savings_match_the_one_loop_reference(calls: list[tuple[int, int, int, int, int]], size: int,
+                                              nested: bool) -> None:
+    columns = CallColumns()
+    for key, start, duration, thread, cpu in calls:
+        columns.start.append(start)
+        columns.end.append(start + duration)
+        columns.args.append(key)
+        columns.ret.append(key + 100)
+        columns.cpu.append(cpu)
+        columns.thread.append(thread)
+        columns.flags.append(0)
+    result = analyze_calls(0, FunctionInfo(0, "m.f", kind="function"), columns)
+    saved = cache.savings_at(result, columns, size, nested)
+    assert (saved.cpu, saved.wall, saved.hits) == _reference_savings(result, columns, size, nested)
+
+
+def test_nested_hits_on_one_thread_are_counted_once() -> None:
+    # f(1) [0, 10); then f(1) [20, 100), which calls f(1) [30, 40). One thread.
+    columns = CallColumns()
+    for start, end in ((0, 10), (20, 100), (30, 40)):
+        for name, value in (("start", start), ("end", end), ("args", 1), ("ret", 2), ("cpu", end - start),
+                            ("thread", 1), ("flags", 0)):
+            getattr(columns, name).append(value)
+    result = analyze_calls(0, FunctionInfo(0, "m.f", kind="function"), columns)
+    # two hits; the inner one's cost is part of the outer one's
+    saved = cache.savings_at(result, columns, 1, True)
+    assert (saved.hits, saved.cpu, saved.wall) == (2, 80, 80)
+    saved = cache.savings_at(result, columns, 1, False)
+    assert (saved.hits, saved.cpu, saved.wall) == (2, 90, 90)
+    assert not cache._never_nested(columns, result.order)
+    flat = CallColumns()
+    for start in (0, 10, 20):
+        for name, value in (("start", start), ("end", start + 10), ("args", 1), ("ret", 2), ("cpu", 5),
+                            ("thread", 1), ("flags", 0)):
+            getattr(flat, name).append(value)
+    assert cache._never_nested(flat, sorted(range(3), key=flat.start.__getitem__))
