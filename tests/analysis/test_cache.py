@@ -595,10 +595,3 @@ def test_nested_hits_on_one_thread_are_counted_once() -> None:
     assert (saved.hits, saved.cpu, saved.wall) == (2, 80, 80)
     saved = cache.savings_at(result, columns, 1, False)
     assert (saved.hits, saved.cpu, saved.wall) == (2, 90, 90)
-    assert not cache._never_nested(columns, result.order)
-    flat = CallColumns()
-    for start in (0, 10, 20):
-        for name, value in (("start", start), ("end", start + 10), ("args", 1), ("ret", 2), ("cpu", 5),
-                            ("thread", 1), ("flags", 0)):
-            getattr(flat, name).append(value)
-    assert cache._never_nested(flat, sorted(range(3), key=flat.start.__getitem__))

@@ -42,13 +42,12 @@ summarised on a span) is never recommended: caching it would skip those calls (`
 from __future__ import annotations
 
 import math
-import operator
 from array import array
 from bisect import bisect_right
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from itertools import accumulate, compress, islice
+from itertools import compress
 from typing import Any
 
 from callspan.analysis.model import (
@@ -401,40 +400,26 @@ def savings_at(result: ProcessResult, columns: CallColumns, size: int, nested_ex
     ends = columns.end
     cpus = columns.cpu
     threads = columns.thread
-    order, distances = result.order, result.distances
-    # The hits (0 < distance <= threshold), in replay order, picked out in C.
-    hit_rows = list(compress(compress(order, distances), map(threshold.__ge__, compress(distances, distances))))
-    hits = len(hit_rows)
-    if nested_exclusion and hit_rows and not _never_nested(columns, order):
-        open_until: dict[int, int] = {}
-        cpu = 0
-        wall = 0
-        for index in hit_rows:
+    open_until: dict[int, int] = {}
+    hits = 0
+    cpu = 0
+    wall = 0
+    for index, d in zip(result.order, result.distances, strict=True):
+        if not d or d > threshold:
+            continue
+        hits += 1
+        if nested_exclusion:
             thread = threads[index]
             if starts[index] < open_until.get(thread, 0):
                 continue
             open_until[thread] = ends[index]
-            cpu += cpus[index]
-            wall += ends[index] - starts[index]
-    else:
-        cpu = sum(map(cpus.__getitem__, hit_rows))
-        wall = sum(map(ends.__getitem__, hit_rows)) - sum(map(starts.__getitem__, hit_rows))
+        cpu += cpus[index]
+        wall += ends[index] - starts[index]
     scale = result.count_scale
     out.cpu = cpu * scale
     out.wall = wall * scale
     out.hits = hits * scale
     return out
-
-
-def _never_nested(columns: CallColumns, order: Sequence[int]) -> bool:
-    """Whether no call in ``order`` (start order) starts before an earlier one ended, all on one
-    thread: then no hit can be nested in another and nested exclusion changes nothing."""
-    threads = columns.thread
-    first = threads[order[0]]
-    if any(map(first.__ne__, map(threads.__getitem__, order))):
-        return False
-    reach = accumulate(map(columns.end.__getitem__, order), max)  # latest end so far
-    return not any(map(operator.lt, map(columns.start.__getitem__, islice(order, 1, None)), reach))
 
 
 @dataclass(slots=True)
