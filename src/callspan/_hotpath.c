@@ -574,8 +574,8 @@ typedef struct {
     PyObject *builder;
     PyObject *out_type, *summary_type, *summarised_out, *monotonic, *deque_type;
     long long max_spans, cap, clock_offset;
-    double rate, tokens, refilled;
-    long long traces_unsampled, calls_summarised;
+    double rate, tokens, refilled, listed_tokens;
+    long long traces_unsampled, calls_summarised, calls_unlisted;
     uint64_t k0, k1;
 } Batch;
 
@@ -630,7 +630,9 @@ batch_store(Batch *b)
     if (set_attr_double(b->builder, "_tokens", b->tokens) < 0 ||
         set_attr_double(b->builder, "_refilled", b->refilled) < 0 ||
         set_attr_ll(b->builder, "traces_unsampled", b->traces_unsampled) < 0 ||
-        set_attr_ll(b->builder, "calls_summarised", b->calls_summarised) < 0)
+        set_attr_ll(b->builder, "calls_summarised", b->calls_summarised) < 0 ||
+        set_attr_double(b->builder, "_listed_tokens", b->listed_tokens) < 0 ||
+        set_attr_ll(b->builder, "calls_unlisted", b->calls_unlisted) < 0)
         return -1;
     return 0;
 }
@@ -641,7 +643,9 @@ batch_load(Batch *b)
     if (attr_double(b->builder, "_tokens", &b->tokens) < 0 ||
         attr_double(b->builder, "_refilled", &b->refilled) < 0 ||
         attr_ll(b->builder, "traces_unsampled", &b->traces_unsampled) < 0 ||
-        attr_ll(b->builder, "calls_summarised", &b->calls_summarised) < 0)
+        attr_ll(b->builder, "calls_summarised", &b->calls_summarised) < 0 ||
+        attr_double(b->builder, "_listed_tokens", &b->listed_tokens) < 0 ||
+        attr_ll(b->builder, "calls_unlisted", &b->calls_unlisted) < 0)
         return -1;
     return 0;
 }
@@ -941,7 +945,16 @@ summarise(Batch *b, PyObject *record, PyObject *target)
             return -1;
         }
         int rc = 0;
-        if (args_digest != Py_None || ret_digest != Py_None) {
+        int listed = args_digest != Py_None || ret_digest != Py_None;
+        if (listed && summary->rate < 1.0 && !digest_sampled(args_digest, summary->rate))
+            listed = 0; /* not in the SHARDS sample */
+        else if (listed && b->listed_tokens < 1) {
+            listed = 0;
+            b->calls_unlisted += 1;
+        }
+        else if (listed)
+            b->listed_tokens -= 1;
+        if (listed) {
             PyObject *call = PyTuple_New(5);
             PyObject *t0 = PyLong_FromLongLong(start + b->clock_offset);
             PyObject *t1 = PyLong_FromLongLong(end + b->clock_offset);

@@ -194,7 +194,8 @@ class SpanBuilder:
                  max_spans: int = 2000, max_summary_calls: int = 10_000,
                  max_spans_per_second: float = 2000.0,
                  monotonic: Callable[[], float] = time.monotonic,
-                 compiled: bool | None = None, unsampled_window: float = 5.0) -> None:
+                 compiled: bool | None = None, unsampled_window: float = 5.0,
+                 max_listed_calls_per_second: float = 20_000.0) -> None:
         self.sink = sink
         self.hasher = hasher
         if compiled is None:
@@ -218,6 +219,14 @@ class SpanBuilder:
         self._monotonic = monotonic
         self._tokens = max_spans_per_second
         self._refilled = monotonic()
+        # Per-call cache records listed in callspan.calls events, process-wide: a second bucket,
+        # refilled once per pass. Beyond it, summarised calls are counted but not listed (the
+        # analyzer scales from the listed ones), so export volume stays bounded whatever the
+        # call rate of the traces that are kept.
+        self.max_listed_calls_per_second = max_listed_calls_per_second
+        self._listed_tokens = max_listed_calls_per_second
+        self._listed_refilled = self._refilled
+        self.calls_unlisted = 0
         self._unsampled: Record | None = None
         self._unsampled_opened = 0.0
         # One unsampled_calls span collects this many seconds of traces: its per-call cache
@@ -242,6 +251,10 @@ class SpanBuilder:
     # -- decisions ----------------------------------------------------------------------------
 
     def process(self, records: list[Record]) -> None:
+        now = self._monotonic()
+        rate = self.max_listed_calls_per_second
+        self._listed_tokens = min(rate, self._listed_tokens + max(0.0, now - self._listed_refilled) * rate)
+        self._listed_refilled = now
         if self._process_records is not None:
             self._process_records(self, records)
         else:
@@ -375,8 +388,14 @@ class SpanBuilder:
         if record[R_ARGS] is not None or record[R_RET] is not None:
             args_digest, ret_digest = self._digests(record)
             if args_digest is not None or ret_digest is not None:
-                offset = self.clock_offset
-                summary.add_call((args_digest, ret_digest, start + offset, end + offset, cpu), cap)
+                if summary.rate < 1.0 and not _sampled(args_digest, summary.rate):
+                    pass  # not in the SHARDS sample
+                elif self._listed_tokens >= 1:
+                    self._listed_tokens -= 1
+                    offset = self.clock_offset
+                    summary.add_call((args_digest, ret_digest, start + offset, end + offset, cpu), cap)
+                else:
+                    self.calls_unlisted += 1
         own = record[R_OUT]
         if own is not None and own.summaries:
             for child_info, child in own.summaries.items():

@@ -37,6 +37,8 @@ CALLSPAN_KEY_SECRET = "CALLSPAN_KEY_SECRET"
 CALLSPAN_MAX_SPANS_PER_TRACE = "CALLSPAN_MAX_SPANS_PER_TRACE"
 #: Most spans per second, process-wide; beyond, calls (and whole traces) are summarised.
 CALLSPAN_MAX_SPANS_PER_SECOND = "CALLSPAN_MAX_SPANS_PER_SECOND"
+#: Most per-call cache records listed per second, process-wide (beyond: counted, not listed).
+CALLSPAN_MAX_LISTED_CALLS_PER_SECOND = "CALLSPAN_MAX_LISTED_CALLS_PER_SECOND"
 #: Most per-call cache records kept per summarised function per span before key sampling starts.
 CALLSPAN_MAX_SUMMARY_CALLS = "CALLSPAN_MAX_SUMMARY_CALLS"
 #: Most finished call records waiting for the span builder; beyond, records are dropped and counted.
@@ -47,6 +49,7 @@ CALLSPAN_FLUSH_INTERVAL = "CALLSPAN_FLUSH_INTERVAL"
 ENV_VARS = (
     CALLSPAN_CORE, CALLSPAN_INCLUDE, CALLSPAN_EXCLUDE, CALLSPAN_CPU, CALLSPAN_CPU_INTERVAL_US, CALLSPAN_KEYS,
     CALLSPAN_KEY_SECRET, CALLSPAN_MAX_SPANS_PER_TRACE, CALLSPAN_MAX_SPANS_PER_SECOND, CALLSPAN_MAX_SUMMARY_CALLS,
+    CALLSPAN_MAX_LISTED_CALLS_PER_SECOND,
     CALLSPAN_MAX_PENDING, CALLSPAN_FLUSH_INTERVAL,
 )
 
@@ -66,6 +69,7 @@ class Settings:
     max_spans_per_trace: int = 2000
     max_spans_per_second: int = 500
     max_summary_calls: int = 2048
+    max_listed_calls_per_second: int = 20_000
     max_pending: int = 200_000
     flush_interval: float = 0.5
     extra: Mapping[str, Any] = field(default_factory=dict)
@@ -77,6 +81,7 @@ _ENV_FOR_FIELD = {
     "max_spans_per_trace": CALLSPAN_MAX_SPANS_PER_TRACE,
     "max_spans_per_second": CALLSPAN_MAX_SPANS_PER_SECOND,
     "max_summary_calls": CALLSPAN_MAX_SUMMARY_CALLS, "max_pending": CALLSPAN_MAX_PENDING,
+    "max_listed_calls_per_second": CALLSPAN_MAX_LISTED_CALLS_PER_SECOND,
     "flush_interval": CALLSPAN_FLUSH_INTERVAL,
 }
 
@@ -87,7 +92,8 @@ def _convert(name: str, raw: Any, source: str) -> Any:
             if isinstance(raw, str):
                 return tuple(part.strip() for part in raw.split(",") if part.strip())
             return tuple(str(part) for part in raw)
-        if name in ("max_spans_per_trace", "max_spans_per_second", "max_summary_calls", "max_pending"):
+        if name in ("max_spans_per_trace", "max_spans_per_second", "max_summary_calls", "max_pending",
+                    "max_listed_calls_per_second"):
             value = int(raw)
             if value < 1:
                 raise ValueError("must be at least 1")

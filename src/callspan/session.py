@@ -73,6 +73,7 @@ class Session:
             cpu_enabled=counter is not None, max_spans=settings.max_spans_per_trace,
             max_summary_calls=settings.max_summary_calls,
             max_spans_per_second=settings.max_spans_per_second, compiled=compiled_builder,
+            max_listed_calls_per_second=settings.max_listed_calls_per_second,
         )
         self.build_faults = 0
         self._background = background

@@ -162,3 +162,16 @@ def test_unsampled_span_collects_one_window_of_passes(traced) -> None:  # type: 
     assert {f.rsplit(".", 1)[-1]: c for f, c in counts.items()} == {"middle": 3, "leaf": 3}
     assert builder.traces_unsampled == 4
     assert [n.name.rsplit(".", 1)[-1] for n in closed].count("middle") == 2
+
+
+def test_listed_calls_have_a_process_wide_rate_and_the_rest_are_counted(traced) -> None:  # type: ignore[no-untyped-def]
+    run = traced(max_spans_per_trace=2, max_listed_calls_per_second=5)
+    builder = run.session.builder
+    builder._monotonic = lambda: 0.0  # frozen: the bucket holds its initial 5 tokens only
+    builder._refilled = builder._listed_refilled = 0.0
+    run.run(driver, 12)
+    summaries = [n for n in run.sink.closed if "callspan.summary.function" in n.attributes]
+    counted = sum(sum(n.attributes["callspan.summary.count"]) for n in summaries)
+    listed = sum(len(e[2]["callspan.args.hash"]) for n in summaries for e in n.events)
+    assert listed == 5 and builder.calls_unlisted == counted - 5
+    assert counted == builder.calls_summarised
