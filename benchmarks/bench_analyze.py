@@ -21,6 +21,7 @@ import json
 import os
 import platform
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -240,9 +241,12 @@ def main() -> int:
     print(f"machine: {machine()}")
     print(f"python:  {version} ({args.python})")
     print(f"input:   {path} ({size / 1e6:,.0f} MB)")
+    walls: list[float] = []
+    spans = 0
     for _ in range(args.repeat):
         command = [args.python, "-c", _WRAPPER, SRC, path, "--report", args.report, "--format", "json",
                    "-o", os.devnull, "--no-progress", "--jobs", str(args.jobs)]
+        load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
         t = time.perf_counter()
         proc = subprocess.run(command, capture_output=True, text=True, check=False)
         wall = time.perf_counter() - t
@@ -254,7 +258,13 @@ def main() -> int:
         print(f"result:  {spans:,} spans in {wall:.2f} s wall ({spans / wall:,.0f} spans/s, "
               f"{size / wall / 1e6:.0f} MB/s); peak RSS analyzer {stats['self_maxrss_kb'] / 1024:.0f} MB, "
               f"largest worker {stats['workers_maxrss_kb'] / 1024:.0f} MB; CPU {stats['cpu_self']:.1f} s "
-              f"main + {stats['cpu_workers']:.1f} s workers")
+              f"main + {stats['cpu_workers']:.1f} s workers; load avg before {load_before:.1f}")
+        walls.append(wall)
+    if len(walls) > 1:
+        median, best = statistics.median(walls), min(walls)
+        print(f"summary: {len(walls)} runs, median {median:.2f} s ({spans / median:,.0f} spans/s), "
+              f"min {best:.2f} s ({spans / best:,.0f} spans/s); other load on the machine slows a run "
+              "(see the load averages)")
     return 0
 
 
