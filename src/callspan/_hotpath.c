@@ -1208,7 +1208,11 @@ typedef struct {
     PyObject *varargs;   /* name or None */
     PyObject *kwonly;    /* tuple */
     PyObject *varkw;     /* name or None */
+    long unkeyed;        /* consecutive calls whose arguments could not be keyed */
+    PyObject *unkeyed_args; /* (None, names, False) once unkeyed reached UNKEYABLE_AFTER */
 } CodeInfoObject;
+
+#define UNKEYABLE_AFTER 64 /* callspan.keys.UNKEYABLE_AFTER */
 
 static PyMemberDef CodeInfo_members[] = {
     {"code", T_OBJECT, offsetof(CodeInfoObject, code), 0, NULL},
@@ -1219,6 +1223,8 @@ static PyMemberDef CodeInfo_members[] = {
     {"varargs", T_OBJECT, offsetof(CodeInfoObject, varargs), 0, NULL},
     {"kwonly", T_OBJECT, offsetof(CodeInfoObject, kwonly), 0, NULL},
     {"varkw", T_OBJECT, offsetof(CodeInfoObject, varkw), 0, NULL},
+    {"unkeyed", T_LONG, offsetof(CodeInfoObject, unkeyed), 0, NULL},
+    {"unkeyed_args", T_OBJECT, offsetof(CodeInfoObject, unkeyed_args), 0, NULL},
     {NULL, 0, 0, 0, NULL},
 };
 
@@ -1230,6 +1236,7 @@ CodeInfo_traverse(CodeInfoObject *self, visitproc visit, void *arg)
     Py_VISIT(self->varargs);
     Py_VISIT(self->kwonly);
     Py_VISIT(self->varkw);
+    Py_VISIT(self->unkeyed_args);
     return 0;
 }
 
@@ -1241,6 +1248,7 @@ CodeInfo_clear(CodeInfoObject *self)
     Py_CLEAR(self->varargs);
     Py_CLEAR(self->kwonly);
     Py_CLEAR(self->varkw);
+    Py_CLEAR(self->unkeyed_args);
     return 0;
 }
 
@@ -1651,12 +1659,30 @@ hp_start(HotPath *hp, PyObject *info, PyFrameObject *frame)
             root = parent;
     }
     if (ci->keys) {
-        if (frame == NULL) {
-            PyErr_SetString(PyExc_RuntimeError, "no frame");
-            goto finally;
+        if (ci->unkeyed >= UNKEYABLE_AFTER && is_set(ci->unkeyed_args)) {
+            args = Py_NewRef(ci->unkeyed_args); /* never keyable: not tried again */
         }
-        if ((args = args_key(hp, ci, frame)) == NULL)
-            goto finally;
+        else {
+            if (frame == NULL) {
+                PyErr_SetString(PyExc_RuntimeError, "no frame");
+                goto finally;
+            }
+            if ((args = args_key(hp, ci, frame)) == NULL)
+                goto finally;
+            PyObject *names = PyTuple_GET_ITEM(args, 1);
+            if (PyTuple_GET_ITEM(args, 0) == Py_None && PyUnicode_GET_LENGTH(names) &&
+                PyUnicode_CompareWithASCIIString(names, "error") != 0) {
+                if (++ci->unkeyed == UNKEYABLE_AFTER) {
+                    PyObject *fixed = PyTuple_Pack(3, Py_None, names, Py_False);
+                    if (fixed == NULL)
+                        goto finally;
+                    Py_XSETREF(ci->unkeyed_args, fixed);
+                }
+            }
+            else {
+                ci->unkeyed = 0;
+            }
+        }
     }
     if ((record = PyList_New(RECORD_SIZE)) == NULL)
         goto finally;
@@ -1762,7 +1788,7 @@ hp_finish(HotPath *hp, PyObject *code, PyObject *value, PyObject *error)
     if (counted < 0 || put_ll(record, R_END, now) < 0)
         goto finally;
     if (error == NULL) {
-        if (ci->keys) {
+        if (ci->keys && ci->unkeyed < UNKEYABLE_AFTER) {
             PyObject *ret = value_key(hp, value);
             if (ret == NULL)
                 goto finally;
@@ -1989,7 +2015,8 @@ cb_py_start(HotPath *hp, PyObject *const *args, Py_ssize_t nargs)
         return Py_NewRef(hp->disable);
     }
     /* The frame object is materialised only to read arguments (keys). */
-    if (frame == NULL && PyObject_TypeCheck(info, &CodeInfoType) && ((CodeInfoObject *)info)->keys)
+    if (frame == NULL && PyObject_TypeCheck(info, &CodeInfoType) && ((CodeInfoObject *)info)->keys &&
+        ((CodeInfoObject *)info)->unkeyed < UNKEYABLE_AFTER)
         frame = PyEval_GetFrame();
     if (hp_start(hp, info, frame) < 0)
         fault(hp);
@@ -2280,7 +2307,8 @@ PyInit__hotpath(void)
     }
     if (PyModule_AddIntConstant(module, "RECORD_SIZE", RECORD_SIZE) < 0 ||
         PyModule_AddIntConstant(module, "R_OUT", R_OUT) < 0 ||
-        PyModule_AddIntConstant(module, "R_VIA_TASK", R_VIA_TASK) < 0)
+        PyModule_AddIntConstant(module, "R_VIA_TASK", R_VIA_TASK) < 0 ||
+        PyModule_AddIntConstant(module, "UNKEYABLE_AFTER", UNKEYABLE_AFTER) < 0)
         goto error;
     if ((str_empty = PyUnicode_InternFromString("")) == NULL ||
         (str_dict_tag = PyUnicode_InternFromString("dict")) == NULL ||

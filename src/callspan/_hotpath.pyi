@@ -5,6 +5,7 @@ from typing import Any
 RECORD_SIZE: int
 R_OUT: int
 R_VIA_TASK: int
+UNKEYABLE_AFTER: int
 
 
 def siphash24(k0: int, k1: int, message: int, /) -> int: ...
@@ -60,3 +61,5 @@ class CodeInfoBase:
     varargs: Any
     kwonly: Any
     varkw: Any
+    unkeyed: int
+    unkeyed_args: Any

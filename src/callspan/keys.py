@@ -14,6 +14,13 @@ from typing import Any
 
 from callspan.selection import CodeInfo
 
+# After this many consecutive calls whose arguments could not be keyed at all (unhashable and
+# not fingerprinted: a parsed JSON request, say), a function's calls are no longer keyed: its
+# keys were useless and computing them (reading the frame, hashing the return value) was the
+# hot path's largest cost. Its records keep the unhashable type names. The compiled hot path
+# uses the same number (UNKEYABLE_AFTER in _hotpath.c).
+UNKEYABLE_AFTER = 64
+
 # Separates positional from keyword parts, as lru_cache's kwd_mark does.
 _KWD_MARK = ("callspan.kwd_mark",)
 _FAST_TYPES = (int, str)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from callspan import _env
 from callspan.counters import CpuCounter, native_reader
-from callspan.keys import args_key, value_key
+from callspan.keys import UNKEYABLE_AFTER, args_key, value_key
 from callspan.record import (
     R_CHILD_CPU,
     R_CPU,
@@ -222,9 +222,21 @@ class Recorder:
             else:
                 root = parent[2] or parent  # R_ROOT: None means "I am the root"
                 context = None
+            args = None
+            if info.keys:
+                if info.unkeyed >= UNKEYABLE_AFTER:
+                    args = info.unkeyed_args  # a function whose arguments never key: not tried again
+                else:
+                    args = args_key(info, frame)
+                    if args[0] is None and args[1] and args[1] != "error":
+                        info.unkeyed += 1
+                        if info.unkeyed == UNKEYABLE_AFTER:
+                            info.unkeyed_args = (None, args[1], False)
+                    else:
+                        info.unkeyed = 0
             # Layout: see callspan.record.
             record = [info, parent, root, 0, 0, 0, 0, 0,
-                      args_key(info, frame) if info.keys else None,
+                      args,
                       None, 0, None, 0, 0, 0, state, context, prev, via_task, False, None]
             stack.append(record)
             if info.kind == COROUTINE:
@@ -250,7 +262,7 @@ class Recorder:
             record[END] = now
             info = record[INFO]
             if error is None:
-                if info.keys:
+                if info.keys and info.unkeyed < UNKEYABLE_AFTER:
                     record[RET] = value_key(value)
                     record[RET_SIZE] = getsizeof(value, 0)
             elif not isinstance(error, _NOT_ERRORS):

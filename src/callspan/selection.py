@@ -26,7 +26,8 @@ _ALWAYS_EXCLUDED_MODULES = ("callspan", "opentelemetry")
 
 if TYPE_CHECKING or not _env.HAS_COMPILED_HASH:
     class _CodeInfoBase:
-        __slots__ = ("code", "kind", "keys", "is_method", "arg_names", "varargs", "kwonly", "varkw")
+        __slots__ = ("code", "kind", "keys", "is_method", "arg_names", "varargs", "kwonly", "varkw",
+                     "unkeyed", "unkeyed_args")
 else:
     # The same fields as C struct members, read directly by the compiled hot path.
     from callspan._hotpath import CodeInfoBase as _CodeInfoBase
@@ -44,6 +45,8 @@ class CodeInfo(_CodeInfoBase):
     varargs: str | None
     kwonly: tuple[str, ...]
     varkw: str | None
+    unkeyed: int  # consecutive calls whose arguments could not be keyed (see keys.UNKEYABLE_AFTER)
+    unkeyed_args: tuple[None, str, bool] | None
 
     def __init__(self, code: CodeType, module: str, keys: bool) -> None:
         self.code = code
@@ -70,6 +73,8 @@ class CodeInfo(_CodeInfoBase):
         self.varkw = names[index] if flags & _CO_VARKEYWORDS else None
         self.is_method = bool(self.arg_names) and self.arg_names[0] in ("self", "cls")
         self.keys = keys
+        self.unkeyed = 0
+        self.unkeyed_args = None
 
 
 def _split(patterns: Iterable[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:

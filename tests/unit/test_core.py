@@ -295,3 +295,34 @@ def test_selection_prefers_the_most_specific_prefix(tmp_path) -> None:  # type: 
     assert selector.selects(code_at(str(site / "shop" / "main.py")), "__main__")  # installed script
     assert not selector.selects(code_at(str(site / "other" / "lib.py")), "other.lib")  # a dependency
     assert selector.selects(code_at(str(tmp_path / "app" / "views.py")), "app.views")  # own code
+
+
+def takes_request(req: dict, n: int = 0) -> int:  # type: ignore[type-arg]
+    return len(req)
+
+
+def takes_list(items: list) -> int:  # type: ignore[type-arg]
+    return len(items)
+
+
+def unkeyable_then_keyable(n: int) -> None:
+    for i in range(n):
+        takes_request({"user": {"id": i}})  # a nested dict: cannot be keyed, not even fingerprinted
+        takes_list([i % 3])  # unhashable but fingerprinted: keyed
+
+
+def test_functions_whose_arguments_never_key_stop_being_keyed(traced) -> None:  # type: ignore[no-untyped-def]
+    from callspan.keys import UNKEYABLE_AFTER
+
+    run = traced(max_spans_per_trace=100_000, max_spans_per_second=100_000)
+    run.run(unkeyable_then_keyable, UNKEYABLE_AFTER + 6)
+    requests = sorted(by_name(run.sink.closed, "takes_request"), key=lambda n: n.start_ns)
+    lists = by_name(run.sink.closed, "takes_list")
+    assert len(requests) == len(lists) == UNKEYABLE_AFTER + 6
+    # Every call still names its unhashable argument type; the calls before the one that reaches
+    # UNKEYABLE_AFTER also carry their return value's hash, the later ones are not keyed at all.
+    assert all(n.attributes["callspan.args.unhashable"] == "dict" for n in requests)
+    assert all("callspan.args.hash" not in n.attributes for n in requests)
+    with_return = [n for n in requests if "callspan.return.hash" in n.attributes]
+    assert with_return == requests[: UNKEYABLE_AFTER - 1]
+    assert all("callspan.args.hash" in n.attributes and "callspan.return.hash" in n.attributes for n in lists)
