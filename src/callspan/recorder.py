@@ -222,16 +222,16 @@ class Recorder:
             else:
                 root = parent[2] or parent  # R_ROOT: None means "I am the root"
                 context = None
-            args = None
+            args: tuple[int | None, str, bool] | None = None
             if info.keys:
                 if info.unkeyed >= UNKEYABLE_AFTER:
                     args = info.unkeyed_args  # a function whose arguments never key: not tried again
                 else:
-                    args = args_key(info, frame)
-                    if args[0] is None and args[1] and args[1] != "error":
+                    key = args = args_key(info, frame)
+                    if key[0] is None and key[1] and key[1] != "error":
                         info.unkeyed += 1
                         if info.unkeyed == UNKEYABLE_AFTER:
-                            info.unkeyed_args = (None, args[1], False)
+                            info.unkeyed_args = (None, key[1], False)
                     else:
                         info.unkeyed = 0
             # Layout: see callspan.record.
