@@ -1052,14 +1052,36 @@ process_one(Batch *b, PyObject *record)
         if (token)
             return call_close(b, record, NULL);
         b->traces_unsampled += 1;
-        if (batch_store(b) < 0)
-            return -1;
-        PyObject *holder = PyObject_CallMethod(b->builder, "_unsampled_record", "O", record);
+        PyObject *holder = PyObject_GetAttrString(b->builder, "_unsampled");
         if (holder == NULL)
             return -1;
-        int rc = is_record(holder) ? summarise(b, record, holder) : -1;
-        if (!is_record(holder))
-            PyErr_SetString(PyExc_TypeError, "unsampled holder is not a record");
+        if (is_record(holder)) {
+            /* The open window's holder: widen it to this trace (SpanBuilder._unsampled_record). */
+            long long start, end, hstart, hend;
+            if (get_ll(record, R_START, &start) < 0 || get_ll(record, R_END, &end) < 0 ||
+                get_ll(holder, R_START, &hstart) < 0 || get_ll(holder, R_END, &hend) < 0 ||
+                (start < hstart && put_ll(holder, R_START, start) < 0) ||
+                (end > hend && put_ll(holder, R_END, end) < 0)) {
+                Py_DECREF(holder);
+                return -1;
+            }
+        }
+        else {
+            Py_DECREF(holder);
+            if (batch_store(b) < 0)
+                return -1;
+            holder = PyObject_CallMethod(b->builder, "_unsampled_record", "O", record);
+            if (holder == NULL || batch_load(b) < 0) {
+                Py_XDECREF(holder);
+                return -1;
+            }
+            if (!is_record(holder)) {
+                Py_DECREF(holder);
+                PyErr_SetString(PyExc_TypeError, "unsampled holder is not a record");
+                return -1;
+            }
+        }
+        int rc = summarise(b, record, holder);
         Py_DECREF(holder);
         return rc < 0 ? -1 : 0;
     }
@@ -1209,10 +1231,12 @@ typedef struct {
     PyObject *kwonly;    /* tuple */
     PyObject *varkw;     /* name or None */
     long unkeyed;        /* consecutive calls whose arguments could not be keyed */
+    unsigned long sized; /* calls whose return value size was considered (see RET_SIZE_EVERY) */
     PyObject *unkeyed_args; /* (None, names, False) once unkeyed reached UNKEYABLE_AFTER */
 } CodeInfoObject;
 
 #define UNKEYABLE_AFTER 64 /* callspan.keys.UNKEYABLE_AFTER */
+#define RET_SIZE_EVERY 16  /* callspan.keys.RET_SIZE_EVERY */
 
 static PyMemberDef CodeInfo_members[] = {
     {"code", T_OBJECT, offsetof(CodeInfoObject, code), 0, NULL},
@@ -1224,6 +1248,7 @@ static PyMemberDef CodeInfo_members[] = {
     {"kwonly", T_OBJECT, offsetof(CodeInfoObject, kwonly), 0, NULL},
     {"varkw", T_OBJECT, offsetof(CodeInfoObject, varkw), 0, NULL},
     {"unkeyed", T_LONG, offsetof(CodeInfoObject, unkeyed), 0, NULL},
+    {"sized", T_ULONG, offsetof(CodeInfoObject, sized), 0, NULL},
     {"unkeyed_args", T_OBJECT, offsetof(CodeInfoObject, unkeyed_args), 0, NULL},
     {NULL, 0, 0, 0, NULL},
 };
@@ -1793,15 +1818,20 @@ hp_finish(HotPath *hp, PyObject *code, PyObject *value, PyObject *error)
             if (ret == NULL)
                 goto finally;
             put_obj(record, R_RET, ret);
-            size_t bytes = _PySys_GetSizeOf(value); /* sys.getsizeof(value, 0) */
-            if (bytes == (size_t)-1 && PyErr_Occurred()) {
-                if (!PyErr_ExceptionMatches(PyExc_TypeError))
+            if (ci->sized++ % RET_SIZE_EVERY == 0) {
+                size_t bytes = _PySys_GetSizeOf(value); /* sys.getsizeof(value, 0) */
+                if (bytes == (size_t)-1 && PyErr_Occurred()) {
+                    if (!PyErr_ExceptionMatches(PyExc_TypeError))
+                        goto finally;
+                    PyErr_Clear();
+                    bytes = 0;
+                }
+                if (put_ll(record, R_RET_SIZE, (long long)bytes) < 0)
                     goto finally;
-                PyErr_Clear();
-                bytes = 0;
             }
-            if (put_ll(record, R_RET_SIZE, (long long)bytes) < 0)
-                goto finally;
+            else {
+                put_obj(record, R_RET_SIZE, Py_NewRef(Py_None));
+            }
         }
     }
     else if (!PyObject_TypeCheck(error, (PyTypeObject *)hp->generator_exit)) {
@@ -2308,7 +2338,8 @@ PyInit__hotpath(void)
     if (PyModule_AddIntConstant(module, "RECORD_SIZE", RECORD_SIZE) < 0 ||
         PyModule_AddIntConstant(module, "R_OUT", R_OUT) < 0 ||
         PyModule_AddIntConstant(module, "R_VIA_TASK", R_VIA_TASK) < 0 ||
-        PyModule_AddIntConstant(module, "UNKEYABLE_AFTER", UNKEYABLE_AFTER) < 0)
+        PyModule_AddIntConstant(module, "UNKEYABLE_AFTER", UNKEYABLE_AFTER) < 0 ||
+        PyModule_AddIntConstant(module, "RET_SIZE_EVERY", RET_SIZE_EVERY) < 0)
         goto error;
     if ((str_empty = PyUnicode_InternFromString("")) == NULL ||
         (str_dict_tag = PyUnicode_InternFromString("dict")) == NULL ||

@@ -6,6 +6,7 @@ RECORD_SIZE: int
 R_OUT: int
 R_VIA_TASK: int
 UNKEYABLE_AFTER: int
+RET_SIZE_EVERY: int
 
 
 def siphash24(k0: int, k1: int, message: int, /) -> int: ...
@@ -62,4 +63,5 @@ class CodeInfoBase:
     kwonly: Any
     varkw: Any
     unkeyed: int
+    sized: int
     unkeyed_args: Any

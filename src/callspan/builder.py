@@ -512,7 +512,8 @@ class SpanBuilder:
             if ret_hex:
                 attributes["callspan.return.hash"] = ret_hex
             attributes["callspan.return.hashable"] = ret[1]
-            attributes["callspan.return.size"] = record[R_RET_SIZE]
+            if record[R_RET_SIZE] is not None:
+                attributes["callspan.return.size"] = record[R_RET_SIZE]
         if info.is_method:
             attributes["callspan.method"] = True
 

@@ -21,6 +21,10 @@ from callspan.selection import CodeInfo
 # uses the same number (UNKEYABLE_AFTER in _hotpath.c).
 UNKEYABLE_AFTER = 64
 
+# sys.getsizeof of return values (for the analyzer's memory estimates) is taken on the first
+# call of each function and then on one call in this many. Also in _hotpath.c.
+RET_SIZE_EVERY = 16
+
 # Separates positional from keyword parts, as lru_cache's kwd_mark does.
 _KWD_MARK = ("callspan.kwd_mark",)
 _FAST_TYPES = (int, str)

@@ -21,7 +21,7 @@ Record = list[Any]
     R_CHILD_CPU,   # R_CPU of traced children that ran inside this call
     R_ARGS,        # (raw hash or None, unhashable type names) or None when keys are off
     R_RET,         # (raw hash or None, hashable) or None
-    R_RET_SIZE,    # sys.getsizeof of the return value
+    R_RET_SIZE,    # sys.getsizeof of the return value (None when not measured: keys.RET_SIZE_EVERY)
     R_ERROR,       # exception type that escaped, or None
     R_SUSPENDS,    # number of suspensions (awaits for coroutines, yields for generators)
     R_SUSP_NS,     # total clock time suspended

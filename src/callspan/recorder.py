@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from callspan import _env
 from callspan.counters import CpuCounter, native_reader
-from callspan.keys import UNKEYABLE_AFTER, args_key, value_key
+from callspan.keys import RET_SIZE_EVERY, UNKEYABLE_AFTER, args_key, value_key
 from callspan.record import (
     R_CHILD_CPU,
     R_CPU,
@@ -264,7 +264,9 @@ class Recorder:
             if error is None:
                 if info.keys and info.unkeyed < UNKEYABLE_AFTER:
                     record[RET] = value_key(value)
-                    record[RET_SIZE] = getsizeof(value, 0)
+                    # Sizes only feed memory estimates: measured on one call in RET_SIZE_EVERY.
+                    record[RET_SIZE] = getsizeof(value, 0) if info.sized % RET_SIZE_EVERY == 0 else None
+                    info.sized += 1
             elif not isinstance(error, _NOT_ERRORS):
                 record[ERROR] = type(error)
             if stack and cpu is not None:

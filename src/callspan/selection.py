@@ -27,7 +27,7 @@ _ALWAYS_EXCLUDED_MODULES = ("callspan", "opentelemetry")
 if TYPE_CHECKING or not _env.HAS_COMPILED_HASH:
     class _CodeInfoBase:
         __slots__ = ("code", "kind", "keys", "is_method", "arg_names", "varargs", "kwonly", "varkw",
-                     "unkeyed", "unkeyed_args")
+                     "unkeyed", "unkeyed_args", "sized")
 else:
     # The same fields as C struct members, read directly by the compiled hot path.
     from callspan._hotpath import CodeInfoBase as _CodeInfoBase
@@ -47,6 +47,7 @@ class CodeInfo(_CodeInfoBase):
     varkw: str | None
     unkeyed: int  # consecutive calls whose arguments could not be keyed (see keys.UNKEYABLE_AFTER)
     unkeyed_args: tuple[None, str, bool] | None
+    sized: int  # calls whose return size was considered (see keys.RET_SIZE_EVERY)
 
     def __init__(self, code: CodeType, module: str, keys: bool) -> None:
         self.code = code
@@ -75,6 +76,7 @@ class CodeInfo(_CodeInfoBase):
         self.keys = keys
         self.unkeyed = 0
         self.unkeyed_args = None
+        self.sized = 0
 
 
 def _split(patterns: Iterable[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:

@@ -326,3 +326,23 @@ def test_functions_whose_arguments_never_key_stop_being_keyed(traced) -> None:  
     with_return = [n for n in requests if "callspan.return.hash" in n.attributes]
     assert with_return == requests[: UNKEYABLE_AFTER - 1]
     assert all("callspan.args.hash" in n.attributes and "callspan.return.hash" in n.attributes for n in lists)
+
+
+def sized_result(i: int) -> str:
+    return "x" * i
+
+
+def many_sized(n: int) -> None:
+    for i in range(n):
+        sized_result(i)
+
+
+def test_return_sizes_are_measured_on_one_call_in_sixteen(traced) -> None:  # type: ignore[no-untyped-def]
+    from callspan.keys import RET_SIZE_EVERY
+
+    run = traced(max_spans_per_trace=100_000, max_spans_per_second=100_000)
+    run.run(many_sized, 2 * RET_SIZE_EVERY + 1)
+    nodes = sorted(by_name(run.sink.closed, "sized_result"), key=lambda n: n.start_ns)
+    sizes = {i: n.attributes["callspan.return.size"] for i, n in enumerate(nodes) if "callspan.return.size" in n.attributes}
+    assert sizes == {i: sys.getsizeof("x" * i) for i in (0, RET_SIZE_EVERY, 2 * RET_SIZE_EVERY)}
+    assert all("callspan.return.hash" in n.attributes for n in nodes)

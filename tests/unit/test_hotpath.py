@@ -113,7 +113,7 @@ def test_native_readers_are_recognised() -> None:
 def test_layouts_match() -> None:
     assert hotpath.RECORD_SIZE == record.RECORD_SIZE
     assert hotpath.R_OUT == record.R_OUT and hotpath.R_VIA_TASK == record.R_VIA_TASK
-    assert hotpath.UNKEYABLE_AFTER == keys.UNKEYABLE_AFTER
+    assert hotpath.UNKEYABLE_AFTER == keys.UNKEYABLE_AFTER and hotpath.RET_SIZE_EVERY == keys.RET_SIZE_EVERY
     from callspan.recorder import ThreadState
     from callspan.selection import CodeInfo
 
