@@ -360,3 +360,25 @@ def test_span_and_listed_call_keys_are_parsed_alike(args_hash: str) -> None:
     assert list(columns.args) == [parse_hash(args_hash)] * 2
     assert list(columns.ret) == [parse_hash(args_hash)] * 2  # so the two calls agree
     assert key_sampled(columns.args[0], 2.0 ** -8) == tracer_rule(args_hash, 2.0 ** -8)
+
+
+@pytest.mark.parametrize("want_rows", [True, False])
+def test_links_share_the_rows_span_arrays_and_find_the_same_edges(want_rows: bool) -> None:
+    # A recursive function summarised under itself (no self edge from the summary), a summarised
+    # callee, a span without an id, and a parent that arrives in a later chunk.
+    root = span("m.root", 1, 0, 1000, extra=summary(["m.rec", "m.leaf"], [2, 3]))
+    rec = span("m.rec", 2, 10, 500, parent=1, extra=summary(["m.rec"], [4]))
+    anonymous = span("m.anon", 3, 20, 30, parent=2)
+    anonymous["spanId"] = ""
+    child = span("m.child", 4, 40, 50, parent=9)
+    late_parent = span("m.late", 9, 0, 60)
+    model = Model(want_rows=want_rows)
+    for part in ([anonymous, rec, child], [root, late_parent]):
+        batch = model.new_batch()
+        add_request(batch, request(part))
+        assert batch.links is not None
+        assert (batch.links.span is batch.rows.span) == want_rows
+        model.merge(pickle.loads(pickle.dumps(batch)))
+    names = [f.name for f in model.functions]
+    assert {(names[a], names[b]) for a, b in model.call_edges()} == {
+        ("m.root", "m.rec"), ("m.root", "m.leaf"), ("m.rec", "m.anon"), ("m.late", "m.child")}

@@ -210,7 +210,8 @@ class Links:
 
     ``edges`` holds resolved (caller function, callee function) pairs. Until ``resolve``, the
     children whose parent span was not found are kept as (parent span id, child function) in
-    typed arrays, and every span as (span id, function). Span ids are taken as unique.
+    typed arrays, and every span as (span id, function) (in a ``Batch`` that keeps rows, the
+    rows' own arrays, with id 0 for summary rows). Span ids are taken as unique; 0 is none.
     """
 
     __slots__ = ("edges", "span", "func", "parent", "child")
@@ -293,6 +294,11 @@ class Batch:
         self.appenders: list[tuple[Any, ...] | None] = []  # per function: bound appends of calls
         self.rows = RowColumns()
         self.links = Links() if want_calls else None
+        if self.links is not None and want_rows:
+            # The rows already hold every span's (span id, function): the links share those
+            # arrays (their extra entries have span id 0, which no parent link names).
+            self.links.span = self.rows.span
+            self.links.func = self.rows.func
         self.traces: list[str] = []
         self.trace_index: dict[str, int] = {}
         self.slow: list[SlowCall] = []  # min-heap on wall

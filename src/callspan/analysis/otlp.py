@@ -225,6 +225,8 @@ def _add_spans(batch: Batch, process: int, spans: Iterable[Any], callspan_scope:
     if links is not None:
         l_span, l_func, l_parent, l_child = (links.span.append, links.func.append, links.parent.append,
                                              links.child.append)
+        # (span id, function) of every span is in the rows already when the links share them.
+        each_span = links.span is not rows.span if rows is not None else True
     trace_index = batch.trace_index
     slow = batch.slow
     slow_keep = batch.slow_keep
@@ -359,7 +361,7 @@ def _add_spans(batch: Batch, process: int, spans: Iterable[Any], callspan_scope:
         except ValueError:
             parent_id = parse_id(text)
         if links is not None:
-            if span_id:
+            if span_id and each_span:
                 l_span(span_id)
                 l_func(func)
             if parent_id:
