@@ -55,6 +55,27 @@ class Source:
     size: int
 
 
+try:  # orjson parses OTLP JSON about 1.7x faster than the standard library (see README)
+    import orjson as _orjson
+
+    _FAST_LOADS: Callable[[bytes], Any] | None = _orjson.loads
+except ImportError:  # optional at run time: the standard library gives the same results
+    _FAST_LOADS = None
+
+
+def _loads(line: bytes) -> Any:
+    """json.loads, through orjson when it is installed. orjson refuses a few things json accepts
+    (NaN and Infinity, very deep nesting, some invalid UTF-8): those lines go to json, so what
+    is valid and every error message stay json's. One difference remains: integers beyond 64
+    bits come back as floats (OTLP's integers are int64)."""
+    if _FAST_LOADS is not None:
+        try:
+            return _FAST_LOADS(line)
+        except ValueError:
+            pass
+    return json.loads(line)
+
+
 def is_trace_file(name: str) -> bool:
     """Names a directory scan picks up: *.json, *.jsonl, *.ndjson, rotated (.1, -3), .gz."""
     return not name.startswith(".") and bool(_TRACE_FILE.search(name))
@@ -144,7 +165,7 @@ def _sniff(line: bytes, path: str, number: int) -> bool:
         shown = stripped[:16]
         raise CallspanError(f"{path}:{number}: not OTLP JSON lines or Jaeger JSON (starts with {shown!r})")
     try:
-        return isinstance(json.loads(line), dict)
+        return isinstance(_loads(line), dict)
     except (ValueError, RecursionError):
         return False
 
@@ -226,7 +247,7 @@ def add_document(batch: Batch, document: Any, where: str) -> None:
 
 def _parse(line: bytes, where: Callable[[], str]) -> Any:
     try:
-        return json.loads(line)
+        return _loads(line)
     except json.JSONDecodeError as exc:
         raise CallspanError(f"{where()}: invalid JSON: {exc.msg} (column {exc.colno})") from None
     except (ValueError, RecursionError) as exc:
@@ -261,7 +282,7 @@ def read_range(batch: Batch, path: str, start: int, end: int, size: int, max_lin
 
         if i == last and end >= size:
             try:
-                document = json.loads(line)
+                document = _loads(line)
             except (ValueError, RecursionError):
                 batch.warnings.append(_incomplete(path, _line_number(path, line_offset), len(line)))
                 continue
@@ -322,7 +343,7 @@ def _read_lines(batch: Batch, stream: IO[bytes], path: str, first: bytes, number
             following = stream.readline(max_line + 1)
             if not line.endswith(b"\n") and not following:
                 try:
-                    document = json.loads(line)
+                    document = _loads(line)
                 except (ValueError, RecursionError):
                     batch.warnings.append(_incomplete(path, number, len(line)))
                     return
