@@ -417,7 +417,7 @@ py_unhashable_args(PyObject *module, PyObject *key)
  * SpanBuilder.process with _accept, _has_token, _summary_target, _summarise, _hashes,
  * _Summary.add_call/merge). Spans themselves are still opened and closed by the Python builder. */
 
-enum { OUT_PENDING, OUT_OPEN, OUT_CLOSED, OUT_SUMMARISED };
+enum { OUT_PENDING, OUT_OPEN, OUT_CLOSED, OUT_SUMMARISED, OUT_UNSAMPLED };
 
 typedef struct {
     PyObject_HEAD
@@ -577,6 +577,7 @@ typedef struct {
     double rate, tokens, refilled, listed_tokens;
     long long traces_unsampled, calls_summarised, calls_unlisted;
     uint64_t k0, k1;
+    PyObject *holder; /* builder._unsampled (a record) or NULL: the open window, cached per batch */
 } Batch;
 
 static int
@@ -1032,6 +1033,52 @@ call_close(Batch *b, PyObject *record, PyObject *out) /* builder._close(record, 
     return batch_load(b);
 }
 
+/* The open unsampled window's holder (new reference), widened to ``record``; created through
+ * SpanBuilder._unsampled_record when there is none. */
+static PyObject *
+unsampled_holder(Batch *b, PyObject *record)
+{
+    PyObject *holder = b->holder;
+    if (holder != NULL) {
+        Py_INCREF(holder);
+        long long start, end, hstart, hend;
+        if (get_ll(record, R_START, &start) < 0 || get_ll(record, R_END, &end) < 0 ||
+            get_ll(holder, R_START, &hstart) < 0 || get_ll(holder, R_END, &hend) < 0 ||
+            (start < hstart && put_ll(holder, R_START, start) < 0) ||
+            (end > hend && put_ll(holder, R_END, end) < 0)) {
+            Py_DECREF(holder);
+            return NULL;
+        }
+        return holder;
+    }
+    if (batch_store(b) < 0)
+        return NULL;
+    holder = PyObject_CallMethod(b->builder, "_unsampled_record", "O", record);
+    if (holder == NULL || batch_load(b) < 0) {
+        Py_XDECREF(holder);
+        return NULL;
+    }
+    if (!is_record(holder)) {
+        Py_DECREF(holder);
+        PyErr_SetString(PyExc_TypeError, "unsampled holder is not a record");
+        return NULL;
+    }
+    Py_XSETREF(b->holder, Py_NewRef(holder));
+    return holder;
+}
+
+static int
+to_unsampled(Batch *b, PyObject *record)
+{
+    PyObject *holder = unsampled_holder(b, record);
+    if (holder == NULL)
+        return -1;
+    int rc = summarise(b, record, holder);
+    Py_DECREF(holder);
+    return rc < 0 ? -1 : 0;
+}
+
+/* SpanBuilder._process_python, one record. */
 static int
 process_one(Batch *b, PyObject *record)
 {
@@ -1040,61 +1087,47 @@ process_one(Batch *b, PyObject *record)
         return -1;
     }
     PyObject *out = PyList_GET_ITEM(record, R_OUT);
-    int state = out_state(record);
-    if (out != Py_None && state != OUT_OPEN && state != OUT_PENDING)
-        return 0; /* already closed or summarised (e.g. ended at stop, then finished) */
-    if (out != Py_None && state == OUT_OPEN)
+    int state = out == Py_None ? OUT_PENDING : out_state(record);
+    if (state == OUT_OPEN)
         return call_close(b, record, out);
-    if (PyList_GET_ITEM(record, R_ROOT) == Py_None) {
-        int token = has_token(b);
-        if (token < 0)
-            return -1;
-        if (token)
-            return call_close(b, record, NULL);
+    PyObject *root = PyList_GET_ITEM(record, R_ROOT);
+    if (state == OUT_UNSAMPLED || (root == Py_None && state == OUT_PENDING)) {
+        if (state == OUT_PENDING) {
+            int token = has_token(b);
+            if (token < 0)
+                return -1;
+            if (token)
+                return call_close(b, record, NULL);
+        }
         b->traces_unsampled += 1;
-        PyObject *holder = PyObject_GetAttrString(b->builder, "_unsampled");
-        if (holder == NULL)
-            return -1;
-        if (is_record(holder)) {
-            /* The open window's holder: widen it to this trace (SpanBuilder._unsampled_record). */
-            long long start, end, hstart, hend;
-            if (get_ll(record, R_START, &start) < 0 || get_ll(record, R_END, &end) < 0 ||
-                get_ll(holder, R_START, &hstart) < 0 || get_ll(holder, R_END, &hend) < 0 ||
-                (start < hstart && put_ll(holder, R_START, start) < 0) ||
-                (end > hend && put_ll(holder, R_END, end) < 0)) {
-                Py_DECREF(holder);
-                return -1;
-            }
-        }
-        else {
-            Py_DECREF(holder);
-            if (batch_store(b) < 0)
-                return -1;
-            holder = PyObject_CallMethod(b->builder, "_unsampled_record", "O", record);
-            if (holder == NULL || batch_load(b) < 0) {
-                Py_XDECREF(holder);
-                return -1;
-            }
-            if (!is_record(holder)) {
-                Py_DECREF(holder);
-                PyErr_SetString(PyExc_TypeError, "unsampled holder is not a record");
-                return -1;
-            }
-        }
-        int rc = summarise(b, record, holder);
-        Py_DECREF(holder);
-        return rc < 0 ? -1 : 0;
+        return to_unsampled(b, record);
     }
+    if (state != OUT_PENDING)
+        return 0; /* already closed or summarised (e.g. ended at stop, then finished) */
+    if (!is_record(root)) {
+        PyErr_SetString(PyExc_TypeError, "root is not a record");
+        return -1;
+    }
+    if (out_state(root) == OUT_UNSAMPLED)
+        return to_unsampled(b, record);
     int accepted = accept_record(b, record);
     if (accepted < 0)
         return -1;
-    if (!accepted) {
-        int done = summarise(b, record, NULL);
-        if (done < 0)
-            return -1;
-        if (done)
-            return 0;
+    if (accepted)
+        return call_close(b, record, NULL);
+    OutObject *root_out = out_of(b, root);
+    if (root_out == NULL)
+        return -1;
+    if (b->tokens < 1 && root_out->state == OUT_PENDING && root_out->kept == 0) {
+        /* No span token and none of this trace kept yet: the whole trace is unsampled. */
+        root_out->state = OUT_UNSAMPLED;
+        return to_unsampled(b, record);
     }
+    int done = summarise(b, record, NULL);
+    if (done < 0)
+        return -1;
+    if (done)
+        return 0;
     return call_close(b, record, NULL);
 }
 
@@ -1132,6 +1165,13 @@ py_process_records(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         attr_ll(b.builder, "clock_offset", &b.clock_offset) < 0 ||
         attr_double(b.builder, "max_spans_per_second", &b.rate) < 0 || batch_load(&b) < 0)
         goto finally;
+    PyObject *open_holder = PyObject_GetAttrString(b.builder, "_unsampled");
+    if (open_holder == NULL)
+        goto finally;
+    if (is_record(open_holder))
+        b.holder = open_holder;
+    else
+        Py_DECREF(open_holder);
     Py_ssize_t n = PyList_GET_SIZE(args[1]);
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *record = Py_NewRef(PyList_GET_ITEM(args[1], i));
@@ -1151,6 +1191,7 @@ finally:
     Py_XDECREF(b.summarised_out);
     Py_XDECREF(b.monotonic);
     Py_XDECREF(b.deque_type);
+    Py_XDECREF(b.holder);
     Py_XDECREF(collections);
     Py_XDECREF(key);
     return result;

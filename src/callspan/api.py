@@ -61,14 +61,12 @@ def start(
         if _current is not None:
             _depth += 1
             return _current
-        from opentelemetry import context as otel_context
-
-        from callspan.otel.bridge import OtelSink
+        from callspan.otel.bridge import OtelSink, current_context_getter
 
         resolved = load_settings(settings)
         sink = OtelSink(tracer_provider)
         session = Session(resolved, sink, default_roots=roots or _caller_root(2),
-                          context_getter=otel_context.get_current)
+                          context_getter=current_context_getter())
         sink.bind(session.facts)
         session.start()
         _current = session

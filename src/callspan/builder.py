@@ -44,7 +44,9 @@ from callspan.record import (
 )
 from callspan.selection import KIND_COROUTINE, KIND_FUNCTION, KIND_NAMES, CodeInfo
 
-_PENDING, _OPEN, _CLOSED, _SUMMARISED = range(4)
+# _UNSAMPLED: a root whose trace goes to the unsampled window (decided at its first call that
+# found no span token, so every call of the trace is folded there once, not merged up a chain).
+_PENDING, _OPEN, _CLOSED, _SUMMARISED, _UNSAMPLED = range(5)
 _UNKNOWN_EXCEPTION_NAMES = ("_UnknownException",)
 
 
@@ -272,17 +274,30 @@ class SpanBuilder:
     def _process_python(self, records: list[Record]) -> None:
         for record in records:
             out = record[R_OUT]
-            if out is not None and out.state != _OPEN and out.state != _PENDING:
-                continue  # already closed or summarised (e.g. ended at stop, then finished)
-            if out is not None and out.state == _OPEN:
+            state = _PENDING if out is None else out.state
+            if state == _OPEN:
                 self._close(record, out)
-            elif record[R_ROOT] is None:
-                if self._has_token():
-                    self._close(record, self._out(record))
-                else:
-                    self.traces_unsampled += 1
-                    self._summarise(record, self._unsampled_record(record))
-            elif self._accept(record) or not self._summarise(record):
+                continue
+            root = record[R_ROOT]
+            if state == _UNSAMPLED or (root is None and state == _PENDING and not self._has_token()):
+                self.traces_unsampled += 1
+                self._summarise(record, self._unsampled_record(record))
+                continue
+            if state != _PENDING:
+                continue  # already closed or summarised (e.g. ended at stop, then finished)
+            if root is None:
+                self._close(record, self._out(record))
+                continue
+            root_out = root[R_OUT]
+            if root_out is not None and root_out.state == _UNSAMPLED:
+                self._summarise(record, self._unsampled_record(record))
+            elif self._accept(record):
+                self._close(record, self._out(record))
+            elif self._tokens < 1 and self._out(root).state == _PENDING and self._out(root).kept == 0:
+                # No span token and none of this trace kept yet: the whole trace is unsampled.
+                self._out(root).state = _UNSAMPLED
+                self._summarise(record, self._unsampled_record(record))
+            elif not self._summarise(record):
                 self._close(record, self._out(record))
 
     def _has_token(self) -> bool:

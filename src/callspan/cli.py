@@ -102,7 +102,7 @@ def _user_traceback(exc: BaseException) -> None:
 
 def run_program(args: argparse.Namespace) -> int:
     from callspan.config import load_settings
-    from callspan.otel.bridge import OtelSink, scope_attributes
+    from callspan.otel.bridge import OtelSink, current_context_getter, scope_attributes
     from callspan.otel.setup import build_pipeline
     from callspan.session import Session
 
@@ -110,11 +110,9 @@ def run_program(args: argparse.Namespace) -> int:
     settings = load_settings(_settings_from(args))
     if args.otlp_protocol == "http":
         args.otlp_protocol = "http/protobuf"
-    from opentelemetry import context as otel_context
-
     # The session is created first so that its facts (core, counter) go into the resource.
     placeholder = OtelSink()
-    session = Session(settings, placeholder, default_roots=roots, context_getter=otel_context.get_current)
+    session = Session(settings, placeholder, default_roots=roots, context_getter=current_context_getter())
     pipeline = build_pipeline(
         service_name=args.service or service, output=args.output, otlp=args.otlp is not None,
         otlp_endpoint=args.otlp or None, otlp_protocol=args.otlp_protocol,

@@ -125,3 +125,20 @@ def test_jsonl_exporter_writes_otlp_json(tmp_path) -> None:  # type: ignore[no-u
     assert list(attrs["callspan.args.hash"]) == ["stringValue"]
     rs = json.loads(lines[0])["resourceSpans"][0]
     assert {"key": "service.name", "value": {"stringValue": "unit"}} in rs["resource"]["attributes"]
+
+
+def test_context_getter_returns_what_get_current_returns() -> None:
+    from opentelemetry import context as otel_context
+
+    from callspan.otel.bridge import current_context_getter
+
+    getter = current_context_getter()
+    provider = TracerProvider()
+    with provider.get_tracer("t").start_as_current_span("outer"):
+        assert getter() is otel_context.get_current()
+        token = otel_context.attach(otel_context.set_value("k", 1))
+        try:
+            assert getter() is otel_context.get_current() and getter().get("k") == 1
+        finally:
+            otel_context.detach(token)
+    assert getter() is otel_context.get_current()

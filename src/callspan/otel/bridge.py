@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 from opentelemetry import trace
@@ -28,6 +29,26 @@ def scope_attributes(facts: SessionFacts) -> dict[str, Any]:
         "callspan.cpu.interval_ns": facts.cpu_interval_ns,
     }
 
+
+
+def current_context_getter() -> Callable[[], Context]:
+    """What the recorder calls at every traced root: ``opentelemetry.context.get_current``.
+
+    With the API's default runtime context (ContextVarsRuntimeContext, whose get_current is
+    ``self._current_context.get()``), that ContextVar's own ``get``: the same object, without
+    three Python calls per root. Any other runtime context is asked through get_current.
+    """
+    from contextvars import ContextVar
+
+    from opentelemetry import context as otel_context
+    from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
+
+    runtime = getattr(otel_context, "_RUNTIME_CONTEXT", None)
+    var = getattr(runtime, "_current_context", None)
+    if (type(runtime) is ContextVarsRuntimeContext and isinstance(var, ContextVar)
+            and type(runtime).get_current is ContextVarsRuntimeContext.get_current):
+        return var.get
+    return otel_context.get_current
 
 class OtelSink:
     """Opens and ends SDK spans with the recorded timestamps. Never raises: faults are counted."""
