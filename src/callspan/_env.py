@@ -40,8 +40,9 @@ YIELD_OPCODES = frozenset(dis.opmap[name] for name in ("YIELD_VALUE",) if name i
 RESUME_OPCODE = dis.opmap.get("RESUME", -1)
 YIELD_REPORTED_AT_NEXT_RESUME = PYVERSION >= (3, 13)
 
-# The compiled hot path (callspan._hotpath, an optional C extension built at install time): its
-# sys.monitoring callbacks need 3.12+; without a C compiler at install time it is absent.
+# The compiled hot path (callspan._hotpath, an optional C extension built at install time):
+# sys.monitoring callbacks (3.12+) and a C profile function (every version); without a C
+# compiler at install time it is absent.
 try:
     from callspan import _hotpath as _compiled
 

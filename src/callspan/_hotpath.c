@@ -1339,9 +1339,22 @@ static PyTypeObject CodeInfoType = {
     .tp_members = CodeInfo_members,
 };
 
-#if PY_VERSION_HEX >= 0x030C0000
 /* ---------------------------------------------------------------------------------------- */
-/* The sys.monitoring hot path (3.12+).                                                       */
+/* The hot path: sys.monitoring callbacks (3.12+) and a C profile function (setprofile, 3.11+). */
+
+#if PY_VERSION_HEX >= 0x030C0000
+#define frame_get_var(frame, locals, name) PyFrame_GetVar((frame), (name))
+#else
+/* 3.11 has no PyFrame_GetVar: read the frame's locals mapping (taken once per key). */
+static PyObject *
+frame_get_var(PyFrameObject *frame, PyObject *locals, PyObject *name)
+{
+    PyObject *value = locals ? PyObject_GetItem(locals, name) : NULL;
+    if (value == NULL && !PyErr_Occurred())
+        PyErr_Format(PyExc_NameError, "variable %R does not exist", name);
+    return value;
+}
+#endif
 
 typedef struct {
     PyObject *code;
@@ -1371,6 +1384,11 @@ typedef struct {
     Py_ssize_t max_pending;
     Py_ssize_t max_suspended;
     uint64_t serial;          /* this session's key in the per-thread cache (get_state) */
+    int profiling;            /* the profile function acts only while this is set */
+    PyObject *unknown_exc;    /* setprofile: stands in for an exception it cannot name */
+    unsigned char op_kind[256]; /* setprofile: 1 return opcode, 2 yield opcode */
+    int resume_op;            /* setprofile: RESUME, and whether 3.13 reports yields there */
+    int yield_at_resume;
     MapEntry *map;            /* the decision cache (see info_of) */
     Py_ssize_t map_mask;
     Py_ssize_t map_used;
@@ -1541,14 +1559,18 @@ args_key(HotPath *hp, CodeInfoObject *ci, PyFrameObject *frame)
     int is_method = ci->is_method;
     Py_ssize_t nargs = PyTuple_GET_SIZE(arg_names);
     Py_ssize_t nkwonly = PyTuple_GET_SIZE(kwonly);
-    PyObject *extra = NULL, *kwdict = NULL, *key = NULL, *result = NULL;
+    PyObject *extra = NULL, *kwdict = NULL, *key = NULL, *result = NULL, *locals = NULL;
+#if PY_VERSION_HEX < 0x030C0000
+    if ((locals = PyFrame_GetLocals(frame)) == NULL)
+        return NULL;
+#endif
     if (is_set(ci->varargs)) {
-        extra = PyFrame_GetVar(frame, ci->varargs);
+        extra = frame_get_var(frame, locals, ci->varargs);
         if (extra == NULL || !PyTuple_Check(extra))
             goto error;
     }
     if (is_set(ci->varkw)) {
-        kwdict = PyFrame_GetVar(frame, ci->varkw);
+        kwdict = frame_get_var(frame, locals, ci->varkw);
         if (kwdict == NULL || !PyDict_Check(kwdict))
             goto error;
     }
@@ -1562,7 +1584,7 @@ args_key(HotPath *hp, CodeInfoObject *ci, PyFrameObject *frame)
         goto error;
     Py_ssize_t at = 0;
     for (Py_ssize_t i = 0; i < nargs; i++) {
-        PyObject *value = PyFrame_GetVar(frame, PyTuple_GET_ITEM(arg_names, i));
+        PyObject *value = frame_get_var(frame, locals, PyTuple_GET_ITEM(arg_names, i));
         if (value == NULL)
             goto error;
         PyTuple_SET_ITEM(key, at++, value);
@@ -1573,7 +1595,7 @@ args_key(HotPath *hp, CodeInfoObject *ci, PyFrameObject *frame)
         PyTuple_SET_ITEM(key, at++, Py_NewRef(hp->kwd_mark));
         for (Py_ssize_t i = 0; i < nkwonly; i++) {
             PyObject *name = PyTuple_GET_ITEM(kwonly, i);
-            PyObject *value = PyFrame_GetVar(frame, name);
+            PyObject *value = frame_get_var(frame, locals, name);
             if (value == NULL)
                 goto error;
             PyTuple_SET_ITEM(key, at++, Py_NewRef(name));
@@ -1638,6 +1660,7 @@ done:
     Py_XDECREF(extra);
     Py_XDECREF(kwdict);
     Py_XDECREF(key);
+    Py_XDECREF(locals);
     return result;
 error:
     if (!PyErr_Occurred())
@@ -1645,6 +1668,7 @@ error:
     Py_XDECREF(extra);
     Py_XDECREF(kwdict);
     Py_XDECREF(key);
+    Py_XDECREF(locals);
     return NULL;
 }
 
@@ -2168,6 +2192,192 @@ cb_py_throw(HotPath *hp, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
+
+/* -- the setprofile hook: a C profile function (as cProfile's) ---------------------------- */
+/* Mirrors callspan/cores/setprofile.py: "call" starts a record (or resumes a suspended
+ * generator/coroutine); "return" is a return, a yield or an exception exit, told apart by the
+ * opcode at the frame's last instruction. C calls are ignored. */
+
+static void
+profile_call(HotPath *hp, PyFrameObject *frame)
+{
+    PyObject *code = (PyObject *)PyFrame_GetCode(frame);
+    PyObject *info = info_of(hp, code);
+    if (info == NULL) {
+        if (PyErr_Occurred()) {
+            fault(hp);
+            goto done;
+        }
+        PyObject *decided = PyObject_CallFunctionObjArgs(hp->decide, code, (PyObject *)frame, NULL);
+        if (decided == NULL) {
+            fault(hp);
+            goto done;
+        }
+        Py_DECREF(decided); /* recorder.infos holds it */
+        if (map_put(hp, code, decided) < 0) {
+            fault(hp);
+            goto done;
+        }
+        info = decided;
+    }
+    if (info == Py_None)
+        goto done;
+    CodeInfoObject *ci = as_info(info);
+    if (ci == NULL) {
+        fault(hp);
+        goto done;
+    }
+    if (ci->kind != KIND_FUNCTION) {
+        PyObject *key = PyLong_FromVoidPtr(frame);
+        int suspended = key ? PyDict_Contains(hp->suspended, key) : -1;
+        Py_XDECREF(key);
+        if (suspended < 0) {
+            fault(hp);
+            goto done;
+        }
+        if (suspended) {
+            if (hp_resume(hp, frame) < 0)
+                fault(hp);
+            goto done;
+        }
+    }
+    if (hp_start(hp, info, frame) < 0)
+        fault(hp);
+done:
+    Py_DECREF(code);
+}
+
+static void
+profile_return(HotPath *hp, PyFrameObject *frame, PyObject *arg)
+{
+    PyObject *code = (PyObject *)PyFrame_GetCode(frame);
+    PyObject *info = info_of(hp, code);
+    if (info == NULL || info == Py_None) {
+        if (PyErr_Occurred())
+            fault(hp);
+        Py_DECREF(code);
+        return;
+    }
+    int kind = PyObject_TypeCheck(info, &CodeInfoType) ? ((CodeInfoObject *)info)->kind : KIND_FUNCTION;
+    int lasti = PyFrame_GetLasti(frame);
+    int opcode = -1;
+    PyObject *bytes = PyCode_GetCode((PyCodeObject *)code);
+    if (bytes != NULL && PyBytes_Check(bytes) && lasti >= 0 && lasti < PyBytes_GET_SIZE(bytes)) {
+        const unsigned char *ops = (const unsigned char *)PyBytes_AS_STRING(bytes);
+        opcode = ops[lasti];
+        if (hp->yield_at_resume && opcode == hp->resume_op && lasti >= 2)
+            opcode = ops[lasti - 2];
+    }
+    Py_XDECREF(bytes);
+    PyErr_Clear();
+    int rc;
+    if (opcode >= 0 && hp->op_kind[opcode] == 1)
+        rc = hp_finish(hp, code, arg ? arg : Py_None, NULL);
+    else if (opcode >= 0 && hp->op_kind[opcode] == 2 && kind != KIND_FUNCTION)
+        rc = hp_suspend(hp, code, frame);
+    else
+        rc = hp_finish(hp, code, Py_None, hp->unknown_exc);
+    if (rc < 0)
+        fault(hp);
+    Py_DECREF(code);
+}
+
+static int
+profile_func(PyObject *obj, PyFrameObject *frame, int what, PyObject *arg)
+{
+    HotPath *hp = (HotPath *)obj;
+    if (!hp->profiling || frame == NULL)
+        return 0;
+    PyObject *saved_type, *saved_value, *saved_tb; /* an exception may be in flight (returns) */
+    PyErr_Fetch(&saved_type, &saved_value, &saved_tb);
+    if (what == PyTrace_CALL)
+        profile_call(hp, frame);
+    else if (what == PyTrace_RETURN)
+        profile_return(hp, frame, arg);
+    PyErr_Restore(saved_type, saved_value, saved_tb);
+    return 0; /* never an error: it would be raised into the application */
+}
+
+/* configure_setprofile(unknown_exc, return_opcodes, yield_opcodes, resume_opcode, yield_at_resume) */
+static PyObject *
+hp_configure_setprofile(HotPath *hp, PyObject *args)
+{
+    PyObject *unknown, *returns, *yields;
+    int resume_op, yield_at_resume;
+    if (!PyArg_ParseTuple(args, "OOOip:configure_setprofile", &unknown, &returns, &yields, &resume_op,
+                          &yield_at_resume))
+        return NULL;
+    memset(hp->op_kind, 0, sizeof hp->op_kind);
+    PyObject *sets[2] = {returns, yields};
+    for (int k = 0; k < 2; k++) {
+        PyObject *iter = PyObject_GetIter(sets[k]), *item;
+        if (iter == NULL)
+            return NULL;
+        while ((item = PyIter_Next(iter)) != NULL) {
+            long op = PyLong_AsLong(item);
+            Py_DECREF(item);
+            if (op >= 0 && op < 256)
+                hp->op_kind[op] = (unsigned char)(k + 1);
+        }
+        Py_DECREF(iter);
+        if (PyErr_Occurred())
+            return NULL;
+    }
+    Py_XSETREF(hp->unknown_exc, Py_NewRef(unknown));
+    hp->resume_op = resume_op;
+    hp->yield_at_resume = yield_at_resume;
+    Py_RETURN_NONE;
+}
+
+/* profile_install(): this thread (3.11) or every thread (3.12+). */
+static PyObject *
+hp_profile_install(HotPath *hp, PyObject *unused)
+{
+    if (hp->unknown_exc == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "configure_setprofile() first");
+        return NULL;
+    }
+    hp->profiling = 1;
+#if PY_VERSION_HEX >= 0x030C0000
+    PyEval_SetProfileAllThreads(profile_func, (PyObject *)hp);
+#else
+    PyEval_SetProfile(profile_func, (PyObject *)hp);
+#endif
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+hp_profile_uninstall(HotPath *hp, PyObject *unused)
+{
+    /* Threads this cannot reach (3.11) keep calling profile_func, which does nothing now. */
+    hp->profiling = 0;
+#if PY_VERSION_HEX >= 0x030C0000
+    PyEval_SetProfileAllThreads(NULL, NULL);
+#else
+    PyEval_SetProfile(NULL, NULL);
+#endif
+    Py_RETURN_NONE;
+}
+
+/* thread_bootstrap(frame, event, arg): the Python-level hook threading.setprofile gives new
+ * threads; it installs the C profile function for its thread and handles this first event. */
+static PyObject *
+hp_thread_bootstrap(HotPath *hp, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (!hp->profiling) {
+        PyEval_SetProfile(NULL, NULL);
+        Py_RETURN_NONE;
+    }
+    PyEval_SetProfile(profile_func, (PyObject *)hp);
+    if (nargs == 3 && PyFrame_Check(args[0]) && PyUnicode_Check(args[1])) {
+        if (PyUnicode_CompareWithASCIIString(args[1], "call") == 0)
+            profile_func((PyObject *)hp, (PyFrameObject *)args[0], PyTrace_CALL, args[2]);
+        else if (PyUnicode_CompareWithASCIIString(args[1], "return") == 0)
+            profile_func((PyObject *)hp, (PyFrameObject *)args[0], PyTrace_RETURN, args[2]);
+    }
+    Py_RETURN_NONE;
+}
+
 /* -- the type ------------------------------------------------------------------------------ */
 
 static int
@@ -2191,6 +2401,7 @@ HotPath_traverse(HotPath *self, visitproc visit, void *arg)
     Py_VISIT(self->disable);
     Py_VISIT(self->kwd_mark);
     Py_VISIT(self->generator_exit);
+    Py_VISIT(self->unknown_exc);
     if (self->map != NULL) {
         for (Py_ssize_t i = 0; i <= self->map_mask; i++) {
             Py_VISIT(self->map[i].code);
@@ -2221,6 +2432,7 @@ HotPath_clear(HotPath *self)
     Py_CLEAR(self->disable);
     Py_CLEAR(self->kwd_mark);
     Py_CLEAR(self->generator_exit);
+    Py_CLEAR(self->unknown_exc);
     if (self->map != NULL) {
         MapEntry *map = self->map;
         Py_ssize_t size = self->map_mask + 1;
@@ -2330,6 +2542,11 @@ static PyMethodDef HotPath_methods[] = {
     {"py_yield", (PyCFunction)(void (*)(void))cb_py_yield, METH_FASTCALL, "PY_YIELD callback"},
     {"py_unwind", (PyCFunction)(void (*)(void))cb_py_unwind, METH_FASTCALL, "PY_UNWIND callback"},
     {"py_throw", (PyCFunction)(void (*)(void))cb_py_throw, METH_FASTCALL, "PY_THROW callback"},
+    {"configure_setprofile", (PyCFunction)hp_configure_setprofile, METH_VARARGS, "opcodes for the profile hook"},
+    {"profile_install", (PyCFunction)hp_profile_install, METH_NOARGS, "install the C profile function"},
+    {"profile_uninstall", (PyCFunction)hp_profile_uninstall, METH_NOARGS, "remove the C profile function"},
+    {"thread_bootstrap", (PyCFunction)(void (*)(void))hp_thread_bootstrap, METH_FASTCALL,
+     "threading.setprofile hook that installs the C profile function in a new thread"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -2346,7 +2563,7 @@ static PyTypeObject HotPathType = {
     .tp_clear = (inquiry)HotPath_clear,
     .tp_methods = HotPath_methods,
 };
-#endif /* 3.12+ */
+
 
 static PyMethodDef module_methods[] = {
     {"siphash24", (PyCFunction)(void (*)(void))py_siphash24, METH_FASTCALL,
@@ -2410,7 +2627,6 @@ PyInit__hotpath(void)
         Py_DECREF(&SummaryType);
         goto error;
     }
-#if PY_VERSION_HEX >= 0x030C0000
     if ((str_faults = PyUnicode_InternFromString("faults")) == NULL ||
         (str_dropped = PyUnicode_InternFromString("dropped")) == NULL ||
         (str_error = PyUnicode_InternFromString("error")) == NULL)
@@ -2422,7 +2638,6 @@ PyInit__hotpath(void)
         Py_DECREF(&HotPathType);
         goto error;
     }
-#endif
     return module;
 error:
     Py_DECREF(module);

@@ -35,7 +35,7 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--exclude", action="append", metavar="MODULE_OR_PATH", help="never trace these")
     parser.add_argument("--cpu", choices=["auto", "instructions", "task-clock", "thread", "off"])
     parser.add_argument("--keys", metavar="on|off|NAMES", help="cache-key hashing: on, off, or function names")
-    parser.add_argument("--core", choices=["csysmon", "sysmon", "setprofile"])
+    parser.add_argument("--core", choices=["csysmon", "sysmon", "csetprofile", "setprofile"])
     parser.add_argument("--max-spans-per-trace", type=int, metavar="N")
     parser.add_argument("-m", dest="module", metavar="MODULE", help="run a library module as a script")
     parser.add_argument("target", nargs=argparse.REMAINDER, help="script.py [args...] (or, with -m, args)")

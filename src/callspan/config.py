@@ -15,7 +15,7 @@ from typing import Any
 
 from callspan.errors import CallspanError
 
-#: Force a core: ``csysmon``, ``sysmon`` or ``setprofile`` (default: the best available).
+#: Force a core: ``csysmon``, ``sysmon``, ``csetprofile`` or ``setprofile`` (default: the best available).
 CALLSPAN_CORE = "CALLSPAN_CORE"
 #: Comma-separated module/package names or path prefixes to trace (default: the user's own code).
 CALLSPAN_INCLUDE = "CALLSPAN_INCLUDE"
@@ -53,7 +53,7 @@ ENV_VARS = (
     CALLSPAN_MAX_PENDING, CALLSPAN_FLUSH_INTERVAL,
 )
 
-CORES = ("csysmon", "sysmon", "setprofile")
+CORES = ("csysmon", "sysmon", "csetprofile", "setprofile")
 CPU_MODES = ("auto", "instructions", "task-clock", "thread", "off")
 
 

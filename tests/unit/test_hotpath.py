@@ -32,7 +32,7 @@ MESSAGE = 0x0706050403020100
 def test_extension_is_built_where_ci_requires_it() -> None:
     if os.environ.get("CALLSPAN_REQUIRE_EXTENSION") == "1":
         assert _env.HAS_COMPILED_HASH
-        assert _env.HAS_COMPILED_HOTPATH == _env.HAS_SYS_MONITORING
+        assert _env.HAS_COMPILED_HOTPATH
 
 
 def test_siphash24_matches_the_reference_vector() -> None:
@@ -125,7 +125,8 @@ def test_layouts_match() -> None:
     assert isinstance(state, hotpath.ThreadStateBase) and state.stack == [] and state.cpu_fd == -1
 
 
-needs_sysmon = pytest.mark.skipif(not _env.HAS_COMPILED_HOTPATH, reason="sys.monitoring core needs 3.12+")
+needs_sysmon = pytest.mark.skipif(not (_env.HAS_COMPILED_HOTPATH and _env.HAS_SYS_MONITORING),
+                                  reason="sys.monitoring core needs 3.12+")
 
 
 def double(x: int) -> int:

@@ -7,7 +7,7 @@ from callspan.cores.base import Core
 from callspan.errors import CallspanError
 from callspan.recorder import Recorder
 
-CORE_NAMES = ("csysmon", "sysmon", "setprofile")
+CORE_NAMES = ("csysmon", "sysmon", "csetprofile", "setprofile")
 
 
 def available_cores() -> list[str]:
@@ -16,6 +16,8 @@ def available_cores() -> list[str]:
         cores.append("csysmon")
     if _env.HAS_SYS_MONITORING:
         cores.append("sysmon")
+    if _env.HAS_COMPILED_HOTPATH:
+        cores.append("csetprofile")
     return cores + ["setprofile"]
 
 
@@ -26,6 +28,9 @@ def choose_core(recorder: Recorder, requested: str | None) -> tuple[Core, str]:
     version = f"{_env.PYVERSION[0]}.{_env.PYVERSION[1]}"
     if requested in ("sysmon", "csysmon") and not _env.HAS_SYS_MONITORING:
         raise CallspanError(f"core {requested!r} needs Python 3.12+ (this is {version})")
+    if requested in ("csysmon", "csetprofile") and not _env.HAS_COMPILED_HOTPATH:
+        raise CallspanError(f"core {requested!r} needs the compiled hot path (callspan._hotpath), "
+                            "which was not built when callspan was installed (no C compiler?)")
     if requested == "csysmon" and not _env.HAS_COMPILED_HOTPATH:
         raise CallspanError("core 'csysmon' needs the compiled hot path (callspan._hotpath), "
                             "which was not built when callspan was installed (no C compiler?)")
@@ -33,6 +38,10 @@ def choose_core(recorder: Recorder, requested: str | None) -> tuple[Core, str]:
         from callspan.cores.setprofile import SetProfileCore
 
         return SetProfileCore(recorder), "setprofile requested"
+    if requested == "csetprofile":
+        from callspan.cores.csetprofile import CompiledSetProfileCore
+
+        return CompiledSetProfileCore(recorder), "csetprofile requested"
     if requested == "sysmon":
         from callspan.cores.sysmon import SysMonitoringCore
 
@@ -46,6 +55,12 @@ def choose_core(recorder: Recorder, requested: str | None) -> tuple[Core, str]:
         from callspan.cores.sysmon import SysMonitoringCore
 
         return SysMonitoringCore(recorder), "sys.monitoring (Python 3.12+); compiled hot path not built"
+    if _env.HAS_COMPILED_HOTPATH:
+        from callspan.cores.csetprofile import CompiledSetProfileCore
+
+        return CompiledSetProfileCore(recorder), (
+            f"sys.monitoring unavailable before Python 3.12 (this is {version}); compiled profile hook")
     from callspan.cores.setprofile import SetProfileCore
 
-    return SetProfileCore(recorder), f"sys.monitoring unavailable before Python 3.12 (this is {version})"
+    return SetProfileCore(recorder), (
+        f"sys.monitoring unavailable before Python 3.12 (this is {version}); compiled hot path not built")
