@@ -23,6 +23,21 @@ PyAPI_FUNC(size_t) _PySys_GetSizeOf(PyObject *); /* exported; declared in an int
 
 static PyObject *str_empty;
 
+/* KeyboardInterrupt, SystemExit and other non-Exception errors raised by user code the hot path
+ * runs (a __hash__, when a signal arrives) are the application's: kept here and raised when the
+ * callback returns (see callback_result), never swallowed. Under the GIL: one at a time. */
+static PyObject *stash_type, *stash_value, *stash_tb;
+
+static void
+drop_error(void) /* clear an error the hot path handles; keep an interrupt */
+{
+    if (PyErr_Occurred() && !PyErr_ExceptionMatches(PyExc_Exception) && stash_type == NULL) {
+        PyErr_Fetch(&stash_type, &stash_value, &stash_tb);
+        return;
+    }
+    PyErr_Clear();
+}
+
 /* Record layout: must match callspan/record.py (checked by tests/unit/test_hotpath.py). */
 enum {
     R_INFO, R_PARENT, R_ROOT, R_START, R_END, R_SEG_CPU, R_CPU, R_CHILD_CPU, R_ARGS, R_RET,
@@ -230,13 +245,13 @@ static int
 hash_built(PyObject *built, Py_hash_t *out) /* steals built */
 {
     if (built == NULL) {
-        PyErr_Clear();
+        drop_error();
         return 0;
     }
     Py_hash_t h = PyObject_Hash(built);
     Py_DECREF(built);
     if (h == -1 && PyErr_Occurred()) {
-        PyErr_Clear();
+        drop_error();
         return 0;
     }
     *out = h;
@@ -250,7 +265,7 @@ flat_fingerprint(PyObject *value, Py_ssize_t *budget, Py_hash_t *out)
     if (!unhashable_type(value)) {
         Py_hash_t h = PyObject_Hash(value);
         if (h == -1 && PyErr_Occurred()) {
-            PyErr_Clear();
+            drop_error();
             return 0;
         }
         *out = h;
@@ -299,7 +314,7 @@ fingerprint(PyObject *value, Py_ssize_t budget, Py_hash_t *out)
             Py_ssize_t n = PyTuple_GET_SIZE(value);
             PyObject *parts = PyTuple_New(n);
             if (parts == NULL) {
-                PyErr_Clear();
+                drop_error();
                 return 0;
             }
             for (Py_ssize_t i = 0; i < n; i++) {
@@ -310,7 +325,7 @@ fingerprint(PyObject *value, Py_ssize_t budget, Py_hash_t *out)
                 }
                 PyObject *number = PyLong_FromSsize_t(part);
                 if (number == NULL) {
-                    PyErr_Clear();
+                    drop_error();
                     Py_DECREF(parts);
                     return 0;
                 }
@@ -331,10 +346,12 @@ fingerprint_object(PyObject *value)
     return Py_NewRef(Py_None);
 }
 
+static PyObject *callback_result(PyObject *result);
+
 static PyObject *
 py_fingerprint(PyObject *module, PyObject *value)
 {
-    return fingerprint_object(value);
+    return callback_result(fingerprint_object(value));
 }
 
 /* The unhashable type names of a key, as keys.unhashable_args names them. Names are cached
@@ -409,7 +426,7 @@ py_unhashable_args(PyObject *module, PyObject *key)
     PyObject *names = unhashable_names(key);
     if (names == NULL)
         return NULL;
-    return Py_BuildValue("(NN)", fingerprint_object(key), names);
+    return callback_result(Py_BuildValue("(NN)", fingerprint_object(key), names));
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -1415,11 +1432,34 @@ count_on_recorder(HotPath *hp, PyObject *name)
     PyErr_Clear();
 }
 
+/* An error inside the hook: counted and dropped, except KeyboardInterrupt, SystemExit and the
+ * like (raised by user code the hook ran, e.g. a __hash__, when a signal arrived): those are
+ * kept and raised into the application when the callback returns, as the Python cores let them
+ * through. */
+
 static void
 fault(HotPath *hp)
 {
+    if (PyErr_Occurred() && !PyErr_ExceptionMatches(PyExc_Exception)) {
+        if (stash_type == NULL)
+            PyErr_Fetch(&stash_type, &stash_value, &stash_tb);
+        PyErr_Clear();
+        return;
+    }
     PyErr_Clear();
     count_on_recorder(hp, str_faults);
+}
+
+/* The callback's result, or NULL with the stashed interrupt raised. */
+static PyObject *
+callback_result(PyObject *result)
+{
+    if (stash_type == NULL)
+        return result;
+    Py_XDECREF(result);
+    PyErr_Restore(stash_type, stash_value, stash_tb);
+    stash_type = stash_value = stash_tb = NULL;
+    return NULL;
 }
 
 static int
@@ -1633,6 +1673,8 @@ args_key(HotPath *hp, CodeInfoObject *ci, PyFrameObject *frame)
         h = PyObject_Hash(hashed);
         if (h == -1 && PyErr_Occurred()) {
             if (!PyErr_ExceptionMatches(PyExc_TypeError)) {
+                if (!PyErr_ExceptionMatches(PyExc_Exception))
+                    goto error; /* an interrupt: the application's (see fault) */
                 PyErr_Clear();
                 result = PyTuple_Pack(3, Py_None, str_error, identity);
                 goto done;
@@ -1689,6 +1731,8 @@ value_key(HotPath *hp, PyObject *value)
             return result;
         }
         if (!PyErr_ExceptionMatches(PyExc_TypeError)) {
+            if (!PyErr_ExceptionMatches(PyExc_Exception))
+                return NULL; /* an interrupt: the application's (see fault) */
             PyErr_Clear();
             return PyTuple_Pack(2, Py_None, Py_False);
         }
@@ -2079,7 +2123,7 @@ info_of(HotPath *hp, PyObject *code)
 /* -- sys.monitoring callbacks ------------------------------------------------------------ */
 
 static PyObject *
-cb_py_start(HotPath *hp, PyObject *const *args, Py_ssize_t nargs)
+cb_py_start_impl(HotPath *hp, PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs < 1)
         Py_RETURN_NONE;
@@ -2119,7 +2163,7 @@ cb_py_start(HotPath *hp, PyObject *const *args, Py_ssize_t nargs)
 }
 
 static PyObject *
-cb_py_resume(HotPath *hp, PyObject *const *args, Py_ssize_t nargs)
+cb_py_resume_impl(HotPath *hp, PyObject *const *args, Py_ssize_t nargs)
 {
     PyObject *info = nargs >= 1 ? info_of(hp, args[0]) : NULL;
     if (info == NULL || info == Py_None) {
@@ -2134,7 +2178,7 @@ cb_py_resume(HotPath *hp, PyObject *const *args, Py_ssize_t nargs)
 }
 
 static PyObject *
-cb_py_return(HotPath *hp, PyObject *const *args, Py_ssize_t nargs)
+cb_py_return_impl(HotPath *hp, PyObject *const *args, Py_ssize_t nargs)
 {
     PyObject *info = nargs >= 3 ? info_of(hp, args[0]) : NULL;
     if (info == NULL || info == Py_None) {
@@ -2148,7 +2192,7 @@ cb_py_return(HotPath *hp, PyObject *const *args, Py_ssize_t nargs)
 }
 
 static PyObject *
-cb_py_yield(HotPath *hp, PyObject *const *args, Py_ssize_t nargs)
+cb_py_yield_impl(HotPath *hp, PyObject *const *args, Py_ssize_t nargs)
 {
     PyObject *info = nargs >= 1 ? info_of(hp, args[0]) : NULL;
     if (info == NULL || info == Py_None) {
@@ -2164,7 +2208,7 @@ cb_py_yield(HotPath *hp, PyObject *const *args, Py_ssize_t nargs)
 
 /* PY_UNWIND and PY_THROW are global events: they must never return DISABLE. */
 static PyObject *
-cb_py_unwind(HotPath *hp, PyObject *const *args, Py_ssize_t nargs)
+cb_py_unwind_impl(HotPath *hp, PyObject *const *args, Py_ssize_t nargs)
 {
     PyObject *info = nargs >= 3 ? info_of(hp, args[0]) : NULL;
     if (info == NULL || info == Py_None) {
@@ -2178,7 +2222,7 @@ cb_py_unwind(HotPath *hp, PyObject *const *args, Py_ssize_t nargs)
 }
 
 static PyObject *
-cb_py_throw(HotPath *hp, PyObject *const *args, Py_ssize_t nargs)
+cb_py_throw_impl(HotPath *hp, PyObject *const *args, Py_ssize_t nargs)
 {
     PyObject *info = nargs >= 1 ? info_of(hp, args[0]) : NULL;
     if (info == NULL || info == Py_None) {
@@ -2192,6 +2236,42 @@ cb_py_throw(HotPath *hp, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
+
+static PyObject *
+cb_py_start(HotPath *hp, PyObject *const *args, Py_ssize_t nargs)
+{
+    return callback_result(cb_py_start_impl(hp, args, nargs));
+}
+
+static PyObject *
+cb_py_resume(HotPath *hp, PyObject *const *args, Py_ssize_t nargs)
+{
+    return callback_result(cb_py_resume_impl(hp, args, nargs));
+}
+
+static PyObject *
+cb_py_return(HotPath *hp, PyObject *const *args, Py_ssize_t nargs)
+{
+    return callback_result(cb_py_return_impl(hp, args, nargs));
+}
+
+static PyObject *
+cb_py_yield(HotPath *hp, PyObject *const *args, Py_ssize_t nargs)
+{
+    return callback_result(cb_py_yield_impl(hp, args, nargs));
+}
+
+static PyObject *
+cb_py_unwind(HotPath *hp, PyObject *const *args, Py_ssize_t nargs)
+{
+    return callback_result(cb_py_unwind_impl(hp, args, nargs));
+}
+
+static PyObject *
+cb_py_throw(HotPath *hp, PyObject *const *args, Py_ssize_t nargs)
+{
+    return callback_result(cb_py_throw_impl(hp, args, nargs));
+}
 
 /* -- the setprofile hook: a C profile function (as cProfile's) ---------------------------- */
 /* Mirrors callspan/cores/setprofile.py: "call" starts a record (or resumes a suspended
@@ -2294,8 +2374,16 @@ profile_func(PyObject *obj, PyFrameObject *frame, int what, PyObject *arg)
         profile_call(hp, frame);
     else if (what == PyTrace_RETURN)
         profile_return(hp, frame, arg);
+    if (stash_type != NULL) { /* an interrupt raised by user code we ran: the application's */
+        Py_XDECREF(saved_type);
+        Py_XDECREF(saved_value);
+        Py_XDECREF(saved_tb);
+        PyErr_Restore(stash_type, stash_value, stash_tb);
+        stash_type = stash_value = stash_tb = NULL;
+        return -1;
+    }
     PyErr_Restore(saved_type, saved_value, saved_tb);
-    return 0; /* never an error: it would be raised into the application */
+    return 0; /* never our own error: it would be raised into the application */
 }
 
 /* configure_setprofile(unknown_exc, return_opcodes, yield_opcodes, resume_opcode, yield_at_resume) */

@@ -346,3 +346,30 @@ def test_return_sizes_are_measured_on_one_call_in_sixteen(traced) -> None:  # ty
     sizes = {i: n.attributes["callspan.return.size"] for i, n in enumerate(nodes) if "callspan.return.size" in n.attributes}
     assert sizes == {i: sys.getsizeof("x" * i) for i in (0, RET_SIZE_EVERY, 2 * RET_SIZE_EVERY)}
     assert all("callspan.return.hash" in n.attributes for n in nodes)
+
+
+class InterruptingHash:
+    """Its __hash__ stands for user code that is running when Ctrl-C arrives."""
+
+    def __hash__(self) -> int:
+        raise KeyboardInterrupt
+
+
+def keyed_with(value: object) -> int:
+    return 1
+
+
+def interrupt_inside_the_hook() -> str:
+    try:
+        keyed_with(InterruptingHash())
+    except KeyboardInterrupt:
+        return "interrupted"
+    return "swallowed"
+
+
+def test_an_interrupt_raised_by_user_code_inside_the_hook_reaches_the_application(traced, core) -> None:  # type: ignore[no-untyped-def]
+    if "setprofile" in core:
+        pytest.skip("an exception out of a profile function also removes it (CPython's rule)")
+    run = traced()
+    assert run.run(interrupt_inside_the_hook) == "interrupted"
+    assert run.session.recorder.faults == 0

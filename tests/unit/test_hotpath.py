@@ -181,3 +181,15 @@ def spin(n: int) -> int:
     for _ in range(20):
         total += spin_step(n)
     return total
+
+
+def test_an_interrupt_inside_a_fingerprint_is_not_swallowed() -> None:
+    class Interrupting:
+        def __hash__(self) -> int:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        hotpath.fingerprint(([Interrupting()],))
+    with pytest.raises(KeyboardInterrupt):
+        keys.fingerprint(([Interrupting()],), [16])  # the Python reference: the same
+    assert hotpath.fingerprint(([1],)) == keys.fingerprint(([1],), [16])  # nothing left behind
