@@ -1962,14 +1962,9 @@ hp_finish(HotPath *hp, PyObject *code, PyObject *value, PyObject *error)
             goto finally;
         Py_DECREF(token);
     }
-    Py_ssize_t pending = PyObject_Length(hp->finished);
-    if (pending < 0)
-        goto finally;
-    if (pending < hp->max_pending) {
-        PyObject *done = PyObject_CallOneArg(hp->finished_append, record);
-        if (done == NULL)
+    if (PyList_GET_SIZE(hp->finished) < hp->max_pending) {
+        if (PyList_Append(hp->finished, record) < 0)
             goto finally;
-        Py_DECREF(done);
     }
     else {
         count_on_recorder(hp, str_dropped);
@@ -2366,8 +2361,16 @@ static int
 profile_func(PyObject *obj, PyFrameObject *frame, int what, PyObject *arg)
 {
     HotPath *hp = (HotPath *)obj;
-    if (!hp->profiling || frame == NULL)
+    if (!hp->profiling || frame == NULL || (what != PyTrace_CALL && what != PyTrace_RETURN))
         return 0;
+    if (hp->map != NULL) { /* the common case, unselected code: one table lookup */
+        PyCodeObject *code = PyFrame_GetCode(frame);
+        MapEntry *entry = &hp->map[map_slot(hp, (PyObject *)code)];
+        int unselected = entry->code == (PyObject *)code && entry->info == Py_None;
+        Py_DECREF(code);
+        if (unselected)
+            return 0;
+    }
     PyObject *saved_type, *saved_value, *saved_tb; /* an exception may be in flight (returns) */
     PyErr_Fetch(&saved_type, &saved_value, &saved_tb);
     if (what == PyTrace_CALL)
@@ -2581,8 +2584,9 @@ HotPath_init(HotPath *self, PyObject *args, PyObject *kwds)
         (self->suspended = PyObject_GetAttrString(recorder, "suspended")) == NULL ||
         (self->evict = PyObject_GetAttrString(recorder, "evict_oldest_suspended")) == NULL)
         return -1;
-    if (!PyDict_Check(self->infos) || !PyDict_Check(self->states) || !PyDict_Check(self->suspended)) {
-        PyErr_SetString(PyExc_TypeError, "recorder.infos, states and suspended must be dicts");
+    if (!PyDict_Check(self->infos) || !PyDict_Check(self->states) || !PyDict_Check(self->suspended) ||
+        !PyList_Check(self->finished)) {
+        PyErr_SetString(PyExc_TypeError, "recorder.infos, states and suspended must be dicts, finished a list");
         return -1;
     }
     if (!native_clock && (self->clock = PyObject_GetAttrString(recorder, "clock")) == NULL)
