@@ -67,7 +67,7 @@ class Settings:
     keys: str = "on"
     key_secret: bytes | None = None
     max_spans_per_trace: int = 2000
-    max_spans_per_second: int = 500
+    max_spans_per_second: int = 200
     max_summary_calls: int = 2048
     max_listed_calls_per_second: int = 20_000
     max_pending: int = 200_000
