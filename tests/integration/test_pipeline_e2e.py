@@ -205,6 +205,7 @@ def test_collector_killed_mid_run_and_restarted(otelcol: Any, tmp_path: Path) ->
     script = tmp_path / "prog.py"
     script.write_text(SLOW_PROGRAM)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "CALLSPAN_"))}
+    env["CALLSPAN_MAX_SPANS_PER_SECOND"] = "100000"  # every call a span: this test counts them
     proc = subprocess.Popen(
         [sys.executable, "-m", "callspan", "run", "--otlp", f"http://{otelcol.grpc_endpoint}",
          "--export-timeout", "3", str(script), "400", "0.01"],
