@@ -191,23 +191,15 @@ py_interval_clock_replay(PyObject *module, PyObject *args)
     return out;
 }
 
-static int
-set_ll(PyObject *record, Py_ssize_t slot, long long value)
-{
-    PyObject *obj = PyLong_FromLongLong(value);
-    if (obj == NULL)
-        return -1;
-    PyList_SET_ITEM(record, slot, obj); /* steals; the old item is released below by caller */
-    return 0;
-}
-
 /* record[slot] = value (a C integer), releasing the old item. */
 static inline int
 put_ll(PyObject *record, Py_ssize_t slot, long long value)
 {
-    PyObject *old = PyList_GET_ITEM(record, slot);
-    if (set_ll(record, slot, value) < 0)
+    PyObject *obj = PyLong_FromLongLong(value);
+    if (obj == NULL)
         return -1;
+    PyObject *old = PyList_GET_ITEM(record, slot);
+    PyList_SET_ITEM(record, slot, obj);
     Py_XDECREF(old);
     return 0;
 }
@@ -434,6 +426,44 @@ py_unhashable_args(PyObject *module, PyObject *key)
  * SpanBuilder.process with _accept, _has_token, _summary_target, _summarise, _hashes,
  * _Summary.add_call/merge). Spans themselves are still opened and closed by the Python builder. */
 
+/* GC support for the small types below: every object field is a T_OBJECT member, so the member
+ * table says what to visit and clear. */
+static int
+visit_members(PyObject *self, const PyMemberDef *member, visitproc visit, void *arg)
+{
+    for (; member->name != NULL; member++) {
+        if (member->type == T_OBJECT)
+            Py_VISIT(*(PyObject **)((char *)self + member->offset));
+    }
+    return 0;
+}
+
+static void
+clear_members(PyObject *self, const PyMemberDef *member)
+{
+    for (; member->name != NULL; member++) {
+        if (member->type == T_OBJECT)
+            Py_CLEAR(*(PyObject **)((char *)self + member->offset));
+    }
+}
+
+#define MEMBER_GC_FUNCS(Name)                                                   \
+    static int Name##_traverse(PyObject *self, visitproc visit, void *arg)      \
+    {                                                                           \
+        return visit_members(self, Name##_members, visit, arg);                 \
+    }                                                                           \
+    static int Name##_clear(PyObject *self)                                     \
+    {                                                                           \
+        clear_members(self, Name##_members);                                    \
+        return 0;                                                               \
+    }                                                                           \
+    static void Name##_dealloc(PyObject *self)                                  \
+    {                                                                           \
+        PyObject_GC_UnTrack(self);                                              \
+        Name##_clear(self);                                                     \
+        Py_TYPE(self)->tp_free(self);                                           \
+    }
+
 enum { OUT_PENDING, OUT_OPEN, OUT_CLOSED, OUT_SUMMARISED, OUT_UNSAMPLED };
 
 typedef struct {
@@ -469,32 +499,6 @@ Out_init(OutObject *self, PyObject *args, PyObject *kwds)
     return 0;
 }
 
-static int
-Out_traverse(OutObject *self, visitproc visit, void *arg)
-{
-    Py_VISIT(self->node);
-    Py_VISIT(self->summaries);
-    Py_VISIT(self->walls);
-    return 0;
-}
-
-static int
-Out_clear(OutObject *self)
-{
-    Py_CLEAR(self->node);
-    Py_CLEAR(self->summaries);
-    Py_CLEAR(self->walls);
-    return 0;
-}
-
-static void
-Out_dealloc(OutObject *self)
-{
-    PyObject_GC_UnTrack(self);
-    Out_clear(self);
-    Py_TYPE(self)->tp_free((PyObject *)self);
-}
-
 static PyMemberDef Out_members[] = {
     {"state", T_INT, offsetof(OutObject, state), 0, NULL},
     {"node", T_OBJECT, offsetof(OutObject, node), 0, NULL},
@@ -505,6 +509,8 @@ static PyMemberDef Out_members[] = {
     {"threshold", T_LONGLONG, offsetof(OutObject, threshold), 0, NULL},
     {NULL, 0, 0, 0, NULL},
 };
+
+MEMBER_GC_FUNCS(Out)
 
 static PyTypeObject OutType = {
     PyVarObject_HEAD_INIT(NULL, 0)
@@ -535,30 +541,6 @@ Summary_init(SummaryObject *self, PyObject *args, PyObject *kwds)
     return 0;
 }
 
-static int
-Summary_traverse(SummaryObject *self, visitproc visit, void *arg)
-{
-    Py_VISIT(self->info);
-    Py_VISIT(self->calls);
-    return 0;
-}
-
-static int
-Summary_clear(SummaryObject *self)
-{
-    Py_CLEAR(self->info);
-    Py_CLEAR(self->calls);
-    return 0;
-}
-
-static void
-Summary_dealloc(SummaryObject *self)
-{
-    PyObject_GC_UnTrack(self);
-    Summary_clear(self);
-    Py_TYPE(self)->tp_free((PyObject *)self);
-}
-
 static PyMemberDef Summary_members[] = {
     {"info", T_OBJECT, offsetof(SummaryObject, info), 0, NULL},
     {"count", T_LONGLONG, offsetof(SummaryObject, count), 0, NULL},
@@ -571,6 +553,8 @@ static PyMemberDef Summary_members[] = {
     {"rate", T_DOUBLE, offsetof(SummaryObject, rate), 0, NULL},
     {NULL, 0, 0, 0, NULL},
 };
+
+MEMBER_GC_FUNCS(Summary)
 
 static PyTypeObject SummaryType = {
     PyVarObject_HEAD_INIT(NULL, 0)
@@ -1237,33 +1221,7 @@ static PyMemberDef ThreadState_members[] = {
     {NULL, 0, 0, 0, NULL},
 };
 
-static int
-ThreadState_traverse(ThreadStateObject *self, visitproc visit, void *arg)
-{
-    Py_VISIT(self->stack);
-    Py_VISIT(self->ident);
-    Py_VISIT(self->name);
-    Py_VISIT(self->cpu);
-    return 0;
-}
-
-static int
-ThreadState_clear(ThreadStateObject *self)
-{
-    Py_CLEAR(self->stack);
-    Py_CLEAR(self->ident);
-    Py_CLEAR(self->name);
-    Py_CLEAR(self->cpu);
-    return 0;
-}
-
-static void
-ThreadState_dealloc(ThreadStateObject *self)
-{
-    PyObject_GC_UnTrack(self);
-    ThreadState_clear(self);
-    Py_TYPE(self)->tp_free((PyObject *)self);
-}
+MEMBER_GC_FUNCS(ThreadState)
 
 static PyTypeObject ThreadStateType = {
     PyVarObject_HEAD_INIT(NULL, 0)
@@ -1311,37 +1269,7 @@ static PyMemberDef CodeInfo_members[] = {
     {NULL, 0, 0, 0, NULL},
 };
 
-static int
-CodeInfo_traverse(CodeInfoObject *self, visitproc visit, void *arg)
-{
-    Py_VISIT(self->code);
-    Py_VISIT(self->arg_names);
-    Py_VISIT(self->varargs);
-    Py_VISIT(self->kwonly);
-    Py_VISIT(self->varkw);
-    Py_VISIT(self->unkeyed_args);
-    return 0;
-}
-
-static int
-CodeInfo_clear(CodeInfoObject *self)
-{
-    Py_CLEAR(self->code);
-    Py_CLEAR(self->arg_names);
-    Py_CLEAR(self->varargs);
-    Py_CLEAR(self->kwonly);
-    Py_CLEAR(self->varkw);
-    Py_CLEAR(self->unkeyed_args);
-    return 0;
-}
-
-static void
-CodeInfo_dealloc(CodeInfoObject *self)
-{
-    PyObject_GC_UnTrack(self);
-    CodeInfo_clear(self);
-    Py_TYPE(self)->tp_free((PyObject *)self);
-}
+MEMBER_GC_FUNCS(CodeInfo)
 
 static PyTypeObject CodeInfoType = {
     PyVarObject_HEAD_INIT(NULL, 0)
@@ -1386,15 +1314,11 @@ typedef struct {
     PyObject *states;         /* dict: thread ident -> ThreadState */
     PyObject *thread_state;   /* recorder.thread_state() */
     PyObject *finished;       /* deque of finished records */
-    PyObject *finished_append;
     PyObject *suspended;      /* dict: id(frame) -> record */
     PyObject *evict;          /* recorder.evict_oldest_suspended() */
     PyObject *clock;          /* NULL: CLOCK_MONOTONIC (what time.perf_counter_ns reads) */
     PyObject *context_getter; /* NULL or callable */
     PyObject *current;        /* the ContextVar of the innermost running traced coroutine */
-    PyObject *slow_args;      /* keys.unhashable_args(key) -> (fingerprint or None, names) */
-    PyObject *slow_value;     /* keys.unhashable_value(value) -> fingerprint or None */
-    PyObject *getsizeof;
     PyObject *disable;        /* sys.monitoring.DISABLE */
     PyObject *kwd_mark;
     PyObject *generator_exit;
@@ -1440,25 +1364,30 @@ count_on_recorder(HotPath *hp, PyObject *name)
 static void
 fault(HotPath *hp)
 {
-    if (PyErr_Occurred() && !PyErr_ExceptionMatches(PyExc_Exception)) {
-        if (stash_type == NULL)
-            PyErr_Fetch(&stash_type, &stash_value, &stash_tb);
-        PyErr_Clear();
-        return;
-    }
-    PyErr_Clear();
-    count_on_recorder(hp, str_faults);
+    int interrupt = PyErr_Occurred() && !PyErr_ExceptionMatches(PyExc_Exception);
+    drop_error();
+    if (!interrupt)
+        count_on_recorder(hp, str_faults);
+}
+
+/* Raise the stashed interrupt, if any: 1 when there was one. */
+static int
+raise_stash(void)
+{
+    if (stash_type == NULL)
+        return 0;
+    PyErr_Restore(stash_type, stash_value, stash_tb);
+    stash_type = stash_value = stash_tb = NULL;
+    return 1;
 }
 
 /* The callback's result, or NULL with the stashed interrupt raised. */
 static PyObject *
 callback_result(PyObject *result)
 {
-    if (stash_type == NULL)
+    if (!raise_stash())
         return result;
     Py_XDECREF(result);
-    PyErr_Restore(stash_type, stash_value, stash_tb);
-    stash_type = stash_value = stash_tb = NULL;
     return NULL;
 }
 
@@ -2381,9 +2310,7 @@ profile_func(PyObject *obj, PyFrameObject *frame, int what, PyObject *arg)
         Py_XDECREF(saved_type);
         Py_XDECREF(saved_value);
         Py_XDECREF(saved_tb);
-        PyErr_Restore(stash_type, stash_value, stash_tb);
-        stash_type = stash_value = stash_tb = NULL;
-        return -1;
+        return raise_stash() ? -1 : 0;
     }
     PyErr_Restore(saved_type, saved_value, saved_tb);
     return 0; /* never our own error: it would be raised into the application */
@@ -2480,15 +2407,11 @@ HotPath_traverse(HotPath *self, visitproc visit, void *arg)
     Py_VISIT(self->states);
     Py_VISIT(self->thread_state);
     Py_VISIT(self->finished);
-    Py_VISIT(self->finished_append);
     Py_VISIT(self->suspended);
     Py_VISIT(self->evict);
     Py_VISIT(self->clock);
     Py_VISIT(self->context_getter);
     Py_VISIT(self->current);
-    Py_VISIT(self->slow_args);
-    Py_VISIT(self->slow_value);
-    Py_VISIT(self->getsizeof);
     Py_VISIT(self->disable);
     Py_VISIT(self->kwd_mark);
     Py_VISIT(self->generator_exit);
@@ -2511,15 +2434,11 @@ HotPath_clear(HotPath *self)
     Py_CLEAR(self->states);
     Py_CLEAR(self->thread_state);
     Py_CLEAR(self->finished);
-    Py_CLEAR(self->finished_append);
     Py_CLEAR(self->suspended);
     Py_CLEAR(self->evict);
     Py_CLEAR(self->clock);
     Py_CLEAR(self->context_getter);
     Py_CLEAR(self->current);
-    Py_CLEAR(self->slow_args);
-    Py_CLEAR(self->slow_value);
-    Py_CLEAR(self->getsizeof);
     Py_CLEAR(self->disable);
     Py_CLEAR(self->kwd_mark);
     Py_CLEAR(self->generator_exit);
@@ -2557,21 +2476,18 @@ attr_or_null(PyObject *obj, const char *name)
     return value;
 }
 
-/* HotPath(recorder, current_var, slow_args, slow_value, kwd_mark, disable, native_clock) */
+/* HotPath(recorder, current_var, kwd_mark, disable, native_clock) */
 static int
 HotPath_init(HotPath *self, PyObject *args, PyObject *kwds)
 {
-    PyObject *recorder, *current, *slow_args, *slow_value, *kwd_mark, *disable;
+    PyObject *recorder, *current, *kwd_mark, *disable;
     int native_clock;
-    if (!PyArg_ParseTuple(args, "OOOOOOp:HotPath", &recorder, &current, &slow_args, &slow_value,
-                          &kwd_mark, &disable, &native_clock))
+    if (!PyArg_ParseTuple(args, "OOOOp:HotPath", &recorder, &current, &kwd_mark, &disable, &native_clock))
         return -1;
     HotPath_clear(self);
     self->serial = next_serial++;
     self->recorder = Py_NewRef(recorder);
     self->current = Py_NewRef(current);
-    self->slow_args = Py_NewRef(slow_args);
-    self->slow_value = Py_NewRef(slow_value);
     self->kwd_mark = Py_NewRef(kwd_mark);
     self->disable = Py_NewRef(disable);
     self->generator_exit = Py_NewRef(PyExc_GeneratorExit);
@@ -2580,7 +2496,6 @@ HotPath_init(HotPath *self, PyObject *args, PyObject *kwds)
         (self->states = PyObject_GetAttrString(recorder, "states")) == NULL ||
         (self->thread_state = PyObject_GetAttrString(recorder, "thread_state")) == NULL ||
         (self->finished = PyObject_GetAttrString(recorder, "finished")) == NULL ||
-        (self->finished_append = PyObject_GetAttrString(self->finished, "append")) == NULL ||
         (self->suspended = PyObject_GetAttrString(recorder, "suspended")) == NULL ||
         (self->evict = PyObject_GetAttrString(recorder, "evict_oldest_suspended")) == NULL)
         return -1;
@@ -2593,13 +2508,6 @@ HotPath_init(HotPath *self, PyObject *args, PyObject *kwds)
         return -1;
     self->context_getter = attr_or_null(recorder, "context_getter");
     if (self->context_getter == NULL && PyErr_Occurred())
-        return -1;
-    PyObject *sys = PyImport_ImportModule("sys");
-    if (sys == NULL)
-        return -1;
-    self->getsizeof = PyObject_GetAttrString(sys, "getsizeof");
-    Py_DECREF(sys);
-    if (self->getsizeof == NULL)
         return -1;
     PyObject *value = PyObject_GetAttrString(recorder, "max_pending");
     if (value == NULL)

@@ -7,6 +7,9 @@ import json
 import os
 from typing import Any
 
+from callspan.analysis.model import Model
+from callspan.analysis.otlp import add_request
+
 SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "src")
 
 
@@ -143,3 +146,13 @@ def jaeger_tag(key: str, value: Any) -> dict[str, Any]:
     if isinstance(value, list):
         return {"key": key, "type": "string", "value": json.dumps(value)}
     return {"key": key, "type": "string", "value": value}
+
+
+def model_of(*requests: dict[str, Any]) -> Model:
+    """The model the analyzer builds from these OTLP requests (one batch, merged)."""
+    model = Model()
+    batch = model.new_batch()
+    for r in requests:
+        add_request(batch, r)
+    model.merge(batch)
+    return model

@@ -31,6 +31,7 @@ from tests.analysis.otlp_fixtures import (
     hexkey,
     key_sequence_spans,
     kvs,
+    model_of,
     request,
     span,
     summary,
@@ -43,15 +44,6 @@ def real_lru_hits(keys: list[int], maxsize: int | None) -> int:
     for key in keys:
         cached(key)
     return cached.cache_info().hits
-
-
-def model_of(*requests: dict) -> Model:
-    model = Model()
-    batch = model.new_batch()
-    for r in requests:
-        add_request(batch, r)
-    model.merge(batch)
-    return model
 
 
 def replay(model: Model, name: str) -> cache.ProcessResult:

@@ -17,19 +17,10 @@ from callspan.analysis.loader import LoadOptions, load_files
 from callspan.analysis.model import Batch, Links, Model
 from callspan.analysis.otlp import add_request, parse_hash
 from callspan.analysis.report import opportunity_json
-from tests.analysis.otlp_fixtures import calls_event, kvs, request, span, summary, write
+from tests.analysis.otlp_fixtures import calls_event, kvs, model_of, request, span, summary, write
 
 IDENTITY = {"callspan.method": True, "callspan.args.identity": True}
 METHOD = {"callspan.method": True}
-
-
-def model_of(*requests: dict[str, Any]) -> Model:
-    model = Model()
-    batch = model.new_batch()
-    for r in requests:
-        add_request(batch, r)
-    model.merge(batch)
-    return model
 
 
 def ops_by_name(model: Model, **options: Any) -> dict[str, cache.Opportunity]:

@@ -104,26 +104,12 @@ def lru_histogram(keys: Iterable[int]) -> tuple[list[int], int]:
     hits(N) == sum(hist[1:N+1]) for an LRU cache of N entries. A standalone, key-only version of
     what ``analyze_calls`` does, for tests and tools.
     """
-    keys = list(keys)
-    n = len(keys)
-    size = 1
-    while size < n + 1:
-        size <<= 1
-    tree = [0] * (size + 1)
-    hist = [0] * (n + 2)
-    last: dict[int, int] = {}
-    cold = 0
-    for i, key in enumerate(keys, 1):
-        p = last.get(key)
-        if p is None:
-            cold += 1
-            j = i
-            while j <= size:
-                tree[j] += 1
-                j += j & -j
-        else:
-            hist[_distance_and_move(tree, p, i)] += 1
-        last[key] = i
+    distances = _fenwick_distances(list(keys))
+    hist = [0] * (len(distances) + 2)
+    for d in distances:
+        hist[d] += 1
+    cold = hist[0]
+    hist[0] = 0
     return hist, cold
 
 
@@ -136,9 +122,7 @@ def _fenwick_distances(keys: Sequence[int]) -> list[int]:
     tree = [0] * (size + 1)
     out = [0] * n
     last: dict[int, int] = {}
-    position = 0
-    for key in keys:
-        position += 1
+    for position, key in enumerate(keys, 1):
         p = last.get(key)
         last[key] = position
         if p is None:
@@ -146,28 +130,8 @@ def _fenwick_distances(keys: Sequence[int]) -> list[int]:
             while j <= size:
                 tree[j] += 1
                 j += j & -j
-            continue
-        # Stack distance = 1 + marks strictly between p and position (see _distance_and_move).
-        a = position - 1
-        b = p
-        d = 1
-        while a != b:
-            if a > b:
-                d += tree[a]
-                a &= a - 1
-            else:
-                d -= tree[b]
-                b &= b - 1
-        j = p
-        while j < position:
-            tree[j] -= 1
-            j += j & -j
-        meet = j
-        j = position
-        while j < meet:
-            tree[j] += 1
-            j += j & -j
-        out[position - 1] = d
+        else:
+            out[position - 1] = _distance_and_move(tree, p, position)
     return out
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+import time
+from typing import Any, Protocol
 
-from callspan.recorder import Recorder
+from callspan import _env
+from callspan.keys import _KWD_MARK
+from callspan.recorder import Recorder, current_coroutine_var
 
 
 class Core(Protocol):
@@ -21,3 +24,15 @@ class Core(Protocol):
     def start(self) -> None: ...
 
     def stop(self) -> None: ...
+
+
+def compiled_hot_path(recorder: Recorder, disable: Any) -> Any:
+    """The compiled recorder (callspan._hotpath.HotPath) both compiled cores drive.
+
+    The default clock is read natively (CLOCK_MONOTONIC, what time.perf_counter_ns reads on
+    Linux); an injected clock is called. ``disable`` is sys.monitoring.DISABLE, or None.
+    """
+    from callspan import _hotpath
+
+    native_clock = recorder.clock is time.perf_counter_ns and _env.PERF_COUNTER_IS_CLOCK_MONOTONIC
+    return _hotpath.HotPath(recorder, current_coroutine_var, _KWD_MARK, disable, native_clock)

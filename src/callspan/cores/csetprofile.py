@@ -8,24 +8,19 @@ still gets a profile event per call, but it costs one table lookup in C, not a P
 from __future__ import annotations
 
 import threading
-import time
 
 from callspan import _env
+from callspan.cores.base import compiled_hot_path
 from callspan.cores.setprofile import _UnknownException
-from callspan.keys import _KWD_MARK, unhashable_args, unhashable_value
-from callspan.recorder import Recorder, current_coroutine_var
+from callspan.recorder import Recorder
 
 
 class CompiledSetProfileCore:
     name = "csetprofile"
 
     def __init__(self, recorder: Recorder) -> None:
-        from callspan import _hotpath
-
         self.recorder = recorder
-        native_clock = recorder.clock is time.perf_counter_ns and _env.PERF_COUNTER_IS_CLOCK_MONOTONIC
-        self.hot = _hotpath.HotPath(recorder, current_coroutine_var, unhashable_args, unhashable_value,
-                                    _KWD_MARK, None, native_clock)
+        self.hot = compiled_hot_path(recorder, None)
         self.hot.configure_setprofile(_UnknownException(), _env.RETURN_OPCODES, _env.YIELD_OPCODES,
                                       _env.RESUME_OPCODE, _env.YIELD_REPORTED_AT_NEXT_RESUME)
 

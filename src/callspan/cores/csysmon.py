@@ -8,13 +8,11 @@ attribute lookups by name on the hot path beyond one per object.
 from __future__ import annotations
 
 import sys
-import time
 from typing import Any
 
-from callspan import _env
+from callspan.cores.base import compiled_hot_path
 from callspan.cores.sysmon import SysMonitoringCore
-from callspan.keys import _KWD_MARK, unhashable_args, unhashable_value
-from callspan.recorder import Recorder, current_coroutine_var
+from callspan.recorder import Recorder
 
 
 class CompiledSysMonitoringCore(SysMonitoringCore):
@@ -22,14 +20,7 @@ class CompiledSysMonitoringCore(SysMonitoringCore):
 
     def __init__(self, recorder: Recorder) -> None:
         super().__init__(recorder)
-        from callspan import _hotpath
-
-        monitoring = sys.monitoring  # type: ignore[attr-defined,unused-ignore]
-        # The default clock is read natively (CLOCK_MONOTONIC, what time.perf_counter_ns reads on
-        # Linux); an injected clock is called.
-        native_clock = recorder.clock is time.perf_counter_ns and _env.PERF_COUNTER_IS_CLOCK_MONOTONIC
-        self.hot = _hotpath.HotPath(recorder, current_coroutine_var, unhashable_args, unhashable_value,
-                                    _KWD_MARK, monitoring.DISABLE, native_clock)
+        self.hot = compiled_hot_path(recorder, sys.monitoring.DISABLE)  # type: ignore[attr-defined,unused-ignore]
 
     def _callbacks(self, DISABLE: Any) -> dict[str, Any]:
         hot = self.hot
