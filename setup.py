@@ -1,10 +1,11 @@
-"""Only the optional compiled hot path lives here; everything else is in pyproject.toml."""
+"""Only the optional compiled parts live here; everything else is in pyproject.toml."""
 
 import os
 
 from setuptools import Extension, setup
 
-# Optional: without a C compiler callspan falls back to its pure-Python hot path.
+# Optional: without a C compiler callspan falls back to its pure-Python hot path and the
+# analyzer to its pure-Python OTLP reader.
 # CALLSPAN_REQUIRE_EXTENSION=1 (set by scripts/test.sh) makes a failed build an error instead.
 OPTIONAL = os.environ.get("CALLSPAN_REQUIRE_EXTENSION", "") != "1"
 
@@ -15,6 +16,12 @@ setup(
             ["src/callspan/_hotpath.c"],
             optional=OPTIONAL,
             extra_compile_args=["-O2", "-Wall", "-Wno-missing-field-initializers"],
-        )
+        ),
+        Extension(
+            "callspan.analysis._otlpscan",
+            ["src/callspan/analysis/_otlpscan.c"],
+            optional=OPTIONAL,
+            extra_compile_args=["-O2", "-Wall", "-Wno-missing-field-initializers"],
+        ),
     ]
 )

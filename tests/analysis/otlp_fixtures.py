@@ -7,6 +7,8 @@ import json
 import os
 from typing import Any
 
+from hypothesis import strategies as st
+
 from callspan.analysis.model import Model
 from callspan.analysis.otlp import add_request
 
@@ -156,3 +158,39 @@ def model_of(*requests: dict[str, Any]) -> Model:
         add_request(batch, r)
     model.merge(batch)
     return model
+
+
+_scalars = st.one_of(st.none(), st.booleans(), st.integers(-5, 2**70), st.floats(allow_nan=False),
+                     st.text(max_size=20), st.sampled_from(["", "0", "12", "ff", "zz", "STATUS_CODE_ERROR"]))
+arbitrary_json = st.recursive(_scalars, lambda inner: st.one_of(
+    st.lists(inner, max_size=4),
+    st.dictionaries(st.sampled_from(["key", "value", "stringValue", "intValue", "arrayValue", "values",
+                                     "spans", "attributes", "scope", "resource", "scopeSpans", "events",
+                                     "spanId", "traceId", "parentSpanId", "startTimeUnixNano", "name",
+                                     "endTimeUnixNano", "status", "code", "boolValue", "data", "result",
+                                     "callspan.summary.function", "processes", "tags", "logs"]),
+                    inner, max_size=5)), max_leaves=30)
+
+
+def mutated_request(data: st.DataObject) -> dict[str, Any]:
+    """A valid request with one node somewhere replaced by arbitrary JSON."""
+    base = request([span("m.root", 1, 0, 100, cpu=10, extra=summary(["m.g"], [2], cpu_total=[4]),
+                         events=[calls_event("m.g", [1, 2], [5, 6])]),
+                    span("m.g", 2, 1, 2, args=1, ret=2, parent=1)])
+    # Replace one node somewhere in the request with arbitrary JSON.
+    nodes: list[tuple[Any, Any]] = []
+
+    def walk(obj: Any) -> None:
+        if isinstance(obj, dict):
+            for k in obj:
+                nodes.append((obj, k))
+                walk(obj[k])
+        elif isinstance(obj, list):
+            for i in range(len(obj)):
+                nodes.append((obj, i))
+                walk(obj[i])
+
+    walk(base)
+    parent, key = nodes[data.draw(st.integers(0, len(nodes) - 1))]
+    parent[key] = data.draw(arbitrary_json)
+    return base

@@ -10,20 +10,33 @@ from typing import Any
 
 import pytest
 
+from callspan.analysis import readers
 from callspan.analysis.loader import LoadOptions, load_bytes, load_files, new_model
 from callspan.analysis.model import Model
 from callspan.analysis.readers import expand_inputs, is_trace_file, plan
 from callspan.errors import CallspanError
 from tests.analysis.otlp_fixtures import (
+    arbitrary_json,
     calls_event,
     jaeger_tag,
     key_sequence_spans,
     lines,
+    mutated_request,
     request,
     span,
     summary,
     write,
 )
+
+
+@pytest.fixture(autouse=True, params=["compiled", "python"])
+def request_reader(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test here runs through the compiled OTLP request reader and through the Python one."""
+    if request.param == "python":
+        monkeypatch.setattr(readers, "SCAN_REQUEST", None)
+    elif readers.SCAN_REQUEST is None:
+        pytest.skip("the compiled request reader is not built")
+    return str(request.param)
 
 
 def load(*paths: str | Path, **options: Any) -> Model:
@@ -338,45 +351,11 @@ from hypothesis import strategies as st  # noqa: E402
 from callspan.analysis.model import Batch  # noqa: E402
 from callspan.analysis.readers import add_document  # noqa: E402
 
-_scalars = st.one_of(st.none(), st.booleans(), st.integers(-5, 2**70), st.floats(allow_nan=False),
-                     st.text(max_size=20), st.sampled_from(["", "0", "12", "ff", "zz", "STATUS_CODE_ERROR"]))
-_json = st.recursive(_scalars, lambda inner: st.one_of(
-    st.lists(inner, max_size=4),
-    st.dictionaries(st.sampled_from(["key", "value", "stringValue", "intValue", "arrayValue", "values",
-                                     "spans", "attributes", "scope", "resource", "scopeSpans", "events",
-                                     "spanId", "traceId", "parentSpanId", "startTimeUnixNano", "name",
-                                     "endTimeUnixNano", "status", "code", "boolValue", "data", "result",
-                                     "callspan.summary.function", "processes", "tags", "logs"]),
-                    inner, max_size=5)), max_leaves=30)
-
-
-def _mutated_request(data: st.DataObject) -> dict:
-    base = request([span("m.root", 1, 0, 100, cpu=10, extra=summary(["m.g"], [2], cpu_total=[4]),
-                         events=[calls_event("m.g", [1, 2], [5, 6])]),
-                    span("m.g", 2, 1, 2, args=1, ret=2, parent=1)])
-    # Replace one node somewhere in the request with arbitrary JSON.
-    nodes: list[tuple[Any, Any]] = []
-
-    def walk(obj: Any) -> None:
-        if isinstance(obj, dict):
-            for k in obj:
-                nodes.append((obj, k))
-                walk(obj[k])
-        elif isinstance(obj, list):
-            for i in range(len(obj)):
-                nodes.append((obj, i))
-                walk(obj[i])
-
-    walk(base)
-    parent, key = nodes[data.draw(st.integers(0, len(nodes) - 1))]
-    parent[key] = data.draw(_json)
-    return base
-
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_malformed_requests_raise_only_callspan_error(data: st.DataObject) -> None:
-    document = _mutated_request(data)
+    document = mutated_request(data)
     try:
         add_document(Batch(), document, "f.jsonl:1")
     except CallspanError as exc:
@@ -384,7 +363,7 @@ def test_malformed_requests_raise_only_callspan_error(data: st.DataObject) -> No
 
 
 @settings(max_examples=200, deadline=None)
-@given(_json)
+@given(arbitrary_json)
 def test_arbitrary_json_raises_only_callspan_error(document: Any) -> None:
     try:
         add_document(Batch(), document, "f.jsonl:1")
@@ -401,7 +380,7 @@ def test_malformed_input_never_crashes_the_reports(tmp_path: Path, data: st.Data
     from callspan.analysis.cli import add_analyze_arguments, analyze, render
 
     path = tmp_path / "t.jsonl"
-    path.write_bytes(lines([_mutated_request(data), _mutated_request(data)]))
+    path.write_bytes(lines([mutated_request(data), mutated_request(data)]))
     parser = argparse.ArgumentParser()
     add_analyze_arguments(parser)
     try:

@@ -30,7 +30,9 @@ from typing import IO, Any
 
 from callspan.analysis.jaeger import trace_to_otlp
 from callspan.analysis.model import Batch
-from callspan.analysis.otlp import add_request
+from callspan.analysis.otlp import FAST_LOADS as _FAST_LOADS  # noqa: F401 (tests check it)
+from callspan.analysis.otlp import add_request, add_scanned
+from callspan.analysis.otlp import loads_json as _loads
 from callspan.errors import CallspanError
 
 MAX_LINE_BYTES = 256 << 20  # one OTLP export request; the SDK writes a few MiB at most
@@ -55,25 +57,26 @@ class Source:
     size: int
 
 
-try:  # orjson parses OTLP JSON about 1.7x faster than the standard library (see README)
-    import orjson as _orjson
+try:  # the compiled request reader (optional; the Python path below is its reference)
+    from callspan.analysis._otlpscan import scan_request as _scan_request
 
-    _FAST_LOADS: Callable[[bytes], Any] | None = _orjson.loads
-except ImportError:  # optional at run time: the standard library gives the same results
-    _FAST_LOADS = None
+    SCAN_REQUEST: Callable[[bytes], Any] | None = _scan_request
+except ImportError:
+    SCAN_REQUEST = None
 
 
-def _loads(line: bytes) -> Any:
-    """json.loads, through orjson when it is installed. orjson refuses a few things json accepts
-    (NaN and Infinity, very deep nesting, some invalid UTF-8): those lines go to json, so what
-    is valid and every error message stay json's. One difference remains: integers beyond 64
-    bits come back as floats (OTLP's integers are int64)."""
-    if _FAST_LOADS is not None:
-        try:
-            return _FAST_LOADS(line)
-        except ValueError:
-            pass
-    return json.loads(line)
+def _scanned(batch: Batch, line: bytes, where: Callable[[], str]) -> bool:
+    """Fold an OTLP request line through the compiled reader; False if it left the line to Python."""
+    if SCAN_REQUEST is None:
+        return False
+    resources = SCAN_REQUEST(line)
+    if resources is None:
+        return False
+    try:
+        add_scanned(batch, resources)
+    except _SPAN_ERRORS as exc:
+        raise CallspanError(f"{where()}: invalid span data: {type(exc).__name__}: {exc}") from None
+    return True
 
 
 def is_trace_file(name: str) -> bool:
@@ -280,6 +283,8 @@ def read_range(batch: Batch, path: str, start: int, end: int, size: int, max_lin
         def where(at: int = line_offset) -> str:
             return f"{path}:{_line_number(path, at)}"
 
+        if _scanned(batch, line, where):
+            continue
         if i == last and end >= size:
             try:
                 document = _loads(line)
@@ -341,6 +346,10 @@ def _read_lines(batch: Batch, stream: IO[bytes], path: str, first: bytes, number
             if len(line) > max_line and not line.endswith(b"\n"):
                 raise CallspanError(f"{path}:{number}: line longer than {max_line >> 20} MiB")
             following = stream.readline(max_line + 1)
+            if _scanned(batch, line, _location(path, number)):
+                line = following
+                number += 1
+                continue
             if not line.endswith(b"\n") and not following:
                 try:
                     document = _loads(line)

@@ -1,0 +1,3 @@
+from typing import Any
+
+def scan_request(line: bytes) -> list[tuple[bytes | None, list[tuple[bytes | None, list[Any]]]]] | None: ...
