@@ -191,12 +191,62 @@ py_interval_clock_replay(PyObject *module, PyObject *args)
     return out;
 }
 
+/* ---------------------------------------------------------------------------------------- */
+/* The call record. The compiled recorder makes Records: one allocation holding the slots of
+ * callspan/record.py, the integer ones as C integers (no int object per counter, no list, not a
+ * GC object: records never form reference cycles, see hp_start). The pure-Python recorder makes
+ * lists with the same slots; the compiled builder reads both through put_ll / get_ll / put_obj /
+ * REC_ITEM, and Python code (the reference builder, stop, eviction) indexes a Record like a list. */
+
+#define N_NUM 8
+#define N_OBJ (RECORD_SIZE - N_NUM)
+/* slot -> 1 + index into n[] (integer slots) or into o[] (object slots); 0: the other kind */
+static const signed char NUM_SLOT[RECORD_SIZE] = {
+    [R_START] = 1, [R_END] = 2, [R_SEG_CPU] = 3, [R_CPU] = 4, [R_CHILD_CPU] = 5,
+    [R_SUSPENDS] = 6, [R_SUSP_NS] = 7, [R_SUSP_AT] = 8,
+};
+static const signed char OBJ_SLOT[RECORD_SIZE] = {
+    [R_INFO] = 1, [R_PARENT] = 2, [R_ROOT] = 3, [R_ARGS] = 4, [R_RET] = 5, [R_RET_SIZE] = 6,
+    [R_ERROR] = 7, [R_THREAD] = 8, [R_CONTEXT] = 9, [R_PREV_CURRENT] = 10, [R_VIA_TASK] = 11,
+    [R_INCOMPLETE] = 12, [R_OUT] = 13,
+};
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *o[N_OBJ]; /* never NULL once made */
+    long long n[N_NUM];
+} RecordObject;
+
+static PyTypeObject RecordType;
+#define IS_RECORD_OBJECT(op) Py_IS_TYPE((op), &RecordType)
+
+/* Borrowed object slot of a record (a Record or a list record). */
+static inline PyObject *
+REC_ITEM(PyObject *record, Py_ssize_t slot)
+{
+    if (IS_RECORD_OBJECT(record))
+        return ((RecordObject *)record)->o[OBJ_SLOT[slot] - 1];
+    return PyList_GET_ITEM(record, slot);
+}
+
 /* record[slot] = value (a C integer), releasing the old item. */
 static inline int
 put_ll(PyObject *record, Py_ssize_t slot, long long value)
 {
-    PyObject *obj = PyLong_FromLongLong(value);
-    if (obj == NULL)
+    PyObject *obj;
+    if (IS_RECORD_OBJECT(record)) {
+        RecordObject *r = (RecordObject *)record;
+        int num = NUM_SLOT[slot];
+        if (num) {
+            r->n[num - 1] = value;
+            return 0;
+        }
+        if ((obj = PyLong_FromLongLong(value)) == NULL)
+            return -1;
+        Py_SETREF(r->o[OBJ_SLOT[slot] - 1], obj);
+        return 0;
+    }
+    if ((obj = PyLong_FromLongLong(value)) == NULL)
         return -1;
     PyObject *old = PyList_GET_ITEM(record, slot);
     PyList_SET_ITEM(record, slot, obj);
@@ -204,21 +254,105 @@ put_ll(PyObject *record, Py_ssize_t slot, long long value)
     return 0;
 }
 
-static int
+static inline int
 get_ll(PyObject *record, Py_ssize_t slot, long long *out)
 {
-    *out = PyLong_AsLongLong(PyList_GET_ITEM(record, slot));
+    if (IS_RECORD_OBJECT(record) && NUM_SLOT[slot]) {
+        *out = ((RecordObject *)record)->n[NUM_SLOT[slot] - 1];
+        return 0;
+    }
+    *out = PyLong_AsLongLong(REC_ITEM(record, slot));
     return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
 }
 
 static void
-put_obj(PyObject *record, Py_ssize_t slot, PyObject *value) /* steals value */
+put_obj(PyObject *record, Py_ssize_t slot, PyObject *value) /* steals value; an object slot */
 {
+    if (IS_RECORD_OBJECT(record)) {
+        Py_SETREF(((RecordObject *)record)->o[OBJ_SLOT[slot] - 1], value);
+        return;
+    }
     PyObject *old = PyList_GET_ITEM(record, slot);
     PyList_SET_ITEM(record, slot, value);
     Py_XDECREF(old);
 }
 
+static void
+Record_dealloc(RecordObject *self)
+{
+    /* Release the parent chain iteratively: a deep recursion's records may be freed together. */
+    PyObject *parent = self->o[OBJ_SLOT[R_PARENT] - 1];
+    self->o[OBJ_SLOT[R_PARENT] - 1] = NULL;
+    for (int i = 0; i < N_OBJ; i++)
+        Py_XDECREF(self->o[i]);
+    PyObject_Free(self);
+    while (parent != NULL && IS_RECORD_OBJECT(parent) && Py_REFCNT(parent) == 1) {
+        RecordObject *p = (RecordObject *)parent;
+        parent = p->o[OBJ_SLOT[R_PARENT] - 1];
+        p->o[OBJ_SLOT[R_PARENT] - 1] = NULL;
+        Py_DECREF(p); /* frees p without touching the chain above */
+    }
+    Py_XDECREF(parent);
+}
+
+static Py_ssize_t
+Record_length(PyObject *self)
+{
+    return RECORD_SIZE;
+}
+
+static PyObject *
+Record_item(PyObject *self, Py_ssize_t slot)
+{
+    if (slot < 0 || slot >= RECORD_SIZE) {
+        PyErr_SetString(PyExc_IndexError, "record slot out of range");
+        return NULL;
+    }
+    RecordObject *r = (RecordObject *)self;
+    if (NUM_SLOT[slot])
+        return PyLong_FromLongLong(r->n[NUM_SLOT[slot] - 1]);
+    return Py_NewRef(r->o[OBJ_SLOT[slot] - 1]);
+}
+
+static int
+Record_ass_item(PyObject *self, Py_ssize_t slot, PyObject *value)
+{
+    if (slot < 0 || slot >= RECORD_SIZE) {
+        PyErr_SetString(PyExc_IndexError, "record slot out of range");
+        return -1;
+    }
+    if (value == NULL) {
+        PyErr_SetString(PyExc_TypeError, "record slots cannot be deleted");
+        return -1;
+    }
+    RecordObject *r = (RecordObject *)self;
+    if (NUM_SLOT[slot]) {
+        long long v = PyLong_AsLongLong(value);
+        if (v == -1 && PyErr_Occurred())
+            return -1;
+        r->n[NUM_SLOT[slot] - 1] = v;
+        return 0;
+    }
+    Py_SETREF(r->o[OBJ_SLOT[slot] - 1], Py_NewRef(value));
+    return 0;
+}
+
+static PySequenceMethods Record_as_sequence = {
+    .sq_length = Record_length,
+    .sq_item = Record_item,
+    .sq_ass_item = Record_ass_item,
+};
+
+static PyTypeObject RecordType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "callspan._hotpath.Record",
+    .tp_basicsize = sizeof(RecordObject),
+    .tp_dealloc = (destructor)Record_dealloc,
+    .tp_as_sequence = &Record_as_sequence,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A call record of the compiled recorder: indexed like the list records of "
+              "callspan/record.py (the slots R_*).",
+};
 
 /* ---------------------------------------------------------------------------------------- */
 /* Fingerprints of unhashable keys and values: callspan/keys.py (fingerprint, _flat_fingerprint,
@@ -671,7 +805,7 @@ has_token(Batch *b)
 static OutObject *
 out_of(Batch *b, PyObject *record) /* borrowed; creates the record's Out when it has none */
 {
-    PyObject *out = PyList_GET_ITEM(record, R_OUT);
+    PyObject *out = REC_ITEM(record, R_OUT);
     if (out == Py_None) {
         if (b->out_type == (PyObject *)&OutType) {
             out = OutType.tp_alloc(&OutType, 0);
@@ -695,13 +829,13 @@ out_of(Batch *b, PyObject *record) /* borrowed; creates the record's Out when it
 static int
 is_record(PyObject *obj)
 {
-    return PyList_CheckExact(obj) && PyList_GET_SIZE(obj) == RECORD_SIZE;
+    return IS_RECORD_OBJECT(obj) || (PyList_CheckExact(obj) && PyList_GET_SIZE(obj) == RECORD_SIZE);
 }
 
 static int
 out_state(PyObject *record) /* -1: no Out yet */
 {
-    PyObject *out = PyList_GET_ITEM(record, R_OUT);
+    PyObject *out = REC_ITEM(record, R_OUT);
     if (out == Py_None || !PyObject_TypeCheck(out, &OutType))
         return -1;
     return ((OutObject *)out)->state;
@@ -710,7 +844,7 @@ out_state(PyObject *record) /* -1: no Out yet */
 static int
 accept_record(Batch *b, PyObject *record)
 {
-    PyObject *root = PyList_GET_ITEM(record, R_ROOT);
+    PyObject *root = REC_ITEM(record, R_ROOT);
     OutObject *budget = out_of(b, root == Py_None ? record : root);
     if (budget == NULL)
         return -1;
@@ -764,7 +898,7 @@ accept_record(Batch *b, PyObject *record)
 static PyObject *
 summary_target(PyObject *record)
 {
-    PyObject *parent = PyList_GET_ITEM(record, R_PARENT);
+    PyObject *parent = REC_ITEM(record, R_PARENT);
     PyObject *undecided = NULL;
     while (parent != Py_None && is_record(parent)) {
         int state = out_state(parent);
@@ -778,7 +912,7 @@ summary_target(PyObject *record)
         else if (state == OUT_CLOSED) {
             return undecided;
         }
-        parent = PyList_GET_ITEM(parent, R_PARENT);
+        parent = REC_ITEM(parent, R_PARENT);
     }
     return undecided;
 }
@@ -882,7 +1016,7 @@ summarise(Batch *b, PyObject *record, PyObject *target)
         Py_XSETREF(tout->summaries, fresh);
     }
     PyObject *summaries = tout->summaries;
-    PyObject *info = PyList_GET_ITEM(record, R_INFO);
+    PyObject *info = REC_ITEM(record, R_INFO);
     PyObject *found = PyDict_GetItemWithError(summaries, info);
     if (found == NULL) {
         if (PyErr_Occurred())
@@ -920,15 +1054,15 @@ summarise(Batch *b, PyObject *record, PyObject *target)
         get_ll(record, R_CHILD_CPU, &child) < 0)
         return -1;
     summary->count += 1;
-    PyObject *error = PyList_GET_ITEM(record, R_ERROR);
+    PyObject *error = REC_ITEM(record, R_ERROR);
     if (error != Py_None)
         summary->errors += 1;
     summary->wall += end - start;
     summary->run += end - start - susp;
     summary->cpu_total += cpu;
     summary->cpu_self += cpu - child;
-    PyObject *args = PyList_GET_ITEM(record, R_ARGS);
-    PyObject *ret = PyList_GET_ITEM(record, R_RET);
+    PyObject *args = REC_ITEM(record, R_ARGS);
+    PyObject *ret = REC_ITEM(record, R_RET);
     if (args != Py_None || ret != Py_None) {
         PyObject *args_digest, *ret_digest;
         if (PyTuple_Check(args) && PyTuple_GET_SIZE(args) >= 1 && PyTuple_GET_ITEM(args, 0) != Py_None)
@@ -983,7 +1117,7 @@ summarise(Batch *b, PyObject *record, PyObject *target)
         if (rc < 0)
             return -1;
     }
-    PyObject *own = PyList_GET_ITEM(record, R_OUT);
+    PyObject *own = REC_ITEM(record, R_OUT);
     if (own != Py_None && PyObject_TypeCheck(own, &OutType)) {
         PyObject *children = ((OutObject *)own)->summaries;
         if (children != NULL && PyDict_Check(children) && PyDict_GET_SIZE(children)) {
@@ -1087,11 +1221,11 @@ process_one(Batch *b, PyObject *record)
         PyErr_SetString(PyExc_TypeError, "not a call record");
         return -1;
     }
-    PyObject *out = PyList_GET_ITEM(record, R_OUT);
+    PyObject *out = REC_ITEM(record, R_OUT);
     int state = out == Py_None ? OUT_PENDING : out_state(record);
     if (state == OUT_OPEN)
         return call_close(b, record, out);
-    PyObject *root = PyList_GET_ITEM(record, R_ROOT);
+    PyObject *root = REC_ITEM(record, R_ROOT);
     if (state == OUT_UNSAMPLED || (root == Py_None && state == OUT_PENDING)) {
         if (state == OUT_PENDING) {
             int token = has_token(b);
@@ -1713,11 +1847,11 @@ hp_start(HotPath *hp, PyObject *info, PyFrameObject *frame)
             goto finally;
     }
     else {
-        if (!PyList_Check(parent) || PyList_GET_SIZE(parent) != RECORD_SIZE) {
+        if (!is_record(parent)) {
             PyErr_SetString(PyExc_TypeError, "parent is not a record");
             goto finally;
         }
-        root = PyList_GET_ITEM(parent, R_ROOT);
+        root = REC_ITEM(parent, R_ROOT);
         if (root == Py_None)
             root = parent;
     }
@@ -1747,32 +1881,28 @@ hp_start(HotPath *hp, PyObject *info, PyFrameObject *frame)
             }
         }
     }
-    if ((record = PyList_New(RECORD_SIZE)) == NULL)
+    RecordObject *made = PyObject_New(RecordObject, &RecordType);
+    if (made == NULL)
         goto finally;
-    PyObject *zero = PyLong_FromLong(0); /* a cached small int */
-    PyList_SET_ITEM(record, R_INFO, Py_NewRef(info));
-    PyList_SET_ITEM(record, R_PARENT, Py_NewRef(parent));
-    PyList_SET_ITEM(record, R_ROOT, Py_NewRef(root));
-    for (int slot = R_START; slot <= R_CHILD_CPU; slot++)
-        PyList_SET_ITEM(record, slot, Py_NewRef(zero));
-    PyList_SET_ITEM(record, R_ARGS, args ? Py_NewRef(args) : Py_NewRef(Py_None));
-    PyList_SET_ITEM(record, R_RET, Py_NewRef(Py_None));
-    PyList_SET_ITEM(record, R_RET_SIZE, Py_NewRef(zero));
-    PyList_SET_ITEM(record, R_ERROR, Py_NewRef(Py_None));
-    PyList_SET_ITEM(record, R_SUSPENDS, Py_NewRef(zero));
-    PyList_SET_ITEM(record, R_SUSP_NS, Py_NewRef(zero));
-    PyList_SET_ITEM(record, R_SUSP_AT, Py_NewRef(zero));
-    PyList_SET_ITEM(record, R_THREAD, Py_NewRef((PyObject *)ts));
-    PyList_SET_ITEM(record, R_CONTEXT, context ? Py_NewRef(context) : Py_NewRef(Py_None));
-    PyList_SET_ITEM(record, R_PREV_CURRENT, Py_NewRef(prev));
-    PyList_SET_ITEM(record, R_VIA_TASK, Py_NewRef(via_task));
-    PyList_SET_ITEM(record, R_INCOMPLETE, Py_NewRef(Py_False));
-    PyList_SET_ITEM(record, R_OUT, Py_NewRef(Py_None));
-    Py_DECREF(zero);
+    record = (PyObject *)made;
+    PyObject **o = made->o;
+    o[OBJ_SLOT[R_INFO] - 1] = Py_NewRef(info);
+    o[OBJ_SLOT[R_PARENT] - 1] = Py_NewRef(parent);
+    o[OBJ_SLOT[R_ROOT] - 1] = Py_NewRef(root);
+    o[OBJ_SLOT[R_ARGS] - 1] = args ? Py_NewRef(args) : Py_NewRef(Py_None);
+    o[OBJ_SLOT[R_RET] - 1] = Py_NewRef(Py_None);
+    o[OBJ_SLOT[R_RET_SIZE] - 1] = PyLong_FromLong(0); /* a cached small int: cannot fail */
+    o[OBJ_SLOT[R_ERROR] - 1] = Py_NewRef(Py_None);
+    o[OBJ_SLOT[R_THREAD] - 1] = Py_NewRef((PyObject *)ts);
+    o[OBJ_SLOT[R_CONTEXT] - 1] = context ? Py_NewRef(context) : Py_NewRef(Py_None);
+    o[OBJ_SLOT[R_PREV_CURRENT] - 1] = Py_NewRef(prev);
+    o[OBJ_SLOT[R_VIA_TASK] - 1] = Py_NewRef(via_task);
+    o[OBJ_SLOT[R_INCOMPLETE] - 1] = Py_NewRef(Py_False);
+    o[OBJ_SLOT[R_OUT] - 1] = Py_NewRef(Py_None);
+    memset(made->n, 0, sizeof(made->n));
     /* Records never form reference cycles (they point to parents, infos, their thread state,
-     * never to children), and hundreds of thousands may wait for the builder: left tracked, the
-     * cyclic GC would traverse them all on every full collection. */
-    PyObject_GC_UnTrack(record);
+     * never to children), so they are not GC objects: hundreds of thousands may wait for the
+     * builder, and the cyclic GC would traverse them all on every full collection. */
     if (PyList_Append(stack, record) < 0)
         goto finally;
     if (kind == KIND_COROUTINE) {
@@ -1811,7 +1941,7 @@ pop_own(HotPath *hp, PyObject *code, ThreadStateObject **ts_out)
     if (depth == 0)
         return NULL;
     PyObject *top = PyList_GET_ITEM(stack, depth - 1);
-    CodeInfoObject *ci = as_info(PyList_GET_ITEM(top, R_INFO));
+    CodeInfoObject *ci = as_info(REC_ITEM(top, R_INFO));
     if (ci == NULL)
         return NULL;
     if (ci->code != code) /* started before tracing began */
@@ -1846,7 +1976,7 @@ hp_finish(HotPath *hp, PyObject *code, PyObject *value, PyObject *error)
     if (record == NULL)
         return PyErr_Occurred() ? -1 : 0;
     int rc = -1;
-    CodeInfoObject *ci = (CodeInfoObject *)PyList_GET_ITEM(record, R_INFO); /* checked by pop_own */
+    CodeInfoObject *ci = (CodeInfoObject *)REC_ITEM(record, R_INFO); /* checked by pop_own */
     int counted = close_segment(ts, record);
     if (counted < 0 || put_ll(record, R_END, now) < 0)
         goto finally;
@@ -1878,7 +2008,7 @@ hp_finish(HotPath *hp, PyObject *code, PyObject *value, PyObject *error)
     Py_ssize_t depth = PyList_GET_SIZE(ts->stack);
     if (depth && counted == 0) {
         PyObject *parent = PyList_GET_ITEM(ts->stack, depth - 1);
-        if (parent == PyList_GET_ITEM(record, R_PARENT)) {
+        if (parent == REC_ITEM(record, R_PARENT)) {
             long long mine, theirs;
             if (get_ll(record, R_CPU, &mine) < 0 || get_ll(parent, R_CHILD_CPU, &theirs) < 0 ||
                 put_ll(parent, R_CHILD_CPU, theirs + mine) < 0)
@@ -1886,7 +2016,7 @@ hp_finish(HotPath *hp, PyObject *code, PyObject *value, PyObject *error)
         }
     }
     if (ci->kind == KIND_COROUTINE) {
-        PyObject *token = PyContextVar_Set(hp->current, PyList_GET_ITEM(record, R_PREV_CURRENT));
+        PyObject *token = PyContextVar_Set(hp->current, REC_ITEM(record, R_PREV_CURRENT));
         if (token == NULL)
             goto finally;
         Py_DECREF(token);
@@ -1955,7 +2085,7 @@ hp_resume(HotPath *hp, PyFrameObject *frame)
     }
     int rc = -1;
     PyCodeObject *code = PyFrame_GetCode(frame);
-    CodeInfoObject *ci = as_info(PyList_GET_ITEM(record, R_INFO));
+    CodeInfoObject *ci = as_info(REC_ITEM(record, R_INFO));
     if (ci == NULL)
         goto finally;
     if (ci->code != (PyObject *)code) {
@@ -2605,7 +2735,7 @@ PyInit__hotpath(void)
         (str_set_tag = PyUnicode_InternFromString("set")) == NULL || PyType_Ready(&OutType) < 0 ||
         PyType_Ready(&SummaryType) < 0)
         goto error;
-    if (PyType_Ready(&ThreadStateType) < 0 || PyType_Ready(&CodeInfoType) < 0)
+    if (PyType_Ready(&ThreadStateType) < 0 || PyType_Ready(&CodeInfoType) < 0 || PyType_Ready(&RecordType) < 0)
         goto error;
     Py_INCREF(&ThreadStateType);
     if (PyModule_AddObject(module, "ThreadStateBase", (PyObject *)&ThreadStateType) < 0) {
@@ -2615,6 +2745,11 @@ PyInit__hotpath(void)
     Py_INCREF(&CodeInfoType);
     if (PyModule_AddObject(module, "CodeInfoBase", (PyObject *)&CodeInfoType) < 0) {
         Py_DECREF(&CodeInfoType);
+        goto error;
+    }
+    Py_INCREF(&RecordType);
+    if (PyModule_AddObject(module, "Record", (PyObject *)&RecordType) < 0) {
+        Py_DECREF(&RecordType);
         goto error;
     }
     Py_INCREF(&OutType);

@@ -1,7 +1,9 @@
-"""The call record: one small list per traced call, filled by the hot path, read by the builder.
+"""The call record: one per traced call, filled by the hot path, read by the builder.
 
-A list with fixed slots is the cheapest record CPython can build and mutate from Python; the
-index constants below are its layout. A compiled hot path can keep the same layout.
+The pure-Python hot path makes a list with fixed slots (the cheapest record CPython can build
+and mutate from Python); the index constants below are its layout. The compiled hot path makes
+``callspan._hotpath.Record`` objects with the same slots, indexed the same way (its integer
+slots are C integers inside: one allocation per call, not a GC object).
 """
 
 from __future__ import annotations

@@ -193,3 +193,60 @@ def test_an_interrupt_inside_a_fingerprint_is_not_swallowed() -> None:
     with pytest.raises(KeyboardInterrupt):
         keys.fingerprint(([Interrupting()],), [16])  # the Python reference: the same
     assert hotpath.fingerprint(([1],)) == keys.fingerprint(([1],), [16])  # nothing left behind
+
+
+def compiled_session(**settings: Any) -> Any:
+    from callspan.config import Settings
+    from callspan.session import Session
+    from tests.conftest import TESTS_DIR, RecordingSink
+
+    core = "csysmon" if _env.HAS_SYS_MONITORING else "csetprofile"
+    return Session(Settings(core=core, **settings), RecordingSink(), default_roots=(TESTS_DIR,), background=False)
+
+
+def test_compiled_records_are_compact_untracked_and_indexable_like_list_records() -> None:
+    import gc
+
+    session = compiled_session()
+    session.start()
+    assert double(3) == 6
+    records = session.recorder.drain()
+    session.stop()
+    (rec,) = [r for r in records if r[record.R_INFO].code is double.__code__]
+    assert type(rec) is hotpath.Record and not gc.is_tracked(rec)
+    assert len(rec) == record.RECORD_SIZE and len(list(rec)) == record.RECORD_SIZE
+    assert rec[record.R_END] >= rec[record.R_START] > 0 and rec[record.R_SUSPENDS] == 0
+    assert rec[record.R_PARENT] is None and rec[record.R_ERROR] is None and rec[record.R_INCOMPLETE] is False
+    assert rec[record.R_ARGS][0] == hash(3) and rec[record.R_RET][0] == hash(6)
+    assert rec[-1] is rec[record.R_OUT]
+    rec[record.R_END] = 7
+    rec[record.R_OUT] = "builder state"
+    assert rec[record.R_END] == 7 and rec[record.R_OUT] == "builder state"
+    with pytest.raises(TypeError):
+        rec[record.R_END] = "not an int"
+    with pytest.raises(TypeError):
+        del rec[record.R_OUT]
+    with pytest.raises(IndexError):
+        rec[record.RECORD_SIZE]
+
+
+def deep(n: int) -> int:
+    return 0 if n == 0 else deep(n - 1) + 1
+
+
+def test_a_deep_chain_of_records_is_freed_without_deep_c_recursion() -> None:
+    import sys
+
+    depth = 300_000  # freed recursively, this chain would overflow the C stack
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(depth + 1000)
+    try:
+        session = compiled_session(max_pending=depth + 1)
+        session.start()
+        assert deep(depth) == depth
+        records = session.recorder.drain()
+        session.stop()
+    finally:
+        sys.setrecursionlimit(limit)
+    assert len(records) == depth + 1 and records[0][record.R_PARENT] is records[1]
+    del records  # the last reference to the innermost record: the whole chain goes with it
