@@ -1653,7 +1653,39 @@ is_set(PyObject *obj)
     return obj != NULL && obj != Py_None;
 }
 
-/* (raw hash or None, unhashable type names, identity) as keys.args_key computes it. */
+/* hash(tuple(items)) without making the tuple: CPython's tuple hash (xxHash-based, the same in
+ * 3.8 to 3.13; equality with hash() is tested against keys.args_key). */
+static Py_hash_t
+tuple_hash_of(PyObject *const *items, Py_ssize_t len)
+{
+#if SIZEOF_PY_HASH_T > 4
+    const Py_uhash_t prime1 = 11400714785074694791ULL, prime2 = 14029467366897019727ULL,
+                     prime5 = 2870177450012600261ULL;
+#define XXROTATE(x) ((x << 31) | (x >> 33))
+#else
+    const Py_uhash_t prime1 = 2654435761UL, prime2 = 2246822519UL, prime5 = 374761393UL;
+#define XXROTATE(x) ((x << 13) | (x >> 19))
+#endif
+    Py_uhash_t acc = prime5;
+    for (Py_ssize_t i = 0; i < len; i++) {
+        Py_uhash_t lane = (Py_uhash_t)PyObject_Hash(items[i]);
+        if (lane == (Py_uhash_t)-1)
+            return -1;
+        acc += lane * prime2;
+        acc = XXROTATE(acc);
+        acc *= prime1;
+    }
+#undef XXROTATE
+    acc += (Py_uhash_t)len ^ (prime5 ^ 3527539UL);
+    if (acc == (Py_uhash_t)-1)
+        return 1546275796;
+    return (Py_hash_t)acc;
+}
+
+/* (raw hash or fingerprint or None, unhashable type names, self hashed by identity) as
+ * keys.args_key computes it, reading the arguments from the frame. The key's items are
+ * gathered in a C array and hashed as the lru_cache key tuple would be; the tuple itself is
+ * only made for unhashable keys (fingerprint, type names). */
 static PyObject *
 args_key(HotPath *hp, CodeInfoObject *ci, PyFrameObject *frame)
 {
@@ -1663,6 +1695,9 @@ args_key(HotPath *hp, CodeInfoObject *ci, PyFrameObject *frame)
     Py_ssize_t nargs = PyTuple_GET_SIZE(arg_names);
     Py_ssize_t nkwonly = PyTuple_GET_SIZE(kwonly);
     PyObject *extra = NULL, *kwdict = NULL, *key = NULL, *result = NULL, *locals = NULL;
+    PyObject *stack_items[16];
+    PyObject **items = stack_items;
+    Py_ssize_t filled = 0; /* references held in items */
 #if PY_VERSION_HEX < 0x030C0000
     if ((locals = PyFrame_GetLocals(frame)) == NULL)
         return NULL;
@@ -1682,58 +1717,58 @@ args_key(HotPath *hp, CodeInfoObject *ci, PyFrameObject *frame)
     int keyword_part = nkwonly > 0 || kwdict != NULL;
     if (keyword_part)
         total += 1 + 2 * nkwonly + (kwdict ? 2 * PyDict_GET_SIZE(kwdict) : 0);
-    key = PyTuple_New(total);
-    if (key == NULL)
-        goto error;
-    Py_ssize_t at = 0;
+    if (total > (Py_ssize_t)(sizeof(stack_items) / sizeof(stack_items[0]))) {
+        items = PyMem_Malloc(total * sizeof(PyObject *));
+        if (items == NULL) {
+            PyErr_NoMemory();
+            goto error;
+        }
+    }
     for (Py_ssize_t i = 0; i < nargs; i++) {
         PyObject *value = frame_get_var(frame, locals, PyTuple_GET_ITEM(arg_names, i));
         if (value == NULL)
             goto error;
-        PyTuple_SET_ITEM(key, at++, value);
+        items[filled++] = value;
     }
     for (Py_ssize_t i = 0; i < nextra; i++)
-        PyTuple_SET_ITEM(key, at++, Py_NewRef(PyTuple_GET_ITEM(extra, i)));
+        items[filled++] = Py_NewRef(PyTuple_GET_ITEM(extra, i));
     if (keyword_part) {
-        PyTuple_SET_ITEM(key, at++, Py_NewRef(hp->kwd_mark));
+        items[filled++] = Py_NewRef(hp->kwd_mark);
         for (Py_ssize_t i = 0; i < nkwonly; i++) {
             PyObject *name = PyTuple_GET_ITEM(kwonly, i);
             PyObject *value = frame_get_var(frame, locals, name);
             if (value == NULL)
                 goto error;
-            PyTuple_SET_ITEM(key, at++, Py_NewRef(name));
-            PyTuple_SET_ITEM(key, at++, value);
+            items[filled++] = Py_NewRef(name);
+            items[filled++] = value;
         }
         if (kwdict != NULL) {
             Py_ssize_t pos = 0;
             PyObject *k, *v;
-            while (at + 1 < total && PyDict_Next(kwdict, &pos, &k, &v)) {
-                PyTuple_SET_ITEM(key, at++, Py_NewRef(k));
-                PyTuple_SET_ITEM(key, at++, Py_NewRef(v));
+            while (filled + 1 < total && PyDict_Next(kwdict, &pos, &k, &v)) {
+                items[filled++] = Py_NewRef(k);
+                items[filled++] = Py_NewRef(v);
             }
         }
     }
-    while (at < total) /* a kwargs dict that shrank meanwhile: cannot happen, but stay valid */
-        PyTuple_SET_ITEM(key, at++, Py_NewRef(Py_None));
+    while (filled < total) /* a kwargs dict that shrank meanwhile: cannot happen, but stay valid */
+        items[filled++] = Py_NewRef(Py_None);
 
     PyObject *identity = Py_False;
-    if (is_method && nargs > 0 &&
-        Py_TYPE(PyTuple_GET_ITEM(key, 0))->tp_hash == PyBaseObject_Type.tp_hash)
+    if (is_method && nargs > 0 && Py_TYPE(items[0])->tp_hash == PyBaseObject_Type.tp_hash)
         identity = Py_True;
-    PyObject *hashed = key; /* lru_cache keys a lone int/str argument as itself */
-    if (total == 1 && (PyLong_CheckExact(PyTuple_GET_ITEM(key, 0)) ||
-                       PyUnicode_CheckExact(PyTuple_GET_ITEM(key, 0))))
-        hashed = PyTuple_GET_ITEM(key, 0);
+    /* lru_cache keys a lone int/str argument as itself */
+    int lone = total == 1 && (PyLong_CheckExact(items[0]) || PyUnicode_CheckExact(items[0]));
     int unhashable = 0;
     for (Py_ssize_t i = 0; i < total; i++) {
-        if (Py_TYPE(PyTuple_GET_ITEM(key, i))->tp_hash == PyObject_HashNotImplemented) {
+        if (Py_TYPE(items[i])->tp_hash == PyObject_HashNotImplemented) {
             unhashable = 1;
             break;
         }
     }
     Py_hash_t h = -1;
     if (!unhashable) {
-        h = PyObject_Hash(hashed);
+        h = lone ? PyObject_Hash(items[0]) : tuple_hash_of(items, total);
         if (h == -1 && PyErr_Occurred()) {
             if (!PyErr_ExceptionMatches(PyExc_TypeError)) {
                 if (!PyErr_ExceptionMatches(PyExc_Exception))
@@ -1747,6 +1782,17 @@ args_key(HotPath *hp, CodeInfoObject *ci, PyFrameObject *frame)
         }
     }
     if (unhashable) {
+        PyObject *hashed;
+        if (lone) {
+            hashed = items[0];
+        }
+        else {
+            if ((key = PyTuple_New(total)) == NULL)
+                goto error;
+            for (Py_ssize_t i = 0; i < total; i++)
+                PyTuple_SET_ITEM(key, i, Py_NewRef(items[i]));
+            hashed = key;
+        }
         PyObject *names = unhashable_names(hashed);
         if (names == NULL)
             goto error;
@@ -1762,6 +1808,10 @@ args_key(HotPath *hp, CodeInfoObject *ci, PyFrameObject *frame)
             PyObject_GC_UnTrack(result);
     }
 done:
+    for (Py_ssize_t i = 0; i < filled; i++)
+        Py_DECREF(items[i]);
+    if (items != stack_items)
+        PyMem_Free(items);
     Py_XDECREF(extra);
     Py_XDECREF(kwdict);
     Py_XDECREF(key);
@@ -1770,11 +1820,8 @@ done:
 error:
     if (!PyErr_Occurred())
         PyErr_SetString(PyExc_TypeError, "unexpected frame variables");
-    Py_XDECREF(extra);
-    Py_XDECREF(kwdict);
-    Py_XDECREF(key);
-    Py_XDECREF(locals);
-    return NULL;
+    Py_CLEAR(result);
+    goto done;
 }
 
 /* (raw hash or fingerprint or None, hashable) as keys.value_key computes it. */

@@ -250,3 +250,55 @@ def test_a_deep_chain_of_records_is_freed_without_deep_c_recursion() -> None:
         sys.setrecursionlimit(limit)
     assert len(records) == depth + 1 and records[0][record.R_PARENT] is records[1]
     del records  # the last reference to the innermost record: the whole chain goes with it
+
+
+def sig_positional(a, b=2):  # type: ignore[no-untyped-def]
+    return a
+
+
+def sig_varargs(a, *rest):  # type: ignore[no-untyped-def]
+    return a
+
+
+def sig_kwonly(a, *, k=1, j=2):  # type: ignore[no-untyped-def]
+    return a
+
+
+def sig_everything(a, *rest, k=1, **extra):  # type: ignore[no-untyped-def]
+    return a
+
+
+def sig_many(a, b, c, d, e, f, g, h, i, j, k, m, n, o, p, q, r):  # type: ignore[no-untyped-def]
+    return a
+
+
+_values = st.one_of(st.integers(), st.text(max_size=3), st.floats(allow_nan=False), st.none(),
+                    st.tuples(st.integers()), st.lists(st.integers(), max_size=2))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(_values, min_size=17, max_size=17), st.dictionaries(st.sampled_from(["x", "y"]), _values))
+def test_compiled_args_keys_equal_the_python_reference(values: list[Any], extra: dict[str, Any]) -> None:
+    import inspect
+
+    from callspan.selection import CodeInfo
+
+    calls = [(sig_positional, values[:1]), (sig_positional, values[:2]), (sig_varargs, values[:4]),
+             (sig_kwonly, values[:1], {"k": values[1]}), (sig_everything, values[:3], {"k": values[3], **extra}),
+             (sig_many, values)]
+    session = compiled_session(cpu="off")
+    session.start()
+    for call in calls:
+        function, args, kwargs = (*call, {}) if len(call) == 2 else call  # type: ignore[misc]
+        function(*args, **kwargs)
+    records = session.recorder.drain()
+    session.stop()
+    assert len(records) == len(calls)
+    for rec, call in zip(records, calls, strict=True):
+        function, args, kwargs = (*call, {}) if len(call) == 2 else call  # type: ignore[misc]
+        bound = inspect.signature(function).bind(*args, **kwargs)
+        bound.apply_defaults()
+        frame_locals = dict(bound.arguments)
+        expected = keys.args_key(CodeInfo(function.__code__, __name__, True),
+                                 type("Frame", (), {"f_locals": frame_locals})())  # type: ignore[arg-type]
+        assert tuple(rec[record.R_ARGS]) == expected

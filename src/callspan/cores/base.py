@@ -35,4 +35,6 @@ def compiled_hot_path(recorder: Recorder, disable: Any) -> Any:
     from callspan import _hotpath
 
     native_clock = recorder.clock is time.perf_counter_ns and _env.PERF_COUNTER_IS_CLOCK_MONOTONIC
-    return _hotpath.HotPath(recorder, current_coroutine_var, _KWD_MARK, disable, native_clock)
+    # The key's separator item, as keys.args_key adds it (``key += _KWD_MARK``).
+    (kwd_mark,) = _KWD_MARK
+    return _hotpath.HotPath(recorder, current_coroutine_var, kwd_mark, disable, native_clock)
