@@ -311,7 +311,13 @@ Record_item(PyObject *self, Py_ssize_t slot)
     RecordObject *r = (RecordObject *)self;
     if (NUM_SLOT[slot])
         return PyLong_FromLongLong(r->n[NUM_SLOT[slot] - 1]);
-    return Py_NewRef(r->o[OBJ_SLOT[slot] - 1]);
+    PyObject *item = r->o[OBJ_SLOT[slot] - 1];
+    /* Compact keys (a bare raw hash, see args_key / value_key) read back in the list layout. */
+    if (slot == R_ARGS && PyLong_CheckExact(item))
+        return PyTuple_Pack(3, item, str_empty, Py_False);
+    if (slot == R_RET && PyLong_CheckExact(item))
+        return PyTuple_Pack(2, item, Py_True);
+    return Py_NewRef(item);
 }
 
 static int
@@ -1065,14 +1071,18 @@ summarise(Batch *b, PyObject *record, PyObject *target)
     PyObject *ret = REC_ITEM(record, R_RET);
     if (args != Py_None || ret != Py_None) {
         PyObject *args_digest, *ret_digest;
-        if (PyTuple_Check(args) && PyTuple_GET_SIZE(args) >= 1 && PyTuple_GET_ITEM(args, 0) != Py_None)
+        if (PyLong_CheckExact(args))
+            args_digest = keyed_digest(b, args); /* a Record's compact key */
+        else if (PyTuple_Check(args) && PyTuple_GET_SIZE(args) >= 1 && PyTuple_GET_ITEM(args, 0) != Py_None)
             args_digest = keyed_digest(b, PyTuple_GET_ITEM(args, 0));
         else
             args_digest = Py_NewRef(Py_None);
         if (args_digest == NULL)
             return -1;
-        if (error == Py_None && PyTuple_Check(ret) && PyTuple_GET_SIZE(ret) >= 1 &&
-            PyTuple_GET_ITEM(ret, 0) != Py_None)
+        if (error == Py_None && PyLong_CheckExact(ret))
+            ret_digest = keyed_digest(b, ret);
+        else if (error == Py_None && PyTuple_Check(ret) && PyTuple_GET_SIZE(ret) >= 1 &&
+                 PyTuple_GET_ITEM(ret, 0) != Py_None)
             ret_digest = keyed_digest(b, PyTuple_GET_ITEM(ret, 0));
         else
             ret_digest = Py_NewRef(Py_None);
@@ -1802,10 +1812,15 @@ args_key(HotPath *hp, CodeInfoObject *ci, PyFrameObject *frame)
         PyObject *raw = PyLong_FromSsize_t(h);
         if (raw == NULL)
             goto error;
-        result = PyTuple_Pack(3, raw, str_empty, identity);
-        Py_DECREF(raw);
-        if (result != NULL) /* atomic contents: it can never be part of a cycle */
-            PyObject_GC_UnTrack(result);
+        if (identity == Py_False) {
+            result = raw; /* the common case, compact: a Record reads it back as (raw, "", False) */
+        }
+        else {
+            result = PyTuple_Pack(3, raw, str_empty, identity);
+            Py_DECREF(raw);
+            if (result != NULL) /* atomic contents: it can never be part of a cycle */
+                PyObject_GC_UnTrack(result);
+        }
     }
 done:
     for (Py_ssize_t i = 0; i < filled; i++)
@@ -1831,14 +1846,8 @@ value_key(HotPath *hp, PyObject *value)
     if (Py_TYPE(value)->tp_hash != PyObject_HashNotImplemented) {
         Py_hash_t h = PyObject_Hash(value);
         if (h != -1 || !PyErr_Occurred()) {
-            PyObject *raw = PyLong_FromSsize_t(h);
-            if (raw == NULL)
-                return NULL;
-            PyObject *result = PyTuple_Pack(2, raw, Py_True);
-            Py_DECREF(raw);
-            if (result != NULL) /* atomic contents: it can never be part of a cycle */
-                PyObject_GC_UnTrack(result);
-            return result;
+            /* compact: a Record reads a bare int back as (raw, True) */
+            return PyLong_FromSsize_t(h);
         }
         if (!PyErr_ExceptionMatches(PyExc_TypeError)) {
             if (!PyErr_ExceptionMatches(PyExc_Exception))
@@ -1913,8 +1922,8 @@ hp_start(HotPath *hp, PyObject *info, PyFrameObject *frame)
             }
             if ((args = args_key(hp, ci, frame)) == NULL)
                 goto finally;
-            PyObject *names = PyTuple_GET_ITEM(args, 1);
-            if (PyTuple_GET_ITEM(args, 0) == Py_None && PyUnicode_GET_LENGTH(names) &&
+            PyObject *names = PyLong_CheckExact(args) ? str_empty : PyTuple_GET_ITEM(args, 1);
+            if (!PyLong_CheckExact(args) && PyTuple_GET_ITEM(args, 0) == Py_None && PyUnicode_GET_LENGTH(names) &&
                 PyUnicode_CompareWithASCIIString(names, "error") != 0) {
                 if (++ci->unkeyed == UNKEYABLE_AFTER) {
                     PyObject *fixed = PyTuple_Pack(3, Py_None, names, Py_False);
