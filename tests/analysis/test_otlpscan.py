@@ -285,3 +285,31 @@ def test_damaged_bytes_are_never_accepted_differently(data: st.DataObject) -> No
         if not line:
             break
     check(bytes(line))
+
+
+def test_real_tracer_output_gives_the_same_reports_through_both_readers(tmp_path: Any,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import argparse
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from callspan.analysis.cli import add_analyze_arguments, analyze, render
+
+    demo = Path(readers.__file__).resolve().parents[1] / "demo" / "shop.py"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "CALLSPAN_"))}
+    subprocess.run([sys.executable, "-m", "callspan", "run", "-o", "t.jsonl", str(demo)], cwd=tmp_path, env=env,
+                   check=True, capture_output=True, timeout=120)
+    lines = (tmp_path / "t.jsonl").read_bytes().splitlines()
+    assert lines and all(scan(line) is not None for line in lines)  # the compiled reader took every line
+    parser = argparse.ArgumentParser()
+    add_analyze_arguments(parser)
+    options = [str(tmp_path / "t.jsonl"), "--report", "all", "--no-progress", "--min-calls", "1"]
+
+    def report() -> str:
+        return render(analyze(parser.parse_args(options)), "json")
+
+    compiled = report()
+    monkeypatch.setattr(readers, "SCAN_REQUEST", None)
+    assert report() == compiled
+    assert '"function"' in compiled
