@@ -1922,8 +1922,9 @@ hp_start(HotPath *hp, PyObject *info, PyFrameObject *frame)
             }
             if ((args = args_key(hp, ci, frame)) == NULL)
                 goto finally;
-            PyObject *names = PyLong_CheckExact(args) ? str_empty : PyTuple_GET_ITEM(args, 1);
-            if (!PyLong_CheckExact(args) && PyTuple_GET_ITEM(args, 0) == Py_None && PyUnicode_GET_LENGTH(names) &&
+            /* a compact key (a bare hash) is keyed; a tuple is unkeyed when it has no hash */
+            PyObject *names = PyLong_CheckExact(args) ? NULL : PyTuple_GET_ITEM(args, 1);
+            if (names != NULL && PyTuple_GET_ITEM(args, 0) == Py_None && PyUnicode_GET_LENGTH(names) &&
                 PyUnicode_CompareWithASCIIString(names, "error") != 0) {
                 if (++ci->unkeyed == UNKEYABLE_AFTER) {
                     PyObject *fixed = PyTuple_Pack(3, Py_None, names, Py_False);
@@ -2347,41 +2348,20 @@ cb_py_throw_impl(HotPath *hp, PyObject *const *args, Py_ssize_t nargs)
 }
 
 
-static PyObject *
-cb_py_start(HotPath *hp, PyObject *const *args, Py_ssize_t nargs)
-{
-    return callback_result(cb_py_start_impl(hp, args, nargs));
-}
-
-static PyObject *
-cb_py_resume(HotPath *hp, PyObject *const *args, Py_ssize_t nargs)
-{
-    return callback_result(cb_py_resume_impl(hp, args, nargs));
-}
-
-static PyObject *
-cb_py_return(HotPath *hp, PyObject *const *args, Py_ssize_t nargs)
-{
-    return callback_result(cb_py_return_impl(hp, args, nargs));
-}
-
-static PyObject *
-cb_py_yield(HotPath *hp, PyObject *const *args, Py_ssize_t nargs)
-{
-    return callback_result(cb_py_yield_impl(hp, args, nargs));
-}
-
-static PyObject *
-cb_py_unwind(HotPath *hp, PyObject *const *args, Py_ssize_t nargs)
-{
-    return callback_result(cb_py_unwind_impl(hp, args, nargs));
-}
-
-static PyObject *
-cb_py_throw(HotPath *hp, PyObject *const *args, Py_ssize_t nargs)
-{
-    return callback_result(cb_py_throw_impl(hp, args, nargs));
-}
+/* The registered callbacks: each event's implementation, its result mapped by callback_result. */
+#define MONITORING_CALLBACK(event)                                              \
+    static PyObject *                                                           \
+    cb_##event(HotPath *hp, PyObject *const *args, Py_ssize_t nargs)            \
+    {                                                                           \
+        return callback_result(cb_##event##_impl(hp, args, nargs));            \
+    }
+MONITORING_CALLBACK(py_start)
+MONITORING_CALLBACK(py_resume)
+MONITORING_CALLBACK(py_return)
+MONITORING_CALLBACK(py_yield)
+MONITORING_CALLBACK(py_unwind)
+MONITORING_CALLBACK(py_throw)
+#undef MONITORING_CALLBACK
 
 /* -- the setprofile hook: a C profile function (as cProfile's) ---------------------------- */
 /* Mirrors callspan/cores/setprofile.py: "call" starts a record (or resumes a suspended

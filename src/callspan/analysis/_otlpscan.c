@@ -211,14 +211,14 @@ open_container(Scan *s, unsigned char c)
     return OK;
 }
 
-/* Object iteration after open_container(s, '{'): -> 1 with *key read and s->p at its value,
- * 0 at the end of the object, -BAIL on invalid JSON. */
+/* The step between a container's members: -> 0 at its end (``close``), consumed; 1 at the next
+ * member (after the ',' when it is not the first); -BAIL on invalid JSON. */
 static int
-next_key(Scan *s, int *count, Str *key)
+next_member(Scan *s, int *count, unsigned char close)
 {
     ws(s);
     if (s->p >= s->end) return -BAIL;
-    if (*s->p == '}') {
+    if (*s->p == close) {
         s->p++;
         s->depth--;
         return 0;
@@ -229,13 +229,23 @@ next_key(Scan *s, int *count, Str *key)
         ws(s);
         if (s->p >= s->end) return -BAIL;
     }
+    (*count)++;
+    return 1;
+}
+
+/* Object iteration after open_container(s, '{'): -> 1 with *key read and s->p at its value,
+ * 0 at the end of the object, -BAIL on invalid JSON. */
+static int
+next_key(Scan *s, int *count, Str *key)
+{
+    int r = next_member(s, count, '}');
+    if (r != 1) return r;
     if (*s->p != '"' || string(s, key) != OK) return -BAIL;
     ws(s);
     if (s->p >= s->end || *s->p != ':') return -BAIL;
     s->p++;
     ws(s);
     if (s->p >= s->end) return -BAIL;
-    (*count)++;
     return 1;
 }
 
@@ -243,21 +253,7 @@ next_key(Scan *s, int *count, Str *key)
 static int
 next_item(Scan *s, int *count)
 {
-    ws(s);
-    if (s->p >= s->end) return -BAIL;
-    if (*s->p == ']') {
-        s->p++;
-        s->depth--;
-        return 0;
-    }
-    if (*count) {
-        if (*s->p != ',') return -BAIL;
-        s->p++;
-        ws(s);
-        if (s->p >= s->end) return -BAIL;
-    }
-    (*count)++;
-    return 1;
+    return next_member(s, count, ']');
 }
 
 static inline int

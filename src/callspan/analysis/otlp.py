@@ -196,9 +196,8 @@ def add_request(batch: Batch, request: Any, fallback_process: str = "") -> None:
 def add_scanned(batch: Batch, resources: list[Any], fallback_process: str = "") -> None:
     """Fold what the compiled scanner made of one request line: resources and scopes are raw
     JSON bytes (small), spans decoded tuples, or raw bytes for the spans it left to Python."""
-    loads = loads_json
-    add_resources(batch, [(loads(resource) if resource else None,
-                           [(loads(scope) if scope else None, spans) for scope, spans in blocks])
+    add_resources(batch, [(loads_json(resource) if resource else None,
+                           [(loads_json(scope) if scope else None, spans) for scope, spans in blocks])
                           for resource, blocks in resources], fallback_process)
 
 
@@ -292,17 +291,9 @@ def decode_span(span: Any) -> DecodedSpan:
         v = get("thread.id")
         thread = (int(v["intValue"]) & 0xFFFFFFFF) if v else 0
         v = get("callspan.args.hash")
-        if v:
-            text = v["stringValue"]
-            args = (int(text[:16], 16) if len(text) >= 16 else _short_hash(text)) or 1
-        else:
-            args = 0
+        args = parse_hash(v["stringValue"]) if v else 0
         v = get("callspan.return.hash")
-        if v:
-            text = v["stringValue"]
-            ret = (int(text[:16], 16) if len(text) >= 16 else _short_hash(text)) or 1
-        else:
-            ret = 0
+        ret = parse_hash(v["stringValue"]) if v else 0
         v = get("callspan.return.size")
         size = int(v["intValue"]) if v else None
     except (KeyError, ValueError, TypeError):

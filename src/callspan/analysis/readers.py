@@ -30,7 +30,6 @@ from typing import IO, Any
 
 from callspan.analysis.jaeger import trace_to_otlp
 from callspan.analysis.model import Batch
-from callspan.analysis.otlp import FAST_LOADS as _FAST_LOADS  # noqa: F401 (tests check it)
 from callspan.analysis.otlp import add_request, add_scanned
 from callspan.analysis.otlp import loads_json as _loads
 from callspan.errors import CallspanError
@@ -65,6 +64,10 @@ except ImportError:
     SCAN_REQUEST = None
 
 
+def _span_error(where: str, exc: BaseException) -> CallspanError:
+    return CallspanError(f"{where}: invalid span data: {type(exc).__name__}: {exc}")
+
+
 def _scanned(batch: Batch, line: bytes, where: Callable[[], str]) -> bool:
     """Fold an OTLP request line through the compiled reader; False if it left the line to Python."""
     if SCAN_REQUEST is None:
@@ -75,7 +78,7 @@ def _scanned(batch: Batch, line: bytes, where: Callable[[], str]) -> bool:
     try:
         add_scanned(batch, resources)
     except _SPAN_ERRORS as exc:
-        raise CallspanError(f"{where()}: invalid span data: {type(exc).__name__}: {exc}") from None
+        raise _span_error(where(), exc) from None
     return True
 
 
@@ -243,7 +246,7 @@ def add_document(batch: Batch, document: Any, where: str) -> None:
             raise CallspanError(f"{where}: not OTLP JSON (no resourceSpans) nor Jaeger JSON (no data/result); "
                                 f"keys: {keys}")
     except _SPAN_ERRORS as exc:
-        raise CallspanError(f"{where}: invalid span data: {type(exc).__name__}: {exc}") from None
+        raise _span_error(where, exc) from None
     except RecursionError:
         raise CallspanError(f"{where}: invalid span data: nested too deeply") from None
 
@@ -309,7 +312,7 @@ def _add_line(batch: Batch, document: dict[str, Any], where: Callable[[], str]) 
             add_request(batch, document)
             return
     except _SPAN_ERRORS as exc:
-        raise CallspanError(f"{where()}: invalid span data: {type(exc).__name__}: {exc}") from None
+        raise _span_error(where(), exc) from None
     add_document(batch, document, where())
 
 
