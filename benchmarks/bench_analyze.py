@@ -3,6 +3,7 @@
     python benchmarks/bench_analyze.py                      # 1M synthetic spans, all reports
     python benchmarks/bench_analyze.py --spans 200000 --report cache
     python benchmarks/bench_analyze.py --input traces.jsonl # real tracer output instead
+    python benchmarks/bench_analyze.py --spans 250000,1000000,3000000  # memory vs input size
 
 The synthetic input follows docs/span-schema.md the way ``callspan run -o`` writes it: OTLP JSON
 lines, one export request of ``--batch`` spans per line, spans in end order (children before
@@ -217,7 +218,8 @@ def machine() -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--spans", type=int, default=1_000_000)
+    parser.add_argument("--spans", default="1000000", help="spans to generate; a comma-separated list runs each size")
+    parser.add_argument("--memory-mb", type=int, help="the analyzer's --memory-mb (default: its own default)")
     parser.add_argument("--batch", type=int, default=500, help="spans per line (export request)")
     parser.add_argument("--input", help="analyze this file instead of synthetic spans")
     parser.add_argument("--data-dir", default=tempfile.gettempdir(), help="where the synthetic file is kept")
@@ -227,25 +229,35 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=1)
     args = parser.parse_args()
 
-    path = args.input
-    if path is None:
-        path = os.path.join(args.data_dir, f"callspan-bench-{args.spans}-{args.batch}.jsonl")
-        if not os.path.exists(path):
-            print(f"generating {args.spans:,} spans into {path} ...", file=sys.stderr)
-            t = time.perf_counter()
-            generate(path, args.spans, args.batch)
-            print(f"  {time.perf_counter() - t:.1f} s", file=sys.stderr)
-    size = os.path.getsize(path)
+    sizes = [int(n) for n in str(args.spans).split(",") if n.strip()]
+    print(f"machine: {machine()}")
     version = subprocess.run([args.python, "-c", "import sys, platform; print(platform.python_version())"],
                              capture_output=True, text=True, check=True).stdout.strip()
-    print(f"machine: {machine()}")
     print(f"python:  {version} ({args.python})")
+    for count in sizes if args.input is None else [0]:
+        code = run_size(args, count)
+        if code:
+            return code
+    return 0
+
+
+def run_size(args: argparse.Namespace, count: int) -> int:
+    path = args.input
+    if path is None:
+        path = os.path.join(args.data_dir, f"callspan-bench-{count}-{args.batch}.jsonl")
+        if not os.path.exists(path):
+            print(f"generating {count:,} spans into {path} ...", file=sys.stderr)
+            t = time.perf_counter()
+            generate(path, count, args.batch)
+            print(f"  {time.perf_counter() - t:.1f} s", file=sys.stderr)
+    size = os.path.getsize(path)
     print(f"input:   {path} ({size / 1e6:,.0f} MB)")
     walls: list[float] = []
     spans = 0
+    memory = [] if args.memory_mb is None else ["--memory-mb", str(args.memory_mb)]
     for _ in range(args.repeat):
         command = [args.python, "-c", _WRAPPER, SRC, path, "--report", args.report, "--format", "json",
-                   "-o", os.devnull, "--no-progress", "--jobs", str(args.jobs)]
+                   "-o", os.devnull, "--no-progress", "--jobs", str(args.jobs), *memory]
         load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
         t = time.perf_counter()
         proc = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -254,7 +266,7 @@ def main() -> int:
         if proc.returncode != 0 or not stats:
             print(proc.stderr, file=sys.stderr)
             return 1
-        spans = _count_spans(path) if args.input else args.spans
+        spans = _count_spans(path) if args.input else count
         print(f"result:  {spans:,} spans in {wall:.2f} s wall ({spans / wall:,.0f} spans/s, "
               f"{size / wall / 1e6:.0f} MB/s); peak RSS analyzer {stats['self_maxrss_kb'] / 1024:.0f} MB, "
               f"largest worker {stats['workers_maxrss_kb'] / 1024:.0f} MB; CPU {stats['cpu_self']:.1f} s "

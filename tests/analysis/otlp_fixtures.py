@@ -5,10 +5,13 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import sys
 from typing import Any
 
 from hypothesis import strategies as st
 
+from callspan.analysis import model, spill
+from callspan.analysis.loader import LoadOptions
 from callspan.analysis.model import Model
 from callspan.analysis.otlp import add_request
 
@@ -150,14 +153,47 @@ def jaeger_tag(key: str, value: Any) -> dict[str, Any]:
     return {"key": key, "type": "string", "value": value}
 
 
+# The memory budget of the models tests build (``new_model``, ``model_of``): 0 keeps everything in
+# memory; 1 (byte) spills every batch to disk as it is merged. Test modules switch it per test.
+MEMORY_BUDGET = 0
+
+
+def new_model(**options: Any) -> Model:
+    return Model(memory_budget=MEMORY_BUDGET, **options)
+
+
 def model_of(*requests: dict[str, Any]) -> Model:
-    """The model the analyzer builds from these OTLP requests (one batch, merged)."""
-    model = Model()
+    """The model the analyzer builds from these OTLP requests: one batch, merged; when spilling,
+    one batch per request (each spilled as it is merged)."""
+    model = new_model()
+    if MEMORY_BUDGET:
+        for r in requests:
+            batch = model.new_batch()
+            add_request(batch, r)
+            model.merge(batch)
+        return model
     batch = model.new_batch()
     for r in requests:
         add_request(batch, r)
     model.merge(batch)
     return model
+
+
+def spill_modes(request: Any, monkeypatch: Any) -> str:
+    """For an autouse fixture with params ["in-memory", "spilled"]: set ``MEMORY_BUDGET``, and
+    when spilling, read runs back 3 calls at a time and split row partitions beyond 2 rows."""
+    if request.param == "spilled":
+        monkeypatch.setattr(sys.modules[__name__], "MEMORY_BUDGET", 1)
+        monkeypatch.setattr(spill, "PIECE", 3)
+        monkeypatch.setattr(model, "MIN_PARTITION_ROWS", 2)
+    return str(request.param)
+
+
+def load_options(**options: Any) -> LoadOptions:
+    """``LoadOptions`` with the tests' ``MEMORY_BUDGET`` (small chunks when spilling)."""
+    if MEMORY_BUDGET:
+        options.setdefault("chunk_bytes", 1)
+    return LoadOptions(memory_budget=MEMORY_BUDGET, **options)
 
 
 _scalars = st.one_of(st.none(), st.booleans(), st.integers(-5, 2**70), st.floats(allow_nan=False),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import itertools
 import random
+from collections import Counter
 from typing import Any
 
 import pytest
@@ -26,6 +27,7 @@ from callspan.analysis.model import (
     Model,
 )
 from callspan.analysis.otlp import add_request
+from tests.analysis import otlp_fixtures
 from tests.analysis.otlp_fixtures import (
     calls_event,
     hexkey,
@@ -38,6 +40,13 @@ from tests.analysis.otlp_fixtures import (
 )
 
 
+@pytest.fixture(autouse=True, params=["in-memory", "spilled"])
+def memory_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test here runs with the model in memory and with every batch spilled to disk."""
+    return otlp_fixtures.spill_modes(request, monkeypatch)
+
+
+
 def real_lru_hits(keys: list[int], maxsize: int | None) -> int:
     """What functools.lru_cache(maxsize) reports for calls with these arguments, in order."""
     cached = functools.lru_cache(maxsize=maxsize)(lambda key: key * 2)
@@ -48,9 +57,9 @@ def real_lru_hits(keys: list[int], maxsize: int | None) -> int:
 
 def replay(model: Model, name: str) -> cache.ProcessResult:
     index = next(i for i, f in enumerate(model.functions) if f.name == name)
-    columns = model.calls[index]
-    assert columns is not None
-    return analyze_calls(index, model.functions[index], columns)
+    source = model.call_source(index)
+    assert source is not None
+    return analyze_calls(index, model.functions[index], source)
 
 
 def hits_at(result: cache.ProcessResult, size: int) -> float:
@@ -421,7 +430,7 @@ def test_move_to_front_refuses_more_keys_than_codes() -> None:
 
 
 def _result_fields(result: cache.ProcessResult) -> tuple[Any, ...]:
-    return tuple(getattr(result, name) for name in result.__slots__ if name != "saved")
+    return tuple(getattr(result, name) for name in result.__slots__)
 
 
 @pytest.mark.parametrize("keys", [planted_zipf(3), planted_cyclic_scan(300, 4), list(range(1, 400)) * 3],
@@ -432,31 +441,7 @@ def test_analyze_calls_gives_the_same_result_either_way(keys: list[int], monkeyp
     monkeypatch.setattr(cache, "MTF_MAX_KEYS", 0)  # every function through the Fenwick tree
     by_fenwick = replay(model, "m.f")
     assert _result_fields(by_mtf) == _result_fields(by_fenwick)
-    assert sum(by_mtf.distances) == sum(_distances_by_definition(keys))
-
-
-def test_savings_computed_with_the_replay_equal_those_computed_after(monkeypatch: pytest.MonkeyPatch) -> None:
-    spans_f = key_sequence_spans("m.f", planted_zipf(5)[:400], cpu=50)
-    spans_g = key_sequence_spans("m.g", [1, 2, 3, 1, 2, 3, 4, 1] * 20, first_id=10_000, cpu=70)
-    model = model_of(request(spans_f + spans_g), request(key_sequence_spans("m.g", [1, 2, 1], first_id=20_000),
-                                                          pid=7, instance="inst-2"))
-    jobs: list[Any] = []
-
-    def recording_map(func: Any, items: Any) -> Any:
-        items = list(items)
-        jobs.extend(items)
-        return map(func, items)
-
-    report = cache.analyze(model, CacheOptions(), recording_map)
-    # m.f is alone in its group: its savings were computed with the replay; m.g has two processes.
-    alone = {item[1].name: item[4] for job in jobs for item in job}
-    assert alone == {"m.f": CacheOptions().target, "m.g": None}
-    monkeypatch.setattr(cache, "_analyze_job", lambda job: [analyze_calls(*item[:4]) for item in job])
-    after = cache.analyze(model, CacheOptions())
-    assert [(op.name, op.savings, op.recommended_maxsize) for op in report.opportunities] == \
-        [(op.name, op.savings, op.recommended_maxsize) for op in after.opportunities]
-    f = next(op for op in report.opportunities if op.name == "m.f")
-    assert f.recommended_maxsize and f.savings.hits > 0 and f.savings.cpu == f.savings.hits * 50
+    assert sum(d * h for d, h in by_mtf.hits_by_distance) == sum(_distances_by_definition(keys))
 
 
 def _reference_replay(info: FunctionInfo, columns: CallColumns, identity: bool) -> tuple[Any, ...]:
@@ -529,18 +514,20 @@ def test_replay_matches_the_one_loop_reference(calls: list[tuple[int, int, int, 
     steps = [(d, float(h)) for d, h in enumerate(hist) if h]
     assert (result.steps, result.distinct_keys, result.inconsistent_keys, result.identity_collisions,
             result.overlapping) == (steps, distinct, len(inconsistent), len(collisions), overlapping)
-    assert {i: d for i, d in zip(result.order, result.distances, strict=True) if d} == distances
+    assert result.hits_by_distance == sorted(Counter(distances.values()).items())
     assert result.accesses == len(calls)
 
 
-def _reference_savings(result: cache.ProcessResult, columns: CallColumns, size: int,
-                       nested_exclusion: bool) -> tuple[float, float, float]:
-    """savings_at as one loop over the replayed calls (before the hits were picked out in C)."""
-    threshold = size / result.size_scale + 1e-9
+def _reference_savings(columns: CallColumns, size: int, nested_exclusion: bool) -> tuple[float, float, float]:
+    """savings_at as one loop over the calls in start order, at one size (the implementation
+    before savings were summed per stack distance in the replay)."""
+    info = FunctionInfo(0, "m.f", kind="function")
+    distances = _reference_replay(info, columns, False)[5]
     open_until: dict[int, int] = {}
     hits = cpu = wall = 0
-    for index, d in zip(result.order, result.distances, strict=True):
-        if not d or d > threshold:
+    for index in sorted(range(len(columns)), key=columns.start.__getitem__):
+        d = distances.get(index, 0)
+        if not d or d > size:
             continue
         hits += 1
         if nested_exclusion:
@@ -550,28 +537,49 @@ def _reference_savings(result: cache.ProcessResult, columns: CallColumns, size: 
             open_until[thread] = columns.end[index]
         cpu += columns.cpu[index]
         wall += columns.end[index] - columns.start[index]
-    scale = result.count_scale
-    return cpu * scale, wall * scale, hits * scale
+    return cpu, wall, hits
+
+
+def nested_calls(events: list[tuple[int, bool, int, int]]) -> list[tuple[int, int, int, int, int]]:
+    """(key, start, end, thread, cpu) of properly nested calls per thread, from (thread, open?,
+    key, cpu) events on one clock: how synchronous calls on one thread look."""
+    clock = 0
+    open_calls: dict[int, list[tuple[int, int, int]]] = {}
+    out = []
+    for thread, opening, key, cpu in events:
+        clock += 1
+        stack = open_calls.setdefault(thread, [])
+        if opening or not stack:
+            stack.append((key, clock, cpu))
+        else:
+            k, start, c = stack.pop()
+            out.append((k, start, clock, thread, c))
+    for thread, stack in open_calls.items():
+        while stack:
+            clock += 1
+            k, start, c = stack.pop()
+            out.append((k, start, clock, thread, c))
+    return out
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.tuples(st.integers(1, 8), st.integers(0, 60), st.integers(1, 12), st.sampled_from([1, 1, 1, 2]),
-                          st.integers(0, 9)), min_size=1, max_size=80),
-       st.integers(0, 9), st.booleans())
-def test_savings_match_the_one_loop_reference(calls: list[tuple[int, int, int, int, int]], size: int,
-                                              nested: bool) -> None:
+@given(st.lists(st.tuples(st.sampled_from([1, 1, 1, 2]), st.booleans(), st.integers(1, 8), st.integers(0, 9)),
+                min_size=1, max_size=120),
+       st.integers(0, 9), st.sampled_from(["function", "coroutine"]))
+def test_savings_match_the_one_loop_reference(events: list[tuple[int, bool, int, int]], size: int,
+                                              kind: str) -> None:
     columns = CallColumns()
-    for key, start, duration, thread, cpu in calls:
+    for key, start, end, thread, cpu in nested_calls(events):
         columns.start.append(start)
-        columns.end.append(start + duration)
+        columns.end.append(end)
         columns.args.append(key)
         columns.ret.append(key + 100)
         columns.cpu.append(cpu)
         columns.thread.append(thread)
         columns.flags.append(0)
-    result = analyze_calls(0, FunctionInfo(0, "m.f", kind="function"), columns)
-    saved = cache.savings_at(result, columns, size, nested)
-    assert (saved.cpu, saved.wall, saved.hits) == _reference_savings(result, columns, size, nested)
+    result = analyze_calls(0, FunctionInfo(0, "m.f", kind=kind), columns)
+    saved = cache.savings_at(result, size)
+    assert (saved.cpu, saved.wall, saved.hits) == _reference_savings(columns, size, kind == "function")
 
 
 def test_nested_hits_on_one_thread_are_counted_once() -> None:
@@ -583,7 +591,9 @@ def test_nested_hits_on_one_thread_are_counted_once() -> None:
             getattr(columns, name).append(value)
     result = analyze_calls(0, FunctionInfo(0, "m.f", kind="function"), columns)
     # two hits; the inner one's cost is part of the outer one's
-    saved = cache.savings_at(result, columns, 1, True)
+    saved = cache.savings_at(result, 1)
     assert (saved.hits, saved.cpu, saved.wall) == (2, 80, 80)
-    saved = cache.savings_at(result, columns, 1, False)
+    # a coroutine's calls are not nested in one another's cost
+    result = analyze_calls(0, FunctionInfo(0, "m.f", kind="coroutine"), columns)
+    saved = cache.savings_at(result, 1)
     assert (saved.hits, saved.cpu, saved.wall) == (2, 90, 90)

@@ -11,9 +11,17 @@ import pytest
 
 from callspan.analysis import cpu, latency
 from callspan.analysis.latency import percentile
-from callspan.analysis.loader import LoadOptions, load_files
+from callspan.analysis.loader import load_files
 from callspan.analysis.model import Model
+from tests.analysis import otlp_fixtures
 from tests.analysis.otlp_fixtures import calls_event, request, span, summary, write
+
+
+@pytest.fixture(autouse=True, params=["in-memory", "spilled"])
+def memory_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test here runs with the model in memory and with every batch spilled to disk."""
+    return otlp_fixtures.spill_modes(request, monkeypatch)
+
 
 
 def stacks_model(tmp_path: Path) -> Model:
@@ -30,7 +38,7 @@ def stacks_model(tmp_path: Path) -> Model:
     orphan = span("m.x", 20, 0, 5, trace=3, parent=99, cpu=5)
     path = write(str(tmp_path / "t.jsonl"), [request(t1[:2]), request(t1[2:] + [t2_parent]),
                                              request([t2_child, orphan])])
-    return load_files([path], LoadOptions())
+    return load_files([path], otlp_fixtures.load_options())
 
 
 def test_cost_by_complete_stack(tmp_path: Path) -> None:
@@ -82,7 +90,7 @@ def test_speedscope_file_follows_the_format(tmp_path: Path) -> None:
 def test_wall_fallback_without_cpu(tmp_path: Path) -> None:
     spans = [span("m.b", 2, 10, 40, parent=1, run=30), span("m.a", 1, 0, 100, run=100)]
     report = cpu.resolve(load_files([write(str(tmp_path / "t.jsonl"), [request(spans, unit="none")])],
-                                    LoadOptions()))
+                                    otlp_fixtures.load_options()))
     got = {" > ".join(report.table.path(s.stack)): (s.self_cost, s.total_cost) for s in report.stacks}
     assert report.basis == "wall" and report.unit == "ns"
     assert got == {"m.a": (70, 100), "m.a > m.b": (30, 30)}
@@ -90,7 +98,7 @@ def test_wall_fallback_without_cpu(tmp_path: Path) -> None:
 
 def test_parent_cycles_in_bad_input_do_not_hang(tmp_path: Path) -> None:
     spans = [span("m.a", 1, 0, 10, parent=2, cpu=1), span("m.b", 2, 0, 10, parent=1, cpu=2)]
-    report = cpu.resolve(load_files([write(str(tmp_path / "t.jsonl"), [request(spans)])], LoadOptions()))
+    report = cpu.resolve(load_files([write(str(tmp_path / "t.jsonl"), [request(spans)])], otlp_fixtures.load_options()))
     assert report.total_self == 3
 
 
@@ -115,7 +123,7 @@ def test_latency_per_function(tmp_path: Path) -> None:
     root = span("m.root", 200, 0, 5000, extra=summary(["m.f"], [2], walls=[6]),
                 events=[calls_event("m.f", [1, 1], [30_000, 40_000], duration=3)])
     model = load_files([write(str(tmp_path / "t.jsonl"), [request(spans + coro + [root])])],
-                       LoadOptions(slow_keep=3))
+                       otlp_fixtures.load_options(slow_keep=3))
     stacks = cpu.resolve(model, [(t, s) for _, t, s, _, _ in model.slow])
     report = latency.analyze(model, stacks)
     rows = {r.name: r for r in report.functions}
@@ -134,13 +142,13 @@ def test_latency_per_function(tmp_path: Path) -> None:
 def test_slowest_calls_have_their_stacks(tmp_path: Path) -> None:
     spans = [span("m.leaf", 3, 10, 900, parent=2), span("m.mid", 2, 5, 950, parent=1),
              span("m.top", 1, 0, 1000)]
-    model = load_files([write(str(tmp_path / "t.jsonl"), [request(spans)])], LoadOptions(slow_keep=1))
+    model = load_files([write(str(tmp_path / "t.jsonl"), [request(spans)])], otlp_fixtures.load_options(slow_keep=1))
     stacks = cpu.resolve(model, [(t, s) for _, t, s, _, _ in model.slow])
     model.slow = [x for x in model.slow]
     report = latency.analyze(model, stacks)
     assert [c.stack for c in report.slowest] == [["m.top"]]
     model2 = load_files([write(str(tmp_path / "u.jsonl"), [request(spans[:1] + spans[2:] + spans[1:2])])],
-                        LoadOptions(slow_keep=3))
+                        otlp_fixtures.load_options(slow_keep=3))
     report2 = latency.analyze(model2, cpu.resolve(model2, [(t, s) for _, t, s, _, _ in model2.slow]))
     assert [c.stack for c in report2.slowest] == [["m.top"], ["m.top", "m.mid"], ["m.top", "m.mid", "m.leaf"]]
 
@@ -152,7 +160,7 @@ def test_latency_sorts_in_jobs_give_the_same_report(tmp_path: Path, monkeypatch:
     spans = [span(f"m.f{i % 3}", i + 1, 1000 * i, 1000 * i + (i * 37) % 500 + 1) for i in range(60)]
     spans += [span("m.root", 100, 0, 70_000, extra=summary(["m.f1"], [2], walls=[6]),
                    events=[calls_event("m.f1", [1, 1], [80_000, 90_000], duration=3)])]
-    model = load_files([write(str(tmp_path / "t.jsonl"), [request(spans)])], LoadOptions(slow_keep=4))
+    model = load_files([write(str(tmp_path / "t.jsonl"), [request(spans)])], otlp_fixtures.load_options(slow_keep=4))
     stacks = cpu.resolve(model, [(t, s) for _, t, s, _, _ in model.slow])
     expected = latency.analyze(model, stacks)
     jobs: list[Any] = []
@@ -176,7 +184,7 @@ def test_slowest_call_stack_is_found_in_its_own_trace(tmp_path: Path) -> None:
     # Span id 5 in two traces: the slow one (trace 2) sits under m.b, the other under m.a.
     spans = [span("m.leaf", 5, 10, 20, parent=1, trace=1), span("m.a", 1, 0, 30, trace=1),
              span("m.leaf", 5, 10, 900, parent=2, trace=2), span("m.b", 2, 0, 950, trace=2)]
-    model = load_files([write(str(tmp_path / "t.jsonl"), [request(spans)])], LoadOptions(slow_keep=2))
+    model = load_files([write(str(tmp_path / "t.jsonl"), [request(spans)])], otlp_fixtures.load_options(slow_keep=2))
     stacks = cpu.resolve(model, [(t, s) for _, t, s, _, _ in model.slow])
     report = latency.analyze(model, stacks)
     assert [(c.wall, c.stack) for c in report.slowest] == [(950, ["m.b"]), (890, ["m.b", "m.leaf"])]

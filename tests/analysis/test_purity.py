@@ -17,10 +17,17 @@ from callspan.analysis.loader import LoadOptions, load_files
 from callspan.analysis.model import Batch, Links, Model
 from callspan.analysis.otlp import add_request, parse_hash
 from callspan.analysis.report import opportunity_json
+from tests.analysis import otlp_fixtures
 from tests.analysis.otlp_fixtures import calls_event, kvs, model_of, request, span, summary, write
 
 IDENTITY = {"callspan.method": True, "callspan.args.identity": True}
 METHOD = {"callspan.method": True}
+
+@pytest.fixture(autouse=True, params=["in-memory", "spilled"])
+def memory_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test here runs with the model in memory and with every batch spilled to disk."""
+    return otlp_fixtures.spill_modes(request, monkeypatch)
+
 
 
 def ops_by_name(model: Model, **options: Any) -> dict[str, cache.Opportunity]:
@@ -204,7 +211,7 @@ def test_parent_links_are_joined_across_chunks_in_either_order() -> None:
     parents = [s for s in child_first if s["name"] == "m.checkout"]
     children = [s for s in child_first if s["name"] != "m.checkout"]
     for first, second in ((children, parents), (parents, children)):
-        model = Model()
+        model = otlp_fixtures.new_model()
         for part in (first, second):
             batch = model.new_batch()
             add_request(batch, request(part))
@@ -231,7 +238,7 @@ def test_joining_in_small_lookup_chunks_finds_every_parent(monkeypatch: pytest.M
     spans = service("m.checkout", ["m.request_id", "m.price"]) + service("m.browse", ["m.price"], first_id=500)
     children = [s for s in spans if s["name"] in ("m.request_id", "m.price")]
     parents = [s for s in spans if s not in children]
-    model = Model()
+    model = otlp_fixtures.new_model()
     for part in (children, parents[:5], parents[5:]):
         batch = model.new_batch()
         add_request(batch, request(part))
@@ -326,14 +333,14 @@ def test_shards_replays_exactly_the_calls_the_tracer_would_list() -> None:
     root = span("m.root", 1, 0, 10**7, cpu=10, extra=summary(["m.g"], [len(keys)]), events=[event])
     model = model_of(request([*spans, root]))
     index = next(i for i, f in enumerate(model.functions) if f.name == "m.g")
-    columns = model.calls[index]
-    assert columns is not None
-    result = analyze_calls(index, model.functions[index], columns)
+    source = model.call_source(index)
+    assert source is not None
+    result = analyze_calls(index, model.functions[index], source)
     assert len(listed) == 65  # the 64, and 4cccccccf0000000
     assert result.estimator == "shards"
     assert result.accesses == 3 * 65  # two rounds of spans and the listed round, sampled keys only
-    replayed = {columns.args[i] for i in result.order}
-    assert replayed == {parse_hash(k) for k in listed}
+    # the keys replayed are the sampled ones: 65 distinct, scaled by 1 / rate
+    assert result.distinct_keys == 65 * (1.0 / 0.3)
 
 
 @pytest.mark.parametrize("args_hash", ["abcdef123", "abc", "0123456789abcdef", "0123456789abcdef99"])
@@ -346,8 +353,9 @@ def test_span_and_listed_call_keys_are_parsed_alike(args_hash: str) -> None:
                                "callspan.return.hash": [args_hash], "callspan.start_ns": [30],
                                "callspan.end_ns": [31], "callspan.cpu": [1], "callspan.sample_rate": 1.0})
     model = model_of(request([own, span("m.root", 1, 0, 100, extra=summary(["m.g"], [1]), events=[event])]))
-    columns = model.calls[next(i for i, f in enumerate(model.functions) if f.name == "m.g")]
-    assert columns is not None
+    source = model.call_source(next(i for i, f in enumerate(model.functions) if f.name == "m.g"))
+    assert source is not None
+    columns = source.gather()
     assert list(columns.args) == [parse_hash(args_hash)] * 2
     assert list(columns.ret) == [parse_hash(args_hash)] * 2  # so the two calls agree
     assert key_sampled(columns.args[0], 2.0 ** -8) == tracer_rule(args_hash, 2.0 ** -8)
@@ -363,7 +371,7 @@ def test_links_share_the_rows_span_arrays_and_find_the_same_edges(want_rows: boo
     anonymous["spanId"] = ""
     child = span("m.child", 4, 40, 50, parent=9)
     late_parent = span("m.late", 9, 0, 60)
-    model = Model(want_rows=want_rows)
+    model = otlp_fixtures.new_model(want_rows=want_rows)
     for part in ([anonymous, rec, child], [root, late_parent]):
         batch = model.new_batch()
         add_request(batch, request(part))

@@ -66,6 +66,7 @@ from callspan.analysis.model import (
     S_RET_UNHASHABLE,
     S_SUM_ERRORS,
     CallColumns,
+    CallSource,
     FunctionInfo,
     Model,
 )
@@ -115,72 +116,153 @@ def lru_histogram(keys: Iterable[int]) -> tuple[list[int], int]:
 
 def _fenwick_distances(keys: Sequence[int]) -> list[int]:
     """Stack distance of each access in ``keys`` (0 = first use of its key): O(log gap) each."""
-    n = len(keys)
-    size = 1
-    while size < n + 1:
-        size <<= 1
-    tree = [0] * (size + 1)
-    out = [0] * n
-    last: dict[int, int] = {}
-    for position, key in enumerate(keys, 1):
-        p = last.get(key)
-        last[key] = position
-        if p is None:
-            j = position
-            while j <= size:
-                tree[j] += 1
-                j += j & -j
-        else:
-            out[position - 1] = _distance_and_move(tree, p, position)
-    return out
+    replay = StackDistances(mtf_max_keys=-1)
+    return replay.feed(keys)
 
 
 def _mtf_distances(keys: Sequence[int], distinct: dict[int, None]) -> list[int]:
-    """The same distances as ``_fenwick_distances``, from an explicit LRU stack in a bytearray.
-
-    Each distinct key gets a code of one byte (up to 256 keys) or two (up to 2**14 keys: a first
-    byte >= 0x80 and a second < 0x80, so a search can only match at a code boundary); the stack
-    holds the codes, least recent first. Finding a key's code (searching backwards from the most
-    recent end) and moving it to the end are byte searches and moves in C, so the cost grows
-    with the distance only by a few nanoseconds per entry.
-    """
+    """The same distances as ``_fenwick_distances``, from an explicit LRU stack (``StackDistances``)."""
     count = len(distinct)
     if count > MTF_CODES:
         raise ValueError(f"{count} distinct keys: more than {MTF_CODES}")
-    out: list[int] = []
-    put = out.append
-    stack = bytearray()
-    find = stack.rindex
-    # Codes in order of first use: an access is a key's first exactly when its code is ``fresh``,
-    # and the stack then holds ``fresh`` codes.
-    codes = map({key: code for code, key in enumerate(distinct)}.__getitem__, keys)
-    fresh = 0
-    # One loop per code width keeps the per-access work free of branches on it.
-    if count <= 256:
-        push = stack.append
-        for code in codes:
-            if code < fresh:
-                i = find(code)
-                put(fresh - i)
-                del stack[i]
+    replay = StackDistances(mtf_max_keys=MTF_CODES)
+    return replay.feed(keys)
+
+
+class StackDistances:
+    """Stack distances of a stream of keys fed in blocks; memory grows with distinct keys only.
+
+    Up to ``mtf_max_keys`` distinct keys, an explicit LRU stack in a bytearray: each key gets a
+    code of one byte (up to 256 keys) or two (a first byte >= 0x80 and a second < 0x80, so a
+    search can only match at a code boundary), the stack holds the codes, least recent first, and
+    finding a key's code (searching backwards from the most recent end) and moving it to the end
+    are byte searches and moves in C. Beyond, a Fenwick tree over access positions marking each
+    key's latest use: O(log gap) per access; when positions run past the tree, the live keys are
+    renumbered 1..D in recency order (so the tree stays about twice the distinct keys).
+    """
+
+    def __init__(self, mtf_max_keys: int | None = None) -> None:
+        self.mtf_max_keys = min(MTF_CODES, MTF_MAX_KEYS if mtf_max_keys is None else mtf_max_keys)
+        self.codes: dict[int, int] = {}  # key -> code, in order of first use (move-to-front mode)
+        self.keys_by_code: list[int] = []
+        self.stack = bytearray()
+        self.width = 1  # bytes per code
+        self.fenwick = self.mtf_max_keys < 0
+        self.last: dict[int, int] = {}  # key -> position of its latest use (Fenwick mode)
+        self.tree: list[int] = [0, 0]
+        self.size = 1
+        self.position = 0
+
+    @property
+    def distinct(self) -> int:
+        return len(self.last) if self.fenwick else len(self.codes)
+
+    def feed(self, keys: Sequence[int]) -> list[int]:
+        """Distances of the accesses ``keys`` (0 = first use of the key), continuing the stream."""
+        if not self.fenwick:
+            codes = self.codes
+            for key in dict.fromkeys(keys):
+                if key not in codes:
+                    codes[key] = len(codes)
+                    self.keys_by_code.append(key)
+            if len(codes) > self.mtf_max_keys:
+                self._to_fenwick()
             else:
-                fresh += 1
-                put(0)
-            push(code)
-    else:
-        pairs = [bytes((0x80 | (code >> 7), code & 0x7F)) for code in range(count)]
-        extend = stack.extend
-        for code in codes:
-            pair = pairs[code]
-            if code < fresh:
-                i = find(pair)
-                put(fresh - (i >> 1))
-                del stack[i:i + 2]
+                return self._feed_mtf(keys)
+        return self._feed_fenwick(keys)
+
+    def _feed_mtf(self, keys: Sequence[int]) -> list[int]:
+        out: list[int] = []
+        put = out.append
+        count = len(self.codes)
+        if count > 256 and self.width == 1:
+            self.stack = bytearray(b"".join(self._pair(code) for code in self.stack))
+            self.width = 2
+        stack = self.stack
+        find = stack.rindex
+        fresh = len(stack) // self.width  # codes below ``fresh`` are in the stack: used before
+        codes = map(self.codes.__getitem__, keys)
+        # One loop per code width keeps the per-access work free of branches on it.
+        if self.width == 1:
+            push = stack.append
+            for code in codes:
+                if code < fresh:
+                    i = find(code)
+                    put(fresh - i)
+                    del stack[i]
+                else:
+                    fresh += 1
+                    put(0)
+                push(code)
+        else:
+            pairs = [self._pair(code) for code in range(count)]
+            extend = stack.extend
+            for code in codes:
+                pair = pairs[code]
+                if code < fresh:
+                    i = find(pair)
+                    put(fresh - (i >> 1))
+                    del stack[i:i + 2]
+                else:
+                    fresh += 1
+                    put(0)
+                extend(pair)
+        return out
+
+    @staticmethod
+    def _pair(code: int) -> bytes:
+        return bytes((0x80 | (code >> 7), code & 0x7F))
+
+    def _to_fenwick(self) -> None:
+        """Switch to the Fenwick tree; the stack's keys get positions 1..D, least recent first."""
+        if self.width == 1:
+            used = list(self.stack)
+        else:
+            s = self.stack
+            used = [((s[i] & 0x7F) << 7) | s[i + 1] for i in range(0, len(s), 2)]
+        self.last = {self.keys_by_code[code]: position for position, code in enumerate(used, 1)}
+        self.codes = {}
+        self.keys_by_code = []
+        self.stack = bytearray()
+        self.fenwick = True
+        self._renumber(0)
+
+    def _renumber(self, room: int) -> None:
+        """Give the live keys positions 1..D in recency order, in a tree with ``room`` more."""
+        last = self.last
+        live = len(last)
+        if live:
+            for position, key in enumerate(sorted(last, key=last.__getitem__), 1):
+                last[key] = position
+        size = 1
+        while size < 2 * live + room + 1:
+            size <<= 1
+        # Node j counts the marked positions in (j - lowbit(j), j]; positions 1..D are marked.
+        self.tree = [0] + [max(0, min(j, live) - (j - (j & -j))) for j in range(1, size + 1)]
+        self.size = size
+        self.position = live
+
+    def _feed_fenwick(self, keys: Sequence[int]) -> list[int]:
+        if self.position + len(keys) > self.size:
+            self._renumber(len(keys))
+        tree = self.tree
+        size = self.size
+        last = self.last
+        out = [0] * len(keys)
+        position = self.position
+        for n, key in enumerate(keys):
+            position += 1
+            p = last.get(key)
+            last[key] = position
+            if p is None:
+                j = position
+                while j <= size:
+                    tree[j] += 1
+                    j += j & -j
             else:
-                fresh += 1
-                put(0)
-            extend(pair)
-    return out
+                out[n] = _distance_and_move(tree, p, position)
+        self.position = position
+        return out
 
 
 def _distance_and_move(tree: list[int], p: int, i: int) -> int:
@@ -228,118 +310,153 @@ class ProcessResult:
     inconsistent_keys: int
     overlapping: int
     identity_collisions: int = 0  # keys with different returns whose self was hashed by identity
-    # The calls replayed (column indices, in replay order) and each one's stack distance (0 = miss).
-    order: array[int] = field(default_factory=lambda: array("I"), repr=False)
-    distances: array[int] = field(default_factory=lambda: array("I"), repr=False)
-    # (cache size, savings_at that size), computed where the replay ran when the function is the
-    # only one of its group: the size is then the one the report recommends.
-    saved: tuple[int, Savings] | None = field(default=None, repr=False)
+    # (stack distance, CPU, wall) of the hits, summed per distance, unscaled: a cache of N entries
+    # saves the sum over distances <= N / size_scale. Negative entries take back the cost of a
+    # hit nested (same thread, synchronous) in a hit at that distance or above: it is part of
+    # the outer call's cost.
+    saved_by_distance: list[tuple[int, int, int]] = field(default_factory=list, repr=False)
+    hits_by_distance: list[tuple[int, int]] = field(default_factory=list, repr=False)
 
     def hits_at(self, size: int) -> float:
         return sum(h for s, h in self.steps if s <= size)
 
 
-def analyze_calls(function: int, info: FunctionInfo, columns: CallColumns,
+def analyze_calls(function: int, info: FunctionInfo, calls: CallSource | CallColumns,
                   identity: bool | None = None) -> ProcessResult:
     """Replay one function's calls (one process) through every LRU size at once.
 
-    ``identity``: whether ``self`` is hashed by identity in calls that cannot say so themselves
-    (summarised calls); default: whether any of this function's spans here said so.
+    ``calls`` are streamed in start order (``CallSource.blocks``); what is kept grows with the
+    distinct keys, not with the calls. ``identity``: whether ``self`` is hashed by identity in
+    calls that cannot say so themselves (summarised calls); default: whether any of this
+    function's spans here said so.
     """
-    n = len(columns)
-    starts = columns.start
-    order = sorted(range(n), key=starts.__getitem__)
-    keys = columns.args
-    rets = columns.ret
-    ends = columns.end
-    flags = columns.flags
+    source = calls if isinstance(calls, CallSource) else CallSource("", [], calls)
+    n = len(source)
     rate = info.sample_rate if 0 < info.sample_rate < 1 else 1.0
     estimator = "exact"
     count_scale = size_scale = 1.0
+    threshold = 0.0  # key_sampled() inlined, when > 0
     if rate < 1:
-        threshold = rate * TWO32  # key_sampled(), inlined
-        sampled = [i for i in order if keys[i] and (keys[i] >> 32) < threshold]
-        if len({keys[i] for i in sampled}) >= SHARDS_MIN_KEYS:
-            order = sampled
+        threshold = rate * TWO32
+        unkeyed = sampled_calls = 0
+        sampled_keys: set[int] = set()
+        for piece in source.pieces():
+            unkeyed += piece.args.count(0)
+            sampled = [key for key in piece.args if key and (key >> 32) < threshold]
+            sampled_calls += len(sampled)
+            sampled_keys.update(sampled)
+        if len(sampled_keys) >= SHARDS_MIN_KEYS:
             estimator = "shards"
             size_scale = 1.0 / rate
             # Normalised by the sampled share of the keyed calls rather than 1/R, so that the
             # hit ratio is the sampled one (errors in the number of sampled keys cancel out).
-            count_scale = (info.calls - keys.count(0)) / len(sampled)
+            count_scale = (info.calls - unkeyed) / sampled_calls
         else:
             estimator = "listed"
+            threshold = 0.0
             count_scale = info.calls / n if n else 1.0
+        del sampled_keys
     track_overlap = info.kind in ("coroutine", "async_generator")
-    hist = [0] * (len(order) + 2)
-    inconsistent: set[int] = set()
-    collisions: set[int] = set()
+    nested_exclusion = info.kind == "function"
     if identity is None:
         identity = info.stats[S_IDENTITY] > 0
     # A listed (summarised) call carries no callspan.args.identity: it follows the function's spans.
     identity_flags = F_IDENTITY | (F_SUMMARY if identity else 0)
-    # The calls replayed, in order: all but those that raised or have no key (per-call work in C).
-    replayable = bytes(flags).translate(_REPLAYABLE)
-    replayed = array("I", compress(order, map(replayable.__getitem__, order)))
-    replayed_keys = array("Q", map(keys.__getitem__, replayed))
-    distinct = dict.fromkeys(replayed_keys)
-    if len(distinct) <= MTF_MAX_KEYS:
-        access_distances = _mtf_distances(replayed_keys, distinct)
-    else:
-        access_distances = _fenwick_distances(replayed_keys)
-    for d, count in Counter(access_distances).items():
-        if d:
-            hist[d] += count
-    # Keys seen with two different return hashes; only their calls need a look in order.
-    returns_of: dict[int, int] = {}
-    suspects = set()
-    for key, ret in set(zip(replayed_keys, map(rets.__getitem__, replayed), strict=True)):
-        if ret:
-            if returns_of.setdefault(key, ret) != ret:
-                suspects.add(key)
-    if suspects:
-        returned: dict[int, int] = {}
-        for index in compress(replayed, map(suspects.__contains__, replayed_keys)):
-            key = keys[index]
-            ret = rets[index]
-            if ret:
-                seen = returned.get(key)
-                if seen is None:
-                    returned[key] = ret
-                elif seen != ret and key not in inconsistent and key not in collisions:
-                    if flags[index] & identity_flags:
-                        collisions.add(key)  # another object at a freed one's address, probably
-                    else:
-                        inconsistent.add(key)
+    replay = StackDistances()
+    hist: Counter[int] = Counter()
+    saved_cpu: dict[int, int] = {}
+    saved_wall: dict[int, int] = {}
+    first_return: dict[int, int] = {}
+    inconsistent: set[int] = set()
+    collisions: set[int] = set()
+    max_end: dict[int, int] = {}
+    open_hits: dict[int, list[tuple[int, int]]] = {}  # thread -> (end, smallest distance) of enclosing hits
     overlapping = 0
-    if track_overlap:
-        max_end: dict[int, int] = {}
-        for index, key, d in zip(replayed, replayed_keys, access_distances, strict=True):
-            if not d:
-                max_end[key] = ends[index]
-                continue
-            end = max_end[key]
-            if starts[index] < end:
-                overlapping += 1
-            if ends[index] > end:
-                max_end[key] = ends[index]
+    accesses = 0
+    for block, order in source.blocks():
+        keys = block.args
+        if threshold:
+            order = [i for i in order if keys[i] and (keys[i] >> 32) < threshold]
+        accesses += len(order)
+        # The calls replayed, in order: all but those that raised or have no key (per-call work in C).
+        replayable = bytes(block.flags).translate(_REPLAYABLE)
+        replayed = array("I", compress(order, map(replayable.__getitem__, order)))
+        replayed_keys = array("Q", map(keys.__getitem__, replayed))
+        distances = replay.feed(replayed_keys)
+        hist.update(distances)
+        _check_returns(replayed, replayed_keys, block, first_return, inconsistent, collisions, identity_flags)
+        starts, ends = block.start, block.end
+        if track_overlap:
+            for index, key, d in zip(replayed, replayed_keys, distances, strict=True):
+                if not d:
+                    max_end[key] = ends[index]
+                    continue
+                end = max_end[key]
+                if starts[index] < end:
+                    overlapping += 1
+                if ends[index] > end:
+                    max_end[key] = ends[index]
+        cpus = block.cpu
+        threads = block.thread
+        for index, d in compress(zip(replayed, distances, strict=True), distances):
+            start, end = starts[index], ends[index]
+            if nested_exclusion:
+                # Nested in an earlier hit at distance m on this thread: at sizes >= m this hit's
+                # cost is already in the outer one's.
+                enclosing = open_hits.get(threads[index])
+                if enclosing is None:
+                    enclosing = open_hits[threads[index]] = []
+                while enclosing and enclosing[-1][0] <= start:
+                    enclosing.pop()
+                m = enclosing[-1][1] if enclosing else 0
+                enclosing.append((end, min(m, d) if m else d))
+                if m:
+                    if m <= d:
+                        continue  # whenever this is a hit, so is the outer call
+                    saved_cpu[m] = saved_cpu.get(m, 0) - cpus[index]
+                    saved_wall[m] = saved_wall.get(m, 0) - (end - start)
+            saved_cpu[d] = saved_cpu.get(d, 0) + cpus[index]
+            saved_wall[d] = saved_wall.get(d, 0) + (end - start)
+    hits_by = sorted((d, h) for d, h in hist.items() if d)
     # Sizes that round to the same value (sampling) merge into one step.
     merged: list[tuple[int, float]] = []
-    for d, h in enumerate(hist):
-        if h:
-            s = math.ceil(d * size_scale - 1e-9)
-            if merged and merged[-1][0] == s:
-                merged[-1] = (s, merged[-1][1] + h * count_scale)
-            else:
-                merged.append((s, h * count_scale))
+    for d, h in hits_by:
+        s = math.ceil(d * size_scale - 1e-9)
+        if merged and merged[-1][0] == s:
+            merged[-1] = (s, merged[-1][1] + h * count_scale)
+        else:
+            merged.append((s, h * count_scale))
     key_scale = size_scale  # distinct keys scale with SHARDS sampling only
     return ProcessResult(
-        function=function, process=info.process, calls=info.calls, accesses=len(order), sample_rate=rate,
+        function=function, process=info.process, calls=info.calls, accesses=accesses, sample_rate=rate,
         estimator=estimator, count_scale=count_scale, size_scale=size_scale,
-        distinct_keys=len(distinct) * key_scale, hits_unbounded=sum(hist) * count_scale, steps=merged,
-        inconsistent_keys=round(len(inconsistent) * key_scale), overlapping=round(overlapping * count_scale),
-        identity_collisions=round(len(collisions) * key_scale), order=replayed,
-        distances=array("I", access_distances),
+        distinct_keys=replay.distinct * key_scale, hits_unbounded=sum(h for _, h in hits_by) * count_scale,
+        steps=merged, inconsistent_keys=round(len(inconsistent) * key_scale),
+        overlapping=round(overlapping * count_scale), identity_collisions=round(len(collisions) * key_scale),
+        saved_by_distance=sorted((d, saved_cpu[d], saved_wall[d]) for d in saved_cpu),
+        hits_by_distance=hits_by,
     )
+
+
+def _check_returns(replayed: array[int], replayed_keys: array[int], block: CallColumns, first_return: dict[int, int],
+                   inconsistent: set[int], collisions: set[int], identity_flags: int) -> None:
+    """Find keys whose return differs from the first one returned for them (in call order)."""
+    rets = array("Q", map(block.ret.__getitem__, replayed))
+    with_return = list(compress(zip(replayed_keys, rets, strict=True), rets))
+    # First return of each key in this block (later pairs overwrite: so feed them backwards).
+    for key, ret in dict(reversed(with_return)).items():
+        first_return.setdefault(key, ret)
+    suspects = {key for key, ret in set(with_return) if first_return[key] != ret}
+    if not suspects:
+        return
+    flags = block.flags
+    for index, key, ret in zip(replayed, replayed_keys, rets, strict=True):
+        if key in suspects and ret and ret != first_return[key] and key not in inconsistent \
+                and key not in collisions:
+            if flags[index] & identity_flags:
+                collisions.add(key)  # another object at a freed one's address, probably
+            else:
+                inconsistent.add(key)
 
 
 @dataclass(slots=True)
@@ -349,36 +466,27 @@ class Savings:
     hits: float = 0.0
 
 
-def savings_at(result: ProcessResult, columns: CallColumns, size: int, nested_exclusion: bool) -> Savings:
+def savings_at(result: ProcessResult, size: int) -> Savings:
     """CPU and wall of the calls that would have hit a cache of ``size`` entries.
 
-    With ``nested_exclusion`` (synchronous functions), a hit nested inside an earlier hit of the
-    same function on the same thread is counted as a hit but its cost is not added again: it is
-    part of the outer call's ``callspan.cpu.total``.
+    For synchronous functions, a hit nested inside an earlier hit of the same function on the
+    same thread is counted as a hit but its cost is not added again: it is part of the outer
+    call's ``callspan.cpu.total`` (see ``ProcessResult.saved_by_distance``).
     """
     out = Savings()
     if size <= 0:
         return out
     threshold = size / result.size_scale + 1e-9
-    starts = columns.start
-    ends = columns.end
-    cpus = columns.cpu
-    threads = columns.thread
-    open_until: dict[int, int] = {}
-    hits = 0
-    cpu = 0
-    wall = 0
-    for index, d in zip(result.order, result.distances, strict=True):
-        if not d or d > threshold:
-            continue
-        hits += 1
-        if nested_exclusion:
-            thread = threads[index]
-            if starts[index] < open_until.get(thread, 0):
-                continue
-            open_until[thread] = ends[index]
-        cpu += cpus[index]
-        wall += ends[index] - starts[index]
+    cpu = wall = hits = 0
+    for d, c, w in result.saved_by_distance:
+        if d > threshold:
+            break
+        cpu += c
+        wall += w
+    for d, h in result.hits_by_distance:
+        if d > threshold:
+            break
+        hits += h
     scale = result.count_scale
     out.cpu = cpu * scale
     out.wall = wall * scale
@@ -567,24 +675,12 @@ def _advise(op: Opportunity, options: CacheOptions) -> Advice:
 JOB_CALLS = 200_000  # per-function replays are sent to workers in jobs of about this many calls
 
 
-# One replay: (function index, its info, its calls, identity, the report's target fraction when
-# the function is alone in its group, else None).
-ReplayItem = tuple[int, FunctionInfo, CallColumns, bool, float | None]
+# One replay: (function index, its info, its calls, identity).
+ReplayItem = tuple[int, FunctionInfo, CallSource, bool]
 
 
 def _analyze_job(job: list[ReplayItem]) -> list[ProcessResult]:
-    results = []
-    for function, info, columns, identity, target in job:
-        result = analyze_calls(function, info, columns, identity)
-        if target is not None:
-            # What _opportunity would compute for a group of this one result, done here, where
-            # the replay data is (and in parallel, when this runs in a worker process).
-            sizes, totals = _cumulative(_summed_steps([result]))
-            size = recommend(sizes, totals, target)
-            if size:
-                result.saved = (size, savings_at(result, columns, size, info.kind == "function"))
-        results.append(result)
-    return results
+    return [analyze_calls(function, info, source, identity) for function, info, source, identity in job]
 
 
 class PendingAnalysis:
@@ -601,15 +697,14 @@ class PendingAnalysis:
         self.total_cpu = total_cpu
         groups: dict[tuple[str, str], list[int]] = {}
         for index, info in enumerate(model.functions):
-            columns = model.calls[index]
-            if columns is not None and len(columns):
+            if model.call_count(index):
                 groups.setdefault((info.name, info.file), []).append(index)
         self.without_keys = 0
         for key, indices in list(groups.items()):
             if sum(model.functions[i].calls for i in indices) < options.min_calls:
                 del groups[key]
                 continue
-            if all(_unkeyed(model.calls[i]) for i in indices):
+            if all(_unkeyed(model.call_source(i)) for i in indices):
                 self.without_keys += 1
                 del groups[key]
         self.groups = groups
@@ -620,14 +715,13 @@ class PendingAnalysis:
         size = JOB_CALLS
         for key, indices in groups.items():
             for i in indices:
-                columns = model.calls[i]
-                assert columns is not None
+                source = model.call_source(i)
+                assert source is not None
                 if size >= JOB_CALLS:
                     jobs.append([])
                     size = 0
-                alone = options.target if len(indices) == 1 else None
-                jobs[-1].append((i, model.functions[i], columns, self.identity[key], alone))
-                size += len(columns)
+                jobs[-1].append((i, model.functions[i], source, self.identity[key]))
+                size += len(source)
         self.replayed = iter(imap(_analyze_job, jobs))  # a pool's imap starts working right away
 
     def finish(self) -> CacheReport:
@@ -639,9 +733,6 @@ class PendingAnalysis:
         for key, indices in self.groups.items():
             results = [next(results_flat) for _ in indices]
             op = _opportunity(model, results, self.total_cpu, options, self.identity[key])
-            for result in results:  # free the per-call replay data
-                result.order = array("I")
-                result.distances = array("I")
             if op.inconsistent_keys:
                 impure.append(key)
             if op.hits_unbounded <= 0 and not op.method:
@@ -660,8 +751,8 @@ class PendingAnalysis:
                            options)
 
 
-def _unkeyed(columns: CallColumns | None) -> bool:
-    return columns is None or columns.args.count(0) == len(columns.args)
+def _unkeyed(source: CallSource | None) -> bool:
+    return source is None or all(piece.args.count(0) == len(piece) for piece in source.pieces())
 
 
 def start(model: Model, options: CacheOptions | None = None,
@@ -689,21 +780,13 @@ def _opportunity(model: Model, results: list[ProcessResult], total_cpu: dict[str
     units = {model.processes[i.process].cpu_unit or "unknown" for i in infos}
     unit = units.pop() if len(units) == 1 else "mixed"
     has_cpu = any(i.stats[S_CPU_CALLS] for i in infos)
-    nested = first.kind == "function"
     inconsistent = sum(r.inconsistent_keys for r in results)
     # Identity-keyed hits may be address reuse: never recommended, so nothing is counted as saved.
     blocked = bool(inconsistent) or identity
     savings = Savings()
     per_process: list[dict[str, object]] = []
     for result in results:
-        columns = model.calls[result.function]
-        assert columns is not None
-        if not size or blocked:
-            saved = Savings()
-        elif result.saved is not None and result.saved[0] == size and len(results) == 1:
-            saved = result.saved[1]
-        else:
-            saved = savings_at(result, columns, size, nested)
+        saved = Savings() if not size or blocked else savings_at(result, size)
         savings.cpu += saved.cpu
         savings.wall += saved.wall
         savings.hits += saved.hits

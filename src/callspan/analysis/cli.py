@@ -16,9 +16,11 @@ from callspan.analysis.loader import LoadOptions, Workers, auto_jobs, load_bytes
 from callspan.analysis.progress import Progress
 from callspan.analysis.readers import MAX_LINE_BYTES
 from callspan.analysis.report import Results, render_html, render_json_object, render_text
+from callspan.analysis.spill import SpillError
 from callspan.errors import CallspanError
 
 REPORTS = ("cache", "cpu", "latency")
+DEFAULT_MEMORY_MB = 64
 MAX_WARNINGS = 20
 
 
@@ -53,6 +55,11 @@ def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jobs", type=int, default=0, metavar="N",
                         help="worker processes for big inputs (default: one per CPU)")
     parser.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
+    parser.add_argument("--memory-mb", type=int, default=DEFAULT_MEMORY_MB, metavar="MB",
+                        help="per-call and per-span data kept in memory; beyond, it goes to temporary files "
+                             f"(default: {DEFAULT_MEMORY_MB}; 0: keep everything in memory)")
+    parser.add_argument("--spill-dir", metavar="DIR",
+                        help="where those temporary files go (default: the system's temporary directory)")
     parser.add_argument("--max-line-mb", type=int, default=MAX_LINE_BYTES >> 20, metavar="MB",
                         help=f"longest JSON line accepted (default: {MAX_LINE_BYTES >> 20})")
 
@@ -87,6 +94,8 @@ def _validate(args: argparse.Namespace) -> list[str]:
         raise CallspanError(f"--limit {args.limit}: expected at least 1")
     if args.max_line_mb < 1:
         raise CallspanError(f"--max-line-mb {args.max_line_mb}: expected at least 1")
+    if args.memory_mb < 0:
+        raise CallspanError(f"--memory-mb {args.memory_mb}: expected 0 (no limit) or more")
     if args.jobs < 0:
         raise CallspanError(f"--jobs {args.jobs}: expected 0 (automatic) or more")
     return reports
@@ -108,7 +117,8 @@ def analyze(args: argparse.Namespace, stderr: TextIO | None = None) -> Results:
     want_stacks = "cpu" in reports or "latency" in reports or bool(args.folded or args.speedscope)
     options = LoadOptions(want_calls="cache" in reports or "latency" in reports, want_rows=want_stacks,
                           slow_keep=args.top if "latency" in reports else 0, jobs=args.jobs,
-                          max_line=args.max_line_mb << 20)
+                          max_line=args.max_line_mb << 20, memory_budget=args.memory_mb << 20,
+                          spill_dir=args.spill_dir)
     model = new_model(options)
     progress = Progress(0, stream=stderr, enabled=False if args.no_progress else None)
     workers = Workers(auto_jobs(args.inputs, args.jobs) if args.inputs else 1)
@@ -149,6 +159,7 @@ def analyze(args: argparse.Namespace, stderr: TextIO | None = None) -> Results:
         if gc_was_enabled:
             gc.enable()
         workers.close()
+        model.close()
         progress.finish()
     results.elapsed = time.monotonic() - started
     return results
@@ -183,6 +194,10 @@ def run_analyze(args: argparse.Namespace) -> int:
     except CallspanError as exc:
         print(f"callspan: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except SpillError as exc:
+        print(f"callspan: error: {exc} (use --spill-dir DIR, or --memory-mb 0 to keep everything in memory)",
+              file=sys.stderr)
+        return CallspanError.exit_code
     except KeyboardInterrupt:
         print("callspan: interrupted", file=sys.stderr)
         return 130

@@ -17,9 +17,9 @@ import json
 from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass
-from itertools import compress
+from itertools import compress, repeat
 
-from callspan.analysis.model import R_HAS_CPU, S_CPU_CALLS, Model, RowColumns
+from callspan.analysis.model import S_CPU_CALLS, Model, RowColumns
 
 ROOT = 0  # stack id of the empty stack
 UNRESOLVED = 0xFFFFFFFF
@@ -91,10 +91,10 @@ def resolve(model: Model, wanted: Iterable[tuple[int, int]] = ()) -> CpuReport:
     """Resolve every row's stack and aggregate cost per stack.
 
     ``wanted``: (trace index, span id) pairs whose stacks the caller needs (slowest calls),
-    available afterwards through ``CpuReport.stack_of``.
+    available afterwards through ``CpuReport.stack_of``. Rows are resolved one partition at a
+    time (``Model.row_partitions``: every row of a trace in one), so memory follows the
+    partition, not the input; stacks are ranked by cost, then by path, whatever the order.
     """
-    rows = model.rows
-    n = len(rows)
     table = Stacks()
     frame_files: dict[str, tuple[str, int]] = {}
     func_name = []
@@ -107,11 +107,47 @@ def resolve(model: Model, wanted: Iterable[tuple[int, int]] = ()) -> CpuReport:
         unit = model.processes[info.process].cpu_unit
         if unit and unit != "none" and info.stats[S_CPU_CALLS]:
             units[unit] = units.get(unit, 0) + info.stats[S_CPU_CALLS]
-    has_cpu = any(flag & R_HAS_CPU for flag in rows.flags) if n else False
+    has_cpu = model.rows_with_cpu > 0
     basis = "cpu" if has_cpu else "wall"
     unit = (max(units, key=units.__getitem__) if units else "unknown") if has_cpu else "ns"
     if len(units) > 1:
         unit = "mixed"
+    self_by: list[int] = []
+    total_by: list[int] = []
+    calls_by: list[int] = []
+    found: dict[tuple[int, int], list[str]] = {}
+    wanted_set = set(wanted)
+    wanted_spans = {span for _, span in wanted_set}
+    spans_seen = orphans = 0
+    for rows in model.row_partitions():
+        n = len(rows)
+        spans_seen += n
+        row_stack, lost = _resolve_rows(table, rows, func_name)
+        orphans += lost
+        grow = len(table.parent) - len(self_by)
+        self_by.extend(repeat(0, grow))
+        total_by.extend(repeat(0, grow))
+        calls_by.extend(repeat(0, grow))
+        self_cost = rows.self_cost if has_cpu else _wall_self(rows)
+        total_cost = rows.total_cost if has_cpu else rows.run
+        for s, c, t, k in zip(row_stack, self_cost, total_cost, rows.count, strict=True):
+            self_by[s] += c
+            total_by[s] += t
+            calls_by[s] += k
+        if wanted_set:
+            # Only rows with a wanted span id can match: find them in C.
+            for i in compress(range(n), map(wanted_spans.__contains__, rows.span)):
+                pair = (rows.trace[i], rows.span[i])
+                if pair in wanted_set:
+                    found[pair] = table.path(row_stack[i])
+    stats = [StackStat(s, self_by[s], total_by[s], calls_by[s]) for s in range(1, len(self_by)) if calls_by[s]]
+    stats.sort(key=lambda st: (-st.self_cost, -st.total_cost, table.path(st.stack)))
+    return CpuReport(basis, unit, sum(self_by), stats, table, frame_files, spans_seen, orphans, found)
+
+
+def _resolve_rows(table: Stacks, rows: RowColumns, func_name: list[int]) -> tuple[array[int], int]:
+    """Each row's stack (interned in ``table``), and how many rows' parents were absent."""
+    n = len(rows)
     row_stack = array("I", [UNRESOLVED]) * n
     traces = rows.trace
     spans = rows.span
@@ -120,8 +156,6 @@ def resolve(model: Model, wanted: Iterable[tuple[int, int]] = ()) -> CpuReport:
     # Stable sort: within a trace, rows stay in arrival order, which is end order (exporters
     # write a span when it ends), so walking a trace's rows backwards meets parents first.
     order = sorted(range(n), key=traces.__getitem__)
-    self_cost = rows.self_cost if has_cpu else _wall_self(rows)
-    total_cost = rows.total_cost if has_cpu else rows.run
     index = table.index
     stack_parent = table.parent
     stack_frame = table.frame
@@ -154,26 +188,7 @@ def resolve(model: Model, wanted: Iterable[tuple[int, int]] = ()) -> CpuReport:
                 stack_frame.append(key[1])
             row_stack[i] = stack
         start = end
-    size = len(stack_parent)
-    self_by = [0] * size
-    total_by = [0] * size
-    calls_by = [0] * size
-    for s, c, t, k in zip(row_stack, self_cost, total_cost, rows.count, strict=True):
-        self_by[s] += c
-        total_by[s] += t
-        calls_by[s] += k
-    stats = [StackStat(s, self_by[s], total_by[s], calls_by[s]) for s in range(1, size) if calls_by[s]]
-    stats.sort(key=lambda st: (-st.self_cost, -st.total_cost, st.stack))
-    found: dict[tuple[int, int], list[str]] = {}
-    wanted_set = set(wanted)
-    if wanted_set:
-        # Only rows with a wanted span id can match: find them in C.
-        wanted_spans = {span for _, span in wanted_set}
-        for i in compress(range(n), map(wanted_spans.__contains__, spans)):
-            pair = (traces[i], spans[i])
-            if pair in wanted_set:
-                found[pair] = table.path(row_stack[i])
-    return CpuReport(basis, unit, sum(self_by), stats, table, frame_files, n, orphans, found)
+    return row_stack, orphans
 
 
 def _resolve_chain(table: Stacks, row: int, by_span: dict[int, int], parents: array[int], funcs: array[int],

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import math
 from array import array
-from collections.abc import Callable, Iterable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,7 @@ from callspan.analysis.model import (
     S_SUM_ERRORS,
     S_SUSPENDED,
     S_WALL,
+    CallSource,
     Model,
 )
 
@@ -75,17 +77,86 @@ class LatencyReport:
     slowest: list[SlowCall]
 
 
-def _percentiles(columns: list[tuple[array[int], array[int]]]) -> tuple[int, int, int, int]:
-    """(timed calls, p50, p95, p99) of the calls in ``columns`` ((end, start) arrays)."""
-    walls: list[int] = []
-    for ends, starts in columns:
-        walls.extend(map(int.__sub__, ends, starts))
-    walls.sort()
-    return len(walls), percentile(walls, 50), percentile(walls, 95), percentile(walls, 99)
+def _rank(p: float, n: int) -> int:
+    return min(n, max(1, math.ceil(p / 100.0 * n - 1e-9)))
 
 
-def _percentiles_job(job: list[list[tuple[array[int], array[int]]]]) -> list[tuple[int, int, int, int]]:
-    return [_percentiles(columns) for columns in job]
+def _percentiles(sources: list[CallSource]) -> tuple[int, int, int, int]:
+    """(timed calls, p50, p95, p99) of the calls in ``sources``."""
+    if any(source.spilled for source in sources):
+        n = sum(map(len, sources))
+        if not n:
+            return 0, 0, 0, 0
+
+        def walls() -> Iterator[array[int]]:
+            for source in sources:
+                for piece in source.pieces():
+                    yield array("q", map(int.__sub__, piece.end, piece.start))
+
+        p50, p95, p99 = select_ranks(walls, [_rank(50, n), _rank(95, n), _rank(99, n)])
+        return n, p50, p95, p99
+    values: list[int] = []
+    for source in sources:
+        values.extend(map(int.__sub__, source.tail.end, source.tail.start))
+    values.sort()
+    return len(values), percentile(values, 50), percentile(values, 95), percentile(values, 99)
+
+
+def _percentiles_job(job: list[list[CallSource]]) -> list[tuple[int, int, int, int]]:
+    return [_percentiles(sources) for sources in job]
+
+
+SELECT_COLLECT = 1 << 18  # values few enough to collect and sort
+SELECT_BUCKETS = 1 << 16
+
+
+def select_ranks(chunks: Callable[[], Iterable[array[int]]], ranks: list[int]) -> list[int]:
+    """The values of 1-based ``ranks`` in the ascending order of all values ``chunks()`` yields.
+
+    Exact, in memory independent of the number of values: each pass over ``chunks()`` narrows
+    every rank's value range to one of ``SELECT_BUCKETS`` equal buckets (a histogram of the
+    values in the range), until a range holds few enough values to sort.
+    """
+    lo = min(min(c) for c in chunks() if len(c))
+    hi = max(max(c) for c in chunks() if len(c))
+    total = sum(len(c) for c in chunks())
+    # Per rank still open: [lo, hi] holds it, ``inside`` values are in the range, ``below`` under it.
+    open_ranks = {rank: (lo, hi, total, 0) for rank in ranks}
+    found: dict[int, int] = {}
+    while open_ranks:
+        ranges = {(lo, hi, inside, below) for lo, hi, inside, below in open_ranks.values()}
+        collect = {r for r in ranges if r[2] <= SELECT_COLLECT or r[0] == r[1]}
+        counted = {r: ((r[1] - r[0]) // SELECT_BUCKETS).bit_length() for r in ranges - collect}  # shift
+        values: dict[tuple[int, int, int, int], list[int]] = {r: [] for r in collect}
+        histograms: dict[tuple[int, int, int, int], Counter[int]] = {r: Counter() for r in counted}
+        for chunk in chunks():
+            for r in collect:
+                if r[0] != r[1]:
+                    values[r].extend(v for v in chunk if r[0] <= v <= r[1])
+            for r, shift in counted.items():
+                base = r[0]
+                histograms[r].update((v - base) >> shift for v in chunk if base <= v <= r[1])
+        following = {}
+        for rank, r in open_ranks.items():
+            lo, hi, inside, below = r
+            if r in collect:
+                if lo == hi:
+                    found[rank] = lo
+                else:
+                    ordered = sorted(values[r])
+                    found[rank] = ordered[rank - below - 1]
+                continue
+            shift = counted[r]
+            histogram = histograms[r]
+            for bucket in sorted(histogram):
+                count = histogram[bucket]
+                if below + count >= rank:
+                    b_lo = lo + (bucket << shift)
+                    following[rank] = (b_lo, min(hi, b_lo + (1 << shift) - 1), count, below)
+                    break
+                below += count
+        open_ranks = following
+    return [found[rank] for rank in ranks]
 
 
 JOB_CALLS = 250_000  # wall-time sorts are sent to workers in jobs of about this many calls
@@ -101,15 +172,15 @@ class PendingLatency:
         for index, info in enumerate(model.functions):
             groups.setdefault((info.name, info.file), []).append(index)
         self.groups = list(groups.values())
-        jobs: list[list[list[tuple[array[int], array[int]]]]] = []
+        jobs: list[list[list[CallSource]]] = []
         size = JOB_CALLS
         for indices in self.groups:
-            columns = [(c.end, c.start) for c in map(model.calls.__getitem__, indices) if c is not None]
+            sources = [source for source in map(model.call_source, indices) if source is not None]
             if size >= JOB_CALLS:
                 jobs.append([])
                 size = 0
-            jobs[-1].append(columns)
-            size += sum(len(ends) for ends, _ in columns)
+            jobs[-1].append(sources)
+            size += sum(map(len, sources))
         self.computed = iter(imap(_percentiles_job, jobs))  # a pool's imap starts working right away
 
     def finish(self, stacks: CpuReport | None) -> LatencyReport:

@@ -40,10 +40,12 @@ class LoadOptions:
     jobs: int = 0  # 0 = automatic
     chunk_bytes: int = CHUNK_BYTES
     max_line: int = MAX_LINE_BYTES
+    memory_budget: int = 0  # bytes of per-call/per-span arrays kept in memory; beyond, spilled (0: never)
+    spill_dir: str | None = None
 
 
 def new_model(options: LoadOptions) -> Model:
-    return Model(options.want_calls, options.want_rows, options.slow_keep)
+    return Model(options.want_calls, options.want_rows, options.slow_keep, options.memory_budget, options.spill_dir)
 
 
 def _work(job: tuple[Task, bool, bool, int, int]) -> Batch:

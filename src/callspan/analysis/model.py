@@ -24,10 +24,23 @@ from __future__ import annotations
 
 import heapq
 from array import array
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import compress, repeat
 from operator import is_, itemgetter
 from typing import Any
+
+from callspan.analysis.spill import (
+    PARTS,
+    AppendFile,
+    Partitions,
+    Run,
+    Runs,
+    SpillDir,
+    all_pieces,
+    merged_pieces,
+    sort_columns,
+)
 
 _first = itemgetter(0)
 _second = itemgetter(1)
@@ -66,6 +79,7 @@ F_IDENTITY = 32  # callspan.args.identity = true: self hashed by identity (id-ba
 # Per-row flags.
 R_HAS_CPU = 1
 R_SUMMARY = 2
+_HAS_CPU = bytes(flags & R_HAS_CPU for flags in range(256))  # translate table: 0 = no CPU
 
 UNKNOWN_KIND = "span"  # spans that are not callspan function spans (e.g. an HTTP server span)
 
@@ -177,6 +191,76 @@ class CallColumns:
     def __setstate__(self, state: tuple[array[Any], ...]) -> None:
         (self.start, self.end, self.args, self.ret, self.cpu, self.thread, self.flags) = state
 
+    def columns(self) -> list[array[Any]]:
+        return list(self.__getstate__())
+
+    @classmethod
+    def of(cls, columns: Sequence[array[Any]]) -> CallColumns:
+        out = cls.__new__(cls)
+        out.__setstate__(tuple(columns))
+        return out
+
+
+CALL_TYPECODES = "".join(c.typecode for c in CallColumns().columns())
+CALL_BYTES = sum(c.itemsize for c in CallColumns().columns())
+
+
+class CallSource:
+    """All calls of one function: runs spilled to disk (each sorted by start) and those in memory.
+
+    Picklable (a path and offsets), so a worker process reads the runs itself.
+    """
+
+    __slots__ = ("path", "runs", "tail")
+
+    def __init__(self, path: str, runs: list[Run], tail: CallColumns) -> None:
+        self.path = path
+        self.runs = runs
+        self.tail = tail
+
+    def __getstate__(self) -> tuple[Any, ...]:
+        return (self.path, self.runs, self.tail)
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        self.path, self.runs, self.tail = state
+
+    def __len__(self) -> int:
+        return sum(n for _, n in self.runs) + len(self.tail)
+
+    @property
+    def spilled(self) -> bool:
+        return bool(self.runs)
+
+    def blocks(self) -> Iterator[tuple[CallColumns, list[int]]]:
+        """(calls, the order of their indices by start), successive blocks in start order overall.
+
+        The order is that of one stable sort of every call by start time in arrival order,
+        whether or not some were spilled (``spill.merged_pieces``).
+        """
+        if not self.runs:
+            tail = self.tail
+            if len(tail):
+                yield tail, sorted(range(len(tail)), key=tail.start.__getitem__)
+            return
+        ordered = sort_columns(self.tail.columns(), self.tail.start)
+        for columns in merged_pieces(Runs(self.path, CALL_TYPECODES), self.runs, ordered, 0):
+            block = CallColumns.of(columns)
+            yield block, sorted(range(len(block)), key=block.start.__getitem__)
+
+    def gather(self) -> CallColumns:
+        """Every call in one ``CallColumns`` (runs first): for tests and small inputs."""
+        out = CallColumns()
+        for piece in self.pieces():
+            out.extend(piece)
+        return out
+
+    def pieces(self) -> Iterator[CallColumns]:
+        """Every call, in no particular order, a piece at a time."""
+        for columns in all_pieces(Runs(self.path, CALL_TYPECODES), self.runs):
+            yield CallColumns.of(columns)
+        if len(self.tail):
+            yield self.tail
+
 
 class RowColumns:
     """One entry per span (and per summarised function on a span): the stack analysis input."""
@@ -203,6 +287,24 @@ class RowColumns:
     def __setstate__(self, state: tuple[array[Any], ...]) -> None:
         for name, value in zip(self.__slots__, state, strict=True):
             setattr(self, name, value)
+
+    def columns(self) -> list[array[Any]]:
+        return list(self.__getstate__())
+
+    @classmethod
+    def of(cls, columns: Sequence[array[Any]]) -> RowColumns:
+        out = cls.__new__(cls)
+        out.__setstate__(tuple(columns))
+        return out
+
+
+ROW_TYPECODES = "".join(c.typecode for c in RowColumns().columns())
+ROW_BYTES = sum(c.itemsize for c in RowColumns().columns())
+LINK_BYTES = 12  # per span id and function, and per pending (parent id, child function)
+# Memory of a row while its partition's stacks are resolved (the row, its place in the sort
+# order, its stack, the per-trace span lookup), for sizing partitions to the budget.
+ROW_RESOLVE_BYTES = ROW_BYTES + 160
+MIN_PARTITION_ROWS = 1 << 12  # partitions are not split below this (tiny budgets)
 
 
 class Links:
@@ -235,20 +337,26 @@ class Links:
         """Join the pending children to the spans seen; children whose parent is absent stay."""
         if not self.parent:
             return
-        # Per-span work stays in C (zip, map, dict, compress); Python loops only over function pairs.
-        remaining = list(set(zip(self.parent, self.child, strict=True)))
-        span, func = self.span, self.func
         step = self.JOIN_CHUNK
-        for lo in range(0, len(span), step):
+        span, func = self.span, self.func
+        chunks = ((span[lo:lo + step], func[lo:lo + step]) for lo in range(0, len(span), step))
+        self.parent, self.child = self.join(self.parent, self.child, chunks)
+
+    def join(self, parent: array[int], child: array[int], spans: Iterable[tuple[array[int], array[int]]]
+             ) -> tuple[array[int], array[int]]:
+        """Add the edges from pending (parent, child) pairs to the (span id, function) chunks
+        ``spans``; returns the pairs whose parent was not found."""
+        # Per-span work stays in C (zip, map, dict, compress); Python loops only over function pairs.
+        remaining = list(set(zip(parent, child, strict=True)))
+        for span, func in spans:
             if not remaining:
                 break
-            by_id = dict(zip(span[lo:lo + step], func[lo:lo + step], strict=True))
+            by_id = dict(zip(span, func, strict=True))
             callers = list(map(by_id.get, map(_first, remaining)))
             self.edges.update((caller, callee) for caller, callee in set(zip(callers, map(_second, remaining),
                                                                              strict=True)) if caller is not None)
             remaining = list(compress(remaining, map(is_, callers, repeat(None))))
-        self.parent = array("Q", map(_first, remaining))
-        self.child = array("I", map(_second, remaining))
+        return array("Q", map(_first, remaining)), array("I", map(_second, remaining))
 
     def drop_spans(self) -> None:
         """After the last ``resolve``: the per-span arrays are no longer needed."""
@@ -257,12 +365,14 @@ class Links:
         self.parent = array("Q")
         self.child = array("I")
 
-    def merge(self, other: Links, function_map: list[int]) -> None:
-        """Fold in a chunk's links (its function indices mapped through ``function_map``)."""
+    def merge(self, other: Links, function_map: list[int], spans: bool = True) -> None:
+        """Fold in a chunk's links (its function indices mapped through ``function_map``);
+        ``spans``: also its (span id, function) arrays (not when they are shared with rows)."""
         remap = function_map.__getitem__
         self.edges.update((remap(a), remap(b)) for a, b in other.edges)
-        self.span.extend(other.span)
-        self.func.extend(array("I", map(remap, other.func)))
+        if spans:
+            self.span.extend(other.span)
+            self.func.extend(array("I", map(remap, other.func)))
         self.parent.extend(other.parent)
         self.child.extend(array("I", map(remap, other.child)))
 
@@ -377,9 +487,27 @@ class Batch:
 
 
 class Model:
-    """Everything read so far, merged from batches, with global indices."""
+    """Everything read so far, merged from batches, with global indices.
 
-    def __init__(self, want_calls: bool = True, want_rows: bool = True, slow_keep: int = 0) -> None:
+    ``memory_budget`` (bytes, 0 = none): when the per-call and per-span arrays held in memory
+    grow beyond it, they are spilled to a temporary directory (``spill``) under ``spill_parent``
+    (default: the system's). Read them back through ``call_source``, ``row_partitions`` and
+    ``call_edges``, which give the same results either way.
+    """
+
+    def __init__(self, want_calls: bool = True, want_rows: bool = True, slow_keep: int = 0,
+                 memory_budget: int = 0, spill_parent: str | None = None) -> None:
+        self.memory_budget = memory_budget
+        self.spill_parent = spill_parent
+        self.held = 0  # bytes of per-call and per-span arrays in memory
+        self.spills = 0
+        self._spill: SpillDir | None = None
+        self._call_file: AppendFile | None = None
+        self._call_runs: dict[int, list[Run]] = {}
+        self._row_parts: Partitions | None = None
+        self._link_spans: Partitions | None = None
+        self._link_pending: Partitions | None = None
+        self.rows_with_cpu = 0
         self.want_calls = want_calls
         self.want_rows = want_rows
         self.slow_keep = slow_keep
@@ -390,6 +518,7 @@ class Model:
         self.calls: list[CallColumns | None] = []
         self.rows = RowColumns()
         self.links = Links() if want_calls else None
+        self._share_rows_with_links()
         self.traces: list[str] = []
         self.trace_index: dict[str, int] = {}
         self.slow: list[SlowCall] = []
@@ -450,7 +579,7 @@ class Model:
             mine_rows.flags.extend(rows.flags)
         if self.links is not None and batch.links is not None:
             batch.resolve_links()
-            self.links.merge(batch.links, function_map)
+            self.links.merge(batch.links, function_map, spans=not self.want_rows)
         for wall, trace, span, func, start in batch.slow:
             item = (wall, trace_map[trace], span, function_map[func], start)
             if len(self.slow) < self.slow_keep:
@@ -464,6 +593,89 @@ class Model:
         if batch.last_ns > self.last_ns:
             self.last_ns = batch.last_ns
         self.warnings.extend(batch.warnings)
+        if len(rows):
+            self.rows_with_cpu += len(rows.flags) - bytes(rows.flags).translate(_HAS_CPU).count(0)
+        link_entries = 0
+        if batch.links is not None:
+            link_entries = len(batch.links.child) + (0 if self.want_rows else len(batch.links.func))
+        self.held += (CALL_BYTES * sum(len(c) for c in batch.calls if c is not None) + ROW_BYTES * len(rows)
+                      + LINK_BYTES * link_entries)
+        if self.memory_budget and self.held > self.memory_budget:
+            self.spill()
+
+    # -- spilling -------------------------------------------------------------------------------
+
+    def spill(self) -> None:
+        """Move every per-call and per-span array to disk (see ``callspan.analysis.spill``)."""
+        if self._spill is None:
+            self._spill = SpillDir(self.spill_parent)
+            self._call_file = AppendFile(self._spill.new_file("calls"))
+            self._row_parts = Partitions(self._spill, "rows", ROW_TYPECODES, 0)
+            self._link_spans = Partitions(self._spill, "spans", "QI", 0)
+            self._link_pending = Partitions(self._spill, "pending", "QI", 0)
+        assert self._call_file is not None
+        for index, columns in enumerate(self.calls):
+            if columns is not None and len(columns):
+                ordered = sort_columns(columns.columns(), columns.start)
+                self._call_runs.setdefault(index, []).append((self._call_file.write(ordered), len(columns)))
+                self.calls[index] = CallColumns()
+        self._spill_links()  # first: with rows, the links' span ids are the rows'
+        self._spill_rows()
+        self.held = 0
+        self.spills += 1
+
+    def _share_rows_with_links(self) -> None:
+        # With rows, they hold every span's (span id, function): the links use those arrays.
+        if self.links is not None and self.want_rows:
+            self.links.span = self.rows.span
+            self.links.func = self.rows.func
+
+    def _spill_rows(self) -> None:
+        if self._row_parts is not None and len(self.rows):
+            self._row_parts.add(self.rows.columns())
+            self.rows = RowColumns()
+            self._share_rows_with_links()
+
+    def _spill_links(self) -> None:
+        links = self.links
+        if links is None or self._link_spans is None or self._link_pending is None:
+            return
+        links.resolve()
+        if not self.want_rows:
+            self._link_spans.add([links.span, links.func])
+        self._link_pending.add([links.parent, links.child])
+        links.drop_spans()
+        self._share_rows_with_links()
+
+    def close(self) -> None:
+        """Remove the spill files (also done when the model is collected, or at exit)."""
+        if self._spill is not None:
+            self._spill.close()
+
+    def call_source(self, function: int) -> CallSource | None:
+        """All calls of ``function`` (None when read without ``want_calls``)."""
+        columns = self.calls[function]
+        if columns is None:
+            return None
+        runs = self._call_runs.get(function, [])
+        return CallSource(self._call_file.path if runs and self._call_file else "", runs, columns)
+
+    def call_count(self, function: int) -> int:
+        columns = self.calls[function]
+        return (len(columns) if columns is not None else 0) + sum(n for _, n in self._call_runs.get(function, ()))
+
+    def partition_rows(self) -> int:
+        """Rows per partition that fit the budget while their stacks are resolved."""
+        return max(MIN_PARTITION_ROWS, self.memory_budget // ROW_RESOLVE_BYTES) if self.memory_budget else 1 << 62
+
+    def row_partitions(self) -> Iterator[RowColumns]:
+        """Every row, one partition at a time: all rows of a trace come in one partition, in arrival order."""
+        if self._row_parts is None:
+            yield self.rows
+            return
+        self._spill_rows()
+        for columns in self._row_parts.parts(self.partition_rows()):
+            yield RowColumns.of(columns)
 
     def call_edges(self) -> set[tuple[int, int]]:
         """(caller, callee) function index pairs: parent span links and summarised calls.
@@ -471,8 +683,41 @@ class Model:
         Joins the links left unresolved by each chunk once; afterwards only the (small) set of
         edges is kept. Empty when the model was read without ``want_calls``.
         """
-        if self.links is None:
+        links = self.links
+        if links is None:
             return set()
-        self.links.resolve()
-        self.links.drop_spans()
-        return self.links.edges
+        if self._spill is not None and self._link_spans is not None and self._link_pending is not None:
+            self._spill_links()
+            spans, pending = self._link_spans, self._link_pending
+            left_parent, left_child = array("Q"), array("I")
+            if self.want_rows:
+                # Span ids are in the row partitions (by trace; pending children have no trace):
+                # join as many pending children as fit against one pass over all of them.
+                group: list[list[array[Any]]] = []
+                for p in range(PARTS):
+                    group.append(pending.load(p))
+                    if p == PARTS - 1 or sum(len(g[0]) for g in group) + pending.count(p + 1) > self.partition_rows():
+                        parent = array("Q", [x for g in group for x in g[0]])
+                        child = array("I", [x for g in group for x in g[1]])
+                        chunks = ((rows.span, rows.func) for rows in self.row_partitions())
+                        parent, child = links.join(parent, child, chunks)
+                        left_parent.extend(parent)
+                        left_child.extend(child)
+                        group = []
+            else:
+                for p in range(PARTS):
+                    # A pending child lands in the partition of its parent's span id, as that span does.
+                    parent, child = pending.load(p)
+                    if len(parent):
+                        parent, child = links.join(parent, child, spans.pieces(p))  # type: ignore[arg-type]
+                        left_parent.extend(parent)
+                        left_child.extend(child)
+            pending.close()
+            self._link_pending = Partitions(self._spill, "pending", "QI", 0)
+            links.parent, links.child = left_parent, left_child
+            self._share_rows_with_links()
+            return links.edges
+        links.resolve()
+        links.drop_spans()
+        return links.edges
+
