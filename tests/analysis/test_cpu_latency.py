@@ -124,7 +124,7 @@ def test_latency_per_function(tmp_path: Path) -> None:
                 events=[calls_event("m.f", [1, 1], [30_000, 40_000], duration=3)])
     model = load_files([write(str(tmp_path / "t.jsonl"), [request(spans + coro + [root])])],
                        otlp_fixtures.load_options(slow_keep=3))
-    stacks = cpu.resolve(model, [(t, s) for _, t, s, _, _ in model.slow])
+    stacks = cpu.resolve(model, [(t, s) for _, t, s, _, _, _ in model.slow])
     report = latency.analyze(model, stacks)
     rows = {r.name: r for r in report.functions}
     f = rows["m.f"]
@@ -143,13 +143,13 @@ def test_slowest_calls_have_their_stacks(tmp_path: Path) -> None:
     spans = [span("m.leaf", 3, 10, 900, parent=2), span("m.mid", 2, 5, 950, parent=1),
              span("m.top", 1, 0, 1000)]
     model = load_files([write(str(tmp_path / "t.jsonl"), [request(spans)])], otlp_fixtures.load_options(slow_keep=1))
-    stacks = cpu.resolve(model, [(t, s) for _, t, s, _, _ in model.slow])
+    stacks = cpu.resolve(model, [(t, s) for _, t, s, _, _, _ in model.slow])
     model.slow = [x for x in model.slow]
     report = latency.analyze(model, stacks)
     assert [c.stack for c in report.slowest] == [["m.top"]]
     model2 = load_files([write(str(tmp_path / "u.jsonl"), [request(spans[:1] + spans[2:] + spans[1:2])])],
                         otlp_fixtures.load_options(slow_keep=3))
-    report2 = latency.analyze(model2, cpu.resolve(model2, [(t, s) for _, t, s, _, _ in model2.slow]))
+    report2 = latency.analyze(model2, cpu.resolve(model2, [(t, s) for _, t, s, _, _, _ in model2.slow]))
     assert [c.stack for c in report2.slowest] == [["m.top"], ["m.top", "m.mid"], ["m.top", "m.mid", "m.leaf"]]
 
 
@@ -161,7 +161,7 @@ def test_latency_sorts_in_jobs_give_the_same_report(tmp_path: Path, monkeypatch:
     spans += [span("m.root", 100, 0, 70_000, extra=summary(["m.f1"], [2], walls=[6]),
                    events=[calls_event("m.f1", [1, 1], [80_000, 90_000], duration=3)])]
     model = load_files([write(str(tmp_path / "t.jsonl"), [request(spans)])], otlp_fixtures.load_options(slow_keep=4))
-    stacks = cpu.resolve(model, [(t, s) for _, t, s, _, _ in model.slow])
+    stacks = cpu.resolve(model, [(t, s) for _, t, s, _, _, _ in model.slow])
     expected = latency.analyze(model, stacks)
     jobs: list[Any] = []
 
@@ -185,6 +185,6 @@ def test_slowest_call_stack_is_found_in_its_own_trace(tmp_path: Path) -> None:
     spans = [span("m.leaf", 5, 10, 20, parent=1, trace=1), span("m.a", 1, 0, 30, trace=1),
              span("m.leaf", 5, 10, 900, parent=2, trace=2), span("m.b", 2, 0, 950, trace=2)]
     model = load_files([write(str(tmp_path / "t.jsonl"), [request(spans)])], otlp_fixtures.load_options(slow_keep=2))
-    stacks = cpu.resolve(model, [(t, s) for _, t, s, _, _ in model.slow])
+    stacks = cpu.resolve(model, [(t, s) for _, t, s, _, _, _ in model.slow])
     report = latency.analyze(model, stacks)
     assert [(c.wall, c.stack) for c in report.slowest] == [(950, ["m.b"]), (890, ["m.b", "m.leaf"])]

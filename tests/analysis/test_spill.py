@@ -11,12 +11,13 @@ import subprocess
 import sys
 from array import array
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from callspan.analysis import latency
+from callspan.analysis import latency, spill
 from callspan.analysis.cache import StackDistances
 from callspan.analysis.loader import LoadOptions, load_files
 from callspan.analysis.model import CallColumns, CallSource, Model
@@ -33,6 +34,55 @@ from callspan.analysis.spill import (
 from tests.analysis.otlp_fixtures import SRC, key_sequence_spans, request, span, write
 from tests.analysis.test_cache import _distances_by_definition
 from tests.analysis.test_cli import run
+
+COMPILED_SORT = spill.SORT_COLUMNS
+
+
+@pytest.fixture(autouse=True, params=["compiled", "python"])
+def column_sorting(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test here runs with the compiled column sort and with the Python one."""
+    if request.param == "python":
+        monkeypatch.setattr(spill, "SORT_COLUMNS", None)
+    elif spill.SORT_COLUMNS is None:
+        pytest.skip("the compiled column sort is not built")
+    return str(request.param)
+
+
+_RANGES = {"b": (-128, 127), "B": (0, 255), "h": (-2**15, 2**15 - 1), "H": (0, 2**16 - 1), "i": (-2**31, 2**31 - 1),
+           "I": (0, 2**32 - 1), "l": (-2**63, 2**63 - 1), "L": (0, 2**64 - 1), "q": (-2**63, 2**63 - 1),
+           "Q": (0, 2**64 - 1)}
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data(), st.sampled_from(sorted(_RANGES)), st.lists(st.sampled_from(sorted(_RANGES)), max_size=4),
+       st.integers(0, 70), st.booleans())
+def test_compiled_column_sort_equals_the_python_one(data: st.DataObject, key_code: str, codes: list[str], n: int,
+                                                    as_bytes: bool) -> None:
+    def values(code: str) -> list[int]:
+        lo, hi = _RANGES[code]
+        edge = st.sampled_from([lo, hi, 0 if lo < 0 else lo, -1 if lo < 0 else hi])
+        return data.draw(st.lists(st.integers(lo, hi) | edge | st.integers(0, 3), min_size=n, max_size=n))
+
+    key: Any = array(key_code, values(key_code))
+    if as_bytes:
+        key = bytes(values("B"))
+    columns = [array(code, values(code)) for code in codes] + [array("q", range(n))]
+    if COMPILED_SORT is None:
+        pytest.skip("the compiled column sort is not built")
+    assert COMPILED_SORT(columns, key) == spill.sort_columns_py(columns, key)
+
+
+def test_column_sort_errors() -> None:
+    sort = spill.sort_columns
+    with pytest.raises(ValueError, match="as long as the key"):
+        sort([array("q", [1, 2]), array("I", [1, 2, 3, 4])], array("q", [2, 1]))
+    with pytest.raises(ValueError, match="as long as the key"):
+        sort([array("q", [1])], array("q", [2, 1]))
+    if COMPILED_SORT is not None:
+        with pytest.raises(TypeError, match="not an integer"):
+            COMPILED_SORT([array("d", [1.0])], array("d", [1.0]))  # type: ignore[arg-type]
+    assert sort([], array("q")) == []
+    assert sort([array("B", [3, 1, 2])], bytes([2, 0, 1])) == [array("B", [1, 2, 3])]
 
 
 @settings(max_examples=300, deadline=None)
@@ -57,8 +107,8 @@ def test_merged_runs_come_back_in_the_order_of_one_stable_sort(runs: list[list[i
         everything += zip(tail, numbers, strict=True)
         tail_columns = sort_columns([array("q", tail), array("Q", numbers)], array("q", tail))
         merged = []
-        for keys, payload in merged_pieces(Runs(file.path, "qQ"), written, tail_columns, 0, piece):
-            block = sorted(zip(keys, payload, strict=True), key=lambda entry: entry[0])  # the consumer's stable sort
+        for block_keys, payload in merged_pieces(Runs(file.path, "qQ"), written, tail_columns, 0, piece):
+            block = sorted(zip(block_keys, payload, strict=True), key=lambda entry: entry[0])  # the consumer's stable sort
             merged += block
         assert merged == sorted(everything, key=lambda entry: entry[0])
         file.close()

@@ -141,7 +141,7 @@ def analyze(args: argparse.Namespace, stderr: TextIO | None = None) -> Results:
             pending = cache.start(model, cache.CacheOptions(
                 target=args.target, min_calls=args.min_calls, min_share=args.min_share), workers.imap)
         if want_stacks:
-            wanted = [(trace, span) for _, trace, span, _, _ in model.slow]
+            wanted = [(trace, span) for _, trace, span, _, _, _ in model.slow]
             stacks = cpu.resolve(model, wanted)
             if "cpu" in reports:
                 results.cpu = stacks

@@ -81,7 +81,7 @@ class CpuReport:
     frame_files: dict[str, tuple[str, int]]  # frame name -> (file, line) when known
     spans: int
     orphans: int  # spans whose parent was not in the input (their stack starts at them)
-    wanted: dict[tuple[int, int], list[str]]  # (trace index, span id) -> stack, as asked
+    wanted: dict[tuple[int, int], list[str]]  # (trace key, span id) -> stack, as asked
 
     def stack_of(self, trace: int, span: int) -> list[str] | None:
         return self.wanted.get((trace, span))
@@ -90,7 +90,7 @@ class CpuReport:
 def resolve(model: Model, wanted: Iterable[tuple[int, int]] = ()) -> CpuReport:
     """Resolve every row's stack and aggregate cost per stack.
 
-    ``wanted``: (trace index, span id) pairs whose stacks the caller needs (slowest calls),
+    ``wanted``: (trace key, span id) pairs whose stacks the caller needs (slowest calls),
     available afterwards through ``CpuReport.stack_of``. Rows are resolved one partition at a
     time (``Model.row_partitions``: every row of a trace in one), so memory follows the
     partition, not the input; stacks are ranked by cost, then by path, whatever the order.
@@ -118,10 +118,11 @@ def resolve(model: Model, wanted: Iterable[tuple[int, int]] = ()) -> CpuReport:
     found: dict[tuple[int, int], list[str]] = {}
     wanted_set = set(wanted)
     wanted_spans = {span for _, span in wanted_set}
-    spans_seen = orphans = 0
+    spans_seen = orphans = traces = 0
     for rows in model.row_partitions():
         n = len(rows)
         spans_seen += n
+        traces += len(set(rows.trace))  # a trace's rows are all in one partition
         row_stack, lost = _resolve_rows(table, rows, func_name)
         orphans += lost
         grow = len(table.parent) - len(self_by)
@@ -142,6 +143,7 @@ def resolve(model: Model, wanted: Iterable[tuple[int, int]] = ()) -> CpuReport:
                     found[pair] = table.path(row_stack[i])
     stats = [StackStat(s, self_by[s], total_by[s], calls_by[s]) for s in range(1, len(self_by)) if calls_by[s]]
     stats.sort(key=lambda st: (-st.self_cost, -st.total_cost, table.path(st.stack)))
+    model.trace_count = traces
     return CpuReport(basis, unit, sum(self_by), stats, table, frame_files, spans_seen, orphans, found)
 
 

@@ -208,10 +208,10 @@ class PendingLatency:
             ))
         rows.sort(key=lambda r: (-r.total_wall, r.name))
         slowest = []
-        for wall, trace, span, func, start in sorted(model.slow, reverse=True):
+        for wall, trace, span, func, start, trace_id in sorted(model.slow, reverse=True):
             info = model.functions[func]
             stack = (stacks.stack_of(trace, span) if stacks is not None else None) or [info.name]
-            slowest.append(SlowCall(info.name, info.file, info.line, wall, start, model.traces[trace],
+            slowest.append(SlowCall(info.name, info.file, info.line, wall, start, trace_id,
                                     f"{span:016x}" if span else "", stack))
         return LatencyReport(rows, slowest)
 

@@ -8,6 +8,7 @@ worker per core; small ones are read in this process.
 
 from __future__ import annotations
 
+import collections
 import gc
 import multiprocessing
 import os
@@ -30,6 +31,36 @@ from callspan.analysis.readers import (
 )
 
 PARALLEL_MIN_BYTES = 24 << 20
+WINDOW = 3  # tasks in flight per worker process
+
+
+class _Windowed:
+    """Results of ``func`` over ``items`` in a pool, in order, with a bounded number in flight."""
+
+    def __init__(self, pool: Any, func: Callable[[Any], Any], items: Iterator[Any], window: int) -> None:
+        self._pool = pool
+        self._func = func
+        self._items = items
+        self._pending: collections.deque[Any] = collections.deque()
+        for _ in range(window):
+            if not self._submit():
+                break
+
+    def _submit(self) -> bool:
+        for item in self._items:
+            self._pending.append(self._pool.apply_async(self._func, (item,)))
+            return True
+        return False
+
+    def __iter__(self) -> _Windowed:
+        return self
+
+    def __next__(self) -> Any:
+        if not self._pending:
+            raise StopIteration
+        result = self._pending.popleft()
+        self._submit()
+        return result.get()
 
 
 @dataclass(slots=True)
@@ -80,9 +111,18 @@ class Workers:
             self._pool = multiprocessing.get_context(method).Pool(self.jobs, initializer=_worker_init)
 
     def imap(self, func: Callable[[Any], Any], items: Iterable[Any]) -> Iterator[Any]:
+        """``map`` in the workers, results in order; starts right away, runs ahead through all
+        ``items`` (for small results: the analyses')."""
         if self._pool is None:
             return map(func, items)
         return iter(self._pool.imap(func, items, chunksize=1))
+
+    def imap_windowed(self, func: Callable[[Any], Any], items: Iterable[Any]) -> Iterator[Any]:
+        """Like ``imap``, with at most ``WINDOW`` items per worker in flight, so that big results
+        the caller has not taken yet (batches read from the input) stay few."""
+        if self._pool is None:
+            return map(func, items)
+        return _Windowed(self._pool, func, iter(items), self.jobs * WINDOW)
 
     def close(self) -> None:
         if self._pool is not None:
@@ -131,7 +171,7 @@ def load_files(paths: list[str], options: LoadOptions, model: Model | None = Non
     if workers is None:
         workers = Workers(1 if len(tasks) < 2 else auto_jobs(paths, options.jobs))
     try:
-        for task, batch in zip(tasks, workers.imap(_work, jobs), strict=True):
+        for task, batch in zip(tasks, workers.imap_windowed(_work, jobs), strict=True):
             model.merge(batch)
             done += task[3] - task[2]
             if progress is not None:

@@ -22,6 +22,7 @@ worker processes, pickled cheaply (typed arrays pickle as bytes) and merged into
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
@@ -32,6 +33,7 @@ from typing import Any
 
 from callspan.analysis.spill import (
     PARTS,
+    SORT_SLICE,
     AppendFile,
     Partitions,
     Run,
@@ -268,7 +270,7 @@ class RowColumns:
     __slots__ = ("trace", "span", "parent", "func", "self_cost", "total_cost", "run", "count", "flags")
 
     def __init__(self) -> None:
-        self.trace = array("I")
+        self.trace = array("Q")  # in a Batch: its trace index; in a Model: ``trace_key`` of the trace id
         self.span = array("Q")  # 0 for summary rows (never a parent)
         self.parent = array("Q")  # 0 = none
         self.func = array("I")
@@ -386,6 +388,20 @@ def _appenders(columns: CallColumns | None) -> tuple[Any, ...] | None:
 
 # A slow-call candidate: (wall_ns, trace index, span id, function index, start_ns).
 SlowCall = tuple[int, int, int, int, int]
+# In a Model: (wall_ns, trace key, span id, function index, start_ns, trace id).
+ModelSlowCall = tuple[int, int, int, int, int, str]
+_TRACE_KEY_MASK = (1 << 64) - 1
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+def trace_key(trace_id: str) -> int:
+    """A 64-bit key for a trace id, kept per row instead of a table of every trace id: the id's
+    128 bits folded to 64 (hex ids, as OTLP and Jaeger write them), else a digest of the text.
+    Two traces with one key would only share a lookup scope: span ids, not traces, link spans."""
+    if 0 < len(trace_id) <= 32 and _HEX.issuperset(trace_id):
+        value = int(trace_id, 16)
+        return (value >> 64) ^ (value & _TRACE_KEY_MASK)
+    return int.from_bytes(hashlib.blake2b(trace_id.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
 
 
 class Batch:
@@ -519,9 +535,8 @@ class Model:
         self.rows = RowColumns()
         self.links = Links() if want_calls else None
         self._share_rows_with_links()
-        self.traces: list[str] = []
-        self.trace_index: dict[str, int] = {}
-        self.slow: list[SlowCall] = []
+        self.trace_count: int | None = None  # distinct traces, once counted (``cpu.resolve``)
+        self.slow: list[ModelSlowCall] = []
         self.spans = 0
         self.requests = 0
         self.first_ns = 0
@@ -558,17 +573,11 @@ class Model:
                 if mine is not None and theirs is not None:
                     mine.extend(theirs)
             function_map.append(index)
-        trace_map = []
-        for trace_id in batch.traces:
-            index = self.trace_index.get(trace_id)
-            if index is None:
-                index = self.trace_index[trace_id] = len(self.traces)
-                self.traces.append(trace_id)
-            trace_map.append(index)
+        trace_map = list(map(trace_key, batch.traces))
         rows = batch.rows
         if len(rows):
             mine_rows = self.rows
-            mine_rows.trace.extend(array("I", map(trace_map.__getitem__, rows.trace)))
+            mine_rows.trace.extend(array("Q", map(trace_map.__getitem__, rows.trace)))
             mine_rows.func.extend(array("I", map(function_map.__getitem__, rows.func)))
             mine_rows.span.extend(rows.span)
             mine_rows.parent.extend(rows.parent)
@@ -581,7 +590,7 @@ class Model:
             batch.resolve_links()
             self.links.merge(batch.links, function_map, spans=not self.want_rows)
         for wall, trace, span, func, start in batch.slow:
-            item = (wall, trace_map[trace], span, function_map[func], start)
+            item = (wall, trace_map[trace], span, function_map[func], start, batch.traces[trace])
             if len(self.slow) < self.slow_keep:
                 heapq.heappush(self.slow, item)
             elif self.slow and item > self.slow[0]:
@@ -616,8 +625,12 @@ class Model:
         assert self._call_file is not None
         for index, columns in enumerate(self.calls):
             if columns is not None and len(columns):
-                ordered = sort_columns(columns.columns(), columns.start)
-                self._call_runs.setdefault(index, []).append((self._call_file.write(ordered), len(columns)))
+                runs = self._call_runs.setdefault(index, [])
+                # Sorted in slices (runs of at most SORT_SLICE calls): the sort order list, a
+                # Python int per entry, stays small.
+                for lo in range(0, len(columns), SORT_SLICE):
+                    part = [c[lo:lo + SORT_SLICE] for c in columns.columns()]
+                    runs.append((self._call_file.write(sort_columns(part, part[0])), len(part[0])))
                 self.calls[index] = CallColumns()
         self._spill_links()  # first: with rows, the links' span ids are the rows'
         self._spill_rows()

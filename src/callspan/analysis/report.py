@@ -317,7 +317,7 @@ def render_json_object(results: Results) -> dict[str, Any]:
         "schema": JSON_SCHEMA,
         "generator": f"callspan {__version__}",
         "input": {
-            "sources": m.sources, "spans": m.spans, "requests": m.requests, "traces": len(m.traces) or None,
+            "sources": m.sources, "spans": m.spans, "requests": m.requests, "traces": m.trace_count or None,
             "time_range_ns": [m.first_ns, m.last_ns] if m.first_ns else None,
             "processes": [p.as_json() for p in m.processes], "warnings": m.warnings,
         },
