@@ -4,6 +4,7 @@ stream replay and the rank selection equal their in-memory definitions, and the 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -20,7 +21,7 @@ from hypothesis import strategies as st
 from callspan.analysis import latency, spill
 from callspan.analysis.cache import StackDistances
 from callspan.analysis.loader import LoadOptions, load_files
-from callspan.analysis.model import CallColumns, CallSource, Model
+from callspan.analysis.model import CallColumns, CallSource, Model, trace_key
 from callspan.analysis.otlp import add_request
 from callspan.analysis.spill import (
     AppendFile,
@@ -294,3 +295,16 @@ def test_model_close_removes_the_spill_files() -> None:
     assert source is not None and source.spilled and os.path.exists(source.path)
     model.close()
     assert not os.path.exists(source.path)
+
+
+def test_trace_keys_fold_hex_ids_and_digest_the_rest() -> None:
+    assert trace_key("0" * 16 + "00000000000000ff") == 0xFF
+    assert trace_key("00000000000000010000000000000002") == 1 ^ 2
+    assert trace_key("abcdef") == trace_key("ABCDEF") == 0xABCDEF  # Jaeger's short ids too
+    # not hex, or too long: a digest of the text, the same in every process (not hash())
+    assert trace_key("trace-1") == int.from_bytes(hashlib.blake2b(b"trace-1", digest_size=8).digest(), "little")
+    assert trace_key("f" * 33) != trace_key("f" * 32)
+    assert trace_key("") == trace_key("")
+    rng = random.Random(1)
+    ids = {f"{rng.getrandbits(128):032x}" for _ in range(10_000)}
+    assert len({trace_key(i) for i in ids}) == len(ids)

@@ -1,25 +1,30 @@
-"""The analyzer's compact in-memory model of a set of traces.
+"""The analyzer's compact model of a set of traces.
 
 Spans are folded into this model one export request at a time and then dropped; what stays is
 
 - per process: a few identifying facts (``ProcessInfo``);
 - per (process, function): a row of integer totals (``S_*`` indices) and, when the cache or
   latency report needs them, one entry per call in typed arrays (``CallColumns``: start, end,
-  args hash, return hash, CPU, thread, flags: 37 bytes per call, no Python object per call);
+  args hash, return hash, CPU, thread, flags: 45 bytes per call, no Python object per call);
 - when the CPU or latency report needs call stacks: one entry per span in typed arrays
-  (``RowColumns``: trace, span id, parent id, function, self, total, running, count, flags:
-  53 bytes per span), resolved into stacks once all input is read (spans of one trace may
+  (``RowColumns``: trace key, span id, parent id, function, self, total, running, count, flags:
+  57 bytes per span), resolved into stacks once all input is read (spans of one trace may
   arrive in different lines or files, children usually before their parents);
 - when the cache report runs: the call graph between functions (``Model.call_edges``), a set of
   (caller, callee) function pairs. Parent links are resolved within each chunk of input; a
   parent may arrive in a later chunk (or, for a task outliving its creator, an earlier one), so
-  every span's (span id, function) stays in typed arrays (12 bytes per span), and so does each
-  child left unresolved in its chunk, until the links are joined once all input is read.
+  every span's (span id, function) stays (the rows' arrays when there are rows, else 12 bytes
+  per span), and so does each child left unresolved in its chunk, until the links are joined
+  once all input is read.
+
+The per-call and per-span arrays are what grows with the input: beyond ``memory_budget`` bytes
+they are spilled to disk (``callspan.analysis.spill``) and read back by ``call_source``,
+``row_partitions`` and ``call_edges``, with the same results. What stays in memory then grows
+with the functions, keys and call-graph edges only.
 
 A ``Batch`` is the same thing for one chunk of input with local indices; batches are built in
 worker processes, pickled cheaply (typed arrays pickle as bytes) and merged into a ``Model``.
 """
-
 from __future__ import annotations
 
 import hashlib
