@@ -25,7 +25,7 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterator, Sequence
 from itertools import repeat
 from operator import mod
-from typing import Any
+from typing import Any, TypeAlias
 
 PIECE = 1 << 16  # most entries per column read from a run at a time
 MERGE_BYTES = 16 << 20  # what the pieces of all runs being merged may take together
@@ -132,7 +132,7 @@ def sort_columns_py(columns: Sequence[array[Any]], key: Sequence[int]) -> list[a
     return [array(c.typecode, map(c.__getitem__, order)) for c in columns]
 
 
-SortColumns = Callable[[Sequence[array[Any]], Sequence[int]], list[array[Any]]]
+SortColumns: TypeAlias = "Callable[[Sequence[array[Any]], Sequence[int]], list[array[Any]]]"
 SORT_COLUMNS: SortColumns | None = None
 try:  # the same in C (setup.py builds it when a compiler is there): ~100x faster
     from callspan.analysis._columns import sort_columns as _compiled_sort_columns
