@@ -4,12 +4,17 @@
     python benchmarks/bench_analyze.py --spans 200000 --report cache
     python benchmarks/bench_analyze.py --input traces.jsonl # real tracer output instead
     python benchmarks/bench_analyze.py --spans 250000,1000000,3000000  # memory vs input size
+    python benchmarks/bench_analyze.py --source tracer     # spans written by the tracer itself
 
 The synthetic input follows docs/span-schema.md the way ``callspan run -o`` writes it: OTLP JSON
 lines, one export request of ``--batch`` spans per line, spans in end order (children before
 parents, traces split across lines), ~1.2 KB per span with the tracer's attribute set, some
 coroutines and methods, and on some spans ``callspan.summary.*`` arrays plus ``callspan.calls``
 events. The file is generated once and reused (kept next to the system temp dir by default).
+
+``--source tracer`` instead runs ``benchmarks/workloads/request_mix.py`` under ``callspan run -o``
+(every call a span: no per-second span budget), scaled to about ``--spans`` spans (~12 per
+request, 2000 per line, ~1 KB each): the tracer's real output, real keyed hashes and CPU times.
 
 The analyzer runs in a subprocess (as users run it); peak memory is ``ru_maxrss`` of that process
 and, separately, of its largest worker process.
@@ -199,6 +204,20 @@ def _summarise(rng: random.Random, functions: list[Function], span: dict[str, An
         _attr("callspan.cpu", [fn.cost] * n), _attr("callspan.sample_rate", 1.0)]}]
 
 
+SPANS_PER_REQUEST = 12.4  # request_mix.py under the tracer, every call a span (measured)
+
+
+def generate_with_tracer(python: str, path: str, spans: int) -> None:
+    """``callspan run -o path request_mix.py SCALE`` for about ``spans`` spans."""
+    scale = spans / SPANS_PER_REQUEST / 40000  # request_mix.py runs 40000 * SCALE requests
+    env = dict(os.environ, PYTHONPATH=SRC, CALLSPAN_MAX_SPANS_PER_SECOND=str(10**9))
+    workload = os.path.join(ROOT, "benchmarks", "workloads", "request_mix.py")
+    partial = path + ".partial"
+    subprocess.run([python, "-m", "callspan", "run", "-o", partial, workload, f"{scale:.6f}"], env=env, check=True,
+                   stdout=subprocess.DEVNULL)
+    os.replace(partial, path)
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
@@ -221,6 +240,8 @@ def main() -> int:
     parser.add_argument("--spans", default="1000000", help="spans to generate; a comma-separated list runs each size")
     parser.add_argument("--memory-mb", type=int, help="the analyzer's --memory-mb (default: its own default)")
     parser.add_argument("--batch", type=int, default=500, help="spans per line (export request)")
+    parser.add_argument("--source", choices=("synthetic", "tracer"), default="synthetic",
+                        help="generate the input synthetically (default) or with the tracer")
     parser.add_argument("--input", help="analyze this file instead of synthetic spans")
     parser.add_argument("--data-dir", default=tempfile.gettempdir(), help="where the synthetic file is kept")
     parser.add_argument("--report", default="all")
@@ -243,7 +264,14 @@ def main() -> int:
 
 def run_size(args: argparse.Namespace, count: int) -> int:
     path = args.input
-    if path is None:
+    if path is None and args.source == "tracer":
+        path = os.path.join(args.data_dir, f"callspan-bench-tracer-{count}.jsonl")
+        if not os.path.exists(path):
+            print(f"tracing request_mix.py for about {count:,} spans into {path} ...", file=sys.stderr)
+            t = time.perf_counter()
+            generate_with_tracer(args.python, path, count)
+            print(f"  {time.perf_counter() - t:.1f} s", file=sys.stderr)
+    elif path is None:
         path = os.path.join(args.data_dir, f"callspan-bench-{count}-{args.batch}.jsonl")
         if not os.path.exists(path):
             print(f"generating {count:,} spans into {path} ...", file=sys.stderr)
@@ -266,7 +294,7 @@ def run_size(args: argparse.Namespace, count: int) -> int:
         if proc.returncode != 0 or not stats:
             print(proc.stderr, file=sys.stderr)
             return 1
-        spans = _count_spans(path) if args.input else count
+        spans = _count_spans(path) if args.input or args.source == "tracer" else count
         print(f"result:  {spans:,} spans in {wall:.2f} s wall ({spans / wall:,.0f} spans/s, "
               f"{size / wall / 1e6:.0f} MB/s); peak RSS analyzer {stats['self_maxrss_kb'] / 1024:.0f} MB, "
               f"largest worker {stats['workers_maxrss_kb'] / 1024:.0f} MB; CPU {stats['cpu_self']:.1f} s "
