@@ -210,7 +210,8 @@ SPANS_PER_REQUEST = 12.4  # request_mix.py under the tracer, every call a span (
 def generate_with_tracer(python: str, path: str, spans: int) -> None:
     """``callspan run -o path request_mix.py SCALE`` for about ``spans`` spans."""
     scale = spans / SPANS_PER_REQUEST / 40000  # request_mix.py runs 40000 * SCALE requests
-    env = dict(os.environ, PYTHONPATH=SRC, CALLSPAN_MAX_SPANS_PER_SECOND=str(10**9))
+    # No span budget, and a backlog big enough that the span builder never has to drop calls.
+    env = dict(os.environ, PYTHONPATH=SRC, CALLSPAN_MAX_SPANS_PER_SECOND=str(10**9), CALLSPAN_MAX_PENDING=str(10**8))
     workload = os.path.join(ROOT, "benchmarks", "workloads", "request_mix.py")
     partial = path + ".partial"
     subprocess.run([python, "-m", "callspan", "run", "-o", partial, workload, f"{scale:.6f}"], env=env, check=True,
