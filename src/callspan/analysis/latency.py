@@ -117,9 +117,16 @@ def select_ranks(chunks: Callable[[], Iterable[array[int]]], ranks: list[int]) -
     every rank's value range to one of ``SELECT_BUCKETS`` equal buckets (a histogram of the
     values in the range), until a range holds few enough values to sort.
     """
-    lo = min(min(c) for c in chunks() if len(c))
-    hi = max(max(c) for c in chunks() if len(c))
-    total = sum(len(c) for c in chunks())
+    lo = hi = None
+    total = 0
+    for chunk in chunks():
+        if len(chunk):
+            low, high = min(chunk), max(chunk)
+            lo = low if lo is None or low < lo else lo
+            hi = high if hi is None or high > hi else hi
+            total += len(chunk)
+    if lo is None or hi is None:
+        raise ValueError("select_ranks: no values")
     # Per rank still open: [lo, hi] holds it, ``inside`` values are in the range, ``below`` under it.
     open_ranks = {rank: (lo, hi, total, 0) for rank in ranks}
     found: dict[int, int] = {}

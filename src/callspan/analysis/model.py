@@ -667,6 +667,11 @@ class Model:
 
     def close(self) -> None:
         """Remove the spill files (also done when the model is collected, or at exit)."""
+        for parts in (self._row_parts, self._link_spans, self._link_pending):
+            if parts is not None:
+                parts.file.close()
+        if self._call_file is not None:
+            self._call_file.close()
         if self._spill is not None:
             self._spill.close()
 
@@ -715,8 +720,10 @@ class Model:
                 for p in range(PARTS):
                     group.append(pending.load(p))
                     if p == PARTS - 1 or sum(len(g[0]) for g in group) + pending.count(p + 1) > self.partition_rows():
-                        parent = array("Q", [x for g in group for x in g[0]])
-                        child = array("I", [x for g in group for x in g[1]])
+                        parent, child = array("Q"), array("I")
+                        for g_parent, g_child in group:
+                            parent.extend(g_parent)
+                            child.extend(g_child)
                         chunks = ((rows.span, rows.func) for rows in self.row_partitions())
                         parent, child = links.join(parent, child, chunks)
                         left_parent.extend(parent)

@@ -75,6 +75,7 @@ class AppendFile:
             self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o600)
         except OSError as exc:
             raise _failed(path, exc) from None
+        self._closer = weakref.finalize(self, os.close, self._fd)
 
     def write(self, columns: Sequence[array[Any]]) -> int:
         """Append ``columns`` one after another; returns the offset of the first."""
@@ -91,9 +92,7 @@ class AppendFile:
         return offset
 
     def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        self._closer()
 
 
 def open_read(path: str) -> int:
