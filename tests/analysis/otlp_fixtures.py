@@ -179,13 +179,20 @@ def model_of(*requests: dict[str, Any]) -> Model:
     return model
 
 
+SPILL_MODES = ["in-memory", "spilled", "spilled-python-sort"]
+
+
 def spill_modes(request: Any, monkeypatch: Any) -> str:
-    """For an autouse fixture with params ["in-memory", "spilled"]: set ``MEMORY_BUDGET``, and
-    when spilling, read runs back 3 calls at a time and split row partitions beyond 2 rows."""
-    if request.param == "spilled":
+    """For an autouse fixture with params ``SPILL_MODES``: set ``MEMORY_BUDGET``, and when
+    spilling, read runs back 3 calls at a time, replay 5 at a time and split row partitions
+    beyond 2 rows; with the Python column sort instead of the compiled one, if asked."""
+    if request.param.startswith("spilled"):
         monkeypatch.setattr(sys.modules[__name__], "MEMORY_BUDGET", 1)
         monkeypatch.setattr(spill, "PIECE", 3)
+        monkeypatch.setattr(model, "REPLAY_BLOCK", 5)
         monkeypatch.setattr(model, "MIN_PARTITION_ROWS", 2)
+    if request.param.endswith("python-sort"):
+        monkeypatch.setattr(spill, "SORT_COLUMNS", None)
     return str(request.param)
 
 

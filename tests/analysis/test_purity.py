@@ -23,9 +23,10 @@ from tests.analysis.otlp_fixtures import calls_event, kvs, model_of, request, sp
 IDENTITY = {"callspan.method": True, "callspan.args.identity": True}
 METHOD = {"callspan.method": True}
 
-@pytest.fixture(autouse=True, params=["in-memory", "spilled"])
+@pytest.fixture(autouse=True, params=otlp_fixtures.SPILL_MODES)
 def memory_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Every test here runs with the model in memory and with every batch spilled to disk."""
+    """Every test here runs with the model in memory and with every batch spilled to disk
+    (sorted by the compiled column sort and by the Python one)."""
     return otlp_fixtures.spill_modes(request, monkeypatch)
 
 

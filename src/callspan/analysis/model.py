@@ -36,6 +36,7 @@ from itertools import compress, repeat
 from operator import is_, itemgetter
 from typing import Any
 
+from callspan.analysis import spill
 from callspan.analysis.spill import (
     PARTS,
     SORT_SLICE,
@@ -209,6 +210,7 @@ class CallColumns:
 
 
 CALL_TYPECODES = "".join(c.typecode for c in CallColumns().columns())
+REPLAY_BLOCK = 1 << 16  # calls handed to the cache replay at a time (compiled column sort)
 CALL_BYTES = sum(c.itemsize for c in CallColumns().columns())
 
 
@@ -238,21 +240,28 @@ class CallSource:
     def spilled(self) -> bool:
         return bool(self.runs)
 
-    def blocks(self) -> Iterator[tuple[CallColumns, list[int]]]:
-        """(calls, the order of their indices by start), successive blocks in start order overall.
+    def blocks(self) -> Iterator[tuple[CallColumns, Sequence[int]]]:
+        """(calls, the indices of those to take next, in order), successive blocks in start order.
 
         The order is that of one stable sort of every call by start time in arrival order,
-        whether or not some were spilled (``spill.merged_pieces``).
+        whether or not some were spilled (``spill.merged_pieces``). With the compiled column sort,
+        each merged piece is sorted once and handed out in ranges of ``REPLAY_BLOCK`` calls (the
+        replay's per-call temporaries stay small); without it, as one piece and its sort order.
         """
         if not self.runs:
-            tail = self.tail
-            if len(tail):
-                yield tail, sorted(range(len(tail)), key=tail.start.__getitem__)
-            return
-        ordered = sort_columns(self.tail.columns(), self.tail.start)
-        for columns in merged_pieces(Runs(self.path, CALL_TYPECODES), self.runs, ordered, 0):
-            block = CallColumns.of(columns)
-            yield block, sorted(range(len(block)), key=block.start.__getitem__)
+            pieces: Iterable[list[array[Any]]] = [self.tail.columns()] if len(self.tail) else []
+        else:
+            ordered = sort_columns(self.tail.columns(), self.tail.start)
+            pieces = merged_pieces(Runs(self.path, CALL_TYPECODES), self.runs, ordered, 0)
+        for columns in pieces:
+            if spill.SORT_COLUMNS is None:
+                block = CallColumns.of(columns)
+                yield block, sorted(range(len(block)), key=block.start.__getitem__)
+                continue
+            block = CallColumns.of(spill.SORT_COLUMNS(columns, columns[0]))
+            n = len(block)
+            for lo in range(0, n, REPLAY_BLOCK):
+                yield block, range(lo, min(n, lo + REPLAY_BLOCK))
 
     def gather(self) -> CallColumns:
         """Every call in one ``CallColumns`` (runs first): for tests and small inputs."""
