@@ -109,10 +109,37 @@ def _write(path: str, text: str) -> None:
         raise CallspanError(f"{path}: cannot write: {exc.strerror or exc}") from None
 
 
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+MMAP_THRESHOLD = 1 << 20  # per-batch arrays stay below (heap: no page faults); the model's go above
+
+
+def _return_freed_memory_promptly() -> None:
+    """Keep glibc's malloc from holding on to freed big arrays (Linux, this process and its workers).
+
+    glibc serves big allocations with mmap (released to the system on free) until the first such
+    block is freed; then it raises its threshold and serves them from the heap, whose freed space
+    stays in the process. The analyzer frees its arrays whenever it spills them, so with the
+    dynamic threshold its peak RSS grew well past its budget (3M spans, cache report: 165-216 MB;
+    with a fixed 1 MiB threshold 112-115 MB, 128 KiB 104 MB but ~10% slower: every batch's arrays
+    were then fresh pages). malloc_trim after each spill gave back only part (144-152 MB).
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        pass
+
+
 def analyze(args: argparse.Namespace, stderr: TextIO | None = None) -> Results:
     """Read the inputs named by ``args`` and run the reports asked for."""
     stderr = stderr if stderr is not None else sys.stderr
     reports = _validate(args)
+    if args.memory_mb:
+        _return_freed_memory_promptly()  # before the workers fork: they inherit it
     started = time.monotonic()
     want_stacks = "cpu" in reports or "latency" in reports or bool(args.folded or args.speedscope)
     options = LoadOptions(want_calls="cache" in reports or "latency" in reports, want_rows=want_stacks,
@@ -131,6 +158,7 @@ def analyze(args: argparse.Namespace, stderr: TextIO | None = None) -> Results:
         if args.jaeger:
             name, body = fetch(args.jaeger, args.service, parse_since(args.since), args.limit, args.jaeger_api)
             load_bytes(model, body, name)
+        model.spill_rest()
         progress.set_phase("analyzing", progress.total, model.spans)
         results = Results(model, reports, top=args.top)
         pending = None

@@ -651,6 +651,12 @@ class Model:
         self.held = 0
         self.spills += 1
 
+    def spill_rest(self) -> None:
+        """After loading, once anything was spilled: spill what is still in memory too, so that
+        work sent to worker processes is a path and offsets, not copies of arrays."""
+        if self._spill is not None and self.held:
+            self.spill()
+
     def _share_rows_with_links(self) -> None:
         # With rows, they hold every span's (span id, function): the links use those arrays.
         if self.links is not None and self.want_rows:
