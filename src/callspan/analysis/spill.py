@@ -3,9 +3,10 @@
 The model keeps one entry per call (``CallColumns``) and per span (``RowColumns``, link arrays)
 in memory up to a budget; beyond it, ``Model.spill`` moves them into a temporary directory:
 
-- each function's calls as a *run*, sorted by start time (``CallStore``). The cache replay
-  needs a function's calls in start order: ``CallSource.blocks`` merges its runs back, piece by
-  piece, into exactly the order a stable sort of all of them would give (ties in arrival order);
+- each function's calls as *runs* sorted by start time (``Runs``, one file for all functions).
+  The cache replay needs a function's calls in start order: ``CallSource.blocks`` merges its runs
+  back (``merged_pieces``), piece by piece, into exactly the order a stable sort of all of them
+  would give (ties in arrival order);
 - rows and links into *partitions* by a key (``Partitions``): every row of a trace lands in one
   partition, so stacks resolve one partition at a time. A partition too big to load within the
   budget is split again by the next digit of its key when it is read back.
@@ -193,7 +194,7 @@ def merged_pieces(runs: Runs, run_list: list[Run], tail: list[array[Any]] | None
 
     Each block's entries all come before the next block's in the order of a stable sort of the
     concatenation of the runs on the key (equal keys: earlier run first, then position in run);
-    a block is itself in arrival order and is stable-sorted by its consumer.
+    a block is its runs' slices one after another (each sorted), stable-sorted by its consumer.
     """
     # Many runs (a long input spilled many times): smaller pieces, so that all of them together
     # stay within MERGE_BYTES.
