@@ -8,6 +8,7 @@ import os
 import sys
 from typing import Any
 
+import pytest
 from hypothesis import strategies as st
 
 from callspan.analysis import model, spill
@@ -177,6 +178,17 @@ def model_of(*requests: dict[str, Any]) -> Model:
         add_request(batch, r)
     model.merge(batch)
     return model
+
+
+def compiled_or_python(request: Any, monkeypatch: Any, module: Any, name: str, what: str) -> str:
+    """For an autouse fixture with params ["compiled", "python"]: ``module.name`` (a compiled
+    implementation, or None when not built) set to None for "python"; "compiled" is skipped
+    when it is not built."""
+    if request.param == "python":
+        monkeypatch.setattr(module, name, None)
+    elif getattr(module, name) is None:
+        pytest.skip(f"the compiled {what} is not built")
+    return str(request.param)
 
 
 SPILL_MODES = ["in-memory", "spilled", "spilled-python-sort"]

@@ -15,6 +15,7 @@ from callspan.analysis.loader import LoadOptions, load_bytes, load_files, new_mo
 from callspan.analysis.model import Model
 from callspan.analysis.readers import expand_inputs, is_trace_file, plan
 from callspan.errors import CallspanError
+from tests.analysis import otlp_fixtures
 from tests.analysis.otlp_fixtures import (
     arbitrary_json,
     calls_event,
@@ -32,11 +33,7 @@ from tests.analysis.otlp_fixtures import (
 @pytest.fixture(autouse=True, params=["compiled", "python"])
 def request_reader(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Every test here runs through the compiled OTLP request reader and through the Python one."""
-    if request.param == "python":
-        monkeypatch.setattr(readers, "SCAN_REQUEST", None)
-    elif readers.SCAN_REQUEST is None:
-        pytest.skip("the compiled request reader is not built")
-    return str(request.param)
+    return otlp_fixtures.compiled_or_python(request, monkeypatch, readers, "SCAN_REQUEST", "request reader")
 
 
 def load(*paths: str | Path, **options: Any) -> Model:

@@ -32,6 +32,7 @@ from callspan.analysis.spill import (
     merged_pieces,
     sort_columns,
 )
+from tests.analysis import otlp_fixtures
 from tests.analysis.otlp_fixtures import SRC, key_sequence_spans, request, span, write
 from tests.analysis.test_cache import _distances_by_definition
 from tests.analysis.test_cli import run
@@ -42,11 +43,7 @@ COMPILED_SORT = spill.SORT_COLUMNS
 @pytest.fixture(autouse=True, params=["compiled", "python"])
 def column_sorting(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Every test here runs with the compiled column sort and with the Python one."""
-    if request.param == "python":
-        monkeypatch.setattr(spill, "SORT_COLUMNS", None)
-    elif spill.SORT_COLUMNS is None:
-        pytest.skip("the compiled column sort is not built")
-    return str(request.param)
+    return otlp_fixtures.compiled_or_python(request, monkeypatch, spill, "SORT_COLUMNS", "column sort")
 
 
 _RANGES = {"b": (-128, 127), "B": (0, 255), "h": (-2**15, 2**15 - 1), "H": (0, 2**16 - 1), "i": (-2**31, 2**31 - 1),

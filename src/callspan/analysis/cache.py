@@ -704,7 +704,7 @@ class PendingAnalysis:
             if sum(model.functions[i].calls for i in indices) < options.min_calls:
                 del groups[key]
                 continue
-            if all(_unkeyed(model.call_source(i)) for i in indices):
+            if not any(model.keyed_calls[i] for i in indices):
                 self.without_keys += 1
                 del groups[key]
         self.groups = groups
@@ -749,10 +749,6 @@ class PendingAnalysis:
                                            -op.savings.wall, -op.hits_unbounded, op.name))
         return CacheReport(opportunities, self.total_cpu, len(self.groups), without_reuse, self.without_keys,
                            options)
-
-
-def _unkeyed(source: CallSource | None) -> bool:
-    return source is None or all(piece.args.count(0) == len(piece) for piece in source.pieces())
 
 
 def start(model: Model, options: CacheOptions | None = None,

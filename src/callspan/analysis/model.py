@@ -34,7 +34,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import compress, repeat
 from operator import is_, itemgetter
-from typing import Any
+from typing import Any, TypeVar
 
 from callspan.analysis import spill
 from callspan.analysis.spill import (
@@ -167,7 +167,32 @@ class FunctionInfo:
         return self.stats[S_CALLS] + self.stats[S_SUM_CALLS]
 
 
-class CallColumns:
+class ColumnSet:
+    """Typed arrays of equal length named by ``__slots__``: pickled as the arrays, in that order."""
+
+    __slots__: tuple[str, ...] = ()
+
+    def __getstate__(self) -> tuple[array[Any], ...]:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __setstate__(self, state: tuple[array[Any], ...]) -> None:
+        for name, value in zip(self.__slots__, state, strict=True):
+            setattr(self, name, value)
+
+    def columns(self) -> list[array[Any]]:
+        return list(self.__getstate__())
+
+    @classmethod
+    def of(cls: type[_Set], columns: Sequence[array[Any]]) -> _Set:
+        out = cls.__new__(cls)
+        out.__setstate__(tuple(columns))
+        return out
+
+
+_Set = TypeVar("_Set", bound=ColumnSet)
+
+
+class CallColumns(ColumnSet):
     """One entry per call of one function: what the cache and latency analyses need."""
 
     __slots__ = ("start", "end", "args", "ret", "cpu", "thread", "flags")
@@ -192,21 +217,6 @@ class CallColumns:
         self.cpu.extend(other.cpu)
         self.thread.extend(other.thread)
         self.flags.extend(other.flags)
-
-    def __getstate__(self) -> tuple[array[Any], ...]:
-        return (self.start, self.end, self.args, self.ret, self.cpu, self.thread, self.flags)
-
-    def __setstate__(self, state: tuple[array[Any], ...]) -> None:
-        (self.start, self.end, self.args, self.ret, self.cpu, self.thread, self.flags) = state
-
-    def columns(self) -> list[array[Any]]:
-        return list(self.__getstate__())
-
-    @classmethod
-    def of(cls, columns: Sequence[array[Any]]) -> CallColumns:
-        out = cls.__new__(cls)
-        out.__setstate__(tuple(columns))
-        return out
 
 
 CALL_TYPECODES = "".join(c.typecode for c in CallColumns().columns())
@@ -278,7 +288,7 @@ class CallSource:
             yield self.tail
 
 
-class RowColumns:
+class RowColumns(ColumnSet):
     """One entry per span (and per summarised function on a span): the stack analysis input."""
 
     __slots__ = ("trace", "span", "parent", "func", "self_cost", "total_cost", "run", "count", "flags")
@@ -296,22 +306,6 @@ class RowColumns:
 
     def __len__(self) -> int:
         return len(self.trace)
-
-    def __getstate__(self) -> tuple[array[Any], ...]:
-        return tuple(getattr(self, name) for name in self.__slots__)
-
-    def __setstate__(self, state: tuple[array[Any], ...]) -> None:
-        for name, value in zip(self.__slots__, state, strict=True):
-            setattr(self, name, value)
-
-    def columns(self) -> list[array[Any]]:
-        return list(self.__getstate__())
-
-    @classmethod
-    def of(cls, columns: Sequence[array[Any]]) -> RowColumns:
-        out = cls.__new__(cls)
-        out.__setstate__(tuple(columns))
-        return out
 
 
 ROW_TYPECODES = "".join(c.typecode for c in RowColumns().columns())
@@ -546,6 +540,7 @@ class Model:
         self.functions: list[FunctionInfo] = []
         self.function_index: dict[tuple[int, str], int] = {}
         self.calls: list[CallColumns | None] = []
+        self.keyed_calls: list[int] = []  # per function: calls with an args hash (in memory or spilled)
         self.rows = RowColumns()
         self.links = Links() if want_calls else None
         self._share_rows_with_links()
@@ -575,17 +570,20 @@ class Model:
         for local, info in enumerate(batch.functions):
             key = (process_map[info.process], info.name)
             index = self.function_index.get(key)
+            theirs = batch.calls[local]
+            keyed = len(theirs) - theirs.args.count(0) if theirs is not None else 0
             if index is None:
                 index = self.function_index[key] = len(self.functions)
                 info.process = key[0]
                 self.functions.append(info)
-                self.calls.append(batch.calls[local])
+                self.calls.append(theirs)
+                self.keyed_calls.append(keyed)
             else:
                 self.functions[index].merge(info)
                 mine = self.calls[index]
-                theirs = batch.calls[local]
                 if mine is not None and theirs is not None:
                     mine.extend(theirs)
+                self.keyed_calls[index] += keyed
             function_map.append(index)
         trace_map = list(map(trace_key, batch.traces))
         rows = batch.rows

@@ -200,12 +200,11 @@ def merged_pieces(runs: Runs, run_list: list[Run], tail: list[array[Any]] | None
     # stay within MERGE_BYTES.
     piece = piece or max(256, min(PIECE, MERGE_BYTES // max(1, len(run_list)) // sum(runs.itemsizes)))
     cursors = [RunCursor(run, n) for n, run in enumerate(run_list) if run[1]]
-    tail_cursor = None
     if tail is not None and len(tail[0]):
-        tail_cursor = RunCursor((0, len(tail[0])), len(run_list))
-        tail_cursor.columns = tail
-        tail_cursor.next = len(tail[0])
-        cursors.append(tail_cursor)
+        in_memory = RunCursor((0, len(tail[0])), len(run_list))  # the last run, already loaded
+        in_memory.columns = tail
+        in_memory.next = len(tail[0])
+        cursors.append(in_memory)
     if not cursors:
         return
     fd = open_read(runs.path) if run_list else -1
