@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from callspan.builder import COMPILED_BUILDER, SpanNode
+from callspan.builder import SpanNode
 from callspan.config import Settings
 from callspan.cores.select import available_cores
 from callspan.session import Session
@@ -42,6 +42,8 @@ class RecordingSink:
     def __init__(self) -> None:
         self.opened: list[SpanNode] = []
         self.closed: list[SpanNode] = []
+        self.windows: list[dict[str, list[Any]]] = []
+        self.finals: list[bool] = []
 
     def open(self, node: SpanNode) -> None:
         node.handle = len(self.opened)
@@ -49,6 +51,10 @@ class RecordingSink:
 
     def close(self, node: SpanNode) -> None:
         self.closed.append(node)
+
+    def profile(self, columns: dict[str, list[Any]], start_ns: int, end_ns: int, final: bool) -> None:
+        self.windows.append(columns)
+        self.finals.append(final)
 
     def named(self, suffix: str) -> list[SpanNode]:
         return [n for n in self.closed if n.name.endswith(suffix)]
@@ -59,25 +65,15 @@ def core(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-BUILDERS = ["python"] + (["compiled"] if COMPILED_BUILDER is not None else [])
-
-
-@pytest.fixture(params=BUILDERS)
-def builder(request: pytest.FixtureRequest) -> str:
-    """Every span-building implementation available (the compiled one when it was built)."""
-    return str(request.param)
-
-
 class Traced:
     """Runs code under a session with a RecordingSink, a TickClock and a TickCounter."""
 
-    def __init__(self, core: str, builder: str = "python", **settings: Any) -> None:
+    def __init__(self, core: str, **settings: Any) -> None:
         self.sink = RecordingSink()
         defaults: dict[str, Any] = {"core": core, "keys": "on"}
         defaults.update(settings)
         self.session = Session(Settings(**defaults), self.sink, default_roots=(TESTS_DIR,),
-                               clock=TickClock(), counter=TickCounter(), background=False,
-                               compiled_builder=builder == "compiled")
+                               clock=TickClock(), counter=TickCounter(), background=False)
 
     def run(self, func: Any, *args: Any, **kwargs: Any) -> Any:
         self.session.start()
@@ -88,9 +84,9 @@ class Traced:
 
 
 @pytest.fixture
-def traced(core: str, builder: str) -> Iterator[Any]:
+def traced(core: str) -> Iterator[Any]:
     def make(**settings: Any) -> Traced:
-        return Traced(core, builder, **settings)
+        return Traced(core, **settings)
 
     yield make
     # No hook may be left installed after a test.

@@ -61,12 +61,12 @@ def start(
         if _current is not None:
             _depth += 1
             return _current
-        from callspan.otel.bridge import OtelSink, current_context_getter
+        from callspan.otel.bridge import OtelSink, current_context_getter, sampled_context
 
         resolved = load_settings(settings)
         sink = OtelSink(tracer_provider)
         session = Session(resolved, sink, default_roots=roots or _caller_root(2),
-                          context_getter=current_context_getter())
+                          context_getter=current_context_getter(), trace_filter=sampled_context)
         sink.bind(session.facts)
         session.start()
         _current = session

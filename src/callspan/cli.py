@@ -102,7 +102,7 @@ def _user_traceback(exc: BaseException) -> None:
 
 def run_program(args: argparse.Namespace) -> int:
     from callspan.config import load_settings
-    from callspan.otel.bridge import OtelSink, current_context_getter, scope_attributes
+    from callspan.otel.bridge import OtelSink, current_context_getter, sampled_context, scope_attributes
     from callspan.otel.setup import build_pipeline
     from callspan.session import Session
 
@@ -112,7 +112,8 @@ def run_program(args: argparse.Namespace) -> int:
         args.otlp_protocol = "http/protobuf"
     # The session is created first so that its facts (core, counter) go into the resource.
     placeholder = OtelSink()
-    session = Session(settings, placeholder, default_roots=roots, context_getter=current_context_getter())
+    session = Session(settings, placeholder, default_roots=roots, context_getter=current_context_getter(),
+                      trace_filter=sampled_context)
     pipeline = build_pipeline(
         service_name=args.service or service, output=args.output, otlp=args.otlp is not None,
         otlp_endpoint=args.otlp or None, otlp_protocol=args.otlp_protocol,
@@ -166,9 +167,13 @@ def _report(session: Any, sink: Any, pipeline: Any, finished: bool) -> None:
         else:
             parts.append(f"{ended} spans written to {destination.name}")
     if session.dropped:
-        parts.append(f"{session.dropped} calls dropped (tracer backlog full)")
-    if session.build_faults or sink.faults:
-        parts.append(f"{session.build_faults + sink.faults} internal faults")
+        parts.append(f"{session.dropped} spans not built (backlog full; their calls are in the profile)")
+    other = session.recorder.aggregates.other_calls
+    if other:
+        parts.append(f"{other} calls folded into (other) nodes (CALLSPAN_MAX_NODES/CALLSPAN_MAX_DEPTH reached)")
+    faults = session.build_faults + session.profile_faults + sink.faults + session.recorder.faults
+    if faults:
+        parts.append(f"{faults} internal faults")
     print("callspan: " + "; ".join(parts), file=sys.stderr)
 
 

@@ -33,24 +33,32 @@ CALLSPAN_CPU_INTERVAL_US = "CALLSPAN_CPU_INTERVAL_US"
 CALLSPAN_KEYS = "CALLSPAN_KEYS"
 #: Hex secret for the keyed hashes (default: random per process). Set it to compare keys across processes.
 CALLSPAN_KEY_SECRET = "CALLSPAN_KEY_SECRET"
-#: Most spans kept per trace; calls beyond are summarised on their nearest kept ancestor.
+#: Most spans kept per trace: the first calls of a kept trace to start (their ancestors are kept too).
 CALLSPAN_MAX_SPANS_PER_TRACE = "CALLSPAN_MAX_SPANS_PER_TRACE"
-#: Most spans per second, process-wide; beyond, calls (and whole traces) are summarised.
+#: Most spans per second, process-wide (a token bucket decided at each trace's root); other traces
+#: are not made spans. Every call is in the aggregates either way.
 CALLSPAN_MAX_SPANS_PER_SECOND = "CALLSPAN_MAX_SPANS_PER_SECOND"
-#: Most per-call cache records listed per second, process-wide (beyond: counted, not listed).
-CALLSPAN_MAX_LISTED_CALLS_PER_SECOND = "CALLSPAN_MAX_LISTED_CALLS_PER_SECOND"
-#: Most per-call cache records kept per summarised function per span before key sampling starts.
-CALLSPAN_MAX_SUMMARY_CALLS = "CALLSPAN_MAX_SUMMARY_CALLS"
-#: Most finished call records waiting for the span builder; beyond, records are dropped and counted.
+#: Most finished kept calls waiting for the span builder; beyond, their spans are not built
+#: (counted; the calls stay in the aggregates).
 CALLSPAN_MAX_PENDING = "CALLSPAN_MAX_PENDING"
 #: Seconds between span-building passes.
 CALLSPAN_FLUSH_INTERVAL = "CALLSPAN_FLUSH_INTERVAL"
+#: Seconds between exports of the aggregates (``callspan.profile`` spans); also at stop.
+CALLSPAN_PROFILE_INTERVAL = "CALLSPAN_PROFILE_INTERVAL"
+#: Call-tree nodes per process; beyond, new paths fold into an ``(other)`` node of their deepest ancestor.
+CALLSPAN_MAX_NODES = "CALLSPAN_MAX_NODES"
+#: Call-tree depth; deeper calls fold into an ``(other)`` node.
+CALLSPAN_MAX_DEPTH = "CALLSPAN_MAX_DEPTH"
+#: Distinct keys per function kept exactly; beyond, keys are sampled (SHARDS) and estimates scaled.
+CALLSPAN_MAX_KEYS = "CALLSPAN_MAX_KEYS"
+#: Distinct keys kept per process, all functions together.
+CALLSPAN_MAX_KEYS_TOTAL = "CALLSPAN_MAX_KEYS_TOTAL"
 
 ENV_VARS = (
     CALLSPAN_CORE, CALLSPAN_INCLUDE, CALLSPAN_EXCLUDE, CALLSPAN_CPU, CALLSPAN_CPU_INTERVAL_US, CALLSPAN_KEYS,
-    CALLSPAN_KEY_SECRET, CALLSPAN_MAX_SPANS_PER_TRACE, CALLSPAN_MAX_SPANS_PER_SECOND, CALLSPAN_MAX_SUMMARY_CALLS,
-    CALLSPAN_MAX_LISTED_CALLS_PER_SECOND,
-    CALLSPAN_MAX_PENDING, CALLSPAN_FLUSH_INTERVAL,
+    CALLSPAN_KEY_SECRET, CALLSPAN_MAX_SPANS_PER_TRACE, CALLSPAN_MAX_SPANS_PER_SECOND,
+    CALLSPAN_MAX_PENDING, CALLSPAN_FLUSH_INTERVAL, CALLSPAN_PROFILE_INTERVAL, CALLSPAN_MAX_NODES,
+    CALLSPAN_MAX_DEPTH, CALLSPAN_MAX_KEYS, CALLSPAN_MAX_KEYS_TOTAL,
 )
 
 CORES = ("csysmon", "sysmon", "csetprofile", "setprofile")
@@ -68,10 +76,13 @@ class Settings:
     key_secret: bytes | None = None
     max_spans_per_trace: int = 2000
     max_spans_per_second: int = 200
-    max_summary_calls: int = 2048
-    max_listed_calls_per_second: int = 20_000
     max_pending: int = 200_000
     flush_interval: float = 0.5
+    profile_interval: float = 10.0
+    max_nodes: int = 100_000
+    max_depth: int = 256
+    max_keys: int = 4096
+    max_keys_total: int = 1 << 20
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -80,9 +91,10 @@ _ENV_FOR_FIELD = {
     "cpu": CALLSPAN_CPU, "cpu_interval_us": CALLSPAN_CPU_INTERVAL_US, "keys": CALLSPAN_KEYS, "key_secret": CALLSPAN_KEY_SECRET,
     "max_spans_per_trace": CALLSPAN_MAX_SPANS_PER_TRACE,
     "max_spans_per_second": CALLSPAN_MAX_SPANS_PER_SECOND,
-    "max_summary_calls": CALLSPAN_MAX_SUMMARY_CALLS, "max_pending": CALLSPAN_MAX_PENDING,
-    "max_listed_calls_per_second": CALLSPAN_MAX_LISTED_CALLS_PER_SECOND,
-    "flush_interval": CALLSPAN_FLUSH_INTERVAL,
+    "max_pending": CALLSPAN_MAX_PENDING,
+    "flush_interval": CALLSPAN_FLUSH_INTERVAL, "profile_interval": CALLSPAN_PROFILE_INTERVAL,
+    "max_nodes": CALLSPAN_MAX_NODES, "max_depth": CALLSPAN_MAX_DEPTH, "max_keys": CALLSPAN_MAX_KEYS,
+    "max_keys_total": CALLSPAN_MAX_KEYS_TOTAL,
 }
 
 
@@ -92,8 +104,8 @@ def _convert(name: str, raw: Any, source: str) -> Any:
             if isinstance(raw, str):
                 return tuple(part.strip() for part in raw.split(",") if part.strip())
             return tuple(str(part) for part in raw)
-        if name in ("max_spans_per_trace", "max_spans_per_second", "max_summary_calls", "max_pending",
-                    "max_listed_calls_per_second"):
+        if name in ("max_spans_per_trace", "max_spans_per_second", "max_pending", "max_nodes", "max_depth",
+                    "max_keys", "max_keys_total"):
             value = int(raw)
             if value < 1:
                 raise ValueError("must be at least 1")
@@ -103,7 +115,7 @@ def _convert(name: str, raw: Any, source: str) -> Any:
             if value < 0:
                 raise ValueError("must be 0 or more")
             return value
-        if name == "flush_interval":
+        if name in ("flush_interval", "profile_interval"):
             value_f = float(raw)
             if value_f <= 0:
                 raise ValueError("must be positive")

@@ -34,6 +34,8 @@ Record = list[Any]
     R_VIA_TASK,    # True when the parent was found through the task/context, not the stack
     R_INCOMPLETE,  # True when the call never finished (still running at stop, or evicted)
     R_OUT,         # builder-side state (the builder owns this slot)
-) = range(21)
+    R_NODE,        # the call-tree node this call folds into (callspan.aggregate.Node)
+    R_KEEP,        # becomes a span: for a root, how many spans its trace keeps so far (0: none); else 0/1
+) = range(23)
 
-RECORD_SIZE = 21
+RECORD_SIZE = 23

@@ -17,15 +17,19 @@ from types import CodeType, FrameType
 from typing import TYPE_CHECKING, Any
 
 from callspan import _env
+from callspan.aggregate import Aggregates, Node
 from callspan.counters import CpuCounter, native_reader
 from callspan.keys import RET_SIZE_EVERY, UNKEYABLE_AFTER, args_key, value_key
 from callspan.record import (
+    R_ARGS,
     R_CHILD_CPU,
     R_CPU,
     R_END,
     R_ERROR,
     R_INCOMPLETE,
     R_INFO,
+    R_KEEP,
+    R_NODE,
     R_PARENT,
     R_PREV_CURRENT,
     R_RET,
@@ -50,6 +54,7 @@ _current_coroutine: contextvars.ContextVar[Record | None] = contextvars.ContextV
 current_coroutine_var = _current_coroutine  # the compiled hot path reads and sets the same variable
 
 _NOT_ERRORS = (GeneratorExit,)
+_OBJECT_HASH = object.__hash__
 
 
 if TYPE_CHECKING or not _env.HAS_COMPILED_HASH:
@@ -63,7 +68,7 @@ else:
 class ThreadState(_ThreadStateBase):
     """Per-thread: the stack of running traced records and the thread's CPU reader."""
 
-    __slots__ = ()
+    __slots__ = ("root_node",)
     stack: list[Record]
     ident: int
     name: str
@@ -79,6 +84,7 @@ class ThreadState(_ThreadStateBase):
         # How the compiled hot path reads ``cpu`` without calling it: -2 thread CPU time,
         # a perf_event file descriptor, or -1 (call it).
         self.cpu_fd = native_reader(cpu)
+        self.root_node: Node | None = None  # this thread's root in the call tree
 
 
 class _ThreadSentinel:
@@ -105,6 +111,10 @@ class Recorder:
         context_getter: Callable[[], Any] | None = None,
         max_pending: int = 200_000,
         max_suspended: int = 100_000,
+        aggregates: Aggregates | None = None,
+        max_spans_per_trace: int = 2000,
+        max_spans_per_second: float = 200.0,
+        trace_filter: Callable[[Any], bool] | None = None,
     ) -> None:
         self.selector = selector
         self.counter = counter
@@ -112,11 +122,19 @@ class Recorder:
         self.context_getter = context_getter
         self.max_pending = max_pending
         self.max_suspended = max_suspended
+        # Every finished call is folded here (the compiled cores replace it with their own).
+        self.aggregates: Any = aggregates if aggregates is not None else Aggregates()
+        # Which calls become spans (schema v2): whole traces, decided at the root.
+        self.max_spans_per_trace = max_spans_per_trace
+        self.max_spans_per_second = float(max_spans_per_second)
+        self.trace_filter = trace_filter  # context -> False when the application does not sample it
+        self.tokens = float(max_spans_per_second)
+        self.refilled: int | None = None
         self.infos: dict[CodeType, CodeInfo | None] = {}
         # Appended by the hot path, drained by the builder thread (see drain: no lock needed).
         self.finished: list[Record] = []
         self.suspended: dict[int, Record] = {}
-        self.dropped = 0          # records not kept because max_pending was reached
+        self.dropped = 0          # spans not built because max_pending was reached (their calls are folded)
         self.faults = 0           # internal errors swallowed by the hot path
         self.states: dict[int, ThreadState] = {}
         self._local = threading.local()
@@ -147,7 +165,9 @@ class Recorder:
         record = self.suspended.pop(key)
         record[R_END] = record[R_SUSP_AT]
         record[R_INCOMPLETE] = True
-        self.finished.append(record)
+        self.fold_record(record, None, False)
+        if record[R_KEEP]:
+            self.finished.append(record)
 
     def open_records(self) -> list[Record]:
         """Records still running or suspended (for stop): innermost first, so children end first."""
@@ -163,10 +183,48 @@ class Recorder:
             if record[R_END] == 0:
                 record[R_END] = now
                 record[R_INCOMPLETE] = True
-                self.finished.append(record)
+                self.fold_record(record, None, False)
+                if record[R_KEEP]:
+                    self.finished.append(record)
         for state in list(self.states.values()):
             state.stack.clear()
         self.suspended.clear()
+
+    def fold_record(self, record: Record, value: Any, returned: bool) -> None:
+        """Fold one finished (or abandoned) call into the aggregates; ``value`` is its return
+        value when ``returned``. The hot path inlines the same steps."""
+        info = record[R_INFO]
+        node = record[R_NODE]
+        parent = record[R_PARENT]
+        start = record[R_START]
+        end = record[R_END]
+        wall = end - start
+        cpu = record[R_CPU]
+        aggregates = self.aggregates
+        aggregates.fold(info, node, parent is not None and parent[R_NODE] is node, record[R_ERROR] is not None,
+                        wall, wall - record[R_SUSP_NS], record[R_SUSP_NS], record[R_SUSPENDS], cpu,
+                        record[R_CHILD_CPU])
+        args = record[R_ARGS]
+        if args is not None:
+            ret = record[R_RET]
+            raw = ret[0] if returned and ret is not None else None
+            aggregates.fold_key(info, args, raw, raw is not None and type(value).__hash__ is _OBJECT_HASH,
+                                start, end, cpu)
+
+    def keep_root(self, context: Any) -> int:
+        """1 when a new trace keeps spans (its root's R_KEEP), else 0: the application's
+        sampling decision (trace_filter) and the process's span rate (a token bucket)."""
+        if self.trace_filter is not None and not self.trace_filter(context):
+            return 0
+        now = self.clock()
+        rate = self.max_spans_per_second
+        if self.refilled is not None:
+            self.tokens = min(rate, self.tokens + (now - self.refilled) * rate / 1e9)
+        self.refilled = now
+        if self.tokens < 1:
+            return 0
+        self.tokens -= 1
+        return 1
 
     def drain(self) -> list[Record]:
         # Each step holds the GIL; the hot path only appends at the end, so the first n records
@@ -193,11 +251,18 @@ class Recorder:
         thread_state = self.thread_state
         getsizeof = sys.getsizeof
         recorder = self
+        aggregates = self.aggregates
+        child_node = aggregates.child
+        thread_root = aggregates.thread_root
+        fold_record = self.fold_record
+        keep_root = self.keep_root
+        max_spans = self.max_spans_per_trace
         COROUTINE = KIND_COROUTINE
         # Record slots as closure constants (module globals cost a dict lookup per use).
         INFO, PARENT, START, END, SEG_CPU, CPU, CHILD_CPU = R_INFO, R_PARENT, R_START, R_END, R_SEG_CPU, R_CPU, R_CHILD_CPU
         RET, RET_SIZE, ERROR, SUSPENDS, SUSP_NS, SUSP_AT, PREV = (
             R_RET, R_RET_SIZE, R_ERROR, R_SUSPENDS, R_SUSP_NS, R_SUSP_AT, R_PREV_CURRENT)
+        NODE, KEEP = R_NODE, R_KEEP
 
         def start(info: CodeInfo, frame: FrameType) -> None:
             """A traced call begins (or a generator/coroutine starts for the first time)."""
@@ -219,9 +284,23 @@ class Recorder:
             if parent is None:
                 root = None
                 context = context_getter() if context_getter is not None else None
+                keep = keep_root(context)
+                parent_node = state.root_node
+                if parent_node is None:
+                    parent_node = state.root_node = thread_root(state.name)
             else:
                 root = parent[2] or parent  # R_ROOT: None means "I am the root"
                 context = None
+                # The first max_spans calls of a kept trace to start are kept: their ancestors
+                # started earlier, so they are kept too.
+                kept = root[KEEP]
+                if 0 < kept < max_spans:
+                    root[KEEP] = kept + 1
+                    recorder.tokens -= 1
+                    keep = 1
+                else:
+                    keep = 0
+                parent_node = parent[NODE]
             args: tuple[int | None, str, bool] | None = None
             if info.keys:
                 if info.unkeyed >= UNKEYABLE_AFTER:
@@ -237,7 +316,8 @@ class Recorder:
             # Layout: see callspan.record.
             record = [info, parent, root, 0, 0, 0, 0, 0,
                       args,
-                      None, 0, None, 0, 0, 0, state, context, prev, via_task, False, None]
+                      None, 0, None, 0, 0, 0, state, context, prev, via_task, False, None,
+                      child_node(parent_node, info), keep]
             stack.append(record)
             if info.kind == COROUTINE:
                 current_set(record)
@@ -275,10 +355,12 @@ class Recorder:
                     parent[CHILD_CPU] += record[CPU]
             if info.kind == COROUTINE:
                 current_set(record[PREV])
-            if len(finished) < max_pending:
-                finished.append(record)
-            else:
-                recorder.dropped += 1
+            fold_record(record, value, error is None)
+            if record[KEEP]:
+                if len(finished) < max_pending:
+                    finished.append(record)
+                else:
+                    recorder.dropped += 1
 
         def suspend(code: CodeType, frame: FrameType) -> None:
             """A generator yields or a coroutine suspends at an await."""

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from callspan.aggregate import Aggregates
 from callspan.builder import Sink, SpanBuilder
 from callspan.config import Settings
 from callspan.cores.base import Core
@@ -48,7 +49,7 @@ class Session:
         counter: CpuCounter | None | str = "auto",
         context_getter: Callable[[], Any] | None = None,
         background: bool = True,
-        compiled_builder: bool | None = None,
+        trace_filter: Callable[[Any], bool] | None = None,
     ) -> None:
         self.settings = settings
         if isinstance(counter, str):
@@ -57,8 +58,11 @@ class Session:
             cpu_reason = "counter supplied by the caller"
         self.counter = counter
         selector = Selector(settings.include, settings.exclude, default_roots, settings.keys)
-        self.recorder = Recorder(selector, counter=counter, clock=clock, context_getter=context_getter,
-                                 max_pending=settings.max_pending)
+        self.recorder = Recorder(
+            selector, counter=counter, clock=clock, context_getter=context_getter,
+            max_pending=settings.max_pending, aggregates=self._new_aggregates(settings),
+            max_spans_per_trace=settings.max_spans_per_trace,
+            max_spans_per_second=settings.max_spans_per_second, trace_filter=trace_filter)
         self.core: Core
         self.core, core_reason = choose_core(self.recorder, settings.core)
         self.facts = SessionFacts(
@@ -70,12 +74,12 @@ class Session:
         self.clock = clock
         self.builder = SpanBuilder(
             sink, KeyHasher(settings.key_secret), clock_offset=time.time_ns() - clock(),
-            cpu_enabled=counter is not None, max_spans=settings.max_spans_per_trace,
-            max_summary_calls=settings.max_summary_calls,
-            max_spans_per_second=settings.max_spans_per_second, compiled=compiled_builder,
-            max_listed_calls_per_second=settings.max_listed_calls_per_second,
+            cpu_enabled=counter is not None,
         )
         self.build_faults = 0
+        self.profile_faults = 0
+        self.profile_windows = 0
+        self._window_start = 0
         self._background = background
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -88,6 +92,8 @@ class Session:
         if self._running:
             return
         self.core.start()
+        self._window_start = time.time_ns()
+        self._next_profile = time.monotonic() + self.settings.profile_interval
         self._running = True
         _sessions.add(self)
         if self._background:
@@ -106,18 +112,35 @@ class Session:
         self._thread = None
         self.flush(final=True)
 
+    @staticmethod
+    def _new_aggregates(settings: Settings) -> Aggregates:
+        return Aggregates(max_nodes=settings.max_nodes, max_depth=settings.max_depth,
+                          max_keys=settings.max_keys, max_keys_total=settings.max_keys_total)
+
     def flush(self, final: bool = False) -> None:
-        """Build spans for every finished record now (the builder thread does this periodically);
-        ``final`` also closes the span collecting unsampled traces."""
+        """Build spans for every finished kept call now (the builder thread does this
+        periodically); export the aggregates when their interval has passed, and when ``final``."""
         with self._lock:
             records = self.recorder.drain()
             try:
                 if records:
                     self.builder.process(records)
-                if final:
-                    self.builder.finish()
             except Exception:
                 self.build_faults += 1
+            if final or time.monotonic() >= self._next_profile:
+                self.export_profile(final)
+
+    def export_profile(self, final: bool = False) -> None:
+        """Hand what the aggregates gained since the last export to the sink (one window)."""
+        self._next_profile = time.monotonic() + self.settings.profile_interval
+        end = time.time_ns()
+        try:
+            columns = self.recorder.aggregates.export_window()
+            self.builder.sink.profile(columns, self._window_start, end, final)
+            self.profile_windows += 1
+        except Exception:
+            self.profile_faults += 1
+        self._window_start = end
 
     @property
     def dropped(self) -> int:
@@ -137,9 +160,11 @@ class Session:
             self.flush()
 
     def _after_fork_in_child(self) -> None:
-        # The child inherits the parent's pending records (the parent emits them) and no builder
-        # thread. Start clean: its own records, its own thread.
+        # The child inherits the parent's pending records and aggregates (the parent exports
+        # them) and no builder thread. Start clean: its own records, aggregates and thread.
         self.recorder.finished.clear()
+        self.recorder.aggregates.forget_parent()
+        self._window_start = time.time_ns()
         self._lock = threading.Lock()
         self._wake = threading.Event()
         if self._running and self._background:

@@ -15,7 +15,14 @@ from callspan.builder import SpanNode
 from callspan.session import SessionFacts
 
 SCOPE_NAME = "callspan"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+PROFILE_SPAN_NAME = "callspan.profile"
+PROFILE_PREFIX = "callspan.profile."
+# Nodes per callspan.profile span: ~100 bytes each in OTLP protobuf, so a chunk stays far below
+# the Collector's default 4 MiB gRPC message limit even with the other columns beside it.
+PROFILE_CHUNK_NODES = 10_000
+# The groups of columns of a window (docs/span-schema.md, schema v2), chunked independently.
+_GROUPS = ("node.", "wall.", "run.", "cache.", "reuse.")
 
 
 def scope_attributes(facts: SessionFacts) -> dict[str, Any]:
@@ -50,6 +57,58 @@ def current_context_getter() -> Callable[[], Context]:
         return var.get
     return otel_context.get_current
 
+def chunk_window(columns: dict[str, list[Any]], size: int = PROFILE_CHUNK_NODES) -> list[dict[str, list[Any]]]:
+    """Cut one window's columns into chunks of at most ``size`` rows per group, each chunk with
+    the function-table rows its other rows reference."""
+    groups: dict[str, list[str]] = {group: [] for group in _GROUPS}
+    for name in columns:
+        for group in _GROUPS:
+            if name.startswith(group):
+                groups[group].append(name)
+    function_column = {"node.": "node.function", "wall.": "wall.function", "run.": "run.function",
+                       "cache.": "cache.function", "reuse.": "reuse.function"}
+    function_rows = {fid: i for i, fid in enumerate(columns.get("function.id", []))}
+    function_names = [name for name in columns if name.startswith("function.")]
+    pieces: list[tuple[str, int, int]] = []
+    for group, names in groups.items():
+        rows = len(columns[names[0]]) if names else 0
+        for start in range(0, rows, size):
+            pieces.append((group, start, min(rows, start + size)))
+    chunks: list[dict[str, list[Any]]] = []
+    current: dict[str, list[Any]] = {}
+    current_rows = 0
+    for group, start, stop in pieces:
+        if current and current_rows + (stop - start) > size:
+            chunks.append(current)
+            current, current_rows = {}, 0
+        for name in groups[group]:
+            current.setdefault(name, []).extend(columns[name][start:stop])
+        current_rows += stop - start
+    if current or not chunks:
+        chunks.append(current)
+    referenced_all: set[int] = set()
+    for chunk in chunks:
+        referenced = set()
+        for group, column in function_column.items():
+            referenced.update(chunk.get(column, ()))
+        referenced.discard(0)
+        if chunk is chunks[0]:
+            referenced.update(f for f in function_rows if f not in referenced_all)  # totals of the rest
+        referenced_all.update(referenced)
+        rows = sorted(function_rows[f] for f in referenced if f in function_rows)
+        for name in function_names:
+            chunk[name] = [columns[name][i] for i in rows]
+    return chunks
+
+
+def sampled_context(context: Context) -> bool:
+    """The recorder's trace filter: False when the application's current span is not sampled
+    (its sampler dropped the request), so callspan keeps no spans for that trace."""
+    span = trace.get_current_span(context)
+    span_context = span.get_span_context()
+    return not span_context.is_valid or span_context.trace_flags.sampled
+
+
 class OtelSink:
     """Opens and ends SDK spans with the recorded timestamps. Never raises: faults are counted."""
 
@@ -57,6 +116,7 @@ class OtelSink:
         self._provider = tracer_provider
         self._tracer: trace.Tracer | None = None
         self.spans_ended = 0
+        self.profile_spans = 0
         self.faults = 0
 
     def bind(self, facts: SessionFacts) -> None:
@@ -76,6 +136,45 @@ class OtelSink:
             node.name, context=context, kind=SpanKind.INTERNAL,
             attributes=node.open_attributes, start_time=node.start_ns,
         )
+
+    def profile(self, columns: dict[str, list[Any]], start_ns: int, end_ns: int, final: bool) -> None:
+        """One window of the aggregates as ``callspan.profile`` root spans (schema v2)."""
+        tracer = self._tracer
+        if tracer is None:
+            raise RuntimeError("OtelSink used before bind()")
+        from callspan.aggregate import GAMMA
+
+        window = columns.get("window", [0])[0]
+        other = columns.get("other_nodes", [0])[0]
+        data = {name: values for name, values in columns.items() if name not in ("window", "other_nodes")}
+        chunks = chunk_window(data)
+        for index, chunk in enumerate(chunks):
+            attributes: dict[str, Any] = {
+                PROFILE_PREFIX + "window": window, PROFILE_PREFIX + "chunk": index,
+                PROFILE_PREFIX + "chunks": len(chunks), PROFILE_PREFIX + "final": final,
+                PROFILE_PREFIX + "other_nodes": other if index == 0 else 0,
+                PROFILE_PREFIX + "lost_calls": 0, PROFILE_PREFIX + "sketch.gamma": GAMMA,
+            }
+            for name, values in chunk.items():
+                if values:
+                    attributes[PROFILE_PREFIX + name] = values
+            try:
+                span = tracer.start_span(PROFILE_SPAN_NAME, context=Context(), kind=SpanKind.INTERNAL,
+                                         attributes=attributes, start_time=start_ns)
+                span.end(end_time=end_ns)
+                self.spans_ended += 1
+                self.profile_spans += 1
+            except Exception:
+                self.faults += 1
+            if len(chunks) > 1 and index + 1 < len(chunks):
+                # A batching processor would put every chunk of a window into one request: send
+                # each on its own so that a request stays below the receiver's message limit.
+                flush = getattr(self._provider or trace.get_tracer_provider(), "force_flush", None)
+                if flush is not None:
+                    try:
+                        flush(10_000)
+                    except Exception:
+                        self.faults += 1
 
     def close(self, node: SpanNode) -> None:
         span = node.handle
