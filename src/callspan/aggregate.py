@@ -17,6 +17,7 @@ boundary turns them into ``callspan.profile`` spans. No OpenTelemetry here.
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 from callspan.selection import KIND_NAMES, CodeInfo
@@ -33,6 +34,7 @@ DEFAULT_MAX_KEYS_TOTAL = 1 << 20
 
 _M64 = (1 << 64) - 1
 OTHER_LABEL = "(other)"
+_DIGITS = re.compile(r"[0-9]+")
 
 
 def sketch_bucket(value: int) -> int:
@@ -69,7 +71,7 @@ class Node:
         self.parent = parent
         self.info = info
         self.label = label
-        self.depth = parent.depth + 1 if parent is not None else 0
+        self.depth: int = parent.depth + 1 if parent is not None else 0
         self.children: dict[CodeInfo, Node] = {}
         self.other: Node | None = None
         self.is_other = is_other
@@ -220,6 +222,9 @@ class Aggregates:
     # -- the call tree (called at each call's start) --------------------------------------------
 
     def thread_root(self, name: str) -> Node:
+        """The root of a thread's calls, by its name with numbers folded ("Thread-N (worker)"), so
+        that threads started one per task do not each make a tree."""
+        name = _DIGITS.sub("N", name)
         node = self.thread_roots.get(name)
         if node is None:
             node = self.thread_roots[name] = self._new_node(None, None, name)

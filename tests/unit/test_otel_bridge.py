@@ -41,8 +41,15 @@ def test_spans_use_the_users_provider_and_nest_inside_the_current_span() -> None
         with callspan.tracing(tracer_provider=provider, cpu="thread"):
             assert outer(2) == 8
     spans = {s.name: s for s in memory.get_finished_spans()}
-    names = sorted(s.name for s in memory.get_finished_spans())
+    names = sorted(s.name for s in memory.get_finished_spans() if s.name != "callspan.profile")
     assert names == ["http request", f"{__name__}.inner", f"{__name__}.inner", f"{__name__}.outer"]
+    # The aggregates: one window at stop, a root span of its own (not under the request).
+    (profile,) = [s for s in memory.get_finished_spans() if s.name == "callspan.profile"]
+    assert profile.parent is None and profile.attributes["callspan.profile.final"] is True
+    calls = dict(zip(profile.attributes["callspan.profile.function.name"],
+                     profile.attributes["callspan.profile.function.calls"], strict=True))
+    assert calls == {f"{__name__}.outer": 1, f"{__name__}.inner": 2}
+    assert profile.instrumentation_scope.attributes["callspan.schema"] == 2
     o = spans[f"{__name__}.outer"]
     assert o.parent is not None and o.parent.span_id == request_span.get_span_context().span_id
     assert o.context.trace_id == request_span.get_span_context().trace_id
@@ -93,7 +100,7 @@ def test_async_decorator_traces_the_coroutine() -> None:
         return outer(1)
 
     assert asyncio.run(handler()) == 4
-    names = sorted(s.name.rsplit(".", 1)[-1] for s in memory.get_finished_spans())
+    names = sorted(s.name.rsplit(".", 1)[-1] for s in memory.get_finished_spans() if s.name != "callspan.profile")
     assert names == ["handler", "inner", "inner", "outer"]
     (h,) = [s for s in memory.get_finished_spans() if s.name.endswith("handler")]
     assert h.attributes["callspan.await.count"] == 1
@@ -110,9 +117,15 @@ def test_jsonl_exporter_writes_otlp_json(tmp_path) -> None:  # type: ignore[no-u
             pass
     provider.shutdown()
     lines = path.read_text().splitlines()
-    spans = [s for line in lines for rs in json.loads(line)["resourceSpans"]
+    every = [s for line in lines for rs in json.loads(line)["resourceSpans"]
              for ss in rs["scopeSpans"] for s in ss["spans"]]
+    spans = [s for s in every if s["name"] != "callspan.profile"]
     assert len(spans) == 2
+    (profile,) = [s for s in every if s["name"] == "callspan.profile"]
+    columns = {a["key"]: a["value"] for a in profile["attributes"]}
+    assert columns["callspan.profile.node.calls"] == {"arrayValue": {"values": [
+        {"intValue": "0"}, {"intValue": "1"}, {"intValue": "1"}]}}  # thread root, outer, inner
+    assert columns["callspan.profile.node.errors"]["arrayValue"]["values"][1:] == [{"intValue": "1"}] * 2
     by_name = {s["name"].rsplit(".", 1)[-1]: s for s in spans}
     o, i = by_name["outer"], by_name["inner"]
     assert len(o["traceId"]) == 32 and len(o["spanId"]) == 16
@@ -142,3 +155,46 @@ def test_context_getter_returns_what_get_current_returns() -> None:
         finally:
             otel_context.detach(token)
     assert getter() is otel_context.get_current()
+
+
+def test_a_window_of_200k_stacks_is_chunked_below_the_collectors_message_limit() -> None:
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+
+    from callspan.aggregate import Aggregates
+    from callspan.otel.bridge import PROFILE_CHUNK_NODES, chunk_window
+    from callspan.selection import CodeInfo
+
+    def make(i: int) -> CodeInfo:
+        code = compile(f"def f{i}(): pass", f"/srv/app/module_{i % 97}.py", "exec").co_consts[0]
+        return CodeInfo(code, f"app.module_{i % 97}", True)
+
+    infos = [make(i) for i in range(2100)]
+    aggregates = Aggregates(max_nodes=300_000)
+    root = aggregates.thread_root("MainThread")
+    made = 0
+    for a in infos[:100]:  # 100 x 2000 = 200,000 distinct two-level stacks
+        top = aggregates.child(root, a)
+        for b in infos[100:]:
+            node = aggregates.child(top, b)
+            aggregates.fold(b, node, False, False, 1000 + made, 900, 100, 1, 5000, 0)
+            made += 1
+    columns = aggregates.export_window()
+    assert len(columns["node.id"]) == 1 + 100 + 200_000
+    data = {k: v for k, v in columns.items() if k not in ("window", "other_nodes")}
+    chunks = chunk_window(data)
+    assert len(chunks) >= 200_000 // PROFILE_CHUNK_NODES
+    # Nothing lost or repeated by chunking.
+    assert sorted(i for c in chunks for i in c.get("node.id", [])) == sorted(columns["node.id"])
+    assert sum(sum(c["function.calls"]) for c in chunks) == sum(columns["function.calls"]) == 200_000
+    provider, memory = provider_with_memory()
+    tracer = provider.get_tracer("callspan")
+    biggest = 0
+    for chunk in chunks:
+        defined = set(chunk["function.id"])
+        assert set(chunk.get("node.function", [])) - {0} <= defined
+        span = tracer.start_span("callspan.profile", attributes={f"callspan.profile.{k}": v for k, v in chunk.items() if v})
+        span.end()
+        (finished,) = memory.get_finished_spans()
+        memory.clear()
+        biggest = max(biggest, len(encode_spans([finished]).SerializeToString()))
+    assert biggest < 4 * 1024 * 1024 // 2, biggest  # half the Collector's default gRPC limit

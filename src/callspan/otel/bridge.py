@@ -86,18 +86,20 @@ def chunk_window(columns: dict[str, list[Any]], size: int = PROFILE_CHUNK_NODES)
         current_rows += stop - start
     if current or not chunks:
         chunks.append(current)
-    referenced_all: set[int] = set()
-    for chunk in chunks:
-        referenced = set()
-        for group, column in function_column.items():
-            referenced.update(chunk.get(column, ()))
-        referenced.discard(0)
-        if chunk is chunks[0]:
-            referenced.update(f for f in function_rows if f not in referenced_all)  # totals of the rest
-        referenced_all.update(referenced)
-        rows = sorted(function_rows[f] for f in referenced if f in function_rows)
+    # The first chunk carries the whole function table with the totals; the others only define
+    # the functions they reference, with zero totals, so that adding chunks counts each call once.
+    totals = ("function.calls", "function.errors", "function.wall_ns", "function.run_ns", "function.cpu_self")
+    for index, chunk in enumerate(chunks):
+        if index == 0:
+            wanted = list(range(len(columns.get("function.id", []))))
+        else:
+            referenced: set[int] = set()
+            for column in function_column.values():
+                referenced.update(chunk.get(column, ()))
+            wanted = sorted(function_rows[f] for f in referenced if f in function_rows)
         for name in function_names:
-            chunk[name] = [columns[name][i] for i in rows]
+            values = columns[name]
+            chunk[name] = [0 for _ in wanted] if index and name in totals else [values[i] for i in wanted]
     return chunks
 
 
