@@ -518,3 +518,20 @@ def test_a_forked_child_exports_only_its_own_calls(traced) -> None:  # type: ign
         stacks([child]) == {("mid",): 2, ("mid", "leaf"): 8}
     assert child["window"] == [0]
     assert calls_by_function(run.sink.windows) == {"mid": 6, "leaf": 24}
+
+
+def test_a_longer_run_keeps_the_same_state_size(traced) -> None:  # type: ignore[no-untyped-def]
+    def service(requests: int) -> None:
+        for i in range(requests):
+            mid(i % 13)
+            keyed(i % 50)
+
+    sizes = []
+    for requests in (300, 900):
+        run = traced(max_spans_per_second=5)
+        run.run(service, requests)
+        aggregates = run.session.recorder.aggregates
+        assert calls_by_function(run.sink.windows)["mid"] == requests
+        sizes.append((aggregates.total_keys, len(run.sink.windows[0]["node.id"]), len(run.sink.closed)))
+    # State per distinct stack and key, spans per trace budget: not per call.
+    assert sizes[0] == sizes[1]
