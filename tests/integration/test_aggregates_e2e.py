@@ -159,7 +159,7 @@ def test_a_million_calls_at_default_settings_are_all_counted_on_their_stacks(cor
 
 def test_aggregates_reach_the_collector_file_over_grpc_and_http(otelcol: Any, tmp_path: Path) -> None:
     core = available_cores()[0]
-    scale, depth = 200, 1000
+    scale, depth = 2000, 1000  # a million calls per run
     for endpoint, protocol in ((f"http://{otelcol.grpc_endpoint}", "grpc"),
                                (otelcol.http_endpoint, "http/protobuf")):
         result = run_program(tmp_path, core, scale, depth, "--otlp", endpoint, "--otlp-protocol", protocol)

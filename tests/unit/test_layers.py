@@ -7,7 +7,7 @@ import sys
 
 CORE_MODULES = [
     "callspan.recorder", "callspan.builder", "callspan.session", "callspan.cores.select",
-    "callspan.cores.setprofile", "callspan.keys", "callspan.counters", "callspan.selection",
+    "callspan.cores.setprofile", "callspan.keys", "callspan.counters", "callspan.selection", "callspan.aggregate",
 ]
 
 
