@@ -6,6 +6,7 @@ import gzip
 import json
 import os
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -249,3 +250,63 @@ def mutated_request(data: st.DataObject) -> dict[str, Any]:
     parent, key = nodes[data.draw(st.integers(0, len(nodes) - 1))]
     parent[key] = data.draw(arbitrary_json)
     return base
+
+
+# -- schema v2: callspan.profile spans ----------------------------------------------------------
+
+SKETCH_GAMMA = 1.01 / 0.99
+
+
+def profile_span(window: int, chunk: int = 0, chunks: int = 1, *, functions: Sequence[dict[str, Any]] = (),
+                 nodes: Sequence[dict[str, Any]] = (), wall: Sequence[tuple[int, int, int]] = (),
+                 run: Sequence[tuple[int, int, int]] = (), cache: Sequence[dict[str, Any]] = (),
+                 reuse: Sequence[tuple[int, int, float, float, float]] = (), start: int = 0, end: int = 10_000_000_000, gamma: float = SKETCH_GAMMA,
+                 final: bool = False) -> dict[str, Any]:
+    """A ``callspan.profile`` span (docs/span-schema.md, schema version 2) from rows: each group's
+    rows become that group's parallel array attributes. ``functions``: dicts with id, name, file,
+    line, kind, calls, errors, wall_ns, run_ns, cpu_self; ``nodes``: id, parent, function, label,
+    calls, errors, wall_ns, run_ns, suspended_ns, awaits, cpu_total, cpu_self; ``wall``/``run``:
+    (function, bucket, count); ``cache``: function plus the cache columns; ``reuse``: (function,
+    distance, hits, cpu, wall_ns)."""
+    p = "callspan.profile."
+    attrs: dict[str, Any] = {
+        p + "window": window, p + "chunk": chunk, p + "chunks": chunks, p + "final": final,
+        p + "lost_calls": 0, p + "other_nodes": 0, p + "sketch.gamma": gamma,
+    }
+
+    def columns(group: str, rows: list[dict[str, Any]], names: dict[str, Any]) -> None:
+        if rows:
+            for name, default in names.items():
+                attrs[p + group + name] = [row.get(name, default) for row in rows]
+
+    columns("function.", list(functions), {"id": 0, "name": "", "file": "", "line": 0, "kind": "function",
+                                           "calls": 0, "errors": 0, "wall_ns": 0, "run_ns": 0, "cpu_self": 0})
+    columns("node.", list(nodes), {"id": 0, "parent": 0, "function": 0, "label": "", "calls": 0, "errors": 0,
+                                   "wall_ns": 0, "run_ns": 0, "suspended_ns": 0, "awaits": 0, "cpu_total": 0,
+                                   "cpu_self": 0})
+    for group, rows in (("wall.", wall), ("run.", run)):
+        columns(group, [{"function": f, "bucket": b, "count": n} for f, b, n in rows],
+                {"function": 0, "bucket": 0, "count": 0})
+    columns("cache.", list(cache), {"function": 0, "calls": 0, "unhashable_calls": 0, "unhashable_types": "",
+                                    "identity_calls": 0, "keys": 0.0, "inconsistent_keys": 0.0,
+                                    "inconsistent_calls": 0.0, "fresh_keys": 0.0, "overlaps": 0.0,
+                                    "sampled_calls": 0, "rate": 1.0})
+    columns("reuse.", [{"function": f, "distance": d, "hits": h, "cpu": c, "wall_ns": w} for f, d, h, c, w in reuse],
+            {"function": 0, "distance": 0, "hits": 0.0, "cpu": 0.0, "wall_ns": 0.0})
+    for key, value in list(attrs.items()):
+        # Double columns stay doubles even when a value is whole (as the tracer writes them).
+        if isinstance(value, list) and key.rsplit(".", 1)[-1] in (
+                "keys", "inconsistent_keys", "inconsistent_calls", "fresh_keys", "overlaps", "rate", "hits", "cpu") \
+                or key.endswith("reuse.wall_ns"):
+            attrs[key] = [float(v) for v in value]
+    return {"traceId": f"{window + 1:032x}", "spanId": f"{(window << 8) + chunk + 1:016x}", "name": "callspan.profile",
+            "kind": 1, "startTimeUnixNano": str(start), "endTimeUnixNano": str(end), "attributes": kvs(attrs)}
+
+
+def request_v2(spans: list[dict[str, Any]], **kw: Any) -> dict[str, Any]:
+    """``request`` with the scope's ``callspan.schema`` = 2."""
+    out = request(spans, **kw)
+    scope = out["resourceSpans"][0]["scopeSpans"][0]["scope"]
+    scope["attributes"] = [kv if kv["key"] != "callspan.schema" else {"key": "callspan.schema", "value": av(2)}
+                           for kv in scope["attributes"]]
+    return out

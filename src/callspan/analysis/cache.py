@@ -37,6 +37,14 @@ functions get the ``method`` advice and are never recommended.
 Impurity propagates to callers: a function that calls an inconsistent (impure) function, directly
 or through other traced functions, in the logical call graph (parent span links, and calls
 summarised on a span) is never recommended: caching it would skip those calls (``calls_impure``).
+
+Schema v2 aggregates (``Model.profiles``): the tracer already kept, per function and process, the
+LRU stack distance of every keyed call (the number of distinct other keys since the key's last
+call: a hit of a cache of size s iff distance < s, i.e. Mattson distance distance + 1 <= s) with
+the hits' CPU and wall, the distinct keys, the keys that returned different values and the
+in-flight overlaps, scaled by 1/rate where it sampled keys (SHARDS). ``aggregate_result`` makes
+the ``ProcessResult`` of such a function from those, with no replay; its spans are examples. The
+call graph for impurity then includes the call tree's parent -> child functions.
 """
 
 from __future__ import annotations
@@ -45,7 +53,7 @@ import math
 from array import array
 from bisect import bisect_right
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import compress
 from typing import Any
@@ -70,6 +78,7 @@ from callspan.analysis.model import (
     FunctionInfo,
     Model,
 )
+from callspan.analysis.profile import ProfileCache, ProfileData
 
 TWO32 = 1 << 32
 SHARDS_MIN_KEYS = 64  # fewer sampled distinct keys than this: replay the listed calls instead
@@ -301,7 +310,7 @@ class ProcessResult:
     calls: int
     accesses: int  # calls replayed (after SHARDS filtering), unscaled
     sample_rate: float
-    estimator: str  # "exact", "shards" or "listed"
+    estimator: str  # "exact", "shards", "listed" or "tracer_shards" (v2 aggregates, keys sampled)
     count_scale: float  # estimated calls per replayed call
     size_scale: float  # cache size per replayed stack distance
     distinct_keys: float
@@ -314,8 +323,17 @@ class ProcessResult:
     # saves the sum over distances <= N / size_scale. Negative entries take back the cost of a
     # hit nested (same thread, synchronous) in a hit at that distance or above: it is part of
     # the outer call's cost.
-    saved_by_distance: list[tuple[int, int, int]] = field(default_factory=list, repr=False)
-    hits_by_distance: list[tuple[int, int]] = field(default_factory=list, repr=False)
+    saved_by_distance: list[tuple[int, float, float]] = field(default_factory=list, repr=False)
+    hits_by_distance: list[tuple[int, float]] = field(default_factory=list, repr=False)
+    # From v2 aggregates ("aggregates") rather than a replay of calls ("spans"); the fields below
+    # are set for aggregates only (for spans they are in the function's stats).
+    source: str = "spans"
+    errors: int = 0
+    cpu_total: int = 0  # total CPU of its calls (from the call tree)
+    cpu_calls: int = 0  # calls with CPU data
+    unhashable_calls: int = 0
+    unhashable_types: list[str] = field(default_factory=list)
+    fresh_keys: float = 0.0  # keys whose returns differed only by new objects (hashed by identity)
 
     def hits_at(self, size: int) -> float:
         return sum(h for s, h in self.steps if s <= size)
@@ -417,7 +435,7 @@ def analyze_calls(function: int, info: FunctionInfo, calls: CallSource | CallCol
                     saved_wall[m] = saved_wall.get(m, 0) - (end - start)
             saved_cpu[d] = saved_cpu.get(d, 0) + cpus[index]
             saved_wall[d] = saved_wall.get(d, 0) + (end - start)
-    hits_by = sorted((d, h) for d, h in hist.items() if d)
+    hits_by: list[tuple[int, float]] = sorted((d, h) for d, h in hist.items() if d)
     # Sizes that round to the same value (sampling) merge into one step.
     merged: list[tuple[int, float]] = []
     for d, h in hits_by:
@@ -435,6 +453,54 @@ def analyze_calls(function: int, info: FunctionInfo, calls: CallSource | CallCol
         overlapping=round(overlapping * count_scale), identity_collisions=round(len(collisions) * key_scale),
         saved_by_distance=sorted((d, saved_cpu[d], saved_wall[d]) for d in saved_cpu),
         hits_by_distance=hits_by,
+    )
+
+
+def aggregate_result(function: int, info: FunctionInfo, data: ProfileData, fids: Sequence[int],
+                     identity: bool, has_cpu: bool) -> ProcessResult:
+    """The ``ProcessResult`` of one function in one process from its v2 aggregates (the function
+    ids ``fids`` of that process: one name may have several), without replaying any call.
+
+    ``identity``: whether ``self`` hashes by identity for this function (any process): its keys
+    that returned different values are then identity key collisions, not inconsistency (the
+    aggregates do not say which keys were identity keys)."""
+    calls = errors = cpu_total = 0
+    state = ProfileCache()
+    reuse: dict[int, list[float]] = {}
+    for fid in fids:
+        facts = data.functions.get(fid)
+        if facts is not None:
+            calls += facts.calls
+            errors += facts.errors
+        cpu_total += data.node_totals(fid)[2]
+        cached = data.cache.get(fid)
+        if cached is not None:
+            state.add(cached)
+        for distance, row in data.reuse.get(fid, {}).items():
+            total = reuse.setdefault(distance, [0.0, 0.0, 0.0])
+            for k in range(3):
+                total[k] += row[k]
+    # A call at distance d hits a cache of size s iff d < s: Mattson's distance is d + 1.
+    ordered = sorted(reuse.items())
+    hits_by = [(d + 1, row[0]) for d, row in ordered if row[0]]
+    inconsistent = round(state.inconsistent_keys)
+    collisions = 0
+    if identity:
+        inconsistent, collisions = 0, inconsistent
+    coroutine = info.kind in ("coroutine", "async_generator")
+    unhashable_types = list(state.unhashable_types)
+    if state.unhashable_calls and not unhashable_types:
+        unhashable_types = ["(unknown type)"]
+    return ProcessResult(
+        function=function, process=info.process, calls=calls, accesses=state.sampled_calls,
+        sample_rate=state.rate, estimator="exact" if state.rate >= 1 else "tracer_shards",
+        count_scale=1.0, size_scale=1.0, distinct_keys=state.keys,
+        hits_unbounded=sum(h for _, h in hits_by), steps=list(hits_by), inconsistent_keys=inconsistent,
+        # As for replays: only coroutines' overlaps are in-flight duplicates worth coalescing.
+        overlapping=round(state.overlaps) if coroutine else 0, identity_collisions=collisions,
+        saved_by_distance=[(d + 1, row[1], row[2]) for d, row in ordered], hits_by_distance=hits_by,
+        source="aggregates", errors=errors, cpu_total=cpu_total, cpu_calls=calls if has_cpu else 0,
+        unhashable_calls=state.unhashable_calls, unhashable_types=unhashable_types, fresh_keys=state.fresh_keys,
     )
 
 
@@ -477,7 +543,7 @@ def savings_at(result: ProcessResult, size: int) -> Savings:
     if size <= 0:
         return out
     threshold = size / result.size_scale + 1e-9
-    cpu = wall = hits = 0
+    cpu = wall = hits = 0.0
     for d, c, w in result.saved_by_distance:
         if d > threshold:
             break
@@ -533,6 +599,8 @@ class Opportunity:
     curve: list[tuple[int, float]]  # (size, hit ratio) points
     processes: list[dict[str, object]]
     advice: Advice = field(default_factory=lambda: Advice("lru_cache", ""))
+    source: str = "spans"  # "aggregates" (v2, every call), "spans" (replayed calls) or "mixed" (processes differ)
+    fresh_keys: float = 0.0  # aggregates: keys whose returns differed only by new objects each call
     identity: bool = False  # some call's self was hashed by identity (callspan.args.identity)
     identity_collisions: int = 0  # keys with different returns explained by identity keys
     impure_callees: list[str] = field(default_factory=list)  # inconsistent functions it calls, nearest first
@@ -690,31 +758,40 @@ class PendingAnalysis:
                  imap: Callable[[Callable[[Any], Any], Iterable[Any]], Iterable[Any]]) -> None:
         self.model = model
         self.options = options
+        profiles = model.profiles
+        self.ids_by_name = {process: data.ids_by_name() for process, data in profiles.items()}
         total_cpu: dict[str, int] = {}
         for info in model.functions:
-            unit = model.processes[info.process].cpu_unit or "unknown"
-            total_cpu[unit] = total_cpu.get(unit, 0) + info.stats[S_CPU_SELF]
+            if info.process not in profiles:
+                unit = model.processes[info.process].cpu_unit or "unknown"
+                total_cpu[unit] = total_cpu.get(unit, 0) + info.stats[S_CPU_SELF]
+        for process, data in profiles.items():
+            # The call tree's self CPU adds up to the process's traced CPU, exactly.
+            unit = model.processes[process].cpu_unit or "unknown"
+            total_cpu[unit] = total_cpu.get(unit, 0) + sum(node.cpu_self for node in data.nodes.values())
         self.total_cpu = total_cpu
         groups: dict[tuple[str, str], list[int]] = {}
         for index, info in enumerate(model.functions):
-            if model.call_count(index):
+            if (self._fids(index) if info.process in profiles else model.call_count(index)):
                 groups.setdefault((info.name, info.file), []).append(index)
         self.without_keys = 0
         for key, indices in list(groups.items()):
-            if sum(model.functions[i].calls for i in indices) < options.min_calls:
+            if sum(map(self._calls, indices)) < options.min_calls:
                 del groups[key]
                 continue
-            if not any(model.keyed_calls[i] for i in indices):
+            if not any(map(self._keyed, indices)):
                 self.without_keys += 1
                 del groups[key]
         self.groups = groups
         # Whether self hashes by identity is a fact of the function: any span of it, in any process.
-        self.identity = {key: any(model.functions[i].stats[S_IDENTITY] for i in indices)
+        self.identity = {key: any(model.functions[i].stats[S_IDENTITY] or self._identity_calls(i) for i in indices)
                          for key, indices in groups.items()}
         jobs: list[list[ReplayItem]] = []
         size = JOB_CALLS
         for key, indices in groups.items():
             for i in indices:
+                if model.functions[i].process in profiles:
+                    continue  # from its aggregates, in finish()
                 source = model.call_source(i)
                 assert source is not None
                 if size >= JOB_CALLS:
@@ -724,6 +801,37 @@ class PendingAnalysis:
                 size += len(source)
         self.replayed = iter(imap(_analyze_job, jobs))  # a pool's imap starts working right away
 
+    def _fids(self, function: int) -> list[int]:
+        """The v2 function ids of ``function`` in its process (none without aggregates)."""
+        info = self.model.functions[function]
+        return self.ids_by_name.get(info.process, {}).get(info.name, [])
+
+    def _calls(self, function: int) -> int:
+        info = self.model.functions[function]
+        data = self.model.profiles.get(info.process)
+        if data is None:
+            return info.calls
+        return sum(data.functions[fid].calls for fid in self._fids(function))
+
+    def _keyed(self, function: int) -> bool:
+        data = self.model.profiles.get(self.model.functions[function].process)
+        if data is None:
+            return bool(self.model.keyed_calls[function])
+        return any(fid in data.cache and data.cache[fid].calls for fid in self._fids(function))
+
+    def _identity_calls(self, function: int) -> int:
+        data = self.model.profiles.get(self.model.functions[function].process)
+        if data is None:
+            return 0
+        return sum(data.cache[fid].identity_calls for fid in self._fids(function) if fid in data.cache)
+
+    def _result(self, function: int, identity: bool, replayed: Iterator[ProcessResult]) -> ProcessResult:
+        info = self.model.functions[function]
+        data = self.model.profiles.get(info.process)
+        if data is None:
+            return next(replayed)
+        return aggregate_result(function, info, data, self._fids(function), identity, data.has_cpu)
+
     def finish(self) -> CacheReport:
         model, options = self.model, self.options
         results_flat = (result for batch in self.replayed for result in batch)
@@ -731,7 +839,7 @@ class PendingAnalysis:
         impure: list[tuple[str, str]] = []
         without_reuse = 0
         for key, indices in self.groups.items():
-            results = [next(results_flat) for _ in indices]
+            results = [self._result(i, self.identity[key], results_flat) for i in indices]
             op = _opportunity(model, results, self.total_cpu, options, self.identity[key])
             if op.inconsistent_keys:
                 impure.append(key)
@@ -767,15 +875,19 @@ def _opportunity(model: Model, results: list[ProcessResult], total_cpu: dict[str
                  options: CacheOptions, identity: bool = False) -> Opportunity:
     infos = [model.functions[r.function] for r in results]
     first = infos[0]
-    calls = sum(i.calls for i in infos)
-    errors = sum(i.stats[S_ERRORS] + i.stats[S_SUM_ERRORS] for i in infos)
+    # Aggregates (v2) cover every call: their figures replace the spans' (examples) stats.
+    replayed = [(r, i) for r, i in zip(results, infos, strict=True) if r.source != "aggregates"]
+    aggregated = [r for r in results if r.source == "aggregates"]
+    calls = sum(r.calls for r in results)
+    errors = (sum(i.stats[S_ERRORS] + i.stats[S_SUM_ERRORS] for _, i in replayed)
+              + sum(r.errors for r in aggregated))
     steps = _summed_steps(results)
     sizes, totals = _cumulative(steps)
     hits = totals[-1] if totals else 0.0
     size = recommend(sizes, totals, options.target)
     units = {model.processes[i.process].cpu_unit or "unknown" for i in infos}
     unit = units.pop() if len(units) == 1 else "mixed"
-    has_cpu = any(i.stats[S_CPU_CALLS] for i in infos)
+    has_cpu = any(i.stats[S_CPU_CALLS] for _, i in replayed) or any(r.cpu_calls for r in aggregated)
     inconsistent = sum(r.inconsistent_keys for r in results)
     # Identity-keyed hits may be address reuse: never recommended, so nothing is counted as saved.
     blocked = bool(inconsistent) or identity
@@ -795,7 +907,7 @@ def _opportunity(model: Model, results: list[ProcessResult], total_cpu: dict[str
             "recommended_maxsize": recommend(p_sizes, p_totals, options.target),
             "inconsistent_keys": result.inconsistent_keys, "identity_key_collisions": result.identity_collisions,
             "sample_rate": result.sample_rate,
-            "estimator": result.estimator,
+            "estimator": result.estimator, "source": result.source,
             "savings": {"cpu": round(saved.cpu), "wall_ns": round(saved.wall), "hits": round(saved.hits)},
         })
     cpu_total_all = total_cpu.get(unit)
@@ -803,11 +915,15 @@ def _opportunity(model: Model, results: list[ProcessResult], total_cpu: dict[str
     ret_size = sum(i.stats[S_RET_SIZE] for i in infos)
     ret_n = sum(i.stats[S_RET_SIZE_N] for i in infos)
     memory = round(size * ret_size / ret_n) if size and ret_n else None
-    cpu_calls = sum(i.stats[S_CPU_CALLS] for i in infos)
-    mean_cost = sum(i.stats[S_CPU_TOTAL] for i in infos) / cpu_calls if cpu_calls else None
+    cpu_calls = sum(i.stats[S_CPU_CALLS] for _, i in replayed) + sum(r.cpu_calls for r in aggregated)
+    cpu_total = sum(i.stats[S_CPU_TOTAL] for _, i in replayed) + sum(r.cpu_total for r in aggregated if r.cpu_calls)
+    mean_cost = cpu_total / cpu_calls if cpu_calls else None
     unhashable: set[str] = set()
-    for info in infos:
+    for _, info in replayed:
         unhashable |= info.unhashable
+    for result in aggregated:
+        unhashable.update(result.unhashable_types)
+    sources = {r.source for r in results}
     op = Opportunity(
         name=first.name, file=first.file, line=first.line, kind=first.kind,
         method=any(i.stats[S_METHOD] for i in infos), calls=calls, errors=errors,
@@ -824,6 +940,7 @@ def _opportunity(model: Model, results: list[ProcessResult], total_cpu: dict[str
         memory_bytes=memory if not inconsistent else None, mean_cost=mean_cost,
         curve=_curve_points(sizes, totals, calls, options.curve_points), processes=per_process,
         identity=identity, identity_collisions=sum(r.identity_collisions for r in results),
+        source=sources.pop() if len(sources) == 1 else "mixed", fresh_keys=sum(r.fresh_keys for r in aggregated),
     )
     op.advice = _advise(op, options)
     if op.advice.kind in NOT_RECOMMENDED:
@@ -845,7 +962,7 @@ def impure_reach(model: Model, impure: Sequence[tuple[str, str]]) -> dict[tuple[
     """
     functions = model.functions
     callers: dict[tuple[str, str], set[tuple[str, str]]] = {}
-    for caller_index, callee_index in model.call_edges():
+    for caller_index, callee_index in model.call_edges() | profile_edges(model):
         a, b = functions[caller_index], functions[callee_index]
         ka, kb = (a.name, a.file), (b.name, b.file)
         if ka != kb:
@@ -872,6 +989,19 @@ def impure_reach(model: Model, impure: Sequence[tuple[str, str]]) -> dict[tuple[
     for paths in found.values():
         paths.sort(key=lambda path: (len(path), path[-1]))
     return found
+
+
+def profile_edges(model: Model) -> set[tuple[int, int]]:
+    """(caller, callee) function index pairs from the v2 call trees: a node's function calls its
+    children's (every call, not only the spans kept)."""
+    out: set[tuple[int, int]] = set()
+    for process, data in model.profiles.items():
+        for caller, callee in data.edges():
+            a = model.function_index.get((process, data.functions[caller].name)) if caller in data.functions else None
+            b = model.function_index.get((process, data.functions[callee].name)) if callee in data.functions else None
+            if a is not None and b is not None and a != b:
+                out.add((a, b))
+    return out
 
 
 def _calls_impure(op: Opportunity, paths: list[list[str]]) -> None:

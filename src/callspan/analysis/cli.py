@@ -159,6 +159,7 @@ def analyze(args: argparse.Namespace, stderr: TextIO | None = None) -> Results:
             name, body = fetch(args.jaeger, args.service, parse_since(args.since), args.limit, args.jaeger_api)
             load_bytes(model, body, name)
         model.spill_rest()
+        model.profile_warnings()
         progress.set_phase("analyzing", progress.total, model.spans)
         results = Results(model, reports, top=args.top)
         pending = None
@@ -210,7 +211,7 @@ def run_analyze(args: argparse.Namespace) -> int:
             print(f"callspan: warning: {warning}", file=sys.stderr)
         if len(warnings) > MAX_WARNINGS:
             print(f"callspan: warning: ... and {len(warnings) - MAX_WARNINGS} more", file=sys.stderr)
-        if not results.model.spans:
+        if not results.model.spans and not results.model.profiles:
             print("callspan: warning: no spans found in the input", file=sys.stderr)
         text = render(results, args.format)
         if args.output:

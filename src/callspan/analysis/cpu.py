@@ -9,6 +9,12 @@ Cost is ``callspan.cpu.self`` (unit: the process's ``callspan.cpu.unit``). Witho
 the report falls back to running wall time (``callspan.run_ns``), self = own running time minus
 the running time of traced children, clamped at 0 (an approximation when children are tasks
 running concurrently).
+
+Processes with schema v2 aggregates (``Model.profiles``) cover every call: their stacks are the
+call tree's paths (function names from the thread's outermost call; the thread root itself is
+not a frame, as span stacks have none; calls the tracer folded under its node or depth cap are a
+frame ``(other)``), with the nodes' exact calls, self and total CPU (running time without CPU
+data). Their spans are then only examples: resolved for the stacks asked for, not counted.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from dataclasses import dataclass
 from itertools import compress, repeat
 
 from callspan.analysis.model import S_CPU_CALLS, Model, RowColumns
+from callspan.analysis.profile import ProfileData
 
 ROOT = 0  # stack id of the empty stack
 UNRESOLVED = 0xFFFFFFFF
@@ -82,6 +89,7 @@ class CpuReport:
     spans: int
     orphans: int  # spans whose parent was not in the input (their stack starts at them)
     wanted: dict[tuple[int, int], list[str]]  # (trace key, span id) -> stack, as asked
+    aggregate_processes: int = 0  # processes whose costs came from v2 aggregates, not spans
 
     def stack_of(self, trace: int, span: int) -> list[str] | None:
         return self.wanted.get((trace, span))
@@ -102,12 +110,24 @@ def resolve(model: Model, wanted: Iterable[tuple[int, int]] = ()) -> CpuReport:
         func_name.append(table.name_id(info.name))
         if info.file and info.name not in frame_files:
             frame_files[info.name] = (info.file, info.line)
+    profiles = model.profiles
+    for data in profiles.values():
+        for function in data.functions.values():
+            if function.file and function.name not in frame_files:
+                frame_files[function.name] = (function.file, function.line)
     units: dict[str, int] = {}
     for info in model.functions:
         unit = model.processes[info.process].cpu_unit
-        if unit and unit != "none" and info.stats[S_CPU_CALLS]:
+        if unit and unit != "none" and info.stats[S_CPU_CALLS] and info.process not in profiles:
             units[unit] = units.get(unit, 0) + info.stats[S_CPU_CALLS]
-    has_cpu = model.rows_with_cpu > 0
+    for process, data in profiles.items():
+        unit = model.processes[process].cpu_unit
+        if data.has_cpu:
+            unit = unit if unit and unit != "none" else "unknown"
+            units[unit] = units.get(unit, 0) + sum(f.calls for f in data.functions.values())
+    # Rows of v2 processes are examples, not counted: only theirs make the row basis.
+    counted = bytes(0 if info.process in profiles else 1 for info in model.functions)
+    has_cpu = bool(units) if profiles else model.rows_with_cpu > 0
     basis = "cpu" if has_cpu else "wall"
     unit = (max(units, key=units.__getitem__) if units else "unknown") if has_cpu else "ns"
     if len(units) > 1:
@@ -131,20 +151,84 @@ def resolve(model: Model, wanted: Iterable[tuple[int, int]] = ()) -> CpuReport:
         calls_by.extend(repeat(0, grow))
         self_cost = rows.self_cost if has_cpu else _wall_self(rows)
         total_cost = rows.total_cost if has_cpu else rows.run
-        for s, c, t, k in zip(row_stack, self_cost, total_cost, rows.count, strict=True):
-            self_by[s] += c
-            total_by[s] += t
-            calls_by[s] += k
+        if profiles:
+            for s, c, t, k, f in zip(row_stack, self_cost, total_cost, rows.count, rows.func, strict=True):
+                if counted[f]:
+                    self_by[s] += c
+                    total_by[s] += t
+                    calls_by[s] += k
+        else:
+            for s, c, t, k in zip(row_stack, self_cost, total_cost, rows.count, strict=True):
+                self_by[s] += c
+                total_by[s] += t
+                calls_by[s] += k
         if wanted_set:
             # Only rows with a wanted span id can match: find them in C.
             for i in compress(range(n), map(wanted_spans.__contains__, rows.span)):
                 pair = (rows.trace[i], rows.span[i])
                 if pair in wanted_set:
                     found[pair] = table.path(row_stack[i])
+    for data in profiles.values():
+        for stack, self_cost_of, total_cost_of, calls in _profile_stacks(table, data, has_cpu):
+            grow = len(table.parent) - len(self_by)
+            if grow > 0:
+                self_by.extend(repeat(0, grow))
+                total_by.extend(repeat(0, grow))
+                calls_by.extend(repeat(0, grow))
+            self_by[stack] += self_cost_of
+            total_by[stack] += total_cost_of
+            calls_by[stack] += calls
     stats = [StackStat(s, self_by[s], total_by[s], calls_by[s]) for s in range(1, len(self_by)) if calls_by[s]]
     stats.sort(key=lambda st: (-st.self_cost, -st.total_cost, table.path(st.stack)))
     model.trace_count = traces
-    return CpuReport(basis, unit, sum(self_by), stats, table, frame_files, spans_seen, orphans, found)
+    return CpuReport(basis, unit, sum(self_by), stats, table, frame_files, spans_seen, orphans, found,
+                     len(profiles))
+
+
+def _profile_stacks(table: Stacks, data: ProfileData, has_cpu: bool) -> list[tuple[int, int, int, int]]:
+    """(stack, self cost, total cost, calls) of every call-tree node of one process (thread roots
+    aside). Without CPU: total = running time, self = that minus the children's, clamped at 0."""
+    nodes = data.nodes
+    child_run: dict[int, int] = {}
+    if not has_cpu:
+        for node in nodes.values():
+            if node.parent in nodes:
+                child_run[node.parent] = child_run.get(node.parent, 0) + node.run_ns
+    # Node id -> stack, parents first (walking up to the first node with a known stack).
+    stack_of: dict[int, int] = {}
+    out = []
+    for nid in nodes:
+        chain: list[int] = []
+        on_chain: set[int] = set()
+        current = nid
+        base = ROOT
+        while True:
+            known = stack_of.get(current)
+            if known is not None:
+                base = known
+                break
+            step = nodes.get(current)
+            if step is None or current in on_chain:
+                break  # a parent missing from the input, or a cycle: the stack starts below it
+            chain.append(current)
+            on_chain.add(current)
+            if not step.parent:
+                break
+            current = step.parent
+        for member in reversed(chain):
+            node = nodes[member]
+            if not node.is_thread_root:  # span stacks have no thread frame
+                base = table.child(base, table.name_id(data.frame_name(node)))
+            stack_of[member] = base
+        stack = stack_of[nid]
+        if stack == ROOT:
+            continue
+        node = nodes[nid]
+        if has_cpu:
+            out.append((stack, node.cpu_self, node.cpu_total, node.calls))
+        else:
+            out.append((stack, max(0, node.run_ns - child_run.get(nid, 0)), node.run_ns, node.calls))
+    return out
 
 
 def _resolve_rows(table: Stacks, rows: RowColumns, func_name: list[int]) -> tuple[array[int], int]:

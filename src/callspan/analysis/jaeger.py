@@ -59,7 +59,7 @@ def _tag_value(key: str, tag: dict[str, Any]) -> dict[str, Any]:
     if kind == "binary":
         return {"bytesValue": value}
     if isinstance(value, str) and value.startswith("[") and (
-            key.startswith("callspan.summary.") or key in _ARRAY_KEYS):
+            key.startswith(("callspan.summary.", "callspan.profile.")) or key in _ARRAY_KEYS):
         try:
             parsed = json.loads(value)
         except ValueError:

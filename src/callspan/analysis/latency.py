@@ -4,6 +4,13 @@ Percentiles are nearest-rank over the calls with their own timing (spans, and su
 listed in ``callspan.calls`` events): the p-th percentile of n sorted values is the value at
 rank ceil(p/100 * n). Calls summarised without a per-call listing count in ``calls`` and in the
 totals but not in the percentiles (``timed_calls`` says how many did).
+
+Processes with schema v2 aggregates (``Model.profiles``) cover every call: calls, errors, wall
+and running totals come from their function table, suspended time and awaits from their call
+tree, and percentiles from their wall-time sketches (each bucket stands for the value
+``profile.bucket_value``, within 1% of the calls in it; same nearest-rank rule). When a function
+has aggregates in some process, its percentiles are those of the aggregates (``source``
+"aggregates"). Their spans are only examples (the slowest calls).
 """
 
 from __future__ import annotations
@@ -26,8 +33,10 @@ from callspan.analysis.model import (
     S_SUSPENDED,
     S_WALL,
     CallSource,
+    FunctionInfo,
     Model,
 )
+from callspan.analysis.profile import ProfileData, Sketch, sketch_max, sketch_percentiles
 
 
 def percentile(sorted_values: Sequence[int], p: float) -> int:
@@ -57,6 +66,7 @@ class LatencyRow:
     mean_suspended: float | None  # coroutines only
     awaits_per_call: float | None
     processes: int
+    source: str = "spans"  # "aggregates": totals and percentiles from v2 aggregates (see the module docstring)
 
 
 @dataclass(slots=True)
@@ -181,8 +191,12 @@ class PendingLatency:
         self.groups = list(groups.values())
         jobs: list[list[list[CallSource]]] = []
         size = JOB_CALLS
+        profiles = model.profiles
+        self.ids_by_name = {process: data.ids_by_name() for process, data in profiles.items()}
         for indices in self.groups:
-            sources = [source for source in map(model.call_source, indices) if source is not None]
+            # Spans of processes with aggregates are examples: their percentiles come from sketches.
+            sources = [source for index, source in zip(indices, map(model.call_source, indices), strict=True)
+                       if source is not None and model.functions[index].process not in profiles]
             if size >= JOB_CALLS:
                 jobs.append([])
                 size = 0
@@ -197,6 +211,11 @@ class PendingLatency:
         for indices in self.groups:
             timed, p50, p95, p99 = next(computed)
             infos = [model.functions[i] for i in indices]
+            aggregates = [(model.profiles[i.process], fid) for i in infos if i.process in model.profiles
+                          for fid in self.ids_by_name[i.process].get(i.name, ())]
+            if aggregates:
+                rows.append(_aggregate_row(infos, aggregates, model.profiles))
+                continue
             first = infos[0]
             calls = sum(i.calls for i in infos)
             span_calls = sum(i.stats[S_CALLS] for i in infos)
@@ -221,6 +240,42 @@ class PendingLatency:
             slowest.append(SlowCall(info.name, info.file, info.line, wall, start, trace_id,
                                     f"{span:016x}" if span else "", stack))
         return LatencyReport(rows, slowest)
+
+
+def _aggregate_row(infos: list[FunctionInfo], aggregates: list[tuple[ProfileData, int]],
+                   profiles: dict[int, ProfileData]) -> LatencyRow:
+    """A function with v2 aggregates in some process: their exact totals, sketch percentiles,
+    plus the totals of the processes that only have spans (v1)."""
+    first = infos[0]
+    spans_only = [i for i in infos if i.process not in profiles]
+    functions = [data.functions[fid] for data, fid in aggregates]
+    calls = sum(i.calls for i in spans_only) + sum(f.calls for f in functions)
+    span_calls = sum(i.stats[S_CALLS] for i in spans_only)
+    suspended = sum(i.stats[S_SUSPENDED] for i in spans_only)
+    awaits = sum(i.stats[S_AWAITS] for i in spans_only)
+    for data, fid in aggregates:
+        node_suspended, node_awaits, _ = data.node_totals(fid)
+        suspended += node_suspended
+        awaits += node_awaits
+    awaited_calls = span_calls + sum(f.calls for f in functions)
+    kind = next((f.kind for f in functions if f.kind), first.kind)
+    coroutine = kind in ("coroutine", "async_generator") or suspended > 0
+    sketches: list[tuple[Sketch, float]] = [(data.wall_sketch.get(fid, {}), data.gamma) for data, fid in aggregates]
+    timed, (p50, p95, p99) = sketch_percentiles(sketches, (50, 95, 99))
+    return LatencyRow(
+        name=first.name, file=first.file or functions[0].file, line=first.line or functions[0].line, kind=kind,
+        calls=calls, errors=sum(i.stats[S_ERRORS] + i.stats[S_SUM_ERRORS] for i in spans_only)
+        + sum(f.errors for f in functions),
+        timed_calls=timed, p50=p50, p95=p95, p99=p99,
+        # Spans are real calls: the longest of them when it beats the sketch's top bucket value.
+        max=max([sketch_max(sketches)] + [i.stats[S_MAX_WALL] for i in infos]),
+        total_wall=sum(i.stats[S_WALL] for i in spans_only) + sum(f.wall_ns for f in functions),
+        mean_running=(sum(i.stats[S_RUN] for i in spans_only) + sum(f.run_ns for f in functions)) / calls
+        if calls else 0.0,
+        mean_suspended=suspended / awaited_calls if coroutine and awaited_calls else None,
+        awaits_per_call=awaits / awaited_calls if coroutine and awaited_calls else None,
+        processes=len({i.process for i in infos}), source="aggregates",
+    )
 
 
 def start(model: Model, imap: Callable[[Callable[[Any], Any], Iterable[Any]], Iterable[Any]] = map

@@ -37,6 +37,7 @@ from operator import is_, itemgetter
 from typing import Any, TypeVar
 
 from callspan.analysis import spill
+from callspan.analysis.profile import ProfileData
 from callspan.analysis.spill import (
     PARTS,
     SORT_SLICE,
@@ -103,6 +104,7 @@ class ProcessInfo:
     host: str = ""
     cpu_unit: str = ""  # "ns", "instructions", "none" or "" (unknown)
     cpu_counter: str = ""
+    schema: int = 0  # callspan.schema of its scope (0: unknown, e.g. Jaeger input)
 
     @property
     def label(self) -> str:
@@ -121,11 +123,13 @@ class ProcessInfo:
                 setattr(self, name, getattr(other, name))
         if self.pid is None:
             self.pid = other.pid
+        self.schema = max(self.schema, other.schema)
 
     def as_json(self) -> dict[str, Any]:
         return {"key": self.key, "label": self.label, "service": self.service, "pid": self.pid,
                 "instance": self.instance or None, "host": self.host or None,
-                "cpu_unit": self.cpu_unit or None, "cpu_counter": self.cpu_counter or None}
+                "cpu_unit": self.cpu_unit or None, "cpu_counter": self.cpu_counter or None,
+                "schema": self.schema or None}
 
 
 @dataclass(slots=True)
@@ -436,6 +440,7 @@ class Batch:
         self.traces: list[str] = []
         self.trace_index: dict[str, int] = {}
         self.slow: list[SlowCall] = []  # min-heap on wall
+        self.profiles: dict[int, ProfileData] = {}  # process index -> its schema v2 aggregates
         self.spans = 0
         self.requests = 0
         self.first_ns = 0
@@ -483,6 +488,12 @@ class Batch:
             self.calls.append(columns)
             self.appenders.append(_appenders(columns))
         return index
+
+    def profile(self, process: int) -> ProfileData:
+        data = self.profiles.get(process)
+        if data is None:
+            data = self.profiles[process] = ProfileData()
+        return data
 
     def trace(self, trace_id: str) -> int:
         index = self.trace_index.get(trace_id)
@@ -546,12 +557,23 @@ class Model:
         self._share_rows_with_links()
         self.trace_count: int | None = None  # distinct traces, once counted (``cpu.resolve``)
         self.slow: list[ModelSlowCall] = []
+        # Process index -> its schema v2 aggregates (``callspan.profile`` spans): where present,
+        # the reports take that process's totals from them and its spans are only examples.
+        self.profiles: dict[int, ProfileData] = {}
         self.spans = 0
         self.requests = 0
         self.first_ns = 0
         self.last_ns = 0
         self.warnings: list[str] = []
         self.sources: list[str] = []
+
+    def profile_warnings(self) -> list[str]:
+        """Incomplete or repeated aggregates, once all input is read (added to ``warnings``)."""
+        out = []
+        for process, data in sorted(self.profiles.items()):
+            out.extend(data.warnings(self.processes[process].label))
+        self.warnings.extend(out)
+        return out
 
     def new_batch(self) -> Batch:
         return Batch(self.want_calls, self.want_rows, self.slow_keep)
@@ -607,6 +629,12 @@ class Model:
                 heapq.heappush(self.slow, item)
             elif self.slow and item > self.slow[0]:
                 heapq.heapreplace(self.slow, item)
+        for local, data in batch.profiles.items():
+            mine_profile = self.profiles.get(process_map[local])
+            if mine_profile is None:
+                self.profiles[process_map[local]] = data
+            else:
+                mine_profile.merge(data)
         self.spans += batch.spans
         self.requests += batch.requests
         if batch.first_ns and (not self.first_ns or batch.first_ns < self.first_ns):

@@ -49,6 +49,7 @@ from callspan.analysis.model import (
     FunctionInfo,
     ProcessInfo,
 )
+from callspan.analysis.profile import PROFILE_SPAN
 
 MASK64 = 0xFFFFFFFFFFFFFFFF
 SCOPE_NAME = "callspan"
@@ -176,8 +177,13 @@ def process_info(resource: dict[str, Any], scope: dict[str, Any], fallback: str 
         pid_number = int(pid) if pid is not None else None
     except (TypeError, ValueError):
         pid_number = None
+    schema = scope.get("callspan.schema") or resource.get("callspan.schema") or 0
+    try:
+        schema_number = int(schema)
+    except (TypeError, ValueError):
+        schema_number = 0
     return ProcessInfo(key=key, service=service, pid=pid_number, instance=str(instance), host=host,
-                       cpu_unit=str(unit), cpu_counter=str(counter))
+                       cpu_unit=str(unit), cpu_counter=str(counter), schema=schema_number)
 
 
 def add_request(batch: Batch, request: Any, fallback_process: str = "") -> None:
@@ -216,15 +222,16 @@ def add_resources(batch: Batch, resources: Iterable[tuple[Any, Iterable[tuple[An
             scopes.append((scope.get("name") or "", scope_attrs, spans))
             # Per-process facts live on the callspan scope; apply them to the resource's other
             # scopes (e.g. the application's HTTP spans) so they group with the same process.
-            for key in ("service.instance.id", "process.pid", "callspan.cpu.unit", "callspan.cpu.counter"):
+            for key in ("service.instance.id", "process.pid", "callspan.cpu.unit", "callspan.cpu.counter",
+                        "callspan.schema"):
                 if key in scope_attrs and key not in shared:
                     shared[key] = scope_attrs[key]
         for scope_name, scope_attrs, spans in scopes:
             if shared:
                 scope_attrs = {**shared, **scope_attrs}
             process = batch.process(process_info(resource, scope_attrs, fallback_process))
-            _add_spans(batch, process, spans, scope_name == SCOPE_NAME)
-            batch.spans += len(spans)
+            profiles = _add_spans(batch, process, spans, scope_name == SCOPE_NAME)
+            batch.spans += len(spans) - profiles  # a callspan.profile span is not a call
 
 
 def _int(value: Any) -> int:
@@ -341,9 +348,11 @@ def decode_span(span: Any) -> DecodedSpan:
             parent_id, extra)
 
 
-def _add_spans(batch: Batch, process: int, spans: Iterable[Any], callspan_scope: bool) -> None:
+def _add_spans(batch: Batch, process: int, spans: Iterable[Any], callspan_scope: bool) -> int:
+    """Fold ``spans`` into ``batch``; returns how many were ``callspan.profile`` spans."""
     # The hot loop: one decoded span at a time (decoded by the compiled scanner when it could);
-    # array appends are bound once.
+    # array appends are bound once. The compiled scanner never decodes a profile span: lines
+    # holding one are read here (``readers._scanned``), so only span objects need the name check.
     names = batch.names_of(process)
     functions = batch.functions
     appenders = batch.appenders
@@ -364,10 +373,15 @@ def _add_spans(batch: Batch, process: int, spans: Iterable[Any], callspan_scope:
     slow_keep = batch.slow_keep
     first_ns = batch.first_ns
     last_ns = batch.last_ns
+    profiles = 0
     for span in spans:
         if span.__class__ is not tuple:
             if span.__class__ is bytes:
                 span = loads_json(span)
+            if span.get("name") == PROFILE_SPAN:
+                profiles += 1
+                _add_profile(batch, process, span)
+                continue
             span = decode_span(span)
         (name, kind, file, line, start, end, error, cpu_total, cpu_self, run, thread, args, ret, size,
          suspended, awaits, unhashable, unhashable_names, ret_unhashable, method, identity, span_id,
@@ -466,8 +480,26 @@ def _add_spans(batch: Batch, process: int, spans: Iterable[Any], callspan_scope:
             for event in extra[1]:
                 if event.get("name") == "callspan.calls":
                     _add_listed_calls(batch, process, attributes(event.get("attributes")), thread, func)
+    if profiles:
+        first_ns = min(first_ns, batch.first_ns) if first_ns and batch.first_ns else first_ns or batch.first_ns
+        last_ns = max(last_ns, batch.last_ns)
     batch.first_ns = first_ns
     batch.last_ns = last_ns
+    return profiles
+
+
+def _add_profile(batch: Batch, process: int, span: dict[str, Any]) -> None:
+    """A ``callspan.profile`` span: its columns into the process's ``ProfileData``; every function
+    of its table gets an entry in the batch, so the reports list functions that have no span."""
+    at = attributes(span.get("attributes"))
+    data = batch.profile(process)
+    before = set(data.functions)
+    data.add_span(at)
+    for fid, info in data.functions.items():
+        if info.name and (fid not in before or not info.file):
+            func = batch.function(process, info.name)
+            batch.functions[func].absorb_facts(info.file, info.line, info.kind)
+    batch.note_time(int(span.get("startTimeUnixNano") or 0), int(span.get("endTimeUnixNano") or 0))
 
 
 def _slow_values(at: dict[str, Any]) -> tuple[int | None, int | None, int | None, int, int, int, int | None]:

@@ -68,9 +68,18 @@ def _span_error(where: str, exc: BaseException) -> CallspanError:
     return CallspanError(f"{where}: invalid span data: {type(exc).__name__}: {exc}")
 
 
+# In every line holding a ``callspan.profile`` span (its name, or its attribute keys: a span
+# whose keys are all escaped is left to Python by the scanner anyway).
+_PROFILE_MARK = b"callspan.profile"
+
+
 def _scanned(batch: Batch, line: bytes, where: Callable[[], str]) -> bool:
-    """Fold an OTLP request line through the compiled reader; False if it left the line to Python."""
-    if SCAN_REQUEST is None:
+    """Fold an OTLP request line through the compiled reader; False if it left the line to Python.
+
+    The compiled reader decodes only what a function span carries, so it would drop a
+    ``callspan.profile`` span's columns: lines holding one (rare: one per process and export
+    interval) go to the Python reader whole."""
+    if SCAN_REQUEST is None or _PROFILE_MARK in line:
         return False
     resources = SCAN_REQUEST(line)
     if resources is None:

@@ -21,6 +21,8 @@ ESTIMATES = {
               "(SHARDS), counts and sizes scaled by {scale:g}",
     "listed": "estimated: summarised calls were key-sampled at rate {rate:g}, too few keys for SHARDS; "
               "replayed the calls listed one by one, counts scaled up to all calls",
+    "tracer_shards": "estimated: the tracer sampled this function's keys (SHARDS at rate {rate:g}, beyond its "
+                     "per-function key cap); keys, hits, sizes and savings are scaled by {scale:g}",
     "mixed": "estimated: summarised calls were key-sampled (smallest rate {rate:g}); processes estimated "
              "differently",
 }
@@ -129,6 +131,10 @@ def header(results: Results) -> list[str]:
     files = len(m.sources)
     lines = _wrap(f"{m.spans:,} spans from {files} source{'s' if files != 1 else ''}, "
                   f"{len(m.processes)} process{'es' if len(m.processes) != 1 else ''}{_time_range(m)}", "")
+    if m.profiles:
+        count = len(m.profiles)
+        lines.extend(_wrap(f"Aggregates (schema 2, every call) for {count} process{'es' if count != 1 else ''}: "
+                           "totals from them, spans only as examples", ""))
     lines.extend(_wrap(f"CPU counter: {_units(m)}", ""))
     return lines
 
@@ -203,6 +209,9 @@ def opportunity_text(rank: int, op: Opportunity) -> list[str]:
             facts += f" ({op.identity_collisions:,} keys returned different values: address reuse)"
     if op.overlapping:
         facts += f"; {op.overlapping:,} calls overlapped an identical in-flight call"
+    if op.fresh_keys:
+        facts += (f"; {op.fresh_keys:,.0f} keys returned a new object each call (not counted as inconsistent; "
+                  "a cache would hand out one shared object)")
     lines.extend(_wrap(facts, "     "))
     if op.recommended_maxsize is not None:
         saving = (f"maxsize={op.recommended_maxsize:,} gives {fmt_pct(op.hit_ratio_at_recommended)}%: saves "
@@ -262,6 +271,8 @@ def latency_text(report: LatencyReport, top: int) -> list[str]:
                      f"{fmt_ns(row.p95):>8} {fmt_ns(row.p99):>8} {fmt_ns(row.max):>8} "
                      f"{fmt_ns(row.mean_running):>8} {suspended:>8} {awaits:>6}")
     lines.append("    running, suspend, awaits: mean per call; suspend = time suspended at awaits (coroutines)")
+    if any(row.source == "aggregates" for row in report.functions[:top]):
+        lines.append("    functions with aggregates (schema 2): every call, percentiles from sketches (within 1%)")
     if report.slowest:
         lines.append("")
         lines.append("Slowest calls")
@@ -301,6 +312,7 @@ def opportunity_json(rank: int, op: Opportunity) -> dict[str, Any]:
         "impure_callees": op.impure_callees, "overlapping_calls": op.overlapping,
         "unhashable_arg_types": op.unhashable_types, "returns_unhashable": op.returns_unhashable,
         "sample_rate": op.sample_rate, "estimated": op.estimated, "estimator": op.estimator,
+        "source": op.source, "fresh_keys": round(op.fresh_keys),
         "advice": {"kind": op.advice.kind, "text": op.advice.text, "paste": op.advice.paste},
         "savings": {"cpu": round(op.savings.cpu) if op.cpu_unit != "none" else None,
                     "cpu_unit": op.cpu_unit, "wall_ns": round(op.savings.wall), "hits": round(op.savings.hits),
@@ -319,7 +331,10 @@ def render_json_object(results: Results) -> dict[str, Any]:
         "input": {
             "sources": m.sources, "spans": m.spans, "requests": m.requests, "traces": m.trace_count or None,
             "time_range_ns": [m.first_ns, m.last_ns] if m.first_ns else None,
-            "processes": [p.as_json() for p in m.processes], "warnings": m.warnings,
+            "processes": [{**p.as_json(), "aggregates": i in m.profiles} for i, p in enumerate(m.processes)],
+            "warnings": m.warnings,
+            "schema_versions": sorted({p.schema for p in m.processes if p.schema}),
+            "profile_spans": sum(data.spans for data in m.profiles.values()),
         },
         "reports": results.reports,
     }
@@ -338,7 +353,7 @@ def render_json_object(results: Results) -> dict[str, Any]:
         r = results.cpu
         out["cpu"] = {
             "basis": r.basis, "unit": r.unit, "total_self": r.total_self, "stack_count": len(r.stacks),
-            "orphan_spans": r.orphans,
+            "orphan_spans": r.orphans, "aggregate_processes": r.aggregate_processes,
             "stacks": [{"stack": r.table.path(st.stack), "self": st.self_cost, "total": st.total_cost,
                         "calls": st.calls} for st in r.stacks[:results.top]],
         }
@@ -351,7 +366,8 @@ def render_json_object(results: Results) -> dict[str, Any]:
                            "p99_ns": row.p99, "max_ns": row.max, "total_wall_ns": row.total_wall,
                            "mean_running_ns": round(row.mean_running),
                            "mean_suspended_ns": None if row.mean_suspended is None else round(row.mean_suspended),
-                           "awaits_per_call": _round(row.awaits_per_call, 3), "processes": row.processes}
+                           "awaits_per_call": _round(row.awaits_per_call, 3), "processes": row.processes,
+                           "source": row.source}
                           for row in lat.functions[:results.top]],
             "slowest": [{"function": c.name, "file": c.file or None, "line": c.line or None, "wall_ns": c.wall,
                          "start_ns": c.start_ns, "trace_id": c.trace_id, "span_id": c.span_id,

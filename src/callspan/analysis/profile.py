@@ -1,0 +1,414 @@
+"""Schema version 2 aggregates: the ``callspan.profile`` spans of one process, summed over windows.
+
+A v2 tracer folds every call into per-process aggregates (docs/span-schema.md, "Schema version
+2") and exports what they gained since the last export as ``callspan.profile`` spans: columnar
+arrays of a function table, call-tree nodes, latency sketches and cache state. Windows are
+deltas, so a reader adds them per (process, id); chunks of one window hold disjoint nodes.
+
+``ProfileData`` is that sum for one process. It is built per chunk of input in a ``Batch``
+(worker processes), pickled as plain containers, and merged into the ``Model``; it is never
+spilled (it grows with functions, nodes and keys' distances, not with calls). A process with
+profile data takes its totals from it; its function spans are then only examples.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+PROFILE_SPAN = "callspan.profile"
+_P = "callspan.profile."
+OTHER_LABEL = "(other)"
+
+
+@dataclass(slots=True)
+class ProfileFunction:
+    """One function of the process's function table, with its call totals."""
+
+    name: str
+    file: str = ""
+    line: int = 0
+    kind: str = "function"
+    calls: int = 0
+    errors: int = 0
+    wall_ns: int = 0
+    run_ns: int = 0
+    cpu_self: int = 0
+
+    def add(self, other: ProfileFunction) -> None:
+        if not self.name:
+            self.name = other.name
+        if not self.file and other.file:
+            self.file, self.line = other.file, other.line
+        if other.kind and self.kind == "function":
+            self.kind = other.kind
+        self.calls += other.calls
+        self.errors += other.errors
+        self.wall_ns += other.wall_ns
+        self.run_ns += other.run_ns
+        self.cpu_self += other.cpu_self
+
+
+@dataclass(slots=True)
+class ProfileNode:
+    """One call-tree node: a thread root (function 0, label = thread name), an ``(other)`` fold
+    (function 0, label ``(other)``) or a function under its parent node. Wall, running,
+    suspended, awaits and total CPU count the calls whose parent is in another node (recursion
+    folded into one node is not counted twice); self CPU counts every call."""
+
+    parent: int
+    function: int
+    label: str = ""
+    calls: int = 0
+    errors: int = 0
+    wall_ns: int = 0
+    run_ns: int = 0
+    suspended_ns: int = 0
+    awaits: int = 0
+    cpu_total: int = 0
+    cpu_self: int = 0
+
+    def add(self, other: ProfileNode) -> None:
+        if not self.parent and other.parent:
+            self.parent = other.parent
+        if not self.function and other.function:
+            self.function = other.function
+        if not self.label and other.label:
+            self.label = other.label
+        self.calls += other.calls
+        self.errors += other.errors
+        self.wall_ns += other.wall_ns
+        self.run_ns += other.run_ns
+        self.suspended_ns += other.suspended_ns
+        self.awaits += other.awaits
+        self.cpu_total += other.cpu_total
+        self.cpu_self += other.cpu_self
+
+    @property
+    def is_thread_root(self) -> bool:
+        return not self.function and self.label != OTHER_LABEL and not self.parent
+
+    @property
+    def is_other(self) -> bool:
+        return not self.function and self.label == OTHER_LABEL
+
+
+@dataclass(slots=True)
+class ProfileCache:
+    """The cache state of one keyed function, summed over windows. Key-derived figures are
+    already scaled by 1/rate by the tracer (SHARDS beyond its per-function key cap)."""
+
+    calls: int = 0  # keyed calls
+    unhashable_calls: int = 0
+    unhashable_types: dict[str, None] = field(default_factory=dict)  # type names, first seen first
+    identity_calls: int = 0
+    keys: float = 0.0
+    inconsistent_keys: float = 0.0
+    inconsistent_calls: float = 0.0
+    fresh_keys: float = 0.0
+    overlaps: float = 0.0
+    sampled_calls: int = 0
+    rate: float = 1.0  # smallest SHARDS rate seen (rates only go down)
+
+    def add(self, other: ProfileCache) -> None:
+        self.calls += other.calls
+        self.unhashable_calls += other.unhashable_calls
+        self.unhashable_types.update(other.unhashable_types)
+        self.identity_calls += other.identity_calls
+        self.keys += other.keys
+        self.inconsistent_keys += other.inconsistent_keys
+        self.inconsistent_calls += other.inconsistent_calls
+        self.fresh_keys += other.fresh_keys
+        self.overlaps += other.overlaps
+        self.sampled_calls += other.sampled_calls
+        self.rate = min(self.rate, other.rate)
+
+
+# A reuse row: [hits, cpu, wall_ns] of the calls at one LRU stack distance (scaled by 1/rate).
+ReuseRow = list[float]
+Sketch = dict[int, int]  # bucket index -> calls
+
+
+@dataclass(slots=True)
+class ProfileData:
+    """Every ``callspan.profile`` span of one process, summed (see the module docstring)."""
+
+    gamma: float = 0.0  # of the latency sketches (0: none seen)
+    functions: dict[int, ProfileFunction] = field(default_factory=dict)
+    nodes: dict[int, ProfileNode] = field(default_factory=dict)
+    wall_sketch: dict[int, Sketch] = field(default_factory=dict)  # function id -> bucket -> calls
+    run_sketch: dict[int, Sketch] = field(default_factory=dict)
+    cache: dict[int, ProfileCache] = field(default_factory=dict)
+    reuse: dict[int, dict[int, ReuseRow]] = field(default_factory=dict)  # function -> distance -> row
+    chunks: dict[int, tuple[int, set[int]]] = field(default_factory=dict)  # window -> (chunk count, seen)
+    duplicates: int = 0  # (window, chunk) pairs read more than once: their deltas were added twice
+    lost_calls: int = 0
+    other_calls: int = 0  # calls folded into (other) nodes by the tracer's node or depth cap
+    spans: int = 0
+
+    # -- reading --------------------------------------------------------------------------------
+
+    def add_span(self, at: dict[str, Any]) -> None:
+        """Fold one ``callspan.profile`` span's decoded attributes in."""
+        self.spans += 1
+        window = _int(at.get(_P + "window"))
+        chunk = _int(at.get(_P + "chunk"))
+        count = max(1, _int(at.get(_P + "chunks"), 1))
+        known, seen = self.chunks.get(window, (count, set()))
+        if chunk in seen:
+            self.duplicates += 1
+        seen.add(chunk)
+        self.chunks[window] = (max(known, count), seen)
+        self.lost_calls += _int(at.get(_P + "lost_calls"))
+        self.other_calls += _int(at.get(_P + "other_nodes"))
+        gamma = at.get(_P + "sketch.gamma")
+        if gamma is not None and not self.gamma:
+            self.gamma = float(gamma)
+
+        ids = _columns(at, "function.", ["id"], int)[0]
+        names, files, kinds = _columns(at, "function.", ["name", "file", "kind"], str, len(ids))
+        (lines,) = _columns(at, "function.", ["line"], int, len(ids))
+        calls, errors, walls, runs, cpus = _columns(at, "function.", ["calls", "errors", "wall_ns", "run_ns",
+                                                                      "cpu_self"], int, len(ids))
+        for i, fid in enumerate(ids):
+            self._function(fid).add(ProfileFunction(names[i], files[i], lines[i], kinds[i] or "function",
+                                                    calls[i], errors[i], walls[i], runs[i], cpus[i]))
+
+        ids = _columns(at, "node.", ["id"], int)[0]
+        parents, functions = _columns(at, "node.", ["parent", "function"], int, len(ids))
+        (labels,) = _columns(at, "node.", ["label"], str, len(ids))
+        counters = _columns(at, "node.", ["calls", "errors", "wall_ns", "run_ns", "suspended_ns", "awaits",
+                                          "cpu_total", "cpu_self"], int, len(ids))
+        for i, nid in enumerate(ids):
+            delta = ProfileNode(parents[i], functions[i], labels[i], *(column[i] for column in counters))
+            node = self.nodes.get(nid)
+            if node is None:
+                self.nodes[nid] = delta
+            else:
+                node.add(delta)
+
+        for which, sketches in (("wall.", self.wall_sketch), ("run.", self.run_sketch)):
+            fids = _columns(at, which, ["function"], int)[0]
+            buckets, counts = _columns(at, which, ["bucket", "count"], int, len(fids))
+            for fid, bucket, n in zip(fids, buckets, counts, strict=True):
+                sketch = sketches.setdefault(fid, {})
+                sketch[bucket] = sketch.get(bucket, 0) + n
+
+        fids = _columns(at, "cache.", ["function"], int)[0]
+        n = len(fids)
+        ints = _columns(at, "cache.", ["calls", "unhashable_calls", "identity_calls", "sampled_calls"], int, n)
+        floats = _columns(at, "cache.", ["keys", "inconsistent_keys", "inconsistent_calls", "fresh_keys",
+                                         "overlaps"], float, n)
+        (types,) = _columns(at, "cache.", ["unhashable_types"], str, n)
+        rates = _columns(at, "cache.", ["rate"], float, n, 1.0)[0]
+        for i, fid in enumerate(fids):
+            cache_delta = ProfileCache(
+                calls=ints[0][i], unhashable_calls=ints[1][i], identity_calls=ints[2][i], sampled_calls=ints[3][i],
+                unhashable_types=dict.fromkeys(t.strip() for t in types[i].split(",") if t.strip()),
+                keys=floats[0][i], inconsistent_keys=floats[1][i], inconsistent_calls=floats[2][i],
+                fresh_keys=floats[3][i], overlaps=floats[4][i], rate=rates[i] if rates[i] > 0 else 1.0)
+            state = self.cache.get(fid)
+            if state is None:
+                self.cache[fid] = cache_delta
+            else:
+                state.add(cache_delta)
+
+        fids = _columns(at, "reuse.", ["function"], int)[0]
+        (distances,) = _columns(at, "reuse.", ["distance"], int, len(fids))
+        hits, cpu, wall = _columns(at, "reuse.", ["hits", "cpu", "wall_ns"], float, len(fids))
+        for i, fid in enumerate(fids):
+            rows = self.reuse.setdefault(fid, {})
+            row = rows.get(distances[i])
+            if row is None:
+                rows[distances[i]] = [hits[i], cpu[i], wall[i]]
+            else:
+                row[0] += hits[i]
+                row[1] += cpu[i]
+                row[2] += wall[i]
+
+    def _function(self, fid: int) -> ProfileFunction:
+        info = self.functions.get(fid)
+        if info is None:
+            info = self.functions[fid] = ProfileFunction("")
+        return info
+
+    # -- merging --------------------------------------------------------------------------------
+
+    def merge(self, other: ProfileData) -> None:
+        """Add ``other`` (the same process, other windows or chunks) to this."""
+        if not self.gamma:
+            self.gamma = other.gamma
+        for fid, info in other.functions.items():
+            mine = self.functions.get(fid)
+            if mine is None:
+                self.functions[fid] = info
+            else:
+                mine.add(info)
+        for nid, node in other.nodes.items():
+            theirs = self.nodes.get(nid)
+            if theirs is None:
+                self.nodes[nid] = node
+            else:
+                theirs.add(node)
+        for mine_sketches, their_sketches in ((self.wall_sketch, other.wall_sketch),
+                                              (self.run_sketch, other.run_sketch)):
+            for fid, sketch in their_sketches.items():
+                target = mine_sketches.setdefault(fid, {})
+                for bucket, n in sketch.items():
+                    target[bucket] = target.get(bucket, 0) + n
+        for fid, state in other.cache.items():
+            current = self.cache.get(fid)
+            if current is None:
+                self.cache[fid] = state
+            else:
+                current.add(state)
+        for fid, rows in other.reuse.items():
+            target_rows = self.reuse.setdefault(fid, {})
+            for distance, row in rows.items():
+                current_row = target_rows.get(distance)
+                if current_row is None:
+                    target_rows[distance] = list(row)
+                else:
+                    for k in range(3):
+                        current_row[k] += row[k]
+        for window, (count, seen) in other.chunks.items():
+            known, mine_seen = self.chunks.get(window, (count, set()))
+            self.duplicates += len(mine_seen & seen)
+            self.chunks[window] = (max(known, count), mine_seen | seen)
+        self.duplicates += other.duplicates
+        self.lost_calls += other.lost_calls
+        self.other_calls += other.other_calls
+        self.spans += other.spans
+
+    def warnings(self, label: str) -> list[str]:
+        """What the reader should know about this process's aggregates being incomplete or odd."""
+        out = []
+        missing = sum(count - len(seen) for count, seen in self.chunks.values() if len(seen) < count)
+        if missing:
+            out.append(f"{label}: {missing} callspan.profile chunk(s) missing from the input: "
+                       "aggregate totals are incomplete")
+        if self.duplicates:
+            out.append(f"{label}: {self.duplicates} callspan.profile chunk(s) read more than once "
+                       "(the same file twice?): their totals are counted twice")
+        if self.lost_calls:
+            out.append(f"{label}: the tracer could not fold {self.lost_calls:,} calls into its aggregates")
+        return out
+
+    # -- reading the sums -----------------------------------------------------------------------
+
+    @property
+    def has_cpu(self) -> bool:
+        return any(node.cpu_self or node.cpu_total for node in self.nodes.values())
+
+    def ids_by_name(self) -> dict[str, list[int]]:
+        """Function name -> its ids (one name may have several: same qualname in two files)."""
+        out: dict[str, list[int]] = {}
+        for fid, info in self.functions.items():
+            out.setdefault(info.name, []).append(fid)
+        return out
+
+    def node_totals(self, fid: int) -> tuple[int, int, int]:
+        """(suspended ns, awaits, total CPU) of the function's calls, from its nodes."""
+        suspended = awaits = cpu = 0
+        for node in self.nodes.values():
+            if node.function == fid:
+                suspended += node.suspended_ns
+                awaits += node.awaits
+                cpu += node.cpu_total
+        return suspended, awaits, cpu
+
+    def frame_name(self, node: ProfileNode) -> str:
+        if node.function:
+            info = self.functions.get(node.function)
+            return info.name if info is not None and info.name else f"?function {node.function}"
+        return node.label or OTHER_LABEL
+
+    def edges(self) -> set[tuple[int, int]]:
+        """(caller, callee) function id pairs from the call tree (parent and child function nodes)."""
+        out = set()
+        for node in self.nodes.values():
+            if node.function and node.parent:
+                parent = self.nodes.get(node.parent)
+                if parent is not None and parent.function and parent.function != node.function:
+                    out.add((parent.function, node.function))
+        return out
+
+
+def _int(value: Any, default: int = 0) -> int:
+    if value is None or isinstance(value, (list, dict)):
+        return default
+    return int(value)
+
+
+def _columns(at: dict[str, Any], group: str, names: list[str], convert: Callable[..., Any],
+             n: int | None = None, default: Any = None) -> list[list[Any]]:
+    """The columns ``callspan.profile.<group><name>`` as lists of ``convert``ed values. With ``n``,
+    each must have ``n`` entries; an absent one is all ``default`` (0, 0.0 or ""). Without ``n``,
+    the first sets the length (absent: no rows)."""
+    out = []
+    for name in names:
+        key = _P + group + name
+        value = at.get(key)
+        if value is None:
+            fill = convert() if default is None else default
+            out.append([fill] * (n or 0))
+            continue
+        if not isinstance(value, list):
+            raise ValueError(f"{key} is not an array")
+        if n is not None and len(value) != n:
+            raise ValueError(f"{key} has {len(value)} values, expected {n}")
+        if convert is int:
+            out.append([int(v) if v is not None else 0 for v in value])
+        elif convert is float:
+            out.append([float(v) if v is not None else 0.0 for v in value])
+        else:
+            out.append(["" if v is None else str(v) for v in value])
+        if n is None:
+            n = len(value)
+    return out
+
+
+# -- latency sketches ---------------------------------------------------------------------------
+
+def bucket_value(bucket: int, gamma: float) -> float:
+    """The value a sketch bucket stands for: within 1% of every value it holds (0 for bucket 0)."""
+    if bucket <= 0:
+        return 0.0
+    return 2.0 * gamma ** bucket / (gamma + 1.0)
+
+
+def sketch_percentiles(sketches: Iterable[tuple[Sketch, float]], ps: Iterable[float]) -> tuple[int, list[int]]:
+    """(calls, [value at each percentile]) of the union of ``sketches`` ((sketch, its gamma)):
+    nearest rank as ``latency.percentile`` (rank ceil(p/100 * n)), each bucket at its value."""
+    values: dict[float, int] = {}
+    for sketch, gamma in sketches:
+        for bucket, count in sketch.items():
+            if count > 0:
+                value = bucket_value(bucket, gamma)
+                values[value] = values.get(value, 0) + count
+    n = sum(values.values())
+    if not n:
+        return 0, [0 for _ in ps]
+    ordered = sorted(values.items())
+    out = []
+    for p in ps:
+        rank = min(n, max(1, math.ceil(p / 100.0 * n - 1e-9)))
+        below = 0
+        for value, count in ordered:
+            below += count
+            if below >= rank:
+                out.append(round(value))
+                break
+    return n, out
+
+
+def sketch_max(sketches: Iterable[tuple[Sketch, float]]) -> int:
+    """The value of the highest non-empty bucket: within 1% of the longest call."""
+    best = 0.0
+    for sketch, gamma in sketches:
+        for bucket, count in sketch.items():
+            if count > 0:
+                best = max(best, bucket_value(bucket, gamma))
+    return round(best)
