@@ -19,7 +19,8 @@ to show whether its memory stays bounded.
     python benchmarks/bench_overhead.py --python .venv-3.11/bin/python --repeat 3 --json out.json
 
 Peers (yappi, pyinstrument, viztracer) are skipped with a note when the selected interpreter
-cannot import them (``pip install -e '.[bench]'``).
+cannot import them (``pip install -e '.[bench]'``); so are the real-library workloads (lib_*:
+docutils, jinja2, sqlparse, networkx), which callspan traces whole (``--include`` the library).
 """
 
 from __future__ import annotations
@@ -44,11 +45,29 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 WORKLOADS_DIR = HERE / "workloads"
-WORKLOADS = ("call_heavy", "request_mix", "async_gather")
+CORE_WORKLOADS = ("call_heavy", "request_mix", "async_gather")
+# Real libraries from PyPI (the bench extra), each driven as its documentation shows. callspan
+# traces only the user's own code by default, so for these its configurations also --include the
+# library's packages (below): the library is traced whole, as cProfile & co. see it anyway.
+LIB_WORKLOADS = ("lib_docutils", "lib_jinja2", "lib_sqlparse", "lib_networkx")
+WORKLOADS = CORE_WORKLOADS + LIB_WORKLOADS
+WORKLOAD_GROUPS = {"core": CORE_WORKLOADS, "lib": LIB_WORKLOADS, "all": WORKLOADS}
 # Each workload runs ~1-2 s plain at scale 1. call_heavy is run at 1/5 of that by default: its
 # ~50 ns calls are every tracer's worst case, and callspan at ~30x would take a minute per run at
 # full size. --workload-scale call_heavy=1 for it.
-DEFAULT_SCALES = {"call_heavy": 0.2, "request_mix": 1.0, "async_gather": 1.0}
+DEFAULT_SCALES = {"call_heavy": 0.2, "request_mix": 1.0, "async_gather": 1.0,
+                  "lib_docutils": 1.0, "lib_jinja2": 1.0, "lib_sqlparse": 1.0, "lib_networkx": 1.0}
+# workload -> (modules the selected interpreter must import, else the workload is skipped;
+#              what the callspan configurations --include besides the workload script itself).
+# Paths are relative to workloads/. lib_jinja2's templates are loaded from files so that their
+# compiled code has a real co_filename under lib_jinja2_templates/ (from_string ones are
+# "<template>" and cannot be selected). "callspan unselected" keeps its own --include only.
+LIB_INCLUDES = {
+    "lib_docutils": (("docutils",), ("docutils",)),
+    "lib_jinja2": (("jinja2", "markupsafe"), ("jinja2", "markupsafe", "lib_jinja2_templates")),
+    "lib_sqlparse": (("sqlparse",), ("sqlparse",)),
+    "lib_networkx": (("networkx",), ("networkx",)),
+}
 LONG_RUN_REPEATS = 3  # the 3x-length memory check runs in at most this many repetitions
 LONG_RUN_WORKLOAD = "request_mix"
 LONG_RUN_FACTOR = 3.0
@@ -80,9 +99,28 @@ class Config:
     callspan: bool = False
 
 
-def _callspan(*extra: str) -> Argv:
-    return lambda py, script, args, out: [py, "-m", "callspan", "run", *extra,
-                                          "-o", os.path.join(out, "spans.jsonl"), script, *args]
+def callspan_includes(script: str) -> list:
+    """``--include`` options for a library workload: the script itself and the library, whole.
+
+    An explicit --include replaces callspan's default selection (the user's own code), so the
+    script is named too: its driver functions stay traced, as in the other workloads.
+    """
+    workload = Path(script).stem
+    if workload not in LIB_INCLUDES:
+        return []
+    argv = ["--include", script]
+    for item in LIB_INCLUDES[workload][1]:
+        path = WORKLOADS_DIR / item
+        argv += ["--include", str(path) if path.exists() else item]
+    return argv
+
+
+def _callspan(*extra: str, select_library: bool = True) -> Argv:
+    def argv(py: str, script: str, args: list, out: str) -> list:
+        includes = callspan_includes(script) if select_library else []
+        return [py, "-m", "callspan", "run", *includes, *extra,
+                "-o", os.path.join(out, "spans.jsonl"), script, *args]
+    return argv
 
 
 CONFIGS = (
@@ -97,7 +135,7 @@ CONFIGS = (
                                              "-o", os.path.join(o, "viztracer.json"), s, *a],
            module="viztracer"),
     Config("callspan", _callspan(), callspan=True),
-    Config("callspan unselected", _callspan("--include", NOTHING_SELECTED), callspan=True),
+    Config("callspan unselected", _callspan("--include", NOTHING_SELECTED, select_library=False), callspan=True),
     Config("callspan --cpu off", _callspan("--cpu", "off"), callspan=True),
     Config("callspan --keys off", _callspan("--keys", "off"), callspan=True),
 )
@@ -303,6 +341,16 @@ def _loadavg() -> str:
 
 _PROBE = """\
 import importlib.metadata as md, importlib.util as iu, json, os, platform, sys
+libs = {}
+for mod in sys.argv[1:]:  # the library workloads' packages: version, "?" or None (absent)
+    try:
+        found = iu.find_spec(mod) is not None
+    except (ImportError, ValueError):
+        found = False
+    try:
+        libs[mod] = md.version(mod) if found else None
+    except md.PackageNotFoundError:
+        libs[mod] = "?"
 mods = {}
 for mod, dist in (("yappi", "yappi"), ("pyinstrument", "pyinstrument"), ("viztracer", "viztracer"),
                   ("callspan", "callspan")):
@@ -318,12 +366,14 @@ spec = iu.find_spec("callspan")
 if spec is not None and spec.submodule_search_locations:
     loc = list(spec.submodule_search_locations)[0]
 print(json.dumps({"version": sys.version.split()[0], "implementation": platform.python_implementation(),
-                  "executable": sys.executable, "modules": mods, "callspan_dir": loc}))
+                  "executable": sys.executable, "modules": mods, "libs": libs, "callspan_dir": loc}))
 """
 
 
 def python_info(python: str) -> dict:
-    out = subprocess.run([python, "-c", _PROBE], capture_output=True, text=True, check=True, env=_child_env())
+    libs = sorted({m for needed, _ in LIB_INCLUDES.values() for m in needed})
+    out = subprocess.run([python, "-c", _PROBE, *libs], capture_output=True, text=True, check=True,
+                         env=_child_env())
     return json.loads(out.stdout)
 
 
@@ -470,7 +520,10 @@ def main(argv: list | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=None, help="runs per configuration (default 5, --quick 1)")
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny workloads, 1 repeat")
     parser.add_argument("--json", metavar="PATH", help="save every run and the summary as JSON")
-    parser.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated subset")
+    parser.add_argument("--workloads", default="all",
+                        help="comma-separated names or groups: core (" + ",".join(CORE_WORKLOADS) + "), lib ("
+                             + ",".join(LIB_WORKLOADS) + "), all (default; lib_* are skipped with a note "
+                             "when their library is not installed)")
     parser.add_argument("--configs", default=None, help="comma-separated subset of configuration names")
     parser.add_argument("--scale", type=float, default=None,
                         help="multiply every workload's default scale (default 1, --quick 0.05); defaults: "
@@ -491,16 +544,32 @@ def main(argv: list | None = None) -> int:
         if name not in scales:
             parser.error(f"unknown workload {name!r}")
         scales[name] = float(value)
-    workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
-    for w in workloads:
-        if w not in WORKLOADS:
-            parser.error(f"unknown workload {w!r}; choose from {', '.join(WORKLOADS)}")
+    workloads: list = []
+    for w in (w.strip() for w in args.workloads.split(",")):
+        if not w:
+            continue
+        if w not in WORKLOADS and w not in WORKLOAD_GROUPS:
+            parser.error(f"unknown workload {w!r}; choose from {', '.join(WORKLOADS)} "
+                         f"or a group ({', '.join(WORKLOAD_GROUPS)})")
+        for name in WORKLOAD_GROUPS.get(w, (w,)):
+            if name not in workloads:
+                workloads.append(name)
 
     # Absolute (children run in a temp dir), but not resolved: a venv's python is a symlink.
     python = os.path.abspath(args.python) if os.sep in args.python else (shutil.which(args.python) or args.python)
     info = python_info(python)
     machine = machine_info()
     configs, skipped = [], {}
+    lib_versions = {}  # the selected library workloads' modules -> version (None: not importable)
+    for w in list(workloads):
+        needed = LIB_INCLUDES.get(w, ((), ()))[0]
+        for m in needed:
+            lib_versions[m] = info["libs"].get(m)
+        missing = [m for m in needed if not lib_versions[m]]
+        if missing:
+            skipped[w] = f"{', '.join(missing)} not installed for {python} (pip install -e '.[bench]')"
+            workloads.remove(w)
+            print(f"note: skipping workload {w}: {skipped[w]}", file=sys.stderr)
     wanted = None if args.configs is None else {c.strip() for c in args.configs.split(",")}
     for config in CONFIGS:
         if wanted is not None and config.name not in wanted and config.name != "plain":
@@ -538,6 +607,8 @@ def main(argv: list | None = None) -> int:
         f"{machine['memory']}, {machine['kernel']}, load avg at start {machine['loadavg']}",
         f"python:  {info['implementation']} {info['version']} ({info['executable']})",
         "peers:   " + ", ".join(f"{m} {v or 'not installed'}" for m, v in info["modules"].items()),
+        *(["libraries: " + ", ".join(f"{m} {v or 'not installed'}" for m, v in lib_versions.items())]
+          if lib_versions else []),
         f"callspan source: {source_dir} at {described}, sources sha256 {fingerprint}"
         + (" (snapshot taken at start)" if snapshot_root else " (live: edits during the run are picked up)"),
         f"peak RSS: {RSS_METHOD}",
