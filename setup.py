@@ -13,7 +13,9 @@ setup(
     ext_modules=[
         Extension(
             "callspan._hotpath",
-            ["src/callspan/_hotpath.c"],
+            ["src/callspan/_hotpath.c", "src/callspan/_record.c", "src/callspan/_keys.c",
+             "src/callspan/_aggregate.c"],
+            depends=["src/callspan/_callspan.h"],
             optional=OPTIONAL,
             extra_compile_args=["-O2", "-Wall", "-Wno-missing-field-initializers"],
         ),

@@ -353,14 +353,17 @@ class Aggregates:
                 key.identity_ret = identity_ret
             elif key.inconsistent:
                 state.inconsistent_calls += weight
-            elif ret != key.ret and not key.fresh:
-                if identity_ret or key.identity_ret:
-                    key.fresh = True
-                    state.fresh_keys += weight
-                else:
-                    key.inconsistent = True
-                    state.inconsistent_keys += weight
-                    state.inconsistent_calls += key.count * weight
+            elif key.fresh:
+                pass
+            elif identity_ret or key.identity_ret:
+                # A repeated key returning an object that hashes by identity: a new object each
+                # call (equal hashes would only be address reuse), not a different value.
+                key.fresh = True
+                state.fresh_keys += weight
+            elif ret != key.ret:
+                key.inconsistent = True
+                state.inconsistent_keys += weight
+                state.inconsistent_calls += key.count * weight
 
     def _shed_keys(self) -> None:
         """Over the process-wide key budget: halve the rate of the function with the most keys."""
@@ -469,6 +472,7 @@ class Aggregates:
         self.sent_other_calls = other
         out["window"] = [self.window]
         self.window += 1
+        out["lost_calls"] = [0]  # the reference cannot fail to fold; the compiled one counts
         return out
 
     def _export_cache(self, agg: FunctionAgg, state: CacheState, out: dict[str, list[Any]],

@@ -193,6 +193,9 @@ class Recorder:
     def fold_record(self, record: Record, value: Any, returned: bool) -> None:
         """Fold one finished (or abandoned) call into the aggregates; ``value`` is its return
         value when ``returned``. The hot path inlines the same steps."""
+        if hasattr(self.aggregates, "fold_record"):  # the compiled aggregates (compiled cores)
+            self.aggregates.fold_record(record, value, returned)
+            return
         info = record[R_INFO]
         node = record[R_NODE]
         parent = record[R_PARENT]

@@ -113,6 +113,8 @@ def test_native_readers_are_recognised() -> None:
 def test_layouts_match() -> None:
     assert hotpath.RECORD_SIZE == record.RECORD_SIZE
     assert hotpath.R_OUT == record.R_OUT and hotpath.R_VIA_TASK == record.R_VIA_TASK
+    assert hotpath.R_NODE == record.R_NODE and hotpath.R_KEEP == record.R_KEEP
+    assert not hasattr(hotpath, "process_records") and not hasattr(hotpath, "Summary")  # no compiled builder
     assert hotpath.UNKEYABLE_AFTER == keys.UNKEYABLE_AFTER and hotpath.RET_SIZE_EVERY == keys.RET_SIZE_EVERY
     from callspan.recorder import ThreadState
     from callspan.selection import CodeInfo
@@ -218,7 +220,10 @@ def test_compiled_records_are_compact_untracked_and_indexable_like_list_records(
     assert rec[record.R_END] >= rec[record.R_START] > 0 and rec[record.R_SUSPENDS] == 0
     assert rec[record.R_PARENT] is None and rec[record.R_ERROR] is None and rec[record.R_INCOMPLETE] is False
     assert rec[record.R_ARGS][0] == hash(3) and rec[record.R_RET][0] == hash(6)
-    assert rec[-1] is rec[record.R_OUT]
+    assert rec[record.R_KEEP] == 1 and rec[-1] == rec[record.R_KEEP]  # a root: its trace keeps 1 span
+    assert isinstance(rec[record.R_NODE], int) and rec[record.R_NODE] > 1  # under the thread's root node
+    with pytest.raises(TypeError):
+        rec[record.R_NODE] = 1
     rec[record.R_END] = 7
     rec[record.R_OUT] = "builder state"
     assert rec[record.R_END] == 7 and rec[record.R_OUT] == "builder state"
@@ -241,7 +246,7 @@ def test_a_deep_chain_of_records_is_freed_without_deep_c_recursion() -> None:
     limit = sys.getrecursionlimit()
     sys.setrecursionlimit(depth + 1000)
     try:
-        session = compiled_session(max_pending=depth + 1)
+        session = compiled_session(max_pending=depth + 1, max_spans_per_trace=depth + 1)
         session.start()
         assert deep(depth) == depth
         records = session.recorder.drain()

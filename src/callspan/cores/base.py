@@ -31,8 +31,17 @@ def compiled_hot_path(recorder: Recorder, disable: Any) -> Any:
 
     The default clock is read natively (CLOCK_MONOTONIC, what time.perf_counter_ns reads on
     Linux); an injected clock is called. ``disable`` is sys.monitoring.DISABLE, or None.
+
+    The compiled hot path folds into compiled aggregates (callspan._hotpath.Aggregates, the twin
+    of callspan.aggregate.Aggregates): they replace ``recorder.aggregates``, with its limits.
     """
     from callspan import _hotpath
+
+    python = recorder.aggregates
+    if not isinstance(python, _hotpath.Aggregates):
+        recorder.aggregates = _hotpath.Aggregates(
+            max_nodes=python.max_nodes, max_depth=python.max_depth, max_keys=python.max_keys,
+            max_keys_total=python.max_keys_total)
 
     native_clock = recorder.clock is time.perf_counter_ns and _env.PERF_COUNTER_IS_CLOCK_MONOTONIC
     # The key's separator item, as keys.args_key adds it (``key += _KWD_MARK``).

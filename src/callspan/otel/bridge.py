@@ -148,14 +148,16 @@ class OtelSink:
 
         window = columns.get("window", [0])[0]
         other = columns.get("other_nodes", [0])[0]
-        data = {name: values for name, values in columns.items() if name not in ("window", "other_nodes")}
+        lost = columns.get("lost_calls", [0])[0]
+        data = {name: values for name, values in columns.items()
+                if name not in ("window", "other_nodes", "lost_calls")}
         chunks = chunk_window(data)
         for index, chunk in enumerate(chunks):
             attributes: dict[str, Any] = {
                 PROFILE_PREFIX + "window": window, PROFILE_PREFIX + "chunk": index,
                 PROFILE_PREFIX + "chunks": len(chunks), PROFILE_PREFIX + "final": final,
                 PROFILE_PREFIX + "other_nodes": other if index == 0 else 0,
-                PROFILE_PREFIX + "lost_calls": 0, PROFILE_PREFIX + "sketch.gamma": GAMMA,
+                PROFILE_PREFIX + "lost_calls": lost if index == 0 else 0, PROFILE_PREFIX + "sketch.gamma": GAMMA,
             }
             for name, values in chunk.items():
                 if values:
