@@ -37,7 +37,7 @@ def run(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float
 
 def read_spans(path: Path) -> list[dict]:  # type: ignore[type-arg]
     return [s for line in path.read_text().splitlines() for rs in json.loads(line)["resourceSpans"]
-            for ss in rs["scopeSpans"] for s in ss["spans"]]
+            for ss in rs["scopeSpans"] for s in ss["spans"] if s["name"] != "callspan.profile"]
 
 
 def test_program_behaviour_is_preserved(tmp_path: Path) -> None:
@@ -49,7 +49,7 @@ def test_program_behaviour_is_preserved(tmp_path: Path) -> None:
     assert plain.stdout == traced.stdout
     assert "total 25" in traced.stdout and "main is me True" in traced.stdout
     assert traced.stderr.startswith("to stderr\n")
-    assert traced.stderr.strip().splitlines()[-1] == "callspan: 4 spans written to t.jsonl"
+    assert traced.stderr.strip().splitlines()[-1] == "callspan: 5 spans written to t.jsonl"  # 4 calls + the profile
     names = sorted(s["name"] for s in read_spans(tmp_path / "t.jsonl"))
     assert names == ["__main__.main", "__main__.main.<locals>.<genexpr>", "__main__.square", "__main__.square"]
 

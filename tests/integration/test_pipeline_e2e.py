@@ -78,7 +78,8 @@ def check_structure(spans: list[dict[str, Any]]) -> None:
             parent = by_id[span["parentSpanId"]]
             assert parent["name"] in ("__main__.handle_checkout", "__main__.handle_browse")
     # (On 3.11 the module-level dict comprehension is a function call of its own: a root too.)
-    roots = [s["name"] for s in spans if not s.get("parentSpanId") and not s["name"].endswith(">")]
+    roots = [s["name"] for s in spans if not s.get("parentSpanId") and not s["name"].endswith(">")
+             and s["name"] != "callspan.profile"]
     assert roots == ["__main__.main"]
 
 
@@ -139,12 +140,10 @@ def test_demo_reaches_collector_file_and_jaeger_intact(otelcol: Any, jaeger: Any
     local_report = analyze_json(tmp_path, "local.jsonl")
     assert local_report["cache"]["opportunities"][0]["function"] == "__main__.price"
     assert differences(analyze_json(tmp_path, str(otelcol.output_file)), local_report) == []
-    # Jaeger's v1 JSON has microsecond times: wall-time savings may differ by under 1 us a call.
+    # Jaeger's v1 JSON has microsecond span times, but the totals come from the aggregates
+    # (the callspan.profile span's array tags, integers in ns), so the answer is the same.
     v1_report = analyze_json(tmp_path, "jaeger.json")
-    v1_diffs = differences(v1_report, local_report)
-    assert v1_diffs and all(".savings.wall_ns" in d for d in v1_diffs)
-    for got, want in zip(v1_report["cache"]["opportunities"], local_report["cache"]["opportunities"], strict=True):
-        assert abs(got["savings"]["wall_ns"] - want["savings"]["wall_ns"]) < 1000 * got["calls"]
+    assert differences(v1_report, local_report) == []
     jaeger_url_report = analyze_json(tmp_path, "--jaeger", jaeger.query_url, "--service", "callspan-e2e")
     assert differences(jaeger_url_report, local_report) == []
 
@@ -195,7 +194,7 @@ def test_collector_down_at_start_neither_blocks_nor_breaks_the_program(tmp_path:
     assert result.returncode == 0 and result.stdout == "done\n"
     lost = LOST.search(result.stderr.strip().splitlines()[-1])
     assert lost, result.stderr
-    assert lost.group(1) == lost.group(2) == "90"  # 30 x (handle + 2 work)
+    assert lost.group(1) == lost.group(2) == "91"  # 30 x (handle + 2 work) + the profile
     assert "Traceback" not in result.stderr
     # Bounded by the export timeout (2 s) plus interpreter start-up, not by retries.
     assert elapsed < 2 + 20, elapsed
@@ -218,7 +217,7 @@ def test_collector_killed_mid_run_and_restarted(otelcol: Any, tmp_path: Path) ->
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0 and out == "done\n", err
     last = err.strip().splitlines()[-1]
-    total = 400 * 3
+    total = 400 * 3 + 1  # + the profile
     lost_match = LOST.search(last)
     lost = int(lost_match.group(1)) if lost_match else 0
     if lost_match:
