@@ -86,6 +86,8 @@ typedef struct {
     uint32_t *pos_key;   /* position -> key index + 1, 0 free */
     uint32_t tree_size, next_pos;
     int level, level_sent;
+    int64_t probe_calls, probe_wall; /* keyed calls so far and their wall time, up to KEY_PROBE_CALLS */
+    int64_t cheap_ns, cheap_sent;    /* mean wall per call when keying stopped for cheapness; 0 if not */
     int64_t pend[N_CACHE];
     ReuseEntry *reuse;   /* open addressing by distance; cleared at export */
     uint32_t reuse_mask, reuse_used;
@@ -122,12 +124,14 @@ typedef struct {
     Node *child;
 } ChildEntry;
 
+#define KEY_PROBE_CALLS 1024 /* callspan.aggregate.KEY_PROBE_CALLS */
+
 #define NODE_CHUNK_BITS 10
 #define NODE_CHUNK (1u << NODE_CHUNK_BITS)
 
 struct Aggregates {
     PyObject_HEAD
-    long long max_nodes, max_depth, max_keys, max_keys_total;
+    long long max_nodes, max_depth, max_keys, max_keys_total, key_min_ns;
     uint64_t serial;                /* never reused: keys the caches in CodeInfo and ThreadState */
     Node **chunks;                  /* node id i is chunks[(i-1) >> BITS][(i-1) & (CHUNK-1)] */
     uint32_t n_chunks, cap_chunks, n_nodes;
@@ -758,6 +762,17 @@ fold_key(Aggregates *a, FuncAgg *fn, PyObject *args, int has_ret, int64_t ret, i
     CacheState *s = fn->cache;
     if (s == NULL && (s = fn->cache = cache_new()) == NULL)
         return -1;
+    if (s->cheap_ns == 0 && a->key_min_ns > 0) {
+        /* aggregate.KEY_PROBE_CALLS: a function cheaper than a cache lookup stops being keyed */
+        s->probe_calls++;
+        s->probe_wall += end - start;
+        if (s->probe_calls == KEY_PROBE_CALLS && s->probe_wall < a->key_min_ns * KEY_PROBE_CALLS) {
+            s->cheap_ns = s->probe_wall / KEY_PROBE_CALLS;
+            if (s->cheap_ns < 1)
+                s->cheap_ns = 1;
+            ((CodeInfoObject *)fn->info)->keys = 0;
+        }
+    }
     if (names != NULL) {
         s->pend[C_UNHASHABLE]++;
         if (add_types(s, names) < 0) {
@@ -806,13 +821,16 @@ fold_key(Aggregates *a, FuncAgg *fn, PyObject *args, int has_ret, int64_t ret, i
     }
     else {
         uint32_t k = (uint32_t)(key - s->keys);
-        int64_t distance = ((int64_t)s->n_keys - fenwick_prefix(s, key->pos)) << s->level;
-        cache_unplace(s, k);
-        if (cache_place(s, k) < 0) {
-            /* cannot happen but by memory: put it back where it was */
-            fenwick_add(s, key->pos, 1);
-            s->pos_key[key->pos] = k + 1;
-            return -1;
+        int64_t distance = 0;
+        if (key->pos + 1 != s->next_pos) { /* the most recent key stays where it is: distance 0 */
+            distance = ((int64_t)s->n_keys - fenwick_prefix(s, key->pos)) << s->level;
+            cache_unplace(s, k);
+            if (cache_place(s, k) < 0) {
+                /* cannot happen but by memory: put it back where it was */
+                fenwick_add(s, key->pos, 1);
+                s->pos_key[key->pos] = k + 1;
+                return -1;
+            }
         }
         ReuseEntry *row = reuse_row(s, distance);
         if (row == NULL)
@@ -896,7 +914,9 @@ cs_fold_record(Aggregates *a, RecordObject *r, PyObject *value, int returned)
     p[F_RUN] += run;
     p[F_CPU_SELF] += cpu_self;
     int lost = sketch_add(&fn->wall, sketch_bucket(wall)) < 0;
-    lost |= sketch_add(&fn->run, sketch_bucket(run)) < 0;
+    /* A plain function never suspends: its running time is its wall time (one sketch suffices). */
+    if (((CodeInfoObject *)info)->kind != KIND_FUNCTION)
+        lost |= sketch_add(&fn->run, sketch_bucket(run)) < 0;
     /* the key */
     PyObject *args = r->o[OBJ_ARGS];
     if (args != Py_None) {
@@ -962,6 +982,7 @@ typedef struct {
 typedef struct {
     uint32_t function;
     int level;
+    int64_t cheap_ns;
     int64_t d[N_CACHE];
     PyObject *types; /* new reference or NULL */
 } CacheRow;
@@ -1006,7 +1027,8 @@ export_sketch(Sketch *s, uint32_t function, Buf *rows)
 static int
 export_cache(FuncAgg *fn, CacheState *s, Buf *cache_rows, Buf *reuse_rows)
 {
-    if (!any_nonzero(s->pend, N_CACHE) && s->reuse_used == 0 && !s->types_dirty && s->level == s->level_sent)
+    if (!any_nonzero(s->pend, N_CACHE) && s->reuse_used == 0 && !s->types_dirty && s->level == s->level_sent &&
+        s->cheap_ns == s->cheap_sent)
         return 0;
     fn->used = 1;
     CacheRow *row = buf_push(cache_rows);
@@ -1014,6 +1036,8 @@ export_cache(FuncAgg *fn, CacheState *s, Buf *cache_rows, Buf *reuse_rows)
         return -1;
     row->function = fn->id;
     row->level = s->level;
+    row->cheap_ns = s->cheap_ns;
+    s->cheap_sent = s->cheap_ns;
     memcpy(row->d, s->pend, sizeof row->d);
     memset(s->pend, 0, sizeof s->pend);
     row->types = s->types_joined ? Py_NewRef(s->types_joined) : NULL;
@@ -1044,12 +1068,12 @@ static const char *const WINDOW_COLUMNS[] = {
     "wall.function", "wall.bucket", "wall.count", "run.function", "run.bucket", "run.count",
     "cache.function", "cache.calls", "cache.unhashable_calls", "cache.identity_calls", "cache.keys",
     "cache.inconsistent_keys", "cache.inconsistent_calls", "cache.fresh_keys", "cache.overlaps",
-    "cache.sampled_calls", "cache.unhashable_types", "cache.rate",
+    "cache.sampled_calls", "cache.unhashable_types", "cache.rate", "cache.cheap_ns",
     "reuse.function", "reuse.distance", "reuse.hits", "reuse.cpu", "reuse.wall_ns",
 };
 enum {
-    COL_FUNCTION = 0, COL_NODE = 10, COL_WALL = 22, COL_RUN = 25, COL_CACHE = 28, COL_REUSE = 40,
-    N_COLUMNS = 45
+    COL_FUNCTION = 0, COL_NODE = 10, COL_WALL = 22, COL_RUN = 25, COL_CACHE = 28, COL_REUSE = 41,
+    N_COLUMNS = 46
 };
 /* cache counters exported as doubles (aggregate._CACHE_DOUBLE_COLUMNS) */
 static const char CACHE_DOUBLE[N_CACHE] = {0, 0, 0, 1, 1, 1, 1, 1, 0};
@@ -1200,7 +1224,8 @@ Aggregates_export_window(Aggregates *a, PyObject *unused)
                 goto error;
         }
         if (PyList_Append(col[10], row->types ? row->types : str_empty_label) < 0 ||
-            append_steal(col[11], PyFloat_FromDouble(ldexp(1.0, -row->level))) < 0)
+            append_steal(col[11], PyFloat_FromDouble(ldexp(1.0, -row->level))) < 0 ||
+            append_steal(col[12], PyLong_FromLongLong(row->cheap_ns)) < 0)
             goto error;
     }
     for (size_t i = 0; i < reuses.len; i++) {
@@ -1270,6 +1295,7 @@ Aggregates_forget_parent(Aggregates *a, PyObject *unused)
             memset(s->pend, 0, sizeof s->pend);
             s->types_dirty = 0;
             s->level_sent = s->level;
+            s->cheap_sent = s->cheap_ns;
             if (s->reuse)
                 memset(s->reuse, 0, (size_t)(s->reuse_mask + 1) * sizeof(ReuseEntry));
             s->reuse_used = 0;
@@ -1344,16 +1370,17 @@ Aggregates_dealloc(Aggregates *a)
 static int
 Aggregates_init(Aggregates *a, PyObject *args, PyObject *kwds)
 {
-    static char *names[] = {"max_nodes", "max_depth", "max_keys", "max_keys_total", NULL};
-    long long max_nodes = 100000, max_depth = 256, max_keys = 4096, max_keys_total = 1 << 20;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|$LLLL:Aggregates", names, &max_nodes, &max_depth, &max_keys,
-                                     &max_keys_total))
+    static char *names[] = {"max_nodes", "max_depth", "max_keys", "max_keys_total", "key_min_ns", NULL};
+    long long max_nodes = 100000, max_depth = 256, max_keys = 4096, max_keys_total = 1 << 20, key_min_ns = 400;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|$LLLLL:Aggregates", names, &max_nodes, &max_depth, &max_keys,
+                                     &max_keys_total, &key_min_ns))
         return -1;
     Aggregates_release(a);
     a->max_nodes = max_nodes;
     a->max_depth = max_depth;
     a->max_keys = max_keys;
     a->max_keys_total = max_keys_total;
+    a->key_min_ns = key_min_ns;
     a->serial = next_serial++;
     a->total_keys = a->other_calls = a->sent_other_calls = a->lost_calls = a->sent_lost_calls = a->window = 0;
     if ((a->thread_roots = PyDict_New()) == NULL)
@@ -1372,6 +1399,8 @@ static PyMemberDef Aggregates_members[] = {
     {"max_depth", T_LONGLONG, offsetof(Aggregates, max_depth), 0, "call-tree depth (beyond: (other) nodes)"},
     {"max_keys", T_LONGLONG, offsetof(Aggregates, max_keys), 0, "distinct keys per function kept exactly"},
     {"max_keys_total", T_LONGLONG, offsetof(Aggregates, max_keys_total), 0, "distinct keys per process"},
+    {"key_min_ns", T_LONGLONG, offsetof(Aggregates, key_min_ns), 0,
+     "a function whose mean call is shorter stops being keyed after KEY_PROBE_CALLS keyed calls (0: never)"},
     {"total_keys", T_LONGLONG, offsetof(Aggregates, total_keys), READONLY, "distinct keys held"},
     {"other_calls", T_LONGLONG, offsetof(Aggregates, other_calls), READONLY, "calls folded into (other) nodes"},
     {"lost_calls", T_LONGLONG, offsetof(Aggregates, lost_calls), READONLY,

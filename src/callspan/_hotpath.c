@@ -259,7 +259,7 @@ read_clock(HotPath *hp, long long *out)
  * interval, -2 thread CPU time, >= 0 a perf_event fd (all read natively), -1 call the reader
  * (injected counters in tests). Returns 1 when the thread has no counter. */
 static int
-read_cpu(ThreadStateObject *ts, long long *out)
+read_cpu(ThreadStateObject *ts, long long *out, long long wall_now)
 {
     PyObject *cpu = ts->cpu;
     if (cpu == NULL || cpu == Py_None)
@@ -267,7 +267,8 @@ read_cpu(ThreadStateObject *ts, long long *out)
     long fd = ts->cpu_fd;
     if (fd == -3) {
         IntervalClock *clock = &thread_interval_clock;
-        long long now = monotonic_ns();
+        /* the clock reading the caller just took, when it is this same clock (saves a read) */
+        long long now = wall_now >= 0 ? wall_now : monotonic_ns();
         int need_real;
         *out = interval_step(clock, cpu_interval_ns, now, &need_real);
         if (need_real)
@@ -529,15 +530,15 @@ hp_start(HotPath *hp, PyObject *info, PyFrameObject *frame)
             goto finally;
         Py_DECREF(token);
     }
-    long long value;
-    int got = read_cpu(ts, &value);
+    long long value, start;
+    if (read_clock(hp, &start) < 0)
+        goto finally;
+    int got = read_cpu(ts, &value, hp->clock == NULL ? start : -1);
     if (got < 0)
         goto finally;
     if (got == 0)
         made->n[NUM_SEG_CPU] = value;
-    if (read_clock(hp, &value) < 0)
-        goto finally;
-    made->n[NUM_START] = value;
+    made->n[NUM_START] = start;
     rc = 0;
 finally:
     Py_XDECREF(parent);
@@ -579,10 +580,10 @@ pop_own(HotPath *hp, PyObject *code, ThreadStateObject **ts_out)
 
 /* record[CPU] += cpu() - record[SEG_CPU]; 1 when there is no counter. */
 static int
-close_segment(ThreadStateObject *ts, RecordObject *record)
+close_segment(ThreadStateObject *ts, RecordObject *record, long long wall_now)
 {
     long long now;
-    int got = read_cpu(ts, &now);
+    int got = read_cpu(ts, &now, wall_now);
     if (got != 0)
         return got;
     record->n[NUM_CPU] += now - record->n[NUM_SEG_CPU];
@@ -601,7 +602,7 @@ hp_finish(HotPath *hp, PyObject *code, PyObject *value, PyObject *error)
         return PyErr_Occurred() ? -1 : 0;
     int rc = -1;
     CodeInfoObject *ci = (CodeInfoObject *)record->o[OBJ_INFO]; /* checked by pop_own */
-    int counted = close_segment(ts, record);
+    int counted = close_segment(ts, record, hp->clock == NULL ? now : -1);
     if (counted < 0)
         goto finally;
     record->n[NUM_END] = now;
@@ -672,7 +673,7 @@ hp_suspend(HotPath *hp, PyObject *code, PyFrameObject *frame)
         return PyErr_Occurred() ? -1 : 0;
     int rc = -1;
     PyObject *key = NULL;
-    if (close_segment(ts, record) < 0)
+    if (close_segment(ts, record, hp->clock == NULL ? now : -1) < 0)
         goto finally;
     record->n[NUM_SUSPENDS]++;
     record->n[NUM_SUSP_AT] = now;
@@ -732,7 +733,7 @@ hp_resume(HotPath *hp, PyFrameObject *frame)
     record->n[NUM_SUSP_NS] += now - record->n[NUM_SUSP_AT];
     if (PyList_Append(ts->stack, found) < 0)
         goto finally;
-    int got = read_cpu(ts, &now);
+    int got = read_cpu(ts, &now, hp->clock == NULL ? now : -1);
     if (got < 0)
         goto finally;
     if (got == 0)

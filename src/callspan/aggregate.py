@@ -20,7 +20,7 @@ import math
 import re
 from typing import Any
 
-from callspan.selection import KIND_NAMES, CodeInfo
+from callspan.selection import KIND_FUNCTION, KIND_NAMES, CodeInfo
 
 # Latency sketch: relative accuracy ALPHA (DDSketch-style logarithmic buckets).
 ALPHA = 0.01
@@ -31,6 +31,11 @@ DEFAULT_MAX_NODES = 100_000
 DEFAULT_MAX_DEPTH = 256
 DEFAULT_MAX_KEYS = 4096
 DEFAULT_MAX_KEYS_TOTAL = 1 << 20
+DEFAULT_KEY_MIN_NS = 400
+# After this many keyed calls, a function whose mean wall time per call is below key_min_ns stops
+# being keyed: a cache lookup would cost about as much as the call, and hashing its arguments
+# and return value was the tracer's largest cost per call of such functions.
+KEY_PROBE_CALLS = 1024
 
 _M64 = (1 << 64) - 1
 OTHER_LABEL = "(other)"
@@ -111,7 +116,7 @@ class CacheState:
 
     __slots__ = ("keys", "level", "tree", "pos_key", "next_pos", "reuse", "calls", "unhashable_calls",
                  "unhashable_types", "identity_calls", "new_keys", "inconsistent_keys", "inconsistent_calls",
-                 "fresh_keys", "overlaps", "sampled_calls", "sent")
+                 "fresh_keys", "overlaps", "sampled_calls", "sent", "probe_calls", "probe_wall", "cheap_ns")
 
     def __init__(self) -> None:
         self.keys: dict[int, _Key] = {}
@@ -125,6 +130,8 @@ class CacheState:
         self.new_keys = self.inconsistent_keys = self.inconsistent_calls = 0
         self.fresh_keys = self.overlaps = self.sampled_calls = 0
         self.sent: dict[Any, Any] = {}
+        self.probe_calls = self.probe_wall = 0
+        self.cheap_ns = 0  # mean wall ns per call when keying stopped for cheapness; 0 while keyed
 
     # -- Fenwick tree of marked positions ------------------------------------------------------
 
@@ -205,8 +212,10 @@ class Aggregates:
     """The per-process fold. ``fold`` is called by the recorder at every call's exit."""
 
     def __init__(self, *, max_nodes: int = DEFAULT_MAX_NODES, max_depth: int = DEFAULT_MAX_DEPTH,
-                 max_keys: int = DEFAULT_MAX_KEYS, max_keys_total: int = DEFAULT_MAX_KEYS_TOTAL) -> None:
+                 max_keys: int = DEFAULT_MAX_KEYS, max_keys_total: int = DEFAULT_MAX_KEYS_TOTAL,
+                 key_min_ns: int = DEFAULT_KEY_MIN_NS) -> None:
         self.max_nodes = max_nodes
+        self.key_min_ns = key_min_ns
         self.max_depth = max_depth
         self.max_keys = max_keys
         self.max_keys_total = max_keys_total
@@ -285,9 +294,10 @@ class Aggregates:
         bucket = sketch_bucket(wall)
         sketch = agg.wall_sketch
         sketch[bucket] = sketch.get(bucket, 0) + 1
-        bucket = sketch_bucket(run)
-        sketch = agg.run_sketch
-        sketch[bucket] = sketch.get(bucket, 0) + 1
+        if info.kind != KIND_FUNCTION:  # a plain function's running time is its wall time
+            bucket = sketch_bucket(run)
+            sketch = agg.run_sketch
+            sketch[bucket] = sketch.get(bucket, 0) + 1
 
     def fold_key(self, info: CodeInfo, args: Any, ret: int | None, identity_ret: bool, start: int, end: int,
                  cpu: int) -> None:
@@ -301,6 +311,12 @@ class Aggregates:
         state = agg.cache
         if state is None:
             state = agg.cache = CacheState()
+        if state.cheap_ns == 0 and self.key_min_ns > 0:
+            state.probe_calls += 1
+            state.probe_wall += end - start
+            if state.probe_calls == KEY_PROBE_CALLS and state.probe_wall < self.key_min_ns * KEY_PROBE_CALLS:
+                state.cheap_ns = max(1, state.probe_wall // KEY_PROBE_CALLS)
+                info.keys = False  # the hot path stops computing keys for its later calls
         if names:
             state.unhashable_calls += 1
             for name in names.split(","):
@@ -332,9 +348,12 @@ class Aggregates:
                     return  # this very key was shed
                 weight = 1 << state.level
         else:
-            distance = (len(state.keys) - state._prefix(key.pos)) << state.level
-            state._unplace(key)
-            state._place(raw, key)
+            if key.pos == state.next_pos - 1:
+                distance = 0  # the most recent key stays where it is
+            else:
+                distance = (len(state.keys) - state._prefix(key.pos)) << state.level
+                state._unplace(key)
+                state._place(raw, key)
             row = state.reuse.get(distance)
             if row is None:
                 row = state.reuse[distance] = [0, 0, 0]
@@ -389,6 +408,7 @@ class Aggregates:
                 sent: dict[Any, Any] = {name: getattr(state, name) for name in _CACHE_COUNTERS}
                 sent["types"] = ",".join(state.unhashable_types)
                 sent["level"] = state.level
+                sent["cheap_ns"] = state.cheap_ns
                 for distance, row in state.reuse.items():
                     sent[("reuse", distance)] = tuple(row)
                 state.sent = sent
@@ -480,6 +500,7 @@ class Aggregates:
         now = {name: getattr(state, name) for name in _CACHE_COUNTERS}
         now["types"] = ",".join(state.unhashable_types)
         now["level"] = state.level
+        now["cheap_ns"] = state.cheap_ns
         sent = state.sent
         reuse_rows = []
         for distance in sorted(state.reuse):
@@ -489,7 +510,8 @@ class Aggregates:
                 reuse_rows.append((distance, [a - b for a, b in zip(row, before, strict=True)]))
                 sent[("reuse", distance)] = row
         if all(now[name] == sent.get(name, 0) for name in _CACHE_COUNTERS) and not reuse_rows \
-                and now["types"] == sent.get("types", "") and now["level"] == sent.get("level", 0):
+                and now["types"] == sent.get("types", "") and now["level"] == sent.get("level", 0) \
+                and now["cheap_ns"] == sent.get("cheap_ns", 0):
             return
         functions_used[agg.id] = agg
         out["cache.function"].append(agg.id)
@@ -499,8 +521,10 @@ class Aggregates:
             sent[name] = now[name]
         out["cache.unhashable_types"].append(now["types"])
         out["cache.rate"].append(2.0 ** -state.level)
+        out["cache.cheap_ns"].append(state.cheap_ns)
         sent["types"] = now["types"]
         sent["level"] = state.level
+        sent["cheap_ns"] = state.cheap_ns
         for distance, (hits, cpu, wall) in reuse_rows:
             out["reuse.function"].append(agg.id)
             out["reuse.distance"].append(distance)
@@ -525,6 +549,6 @@ WINDOW_COLUMNS = (
     "function.errors", "function.wall_ns", "function.run_ns", "function.cpu_self",
     "node.id", "node.parent", "node.function", "node.label", *_NODE_COUNTER_COLUMNS,
     "wall.function", "wall.bucket", "wall.count", "run.function", "run.bucket", "run.count",
-    "cache.function", *_CACHE_COLUMNS, "cache.unhashable_types", "cache.rate",
+    "cache.function", *_CACHE_COLUMNS, "cache.unhashable_types", "cache.rate", "cache.cheap_ns",
     "reuse.function", "reuse.distance", "reuse.hits", "reuse.cpu", "reuse.wall_ns",
 )

@@ -53,12 +53,15 @@ CALLSPAN_MAX_DEPTH = "CALLSPAN_MAX_DEPTH"
 CALLSPAN_MAX_KEYS = "CALLSPAN_MAX_KEYS"
 #: Distinct keys kept per process, all functions together.
 CALLSPAN_MAX_KEYS_TOTAL = "CALLSPAN_MAX_KEYS_TOTAL"
+#: A function whose first 1024 keyed calls took less than this many ns each on average stops
+#: being keyed (a cache lookup would cost about as much as the call). 0: always key.
+CALLSPAN_KEY_MIN_NS = "CALLSPAN_KEY_MIN_NS"
 
 ENV_VARS = (
     CALLSPAN_CORE, CALLSPAN_INCLUDE, CALLSPAN_EXCLUDE, CALLSPAN_CPU, CALLSPAN_CPU_INTERVAL_US, CALLSPAN_KEYS,
     CALLSPAN_KEY_SECRET, CALLSPAN_MAX_SPANS_PER_TRACE, CALLSPAN_MAX_SPANS_PER_SECOND,
     CALLSPAN_MAX_PENDING, CALLSPAN_FLUSH_INTERVAL, CALLSPAN_PROFILE_INTERVAL, CALLSPAN_MAX_NODES,
-    CALLSPAN_MAX_DEPTH, CALLSPAN_MAX_KEYS, CALLSPAN_MAX_KEYS_TOTAL,
+    CALLSPAN_MAX_DEPTH, CALLSPAN_MAX_KEYS, CALLSPAN_MAX_KEYS_TOTAL, CALLSPAN_KEY_MIN_NS,
 )
 
 CORES = ("csysmon", "sysmon", "csetprofile", "setprofile")
@@ -83,6 +86,7 @@ class Settings:
     max_depth: int = 256
     max_keys: int = 4096
     max_keys_total: int = 1 << 20
+    key_min_ns: int = 400
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -94,7 +98,7 @@ _ENV_FOR_FIELD = {
     "max_pending": CALLSPAN_MAX_PENDING,
     "flush_interval": CALLSPAN_FLUSH_INTERVAL, "profile_interval": CALLSPAN_PROFILE_INTERVAL,
     "max_nodes": CALLSPAN_MAX_NODES, "max_depth": CALLSPAN_MAX_DEPTH, "max_keys": CALLSPAN_MAX_KEYS,
-    "max_keys_total": CALLSPAN_MAX_KEYS_TOTAL,
+    "max_keys_total": CALLSPAN_MAX_KEYS_TOTAL, "key_min_ns": CALLSPAN_KEY_MIN_NS,
 }
 
 
@@ -110,7 +114,7 @@ def _convert(name: str, raw: Any, source: str) -> Any:
             if value < 1:
                 raise ValueError("must be at least 1")
             return value
-        if name == "cpu_interval_us":
+        if name in ("cpu_interval_us", "key_min_ns"):
             value = int(raw)
             if value < 0:
                 raise ValueError("must be 0 or more")

@@ -115,7 +115,8 @@ class Session:
     @staticmethod
     def _new_aggregates(settings: Settings) -> Aggregates:
         return Aggregates(max_nodes=settings.max_nodes, max_depth=settings.max_depth,
-                          max_keys=settings.max_keys, max_keys_total=settings.max_keys_total)
+                          max_keys=settings.max_keys, max_keys_total=settings.max_keys_total,
+                          key_min_ns=settings.key_min_ns)
 
     def flush(self, final: bool = False) -> None:
         """Build spans for every finished kept call now (the builder thread does this

@@ -361,3 +361,10 @@ def test_worker_processes_give_the_same_report(tmp_path: Path) -> None:
     assert one.returncode == two.returncode == 0
     assert json.loads(one.stdout) == json.loads(two.stdout)
     assert json.loads(two.stdout)["cache"]["opportunities"]
+
+
+def test_the_parser_default_line_limit_is_the_readers() -> None:
+    from callspan.analysis.cli import DEFAULT_MAX_LINE_MB
+    from callspan.analysis.readers import MAX_LINE_BYTES
+
+    assert DEFAULT_MAX_LINE_MB == MAX_LINE_BYTES >> 20

@@ -314,7 +314,9 @@ def test_sketches_cover_every_call(traced) -> None:  # type: ignore[no-untyped-d
             wall[_short(functions[fid])] += count
         for fid, count in zip(window["run.function"], window["run.count"], strict=True):
             run_counts[_short(functions[fid])] += count
-    assert dict(wall) == calls_by_function(run.sink.windows) == dict(run_counts)
+    assert dict(wall) == calls_by_function(run.sink.windows)
+    # Running time only where it can differ from wall time: coroutines (and generators).
+    assert dict(run_counts) == {name: wall[name] for name in ("coordinator", "gathered", "grouped", "spawned", "<genexpr>")}
 
 
 # -- cache state -----------------------------------------------------------------------------

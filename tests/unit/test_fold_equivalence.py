@@ -316,6 +316,23 @@ def test_process_key_budget_sheds_the_same_way(pair: tuple[str, str]) -> None:
     assert_equal_runs(python, compiled)
 
 
+def cheap_calls() -> int:
+    return sum(square(i % 100) for i in range(3000)) + sum(leaf(i) for i in range(20))
+
+
+@pytest.mark.parametrize("pair", PAIRS, ids=lambda pair: pair[1])
+def test_cheap_functions_stop_being_keyed_the_same_way(pair: tuple[str, str]) -> None:
+    # Every call measures >= 1 tick (1000 ns) of the injected clock: below 10**6 ns, "cheap".
+    python, compiled = run_pair(pair, cheap_calls, key_min_ns=10**6)
+    window = python.sink.windows[-1]
+    names = dict(zip(window["function.id"], window["function.name"], strict=True))
+    cheap = {names[f].rsplit(".", 1)[-1]: (c, n) for f, c, n in
+             zip(window["cache.function"], window["cache.cheap_ns"], window["cache.calls"], strict=True)}
+    assert cheap["square"][0] > 0 and cheap["square"][1] == 1024  # keyed until the probe ended
+    assert cheap["leaf"] == (0, 20)  # too few calls to judge
+    assert_equal_runs(python, compiled)
+
+
 @pytest.mark.parametrize("pair", PAIRS, ids=lambda pair: pair[1])
 def test_max_pending_drops_spans_not_calls(pair: tuple[str, str]) -> None:
     python, compiled = run_pair(pair, lambda: [square(i) for i in range(50)], max_pending=10)

@@ -334,6 +334,7 @@ class ProcessResult:
     unhashable_calls: int = 0
     unhashable_types: list[str] = field(default_factory=list)
     fresh_keys: float = 0.0  # keys whose returns differed only by new objects (hashed by identity)
+    cheap_ns: int = 0  # aggregates: the tracer stopped keying it, its calls taking this many ns on average
 
     def hits_at(self, size: int) -> float:
         return sum(h for s, h in self.steps if s <= size)
@@ -501,6 +502,7 @@ def aggregate_result(function: int, info: FunctionInfo, data: ProfileData, fids:
         saved_by_distance=[(d + 1, row[1], row[2]) for d, row in ordered], hits_by_distance=hits_by,
         source="aggregates", errors=errors, cpu_total=cpu_total, cpu_calls=calls if has_cpu else 0,
         unhashable_calls=state.unhashable_calls, unhashable_types=unhashable_types, fresh_keys=state.fresh_keys,
+        cheap_ns=state.cheap_ns,
     )
 
 
@@ -601,6 +603,7 @@ class Opportunity:
     advice: Advice = field(default_factory=lambda: Advice("lru_cache", ""))
     source: str = "spans"  # "aggregates" (v2, every call), "spans" (replayed calls) or "mixed" (processes differ)
     fresh_keys: float = 0.0  # aggregates: keys whose returns differed only by new objects each call
+    cheap_ns: int = 0  # aggregates: mean wall ns per call when the tracer stopped keying it (too cheap)
     identity: bool = False  # some call's self was hashed by identity (callspan.args.identity)
     identity_collisions: int = 0  # keys with different returns explained by identity keys
     impure_callees: list[str] = field(default_factory=list)  # inconsistent functions it calls, nearest first
@@ -708,6 +711,10 @@ def _advise(op: Opportunity, options: CacheOptions) -> Advice:
                       f"key{reuse}; functools.lru_cache on a method keeps every cached instance alive until "
                       "evicted: cache a module-level function of the values the result depends on instead, or "
                       "give the class value-based __eq__ and __hash__")
+    if op.cheap_ns:
+        return Advice("not_worth_it", f"not worth it: its calls took ~{op.cheap_ns:,} ns each (wall, over its "
+                      "first 1,024 keyed calls), about what a cache lookup costs; the tracer stopped keying it "
+                      "there (CALLSPAN_KEY_MIN_NS), so its cache figures cover those calls only")
     cheap = CHEAP_CALL.get(op.cpu_unit)
     if (op.share is not None and op.share < options.min_share) or (
             cheap is not None and op.mean_cost is not None and op.mean_cost < cheap):
@@ -941,6 +948,7 @@ def _opportunity(model: Model, results: list[ProcessResult], total_cpu: dict[str
         curve=_curve_points(sizes, totals, calls, options.curve_points), processes=per_process,
         identity=identity, identity_collisions=sum(r.identity_collisions for r in results),
         source=sources.pop() if len(sources) == 1 else "mixed", fresh_keys=sum(r.fresh_keys for r in aggregated),
+        cheap_ns=max((r.cheap_ns for r in aggregated), default=0),
     )
     op.advice = _advise(op, options)
     if op.advice.kind in NOT_RECOMMENDED:

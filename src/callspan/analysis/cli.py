@@ -8,16 +8,16 @@ import json
 import os
 import sys
 import time
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from callspan.analysis import cache, cpu, latency
-from callspan.analysis.jaeger import fetch, parse_since
-from callspan.analysis.loader import LoadOptions, Workers, auto_jobs, load_bytes, load_files, new_model
-from callspan.analysis.progress import Progress
-from callspan.analysis.readers import MAX_LINE_BYTES
-from callspan.analysis.report import Results, render_html, render_json_object, render_text
-from callspan.analysis.spill import SpillError
 from callspan.errors import CallspanError
+
+if TYPE_CHECKING:
+    from callspan.analysis.report import Results
+
+# The analyzer's modules are imported when an analysis runs, not with the parser: `callspan run`
+# builds the same parser and should not pay for them at start-up.
+DEFAULT_MAX_LINE_MB = 256  # readers.MAX_LINE_BYTES >> 20 (tested)
 
 REPORTS = ("cache", "cpu", "latency")
 DEFAULT_MEMORY_MB = 64
@@ -60,8 +60,8 @@ def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
                              f"(default: {DEFAULT_MEMORY_MB}; 0: keep everything in memory)")
     parser.add_argument("--spill-dir", metavar="DIR",
                         help="where those temporary files go (default: the system's temporary directory)")
-    parser.add_argument("--max-line-mb", type=int, default=MAX_LINE_BYTES >> 20, metavar="MB",
-                        help=f"longest JSON line accepted (default: {MAX_LINE_BYTES >> 20})")
+    parser.add_argument("--max-line-mb", type=int, default=DEFAULT_MAX_LINE_MB, metavar="MB",
+                        help=f"longest JSON line accepted (default: {DEFAULT_MAX_LINE_MB})")
 
 
 def _reports(text: str) -> list[str]:
@@ -135,6 +135,11 @@ def _return_freed_memory_promptly() -> None:
 
 
 def analyze(args: argparse.Namespace, stderr: TextIO | None = None) -> Results:
+    from callspan.analysis import cache, cpu, latency
+    from callspan.analysis.jaeger import fetch, parse_since
+    from callspan.analysis.loader import LoadOptions, Workers, auto_jobs, load_bytes, load_files, new_model
+    from callspan.analysis.progress import Progress
+    from callspan.analysis.report import Results
     """Read the inputs named by ``args`` and run the reports asked for."""
     stderr = stderr if stderr is not None else sys.stderr
     reports = _validate(args)
@@ -195,6 +200,8 @@ def analyze(args: argparse.Namespace, stderr: TextIO | None = None) -> Results:
 
 
 def render(results: Results, fmt: str) -> str:
+    from callspan.analysis.report import render_html, render_json_object, render_text
+
     if fmt == "json":
         return json.dumps(render_json_object(results), indent=2) + "\n"
     if fmt == "html":
@@ -203,6 +210,8 @@ def render(results: Results, fmt: str) -> str:
 
 
 def run_analyze(args: argparse.Namespace) -> int:
+    from callspan.analysis.spill import SpillError
+
     """Run ``callspan analyze``; user errors become one line on stderr and exit status 2."""
     try:
         results = analyze(args)

@@ -111,6 +111,7 @@ class ProfileCache:
     overlaps: float = 0.0
     sampled_calls: int = 0
     rate: float = 1.0  # smallest SHARDS rate seen (rates only go down)
+    cheap_ns: int = 0  # mean ns per call when the tracer stopped keying it as too cheap (0: keyed)
 
     def add(self, other: ProfileCache) -> None:
         self.calls += other.calls
@@ -124,6 +125,7 @@ class ProfileCache:
         self.overlaps += other.overlaps
         self.sampled_calls += other.sampled_calls
         self.rate = min(self.rate, other.rate)
+        self.cheap_ns = max(self.cheap_ns, other.cheap_ns)
 
 
 # A reuse row: [hits, cpu, wall_ns] of the calls at one LRU stack distance (scaled by 1/rate).
@@ -203,12 +205,14 @@ class ProfileData:
                                          "overlaps"], float, n)
         (types,) = _columns(at, "cache.", ["unhashable_types"], str, n)
         rates = _columns(at, "cache.", ["rate"], float, n, 1.0)[0]
+        cheap = _columns(at, "cache.", ["cheap_ns"], int, n)[0]
         for i, fid in enumerate(fids):
             cache_delta = ProfileCache(
                 calls=ints[0][i], unhashable_calls=ints[1][i], identity_calls=ints[2][i], sampled_calls=ints[3][i],
                 unhashable_types=dict.fromkeys(t.strip() for t in types[i].split(",") if t.strip()),
                 keys=floats[0][i], inconsistent_keys=floats[1][i], inconsistent_calls=floats[2][i],
-                fresh_keys=floats[3][i], overlaps=floats[4][i], rate=rates[i] if rates[i] > 0 else 1.0)
+                fresh_keys=floats[3][i], overlaps=floats[4][i], rate=rates[i] if rates[i] > 0 else 1.0,
+                cheap_ns=max(0, cheap[i]))
             state = self.cache.get(fid)
             if state is None:
                 self.cache[fid] = cache_delta

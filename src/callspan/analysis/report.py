@@ -312,7 +312,7 @@ def opportunity_json(rank: int, op: Opportunity) -> dict[str, Any]:
         "impure_callees": op.impure_callees, "overlapping_calls": op.overlapping,
         "unhashable_arg_types": op.unhashable_types, "returns_unhashable": op.returns_unhashable,
         "sample_rate": op.sample_rate, "estimated": op.estimated, "estimator": op.estimator,
-        "source": op.source, "fresh_keys": round(op.fresh_keys),
+        "source": op.source, "fresh_keys": round(op.fresh_keys), "cheap_ns": op.cheap_ns,
         "advice": {"kind": op.advice.kind, "text": op.advice.text, "paste": op.advice.paste},
         "savings": {"cpu": round(op.savings.cpu) if op.cpu_unit != "none" else None,
                     "cpu_unit": op.cpu_unit, "wall_ns": round(op.savings.wall), "hits": round(op.savings.hits),

@@ -41,7 +41,7 @@ def compiled_hot_path(recorder: Recorder, disable: Any) -> Any:
     if not isinstance(python, _hotpath.Aggregates):
         recorder.aggregates = _hotpath.Aggregates(
             max_nodes=python.max_nodes, max_depth=python.max_depth, max_keys=python.max_keys,
-            max_keys_total=python.max_keys_total)
+            max_keys_total=python.max_keys_total, key_min_ns=python.key_min_ns)
 
     native_clock = recorder.clock is time.perf_counter_ns and _env.PERF_COUNTER_IS_CLOCK_MONOTONIC
     # The key's separator item, as keys.args_key adds it (``key += _KWD_MARK``).
