@@ -12,10 +12,12 @@ OPTIONAL = os.environ.get("CALLSPAN_REQUIRE_EXTENSION", "") != "1"
 setup(
     ext_modules=[
         Extension(
-            "callspan._hotpath",
-            ["src/callspan/_hotpath.c", "src/callspan/_record.c", "src/callspan/_keys.c",
-             "src/callspan/_aggregate.c"],
-            depends=["src/callspan/_callspan.h"],
+            "callspan.tracer._hotpath",
+            # The tracer's hot path, one job per file: the callbacks and transitions, the record
+            # type, key hashing, the aggregates; _callspan.h is what they share.
+            ["src/callspan/tracer/c/_hotpath.c", "src/callspan/tracer/c/_record.c", "src/callspan/tracer/c/_keys.c",
+             "src/callspan/tracer/c/_aggregate.c"],
+            depends=["src/callspan/tracer/c/_callspan.h"],
             optional=OPTIONAL,
             extra_compile_args=["-O2", "-Wall", "-Wno-missing-field-initializers"],
         ),

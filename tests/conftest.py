@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from callspan.builder import SpanNode
 from callspan.config import Settings
-from callspan.cores.select import available_cores
-from callspan.session import Session
+from callspan.tracer.builder import SpanNode
+from callspan.tracer.cores.select import available_cores
+from callspan.tracer.session import Session
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 

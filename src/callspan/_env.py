@@ -35,16 +35,16 @@ SETPROFILE_SEES_EXCEPTION_TYPE = False
 # Opcodes that end a frame normally, or suspend it, as seen at frame.f_lasti in a "return" event.
 RETURN_OPCODES = frozenset(dis.opmap[name] for name in ("RETURN_VALUE", "RETURN_CONST") if name in dis.opmap)
 YIELD_OPCODES = frozenset(dis.opmap[name] for name in ("YIELD_VALUE",) if name in dis.opmap)
-# Measured (tests/unit/test_core.py generator test under setprofile): on 3.13 the "return" event
+# Measured (tests/tracer/test_core.py generator test under setprofile): on 3.13 the "return" event
 # of a yield reports f_lasti at the RESUME that follows YIELD_VALUE, not at YIELD_VALUE itself.
 RESUME_OPCODE = dis.opmap.get("RESUME", -1)
 YIELD_REPORTED_AT_NEXT_RESUME = PYVERSION >= (3, 13)
 
-# The compiled hot path (callspan._hotpath, an optional C extension built at install time):
+# The compiled hot path (callspan.tracer._hotpath, an optional C extension built at install time):
 # sys.monitoring callbacks (3.12+) and a C profile function (every version); without a C
 # compiler at install time it is absent.
 try:
-    from callspan import _hotpath as _compiled
+    from callspan.tracer import _hotpath as _compiled
 
     HAS_COMPILED_HOTPATH = hasattr(_compiled, "HotPath")
     HAS_COMPILED_HASH = hasattr(_compiled, "siphash24")

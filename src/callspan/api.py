@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from callspan.config import load_settings
-from callspan.session import Session
+from callspan.tracer.session import Session
 
 F = TypeVar("F", bound=Callable[..., Any])
 

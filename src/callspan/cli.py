@@ -104,7 +104,7 @@ def run_program(args: argparse.Namespace) -> int:
     from callspan.config import load_settings
     from callspan.otel.bridge import OtelSink, current_context_getter, sampled_context, scope_attributes
     from callspan.otel.setup import build_pipeline
-    from callspan.session import Session
+    from callspan.tracer.session import Session
 
     target, argv, roots, service = _target(args)
     settings = load_settings(_settings_from(args))

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from callspan.cores.select import available_cores
+from callspan.tracer.cores.select import available_cores
 
 PROGRAM = textwrap.dedent("""
     import asyncio, sys, threading

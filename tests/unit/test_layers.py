@@ -6,8 +6,8 @@ import subprocess
 import sys
 
 CORE_MODULES = [
-    "callspan.recorder", "callspan.builder", "callspan.session", "callspan.cores.select",
-    "callspan.cores.setprofile", "callspan.keys", "callspan.counters", "callspan.selection", "callspan.aggregate",
+    "callspan.tracer.recorder", "callspan.tracer.builder", "callspan.tracer.session", "callspan.tracer.cores.select",
+    "callspan.tracer.cores.setprofile", "callspan.tracer.keys", "callspan.tracer.counters", "callspan.tracer.selection", "callspan.tracer.aggregate",
 ]
 
 

@@ -11,8 +11,8 @@ from opentelemetry.context import Context
 from opentelemetry.trace import NonRecordingSpan, SpanKind, Status, StatusCode
 
 from callspan import __version__
-from callspan.builder import SpanNode
-from callspan.session import SessionFacts
+from callspan.tracer.builder import SpanNode
+from callspan.tracer.session import SessionFacts
 
 SCOPE_NAME = "callspan"
 SCHEMA_VERSION = 2
@@ -144,7 +144,7 @@ class OtelSink:
         tracer = self._tracer
         if tracer is None:
             raise RuntimeError("OtelSink used before bind()")
-        from callspan.aggregate import GAMMA
+        from callspan.tracer.aggregate import GAMMA
 
         window = columns.get("window", [0])[0]
         other = columns.get("other_nodes", [0])[0]

@@ -1,5 +1,0 @@
-"""Tracer cores: the hooks that feed the Recorder. One interface, one chooser (select.py)."""
-
-from callspan.cores.base import Core
-
-__all__ = ["Core"]

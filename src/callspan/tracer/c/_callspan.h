@@ -1,0 +1,156 @@
+/* Declarations shared by the C files of callspan.tracer._hotpath (one extension module):
+ *
+ *   _hotpath.c   clocks, the hot path (start/finish/suspend/resume), callbacks, module init
+ *   _record.c    the Record type, ThreadStateBase and CodeInfoBase
+ *   _keys.c      SipHash, fingerprints, argument and return-value keys
+ *   _aggregate.c the per-process fold (call tree, per-function totals and sketches, cache state)
+ *
+ * Everything here runs with the GIL held; the GIL is the only lock (see each file).
+ */
+#ifndef CALLSPAN_H
+#define CALLSPAN_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <structmember.h>
+
+#if defined(__GNUC__)
+#define CS_HIDDEN __attribute__((visibility("hidden")))
+#else
+#define CS_HIDDEN
+#endif
+
+/* -- errors (_hotpath.c) ------------------------------------------------------------------- */
+/* Clear an error the hot path handles; keep an interrupt (KeyboardInterrupt...) for
+ * cs_callback_result to raise into the application. */
+CS_HIDDEN void cs_drop_error(void);
+/* The callback's result, or NULL with the stashed interrupt raised. */
+CS_HIDDEN PyObject *cs_callback_result(PyObject *result);
+
+/* -- records (_record.c) ------------------------------------------------------------------- */
+/* Record layout: must match callspan/tracer/record.py (checked by tests/tracer/test_hotpath.py). */
+enum {
+    R_INFO, R_PARENT, R_ROOT, R_START, R_END, R_SEG_CPU, R_CPU, R_CHILD_CPU, R_ARGS, R_RET,
+    R_RET_SIZE, R_ERROR, R_SUSPENDS, R_SUSP_NS, R_SUSP_AT, R_THREAD, R_CONTEXT, R_PREV_CURRENT,
+    R_VIA_TASK, R_INCOMPLETE, R_OUT, R_NODE, R_KEEP, RECORD_SIZE
+};
+
+enum { KIND_FUNCTION, KIND_COROUTINE, KIND_GENERATOR, KIND_ASYNC_GENERATOR };
+
+/* A Record holds the integer slots as C integers (n[]), R_NODE as the node's id in the
+ * aggregates (0: none), the others as objects (o[]). */
+#define N_NUM 9
+#define N_OBJ (RECORD_SIZE - N_NUM - 1)
+/* Index of each integer slot in n[] and of each object slot in o[] */
+#define NUM_START 0
+#define NUM_END 1
+#define NUM_SEG_CPU 2
+#define NUM_CPU 3
+#define NUM_CHILD_CPU 4
+#define NUM_SUSPENDS 5
+#define NUM_SUSP_NS 6
+#define NUM_SUSP_AT 7
+#define NUM_KEEP 8
+#define OBJ_INFO 0
+#define OBJ_PARENT 1
+#define OBJ_ROOT 2
+#define OBJ_ARGS 3
+#define OBJ_RET 4
+#define OBJ_RET_SIZE 5
+#define OBJ_ERROR 6
+#define OBJ_THREAD 7
+#define OBJ_CONTEXT 8
+#define OBJ_PREV_CURRENT 9
+#define OBJ_VIA_TASK 10
+#define OBJ_INCOMPLETE 11
+#define OBJ_OUT 12
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *o[N_OBJ]; /* never NULL once made */
+    long long n[N_NUM];
+    uint32_t node;      /* R_NODE: the call-tree node's id (see _aggregate.c), 0 when none */
+} RecordObject;
+
+CS_HIDDEN extern PyTypeObject CS_RecordType;
+#define IS_RECORD_OBJECT(op) Py_IS_TYPE((op), &CS_RecordType)
+
+/* Per-thread state: the Python class callspan.tracer.recorder.ThreadState derives from this. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *stack; /* list of running records */
+    PyObject *ident;
+    PyObject *name;
+    PyObject *cpu;   /* the thread's CPU reader, or None */
+    long cpu_fd;     /* see callspan.tracer.counters.native_reader */
+    /* C only: this thread's root node in the aggregates with serial root_serial */
+    uint32_t root_node;
+    uint64_t root_serial;
+} ThreadStateObject;
+
+CS_HIDDEN extern PyTypeObject CS_ThreadStateType;
+
+/* Per-code facts: the Python class callspan.tracer.selection.CodeInfo derives from this. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *code;
+    int kind;
+    char keys;
+    char is_method;
+    PyObject *arg_names; /* tuple of positional parameter names */
+    PyObject *varargs;   /* name or None */
+    PyObject *kwonly;    /* tuple */
+    PyObject *varkw;     /* name or None */
+    long unkeyed;        /* consecutive calls whose arguments could not be keyed */
+    unsigned long sized; /* calls whose return value size was considered (see RET_SIZE_EVERY) */
+    PyObject *unkeyed_args; /* (None, names, False) once unkeyed reached UNKEYABLE_AFTER */
+    /* C only: this code's function in the aggregates with serial agg_serial (a cache) */
+    void *agg_function;
+    uint64_t agg_serial;
+} CodeInfoObject;
+
+CS_HIDDEN extern PyTypeObject CS_CodeInfoType;
+
+#define UNKEYABLE_AFTER 64 /* callspan.tracer.keys.UNKEYABLE_AFTER */
+#define RET_SIZE_EVERY 16  /* callspan.tracer.keys.RET_SIZE_EVERY */
+
+CS_HIDDEN int cs_record_types_ready(PyObject *module);
+
+/* -- keys (_keys.c) ------------------------------------------------------------------------ */
+CS_HIDDEN uint64_t cs_siphash24_u64(uint64_t k0, uint64_t k1, uint64_t m);
+CS_HIDDEN PyObject *cs_fingerprint_object(PyObject *value);
+CS_HIDDEN PyObject *cs_unhashable_names(PyObject *key);
+/* (raw hash or fingerprint or None, names, identity) as keys.args_key computes it; a bare int
+ * when the key is hashable and self is not hashed by identity. NULL with an exception set. */
+CS_HIDDEN PyObject *cs_args_key(PyObject *kwd_mark, CodeInfoObject *ci, PyFrameObject *frame);
+/* (raw hash or fingerprint or None, hashable) as keys.value_key computes it; a bare int when
+ * hashable. NULL only for an interrupt. */
+CS_HIDDEN PyObject *cs_value_key(PyObject *value);
+CS_HIDDEN int cs_keys_init(void);
+/* module functions (tests and the builder) */
+CS_HIDDEN PyObject *cs_py_siphash24(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+CS_HIDDEN PyObject *cs_py_fingerprint(PyObject *module, PyObject *value);
+CS_HIDDEN PyObject *cs_py_unhashable_args(PyObject *module, PyObject *key);
+
+static inline int
+is_set(PyObject *obj)
+{
+    return obj != NULL && obj != Py_None;
+}
+
+/* -- the aggregates (_aggregate.c) --------------------------------------------------------- */
+typedef struct Aggregates Aggregates;
+CS_HIDDEN extern PyTypeObject CS_AggregatesType;
+#define IS_AGGREGATES(op) Py_IS_TYPE((op), &CS_AggregatesType)
+
+/* The node id of this thread's root (made on first use). 0 with an exception set on error. */
+CS_HIDDEN uint32_t cs_thread_root(Aggregates *a, ThreadStateObject *ts);
+/* aggregate.Aggregates.child: the node id of a call of ``ci`` whose logical caller is in node
+ * ``parent``. 0 (no exception) when it could not be made: the call is then counted lost. */
+CS_HIDDEN uint32_t cs_child(Aggregates *a, uint32_t parent, CodeInfoObject *ci);
+/* recorder.fold_record for a Record: never fails (what cannot be folded is counted lost). */
+CS_HIDDEN void cs_fold_record(Aggregates *a, RecordObject *record, PyObject *value, int returned);
+CS_HIDDEN int cs_aggregates_ready(PyObject *module);
+
+#endif

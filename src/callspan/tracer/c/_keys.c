@@ -1,0 +1,485 @@
+/* Keys for the cache analysis: callspan/keys.py is the reference (equal numbers for equal
+ * inputs, tested by tests/tracer/test_hotpath.py).
+ *
+ * - SipHash-2-4 of one 64-bit word (the builder's keyed digest);
+ * - fingerprints of unhashable values and the names of unhashable argument types;
+ * - the argument key of a call (read from its frame) and the key of a return value.
+ *
+ * GIL held throughout. Hashing runs user code (__hash__): errors are handled by the callers
+ * (or dropped here with cs_drop_error, which keeps interrupts for the application).
+ */
+#include "_callspan.h"
+#include <string.h>
+
+static PyObject *str_empty, *str_error;
+
+/* ---------------------------------------------------------------------------------------- */
+/* SipHash-2-4 (Aumasson and Bernstein): a keyed PRF for short inputs, here one 64-bit word.  */
+
+#define ROTL(x, b) (uint64_t)(((x) << (b)) | ((x) >> (64 - (b))))
+#define SIPROUND                                                     \
+    do {                                                             \
+        v0 += v1; v1 = ROTL(v1, 13); v1 ^= v0; v0 = ROTL(v0, 32);    \
+        v2 += v3; v3 = ROTL(v3, 16); v3 ^= v2;                       \
+        v0 += v3; v3 = ROTL(v3, 21); v3 ^= v0;                       \
+        v2 += v1; v1 = ROTL(v1, 17); v1 ^= v2; v2 = ROTL(v2, 32);    \
+    } while (0)
+
+uint64_t
+cs_siphash24_u64(uint64_t k0, uint64_t k1, uint64_t m)
+{
+    uint64_t v0 = 0x736f6d6570736575ULL ^ k0;
+    uint64_t v1 = 0x646f72616e646f6dULL ^ k1;
+    uint64_t v2 = 0x6c7967656e657261ULL ^ k0;
+    uint64_t v3 = 0x7465646279746573ULL ^ k1;
+    uint64_t b = ((uint64_t)8) << 56; /* message length 8, no tail bytes */
+    v3 ^= m; SIPROUND; SIPROUND; v0 ^= m;
+    v3 ^= b; SIPROUND; SIPROUND; v0 ^= b;
+    v2 ^= 0xff;
+    SIPROUND; SIPROUND; SIPROUND; SIPROUND;
+    return v0 ^ v1 ^ v2 ^ v3;
+}
+
+PyObject *
+cs_py_siphash24(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "siphash24(k0, k1, message) takes 3 integers");
+        return NULL;
+    }
+    uint64_t v[3];
+    for (int i = 0; i < 3; i++) {
+        v[i] = PyLong_AsUnsignedLongLongMask(args[i]);
+        if (v[i] == (uint64_t)-1 && PyErr_Occurred())
+            return NULL;
+    }
+    return PyLong_FromUnsignedLongLong(cs_siphash24_u64(v[0], v[1], v[2]));
+}
+
+
+/* ---------------------------------------------------------------------------------------- */
+/* Fingerprints of unhashable keys and values: callspan/keys.py (fingerprint, _flat_fingerprint,
+ * unhashable_args) is the reference; the same tuples are built and hashed, so the numbers are
+ * equal. Results: 1 with *out set, 0 for None. Never leaves an exception set. */
+
+static PyObject *str_dict_tag, *str_set_tag;
+
+static int
+unhashable_type(PyObject *value)
+{
+    return Py_TYPE(value)->tp_hash == PyObject_HashNotImplemented;
+}
+
+static int
+hash_built(PyObject *built, Py_hash_t *out) /* steals built */
+{
+    if (built == NULL) {
+        cs_drop_error();
+        return 0;
+    }
+    Py_hash_t h = PyObject_Hash(built);
+    Py_DECREF(built);
+    if (h == -1 && PyErr_Occurred()) {
+        cs_drop_error();
+        return 0;
+    }
+    *out = h;
+    return 1;
+}
+
+static int
+flat_fingerprint(PyObject *value, Py_ssize_t *budget, Py_hash_t *out)
+{
+    PyTypeObject *kind = Py_TYPE(value);
+    if (!unhashable_type(value)) {
+        Py_hash_t h = PyObject_Hash(value);
+        if (h == -1 && PyErr_Occurred()) {
+            cs_drop_error();
+            return 0;
+        }
+        *out = h;
+        return 1;
+    }
+    if (kind == &PyList_Type) {
+        *budget -= PyList_GET_SIZE(value);
+        if (*budget < 0)
+            return 0;
+        PyObject *items = PyList_AsTuple(value);
+        return hash_built(items ? Py_BuildValue("(ON)", Py_True, items) : NULL, out);
+    }
+    if (kind == &PyDict_Type) {
+        *budget -= PyDict_GET_SIZE(value);
+        if (*budget < 0)
+            return 0;
+        Py_ssize_t pos = 0;
+        PyObject *k, *v;
+        while (PyDict_Next(value, &pos, &k, &v)) {
+            if (unhashable_type(v))
+                return 0; /* a nested container: not walked */
+        }
+        PyObject *items = PyDict_Items(value);
+        PyObject *frozen = items ? PyFrozenSet_New(items) : NULL;
+        Py_XDECREF(items);
+        return hash_built(frozen ? Py_BuildValue("(ON)", str_dict_tag, frozen) : NULL, out);
+    }
+    if (kind == &PySet_Type) {
+        PyObject *frozen = PyFrozenSet_New(value);
+        return hash_built(frozen ? Py_BuildValue("(ON)", str_set_tag, frozen) : NULL, out);
+    }
+    if (kind == &PyByteArray_Type)
+        return hash_built(PyBytes_FromStringAndSize(PyByteArray_AS_STRING(value), PyByteArray_GET_SIZE(value)), out);
+    return 0;
+}
+
+static int
+fingerprint(PyObject *value, Py_ssize_t budget, Py_hash_t *out)
+{
+    PyTypeObject *kind = Py_TYPE(value);
+    if (kind == &PyList_Type || kind == &PyTuple_Type) {
+        budget -= Py_SIZE(value);
+        if (budget < 0)
+            return 0;
+        if (kind == &PyTuple_Type) { /* the key tuple: one level of unhashable containers inside */
+            Py_ssize_t n = PyTuple_GET_SIZE(value);
+            PyObject *parts = PyTuple_New(n);
+            if (parts == NULL) {
+                cs_drop_error();
+                return 0;
+            }
+            for (Py_ssize_t i = 0; i < n; i++) {
+                Py_hash_t part;
+                if (!flat_fingerprint(PyTuple_GET_ITEM(value, i), &budget, &part)) {
+                    Py_DECREF(parts);
+                    return 0;
+                }
+                PyObject *number = PyLong_FromSsize_t(part);
+                if (number == NULL) {
+                    cs_drop_error();
+                    Py_DECREF(parts);
+                    return 0;
+                }
+                PyTuple_SET_ITEM(parts, i, number);
+            }
+            return hash_built(Py_BuildValue("(ON)", Py_False, parts), out);
+        }
+    }
+    return flat_fingerprint(value, &budget, out);
+}
+
+PyObject * /* new reference: fingerprint as an int, or None */
+cs_fingerprint_object(PyObject *value)
+{
+    Py_hash_t h;
+    if (fingerprint(value, 16, &h))
+        return PyLong_FromSsize_t(h);
+    return Py_NewRef(Py_None);
+}
+
+PyObject *
+cs_py_fingerprint(PyObject *module, PyObject *value)
+{
+    return cs_callback_result(cs_fingerprint_object(value));
+}
+
+/* The unhashable type names of a key, as keys.unhashable_args names them. Names are cached
+ * per type (a type's __name__ can change, but not for the builtin containers that matter). */
+static PyObject *type_names; /* dict: type -> its __name__ */
+
+static PyObject * /* new reference */
+type_name(PyTypeObject *type)
+{
+    PyObject *name = PyDict_GetItemWithError(type_names, (PyObject *)type);
+    if (name != NULL)
+        return Py_NewRef(name);
+    if (PyErr_Occurred() || (name = PyType_GetName(type)) == NULL)
+        return NULL;
+    if (PyDict_GET_SIZE(type_names) < 256 && PyDict_SetItem(type_names, (PyObject *)type, name) < 0)
+        Py_CLEAR(name);
+    return name;
+}
+
+PyObject *
+cs_unhashable_names(PyObject *key)
+{
+    Py_ssize_t n = PyTuple_Check(key) ? PyTuple_GET_SIZE(key) : 1;
+    PyObject *first = NULL, *names = NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *v = PyTuple_Check(key) ? PyTuple_GET_ITEM(key, i) : key;
+        if (!unhashable_type(v))
+            continue;
+        PyObject *name = type_name(Py_TYPE(v));
+        if (name == NULL)
+            goto error;
+        if (first == NULL) {
+            first = name;
+            continue;
+        }
+        int seen = 0;
+        if (names == NULL) {
+            seen = PyUnicode_Compare(first, name) == 0;
+            if (!seen && ((names = PyList_New(0)) == NULL || PyList_Append(names, first) < 0)) {
+                Py_DECREF(name);
+                goto error;
+            }
+        }
+        else {
+            seen = PySequence_Contains(names, name);
+        }
+        if (seen < 0 || (!seen && names != NULL && PyList_Append(names, name) < 0)) {
+            Py_DECREF(name);
+            goto error;
+        }
+        Py_DECREF(name);
+    }
+    if (first == NULL)
+        return PyUnicode_FromString("tuple");
+    if (names == NULL)
+        return first;
+    PyObject *comma = PyUnicode_FromString(",");
+    PyObject *joined = comma ? PyUnicode_Join(comma, names) : NULL;
+    Py_XDECREF(comma);
+    Py_DECREF(names);
+    Py_DECREF(first);
+    return joined;
+error:
+    Py_XDECREF(first);
+    Py_XDECREF(names);
+    return NULL;
+}
+
+PyObject *
+cs_py_unhashable_args(PyObject *module, PyObject *key)
+{
+    PyObject *names = cs_unhashable_names(key);
+    if (names == NULL)
+        return NULL;
+    return cs_callback_result(Py_BuildValue("(NN)", cs_fingerprint_object(key), names));
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* The hot path: sys.monitoring callbacks (3.12+) and a C profile function (setprofile, 3.11+). */
+
+#if PY_VERSION_HEX >= 0x030C0000
+#define frame_get_var(frame, locals, name) PyFrame_GetVar((frame), (name))
+#else
+/* 3.11 has no PyFrame_GetVar: read the frame's locals mapping (taken once per key). */
+static PyObject *
+frame_get_var(PyFrameObject *frame, PyObject *locals, PyObject *name)
+{
+    PyObject *value = locals ? PyObject_GetItem(locals, name) : NULL;
+    if (value == NULL && !PyErr_Occurred())
+        PyErr_Format(PyExc_NameError, "variable %R does not exist", name);
+    return value;
+}
+#endif
+
+
+/* hash(tuple(items)) without making the tuple: CPython's tuple hash (xxHash-based, the same in
+ * 3.8 to 3.13; equality with hash() is tested against keys.args_key). */
+static Py_hash_t
+tuple_hash_of(PyObject *const *items, Py_ssize_t len)
+{
+#if SIZEOF_PY_HASH_T > 4
+    const Py_uhash_t prime1 = 11400714785074694791ULL, prime2 = 14029467366897019727ULL,
+                     prime5 = 2870177450012600261ULL;
+#define XXROTATE(x) ((x << 31) | (x >> 33))
+#else
+    const Py_uhash_t prime1 = 2654435761UL, prime2 = 2246822519UL, prime5 = 374761393UL;
+#define XXROTATE(x) ((x << 13) | (x >> 19))
+#endif
+    Py_uhash_t acc = prime5;
+    for (Py_ssize_t i = 0; i < len; i++) {
+        Py_uhash_t lane = (Py_uhash_t)PyObject_Hash(items[i]);
+        if (lane == (Py_uhash_t)-1)
+            return -1;
+        acc += lane * prime2;
+        acc = XXROTATE(acc);
+        acc *= prime1;
+    }
+#undef XXROTATE
+    acc += (Py_uhash_t)len ^ (prime5 ^ 3527539UL);
+    if (acc == (Py_uhash_t)-1)
+        return 1546275796;
+    return (Py_hash_t)acc;
+}
+
+/* (raw hash or fingerprint or None, unhashable type names, self hashed by identity) as
+ * keys.args_key computes it, reading the arguments from the frame. The key's items are
+ * gathered in a C array and hashed as the lru_cache key tuple would be; the tuple itself is
+ * only made for unhashable keys (fingerprint, type names). */
+PyObject *
+cs_args_key(PyObject *kwd_mark, CodeInfoObject *ci, PyFrameObject *frame)
+{
+    PyObject *arg_names = ci->arg_names;
+    PyObject *kwonly = ci->kwonly;
+    int is_method = ci->is_method;
+    Py_ssize_t nargs = PyTuple_GET_SIZE(arg_names);
+    Py_ssize_t nkwonly = PyTuple_GET_SIZE(kwonly);
+    PyObject *extra = NULL, *kwdict = NULL, *key = NULL, *result = NULL, *locals = NULL;
+    PyObject *stack_items[16];
+    PyObject **items = stack_items;
+    Py_ssize_t filled = 0; /* references held in items */
+#if PY_VERSION_HEX < 0x030C0000
+    if ((locals = PyFrame_GetLocals(frame)) == NULL)
+        return NULL;
+#endif
+    if (is_set(ci->varargs)) {
+        extra = frame_get_var(frame, locals, ci->varargs);
+        if (extra == NULL || !PyTuple_Check(extra))
+            goto error;
+    }
+    if (is_set(ci->varkw)) {
+        kwdict = frame_get_var(frame, locals, ci->varkw);
+        if (kwdict == NULL || !PyDict_Check(kwdict))
+            goto error;
+    }
+    Py_ssize_t nextra = extra ? PyTuple_GET_SIZE(extra) : 0;
+    Py_ssize_t total = nargs + nextra;
+    int keyword_part = nkwonly > 0 || kwdict != NULL;
+    if (keyword_part)
+        total += 1 + 2 * nkwonly + (kwdict ? 2 * PyDict_GET_SIZE(kwdict) : 0);
+    if (total > (Py_ssize_t)(sizeof(stack_items) / sizeof(stack_items[0]))) {
+        items = PyMem_Malloc(total * sizeof(PyObject *));
+        if (items == NULL) {
+            PyErr_NoMemory();
+            goto error;
+        }
+    }
+    for (Py_ssize_t i = 0; i < nargs; i++) {
+        PyObject *value = frame_get_var(frame, locals, PyTuple_GET_ITEM(arg_names, i));
+        if (value == NULL)
+            goto error;
+        items[filled++] = value;
+    }
+    for (Py_ssize_t i = 0; i < nextra; i++)
+        items[filled++] = Py_NewRef(PyTuple_GET_ITEM(extra, i));
+    if (keyword_part) {
+        items[filled++] = Py_NewRef(kwd_mark);
+        for (Py_ssize_t i = 0; i < nkwonly; i++) {
+            PyObject *name = PyTuple_GET_ITEM(kwonly, i);
+            PyObject *value = frame_get_var(frame, locals, name);
+            if (value == NULL)
+                goto error;
+            items[filled++] = Py_NewRef(name);
+            items[filled++] = value;
+        }
+        if (kwdict != NULL) {
+            Py_ssize_t pos = 0;
+            PyObject *k, *v;
+            while (filled + 1 < total && PyDict_Next(kwdict, &pos, &k, &v)) {
+                items[filled++] = Py_NewRef(k);
+                items[filled++] = Py_NewRef(v);
+            }
+        }
+    }
+    while (filled < total) /* a kwargs dict that shrank meanwhile: cannot happen, but stay valid */
+        items[filled++] = Py_NewRef(Py_None);
+
+    PyObject *identity = Py_False;
+    if (is_method && nargs > 0 && Py_TYPE(items[0])->tp_hash == PyBaseObject_Type.tp_hash)
+        identity = Py_True;
+    /* lru_cache keys a lone int/str argument as itself */
+    int lone = total == 1 && (PyLong_CheckExact(items[0]) || PyUnicode_CheckExact(items[0]));
+    int unhashable = 0;
+    for (Py_ssize_t i = 0; i < total; i++) {
+        if (Py_TYPE(items[i])->tp_hash == PyObject_HashNotImplemented) {
+            unhashable = 1;
+            break;
+        }
+    }
+    Py_hash_t h = -1;
+    if (!unhashable) {
+        h = lone ? PyObject_Hash(items[0]) : tuple_hash_of(items, total);
+        if (h == -1 && PyErr_Occurred()) {
+            if (!PyErr_ExceptionMatches(PyExc_TypeError)) {
+                if (!PyErr_ExceptionMatches(PyExc_Exception))
+                    goto error; /* an interrupt: the application's (see fault) */
+                PyErr_Clear();
+                result = PyTuple_Pack(3, Py_None, str_error, identity);
+                goto done;
+            }
+            PyErr_Clear();
+            unhashable = 1;
+        }
+    }
+    if (unhashable) {
+        PyObject *hashed;
+        if (lone) {
+            hashed = items[0];
+        }
+        else {
+            if ((key = PyTuple_New(total)) == NULL)
+                goto error;
+            for (Py_ssize_t i = 0; i < total; i++)
+                PyTuple_SET_ITEM(key, i, Py_NewRef(items[i]));
+            hashed = key;
+        }
+        PyObject *names = cs_unhashable_names(hashed);
+        if (names == NULL)
+            goto error;
+        result = Py_BuildValue("(NNO)", cs_fingerprint_object(hashed), names, identity);
+    }
+    else {
+        PyObject *raw = PyLong_FromSsize_t(h);
+        if (raw == NULL)
+            goto error;
+        if (identity == Py_False) {
+            result = raw; /* the common case, compact: a Record reads it back as (raw, "", False) */
+        }
+        else {
+            result = PyTuple_Pack(3, raw, str_empty, identity);
+            Py_DECREF(raw);
+            if (result != NULL) /* atomic contents: it can never be part of a cycle */
+                PyObject_GC_UnTrack(result);
+        }
+    }
+done:
+    for (Py_ssize_t i = 0; i < filled; i++)
+        Py_DECREF(items[i]);
+    if (items != stack_items)
+        PyMem_Free(items);
+    Py_XDECREF(extra);
+    Py_XDECREF(kwdict);
+    Py_XDECREF(key);
+    Py_XDECREF(locals);
+    return result;
+error:
+    if (!PyErr_Occurred())
+        PyErr_SetString(PyExc_TypeError, "unexpected frame variables");
+    Py_CLEAR(result);
+    goto done;
+}
+
+/* (raw hash or fingerprint or None, hashable) as keys.value_key computes it. */
+PyObject *
+cs_value_key(PyObject *value)
+{
+    if (Py_TYPE(value)->tp_hash != PyObject_HashNotImplemented) {
+        Py_hash_t h = PyObject_Hash(value);
+        if (h != -1 || !PyErr_Occurred()) {
+            /* compact: a Record reads a bare int back as (raw, True) */
+            return PyLong_FromSsize_t(h);
+        }
+        if (!PyErr_ExceptionMatches(PyExc_TypeError)) {
+            if (!PyErr_ExceptionMatches(PyExc_Exception))
+                return NULL; /* an interrupt: the application's (see fault) */
+            PyErr_Clear();
+            return PyTuple_Pack(2, Py_None, Py_False);
+        }
+        PyErr_Clear();
+    }
+    return Py_BuildValue("(NO)", cs_fingerprint_object(value), Py_False);
+}
+
+/* -- the four transitions (mirror callspan/recorder.py) ---------------------------------- */
+
+int
+cs_keys_init(void)
+{
+    if ((str_empty = PyUnicode_InternFromString("")) == NULL ||
+        (str_error = PyUnicode_InternFromString("error")) == NULL ||
+        (str_dict_tag = PyUnicode_InternFromString("dict")) == NULL ||
+        (str_set_tag = PyUnicode_InternFromString("set")) == NULL || (type_names = PyDict_New()) == NULL)
+        return -1;
+    return 0;
+}

@@ -1,0 +1,212 @@
+"""Cache keys: hash arguments the way functools.lru_cache keys them, and return values.
+
+The hot path only computes Python's ``hash()`` of the key (so equal keys give equal numbers, the
+same equality lru_cache uses). The raw number never leaves the process: ``KeyHasher.keyed`` turns
+it into a keyed BLAKE2b digest off the hot path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from types import FrameType
+from typing import Any
+
+from callspan.tracer.selection import CodeInfo
+
+# After this many consecutive calls whose arguments could not be keyed at all (unhashable and
+# not fingerprinted: a parsed JSON request, say), a function's calls are no longer keyed: its
+# keys were useless and computing them (reading the frame, hashing the return value) was the
+# hot path's largest cost. Its records keep the unhashable type names. The compiled hot path
+# uses the same number (UNKEYABLE_AFTER in _hotpath.c).
+UNKEYABLE_AFTER = 64
+
+# sys.getsizeof of return values (for the analyzer's memory estimates) is taken on the first
+# call of each function and then on one call in this many. Also in _hotpath.c.
+RET_SIZE_EVERY = 16
+
+# Separates positional from keyword parts, as lru_cache's kwd_mark does.
+_KWD_MARK = ("callspan.kwd_mark",)
+_FAST_TYPES = (int, str)
+_OBJECT_HASH = object.__hash__
+# Elements: larger unhashable values are flagged but not fingerprinted, since walking them on
+# every call (a request dict passed to each validator, say) would cost more than the call.
+_FINGERPRINT_LIMIT = 16
+
+
+def fingerprint(value: Any, budget: list[int]) -> int | None:
+    """hash() of ``value``, or of its structure when it is an unhashable builtin container
+    whose elements are hashable; None otherwise, or when larger than ``budget`` elements.
+
+    The fingerprint is what the lru_cache key would hash to after converting lists to tuples,
+    dicts to frozensets of items, sets to frozensets and bytearrays to bytes. Containers of
+    containers (a parsed JSON request, say) are not walked: that would cost more than the call.
+    The argument tuple itself is the one level allowed to hold such containers.
+    """
+    kind = type(value)
+    try:
+        if kind is list or kind is tuple:
+            budget[0] -= len(value)
+            if budget[0] < 0:
+                return None
+            if kind is tuple:  # the key tuple: one level of unhashable containers inside
+                parts = []
+                for item in value:
+                    part = _flat_fingerprint(item, budget)
+                    if part is None:
+                        return None
+                    parts.append(part)
+                return hash((False, tuple(parts)))
+            return _flat_fingerprint(value, budget)
+        return _flat_fingerprint(value, budget)
+    except Exception:
+        return None
+
+
+def _flat_fingerprint(value: Any, budget: list[int]) -> int | None:
+    kind = type(value)
+    if kind.__hash__ is not None:
+        return hash(value)
+    if kind is list:
+        budget[0] -= len(value)
+        if budget[0] < 0:
+            return None
+        return hash((True, tuple(value)))
+    if kind is dict:
+        budget[0] -= len(value)
+        if budget[0] < 0:
+            return None
+        for item in value.values():
+            if type(item).__hash__ is None:
+                return None  # a nested container (a parsed JSON request): not walked
+        return hash(("dict", frozenset(value.items())))
+    if kind is set:
+        return hash(("set", frozenset(value)))
+    if kind is bytearray:
+        return hash(bytes(value))
+    return None
+
+
+def args_key(info: CodeInfo, frame: FrameType) -> tuple[int | None, str, bool]:
+    """(hash of the lru_cache-style key, "" or the unhashable argument type names, whether
+    ``self`` hashes by identity).
+
+    An identity-hashed ``self`` makes keys only as good as ``id()``: a new instance at a freed
+    instance's address gets its key, so such keys may "disagree" without any impurity.
+
+    Parameters are keyed positionally in declaration order, then *args, then keyword-only and
+    **kwargs items in call order. (lru_cache also distinguishes f(1, b=2) from f(1, 2); the
+    frame no longer shows how an argument was passed, so callspan treats them as one key.)
+    """
+    local = frame.f_locals
+    key: tuple[Any, ...] = tuple(local[name] for name in info.arg_names)
+    identity = info.is_method and type(key[0]).__hash__ is _OBJECT_HASH
+    if info.varargs is not None:
+        key += local[info.varargs]
+    if info.kwonly or info.varkw is not None:
+        key += _KWD_MARK
+        for name in info.kwonly:
+            key += (name, local[name])
+        if info.varkw is not None:
+            for item in local[info.varkw].items():
+                key += item
+    if len(key) == 1 and type(key[0]) in _FAST_TYPES:
+        key = key[0]  # lru_cache keys a lone int/str argument as itself: f(1) and f(1.0) differ
+    try:
+        return hash(key), "", identity
+    except TypeError:
+        pass
+    except Exception:
+        return None, "error", identity
+    return (*unhashable_args(key), identity)
+
+
+def unhashable_args(key: Any) -> tuple[int | None, str]:
+    """(fingerprint or None, unhashable type names) of an argument key that hash() refused.
+    Both hot paths call this (the compiled one without raising TypeError first)."""
+    # Unhashable builtins have __hash__ None; a tuple holding one is named as a tuple.
+    values = key if type(key) is tuple else (key,)
+    names = [type(v).__name__ for v in values if type(v).__hash__ is None]
+    unhashable = ",".join(dict.fromkeys(names)) if names else "tuple"
+    return fingerprint(key, [_FINGERPRINT_LIMIT]), unhashable
+
+
+def value_key(value: Any) -> tuple[int | None, bool]:
+    """(hash or fingerprint of a return value, whether it was hashable)."""
+    try:
+        return hash(value), True
+    except TypeError:
+        pass
+    except Exception:
+        return None, False
+    return unhashable_value(value), False
+
+
+def unhashable_value(value: Any) -> int | None:
+    """Fingerprint (or None) of a return value that hash() refused."""
+    return fingerprint(value, [_FINGERPRINT_LIMIT])
+
+
+_MASK64 = 0xFFFFFFFFFFFFFFFF
+
+
+def _rotl(x: int, b: int) -> int:
+    return ((x << b) | (x >> (64 - b))) & _MASK64
+
+
+def siphash24_py(k0: int, k1: int, message: int) -> int:
+    """SipHash-2-4 of one 64-bit word (as 8 little-endian bytes) under the 128-bit key (k0, k1).
+    The reference for the compiled ``callspan.tracer._hotpath.siphash24``; slow, used without it."""
+    v0 = 0x736F6D6570736575 ^ k0
+    v1 = 0x646F72616E646F6D ^ k1
+    v2 = 0x6C7967656E657261 ^ k0
+    v3 = 0x7465646279746573 ^ k1
+
+    def rounds(n: int) -> None:
+        nonlocal v0, v1, v2, v3
+        for _ in range(n):
+            v0 = (v0 + v1) & _MASK64
+            v1 = _rotl(v1, 13) ^ v0
+            v0 = _rotl(v0, 32)
+            v2 = (v2 + v3) & _MASK64
+            v3 = _rotl(v3, 16) ^ v2
+            v0 = (v0 + v3) & _MASK64
+            v3 = _rotl(v3, 21) ^ v0
+            v2 = (v2 + v1) & _MASK64
+            v1 = _rotl(v1, 17) ^ v2
+            v2 = _rotl(v2, 32)
+
+    for word in (message & _MASK64, 8 << 56):  # the message, then the length block
+        v3 ^= word
+        rounds(2)
+        v0 ^= word
+    v2 ^= 0xFF
+    rounds(4)
+    return v0 ^ v1 ^ v2 ^ v3
+
+
+try:
+    from callspan.tracer._hotpath import siphash24 as _siphash24
+except ImportError:
+    _siphash24 = siphash24_py
+
+
+class KeyHasher:
+    """Turns raw hash() numbers into keyed digests with a per-process secret.
+
+    SipHash-2-4, a pseudorandom function for short inputs, under a 128-bit key taken from the
+    secret: without the secret, a digest tells nothing about the argument values (Python's raw
+    hash of a small int is the int itself), and equal keys still give equal digests."""
+
+    def __init__(self, secret: bytes | None = None) -> None:
+        self.secret = secret if secret else os.urandom(32)
+        key = hashlib.blake2b(self.secret, digest_size=16, person=b"callspan.keys").digest()
+        self.k0 = int.from_bytes(key[:8], "little")
+        self.k1 = int.from_bytes(key[8:], "little")
+
+    def digest(self, raw: int) -> int:
+        return _siphash24(self.k0, self.k1, raw & _MASK64)
+
+    def keyed(self, raw: int) -> str:
+        """The digest as exported: 16 hex digits."""
+        return f"{self.digest(raw):016x}"

@@ -1,0 +1,375 @@
+"""Behaviour of the tracer, run against every core this interpreter has (see conftest.core)."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+
+import pytest
+
+from callspan import _env
+
+
+def leaf(x: int) -> int:
+    return x + 1
+
+
+def middle(x: int) -> int:
+    return leaf(x) * 2
+
+
+def fails(x: int) -> int:
+    raise ValueError(f"bad {x}")
+
+
+def catches() -> str:
+    try:
+        fails(1)
+    except ValueError as exc:
+        return str(exc)
+    return "no"
+
+
+def fib(n: int) -> int:
+    return n if n < 2 else fib(n - 1) + fib(n - 2)
+
+
+def numbers(n: int):  # type: ignore[no-untyped-def]
+    yield from range(n)
+
+
+def consume() -> int:
+    return sum(numbers(3))
+
+
+def by_name(nodes, name):  # type: ignore[no-untyped-def]
+    return [n for n in nodes if n.name == f"{__name__}.{name}"]
+
+
+def test_nested_calls_become_nested_spans_with_exact_times(traced) -> None:  # type: ignore[no-untyped-def]
+    run = traced()
+    assert run.run(middle, 1) == 4
+    (m,) = by_name(run.sink.closed, "middle")
+    (lf,) = by_name(run.sink.closed, "leaf")
+    assert lf.parent is m and m.parent is None
+    # TickClock advances 1000 per read; reads: start middle, start leaf, end leaf, end middle.
+    assert lf.end_ns - lf.start_ns == 1000
+    assert m.end_ns - m.start_ns == 3000
+    # TickCounter advances 1 per read on this thread, same order.
+    assert lf.attributes["callspan.cpu.total"] == 1 and lf.attributes["callspan.cpu.self"] == 1
+    assert m.attributes["callspan.cpu.total"] == 3 and m.attributes["callspan.cpu.self"] == 2
+    assert m.open_attributes["code.function.name"] == f"{__name__}.middle"
+    assert m.open_attributes["code.file.path"] == __file__
+    assert m.open_attributes["code.line.number"] == middle.__code__.co_firstlineno
+    assert m.open_attributes["thread.id"] == threading.get_ident()
+    assert m.open_attributes["thread.name"] == threading.current_thread().name
+    assert m.open_attributes["callspan.kind"] == "function"
+    assert m.attributes["callspan.run_ns"] == 3000
+
+
+def test_exception_sets_error_and_reaches_the_caller_unchanged(traced, core) -> None:  # type: ignore[no-untyped-def]
+    run = traced()
+    assert run.run(catches) == "bad 1"
+    (f,) = by_name(run.sink.closed, "fails")
+    (c,) = by_name(run.sink.closed, "catches")
+    assert f.parent is c and c.error is None
+    if core in ("sysmon", "csysmon"):
+        assert f.error == "ValueError" and f.attributes["error.type"] == "builtins.ValueError"
+    else:
+        assert f.error == "_OTHER" and f.attributes["error.type"] == "_OTHER"
+    assert "callspan.return.hash" not in f.attributes
+    with pytest.raises(ValueError, match="bad 7"):
+        traced().run(fails, 7)
+
+
+def test_recursion_gives_one_span_per_call_nested(traced) -> None:  # type: ignore[no-untyped-def]
+    run = traced()
+    assert run.run(fib, 6) == 8
+    spans = by_name(run.sink.closed, "fib")
+    assert len(spans) == 25  # calls of fib(6)
+    roots = [s for s in spans if s.parent is None]
+    assert len(roots) == 1
+
+    def depth(node):  # type: ignore[no-untyped-def]
+        return 0 if node.parent is None else 1 + depth(node.parent)
+
+    assert max(depth(s) for s in spans) == 5
+
+
+def test_generator_yields_are_not_awaits(traced) -> None:  # type: ignore[no-untyped-def]
+    run = traced()
+    assert run.run(consume) == 3
+    (g,) = by_name(run.sink.closed, "numbers")
+    (c,) = by_name(run.sink.closed, "consume")
+    assert g.parent is c
+    assert g.open_attributes["callspan.kind"] == "generator"
+    assert g.attributes["callspan.yield.count"] == 3
+    assert "callspan.await.count" not in g.attributes
+    assert g.error is None
+
+
+async def fetch(n: int) -> int:
+    await asyncio.sleep(0)
+    return n * 10
+
+
+async def handler_a() -> list[int]:
+    return list(await asyncio.gather(fetch(1), fetch(2), fetch(3)))
+
+
+async def handler_b() -> list[int]:
+    return list(await asyncio.gather(fetch(4)))
+
+
+async def serve() -> list[list[int]]:
+    return list(await asyncio.gather(handler_a(), handler_b()))
+
+
+def test_gathered_coroutines_belong_to_their_own_caller_3_to_1(traced) -> None:  # type: ignore[no-untyped-def]
+    run = traced()
+    assert run.run(asyncio.run, serve()) == [[10, 20, 30], [40]]
+    (a,) = by_name(run.sink.closed, "handler_a")
+    (b,) = by_name(run.sink.closed, "handler_b")
+    (s,) = by_name(run.sink.closed, "serve")
+    fetches = by_name(run.sink.closed, "fetch")
+    assert len(fetches) == 4
+    assert sum(1 for f in fetches if f.parent is a) == 3
+    assert sum(1 for f in fetches if f.parent is b) == 1
+    assert a.parent is s and b.parent is s and s.parent is None
+    assert all(f.open_attributes["callspan.parent.via"] == "task" for f in fetches)
+    assert all(f.open_attributes["callspan.kind"] == "coroutine" for f in fetches)
+    assert all(f.attributes["callspan.await.count"] == 1 for f in fetches)
+
+
+async def spawner() -> int:
+    t1 = asyncio.create_task(fetch(1))
+    t2 = asyncio.ensure_future(fetch(2))
+    async with asyncio.TaskGroup() as group:
+        t3 = group.create_task(fetch(3))
+    t4 = await asyncio.wait_for(fetch(4), timeout=5)
+    return await t1 + await t2 + t3.result() + t4
+
+
+def test_create_task_ensure_future_taskgroup_wait_for_parent_to_creator(traced) -> None:  # type: ignore[no-untyped-def]
+    run = traced()
+    assert run.run(asyncio.run, spawner()) == 100
+    (sp,) = by_name(run.sink.closed, "spawner")
+    fetches = by_name(run.sink.closed, "fetch")
+    assert len(fetches) == 4 and all(f.parent is sp for f in fetches)
+
+
+async def sleeper() -> str:
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    return "done"
+
+
+def test_await_suspensions_are_counted_and_timed_exactly(traced) -> None:  # type: ignore[no-untyped-def]
+    run = traced()
+    assert run.run(asyncio.run, sleeper()) == "done"
+    (s,) = by_name(run.sink.closed, "sleeper")
+    # Clock reads: start, (suspend, resume) x2, return: each suspension lasts one tick.
+    assert s.attributes["callspan.await.count"] == 2
+    assert s.attributes["callspan.await.suspended_ns"] == 2000
+    assert s.end_ns - s.start_ns == 5000
+    assert s.attributes["callspan.run_ns"] == 3000
+    # CPU only counts running segments: reads at start/suspend/resume/suspend/resume/return.
+    assert s.attributes["callspan.cpu.total"] == 3
+
+
+async def forever() -> None:
+    await asyncio.sleep(3600)
+
+
+async def cancel_one() -> str:
+    task = asyncio.create_task(forever())
+    await asyncio.sleep(0)
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        return "cancelled"
+    return "not cancelled"
+
+
+def test_cancellation_is_an_error_of_the_cancelled_coroutine_only(traced, core) -> None:  # type: ignore[no-untyped-def]
+    run = traced()
+    assert run.run(asyncio.run, cancel_one()) == "cancelled"
+    (f,) = by_name(run.sink.closed, "forever")
+    (c,) = by_name(run.sink.closed, "cancel_one")
+    assert f.parent is c and c.error is None
+    expected = "CancelledError" if core in ("sysmon", "csysmon") else "_OTHER"
+    assert f.error == expected
+    assert f.attributes["callspan.await.count"] == 1
+
+
+def test_threads_have_their_own_stacks(traced) -> None:  # type: ignore[no-untyped-def]
+    if not _env.HAS_SETPROFILE_ALL_THREADS and not _env.HAS_SYS_MONITORING:
+        pass  # 3.11 setprofile reaches threads started after start(): these are.
+    run = traced()
+    results: dict[str, int] = {}
+    both_alive = threading.Barrier(2)
+
+    def worker(name: str, x: int) -> None:
+        both_alive.wait()  # so the two threads cannot share an ident
+        results[name] = middle(x)
+
+    def main() -> None:
+        threads = [threading.Thread(target=worker, args=(f"t{i}", i), name=f"t{i}") for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    run.run(main)
+    assert results == {"t0": 2, "t1": 4}
+    middles = by_name(run.sink.closed, "middle")
+    assert len(middles) == 2
+    for m in middles:
+        (lf,) = [lf for lf in by_name(run.sink.closed, "leaf") if lf.parent is m]
+        assert lf.open_attributes["thread.id"] == m.open_attributes["thread.id"]
+    assert {m.open_attributes["thread.name"] for m in middles} == {"t0", "t1"}
+    assert len({m.open_attributes["thread.id"] for m in middles}) == 2
+
+
+def test_calls_running_at_stop_are_ended_and_marked_incomplete(traced) -> None:  # type: ignore[no-untyped-def]
+    run = traced()
+
+    def outer() -> None:
+        run.session.stop()
+
+    run.session.start()
+    inner_started = []
+
+    def body() -> None:
+        inner_started.append(1)
+        outer()
+
+    body()
+    assert [n.name.rsplit(".", 1)[-1] for n in run.sink.closed] == ["outer", "body"]
+    assert all(n.attributes["callspan.incomplete"] is True for n in run.sink.closed)
+
+
+class Weird:
+    def __hash__(self) -> int:
+        raise RuntimeError("no hashing here")
+
+
+def takes(obj: object) -> object:
+    return obj
+
+
+def test_hostile_hash_does_not_reach_the_program(traced) -> None:  # type: ignore[no-untyped-def]
+    run = traced()
+    w = Weird()
+    assert run.run(takes, w) is w
+    (t,) = by_name(run.sink.closed, "takes")
+    assert "callspan.args.hash" not in t.attributes
+    assert run.session.recorder.faults == 0
+
+
+def test_unselected_code_is_decided_once(traced) -> None:  # type: ignore[no-untyped-def]
+    run = traced(exclude=(f"{__name__}",))
+    run.run(lambda: [middle(i) for i in range(50)])
+    assert run.sink.closed == []
+    assert run.session.recorder.infos.get(middle.__code__, "missing") is None
+
+
+def test_stop_restores_previous_profile_function(core) -> None:
+    assert sys.getprofile() is None
+
+
+def test_selection_prefers_the_most_specific_prefix(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from callspan.tracer.selection import Selector
+
+    site = tmp_path / "lib" / "site-packages"
+    (site / "shop").mkdir(parents=True)
+    (tmp_path / "app").mkdir()
+    selector = Selector(default_roots=(str(site / "shop"), str(tmp_path)))
+    selector.never_paths = (str(site) + "/",)
+
+    def code_at(path: str):  # type: ignore[no-untyped-def]
+        return compile("def f():\n    pass\n", path, "exec").co_consts[0]
+
+    assert selector.selects(code_at(str(site / "shop" / "main.py")), "__main__")  # installed script
+    assert not selector.selects(code_at(str(site / "other" / "lib.py")), "other.lib")  # a dependency
+    assert selector.selects(code_at(str(tmp_path / "app" / "views.py")), "app.views")  # own code
+
+
+def takes_request(req: dict, n: int = 0) -> int:  # type: ignore[type-arg]
+    return len(req)
+
+
+def takes_list(items: list) -> int:  # type: ignore[type-arg]
+    return len(items)
+
+
+def unkeyable_then_keyable(n: int) -> None:
+    for i in range(n):
+        takes_request({"user": {"id": i}})  # a nested dict: cannot be keyed, not even fingerprinted
+        takes_list([i % 3])  # unhashable but fingerprinted: keyed
+
+
+def test_functions_whose_arguments_never_key_stop_being_keyed(traced) -> None:  # type: ignore[no-untyped-def]
+    from callspan.tracer.keys import UNKEYABLE_AFTER
+
+    run = traced(max_spans_per_trace=100_000, max_spans_per_second=100_000)
+    run.run(unkeyable_then_keyable, UNKEYABLE_AFTER + 6)
+    requests = sorted(by_name(run.sink.closed, "takes_request"), key=lambda n: n.start_ns)
+    lists = by_name(run.sink.closed, "takes_list")
+    assert len(requests) == len(lists) == UNKEYABLE_AFTER + 6
+    # Every call still names its unhashable argument type; the calls before the one that reaches
+    # UNKEYABLE_AFTER also carry their return value's hash, the later ones are not keyed at all.
+    assert all(n.attributes["callspan.args.unhashable"] == "dict" for n in requests)
+    assert all("callspan.args.hash" not in n.attributes for n in requests)
+    with_return = [n for n in requests if "callspan.return.hash" in n.attributes]
+    assert with_return == requests[: UNKEYABLE_AFTER - 1]
+    assert all("callspan.args.hash" in n.attributes and "callspan.return.hash" in n.attributes for n in lists)
+
+
+def sized_result(i: int) -> str:
+    return "x" * i
+
+
+def many_sized(n: int) -> None:
+    for i in range(n):
+        sized_result(i)
+
+
+def test_return_sizes_are_measured_on_one_call_in_sixteen(traced) -> None:  # type: ignore[no-untyped-def]
+    from callspan.tracer.keys import RET_SIZE_EVERY
+
+    run = traced(max_spans_per_trace=100_000, max_spans_per_second=100_000)
+    run.run(many_sized, 2 * RET_SIZE_EVERY + 1)
+    nodes = sorted(by_name(run.sink.closed, "sized_result"), key=lambda n: n.start_ns)
+    sizes = {i: n.attributes["callspan.return.size"] for i, n in enumerate(nodes) if "callspan.return.size" in n.attributes}
+    assert sizes == {i: sys.getsizeof("x" * i) for i in (0, RET_SIZE_EVERY, 2 * RET_SIZE_EVERY)}
+    assert all("callspan.return.hash" in n.attributes for n in nodes)
+
+
+class InterruptingHash:
+    """Its __hash__ stands for user code that is running when Ctrl-C arrives."""
+
+    def __hash__(self) -> int:
+        raise KeyboardInterrupt
+
+
+def keyed_with(value: object) -> int:
+    return 1
+
+
+def interrupt_inside_the_hook() -> str:
+    try:
+        keyed_with(InterruptingHash())
+    except KeyboardInterrupt:
+        return "interrupted"
+    return "swallowed"
+
+
+def test_an_interrupt_raised_by_user_code_inside_the_hook_reaches_the_application(traced, core) -> None:  # type: ignore[no-untyped-def]
+    if "setprofile" in core:
+        pytest.skip("an exception out of a profile function also removes it (CPython's rule)")
+    run = traced()
+    assert run.run(interrupt_inside_the_hook) == "interrupted"
+    assert run.session.recorder.faults == 0

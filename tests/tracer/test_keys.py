@@ -1,0 +1,177 @@
+"""Cache-key attributes: lru_cache-style argument keys and return hashes, keyed per process."""
+
+from __future__ import annotations
+
+import functools
+
+from callspan.tracer.keys import KeyHasher, args_key
+from callspan.tracer.selection import CodeInfo
+
+
+class FakeFrame:
+    def __init__(self, **f_locals: object) -> None:
+        self.f_locals = f_locals
+
+
+def plain(a: int, b: str = "x") -> tuple[int, str]:
+    return (a, b)
+
+
+def with_kwargs(a: int, *rest: int, flag: bool = False, **extra: int) -> int:
+    return a + sum(rest) + len(extra) + flag
+
+
+def listy(items: list[int], table: dict[str, int]) -> list[int]:
+    return sorted(items) + sorted(table.values())
+
+
+class Shop:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def price(self, sku: str) -> int:
+        return len(sku) + len(self.name)
+
+
+class Money:
+    def __init__(self, cents: int) -> None:
+        self.cents = cents
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Money) and other.cents == self.cents
+
+    def __hash__(self) -> int:
+        return hash(self.cents)
+
+    def doubled(self) -> int:
+        return 2 * self.cents
+
+
+def test_value_hashed_self_is_not_identity_keyed(traced) -> None:  # type: ignore[no-untyped-def]
+    run = traced()
+    run.run(lambda: (Money(5).doubled(), Money(5).doubled()))
+    nodes = run.sink.named(".Money.doubled")
+    assert len(nodes) == 2 and "callspan.args.identity" not in nodes[0].attributes
+    assert nodes[0].attributes["callspan.args.hash"] == nodes[1].attributes["callspan.args.hash"]
+
+
+def keyed(nodes, name):  # type: ignore[no-untyped-def]
+    return [(n.attributes.get("callspan.args.hash"), n.attributes.get("callspan.return.hash"))
+            for n in nodes if n.name.endswith("." + name)]
+
+
+def test_equal_arguments_give_equal_keys_and_different_give_different(traced) -> None:  # type: ignore[no-untyped-def]
+    run = traced()
+
+    def calls() -> None:
+        plain(1)
+        plain(1, "x")
+        plain(2)
+        plain(1, "y")
+
+    run.run(calls)
+    keys = keyed(run.sink.closed, "plain")
+    assert len(keys) == 4
+    assert keys[0] == keys[1]
+    assert len({k[0] for k in keys}) == 3
+    assert all(k[0] and len(k[0]) == 16 and int(k[0], 16) >= 0 for k in keys)
+    node = run.sink.named(".plain")[0]
+    assert node.attributes["callspan.args.hashable"] is True
+    assert node.attributes["callspan.return.hashable"] is True
+    assert node.attributes["callspan.return.size"] > 0
+
+
+def test_varargs_and_kwargs_are_part_of_the_key(traced) -> None:  # type: ignore[no-untyped-def]
+    run = traced()
+
+    def calls() -> None:
+        with_kwargs(1, 2, 3)
+        with_kwargs(1, 2, 3)
+        with_kwargs(1, 2, 3, flag=True)
+        with_kwargs(1, 2, 3, z=1)
+        with_kwargs(1, 2)
+
+    run.run(calls)
+    keys = [k[0] for k in keyed(run.sink.closed, "with_kwargs")]
+    assert keys[0] == keys[1]
+    assert len(set(keys)) == 4
+
+
+def test_unhashable_arguments_are_flagged_and_fingerprinted(traced) -> None:  # type: ignore[no-untyped-def]
+    run = traced()
+
+    def calls() -> None:
+        listy([3, 1], {"a": 1})
+        listy([3, 1], {"a": 1})
+        listy([1, 3], {"a": 1})
+
+    run.run(calls)
+    nodes = run.sink.named(".listy")
+    assert [n.attributes["callspan.args.hashable"] for n in nodes] == [False] * 3
+    assert nodes[0].attributes["callspan.args.unhashable"] == "list,dict"
+    args = [n.attributes["callspan.args.hash"] for n in nodes]
+    assert args[0] == args[1] != args[2]
+    rets = [n.attributes["callspan.return.hash"] for n in nodes]
+    assert rets[0] == rets[1] == rets[2]  # equal lists fingerprint equally
+    assert nodes[0].attributes["callspan.return.hashable"] is False
+
+
+def test_methods_key_on_self(traced) -> None:  # type: ignore[no-untyped-def]
+    run = traced()
+    a, b = Shop("a"), Shop("b")
+
+    def calls() -> None:
+        a.price("x")
+        a.price("x")
+        b.price("x")
+
+    run.run(calls)
+    nodes = run.sink.named(".Shop.price")
+    keys = [n.attributes["callspan.args.hash"] for n in nodes]
+    assert keys[0] == keys[1] != keys[2]
+    assert all(n.attributes["callspan.method"] is True for n in nodes)
+    assert all(n.attributes["callspan.args.identity"] is True for n in nodes)
+
+
+
+def test_keys_off_and_keys_for_chosen_functions(traced) -> None:  # type: ignore[no-untyped-def]
+    run = traced(keys="off")
+    run.run(lambda: (plain(1), listy([1], {})))
+    assert all("callspan.args.hash" not in n.attributes for n in run.sink.closed)
+    assert all("callspan.return.hash" not in n.attributes for n in run.sink.closed)
+    run = traced(keys="plain")
+    run.run(lambda: (plain(1), listy([1], {})))
+    assert "callspan.args.hash" in run.sink.named(".plain")[0].attributes
+    assert "callspan.args.hash" not in run.sink.named(".listy")[0].attributes
+
+
+def test_hashes_are_keyed_with_the_secret() -> None:
+    one, two = KeyHasher(b"a" * 32), KeyHasher(b"b" * 32)
+    assert one.keyed(12345) == KeyHasher(b"a" * 32).keyed(12345)
+    assert one.keyed(12345) != two.keyed(12345)
+    assert one.keyed(12345) != one.keyed(12346)
+    assert "12345" not in one.keyed(12345) and len(one.keyed(-1)) == 16
+
+
+def test_key_equality_matches_lru_cache() -> None:
+    # Whenever lru_cache would hit, the fingerprints agree; distinct keys do not collide here.
+    # (Known limit: Python hashes str and bytes of equal ASCII content alike, so "1" and b"1"
+    # in the same argument position share a key; lru_cache would tell them apart.)
+    values = [1, 1.0, True, "1", (1,), (1, 2), frozenset({1}), None, b"x1", 2, "2"]
+    seen: dict[int, object] = {}
+
+    @functools.cache
+    def cached(x: object) -> object:
+        return x
+
+    def key_hash(v: object) -> int | None:
+        return args_key(CodeInfo(cached.__wrapped__.__code__, "m", True), FakeFrame(x=v))[0]
+
+    for v in values:
+        cached(v)
+        h = key_hash(v)
+        assert h is not None
+        if h in seen:
+            assert seen[h] == v
+        seen[h] = v
+    assert cached.cache_info().currsize == len({key_hash(v) for v in values}) == 10
