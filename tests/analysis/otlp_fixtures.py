@@ -16,21 +16,12 @@ from callspan.analysis import model, spill
 from callspan.analysis.loader import LoadOptions
 from callspan.analysis.model import Model
 from callspan.analysis.otlp import add_request
+from callspan.otlp_json import any_value
 
 SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "src")
 
 
-def av(value: Any) -> dict[str, Any]:
-    """An OTLP AnyValue (intValue as a JSON string, as OTLP/JSON requires)."""
-    if isinstance(value, bool):
-        return {"boolValue": value}
-    if isinstance(value, int):
-        return {"intValue": str(value)}
-    if isinstance(value, float):
-        return {"doubleValue": value}
-    if isinstance(value, (list, tuple)):
-        return {"arrayValue": {"values": [av(v) for v in value]}}
-    return {"stringValue": value}
+av = any_value  # the project's one encoder (callspan.otlp_json)
 
 
 def kvs(attributes: dict[str, Any]) -> list[dict[str, Any]]:

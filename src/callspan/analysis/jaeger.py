@@ -24,6 +24,7 @@ from typing import Any
 
 from callspan.analysis.otlp import PROCESS_KEY_ATTRIBUTE
 from callspan.errors import CallspanError
+from callspan.otlp_json import any_value
 
 MAX_RESPONSE_BYTES = 1 << 30
 
@@ -33,18 +34,6 @@ _ARRAY_KEYS = frozenset({
 _DROPPED_TAGS = frozenset({"otel.scope.name", "otel.scope.version", "otel.library.name",
                            "otel.library.version", "otel.status_code", "otel.status_description",
                            "span.kind", "internal.span.format"})
-
-
-def _json_any(value: Any) -> dict[str, Any]:
-    if isinstance(value, bool):
-        return {"boolValue": value}
-    if isinstance(value, int):
-        return {"intValue": str(value)}
-    if isinstance(value, float):
-        return {"doubleValue": value}
-    if isinstance(value, list):
-        return {"arrayValue": {"values": [_json_any(v) for v in value]}}
-    return {"stringValue": "" if value is None else str(value)}
 
 
 def _tag_value(key: str, tag: dict[str, Any]) -> dict[str, Any]:
@@ -65,7 +54,7 @@ def _tag_value(key: str, tag: dict[str, Any]) -> dict[str, Any]:
         except ValueError:
             parsed = None
         if isinstance(parsed, list):
-            return _json_any(parsed)
+            return any_value(parsed)
     return {"stringValue": "" if value is None else str(value)}
 
 

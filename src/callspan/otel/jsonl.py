@@ -6,7 +6,6 @@ string intValues, as the OTLP/JSON specification and the Collector write them.
 
 from __future__ import annotations
 
-import base64
 import json
 import threading
 from collections.abc import Sequence
@@ -15,25 +14,7 @@ from typing import IO, Any
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-
-def any_value(value: Any) -> dict[str, Any]:
-    if isinstance(value, bool):
-        return {"boolValue": value}
-    if isinstance(value, int):
-        return {"intValue": str(value)}
-    if isinstance(value, float):
-        return {"doubleValue": value}
-    if isinstance(value, str):
-        return {"stringValue": value}
-    if isinstance(value, bytes):
-        return {"bytesValue": base64.b64encode(value).decode("ascii")}
-    if isinstance(value, (list, tuple)):
-        return {"arrayValue": {"values": [any_value(v) for v in value]}}
-    return {"stringValue": str(value)}
-
-
-def key_values(attributes: Any) -> list[dict[str, Any]]:
-    return [{"key": k, "value": any_value(v)} for k, v in (attributes or {}).items()]
+from callspan.otlp_json import key_values
 
 
 def encode_spans(spans: Sequence[ReadableSpan]) -> dict[str, Any]:
