@@ -1,0 +1,75 @@
+"""Cache figures through the whole pipeline (tracer -> file -> analyzer) equal a real
+functools.lru_cache at every size, on every core, at default settings."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import random
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from callspan.tracer.cores.select import available_cores
+
+PROGRAM = textwrap.dedent("""
+    import random, sys
+
+    def price(k):
+        total = 0
+        for i in range(60):  # a few us: worth keying (CALLSPAN_KEY_MIN_NS)
+            total += (k * i) % 7
+        return total
+
+    def main(seq):
+        for k in seq:
+            price(k)
+
+    rng = random.Random(int(sys.argv[1]))
+    main([int(rng.paretovariate(1.2)) % 300 for _ in range(int(sys.argv[2]))])
+""")
+
+
+def price(k: int) -> int:
+    total = 0
+    for i in range(60):
+        total += (k * i) % 7
+    return total
+
+
+def lru_hits(seq: list[int], size: int | None) -> int:
+    cached = functools.lru_cache(maxsize=size)(price)
+    for k in seq:
+        cached(k)
+    return cached.cache_info().hits
+
+
+@pytest.mark.parametrize("core", available_cores())
+def test_hits_at_every_size_equal_lru_cache_through_file_and_analyzer(core: str, tmp_path: Path) -> None:
+    seed, calls = 5, 5000
+    (tmp_path / "prog.py").write_text(PROGRAM)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "CALLSPAN_"))}
+    env["CALLSPAN_CORE"] = core
+    run = subprocess.run([sys.executable, "-m", "callspan", "run", "-o", "t.jsonl", "prog.py", str(seed), str(calls)],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    analyze = subprocess.run([sys.executable, "-m", "callspan", "analyze", "--format", "json", "--report", "cache",
+                              "--no-progress", "t.jsonl"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert analyze.returncode == 0, analyze.stderr
+    (op,) = [o for o in json.loads(analyze.stdout)["cache"]["opportunities"] if o["function"] == "__main__.price"]
+    rng = random.Random(seed)
+    seq = [int(rng.paretovariate(1.2)) % 300 for _ in range(calls)]
+    assert op["calls"] == calls and op["source"] == "aggregates" and not op["estimated"]
+    assert op["distinct_keys"] == len(set(seq))
+    assert op["hits"] == lru_hits(seq, None)
+    assert op["hit_ratio_at_128"] == round(lru_hits(seq, 128) / calls, 4)
+    assert len(op["curve"]) >= 8
+    for size, ratio in op["curve"]:
+        assert ratio == round(lru_hits(seq, size) / calls, 4), size
+    assert op["advice"]["kind"] == "lru_cache"
+    size = op["recommended_maxsize"]
+    assert op["hit_ratio_at_recommended"] == round(lru_hits(seq, size) / calls, 4)
