@@ -347,9 +347,11 @@ class Recorder:
             if error is None:
                 if info.keys and info.unkeyed < UNKEYABLE_AFTER:
                     record[RET] = value_key(value)
-                    # Sizes only feed memory estimates: measured on one call in RET_SIZE_EVERY.
-                    record[RET_SIZE] = getsizeof(value, 0) if info.sized % RET_SIZE_EVERY == 0 else None
-                    info.sized += 1
+                    # Sizes only feed memory estimates, on spans: measured on one kept call in
+                    # RET_SIZE_EVERY.
+                    if record[KEEP]:
+                        record[RET_SIZE] = getsizeof(value, 0) if info.sized % RET_SIZE_EVERY == 0 else None
+                        info.sized += 1
             elif not isinstance(error, _NOT_ERRORS):
                 record[ERROR] = type(error)
             if stack and cpu is not None:
