@@ -73,3 +73,38 @@ def test_hits_at_every_size_equal_lru_cache_through_file_and_analyzer(core: str,
     assert op["advice"]["kind"] == "lru_cache"
     size = op["recommended_maxsize"]
     assert op["hit_ratio_at_recommended"] == round(lru_hits(seq, size) / calls, 4)
+
+
+RECURSIVE = textwrap.dedent("""
+    def fib(n):
+        return n if n < 2 else fib(n - 1) + fib(n - 2)
+
+    for _ in range(3):
+        fib(20)
+""")
+
+
+@pytest.mark.parametrize("core", available_cores())
+def test_a_recursive_function_is_sized_on_its_memoized_calls(core: str, tmp_path: Path) -> None:
+    (tmp_path / "fib.py").write_text(RECURSIVE)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "CALLSPAN_"))}
+    env["CALLSPAN_CORE"] = core
+    run = subprocess.run([sys.executable, "-m", "callspan", "run", "-o", "t.jsonl", "fib.py"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    analyze = subprocess.run([sys.executable, "-m", "callspan", "analyze", "--format", "json", "--report", "cache",
+                              "--no-progress", "t.jsonl"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    (op,) = json.loads(analyze.stdout)["cache"]["opportunities"]
+
+    @functools.cache
+    def fib(n: int) -> int:  # the memoized version
+        return n if n < 2 else fib(n - 1) + fib(n - 2)
+
+    for _ in range(3):
+        fib(20)
+    info = fib.cache_info()
+    assert op["calls"] == info.hits + info.misses  # the lookups the memoized program makes
+    assert op["hits"] == info.hits and op["distinct_keys"] == info.misses
+    uncached = 3 * (2 * 10946 - 1)  # calls of fib(20), three times
+    assert op["shadowed_calls"] == uncached - op["calls"]
+    assert op["advice"]["kind"] == "lru_cache"

@@ -537,3 +537,28 @@ def test_a_longer_run_keeps_the_same_state_size(traced) -> None:  # type: ignore
         sizes.append((aggregates.total_keys, len(run.sink.windows[0]["node.id"]), len(run.sink.closed)))
     # State per distinct stack and key, spans per trace budget: not per call.
     assert sizes[0] == sizes[1]
+
+
+def memo_fib(n: int) -> int:
+    return n if n < 2 else memo_fib(n - 1) + memo_fib(n - 2)
+
+
+def test_recursive_functions_are_sized_on_the_calls_a_memoized_version_makes(traced) -> None:  # type: ignore[no-untyped-def]
+    run = traced()
+    run.run(memo_fib, 16)
+    windows = run.sink.windows
+
+    @functools.cache
+    def twin(n: int) -> int:  # the memoized version: the same body calling its cached self
+        return n if n < 2 else twin(n - 1) + twin(n - 2)
+
+    twin(16)
+    info = twin.cache_info()
+    total_calls = fib_calls(16)
+    assert calls_by_function(windows)["memo_fib"] == total_calls  # every call still counted
+    shadowed = cache_column(windows, "memo_fib", "shadowed_calls")
+    assert cache_column(windows, "memo_fib", "calls") == total_calls
+    # What is left is the memoized program's sequence of lookups: its misses and hits.
+    assert total_calls - shadowed == info.hits + info.misses
+    assert hits_at(windows, "memo_fib", None) == info.hits
+    assert cache_column(windows, "memo_fib", "keys") == info.misses == 17

@@ -335,6 +335,7 @@ class ProcessResult:
     unhashable_types: list[str] = field(default_factory=list)
     fresh_keys: float = 0.0  # keys whose returns differed only by new objects (hashed by identity)
     cheap_ns: int = 0  # aggregates: the tracer stopped keying it, its calls taking this many ns on average
+    shadowed_calls: int = 0  # aggregates: recursive calls nested in a hit, left out (memoized sequence)
 
     def hits_at(self, size: int) -> float:
         return sum(h for s, h in self.steps if s <= size)
@@ -492,6 +493,9 @@ def aggregate_result(function: int, info: FunctionInfo, data: ProfileData, fids:
     unhashable_types = list(state.unhashable_types)
     if state.unhashable_calls and not unhashable_types:
         unhashable_types = ["(unknown type)"]
+    # A recursive function is sized on the calls its memoized version makes: the calls nested in
+    # hits of the same key are not among them (the tracer left them out of the replay).
+    calls -= min(calls, state.shadowed_calls)
     return ProcessResult(
         function=function, process=info.process, calls=calls, accesses=state.sampled_calls,
         sample_rate=state.rate, estimator="exact" if state.rate >= 1 else "tracer_shards",
@@ -502,7 +506,7 @@ def aggregate_result(function: int, info: FunctionInfo, data: ProfileData, fids:
         saved_by_distance=[(d + 1, row[1], row[2]) for d, row in ordered], hits_by_distance=hits_by,
         source="aggregates", errors=errors, cpu_total=cpu_total, cpu_calls=calls if has_cpu else 0,
         unhashable_calls=state.unhashable_calls, unhashable_types=unhashable_types, fresh_keys=state.fresh_keys,
-        cheap_ns=state.cheap_ns,
+        cheap_ns=state.cheap_ns, shadowed_calls=state.shadowed_calls,
     )
 
 
@@ -604,6 +608,7 @@ class Opportunity:
     source: str = "spans"  # "aggregates" (v2, every call), "spans" (replayed calls) or "mixed" (processes differ)
     fresh_keys: float = 0.0  # aggregates: keys whose returns differed only by new objects each call
     cheap_ns: int = 0  # aggregates: mean wall ns per call when the tracer stopped keying it (too cheap)
+    shadowed_calls: int = 0  # aggregates: recursive calls a memoized version would not make (left out)
     identity: bool = False  # some call's self was hashed by identity (callspan.args.identity)
     identity_collisions: int = 0  # keys with different returns explained by identity keys
     impure_callees: list[str] = field(default_factory=list)  # inconsistent functions it calls, nearest first
@@ -949,6 +954,7 @@ def _opportunity(model: Model, results: list[ProcessResult], total_cpu: dict[str
         identity=identity, identity_collisions=sum(r.identity_collisions for r in results),
         source=sources.pop() if len(sources) == 1 else "mixed", fresh_keys=sum(r.fresh_keys for r in aggregated),
         cheap_ns=max((r.cheap_ns for r in aggregated), default=0),
+        shadowed_calls=sum(r.shadowed_calls for r in aggregated),
     )
     op.advice = _advise(op, options)
     if op.advice.kind in NOT_RECOMMENDED:

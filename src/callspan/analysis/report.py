@@ -209,6 +209,9 @@ def opportunity_text(rank: int, op: Opportunity) -> list[str]:
             facts += f" ({op.identity_collisions:,} keys returned different values: address reuse)"
     if op.overlapping:
         facts += f"; {op.overlapping:,} calls overlapped an identical in-flight call"
+    if op.shadowed_calls:
+        facts += (f"; recursive: sized on the calls a memoized version makes ({op.shadowed_calls:,} calls nested "
+                  "in hits of the same key left out; exact for an unbounded cache)")
     if op.fresh_keys:
         facts += (f"; {op.fresh_keys:,.0f} keys returned a new object each call (not counted as inconsistent; "
                   "a cache would hand out one shared object)")
@@ -313,6 +316,7 @@ def opportunity_json(rank: int, op: Opportunity) -> dict[str, Any]:
         "unhashable_arg_types": op.unhashable_types, "returns_unhashable": op.returns_unhashable,
         "sample_rate": op.sample_rate, "estimated": op.estimated, "estimator": op.estimator,
         "source": op.source, "fresh_keys": round(op.fresh_keys), "cheap_ns": op.cheap_ns,
+        "shadowed_calls": op.shadowed_calls,
         "advice": {"kind": op.advice.kind, "text": op.advice.text, "paste": op.advice.paste},
         "savings": {"cpu": round(op.savings.cpu) if op.cpu_unit != "none" else None,
                     "cpu_unit": op.cpu_unit, "wall_ns": round(op.savings.wall), "hits": round(op.savings.hits),

@@ -20,6 +20,7 @@ import math
 import re
 from typing import Any
 
+from callspan.tracer.record import HIT_ROOT, SHADOWED
 from callspan.tracer.selection import KIND_FUNCTION, KIND_NAMES, CodeInfo
 
 # Latency sketch: relative accuracy ALPHA (DDSketch-style logarithmic buckets).
@@ -116,7 +117,8 @@ class CacheState:
 
     __slots__ = ("keys", "level", "tree", "pos_key", "next_pos", "reuse", "calls", "unhashable_calls",
                  "unhashable_types", "identity_calls", "new_keys", "inconsistent_keys", "inconsistent_calls",
-                 "fresh_keys", "overlaps", "sampled_calls", "sent", "probe_calls", "probe_wall", "cheap_ns")
+                 "fresh_keys", "overlaps", "sampled_calls", "sent", "probe_calls", "probe_wall", "cheap_ns",
+                 "shadowed_calls")
 
     def __init__(self) -> None:
         self.keys: dict[int, _Key] = {}
@@ -128,7 +130,7 @@ class CacheState:
         self.calls = self.unhashable_calls = self.identity_calls = 0
         self.unhashable_types: dict[str, None] = {}
         self.new_keys = self.inconsistent_keys = self.inconsistent_calls = 0
-        self.fresh_keys = self.overlaps = self.sampled_calls = 0
+        self.fresh_keys = self.overlaps = self.sampled_calls = self.shadowed_calls = 0
         self.sent: dict[Any, Any] = {}
         self.probe_calls = self.probe_wall = 0
         self.cheap_ns = 0  # mean wall ns per call when keying stopped for cheapness; 0 while keyed
@@ -193,7 +195,7 @@ class CacheState:
 
 class FunctionAgg:
     __slots__ = ("id", "info", "calls", "errors", "wall", "run", "cpu_self", "wall_sketch", "run_sketch",
-                 "cache", "sent", "sent_wall", "sent_run", "exported")
+                 "cache", "sent", "sent_wall", "sent_run", "exported", "shadow_owner")
 
     def __init__(self, function_id: int, info: CodeInfo) -> None:
         self.id = function_id
@@ -206,6 +208,7 @@ class FunctionAgg:
         self.sent_wall: dict[int, int] = {}
         self.sent_run: dict[int, int] = {}
         self.exported = False
+        self.shadow_owner = 0  # thread ident of the call whose key was cached (a hit) while it runs
 
 
 class Aggregates:
@@ -259,6 +262,27 @@ class Aggregates:
         node = parent.children[info] = self._new_node(parent, info, "")
         return node
 
+    # -- the memoized sequence (called at each keyed call's start) -----------------------------
+
+    def shadow(self, info: CodeInfo, raw: int, thread: int) -> int:
+        """For a synchronous function: SHADOWED when this call runs inside a call of the same
+        function whose key was already cached (a memoized version would not make it), HIT_ROOT
+        when its own key is cached (its nested calls of the function are then shadowed), else 0."""
+        agg = self.functions.get(info)
+        if agg is None or agg.cache is None:
+            return 0
+        if agg.shadow_owner:
+            return SHADOWED if agg.shadow_owner == thread else 0
+        if (raw & _M64) in agg.cache.keys:
+            agg.shadow_owner = thread
+            return HIT_ROOT
+        return 0
+
+    def end_shadow(self, info: CodeInfo) -> None:
+        agg = self.functions.get(info)
+        if agg is not None:
+            agg.shadow_owner = 0
+
     # -- the fold (called at each call's exit) ----------------------------------------------
 
     def function(self, info: CodeInfo) -> FunctionAgg:
@@ -300,7 +324,7 @@ class Aggregates:
             sketch[bucket] = sketch.get(bucket, 0) + 1
 
     def fold_key(self, info: CodeInfo, args: Any, ret: int | None, identity_ret: bool, start: int, end: int,
-                 cpu: int) -> None:
+                 cpu: int, shadow: int = 0) -> None:
         """The cache-analysis part of one finished call: ``args`` is the recorder's argument key
         (raw hash or fingerprint or None, unhashable type names, self hashed by identity);
         ``ret`` the raw hash of the return value (None on error or when it has none)."""
@@ -326,6 +350,9 @@ class Aggregates:
         if raw is None:
             return
         state.calls += 1
+        if shadow == SHADOWED:
+            state.shadowed_calls += 1  # not in the sequence a memoized version would make
+            return
         raw &= _M64
         mixed = mix64(raw)
         if not sampled(mixed, state.level):
@@ -536,10 +563,10 @@ class Aggregates:
 _NODE_COUNTER_COLUMNS = ("node.calls", "node.errors", "node.wall_ns", "node.run_ns", "node.suspended_ns",
                          "node.awaits", "node.cpu_total", "node.cpu_self")
 _CACHE_COUNTERS = ("calls", "unhashable_calls", "identity_calls", "new_keys", "inconsistent_keys",
-                   "inconsistent_calls", "fresh_keys", "overlaps", "sampled_calls")
+                   "inconsistent_calls", "fresh_keys", "overlaps", "sampled_calls", "shadowed_calls")
 _CACHE_COLUMNS = ("cache.calls", "cache.unhashable_calls", "cache.identity_calls", "cache.keys",
                   "cache.inconsistent_keys", "cache.inconsistent_calls", "cache.fresh_keys", "cache.overlaps",
-                  "cache.sampled_calls")
+                  "cache.sampled_calls", "cache.shadowed_calls")
 _CACHE_DOUBLE_COLUMNS = frozenset(("cache.keys", "cache.inconsistent_keys", "cache.inconsistent_calls",
                                    "cache.fresh_keys", "cache.overlaps"))
 

@@ -21,6 +21,7 @@ from callspan.tracer.aggregate import Aggregates, Node
 from callspan.tracer.counters import CpuCounter, native_reader
 from callspan.tracer.keys import RET_SIZE_EVERY, UNKEYABLE_AFTER, args_key, value_key
 from callspan.tracer.record import (
+    HIT_ROOT,
     R_ARGS,
     R_CHILD_CPU,
     R_CPU,
@@ -35,13 +36,14 @@ from callspan.tracer.record import (
     R_RET,
     R_RET_SIZE,
     R_SEG_CPU,
+    R_SHADOW,
     R_START,
     R_SUSP_AT,
     R_SUSP_NS,
     R_SUSPENDS,
     Record,
 )
-from callspan.tracer.selection import KIND_COROUTINE, CodeInfo, Selector
+from callspan.tracer.selection import KIND_COROUTINE, KIND_FUNCTION, CodeInfo, Selector
 
 Clock = Callable[[], int]
 
@@ -211,8 +213,11 @@ class Recorder:
         if args is not None:
             ret = record[R_RET]
             raw = ret[0] if returned and ret is not None else None
+            shadow = record[R_SHADOW]
             aggregates.fold_key(info, args, raw, raw is not None and type(value).__hash__ is _OBJECT_HASH,
-                                start, end, cpu)
+                                start, end, cpu, shadow)
+            if shadow == HIT_ROOT:
+                aggregates.end_shadow(info)
 
     def keep_root(self, context: Any) -> int:
         """1 when a new trace keeps spans (its root's R_KEEP), else 0: the application's
@@ -260,6 +265,8 @@ class Recorder:
         fold_record = self.fold_record
         keep_root = self.keep_root
         max_spans = self.max_spans_per_trace
+        shadow_of = aggregates.shadow
+        FUNCTION = KIND_FUNCTION
         COROUTINE = KIND_COROUTINE
         # Record slots as closure constants (module globals cost a dict lookup per use).
         INFO, PARENT, START, END, SEG_CPU, CPU, CHILD_CPU = R_INFO, R_PARENT, R_START, R_END, R_SEG_CPU, R_CPU, R_CHILD_CPU
@@ -317,10 +324,13 @@ class Recorder:
                     else:
                         info.unkeyed = 0
             # Layout: see callspan.tracer.record.
+            shadow = 0
+            if args is not None and args[0] is not None and info.kind == FUNCTION:
+                shadow = shadow_of(info, args[0], state.ident)
             record = [info, parent, root, 0, 0, 0, 0, 0,
                       args,
                       None, 0, None, 0, 0, 0, state, context, prev, via_task, False, None,
-                      child_node(parent_node, info), keep]
+                      child_node(parent_node, info), keep, shadow]
             stack.append(record)
             if info.kind == COROUTINE:
                 current_set(record)

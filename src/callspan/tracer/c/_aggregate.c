@@ -75,7 +75,7 @@ typedef struct {
 } ReuseEntry;
 
 enum { C_CALLS, C_UNHASHABLE, C_IDENTITY, C_NEW_KEYS, C_INCONSISTENT_KEYS, C_INCONSISTENT_CALLS, C_FRESH,
-       C_OVERLAPS, C_SAMPLED, N_CACHE };
+       C_OVERLAPS, C_SAMPLED, C_SHADOWED, N_CACHE };
 
 typedef struct {
     Key *keys;           /* dense; a key moves only when keys are shed (lower_rate) */
@@ -105,6 +105,7 @@ typedef struct FuncAgg {
     int64_t pend[N_FUNC];
     Sketch wall, run;
     CacheState *cache;
+    unsigned long shadow_owner; /* thread of the running call whose key was cached (a hit), or 0 */
 } FuncAgg;
 
 enum { N_CALLS, N_ERRORS, N_WALL, N_RUN, N_SUSPENDED, N_AWAITS, N_CPU_TOTAL, N_CPU_SELF, N_NODE };
@@ -288,6 +289,29 @@ function_of(Aggregates *a, CodeInfoObject *ci)
         ci->agg_serial = a->serial;
     }
     return fn;
+}
+
+/* aggregate.Aggregates.shadow, for a synchronous function's keyed call starting on ``thread``:
+ * SHADOW_SHADOWED inside a running call of the same function whose key was cached (a memoized
+ * version would not make it), SHADOW_HIT_ROOT when its own key is cached, else SHADOW_NONE. */
+static int key_cached(FuncAgg *fn, uint64_t raw);
+static int parse_args(PyObject *args, uint64_t *raw, PyObject **names, int *identity);
+
+int
+cs_shadow(Aggregates *a, CodeInfoObject *ci, PyObject *args, unsigned long thread)
+{
+    FuncAgg *fn = function_of(a, ci);
+    if (fn == NULL || fn->cache == NULL)
+        return SHADOW_NONE;
+    if (fn->shadow_owner)
+        return fn->shadow_owner == thread ? SHADOW_SHADOWED : SHADOW_NONE;
+    uint64_t raw;
+    PyObject *names;
+    int identity;
+    if (!parse_args(args, &raw, &names, &identity) || !key_cached(fn, raw))
+        return SHADOW_NONE;
+    fn->shadow_owner = thread;
+    return SHADOW_HIT_ROOT;
 }
 
 /* Gives ``fn`` its id where the reference's Aggregates.function(info) would first be called. */
@@ -499,6 +523,13 @@ key_find(CacheState *s, uint64_t raw, uint64_t mixed)
             return key;
     }
     return NULL;
+}
+
+static int
+key_cached(FuncAgg *fn, uint64_t raw)
+{
+    CacheState *s = fn->cache;
+    return s != NULL && s->index != NULL && key_find(s, raw, mix64(raw)) != NULL;
 }
 
 static int
@@ -751,7 +782,7 @@ parse_args(PyObject *args, uint64_t *raw, PyObject **names, int *identity)
 /* aggregate.Aggregates.fold_key; -1 when something could not be recorded. */
 static int
 fold_key(Aggregates *a, FuncAgg *fn, PyObject *args, int has_ret, int64_t ret, int identity_ret,
-         int64_t start, int64_t end, int64_t cpu)
+         int64_t start, int64_t end, int64_t cpu, long long shadow)
 {
     uint64_t raw = 0;
     PyObject *names;
@@ -785,6 +816,10 @@ fold_key(Aggregates *a, FuncAgg *fn, PyObject *args, int has_ret, int64_t ret, i
     if (!has_raw)
         return 0;
     s->pend[C_CALLS]++;
+    if (shadow == SHADOW_SHADOWED) { /* not in the sequence a memoized version would make */
+        s->pend[C_SHADOWED]++;
+        return 0;
+    }
     uint64_t mixed = mix64(raw);
     if (!sampled(mixed, s->level))
         return 0;
@@ -934,7 +969,10 @@ cs_fold_record(Aggregates *a, RecordObject *r, PyObject *value, int returned)
             PyErr_Clear();
         }
         int identity_ret = has_ret && value != NULL && Py_TYPE(value)->tp_hash == PyBaseObject_Type.tp_hash;
-        lost |= fold_key(a, fn, args, has_ret, ret_hash, identity_ret, start, end, cpu) < 0;
+        long long shadow = r->n[NUM_SHADOW];
+        lost |= fold_key(a, fn, args, has_ret, ret_hash, identity_ret, start, end, cpu, shadow) < 0;
+        if (shadow == SHADOW_HIT_ROOT)
+            fn->shadow_owner = 0;
     }
     if (lost)
         a->lost_calls++;
@@ -1068,15 +1106,15 @@ static const char *const WINDOW_COLUMNS[] = {
     "wall.function", "wall.bucket", "wall.count", "run.function", "run.bucket", "run.count",
     "cache.function", "cache.calls", "cache.unhashable_calls", "cache.identity_calls", "cache.keys",
     "cache.inconsistent_keys", "cache.inconsistent_calls", "cache.fresh_keys", "cache.overlaps",
-    "cache.sampled_calls", "cache.unhashable_types", "cache.rate", "cache.cheap_ns",
+    "cache.sampled_calls", "cache.shadowed_calls", "cache.unhashable_types", "cache.rate", "cache.cheap_ns",
     "reuse.function", "reuse.distance", "reuse.hits", "reuse.cpu", "reuse.wall_ns",
 };
 enum {
-    COL_FUNCTION = 0, COL_NODE = 10, COL_WALL = 22, COL_RUN = 25, COL_CACHE = 28, COL_REUSE = 41,
-    N_COLUMNS = 46
+    COL_FUNCTION = 0, COL_NODE = 10, COL_WALL = 22, COL_RUN = 25, COL_CACHE = 28, COL_REUSE = 42,
+    N_COLUMNS = 47
 };
 /* cache counters exported as doubles (aggregate._CACHE_DOUBLE_COLUMNS) */
-static const char CACHE_DOUBLE[N_CACHE] = {0, 0, 0, 1, 1, 1, 1, 1, 0};
+static const char CACHE_DOUBLE[N_CACHE] = {0, 0, 0, 1, 1, 1, 1, 1, 0, 0};
 
 static int
 append_steal(PyObject *list, PyObject *item)
@@ -1223,9 +1261,9 @@ Aggregates_export_window(Aggregates *a, PyObject *unused)
             if (append_steal(col[1 + k], item) < 0)
                 goto error;
         }
-        if (PyList_Append(col[10], row->types ? row->types : str_empty_label) < 0 ||
-            append_steal(col[11], PyFloat_FromDouble(ldexp(1.0, -row->level))) < 0 ||
-            append_steal(col[12], PyLong_FromLongLong(row->cheap_ns)) < 0)
+        if (PyList_Append(col[1 + N_CACHE], row->types ? row->types : str_empty_label) < 0 ||
+            append_steal(col[2 + N_CACHE], PyFloat_FromDouble(ldexp(1.0, -row->level))) < 0 ||
+            append_steal(col[3 + N_CACHE], PyLong_FromLongLong(row->cheap_ns)) < 0)
             goto error;
     }
     for (size_t i = 0; i < reuses.len; i++) {

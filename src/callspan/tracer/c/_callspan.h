@@ -33,14 +33,16 @@ CS_HIDDEN PyObject *cs_callback_result(PyObject *result);
 enum {
     R_INFO, R_PARENT, R_ROOT, R_START, R_END, R_SEG_CPU, R_CPU, R_CHILD_CPU, R_ARGS, R_RET,
     R_RET_SIZE, R_ERROR, R_SUSPENDS, R_SUSP_NS, R_SUSP_AT, R_THREAD, R_CONTEXT, R_PREV_CURRENT,
-    R_VIA_TASK, R_INCOMPLETE, R_OUT, R_NODE, R_KEEP, RECORD_SIZE
+    R_VIA_TASK, R_INCOMPLETE, R_OUT, R_NODE, R_KEEP, R_SHADOW, RECORD_SIZE
 };
+/* R_SHADOW values (callspan.tracer.record.HIT_ROOT, SHADOWED) */
+enum { SHADOW_NONE, SHADOW_HIT_ROOT, SHADOW_SHADOWED };
 
 enum { KIND_FUNCTION, KIND_COROUTINE, KIND_GENERATOR, KIND_ASYNC_GENERATOR };
 
 /* A Record holds the integer slots as C integers (n[]), R_NODE as the node's id in the
  * aggregates (0: none), the others as objects (o[]). */
-#define N_NUM 9
+#define N_NUM 10
 #define N_OBJ (RECORD_SIZE - N_NUM - 1)
 /* Index of each integer slot in n[] and of each object slot in o[] */
 #define NUM_START 0
@@ -52,6 +54,7 @@ enum { KIND_FUNCTION, KIND_COROUTINE, KIND_GENERATOR, KIND_ASYNC_GENERATOR };
 #define NUM_SUSP_NS 6
 #define NUM_SUSP_AT 7
 #define NUM_KEEP 8
+#define NUM_SHADOW 9
 #define OBJ_INFO 0
 #define OBJ_PARENT 1
 #define OBJ_ROOT 2
@@ -151,6 +154,8 @@ CS_HIDDEN uint32_t cs_thread_root(Aggregates *a, ThreadStateObject *ts);
 CS_HIDDEN uint32_t cs_child(Aggregates *a, uint32_t parent, CodeInfoObject *ci);
 /* recorder.fold_record for a Record: never fails (what cannot be folded is counted lost). */
 CS_HIDDEN void cs_fold_record(Aggregates *a, RecordObject *record, PyObject *value, int returned);
+/* aggregate.Aggregates.shadow for a synchronous function's keyed call (R_SHADOW's value). */
+CS_HIDDEN int cs_shadow(Aggregates *a, CodeInfoObject *ci, PyObject *args, unsigned long thread);
 CS_HIDDEN int cs_aggregates_ready(PyObject *module);
 
 #endif

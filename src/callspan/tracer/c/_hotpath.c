@@ -520,6 +520,11 @@ hp_start(HotPath *hp, PyObject *info, PyFrameObject *frame)
     o[OBJ_OUT] = Py_NewRef(Py_None);
     memset(made->n, 0, sizeof(made->n));
     made->n[NUM_KEEP] = keep;
+    /* Python: recorder.start, shadow_of (a keyed call of a synchronous function with a hash) */
+    if (args != NULL && kind == KIND_FUNCTION &&
+        (PyLong_CheckExact(args) || (PyTuple_Check(args) && PyTuple_GET_SIZE(args) == 3 &&
+                                     PyLong_Check(PyTuple_GET_ITEM(args, 0)))))
+        made->n[NUM_SHADOW] = cs_shadow(hp->aggs, ci, args, PyThread_get_thread_ident());
     /* 0 when the node could not be made (out of memory): the call is counted lost at its fold */
     made->node = cs_child(hp->aggs, parent_node, ci);
     if (PyList_Append(stack, record) < 0)

@@ -16,7 +16,7 @@ static PyObject *str_empty;
 static const signed char NUM_SLOT[RECORD_SIZE] = {
     [R_START] = 1 + NUM_START, [R_END] = 1 + NUM_END, [R_SEG_CPU] = 1 + NUM_SEG_CPU, [R_CPU] = 1 + NUM_CPU,
     [R_CHILD_CPU] = 1 + NUM_CHILD_CPU, [R_SUSPENDS] = 1 + NUM_SUSPENDS, [R_SUSP_NS] = 1 + NUM_SUSP_NS,
-    [R_SUSP_AT] = 1 + NUM_SUSP_AT, [R_KEEP] = 1 + NUM_KEEP,
+    [R_SUSP_AT] = 1 + NUM_SUSP_AT, [R_KEEP] = 1 + NUM_KEEP, [R_SHADOW] = 1 + NUM_SHADOW,
 };
 static const signed char OBJ_SLOT[RECORD_SIZE] = {
     [R_INFO] = 1 + OBJ_INFO, [R_PARENT] = 1 + OBJ_PARENT, [R_ROOT] = 1 + OBJ_ROOT, [R_ARGS] = 1 + OBJ_ARGS,
