@@ -221,7 +221,8 @@ def test_compiled_records_are_compact_untracked_and_indexable_like_list_records(
     assert rec[record.R_END] >= rec[record.R_START] > 0 and rec[record.R_SUSPENDS] == 0
     assert rec[record.R_PARENT] is None and rec[record.R_ERROR] is None and rec[record.R_INCOMPLETE] is False
     assert rec[record.R_ARGS][0] == hash(3) and rec[record.R_RET][0] == hash(6)
-    assert rec[record.R_KEEP] == 1 and rec[-1] == rec[record.R_SHADOW] == 0  # a root: its trace keeps 1 span
+    assert rec[record.R_KEEP] == 1  # a root: its trace keeps 1 span
+    assert rec[-1] == rec[record.R_SHADOW] == record.ACTIVE  # a keyed call, not recursive: no lookup
     assert isinstance(rec[record.R_NODE], int) and rec[record.R_NODE] > 1  # under the thread's root node
     with pytest.raises(TypeError):
         rec[record.R_NODE] = 1

@@ -20,7 +20,7 @@ import math
 import re
 from typing import Any
 
-from callspan.tracer.record import HIT_ROOT, SHADOWED
+from callspan.tracer.record import ACTIVE, HIT_ROOT, SHADOWED
 from callspan.tracer.selection import KIND_FUNCTION, KIND_NAMES, CodeInfo
 
 # Latency sketch: relative accuracy ALPHA (DDSketch-style logarithmic buckets).
@@ -227,6 +227,8 @@ class Aggregates:
         self.functions: dict[CodeInfo, FunctionAgg] = {}
         self.function_list: list[FunctionAgg] = []
         self.total_keys = 0
+        self.active: dict[CodeInfo, int] = {}  # running keyed calls of synchronous functions
+        self.recursive: set[CodeInfo] = set()  # functions seen running inside themselves
         self.other_calls = 0  # cumulative, calls folded into (other) nodes
         self.sent_other_calls = 0
         self.window = 0
@@ -265,23 +267,34 @@ class Aggregates:
     # -- the memoized sequence (called at each keyed call's start) -----------------------------
 
     def shadow(self, info: CodeInfo, raw: int, thread: int) -> int:
-        """For a synchronous function: SHADOWED when this call runs inside a call of the same
-        function whose key was already cached (a memoized version would not make it), HIT_ROOT
-        when its own key is cached (its nested calls of the function are then shadowed), else 0."""
+        """At a synchronous function's keyed call: ACTIVE (it is counted among the function's
+        running calls), plus, once the function has been seen running inside itself (recursive),
+        SHADOWED when this call runs inside a call of the same function whose key was already
+        cached (a memoized version would not make it) or HIT_ROOT when its own key is cached (its
+        nested calls are then shadowed). Non-recursive functions skip the key lookup."""
+        active = self.active.get(info, 0)
+        if active:
+            self.recursive.add(info)
+        self.active[info] = active + 1
+        if info not in self.recursive:
+            return ACTIVE
         agg = self.functions.get(info)
         if agg is None or agg.cache is None:
-            return 0
+            return ACTIVE
         if agg.shadow_owner:
-            return SHADOWED if agg.shadow_owner == thread else 0
+            return ACTIVE | SHADOWED if agg.shadow_owner == thread else ACTIVE
         if (raw & _M64) in agg.cache.keys:
             agg.shadow_owner = thread
-            return HIT_ROOT
-        return 0
+            return ACTIVE | HIT_ROOT
+        return ACTIVE
 
-    def end_shadow(self, info: CodeInfo) -> None:
-        agg = self.functions.get(info)
-        if agg is not None:
-            agg.shadow_owner = 0
+    def end_shadow(self, info: CodeInfo, shadow: int) -> None:
+        """The call that ``shadow`` marked has finished (folded)."""
+        self.active[info] -= 1
+        if shadow & HIT_ROOT:
+            agg = self.functions.get(info)
+            if agg is not None:
+                agg.shadow_owner = 0
 
     # -- the fold (called at each call's exit) ----------------------------------------------
 
@@ -350,7 +363,7 @@ class Aggregates:
         if raw is None:
             return
         state.calls += 1
-        if shadow == SHADOWED:
+        if shadow & SHADOWED:
             state.shadowed_calls += 1  # not in the sequence a memoized version would make
             return
         raw &= _M64

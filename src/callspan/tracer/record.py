@@ -36,8 +36,8 @@ Record = list[Any]
     R_OUT,         # builder-side state (the builder owns this slot)
     R_NODE,        # the call-tree node this call folds into (callspan.tracer.aggregate.Node)
     R_KEEP,        # becomes a span: for a root, how many spans its trace keeps so far (0: none); else 0/1
-    R_SHADOW,      # memoized sequence: 0, HIT_ROOT (its key was cached) or SHADOWED (nested in a hit)
+    R_SHADOW,      # memoized sequence: bits HIT_ROOT (its key was cached), SHADOWED (nested in a hit), ACTIVE
 ) = range(24)
 
 RECORD_SIZE = 24
-HIT_ROOT, SHADOWED = 1, 2
+HIT_ROOT, SHADOWED, ACTIVE = 1, 2, 4  # ACTIVE: counted among its function's running keyed calls

@@ -21,7 +21,6 @@ from callspan.tracer.aggregate import Aggregates, Node
 from callspan.tracer.counters import CpuCounter, native_reader
 from callspan.tracer.keys import RET_SIZE_EVERY, UNKEYABLE_AFTER, args_key, value_key
 from callspan.tracer.record import (
-    HIT_ROOT,
     R_ARGS,
     R_CHILD_CPU,
     R_CPU,
@@ -216,8 +215,8 @@ class Recorder:
             shadow = record[R_SHADOW]
             aggregates.fold_key(info, args, raw, raw is not None and type(value).__hash__ is _OBJECT_HASH,
                                 start, end, cpu, shadow)
-            if shadow == HIT_ROOT:
-                aggregates.end_shadow(info)
+            if shadow:
+                aggregates.end_shadow(info, shadow)
 
     def keep_root(self, context: Any) -> int:
         """1 when a new trace keeps spans (its root's R_KEEP), else 0: the application's

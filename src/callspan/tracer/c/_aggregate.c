@@ -106,6 +106,8 @@ typedef struct FuncAgg {
     Sketch wall, run;
     CacheState *cache;
     unsigned long shadow_owner; /* thread of the running call whose key was cached (a hit), or 0 */
+    int64_t active;             /* running keyed calls (synchronous functions), all threads */
+    uint8_t recursive;          /* seen running inside itself: the key lookup at start is on */
 } FuncAgg;
 
 enum { N_CALLS, N_ERRORS, N_WALL, N_RUN, N_SUSPENDED, N_AWAITS, N_CPU_TOTAL, N_CPU_SELF, N_NODE };
@@ -292,8 +294,9 @@ function_of(Aggregates *a, CodeInfoObject *ci)
 }
 
 /* aggregate.Aggregates.shadow, for a synchronous function's keyed call starting on ``thread``:
+ * SHADOW_ACTIVE (counted running), plus, for a function seen running inside itself,
  * SHADOW_SHADOWED inside a running call of the same function whose key was cached (a memoized
- * version would not make it), SHADOW_HIT_ROOT when its own key is cached, else SHADOW_NONE. */
+ * version would not make it) or SHADOW_HIT_ROOT when its own key is cached. */
 static int key_cached(FuncAgg *fn, uint64_t raw);
 static int parse_args(PyObject *args, uint64_t *raw, PyObject **names, int *identity);
 
@@ -301,17 +304,22 @@ int
 cs_shadow(Aggregates *a, CodeInfoObject *ci, PyObject *args, unsigned long thread)
 {
     FuncAgg *fn = function_of(a, ci);
-    if (fn == NULL || fn->cache == NULL)
+    if (fn == NULL)
         return SHADOW_NONE;
+    if (fn->active)
+        fn->recursive = 1;
+    fn->active++;
+    if (!fn->recursive || fn->cache == NULL) /* only recursive functions pay for the lookup */
+        return SHADOW_ACTIVE;
     if (fn->shadow_owner)
-        return fn->shadow_owner == thread ? SHADOW_SHADOWED : SHADOW_NONE;
+        return fn->shadow_owner == thread ? SHADOW_ACTIVE | SHADOW_SHADOWED : SHADOW_ACTIVE;
     uint64_t raw;
     PyObject *names;
     int identity;
     if (!parse_args(args, &raw, &names, &identity) || !key_cached(fn, raw))
-        return SHADOW_NONE;
+        return SHADOW_ACTIVE;
     fn->shadow_owner = thread;
-    return SHADOW_HIT_ROOT;
+    return SHADOW_ACTIVE | SHADOW_HIT_ROOT;
 }
 
 /* Gives ``fn`` its id where the reference's Aggregates.function(info) would first be called. */
@@ -816,7 +824,7 @@ fold_key(Aggregates *a, FuncAgg *fn, PyObject *args, int has_ret, int64_t ret, i
     if (!has_raw)
         return 0;
     s->pend[C_CALLS]++;
-    if (shadow == SHADOW_SHADOWED) { /* not in the sequence a memoized version would make */
+    if (shadow & SHADOW_SHADOWED) { /* not in the sequence a memoized version would make */
         s->pend[C_SHADOWED]++;
         return 0;
     }
@@ -971,7 +979,9 @@ cs_fold_record(Aggregates *a, RecordObject *r, PyObject *value, int returned)
         int identity_ret = has_ret && value != NULL && Py_TYPE(value)->tp_hash == PyBaseObject_Type.tp_hash;
         long long shadow = r->n[NUM_SHADOW];
         lost |= fold_key(a, fn, args, has_ret, ret_hash, identity_ret, start, end, cpu, shadow) < 0;
-        if (shadow == SHADOW_HIT_ROOT)
+        if (shadow & SHADOW_ACTIVE)
+            fn->active--;
+        if (shadow & SHADOW_HIT_ROOT)
             fn->shadow_owner = 0;
     }
     if (lost)
