@@ -229,3 +229,33 @@ def test_collector_killed_mid_run_and_restarted(otelcol: Any, tmp_path: Path) ->
     # reports as exported is at least what the file holds, and the program lost nothing silently.
     assert 0 < len(stored) <= total - lost
     assert len({s["spanId"] for s in stored}) == len(stored)
+
+
+MANY_STACKS = textwrap.dedent('''
+    # 300 functions, each calling every other: 90,000 distinct stacks, a profile of many chunks.
+    import stacks_mod
+    for f in stacks_mod.FUNCS:
+        f(0)
+    print("done")
+''')
+STACKS_MODULE = "".join(f"def f{i}(depth):\n    return 0 if depth else sum(g(1) for g in FUNCS)\n\n"
+                        for i in range(300)) + "FUNCS = [globals()[f'f{i}'] for i in range(300)]\n"
+
+
+def test_a_dead_collector_does_not_hold_the_exit_of_a_multi_chunk_profile(tmp_path: Path) -> None:
+    script = tmp_path / "stacks.py"
+    script.write_text(MANY_STACKS)
+    (tmp_path / "stacks_mod.py").write_text(STACKS_MODULE)
+    dead = otelbins.free_port()
+    started = time.monotonic()
+    result = callspan_run("--otlp", f"http://127.0.0.1:{dead}", "--export-timeout", "8", "-o", "local.jsonl",
+                          str(script), cwd=tmp_path)
+    elapsed = time.monotonic() - started
+    assert result.returncode == 0 and result.stdout == "done\n", result.stderr
+    lost = LOST.search(result.stderr.strip().splitlines()[-1])
+    assert lost and lost.group(1) == lost.group(2), result.stderr
+    local = spans_of([json.loads(line) for line in (tmp_path / "local.jsonl").read_text().splitlines()])
+    assert len([s for s in local if s["name"] == "callspan.profile"]) >= 8  # a profile of many chunks
+    # Bounded by the chunk-flushing budget (5 s) and one export timeout (8 s), plus start-up: not
+    # by an export timeout per chunk.
+    assert elapsed < 5 + 8 + 15, elapsed

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +22,8 @@ PROFILE_PREFIX = "callspan.profile."
 # Nodes per callspan.profile span: ~100 bytes each in OTLP protobuf, so a chunk stays far below
 # the Collector's default 4 MiB gRPC message limit even with the other columns beside it.
 PROFILE_CHUNK_NODES = 10_000
+# Most seconds spent flushing the chunks of one window one by one (see OtelSink.profile).
+PROFILE_FLUSH_BUDGET_S = 5.0
 # The groups of columns of a window (docs/span-schema.md, schema v2), chunked independently.
 _GROUPS = ("node.", "wall.", "run.", "cache.", "reuse.")
 
@@ -152,6 +155,10 @@ class OtelSink:
         data = {name: values for name, values in columns.items()
                 if name not in ("window", "other_nodes", "lost_calls")}
         chunks = chunk_window(data)
+        flush: Callable[[int], bool] | None = getattr(self._provider or trace.get_tracer_provider(),
+                                                     "force_flush", None)
+        flushing = len(chunks) > 1 and flush is not None
+        deadline = time.monotonic() + PROFILE_FLUSH_BUDGET_S
         for index, chunk in enumerate(chunks):
             attributes: dict[str, Any] = {
                 PROFILE_PREFIX + "window": window, PROFILE_PREFIX + "chunk": index,
@@ -170,15 +177,17 @@ class OtelSink:
                 self.profile_spans += 1
             except Exception:
                 self.faults += 1
-            if len(chunks) > 1 and index + 1 < len(chunks):
+            if flushing and index + 1 < len(chunks):
                 # A batching processor would put every chunk of a window into one request: send
                 # each on its own so that a request stays below the receiver's message limit.
-                flush = getattr(self._provider or trace.get_tracer_provider(), "force_flush", None)
-                if flush is not None:
-                    try:
-                        flush(10_000)
-                    except Exception:
-                        self.faults += 1
+                # Within a bounded time: a dead or slow collector stops the flushing (the
+                # processor's queue and its export timeout then bound what waits).
+                left = deadline - time.monotonic()
+                try:
+                    flushing = left > 0 and flush is not None and bool(flush(int(left * 1000)))
+                except Exception:
+                    self.faults += 1
+                    flushing = False
 
     def close(self, node: SpanNode) -> None:
         span = node.handle
