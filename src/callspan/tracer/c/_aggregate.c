@@ -298,10 +298,10 @@ function_of(Aggregates *a, CodeInfoObject *ci)
  * SHADOW_SHADOWED inside a running call of the same function whose key was cached (a memoized
  * version would not make it) or SHADOW_HIT_ROOT when its own key is cached. */
 static int key_cached(FuncAgg *fn, uint64_t raw);
-static int parse_args(PyObject *args, uint64_t *raw, PyObject **names, int *identity);
+static int record_args(RecordObject *r, uint64_t *raw, PyObject **names, int *identity);
 
 int
-cs_shadow(Aggregates *a, CodeInfoObject *ci, PyObject *args, unsigned long thread)
+cs_shadow(Aggregates *a, CodeInfoObject *ci, RecordObject *record, unsigned long thread)
 {
     FuncAgg *fn = function_of(a, ci);
     if (fn == NULL)
@@ -316,7 +316,7 @@ cs_shadow(Aggregates *a, CodeInfoObject *ci, PyObject *args, unsigned long threa
     uint64_t raw;
     PyObject *names;
     int identity;
-    if (!parse_args(args, &raw, &names, &identity) || !key_cached(fn, raw))
+    if (!record_args(record, &raw, &names, &identity) || !key_cached(fn, raw))
         return SHADOW_ACTIVE;
     fn->shadow_owner = thread;
     return SHADOW_ACTIVE | SHADOW_HIT_ROOT;
@@ -764,14 +764,15 @@ shed_keys(Aggregates *a)
 
 /* Parses a record's argument key: 1 with *raw set, 0 for no raw hash; names/identity out. */
 static int
-parse_args(PyObject *args, uint64_t *raw, PyObject **names, int *identity)
+record_args(RecordObject *r, uint64_t *raw, PyObject **names, int *identity)
 {
-    if (PyLong_CheckExact(args)) { /* compact: (raw, "", False) */
-        *raw = PyLong_AsUnsignedLongLongMask(args);
+    if (r->args_kind != KEY_OBJECT) { /* compact: (raw, "", identity) */
+        *raw = (uint64_t)r->args_raw;
         *names = NULL;
-        *identity = 0;
+        *identity = r->args_kind == KEY_COMPACT_IDENTITY;
         return 1;
     }
+    PyObject *args = r->o[OBJ_ARGS];
     if (!PyTuple_Check(args) || PyTuple_GET_SIZE(args) != 3) {
         *names = NULL;
         *identity = 0;
@@ -789,13 +790,13 @@ parse_args(PyObject *args, uint64_t *raw, PyObject **names, int *identity)
 
 /* aggregate.Aggregates.fold_key; -1 when something could not be recorded. */
 static int
-fold_key(Aggregates *a, FuncAgg *fn, PyObject *args, int has_ret, int64_t ret, int identity_ret,
+fold_key(Aggregates *a, FuncAgg *fn, RecordObject *r, int has_ret, int64_t ret, int identity_ret,
          int64_t start, int64_t end, int64_t cpu, long long shadow)
 {
     uint64_t raw = 0;
     PyObject *names;
     int identity;
-    int has_raw = parse_args(args, &raw, &names, &identity);
+    int has_raw = record_args(r, &raw, &names, &identity);
     if (!has_raw && names == NULL)
         return 0;
     CacheState *s = fn->cache;
@@ -961,15 +962,20 @@ cs_fold_record(Aggregates *a, RecordObject *r, PyObject *value, int returned)
     if (((CodeInfoObject *)info)->kind != KIND_FUNCTION)
         lost |= sketch_add(&fn->run, sketch_bucket(run)) < 0;
     /* the key */
-    PyObject *args = r->o[OBJ_ARGS];
-    if (args != Py_None) {
+    if (r->args_kind != KEY_OBJECT || r->o[OBJ_ARGS] != Py_None) {
         PyObject *ret = r->o[OBJ_RET];
         PyObject *raw = NULL;
-        if (returned && ret != Py_None)
-            raw = PyLong_CheckExact(ret) ? ret : (PyTuple_Check(ret) && PyTuple_GET_SIZE(ret) ? PyTuple_GET_ITEM(ret, 0) : NULL);
         int64_t ret_hash = 0;
-        int has_ret = raw != NULL && raw != Py_None && PyLong_Check(raw);
-        if (has_ret) {
+        int has_ret = 0;
+        if (returned && r->ret_kind != KEY_OBJECT) {
+            ret_hash = r->ret_raw;
+            has_ret = 1;
+        }
+        else if (returned && ret != Py_None) {
+            raw = PyTuple_Check(ret) && PyTuple_GET_SIZE(ret) ? PyTuple_GET_ITEM(ret, 0) : NULL;
+            has_ret = raw != NULL && raw != Py_None && PyLong_Check(raw);
+        }
+        if (raw != NULL && has_ret) {
             int overflow;
             ret_hash = PyLong_AsLongLongAndOverflow(raw, &overflow);
             if (overflow) /* not a hash: never happens, keep it distinct anyway */
@@ -978,7 +984,7 @@ cs_fold_record(Aggregates *a, RecordObject *r, PyObject *value, int returned)
         }
         int identity_ret = has_ret && value != NULL && Py_TYPE(value)->tp_hash == PyBaseObject_Type.tp_hash;
         long long shadow = r->n[NUM_SHADOW];
-        lost |= fold_key(a, fn, args, has_ret, ret_hash, identity_ret, start, end, cpu, shadow) < 0;
+        lost |= fold_key(a, fn, r, has_ret, ret_hash, identity_ret, start, end, cpu, shadow) < 0;
         if (shadow & SHADOW_ACTIVE)
             fn->active--;
         if (shadow & SHADOW_HIT_ROOT)

@@ -69,11 +69,19 @@ enum { KIND_FUNCTION, KIND_COROUTINE, KIND_GENERATOR, KIND_ASYNC_GENERATOR };
 #define OBJ_INCOMPLETE 11
 #define OBJ_OUT 12
 
+/* Compact keys: a plain hashable argument key or return value is kept as its raw hash in C
+ * (no int object, no tuple per call); the object slot then holds None and indexing the Record
+ * reads the list layout back ((raw, "", identity) and (raw, True)). */
+enum { KEY_OBJECT = 0, KEY_COMPACT = 1, KEY_COMPACT_IDENTITY = 2 };
+
 typedef struct {
     PyObject_HEAD
     PyObject *o[N_OBJ]; /* never NULL once made */
     long long n[N_NUM];
     uint32_t node;      /* R_NODE: the call-tree node's id (see _aggregate.c), 0 when none */
+    uint8_t args_kind;  /* KEY_*: how R_ARGS is held (KEY_OBJECT: in o[OBJ_ARGS]) */
+    uint8_t ret_kind;   /* KEY_OBJECT or KEY_COMPACT, for R_RET */
+    int64_t args_raw, ret_raw;
 } RecordObject;
 
 CS_HIDDEN extern PyTypeObject CS_RecordType;
@@ -126,10 +134,11 @@ CS_HIDDEN PyObject *cs_fingerprint_object(PyObject *value);
 CS_HIDDEN PyObject *cs_unhashable_names(PyObject *key);
 /* (raw hash or fingerprint or None, names, identity) as keys.args_key computes it; a bare int
  * when the key is hashable and self is not hashed by identity. NULL with an exception set. */
-CS_HIDDEN PyObject *cs_args_key(PyObject *kwd_mark, CodeInfoObject *ci, PyFrameObject *frame);
+CS_HIDDEN PyObject *cs_args_key(PyObject *kwd_mark, CodeInfoObject *ci, PyFrameObject *frame, int64_t *raw,
+                                 int *kind);
 /* (raw hash or fingerprint or None, hashable) as keys.value_key computes it; a bare int when
  * hashable. NULL only for an interrupt. */
-CS_HIDDEN PyObject *cs_value_key(PyObject *value);
+CS_HIDDEN PyObject *cs_value_key(PyObject *value, int64_t *raw, int *kind);
 CS_HIDDEN int cs_keys_init(void);
 /* module functions (tests and the builder) */
 CS_HIDDEN PyObject *cs_py_siphash24(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
@@ -155,7 +164,7 @@ CS_HIDDEN uint32_t cs_child(Aggregates *a, uint32_t parent, CodeInfoObject *ci);
 /* recorder.fold_record for a Record: never fails (what cannot be folded is counted lost). */
 CS_HIDDEN void cs_fold_record(Aggregates *a, RecordObject *record, PyObject *value, int returned);
 /* aggregate.Aggregates.shadow for a synchronous function's keyed call (R_SHADOW's value). */
-CS_HIDDEN int cs_shadow(Aggregates *a, CodeInfoObject *ci, PyObject *args, unsigned long thread);
+CS_HIDDEN int cs_shadow(Aggregates *a, CodeInfoObject *ci, RecordObject *record, unsigned long thread);
 CS_HIDDEN int cs_aggregates_ready(PyObject *module);
 
 #endif

@@ -410,6 +410,8 @@ hp_start(HotPath *hp, PyObject *info, PyFrameObject *frame)
     PyObject *parent = NULL, *prev = NULL;
     PyObject *record = NULL, *args = NULL, *context = NULL;
     int rc = -1;
+    int64_t args_raw = 0;
+    int args_kind = KEY_OBJECT;
     CodeInfoObject *ci = as_info(info);
     if (ci == NULL)
         return -1;
@@ -482,10 +484,10 @@ hp_start(HotPath *hp, PyObject *info, PyFrameObject *frame)
                 PyErr_SetString(PyExc_RuntimeError, "no frame");
                 goto finally;
             }
-            if ((args = cs_args_key(hp->kwd_mark, ci, frame)) == NULL)
+            if ((args = cs_args_key(hp->kwd_mark, ci, frame, &args_raw, &args_kind)) == NULL)
                 goto finally;
-            /* a compact key (a bare hash) is keyed; a tuple is unkeyed when it has no hash */
-            PyObject *names = PyLong_CheckExact(args) ? NULL : PyTuple_GET_ITEM(args, 1);
+            /* a compact key (a raw hash) is keyed; a tuple is unkeyed when it has no hash */
+            PyObject *names = args_kind != KEY_OBJECT ? NULL : PyTuple_GET_ITEM(args, 1);
             if (names != NULL && PyTuple_GET_ITEM(args, 0) == Py_None && PyUnicode_GET_LENGTH(names) &&
                 PyUnicode_CompareWithASCIIString(names, "error") != 0) {
                 if (++ci->unkeyed == UNKEYABLE_AFTER) {
@@ -520,11 +522,15 @@ hp_start(HotPath *hp, PyObject *info, PyFrameObject *frame)
     o[OBJ_OUT] = Py_NewRef(Py_None);
     memset(made->n, 0, sizeof(made->n));
     made->n[NUM_KEEP] = keep;
+    made->args_kind = (uint8_t)args_kind;
+    made->args_raw = args_raw;
+    made->ret_kind = KEY_OBJECT;
+    made->ret_raw = 0;
     /* Python: recorder.start, shadow_of (a keyed call of a synchronous function with a hash) */
     if (args != NULL && kind == KIND_FUNCTION &&
-        (PyLong_CheckExact(args) || (PyTuple_Check(args) && PyTuple_GET_SIZE(args) == 3 &&
+        (args_kind != KEY_OBJECT || (PyTuple_Check(args) && PyTuple_GET_SIZE(args) == 3 &&
                                      PyLong_Check(PyTuple_GET_ITEM(args, 0)))))
-        made->n[NUM_SHADOW] = cs_shadow(hp->aggs, ci, args, PyThread_get_thread_ident());
+        made->n[NUM_SHADOW] = cs_shadow(hp->aggs, ci, made, PyThread_get_thread_ident());
     /* 0 when the node could not be made (out of memory): the call is counted lost at its fold */
     made->node = cs_child(hp->aggs, parent_node, ci);
     if (PyList_Append(stack, record) < 0)
@@ -613,10 +619,14 @@ hp_finish(HotPath *hp, PyObject *code, PyObject *value, PyObject *error)
     record->n[NUM_END] = now;
     if (error == NULL) {
         if (ci->keys && ci->unkeyed < UNKEYABLE_AFTER) {
-            PyObject *ret = cs_value_key(value);
+            int64_t ret_raw = 0;
+            int ret_kind;
+            PyObject *ret = cs_value_key(value, &ret_raw, &ret_kind);
             if (ret == NULL)
                 goto finally;
             Py_SETREF(record->o[OBJ_RET], ret);
+            record->ret_kind = (uint8_t)ret_kind;
+            record->ret_raw = ret_raw;
             /* sizes only feed memory estimates, on spans: one kept call in RET_SIZE_EVERY */
             if (!record->n[NUM_KEEP]) {
             }

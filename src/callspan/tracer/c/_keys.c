@@ -308,8 +308,9 @@ tuple_hash_of(PyObject *const *items, Py_ssize_t len)
  * gathered in a C array and hashed as the lru_cache key tuple would be; the tuple itself is
  * only made for unhashable keys (fingerprint, type names). */
 PyObject *
-cs_args_key(PyObject *kwd_mark, CodeInfoObject *ci, PyFrameObject *frame)
+cs_args_key(PyObject *kwd_mark, CodeInfoObject *ci, PyFrameObject *frame, int64_t *raw_out, int *kind)
 {
+    *kind = KEY_OBJECT;
     PyObject *arg_names = ci->arg_names;
     PyObject *kwonly = ci->kwonly;
     int is_method = ci->is_method;
@@ -419,19 +420,10 @@ cs_args_key(PyObject *kwd_mark, CodeInfoObject *ci, PyFrameObject *frame)
             goto error;
         result = Py_BuildValue("(NNO)", cs_fingerprint_object(hashed), names, identity);
     }
-    else {
-        PyObject *raw = PyLong_FromSsize_t(h);
-        if (raw == NULL)
-            goto error;
-        if (identity == Py_False) {
-            result = raw; /* the common case, compact: a Record reads it back as (raw, "", False) */
-        }
-        else {
-            result = PyTuple_Pack(3, raw, str_empty, identity);
-            Py_DECREF(raw);
-            if (result != NULL) /* atomic contents: it can never be part of a cycle */
-                PyObject_GC_UnTrack(result);
-        }
+    else { /* compact: the raw hash only; a Record reads it back as (raw, "", identity) */
+        *raw_out = (int64_t)h;
+        *kind = identity == Py_False ? KEY_COMPACT : KEY_COMPACT_IDENTITY;
+        result = Py_NewRef(Py_None);
     }
 done:
     for (Py_ssize_t i = 0; i < filled; i++)
@@ -452,13 +444,16 @@ error:
 
 /* (raw hash or fingerprint or None, hashable) as keys.value_key computes it. */
 PyObject *
-cs_value_key(PyObject *value)
+cs_value_key(PyObject *value, int64_t *raw_out, int *kind)
 {
+    *kind = KEY_OBJECT;
     if (Py_TYPE(value)->tp_hash != PyObject_HashNotImplemented) {
         Py_hash_t h = PyObject_Hash(value);
         if (h != -1 || !PyErr_Occurred()) {
-            /* compact: a Record reads a bare int back as (raw, True) */
-            return PyLong_FromSsize_t(h);
+            /* compact: the raw hash only; a Record reads it back as (raw, True) */
+            *raw_out = (int64_t)h;
+            *kind = KEY_COMPACT;
+            return Py_NewRef(Py_None);
         }
         if (!PyErr_ExceptionMatches(PyExc_TypeError)) {
             if (!PyErr_ExceptionMatches(PyExc_Exception))

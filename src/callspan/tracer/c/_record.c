@@ -62,11 +62,20 @@ Record_item(PyObject *self, Py_ssize_t slot)
     if (NUM_SLOT[slot])
         return PyLong_FromLongLong(r->n[NUM_SLOT[slot] - 1]);
     PyObject *item = r->o[OBJ_SLOT[slot] - 1];
-    /* Compact keys (a bare raw hash, see cs_args_key / cs_value_key) read back in the list layout. */
-    if (slot == R_ARGS && PyLong_CheckExact(item))
-        return PyTuple_Pack(3, item, str_empty, Py_False);
-    if (slot == R_RET && PyLong_CheckExact(item))
-        return PyTuple_Pack(2, item, Py_True);
+    /* Compact keys (a raw hash in C, see cs_args_key / cs_value_key) read back in the list layout. */
+    if (slot == R_ARGS && r->args_kind != KEY_OBJECT) {
+        PyObject *raw = PyLong_FromLongLong(r->args_raw);
+        PyObject *result = raw ? PyTuple_Pack(3, raw, str_empty,
+                                              r->args_kind == KEY_COMPACT_IDENTITY ? Py_True : Py_False) : NULL;
+        Py_XDECREF(raw);
+        return result;
+    }
+    if (slot == R_RET && r->ret_kind != KEY_OBJECT) {
+        PyObject *raw = PyLong_FromLongLong(r->ret_raw);
+        PyObject *result = raw ? PyTuple_Pack(2, raw, Py_True) : NULL;
+        Py_XDECREF(raw);
+        return result;
+    }
     return Py_NewRef(item);
 }
 
@@ -93,6 +102,10 @@ Record_ass_item(PyObject *self, Py_ssize_t slot, PyObject *value)
         r->n[NUM_SLOT[slot] - 1] = v;
         return 0;
     }
+    if (slot == R_ARGS)
+        r->args_kind = KEY_OBJECT;
+    else if (slot == R_RET)
+        r->ret_kind = KEY_OBJECT;
     Py_SETREF(r->o[OBJ_SLOT[slot] - 1], Py_NewRef(value));
     return 0;
 }
