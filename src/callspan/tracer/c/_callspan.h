@@ -85,6 +85,8 @@ typedef struct {
 } RecordObject;
 
 CS_HIDDEN extern PyTypeObject CS_RecordType;
+/* A new Record (its slots uninitialised, like PyObject_New): from a bounded freelist when it can. */
+CS_HIDDEN RecordObject *cs_record_alloc(void);
 #define IS_RECORD_OBJECT(op) Py_IS_TYPE((op), &CS_RecordType)
 
 /* Per-thread state: the Python class callspan.tracer.recorder.ThreadState derives from this. */

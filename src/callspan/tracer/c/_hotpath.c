@@ -347,10 +347,26 @@ get_state_slow(HotPath *hp, int create)
     return (ThreadStateObject *)state;
 }
 
+/* PyObject_TypeCheck(op, &CS_CodeInfoType) without walking the MRO at every call: the CodeInfo
+ * subclass seen last is remembered (a strong reference, so its address cannot be reused). */
+static PyTypeObject *known_code_info_type;
+
+static inline int
+is_code_info(PyObject *op)
+{
+    PyTypeObject *type = Py_TYPE(op);
+    if (type == known_code_info_type || type == &CS_CodeInfoType)
+        return 1;
+    if (!PyType_IsSubtype(type, &CS_CodeInfoType))
+        return 0;
+    Py_XSETREF(known_code_info_type, (PyTypeObject *)Py_NewRef((PyObject *)type));
+    return 1;
+}
+
 static CodeInfoObject *
 as_info(PyObject *info)
 {
-    if (!PyObject_TypeCheck(info, &CS_CodeInfoType)) {
+    if (!is_code_info(info)) {
         PyErr_SetString(PyExc_TypeError, "not a callspan.tracer._hotpath.CodeInfoBase");
         return NULL;
     }
@@ -502,7 +518,7 @@ hp_start(HotPath *hp, PyObject *info, PyFrameObject *frame)
             }
         }
     }
-    RecordObject *made = PyObject_New(RecordObject, &CS_RecordType);
+    RecordObject *made = cs_record_alloc();
     if (made == NULL)
         goto finally;
     record = (PyObject *)made;
@@ -860,7 +876,7 @@ cb_py_start_impl(HotPath *hp, PyObject *const *args, Py_ssize_t nargs)
         return Py_NewRef(hp->disable);
     }
     /* The frame object is materialised only to read arguments (keys). */
-    if (frame == NULL && PyObject_TypeCheck(info, &CS_CodeInfoType) && ((CodeInfoObject *)info)->keys &&
+    if (frame == NULL && is_code_info(info) && ((CodeInfoObject *)info)->keys &&
         ((CodeInfoObject *)info)->unkeyed < UNKEYABLE_AFTER)
         frame = PyEval_GetFrame();
     if (hp_start(hp, info, frame) < 0)
@@ -1023,7 +1039,7 @@ profile_return(HotPath *hp, PyFrameObject *frame, PyObject *arg)
         Py_DECREF(code);
         return;
     }
-    int kind = PyObject_TypeCheck(info, &CS_CodeInfoType) ? ((CodeInfoObject *)info)->kind : KIND_FUNCTION;
+    int kind = is_code_info(info) ? ((CodeInfoObject *)info)->kind : KIND_FUNCTION;
     int lasti = PyFrame_GetLasti(frame);
     int opcode = -1;
     PyObject *bytes = PyCode_GetCode((PyCodeObject *)code);

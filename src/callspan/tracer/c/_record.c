@@ -25,6 +25,23 @@ static const signed char OBJ_SLOT[RECORD_SIZE] = {
     [R_VIA_TASK] = 1 + OBJ_VIA_TASK, [R_INCOMPLETE] = 1 + OBJ_INCOMPLETE, [R_OUT] = 1 + OBJ_OUT,
 };
 
+/* Freed records are kept for reuse (one per call is made and freed: the allocator's work
+ * counts); bounded, and only ever touched with the GIL held. */
+#define RECORD_FREELIST_MAX 256
+static RecordObject *record_freelist[RECORD_FREELIST_MAX];
+static int record_freelist_len;
+
+RecordObject *
+cs_record_alloc(void)
+{
+    if (record_freelist_len > 0) {
+        RecordObject *r = record_freelist[--record_freelist_len];
+        PyObject_Init((PyObject *)r, &CS_RecordType);
+        return r;
+    }
+    return PyObject_New(RecordObject, &CS_RecordType);
+}
+
 static void
 Record_dealloc(RecordObject *self)
 {
@@ -33,7 +50,10 @@ Record_dealloc(RecordObject *self)
     self->o[OBJ_PARENT] = NULL;
     for (int i = 0; i < N_OBJ; i++)
         Py_XDECREF(self->o[i]);
-    PyObject_Free(self);
+    if (record_freelist_len < RECORD_FREELIST_MAX)
+        record_freelist[record_freelist_len++] = self;
+    else
+        PyObject_Free(self);
     while (parent != NULL && IS_RECORD_OBJECT(parent) && Py_REFCNT(parent) == 1) {
         RecordObject *p = (RecordObject *)parent;
         parent = p->o[OBJ_PARENT];
