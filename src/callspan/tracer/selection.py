@@ -12,6 +12,7 @@ from callspan.config import stdlib_paths
 
 KIND_FUNCTION, KIND_COROUTINE, KIND_GENERATOR, KIND_ASYNC_GENERATOR = range(4)
 KIND_NAMES = ("function", "coroutine", "generator", "async_generator")
+_COMPREHENSION_NAMES = frozenset(("<genexpr>", "<listcomp>", "<setcomp>", "<dictcomp>"))
 
 _CO_OPTIMIZED = 0x01  # functions; module and class bodies lack it
 _CO_VARARGS = 0x04
@@ -73,7 +74,9 @@ class CodeInfo(_CodeInfoBase):
         index += 1 if flags & _CO_VARARGS else 0
         self.varkw = names[index] if flags & _CO_VARKEYWORDS else None
         self.is_method = bool(self.arg_names) and self.arg_names[0] in ("self", "cls")
-        self.keys = keys
+        # Comprehension bodies (a generator expression's only argument is its iterator, a new
+        # object each call) can never be given a cache: their keys are not computed.
+        self.keys = keys and code.co_name not in _COMPREHENSION_NAMES
         self.unkeyed = 0
         self.unkeyed_args = None
         self.sized = 0
