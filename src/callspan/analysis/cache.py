@@ -49,7 +49,9 @@ call graph for impurity then includes the call tree's parent -> child functions.
 
 from __future__ import annotations
 
+import functools
 import math
+import time
 from array import array
 from bisect import bisect_right
 from collections import Counter
@@ -73,6 +75,7 @@ from callspan.analysis.model import (
     S_RET_SIZE_N,
     S_RET_UNHASHABLE,
     S_SUM_ERRORS,
+    S_WALL,
     CallColumns,
     CallSource,
     FunctionInfo,
@@ -89,13 +92,76 @@ MTF_CODES = 1 << 14  # distinct keys that two-byte codes can tell apart
 # flags byte -> 1 when a call with these flags is replayed (did not raise, has a key)
 _REPLAYABLE = bytes(0 if flags & (F_ERROR | F_NO_ARGS) else 1 for flags in range(256))
 DEFAULT_MAXSIZE = 128  # functools.lru_cache's default
-# A cache hit costs roughly this much (key tuple + dict lookup in C); calls cheaper than a few
-# times this are not worth caching whatever their hit ratio.
-CHEAP_CALL = {"ns": 500, "instructions": 2000}
+# Worth it by the function's own economics (``_advise``): a call must cost at least
+# ``CacheOptions.min_cost_ratio`` times a cache hit (functools.lru_cache's lookup, measured on
+# this machine by ``measure_lookup_cost``), and caching it must save at least
+# ``CacheOptions.min_saved_ns`` (CPU ns, or wall ns without a CPU counter in ns).
+MIN_COST_RATIO = 2.0
+MIN_SAVED_NS = 1_000_000  # 1 ms
+LOOKUP_ITERATIONS = 10_000  # calls per timing
+LOOKUP_REPEATS = 5  # timings per variant; the fastest is kept (the least disturbed)
 
 ADVICE_KINDS = ("lru_cache", "lru_cache_convert_args", "method", "async_cache", "inflight_coalescing",
                 "inconsistent", "calls_impure", "not_cacheable", "not_worth_it")
 NOT_RECOMMENDED = ("inconsistent", "calls_impure", "not_cacheable", "method")
+
+
+@dataclass(frozen=True, slots=True)
+class LookupCost:
+    """What a hit of ``functools.lru_cache`` costs here: wall ns per call of the cached wrapper
+    (key built from the arguments, dict lookup, LRU link update), the loop's own cost subtracted."""
+
+    one_arg_ns: float  # f(1)
+    three_args_ns: float  # f(1, 2, 3)
+    iterations: int
+    repeats: int
+    source: str = "measured"  # or "option" (CacheOptions.lookup_ns)
+
+    @property
+    def ns(self) -> float:
+        """The reference cost a call is judged against: the larger (three arguments)."""
+        return max(self.one_arg_ns, self.three_args_ns)
+
+
+def _time_lookups(iterations: int, repeats: int) -> tuple[float, float]:
+    """Wall ns per hit of an ``lru_cache`` wrapper called with (1) and with (1, 2, 3): the whole
+    call as a caller pays it instead of the function's, minus the bare loop's own cost."""
+    perf = time.perf_counter_ns
+
+    @functools.lru_cache(maxsize=DEFAULT_MAXSIZE)
+    def one(a: int) -> int:
+        return a
+
+    @functools.lru_cache(maxsize=DEFAULT_MAXSIZE)
+    def three(a: int, b: int, c: int) -> int:
+        return a
+
+    one(1)
+    three(1, 2, 3)
+    loop = range(iterations)
+    empty = first = third = math.inf
+    for _ in range(repeats):
+        t = perf()
+        for _ in loop:
+            pass
+        empty = min(empty, perf() - t)
+        t = perf()
+        for _ in loop:
+            one(1)
+        first = min(first, perf() - t)
+        t = perf()
+        for _ in loop:
+            three(1, 2, 3)
+        third = min(third, perf() - t)
+    return max(1.0, (first - empty) / iterations), max(1.0, (third - empty) / iterations)
+
+
+@functools.cache
+def measure_lookup_cost(iterations: int = LOOKUP_ITERATIONS, repeats: int = LOOKUP_REPEATS) -> LookupCost:
+    """Time an ``lru_cache`` hit with one int argument and with three (``time.perf_counter_ns``,
+    ``repeats`` timings of ``iterations`` calls, the fastest kept). Once per process: a few ms."""
+    one, three = _time_lookups(iterations, repeats)
+    return LookupCost(one, three, iterations, repeats)
 
 
 def key_sampled(key: int, rate: float) -> bool:
@@ -330,6 +396,7 @@ class ProcessResult:
     source: str = "spans"
     errors: int = 0
     cpu_total: int = 0  # total CPU of its calls (from the call tree)
+    wall_total: int = 0  # total wall time of its calls, ns (from the function table)
     cpu_calls: int = 0  # calls with CPU data
     unhashable_calls: int = 0
     unhashable_types: list[str] = field(default_factory=list)
@@ -466,7 +533,7 @@ def aggregate_result(function: int, info: FunctionInfo, data: ProfileData, fids:
     ``identity``: whether ``self`` hashes by identity for this function (any process): its keys
     that returned different values are then identity key collisions, not inconsistency (the
     aggregates do not say which keys were identity keys)."""
-    calls = errors = cpu_total = 0
+    calls = errors = cpu_total = wall_total = 0
     state = ProfileCache()
     reuse: dict[int, list[float]] = {}
     for fid in fids:
@@ -474,6 +541,7 @@ def aggregate_result(function: int, info: FunctionInfo, data: ProfileData, fids:
         if facts is not None:
             calls += facts.calls
             errors += facts.errors
+            wall_total += facts.wall_ns
         cpu_total += data.node_totals(fid)[2]
         cached = data.cache.get(fid)
         if cached is not None:
@@ -504,7 +572,8 @@ def aggregate_result(function: int, info: FunctionInfo, data: ProfileData, fids:
         # As for replays: only coroutines' overlaps are in-flight duplicates worth coalescing.
         overlapping=round(state.overlaps) if coroutine else 0, identity_collisions=collisions,
         saved_by_distance=[(d + 1, row[1], row[2]) for d, row in ordered], hits_by_distance=hits_by,
-        source="aggregates", errors=errors, cpu_total=cpu_total, cpu_calls=calls if has_cpu else 0,
+        source="aggregates", errors=errors, cpu_total=cpu_total, wall_total=wall_total,
+        cpu_calls=calls if has_cpu else 0,
         unhashable_calls=state.unhashable_calls, unhashable_types=unhashable_types, fresh_keys=state.fresh_keys,
         cheap_ns=state.cheap_ns, shadowed_calls=state.shadowed_calls,
     )
@@ -612,6 +681,10 @@ class Opportunity:
     identity: bool = False  # some call's self was hashed by identity (callspan.args.identity)
     identity_collisions: int = 0  # keys with different returns explained by identity keys
     impure_callees: list[str] = field(default_factory=list)  # inconsistent functions it calls, nearest first
+    estimate_error: float | None = None  # SHARDS estimates: relative standard error of distinct keys
+    mean_wall: float | None = None  # wall ns per call
+    own_cpu: float = 0.0  # its own total CPU (sum of its calls' callspan.cpu.total), unit cpu_unit
+    own_wall: float = 0.0  # its own total wall time, ns
 
     @property
     def estimated(self) -> bool:
@@ -622,8 +695,36 @@ class Opportunity:
 class CacheOptions:
     target: float = 0.95
     min_calls: int = 2
-    min_share: float = 0.005
+    # Optional extra filter, off by default: below this share of all CPU saved, "not worth it".
+    min_share: float | None = None
     curve_points: int = 200
+    min_saved_ns: float = MIN_SAVED_NS  # savings at the recommended size below this: not worth it
+    min_cost_ratio: float = MIN_COST_RATIO  # a call must cost this many cache lookups
+    lookup_ns: float | None = None  # the cost of a cache hit; None: measured (measure_lookup_cost)
+
+
+class Clamps:
+    """Invariants enforced by clamping a figure, counted per invariant and named per function:
+    never silently (the report shows them)."""
+
+    EXAMPLES = 20
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+        self.messages: list[str] = []
+
+    def check(self, invariant: str, function: str, value: float, limit: float, what: str) -> float:
+        """``value`` if it is at most ``limit``; else ``limit``, counted under ``invariant``."""
+        if value <= limit + 1e-9 * max(1.0, abs(limit)):
+            return value
+        self.counts[invariant] = self.counts.get(invariant, 0) + 1
+        if len(self.messages) < self.EXAMPLES:
+            self.messages.append(f"{function}: {what} {value:,.6g} > {limit:,.6g}, clamped ({invariant})")
+        return limit
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
 
 
 @dataclass(slots=True)
@@ -634,6 +735,8 @@ class CacheReport:
     functions_without_reuse: int
     functions_without_keys: int
     options: CacheOptions
+    lookup: LookupCost = field(default_factory=lambda: LookupCost(0.0, 0.0, 0, 0, "none"))
+    clamps: Clamps = field(default_factory=Clamps)
 
 
 def _summed_steps(results: Sequence[ProcessResult]) -> list[tuple[int, float]]:
@@ -687,7 +790,40 @@ def _format_count(value: float) -> str:
     return f"{value:,.0f}"
 
 
-def _advise(op: Opportunity, options: CacheOptions) -> Advice:
+def cost_basis(op: Opportunity) -> tuple[float | None, float, str]:
+    """(cost per call, savings at the recommended size, what they are) in ns, for judging a
+    function against a cache lookup (ns): CPU when the counter is in ns, else wall time."""
+    if op.cpu_unit == "ns":
+        return op.mean_cost, op.savings.cpu, "CPU"
+    return op.mean_wall, op.savings.wall, "wall"
+
+
+def not_worth_it_reasons(op: Opportunity, options: CacheOptions, lookup: LookupCost) -> list[str]:
+    """Why caching ``op`` would not pay for itself (empty: it would), with the numbers."""
+    reasons: list[str] = []
+    per_call, saved, what = cost_basis(op)
+    lookup_ns = lookup.ns
+    if per_call is not None and lookup_ns > 0 and per_call < options.min_cost_ratio * lookup_ns:
+        reasons.append(f"a call costs ~{fmt_ns(per_call)} {what}, less than {options.min_cost_ratio:g}x a "
+                       f"functools.lru_cache hit ({fmt_ns(lookup_ns)}, {lookup.source} here)")
+    if saved < options.min_saved_ns:
+        at = f" at maxsize={op.recommended_maxsize:,}" if op.recommended_maxsize else ""
+        reasons.append(f"it would save {fmt_ns(saved)} {what}{at}, below the {fmt_ns(options.min_saved_ns)} "
+                       "floor (--min-saved-ms)")
+    if options.min_share is not None and op.share is not None and op.share < options.min_share:
+        reasons.append(f"it would save {op.share:.2%} of all CPU, below --min-share {options.min_share:.2%}")
+    return reasons
+
+
+def fmt_ns(ns: float) -> str:
+    """A duration for advice texts: 3 significant digits and a unit."""
+    for scale, unit in ((1e9, "s"), (1e6, "ms"), (1e3, "us")):
+        if abs(ns) >= scale:
+            return f"{ns / scale:.3g} {unit}"
+    return f"{ns:.3g} ns"
+
+
+def _advise(op: Opportunity, options: CacheOptions, lookup: LookupCost) -> Advice:
     where = f"{op.file}:{op.line}" if op.file else op.name
     size = op.recommended_maxsize
     paste = f"@functools.lru_cache(maxsize={size})  # {where}" if size else None
@@ -720,15 +856,9 @@ def _advise(op: Opportunity, options: CacheOptions) -> Advice:
         return Advice("not_worth_it", f"not worth it: its calls took ~{op.cheap_ns:,} ns each (wall, over its "
                       "first 1,024 keyed calls), about what a cache lookup costs; the tracer stopped keying it "
                       "there (CALLSPAN_KEY_MIN_NS), so its cache figures cover those calls only")
-    cheap = CHEAP_CALL.get(op.cpu_unit)
-    if (op.share is not None and op.share < options.min_share) or (
-            cheap is not None and op.mean_cost is not None and op.mean_cost < cheap):
-        reason = []
-        if op.share is not None and op.share < options.min_share:
-            reason.append(f"would save {op.share:.2%} of all CPU (threshold {options.min_share:.2%})")
-        if cheap is not None and op.mean_cost is not None and op.mean_cost < cheap:
-            reason.append(f"a call costs ~{op.mean_cost:,.0f} {op.cpu_unit}, close to a cache lookup")
-        return Advice("not_worth_it", "not worth it: " + "; ".join(reason))
+    reasons = not_worth_it_reasons(op, options, lookup)
+    if reasons:
+        return Advice("not_worth_it", "not worth it: " + "; ".join(reasons))
     if op.kind == "coroutine":
         text = ("async def: functools.lru_cache would cache the coroutine object (awaiting it a second time "
                 "raises RuntimeError); cache the awaited result instead, e.g. a dict of results, or of "
@@ -850,9 +980,12 @@ class PendingAnalysis:
         opportunities: list[Opportunity] = []
         impure: list[tuple[str, str]] = []
         without_reuse = 0
+        lookup = (LookupCost(options.lookup_ns, options.lookup_ns, 0, 0, "option") if options.lookup_ns is not None
+                  else measure_lookup_cost())
+        clamps = Clamps()
         for key, indices in self.groups.items():
             results = [self._result(i, self.identity[key], results_flat) for i in indices]
-            op = _opportunity(model, results, self.total_cpu, options, self.identity[key])
+            op = _opportunity(model, results, self.total_cpu, options, self.identity[key], lookup, clamps)
             if op.inconsistent_keys:
                 impure.append(key)
             if op.hits_unbounded <= 0 and not op.method:
@@ -865,10 +998,16 @@ class PendingAnalysis:
                 paths = reach.get((op.name, op.file))
                 if paths:
                     _calls_impure(op, paths)
-        opportunities.sort(key=lambda op: (op.advice.kind in NOT_RECOMMENDED, -(op.savings.cpu or 0),
-                                           -op.savings.wall, -op.hits_unbounded, op.name))
+        opportunities.sort(key=rank_key)
         return CacheReport(opportunities, self.total_cpu, len(self.groups), without_reuse, self.without_keys,
-                           options)
+                           options, lookup, clamps)
+
+
+def rank_key(op: Opportunity) -> tuple[int, float, float, float, str, str, int]:
+    """Recommended first, then not worth it, then never recommended; each by savings (CPU, wall,
+    hits), ties by name, file and line: the same input always gives the same order."""
+    group = 2 if op.advice.kind in NOT_RECOMMENDED else 1 if op.advice.kind == "not_worth_it" else 0
+    return (group, -(op.savings.cpu or 0), -op.savings.wall, -op.hits_unbounded, op.name, op.file, op.line)
 
 
 def start(model: Model, options: CacheOptions | None = None,
@@ -883,10 +1022,26 @@ def analyze(model: Model, options: CacheOptions | None = None,
     return start(model, options, imap).finish()
 
 
+def _clamp_result(result: ProcessResult, name: str, clamps: Clamps) -> None:
+    """Hits <= calls (scaling the hits at every size alike) and distinct keys <= calls, per process."""
+    hits = clamps.check("hits_le_calls", name, result.hits_unbounded, result.calls, "hits")
+    if hits < result.hits_unbounded:
+        factor = hits / result.hits_unbounded
+        result.steps = [(s, h * factor) for s, h in result.steps]
+        result.hits_by_distance = [(d, h * factor) for d, h in result.hits_by_distance]
+        result.hits_unbounded = hits
+    result.distinct_keys = clamps.check("keys_le_calls", name, result.distinct_keys, result.calls,
+                                        "distinct keys")
+
+
 def _opportunity(model: Model, results: list[ProcessResult], total_cpu: dict[str, int],
-                 options: CacheOptions, identity: bool = False) -> Opportunity:
+                 options: CacheOptions, identity: bool = False, lookup: LookupCost | None = None,
+                 clamps: Clamps | None = None) -> Opportunity:
+    clamps = clamps if clamps is not None else Clamps()
     infos = [model.functions[r.function] for r in results]
     first = infos[0]
+    for result in results:
+        _clamp_result(result, first.name, clamps)
     # Aggregates (v2) cover every call: their figures replace the spans' (examples) stats.
     replayed = [(r, i) for r, i in zip(results, infos, strict=True) if r.source != "aggregates"]
     aggregated = [r for r in results if r.source == "aggregates"]
@@ -905,8 +1060,22 @@ def _opportunity(model: Model, results: list[ProcessResult], total_cpu: dict[str
     blocked = bool(inconsistent) or identity
     savings = Savings()
     per_process: list[dict[str, object]] = []
-    for result in results:
+    wall_total = wall_calls = own_cpu_total = 0
+    for result, info in zip(results, infos, strict=True):
         saved = Savings() if not size or blocked else savings_at(result, size)
+        # A function's savings cannot exceed its own total cost (CPU and wall), nor its hits all hits.
+        aggregate = result.source == "aggregates"
+        own_wall = result.wall_total if aggregate else info.stats[S_WALL]
+        wall_total += own_wall
+        wall_calls += result.calls + result.shadowed_calls if aggregate else result.calls
+        own_cpu = result.cpu_total if aggregate else info.stats[S_CPU_TOTAL]
+        own_cpu_total += own_cpu
+        saved.cpu = clamps.check("cpu_savings_le_cost", first.name, saved.cpu, own_cpu,
+                                 "CPU saved vs its own total CPU")
+        saved.wall = clamps.check("wall_savings_le_cost", first.name, saved.wall, own_wall,
+                                  "wall saved vs its own total wall")
+        saved.hits = clamps.check("hits_at_size_le_hits", first.name, saved.hits, result.hits_unbounded,
+                                  "hits at the recommended size vs unbounded hits")
         savings.cpu += saved.cpu
         savings.wall += saved.wall
         savings.hits += saved.hits
@@ -921,9 +1090,12 @@ def _opportunity(model: Model, results: list[ProcessResult], total_cpu: dict[str
             "sample_rate": result.sample_rate,
             "estimator": result.estimator, "source": result.source,
             "savings": {"cpu": round(saved.cpu), "wall_ns": round(saved.wall), "hits": round(saved.hits)},
+            "own_cost": {"cpu": own_cpu, "wall_ns": own_wall},
         })
     cpu_total_all = total_cpu.get(unit)
     share = savings.cpu / cpu_total_all if has_cpu and cpu_total_all else None
+    if share is not None:
+        share = clamps.check("share_le_one", first.name, share, 1.0, "share of all CPU")
     ret_size = sum(i.stats[S_RET_SIZE] for i in infos)
     ret_n = sum(i.stats[S_RET_SIZE_N] for i in infos)
     memory = round(size * ret_size / ret_n) if size and ret_n else None
@@ -936,6 +1108,14 @@ def _opportunity(model: Model, results: list[ProcessResult], total_cpu: dict[str
     for result in aggregated:
         unhashable.update(result.unhashable_types)
     sources = {r.source for r in results}
+    estimator = _estimator(results)
+    rate = min(r.sample_rate for r in results)
+    keys = sum(r.distinct_keys for r in results)
+    # SHARDS: the sampled keys are Binomial(K, R); K estimated as sampled / R has relative standard
+    # error sqrt((1 - R) / (K R)). The listed estimator's error is not known (it assumes the
+    # unlisted calls behave like the listed ones).
+    error = (math.sqrt((1 - rate) / (keys * rate)) if estimator in ("shards", "tracer_shards", "mixed")
+             and 0 < rate < 1 and keys > 0 else None)
     op = Opportunity(
         name=first.name, file=first.file, line=first.line, kind=first.kind,
         method=any(i.stats[S_METHOD] for i in infos), calls=calls, errors=errors,
@@ -944,8 +1124,8 @@ def _opportunity(model: Model, results: list[ProcessResult], total_cpu: dict[str
         recommended_maxsize=size if not inconsistent else None,
         hit_ratio_at_recommended=_ratio(_hits_at(sizes, totals, size), calls) if size else None,
         consistent=not inconsistent, inconsistent_keys=inconsistent,
-        overlapping=sum(r.overlapping for r in results), sample_rate=min(r.sample_rate for r in results),
-        estimator=_estimator(results),
+        overlapping=sum(r.overlapping for r in results), sample_rate=rate,
+        estimator=estimator, estimate_error=error, own_cpu=own_cpu_total, own_wall=wall_total, mean_wall=wall_total / wall_calls if wall_calls else None,
         unhashable_types=sorted(unhashable),
         returns_unhashable=any(i.stats[S_RET_UNHASHABLE] for i in infos),
         cpu_unit=unit if has_cpu else "none", savings=savings, share=share,
@@ -956,7 +1136,7 @@ def _opportunity(model: Model, results: list[ProcessResult], total_cpu: dict[str
         cheap_ns=max((r.cheap_ns for r in aggregated), default=0),
         shadowed_calls=sum(r.shadowed_calls for r in aggregated),
     )
-    op.advice = _advise(op, options)
+    op.advice = _advise(op, options, lookup or LookupCost(0.0, 0.0, 0, 0, "none"))
     if op.advice.kind in NOT_RECOMMENDED:
         op.recommended_maxsize = None
         op.hit_ratio_at_recommended = None

@@ -40,8 +40,15 @@ def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
                                   "hits (default: 0.95)")
     cache_group.add_argument("--min-calls", type=int, default=2, metavar="N",
                              help="ignore functions with fewer calls (default: 2)")
-    cache_group.add_argument("--min-share", type=float, default=0.005, metavar="FRACTION",
-                             help="below this share of all CPU saved, advise 'not worth it' (default: 0.005)")
+    cache_group.add_argument("--min-saved-ms", type=float, default=1.0, metavar="MS",
+                             help="below this CPU (or wall) time saved at the recommended maxsize, advise "
+                                  "'not worth it' (default: 1)")
+    cache_group.add_argument("--lookup-ns", type=float, default=None, metavar="NS",
+                             help="cost of a cache hit to judge calls against (default: functools.lru_cache's, "
+                                  "measured at start; fix it for reports comparable across runs and machines)")
+    cache_group.add_argument("--min-share", type=float, default=None, metavar="FRACTION",
+                             help="optional extra filter: below this share of all CPU saved, advise "
+                                  "'not worth it' (default: off)")
     cpu_group = parser.add_argument_group("cpu report exports")
     cpu_group.add_argument("--folded", metavar="FILE", help="write folded stacks (flamegraph.pl input)")
     cpu_group.add_argument("--speedscope", metavar="FILE", help="write a speedscope profile (JSON)")
@@ -86,7 +93,11 @@ def _validate(args: argparse.Namespace) -> list[str]:
         raise CallspanError(f"--target {args.target}: expected a fraction in (0, 1]")
     if args.min_calls < 1:
         raise CallspanError(f"--min-calls {args.min_calls}: expected at least 1")
-    if not 0 <= args.min_share < 1:
+    if args.min_saved_ms < 0:
+        raise CallspanError(f"--min-saved-ms {args.min_saved_ms}: expected 0 or more")
+    if args.lookup_ns is not None and not args.lookup_ns > 0:
+        raise CallspanError(f"--lookup-ns {args.lookup_ns}: expected more than 0")
+    if args.min_share is not None and not 0 <= args.min_share < 1:
         raise CallspanError(f"--min-share {args.min_share}: expected a fraction in [0, 1)")
     if args.top < 1:
         raise CallspanError(f"--top {args.top}: expected at least 1")
@@ -173,7 +184,8 @@ def analyze(args: argparse.Namespace, stderr: TextIO | None = None) -> Results:
         pending_latency = latency.start(model, workers.imap) if "latency" in reports else None
         if "cache" in reports:
             pending = cache.start(model, cache.CacheOptions(
-                target=args.target, min_calls=args.min_calls, min_share=args.min_share), workers.imap)
+                target=args.target, min_calls=args.min_calls, min_share=args.min_share,
+                min_saved_ns=args.min_saved_ms * 1e6, lookup_ns=args.lookup_ns), workers.imap)
         if want_stacks:
             wanted = [(trace, span) for _, trace, span, _, _, _ in model.slow]
             stacks = cpu.resolve(model, wanted)

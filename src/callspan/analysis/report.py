@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from callspan import __version__
-from callspan.analysis.cache import DEFAULT_MAXSIZE, CacheReport, Opportunity
+from callspan.analysis.cache import DEFAULT_MAXSIZE, CacheReport, LookupCost, Opportunity
 from callspan.analysis.cpu import CpuReport
 from callspan.analysis.latency import LatencyReport
 from callspan.analysis.model import Model
@@ -26,6 +26,8 @@ ESTIMATES = {
     "mixed": "estimated: summarised calls were key-sampled (smallest rate {rate:g}); processes estimated "
              "differently",
 }
+SAVINGS_OVERLAP = ("savings overlap: a function's savings include those of the functions it calls (nested "
+                   "calls), so they are not additive and no total is given")
 JSON_SCHEMA = "callspan.analysis/1"
 ADVICE_LABELS = {
     "lru_cache": "lru_cache", "lru_cache_convert_args": "convert args", "method": "method (self)",
@@ -170,11 +172,17 @@ def cache_text(report: CacheReport, top: int) -> list[str]:
         if len(ops) > top:
             lines.append(f"    ... {len(ops) - top} more (--top N)")
         lines.extend(_wrap(f"saved: {'CPU' if unit != 'none' else 'wall time'} of the calls that would hit; "
-                           "share: of all self CPU; ~: estimated (key sampling)", "    "))
+                           "share: of all self CPU; ~: estimated (key sampling); " + SAVINGS_OVERLAP, "    "))
         for rank, op in enumerate(ops[:top], 1):
             lines.append("")
             lines.extend(opportunity_text(rank, op))
     lines.append("")
+    lines.extend(_wrap(worth_it_text(report), ""))
+    if report.clamps.total:
+        lines.extend(_wrap(f"warning: {report.clamps.total:,} figure(s) broke an invariant and were clamped "
+                           f"({', '.join(f'{k} x{n}' for k, n in sorted(report.clamps.counts.items()))}):", ""))
+        for message in report.clamps.messages:
+            lines.extend(_wrap(message, "  "))
     notes = [f"{report.functions_analyzed} functions with >= {o.min_calls} keyed calls analyzed"]
     if report.functions_without_reuse:
         notes.append(f"{report.functions_without_reuse} never repeated an argument key")
@@ -182,6 +190,36 @@ def cache_text(report: CacheReport, top: int) -> list[str]:
         notes.append(f"{report.functions_without_keys} had no key hashes (CALLSPAN_KEYS off for them?)")
     lines.extend(_wrap("; ".join(notes) + ".", ""))
     return lines
+
+
+def lookup_text(lookup: LookupCost) -> str:
+    if lookup.source == "measured":
+        return (f"a functools.lru_cache hit costs ~{fmt_ns(lookup.one_arg_ns)} with one int argument, "
+                f"~{fmt_ns(lookup.three_args_ns)} with three (measured here: fastest of {lookup.repeats} "
+                f"timings of {lookup.iterations:,} calls)")
+    return f"a cache hit is taken to cost {fmt_ns(lookup.ns)} ({lookup.source})"
+
+
+def worth_it_text(report: CacheReport) -> str:
+    o = report.options
+    text = (f"Worth it: {lookup_text(report.lookup)}; a call must cost at least {o.min_cost_ratio:g}x "
+            f"{fmt_ns(report.lookup.ns)} (CPU, or wall without a CPU counter in ns) and save at least "
+            f"{fmt_ns(o.min_saved_ns)} at the recommended maxsize")
+    if o.min_share is not None:
+        text += f" and {o.min_share:.2%} of all CPU (--min-share)"
+    return text + "."
+
+
+def estimate_text(op: Opportunity) -> str | None:
+    """How an estimated figure was estimated (rate, scale, error), or None when exact."""
+    if not op.estimated:
+        return None
+    text = ESTIMATES.get(op.estimator, ESTIMATES["mixed"]).format(rate=op.sample_rate, scale=1 / op.sample_rate)
+    if op.estimate_error is not None:
+        text += f"; relative standard error of the distinct keys ~{100 * op.estimate_error:.1f}%"
+    else:
+        text += "; error not estimated"
+    return text
 
 
 def _main_unit(report: CacheReport) -> str:
@@ -227,10 +265,9 @@ def opportunity_text(rank: int, op: Opportunity) -> list[str]:
             saving += (f"; memory ~{fmt_bytes(op.memory_bytes)} ({op.recommended_maxsize:,} return values, "
                        "shallow size)")
         lines.extend(_wrap(saving, "     "))
-    if op.estimated:
-        lines.extend(_wrap(ESTIMATES.get(op.estimator, ESTIMATES["mixed"]).format(rate=op.sample_rate,
-                                                                                   scale=1 / op.sample_rate),
-                           "     "))
+    estimate = estimate_text(op)
+    if estimate:
+        lines.extend(_wrap(estimate, "     "))
     if len(op.processes) > 1:
         parts = [f"{p['label']}: {fmt_pct(p['hit_ratio'])}% of {fmt_count(p['calls'])}"  # type: ignore[arg-type]
                  for p in op.processes[:4]]
@@ -315,6 +352,10 @@ def opportunity_json(rank: int, op: Opportunity) -> dict[str, Any]:
         "impure_callees": op.impure_callees, "overlapping_calls": op.overlapping,
         "unhashable_arg_types": op.unhashable_types, "returns_unhashable": op.returns_unhashable,
         "sample_rate": op.sample_rate, "estimated": op.estimated, "estimator": op.estimator,
+        "estimate": None if not op.estimated else {
+            "text": estimate_text(op), "relative_error": _round(op.estimate_error)},
+        "mean_cost": _round(op.mean_cost, 1), "mean_wall_ns": _round(op.mean_wall, 1),
+        "own_cost": {"cpu": round(op.own_cpu) if op.cpu_unit != "none" else None, "wall_ns": round(op.own_wall)},
         "source": op.source, "fresh_keys": round(op.fresh_keys), "cheap_ns": op.cheap_ns,
         "shadowed_calls": op.shadowed_calls,
         "advice": {"kind": op.advice.kind, "text": op.advice.text, "paste": op.advice.paste},
@@ -346,7 +387,15 @@ def render_json_object(results: Results) -> dict[str, Any]:
         c = results.cache
         out["cache"] = {
             "options": {"target": c.options.target, "min_calls": c.options.min_calls,
-                        "min_share": c.options.min_share},
+                        "min_share": c.options.min_share, "min_saved_ns": c.options.min_saved_ns,
+                        "min_cost_ratio": c.options.min_cost_ratio},
+            "lookup_ns": _round(c.lookup.ns, 1),
+            "lookup": {"one_arg_ns": _round(c.lookup.one_arg_ns, 1), "three_args_ns": _round(c.lookup.three_args_ns, 1),
+                       "iterations": c.lookup.iterations, "repeats": c.lookup.repeats, "source": c.lookup.source},
+            "savings_additive": False,
+            "savings_note": SAVINGS_OVERLAP,
+            "invariant_clamps": dict(sorted(c.clamps.counts.items())),
+            "warnings": list(c.clamps.messages),
             "total_cpu": c.total_cpu,
             "functions_analyzed": c.functions_analyzed,
             "functions_without_reuse": c.functions_without_reuse,
@@ -465,7 +514,10 @@ def render_html(results: Results) -> str:
         c = results.cache
         body.append(f"<h2>Cache opportunities</h2><p class=muted>Ranked by CPU saved at the recommended "
                     f"maxsize (smallest size reaching {c.options.target:.0%} of the unbounded hits). "
-                    f"Hit ratios replay every call in start order through an LRU cache of each size.</p>")
+                    f"Hit ratios replay every call in start order through an LRU cache of each size. "
+                    f"{_esc(SAVINGS_OVERLAP[0].upper() + SAVINGS_OVERLAP[1:])}. {_esc(worth_it_text(c))}</p>")
+        if c.clamps.total:
+            body.append("<p class=muted>" + "<br>".join(_esc(m) for m in c.clamps.messages) + "</p>")
         rows = ["<table><tr><th>#</th><th class=l>function</th><th>calls</th><th>distinct keys</th>"
                 "<th>hit ratio</th><th>at 128</th><th>maxsize</th><th>CPU saved</th><th>wall saved</th>"
                 "<th>share</th><th class=l>advice</th></tr>"]
