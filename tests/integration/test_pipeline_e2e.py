@@ -158,9 +158,11 @@ def differences(got: Any, want: Any, path: str = "") -> list[str]:
 
 
 def analyze_json(cwd: Path, *args: str) -> dict[str, Any]:
-    """The cache opportunities and CPU-by-stack answer, without input bookkeeping."""
+    """The cache opportunities and CPU-by-stack answer, without input bookkeeping.
+
+    The lookup cost is fixed: measured per run, it differs between the two analyses compared."""
     result = subprocess.run([sys.executable, "-m", "callspan", "analyze", "--format", "json", "--report",
-                             "cache,cpu", "--no-progress", *args], cwd=cwd, capture_output=True, text=True,
+                             "cache,cpu", "--no-progress", "--lookup-ns", "100", *args], cwd=cwd, capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
