@@ -23,6 +23,12 @@ _P = "callspan.profile."
 OTHER_LABEL = "(other)"
 
 
+def _add_fields(target: Any, other: Any, names: tuple[str, ...]) -> None:
+    """``target.<name> += other.<name>`` for each of ``names`` (the counters the classes sum)."""
+    for name in names:
+        setattr(target, name, getattr(target, name) + getattr(other, name))
+
+
 @dataclass(slots=True)
 class ProfileFunction:
     """One function of the process's function table, with its call totals."""
@@ -44,11 +50,7 @@ class ProfileFunction:
             self.file, self.line = other.file, other.line
         if other.kind and self.kind == "function":
             self.kind = other.kind
-        self.calls += other.calls
-        self.errors += other.errors
-        self.wall_ns += other.wall_ns
-        self.run_ns += other.run_ns
-        self.cpu_self += other.cpu_self
+        _add_fields(self, other, ("calls", "errors", "wall_ns", "run_ns", "cpu_self"))
 
 
 @dataclass(slots=True)
@@ -77,14 +79,8 @@ class ProfileNode:
             self.function = other.function
         if not self.label and other.label:
             self.label = other.label
-        self.calls += other.calls
-        self.errors += other.errors
-        self.wall_ns += other.wall_ns
-        self.run_ns += other.run_ns
-        self.suspended_ns += other.suspended_ns
-        self.awaits += other.awaits
-        self.cpu_total += other.cpu_total
-        self.cpu_self += other.cpu_self
+        _add_fields(self, other, ("calls", "errors", "wall_ns", "run_ns", "suspended_ns", "awaits", "cpu_total",
+                                  "cpu_self"))
 
     @property
     def is_thread_root(self) -> bool:
@@ -115,19 +111,11 @@ class ProfileCache:
     shadowed_calls: int = 0  # calls nested in a hit of the same function: left out of the replay
 
     def add(self, other: ProfileCache) -> None:
-        self.calls += other.calls
-        self.unhashable_calls += other.unhashable_calls
+        _add_fields(self, other, ("calls", "unhashable_calls", "identity_calls", "keys", "inconsistent_keys",
+                                  "inconsistent_calls", "fresh_keys", "overlaps", "sampled_calls", "shadowed_calls"))
         self.unhashable_types.update(other.unhashable_types)
-        self.identity_calls += other.identity_calls
-        self.keys += other.keys
-        self.inconsistent_keys += other.inconsistent_keys
-        self.inconsistent_calls += other.inconsistent_calls
-        self.fresh_keys += other.fresh_keys
-        self.overlaps += other.overlaps
-        self.sampled_calls += other.sampled_calls
         self.rate = min(self.rate, other.rate)
         self.cheap_ns = max(self.cheap_ns, other.cheap_ns)
-        self.shadowed_calls += other.shadowed_calls
 
 
 # A reuse row: [hits, cpu, wall_ns] of the calls at one LRU stack distance (scaled by 1/rate).
@@ -284,10 +272,7 @@ class ProfileData:
             known, mine_seen = self.chunks.get(window, (count, set()))
             self.duplicates += len(mine_seen & seen)
             self.chunks[window] = (max(known, count), mine_seen | seen)
-        self.duplicates += other.duplicates
-        self.lost_calls += other.lost_calls
-        self.other_calls += other.other_calls
-        self.spans += other.spans
+        _add_fields(self, other, ("duplicates", "lost_calls", "other_calls", "spans"))
 
     def warnings(self, label: str) -> list[str]:
         """What the reader should know about this process's aggregates being incomplete or odd."""

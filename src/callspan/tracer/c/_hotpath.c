@@ -884,15 +884,25 @@ cb_py_start_impl(HotPath *hp, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
-static PyObject *
-cb_py_resume_impl(HotPath *hp, PyObject *const *args, Py_ssize_t nargs)
+/* The CodeInfo of the code in args[0] when it is traced and the event brought at least `need`
+ * arguments; NULL otherwise (a failed lookup faults the hot path). */
+static inline PyObject *
+traced_info(HotPath *hp, PyObject *const *args, Py_ssize_t nargs, Py_ssize_t need)
 {
-    PyObject *info = nargs >= 1 ? info_of(hp, args[0]) : NULL;
+    PyObject *info = nargs >= need ? info_of(hp, args[0]) : NULL;
     if (info == NULL || info == Py_None) {
         if (PyErr_Occurred())
             fault(hp);
-        return Py_NewRef(hp->disable);
+        return NULL;
     }
+    return info;
+}
+
+static PyObject *
+cb_py_resume_impl(HotPath *hp, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (traced_info(hp, args, nargs, 1) == NULL)
+        return Py_NewRef(hp->disable);
     PyFrameObject *frame = PyEval_GetFrame();
     if (frame == NULL || hp_resume(hp, frame) < 0)
         fault(hp);
@@ -902,12 +912,8 @@ cb_py_resume_impl(HotPath *hp, PyObject *const *args, Py_ssize_t nargs)
 static PyObject *
 cb_py_return_impl(HotPath *hp, PyObject *const *args, Py_ssize_t nargs)
 {
-    PyObject *info = nargs >= 3 ? info_of(hp, args[0]) : NULL;
-    if (info == NULL || info == Py_None) {
-        if (PyErr_Occurred())
-            fault(hp);
+    if (traced_info(hp, args, nargs, 3) == NULL)
         return Py_NewRef(hp->disable);
-    }
     if (hp_finish(hp, args[0], args[2], NULL) < 0)
         fault(hp);
     Py_RETURN_NONE;
@@ -916,12 +922,8 @@ cb_py_return_impl(HotPath *hp, PyObject *const *args, Py_ssize_t nargs)
 static PyObject *
 cb_py_yield_impl(HotPath *hp, PyObject *const *args, Py_ssize_t nargs)
 {
-    PyObject *info = nargs >= 1 ? info_of(hp, args[0]) : NULL;
-    if (info == NULL || info == Py_None) {
-        if (PyErr_Occurred())
-            fault(hp);
+    if (traced_info(hp, args, nargs, 1) == NULL)
         return Py_NewRef(hp->disable);
-    }
     PyFrameObject *frame = PyEval_GetFrame();
     if (frame == NULL || hp_suspend(hp, args[0], frame) < 0)
         fault(hp);
@@ -932,12 +934,8 @@ cb_py_yield_impl(HotPath *hp, PyObject *const *args, Py_ssize_t nargs)
 static PyObject *
 cb_py_unwind_impl(HotPath *hp, PyObject *const *args, Py_ssize_t nargs)
 {
-    PyObject *info = nargs >= 3 ? info_of(hp, args[0]) : NULL;
-    if (info == NULL || info == Py_None) {
-        if (PyErr_Occurred())
-            fault(hp);
+    if (traced_info(hp, args, nargs, 3) == NULL)
         Py_RETURN_NONE;
-    }
     if (hp_finish(hp, args[0], Py_None, args[2]) < 0)
         fault(hp);
     Py_RETURN_NONE;
@@ -946,12 +944,8 @@ cb_py_unwind_impl(HotPath *hp, PyObject *const *args, Py_ssize_t nargs)
 static PyObject *
 cb_py_throw_impl(HotPath *hp, PyObject *const *args, Py_ssize_t nargs)
 {
-    PyObject *info = nargs >= 1 ? info_of(hp, args[0]) : NULL;
-    if (info == NULL || info == Py_None) {
-        if (PyErr_Occurred())
-            fault(hp);
+    if (traced_info(hp, args, nargs, 1) == NULL)
         Py_RETURN_NONE;
-    }
     PyFrameObject *frame = PyEval_GetFrame();
     if (frame == NULL || hp_resume(hp, frame) < 0)
         fault(hp);
