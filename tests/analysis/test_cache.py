@@ -245,13 +245,25 @@ def test_coroutines_get_async_advice_and_overlaps_are_counted() -> None:
     assert "coroutine object" in op.advice.text
 
 
-def test_unhashable_arguments_say_which_types() -> None:
-    extra = {"callspan.args.hashable": False, "callspan.args.unhashable": "list,dict"}
+def test_unhashable_arguments_are_named_and_never_get_a_bare_lru_cache_line() -> None:
+    extra = {"callspan.args.hashable": False, "callspan.args.unhashable": "items:list,table:dict"}
     spans = key_sequence_spans("m.f", [1, 1, 1], cpu=1_000_000, extra=extra)
     op = opportunity(model_of(request(spans)), "m.f")
     assert op.advice.kind == "lru_cache_convert_args"
     assert op.unhashable_types == ["dict", "list"]
-    assert "unhashable dict, list" in op.advice.text
+    assert op.unhashable_args == [("items", "list"), ("table", "dict")]
+    assert "convert items (list) to a tuple, table (dict) to a frozenset of its items" in op.advice.text
+    assert op.advice.paste is None  # a bare @lru_cache would raise TypeError on the first call
+    assert op.recommended_maxsize == 1
+
+
+def test_unhashable_arguments_from_older_tracers_name_types_only() -> None:
+    extra = {"callspan.args.hashable": False, "callspan.args.unhashable": "list,dict"}
+    spans = key_sequence_spans("m.f", [1, 1, 1], cpu=1_000_000, extra=extra)
+    op = opportunity(model_of(request(spans)), "m.f")
+    assert op.advice.kind == "lru_cache_convert_args" and op.advice.paste is None
+    assert op.unhashable_args == [("?", "dict"), ("?", "list")]
+    assert "some arguments are unhashable (dict, list" in op.advice.text
 
 
 def test_methods_whose_self_makes_every_key_distinct() -> None:

@@ -91,7 +91,7 @@ CACHE: dict[int, list[dict[str, Any]]] = {  # window -> cache rows (doubles scal
         {"function": 6, "calls": 60, "keys": 2.0, "sampled_calls": 60},
         {"function": 7, "calls": 90, "keys": 4.0, "unhashable_calls": 90, "unhashable_types": "list,dict",
          "sampled_calls": 90}],
-    1: [{"function": 3, "calls": 50, "keys": 1.0, "fresh_keys": 1.0, "sampled_calls": 50},
+    1: [{"function": 3, "calls": 50, "keys": 1.0, "sampled_calls": 50},
         {"function": 4, "calls": 10, "overlaps": 2.0, "sampled_calls": 10},
         {"function": 5, "calls": 10, "inconsistent_keys": 1.0, "inconsistent_calls": 10.0, "sampled_calls": 10},
         {"function": 7, "calls": 20, "unhashable_calls": 20, "unhashable_types": "list,dict,set",
@@ -411,7 +411,7 @@ def test_cache_hits_at_every_size_come_from_the_reuse_histogram() -> None:
     assert op.savings.wall == own_wall
     assert report.clamps.counts["wall_savings_le_cost"] >= 1  # the fixture's other functions too
     assert any(m.startswith("app.price: wall saved") for m in report.clamps.messages)
-    assert op.fresh_keys == merged_cache(3, "fresh_keys") and op.consistent
+    assert op.fresh_keys == 0 and op.consistent
     assert op.source == "aggregates" and not op.estimated
     # The share is of the process's traced CPU: the sum of the nodes' self CPU.
     assert report.total_cpu == {"ns": sum(v["cpu_self"] for v in merged_nodes().values())}
@@ -421,11 +421,18 @@ def test_cache_hits_at_every_size_come_from_the_reuse_histogram() -> None:
 def test_cache_advice_from_aggregates() -> None:
     ops = {op.name: op for op in cache.analyze(the_model()).opportunities}
     now = ops["app.now"]
-    assert now.advice.kind == "inconsistent" and now.inconsistent_keys == merged_cache(5, "inconsistent_keys")
+    assert now.advice.kind == "inconsistent" and merged_cache(5, "inconsistent_keys") == 3
     # handler's own returns are consistent, but the call tree says it calls app.now.
-    assert ops["app.handler"].advice.kind == "calls_impure"
-    assert ops["app.handler"].impure_callees == ["app.now"]
-    assert ops["app.handler"].savings.cpu == 0
+    # It stays ranked with its savings, under a caveat naming the callee and its inconsistent share.
+    handler = ops["app.handler"]
+    assert handler.advice.kind == "calls_impure" and handler.advice.paste is None
+    assert handler.impure_callees == ["app.now"]
+    assert handler.impure_keys == [(now.inconsistent_keys, now.distinct_keys)]
+    # The fixture's windows claim 3 inconsistent keys of 2: clamped (hits <= calls, keys <= calls and
+    # inconsistent keys <= keys are enforced and counted).
+    assert now.inconsistent_keys == now.distinct_keys == 2
+    assert "which returned different values for 2 of 2 argument keys (100.0%)" in handler.advice.text
+    assert handler.savings.cpu > 0 and handler.recommended_maxsize is not None
     # main calls app.now too (through handler) but has no keys: it is not analyzed at all.
     assert "app.main" not in ops
     load = ops["app.load"]
@@ -433,6 +440,25 @@ def test_cache_advice_from_aggregates() -> None:
     fetch = ops["app.fetch"]
     assert fetch.advice.kind == "inflight_coalescing"
     assert fetch.overlapping == merged_cache(4, "overlaps")
+
+
+def test_a_new_object_each_call_is_not_cacheable_as_is_and_not_impurity() -> None:
+    spans = profile_spans()
+    for profile in spans:
+        for kv in profile["attributes"]:
+            if kv["key"] == "callspan.profile.cache.function":
+                functions = [int(v["intValue"]) for v in kv["value"]["arrayValue"]["values"]]
+        for kv in profile["attributes"]:
+            if kv["key"] == "callspan.profile.cache.fresh_keys":  # app.price and app.load: new objects
+                kv["value"] = otlp_fixtures.av([1.0 if f in (3, 7) else 0.0 for f in functions])
+    ops = {o.name: o for o in cache.analyze(model_of(*(request_v2([s]) for s in spans))).opportunities}
+    price = ops["app.price"]
+    assert price.advice.kind == "fresh_object" and price.consistent and price.inconsistent_keys == 0
+    assert price.recommended_maxsize is None and price.advice.paste is None
+    assert "returns a new object each call" in price.advice.text
+    assert ops["app.load"].advice.kind == "fresh_object"
+    # Not evidence of a side effect: nothing calling them is flagged impure for it.
+    assert all(op.impure_callees in ([], ["app.now"]) for op in ops.values())
 
 
 def test_identity_calls_make_differing_returns_collisions() -> None:

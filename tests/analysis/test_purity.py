@@ -137,25 +137,26 @@ def service(handler: str, callees: list[str], requests: int = 6, *, first_id: in
     return spans
 
 
-def test_a_caller_of_an_impure_function_is_not_recommended() -> None:
+def test_a_caller_of_an_impure_function_is_ranked_with_a_caveat_naming_the_callee() -> None:
     spans = service("m.checkout", ["m.request_id", "m.price"])
     spans += service("m.browse", ["m.price"], first_id=10_000, trace=2)
     ops = ops_by_name(model_of(request(spans)))
     assert ops["m.request_id"].advice.kind == "inconsistent"
     checkout = ops["m.checkout"]
     assert checkout.consistent and checkout.hits_unbounded == 4
-    assert checkout.advice.kind == "calls_impure" and checkout.advice.paste is None
-    assert checkout.advice.text.startswith("calls impure m.request_id, whose returns differ")
-    assert checkout.impure_callees == ["m.request_id"]
-    assert checkout.recommended_maxsize is None and checkout.memory_bytes is None
-    assert checkout.savings.cpu == 0 and checkout.share == 0.0
-    assert checkout.processes[0]["savings"] == {"cpu": 0, "wall_ns": 0, "hits": 0}
+    assert checkout.advice.kind == "calls_impure" and checkout.advice.paste is None  # the user decides
+    assert checkout.advice.text.startswith("calls impure m.request_id, which returned different values for 1 of "
+                                           "1 argument keys (100.0%): caching this function skips those calls")
+    assert checkout.impure_callees == ["m.request_id"] and checkout.impure_keys == [(1, 1.0)]
+    # Not hidden: its savings and size are those of its own (consistent) returns.
+    assert checkout.recommended_maxsize == ops["m.browse"].recommended_maxsize
+    assert checkout.savings.cpu > 0 and checkout.share is not None and checkout.share > 0
     assert opportunity_json(1, checkout)["impure_callees"] == ["m.request_id"]
-    # The same shape without the impure call, and the pure callee, are still recommended.
+    # The same shape without the impure call, and the pure callee, are recommended without caveat.
     assert ops["m.browse"].advice.kind == "lru_cache" and ops["m.browse"].impure_callees == []
     assert ops["m.price"].advice.kind == "lru_cache" and ops["m.price"].impure_callees == []
     ranked = [op.name for op in cache.analyze(model_of(request(spans))).opportunities]
-    assert ranked.index("m.checkout") > ranked.index("m.browse")
+    assert ranked.index("m.checkout") < ranked.index("m.request_id")  # ranked by savings, not sent last
 
 
 def test_impurity_propagates_through_intermediate_callers() -> None:
@@ -382,3 +383,24 @@ def test_links_share_the_rows_span_arrays_and_find_the_same_edges(want_rows: boo
     names = [f.name for f in model.functions]
     assert {(names[a], names[b]) for a, b in model.call_edges()} == {
         ("m.root", "m.rec"), ("m.root", "m.leaf"), ("m.rec", "m.anon"), ("m.late", "m.child")}
+
+
+# -- a few inconsistent keys among many (issue 11 item 3) ---------------------------------------
+
+@pytest.mark.parametrize(("bad_keys", "kind"), [(1, "mostly_consistent"), (2, "mostly_consistent"),
+                                                (3, "inconsistent")])
+def test_a_few_inconsistent_keys_of_many_are_shown_with_their_share(bad_keys: int, kind: str) -> None:
+    # 40 keys called three times each; ``bad_keys`` of them return a different value the third time.
+    keys = [k for _ in range(3) for k in range(1, 41)]
+    rets = [k * 10 + (1 if i >= 80 and k <= bad_keys else 0) for i, k in enumerate(keys)]
+    op = ops_by_name(model_of(request(calls("m.rate", keys, rets))), lookup_ns=100)["m.rate"]
+    assert op.inconsistent_keys == bad_keys and op.distinct_keys == 40
+    assert op.inconsistent_share == pytest.approx(bad_keys / 40)
+    assert op.advice.kind == kind and op.advice.paste is None
+    assert f"{bad_keys} of 40 argument keys ({bad_keys / 40:.1%}) returned different values" in op.advice.text
+    doc = opportunity_json(1, op)
+    assert doc["inconsistent_share"] == pytest.approx(bad_keys / 40)
+    if kind == "mostly_consistent":  # ranked by its savings: the user decides
+        assert op.recommended_maxsize == 40 and op.savings.hits == 80 and op.savings.cpu == 80 * 1_000_000
+    else:
+        assert op.recommended_maxsize is None and op.savings.cpu == 0

@@ -405,7 +405,7 @@ def test_consistency_fresh_objects_and_unhashable_arguments(traced) -> None:  # 
     assert cache_column(windows, "listed", "unhashable_calls") == 3
     assert hits_at(windows, "listed", None) == 1
     types = [t for w in windows for fid, t in zip(w["cache.function"], w["cache.unhashable_types"], strict=True) if t]
-    assert types == ["list"]
+    assert types == ["items:list"]  # the argument named, then its type
 
 
 async def fetch(k: int) -> int:

@@ -321,7 +321,7 @@ def test_functions_whose_arguments_never_key_stop_being_keyed(traced) -> None:  
     assert len(requests) == len(lists) == UNKEYABLE_AFTER + 6
     # Every call still names its unhashable argument type; the calls before the one that reaches
     # UNKEYABLE_AFTER also carry their return value's hash, the later ones are not keyed at all.
-    assert all(n.attributes["callspan.args.unhashable"] == "dict" for n in requests)
+    assert all(n.attributes["callspan.args.unhashable"] == "req:dict" for n in requests)
     assert all("callspan.args.hash" not in n.attributes for n in requests)
     with_return = [n for n in requests if "callspan.return.hash" in n.attributes]
     assert with_return == requests[: UNKEYABLE_AFTER - 1]

@@ -70,13 +70,24 @@ def test_fingerprint_compiled_equals_python(value: Any) -> None:
     key = value if type(value) is tuple else (value,)
     if any(type(v).__hash__ is None for v in key):
         assert hotpath.unhashable_args(key) == keys.unhashable_args(key)
+        names = tuple(f"p{i}" for i in range(len(key) // 2))
+        assert hotpath.unhashable_args(key, names, "rest") == keys.unhashable_args(key, names, "rest")
 
 
 def test_fingerprint_budget_and_nested_containers() -> None:
     assert hotpath.fingerprint(([1, 2], {"a": 1})) == hash((False, (hash((True, (1, 2))), hash(("dict", frozenset({"a": 1}.items()))))))
     assert hotpath.fingerprint(({"a": [1]},)) is None  # a nested container is not walked
     assert hotpath.fingerprint((list(range(16)),)) is None  # 1 + 16 elements: over the budget of 16
-    assert hotpath.unhashable_args(([1], {2: 3}, [4])) == (hotpath.fingerprint(([1], {2: 3}, [4])), "list,dict")
+    assert hotpath.unhashable_args(([1], {2: 3}, [4])) == (hotpath.fingerprint(([1], {2: 3}, [4])), "?:list,?:dict")
+
+
+def test_unhashable_arguments_are_named_by_parameter_varargs_and_keyword() -> None:
+    mark = keys._KWD_MARK[0]
+    key = ([1], 2, {3: 4}, [5], mark, "opts", {6}, "extra", [7])
+    want = "xs:list,table:dict,*rest:list,opts:set,extra:list"
+    assert keys.unhashable_args(key, ("xs", "n", "table"), "rest")[1] == want
+    assert hotpath.unhashable_args(key, ("xs", "n", "table"), "rest", mark)[1] == want
+    assert hotpath.unhashable_args(([1], [2]), ("a", "b"))[1] == "a:list,b:list"
 
 
 def replay_python(interval: int, walls: list[int], reals: list[int]) -> list[int]:

@@ -108,7 +108,7 @@ def test_unhashable_arguments_are_flagged_and_fingerprinted(traced) -> None:  # 
     run.run(calls)
     nodes = run.sink.named(".listy")
     assert [n.attributes["callspan.args.hashable"] for n in nodes] == [False] * 3
-    assert nodes[0].attributes["callspan.args.unhashable"] == "list,dict"
+    assert nodes[0].attributes["callspan.args.unhashable"] == "items:list,table:dict"
     args = [n.attributes["callspan.args.hash"] for n in nodes]
     assert args[0] == args[1] != args[2]
     rets = [n.attributes["callspan.return.hash"] for n in nodes]

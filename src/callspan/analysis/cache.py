@@ -34,9 +34,14 @@ object" only while it lives; a new object at a freed one's address gets the same
 returning different values is counted as an identity key collision, not as inconsistency. Such
 functions get the ``method`` advice and are never recommended.
 
-Impurity propagates to callers: a function that calls an inconsistent (impure) function, directly
-or through other traced functions, in the logical call graph (parent span links, and calls
-summarised on a span) is never recommended: caching it would skip those calls (``calls_impure``).
+Purity: a key whose returns differ by value makes the function inconsistent; when at most
+``MOSTLY_CONSISTENT`` of its keys do, it is ``mostly_consistent`` (ranked, with the share shown).
+Returns that differ only by being new objects hashed by identity (iterators, generators, objects
+without value equality) are not impurity: the function ``fresh_object`` (not cacheable as is), and
+its callers unaffected. A function that calls an inconsistent function, directly or through other
+traced functions, in the logical call graph (parent span links, the aggregates' call tree) stays
+ranked by its savings with a caveat naming the callee and the share of its keys that differed
+(``calls_impure``): caching it would skip those calls. Caveated advice never has a paste line.
 
 Schema v2 aggregates (``Model.profiles``): the tracer already kept, per function and process, the
 LRU stack distance of every keyed call (the number of distinct other keys since the key's last
@@ -102,8 +107,16 @@ LOOKUP_ITERATIONS = 10_000  # calls per timing
 LOOKUP_REPEATS = 5  # timings per variant; the fastest is kept (the least disturbed)
 
 ADVICE_KINDS = ("lru_cache", "lru_cache_convert_args", "method", "async_cache", "inflight_coalescing",
-                "inconsistent", "calls_impure", "not_cacheable", "not_worth_it")
-NOT_RECOMMENDED = ("inconsistent", "calls_impure", "not_cacheable", "method")
+                "mostly_consistent", "calls_impure", "inconsistent", "fresh_object", "not_cacheable", "not_worth_it")
+NOT_RECOMMENDED = ("inconsistent", "fresh_object", "not_cacheable", "method")
+# Ranked by savings with a caveat the user must weigh; never given a paste line.
+CAVEATED = ("mostly_consistent", "calls_impure")
+# At most this share of a function's keys returned different values: "mostly consistent", ranked
+# with the share shown (a cache would return stale values for those keys); above it, inconsistent.
+MOSTLY_CONSISTENT = 0.05
+# What to convert an unhashable argument to before caching, by type.
+HASHABLE_FORM = {"list": "a tuple", "set": "a frozenset", "dict": "a frozenset of its items (or a sorted tuple)",
+                 "bytearray": "bytes"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -664,7 +677,7 @@ class Opportunity:
     overlapping: int
     sample_rate: float
     estimator: str  # "exact", "shards", "listed" or "mixed" (see the module docstring)
-    unhashable_types: list[str]
+    unhashable_types: list[str]  # type names
     returns_unhashable: bool
     cpu_unit: str
     savings: Savings
@@ -685,6 +698,17 @@ class Opportunity:
     mean_wall: float | None = None  # wall ns per call
     own_cpu: float = 0.0  # its own total CPU (sum of its calls' callspan.cpu.total), unit cpu_unit
     own_wall: float = 0.0  # its own total wall time, ns
+    unhashable_args: list[tuple[str, str]] = field(default_factory=list)  # (argument, type); "?" when not named
+    impure_keys: list[tuple[float, float]] = field(default_factory=list)  # per impure callee: (its inconsistent keys, its keys)
+
+    @property
+    def inconsistent_share(self) -> float:
+        """The share of its keys that returned different values for the same arguments."""
+        return self.inconsistent_keys / self.distinct_keys if self.distinct_keys > 0 else 0.0
+
+    @property
+    def mostly_consistent(self) -> bool:
+        return 0 < self.inconsistent_keys and self.inconsistent_share <= MOSTLY_CONSISTENT
 
     @property
     def estimated(self) -> bool:
@@ -832,10 +856,18 @@ def _advise(op: Opportunity, options: CacheOptions, lookup: LookupCost) -> Advic
                       f"({_format_count(op.calls)} calls, {_format_count(op.distinct_keys)} distinct keys): "
                       "if the result does not depend on the instance, cache a module-level function of the "
                       "other arguments instead")
-    if not op.consistent:
-        return Advice("inconsistent", f"not cacheable as is: {op.inconsistent_keys:,} argument key(s) returned "
-                      "different values (the result depends on more than the arguments, or is a new object "
-                      "each call)")
+    if not op.consistent and not op.mostly_consistent:
+        return Advice("inconsistent", f"not cacheable as is: {op.inconsistent_keys:,} of "
+                      f"{_format_count(op.distinct_keys)} argument keys ({op.inconsistent_share:.1%}) returned "
+                      "different values for the same arguments (the result depends on more than the arguments: "
+                      "state, a clock, randomness)")
+    if op.fresh_keys:
+        return Advice("fresh_object", f"returns a new object each call: for {_format_count(op.fresh_keys)} of "
+                      f"{_format_count(op.distinct_keys)} argument keys the returns differed only by being new "
+                      "objects without value equality (an iterator, a generator, a class without __eq__), so "
+                      "it is not cacheable as is: a cache would hand every caller the same object (an exhausted "
+                      "iterator, shared mutable state); return an immutable value (a tuple, a frozen "
+                      "dataclass) or cache what it is built from")
     if op.kind in ("generator", "async_generator"):
         return Advice("not_cacheable", f"a {op.kind.replace('_', ' ')} function: lru_cache would cache the "
                       "generator object, which can be iterated once; cache a function returning a tuple of "
@@ -868,18 +900,47 @@ def _advise(op: Opportunity, options: CacheOptions, lookup: LookupCost) -> Advic
                           "identical call was still running: share one in-flight asyncio.Task per key "
                           "(coalescing) and cache its result; " + text.split(": ", 1)[1])
         return Advice("async_cache", text)
-    if op.unhashable_types:
-        types = ", ".join(op.unhashable_types)
-        return Advice("lru_cache_convert_args", f"arguments include unhashable {types}: convert them to "
-                      "tuple / frozenset (e.g. in a thin wrapper) and cache the function of the converted "
-                      "arguments", paste)
     note = ""
     if op.method:
         note = ("; a method: self is part of the key, hits only repeat per instance, and the cache keeps "
                 "instances alive until evicted")
     if op.returns_unhashable:
         note += "; returns a mutable value: callers would share (and could mutate) the cached object"
+    if op.unhashable_types:
+        # Never a bare lru_cache line: it would raise TypeError on the first such call.
+        return Advice("lru_cache_convert_args", convert_args_text(op) + ", then cache the function of the "
+                      f"converted arguments with functools.lru_cache(maxsize={size})" + note)
+    if op.mostly_consistent:
+        return Advice("mostly_consistent", f"{op.inconsistent_keys:,} of {_format_count(op.distinct_keys)} "
+                      f"argument keys ({op.inconsistent_share:.1%}) returned different values for the same "
+                      "arguments: a cache would return a stale value for those; if that is acceptable, "
+                      f"functools.lru_cache(maxsize={size})" + note)
     return Advice("lru_cache", f"cache it with functools.lru_cache(maxsize={size})" + note, paste)
+
+
+def convert_args_text(op: Opportunity) -> str:
+    """What to convert before caching, naming each unhashable argument."""
+    named = [(arg, kind) for arg, kind in op.unhashable_args if arg != "?"]
+    if not named:
+        return (f"some arguments are unhashable ({', '.join(op.unhashable_types)}; functools.lru_cache raises "
+                "TypeError on them): convert them to hashable equivalents first (tuple, frozenset)")
+    parts = [f"{arg} ({kind}) to {HASHABLE_FORM.get(kind, 'a hashable equivalent')}" for arg, kind in named]
+    unnamed = [kind for arg, kind in op.unhashable_args if arg == "?"]
+    if unnamed:
+        parts.append(f"the other unhashable arguments ({', '.join(unnamed)}) likewise")
+    return ("unhashable arguments (functools.lru_cache raises TypeError on them): convert " + ", ".join(parts)
+            + " first (in a thin wrapper)")
+
+
+def split_unhashable(items: Iterable[str]) -> tuple[list[tuple[str, str]], list[str]]:
+    """``name:type`` items (bare type names from older tracers) as ((argument, type) pairs with
+    "?" for an argument not named, type names), each sorted."""
+    pairs: set[tuple[str, str]] = set()
+    for item in items:
+        name, sep, kind = item.rpartition(":")
+        pairs.add((name, kind) if sep else ("?", item))
+    ordered = sorted(pairs, key=lambda p: (p[0] == "?", p))
+    return ordered, sorted({kind for _, kind in ordered})
 
 
 JOB_CALLS = 200_000  # per-function replays are sent to workers in jobs of about this many calls
@@ -979,6 +1040,7 @@ class PendingAnalysis:
         results_flat = (result for batch in self.replayed for result in batch)
         opportunities: list[Opportunity] = []
         impure: list[tuple[str, str]] = []
+        impure_ops: dict[str, Opportunity] = {}
         without_reuse = 0
         lookup = (LookupCost(options.lookup_ns, options.lookup_ns, 0, 0, "option") if options.lookup_ns is not None
                   else measure_lookup_cost())
@@ -988,6 +1050,7 @@ class PendingAnalysis:
             op = _opportunity(model, results, self.total_cpu, options, self.identity[key], lookup, clamps)
             if op.inconsistent_keys:
                 impure.append(key)
+                impure_ops.setdefault(op.name, op)
             if op.hits_unbounded <= 0 and not op.method:
                 without_reuse += 1
                 continue
@@ -997,7 +1060,7 @@ class PendingAnalysis:
             for op in opportunities:
                 paths = reach.get((op.name, op.file))
                 if paths:
-                    _calls_impure(op, paths)
+                    _calls_impure(op, paths, impure_ops)
         opportunities.sort(key=rank_key)
         return CacheReport(opportunities, self.total_cpu, len(self.groups), without_reuse, self.without_keys,
                            options, lookup, clamps)
@@ -1006,7 +1069,7 @@ class PendingAnalysis:
 def rank_key(op: Opportunity) -> tuple[int, float, float, float, str, str, int]:
     """Recommended first, then not worth it, then never recommended; each by savings (CPU, wall,
     hits), ties by name, file and line: the same input always gives the same order."""
-    group = 2 if op.advice.kind in NOT_RECOMMENDED else 1 if op.advice.kind == "not_worth_it" else 0
+    group = 2 if op.advice.kind in NOT_RECOMMENDED else 1 if op.advice.kind == "not_worth_it" else 0  # CAVEATED: 0
     return (group, -(op.savings.cpu or 0), -op.savings.wall, -op.hits_unbounded, op.name, op.file, op.line)
 
 
@@ -1023,7 +1086,8 @@ def analyze(model: Model, options: CacheOptions | None = None,
 
 
 def _clamp_result(result: ProcessResult, name: str, clamps: Clamps) -> None:
-    """Hits <= calls (scaling the hits at every size alike) and distinct keys <= calls, per process."""
+    """Hits <= calls (scaling the hits at every size alike), distinct keys <= calls and
+    inconsistent keys <= distinct keys, per process."""
     hits = clamps.check("hits_le_calls", name, result.hits_unbounded, result.calls, "hits")
     if hits < result.hits_unbounded:
         factor = hits / result.hits_unbounded
@@ -1032,6 +1096,8 @@ def _clamp_result(result: ProcessResult, name: str, clamps: Clamps) -> None:
         result.hits_unbounded = hits
     result.distinct_keys = clamps.check("keys_le_calls", name, result.distinct_keys, result.calls,
                                         "distinct keys")
+    result.inconsistent_keys = round(clamps.check("inconsistent_keys_le_keys", name, result.inconsistent_keys,
+                                                  math.ceil(result.distinct_keys), "inconsistent keys"))
 
 
 def _opportunity(model: Model, results: list[ProcessResult], total_cpu: dict[str, int],
@@ -1057,7 +1123,11 @@ def _opportunity(model: Model, results: list[ProcessResult], total_cpu: dict[str
     has_cpu = any(i.stats[S_CPU_CALLS] for _, i in replayed) or any(r.cpu_calls for r in aggregated)
     inconsistent = sum(r.inconsistent_keys for r in results)
     # Identity-keyed hits may be address reuse: never recommended, so nothing is counted as saved.
-    blocked = bool(inconsistent) or identity
+    # Mostly consistent functions keep their figures (ranked with the share shown); inconsistent
+    # ones would save nothing a user should take.
+    all_keys = sum(r.distinct_keys for r in results)
+    unusable = bool(inconsistent) and not (all_keys > 0 and inconsistent / all_keys <= MOSTLY_CONSISTENT)
+    blocked = unusable or identity
     savings = Savings()
     per_process: list[dict[str, object]] = []
     wall_total = wall_calls = own_cpu_total = 0
@@ -1121,15 +1191,15 @@ def _opportunity(model: Model, results: list[ProcessResult], total_cpu: dict[str
         method=any(i.stats[S_METHOD] for i in infos), calls=calls, errors=errors,
         distinct_keys=sum(r.distinct_keys for r in results), hits_unbounded=hits,
         hit_ratio=_ratio(hits, calls), hit_ratio_at_128=_ratio(_hits_at(sizes, totals, DEFAULT_MAXSIZE), calls),
-        recommended_maxsize=size if not inconsistent else None,
+        recommended_maxsize=size if not unusable else None,
         hit_ratio_at_recommended=_ratio(_hits_at(sizes, totals, size), calls) if size else None,
         consistent=not inconsistent, inconsistent_keys=inconsistent,
         overlapping=sum(r.overlapping for r in results), sample_rate=rate,
         estimator=estimator, estimate_error=error, own_cpu=own_cpu_total, own_wall=wall_total, mean_wall=wall_total / wall_calls if wall_calls else None,
-        unhashable_types=sorted(unhashable),
+        unhashable_types=split_unhashable(unhashable)[1], unhashable_args=split_unhashable(unhashable)[0],
         returns_unhashable=any(i.stats[S_RET_UNHASHABLE] for i in infos),
         cpu_unit=unit if has_cpu else "none", savings=savings, share=share,
-        memory_bytes=memory if not inconsistent else None, mean_cost=mean_cost,
+        memory_bytes=memory if not unusable else None, mean_cost=mean_cost,
         curve=_curve_points(sizes, totals, calls, options.curve_points), processes=per_process,
         identity=identity, identity_collisions=sum(r.identity_collisions for r in results),
         source=sources.pop() if len(sources) == 1 else "mixed", fresh_keys=sum(r.fresh_keys for r in aggregated),
@@ -1142,7 +1212,7 @@ def _opportunity(model: Model, results: list[ProcessResult], total_cpu: dict[str
         op.hit_ratio_at_recommended = None
         op.memory_bytes = None
         op.advice.paste = None
-    if op.advice.kind == "not_worth_it":
+    if op.advice.kind == "not_worth_it" or op.advice.kind in CAVEATED:
         op.advice.paste = None
     return op
 
@@ -1198,28 +1268,29 @@ def profile_edges(model: Model) -> set[tuple[int, int]]:
     return out
 
 
-def _calls_impure(op: Opportunity, paths: list[list[str]]) -> None:
-    """``op`` calls impure functions (``paths``, nearest first): never recommend caching it."""
+def _calls_impure(op: Opportunity, paths: list[list[str]], impure: dict[str, Opportunity]) -> None:
+    """``op`` calls impure functions (``paths``, nearest first; ``impure`` by name). A function
+    otherwise recommended stays ranked with its savings, under a caveat naming the callee and the
+    share of the callee's keys whose returns differed: caching ``op`` would skip those calls and
+    their side effects, so the user decides (and gets no paste line)."""
     op.impure_callees = [path[-1] for path in paths]
-    if op.advice.kind in ("inconsistent", "not_cacheable"):
-        return  # already never recommended, for a reason of its own
+    for path in paths:
+        callee = impure.get(path[-1])
+        op.impure_keys.append((callee.inconsistent_keys, callee.distinct_keys) if callee else (0.0, 0.0))
+    if op.advice.kind in NOT_RECOMMENDED or op.advice.kind == "not_worth_it":
+        return  # not recommended for a reason of its own; impure_callees says the rest
     nearest = paths[0]
     text = f"calls impure {nearest[-1]}"
     if len(nearest) > 2:
         text += " (via " + " > ".join(nearest[1:-1]) + ")"
+    bad, keys = op.impure_keys[0]
+    if keys:
+        text += f", which returned different values for {bad:,.0f} of {keys:,.0f} argument keys ({bad / keys:.1%})"
     if len(paths) > 1:
-        text += f" and {len(paths) - 1} other impure function{'s' if len(paths) > 2 else ''}"
-    text += (", whose returns differ for the same arguments: caching this function would skip those calls "
-             "and their side effects, so it is not recommended even though its own returns look consistent")
+        text += f", and {len(paths) - 1} other impure function{'s' if len(paths) > 2 else ''}"
+    text += (": caching this function skips those calls and their side effects; its own returns were "
+             "consistent, so if the callee's differences do not matter here: " + op.advice.text)
     op.advice = Advice("calls_impure", text)
-    op.recommended_maxsize = None
-    op.hit_ratio_at_recommended = None
-    op.memory_bytes = None
-    op.savings = Savings()
-    if op.share is not None:
-        op.share = 0.0
-    for process in op.processes:
-        process["savings"] = {"cpu": 0, "wall_ns": 0, "hits": 0}
 
 
 def _estimator(results: list[ProcessResult]) -> str:

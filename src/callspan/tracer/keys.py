@@ -118,15 +118,32 @@ def args_key(info: CodeInfo, frame: FrameType) -> tuple[int | None, str, bool]:
         pass
     except Exception:
         return None, "error", identity
-    return (*unhashable_args(key), identity)
+    return (*unhashable_args(key, info.arg_names, info.varargs), identity)
 
 
-def unhashable_args(key: Any) -> tuple[int | None, str]:
-    """(fingerprint or None, unhashable type names) of an argument key that hash() refused.
-    Both hot paths call this (the compiled one without raising TypeError first)."""
-    # Unhashable builtins have __hash__ None; a tuple holding one is named as a tuple.
+def unhashable_args(key: Any, arg_names: tuple[str, ...] = (), varargs: str | None = None) -> tuple[int | None, str]:
+    """(fingerprint or None, the unhashable arguments as ``name:type`` items) of an argument key
+    that hash() refused. Both hot paths compute this (the compiled one in _keys.c).
+
+    An argument is named by its parameter, ``*args`` items by ``*`` and the parameter, keyword
+    items by their keyword; ``?`` when ``arg_names`` does not say. Only builtin unhashable types
+    (``__hash__`` None) are named: a tuple holding one is reported as ``tuple`` alone.
+    """
     values = key if type(key) is tuple else (key,)
-    names = [type(v).__name__ for v in values if type(v).__hash__ is None]
+    mark = _KWD_MARK[0]
+    names = []
+    keyword = False
+    for i, value in enumerate(values):
+        if value is mark:
+            keyword = True
+        elif type(value).__hash__ is None:
+            if keyword:
+                label = values[i - 1]
+            elif i < len(arg_names):
+                label = arg_names[i]
+            else:
+                label = "*" + varargs if varargs else "?"
+            names.append(f"{label}:{type(value).__name__}")
     unhashable = ",".join(dict.fromkeys(names)) if names else "tuple"
     return fingerprint(key, [_FINGERPRINT_LIMIT]), unhashable
 

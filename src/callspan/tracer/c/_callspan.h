@@ -133,7 +133,7 @@ CS_HIDDEN int cs_record_types_ready(PyObject *module);
 /* -- keys (_keys.c) ------------------------------------------------------------------------ */
 CS_HIDDEN uint64_t cs_siphash24_u64(uint64_t k0, uint64_t k1, uint64_t m);
 CS_HIDDEN PyObject *cs_fingerprint_object(PyObject *value);
-CS_HIDDEN PyObject *cs_unhashable_names(PyObject *key);
+CS_HIDDEN PyObject *cs_unhashable_names(PyObject *key, PyObject *arg_names, PyObject *varargs, PyObject *kwd_mark);
 /* (raw hash or fingerprint or None, names, identity) as keys.args_key computes it; a bare int
  * when the key is hashable and self is not hashed by identity. NULL with an exception set. */
 CS_HIDDEN PyObject *cs_args_key(PyObject *kwd_mark, CodeInfoObject *ci, PyFrameObject *frame, int64_t *raw,
@@ -145,7 +145,7 @@ CS_HIDDEN int cs_keys_init(void);
 /* module functions (tests and the builder) */
 CS_HIDDEN PyObject *cs_py_siphash24(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 CS_HIDDEN PyObject *cs_py_fingerprint(PyObject *module, PyObject *value);
-CS_HIDDEN PyObject *cs_py_unhashable_args(PyObject *module, PyObject *key);
+CS_HIDDEN PyObject *cs_py_unhashable_args(PyObject *module, PyObject *args);
 
 static inline int
 is_set(PyObject *obj)

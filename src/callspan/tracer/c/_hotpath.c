@@ -1387,8 +1387,9 @@ static PyMethodDef module_methods[] = {
      "siphash24(k0, k1, message): SipHash-2-4 of one little-endian 64-bit word under the key (k0, k1)"},
     {"fingerprint", (PyCFunction)cs_py_fingerprint, METH_O,
      "fingerprint(value): as callspan.tracer.keys.fingerprint(value, [16]) computes it (tests)"},
-    {"unhashable_args", (PyCFunction)cs_py_unhashable_args, METH_O,
-     "unhashable_args(key): as callspan.tracer.keys.unhashable_args computes it (tests)"},
+    {"unhashable_args", (PyCFunction)cs_py_unhashable_args, METH_VARARGS,
+     "unhashable_args(key, arg_names=(), varargs=None, kwd_mark=None): as callspan.tracer.keys.unhashable_args "
+     "computes it (tests)"},
     {"interval_clock_replay", (PyCFunction)py_interval_clock_replay, METH_VARARGS,
      "interval_clock_replay(interval, walls, reals): the interval thread clock's values (tests)"},
     {NULL, NULL, 0, NULL},

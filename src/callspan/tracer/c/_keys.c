@@ -181,9 +181,11 @@ cs_py_fingerprint(PyObject *module, PyObject *value)
     return cs_callback_result(cs_fingerprint_object(value));
 }
 
-/* The unhashable type names of a key, as keys.unhashable_args names them. Names are cached
- * per type (a type's __name__ can change, but not for the builtin containers that matter). */
-static PyObject *type_names; /* dict: type -> its __name__ */
+/* The unhashable arguments of a key as "name:type" items, as keys.unhashable_args names them.
+ * Type names are cached per type (a type's __name__ can change, but not for the builtin
+ * containers that matter), and "name:type" strings per (name, type). */
+static PyObject *type_names;     /* dict: type -> its __name__ */
+static PyObject *labelled_names; /* dict: (name, type) -> "name:type" */
 
 static PyObject * /* new reference */
 type_name(PyTypeObject *type)
@@ -198,59 +200,94 @@ type_name(PyTypeObject *type)
     return name;
 }
 
-PyObject *
-cs_unhashable_names(PyObject *key)
+static PyObject * /* new reference; label: an exact str (hashing it runs no user code) */
+labelled_name(PyObject *label, PyTypeObject *type)
 {
-    Py_ssize_t n = PyTuple_Check(key) ? PyTuple_GET_SIZE(key) : 1;
-    PyObject *first = NULL, *names = NULL;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *v = PyTuple_Check(key) ? PyTuple_GET_ITEM(key, i) : key;
-        if (!unhashable_type(v))
-            continue;
-        PyObject *name = type_name(Py_TYPE(v));
-        if (name == NULL)
-            goto error;
-        if (first == NULL) {
-            first = name;
-            continue;
-        }
-        int seen = 0;
-        if (names == NULL) {
-            seen = PyUnicode_Compare(first, name) == 0;
-            if (!seen && ((names = PyList_New(0)) == NULL || PyList_Append(names, first) < 0)) {
-                Py_DECREF(name);
-                goto error;
-            }
-        }
-        else {
-            seen = PySequence_Contains(names, name);
-        }
-        if (seen < 0 || (!seen && names != NULL && PyList_Append(names, name) < 0)) {
-            Py_DECREF(name);
-            goto error;
-        }
-        Py_DECREF(name);
+    PyObject *pair = PyTuple_Pack(2, label, (PyObject *)type);
+    if (pair == NULL)
+        return NULL;
+    PyObject *name = PyDict_GetItemWithError(labelled_names, pair);
+    if (name != NULL) {
+        Py_DECREF(pair);
+        return Py_NewRef(name);
     }
-    if (first == NULL)
-        return PyUnicode_FromString("tuple");
-    if (names == NULL)
-        return first;
-    PyObject *comma = PyUnicode_FromString(",");
-    PyObject *joined = comma ? PyUnicode_Join(comma, names) : NULL;
-    Py_XDECREF(comma);
-    Py_DECREF(names);
-    Py_DECREF(first);
-    return joined;
-error:
-    Py_XDECREF(first);
-    Py_XDECREF(names);
-    return NULL;
+    PyObject *tname = PyErr_Occurred() ? NULL : type_name(type);
+    if (tname != NULL) {
+        name = PyUnicode_FromFormat("%U:%U", label, tname);
+        Py_DECREF(tname);
+        if (name != NULL && PyDict_GET_SIZE(labelled_names) < 4096 && PyDict_SetItem(labelled_names, pair, name) < 0)
+            Py_CLEAR(name);
+    }
+    Py_DECREF(pair);
+    return name;
+}
+
+/* The label of the key's item i: its parameter's name, "*" and the *args parameter's, or the
+ * keyword before it (after the keyword mark); "?" otherwise. New reference. */
+static PyObject *
+item_label(PyObject *const *items, Py_ssize_t i, int keyword, PyObject *arg_names, PyObject *varargs)
+{
+    if (keyword) {
+        PyObject *before = items[i - 1];
+        return PyUnicode_CheckExact(before) ? Py_NewRef(before) : PyUnicode_FromString("?");
+    }
+    if (arg_names != NULL && PyTuple_Check(arg_names) && i < PyTuple_GET_SIZE(arg_names)) {
+        PyObject *name = PyTuple_GET_ITEM(arg_names, i);
+        return PyUnicode_CheckExact(name) ? Py_NewRef(name) : PyUnicode_FromString("?");
+    }
+    if (is_set(varargs) && PyUnicode_CheckExact(varargs))
+        return PyUnicode_FromFormat("*%U", varargs);
+    return PyUnicode_FromString("?");
 }
 
 PyObject *
-cs_py_unhashable_args(PyObject *module, PyObject *key)
+cs_unhashable_names(PyObject *key, PyObject *arg_names, PyObject *varargs, PyObject *kwd_mark)
 {
-    PyObject *names = cs_unhashable_names(key);
+    int is_tuple = PyTuple_Check(key);
+    Py_ssize_t n = is_tuple ? PyTuple_GET_SIZE(key) : 1;
+    PyObject *const *items = is_tuple ? &PyTuple_GET_ITEM(key, 0) : &key;
+    PyObject *names = PyDict_New(); /* "name:type" -> None, first seen first */
+    if (names == NULL)
+        return NULL;
+    int keyword = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *v = items[i];
+        if (kwd_mark != NULL && v == kwd_mark) {
+            keyword = 1;
+            continue;
+        }
+        if (!unhashable_type(v))
+            continue;
+        PyObject *label = item_label(items, i, keyword && i > 0, arg_names, varargs);
+        PyObject *name = label ? labelled_name(label, Py_TYPE(v)) : NULL;
+        Py_XDECREF(label);
+        if (name == NULL || PyDict_SetItem(names, name, Py_None) < 0) {
+            Py_XDECREF(name);
+            Py_DECREF(names);
+            return NULL;
+        }
+        Py_DECREF(name);
+    }
+    PyObject *joined;
+    if (PyDict_GET_SIZE(names) == 0) {
+        joined = PyUnicode_FromString("tuple");
+    }
+    else {
+        PyObject *comma = PyUnicode_FromString(",");
+        joined = comma ? PyUnicode_Join(comma, names) : NULL;
+        Py_XDECREF(comma);
+    }
+    Py_DECREF(names);
+    return joined;
+}
+
+PyObject *
+cs_py_unhashable_args(PyObject *module, PyObject *args)
+{
+    PyObject *key, *arg_names = NULL, *varargs = Py_None, *kwd_mark = NULL;
+    if (!PyArg_ParseTuple(args, "O|O!OO:unhashable_args", &key, &PyTuple_Type, &arg_names, &varargs, &kwd_mark))
+        return NULL;
+    PyObject *names = cs_unhashable_names(key, arg_names, varargs, kwd_mark);
     if (names == NULL)
         return NULL;
     return cs_callback_result(Py_BuildValue("(NN)", cs_fingerprint_object(key), names));
@@ -415,7 +452,7 @@ cs_args_key(PyObject *kwd_mark, CodeInfoObject *ci, PyFrameObject *frame, int64_
                 PyTuple_SET_ITEM(key, i, Py_NewRef(items[i]));
             hashed = key;
         }
-        PyObject *names = cs_unhashable_names(hashed);
+        PyObject *names = cs_unhashable_names(hashed, arg_names, ci->varargs, kwd_mark);
         if (names == NULL)
             goto error;
         result = Py_BuildValue("(NNO)", cs_fingerprint_object(hashed), names, identity);
@@ -474,7 +511,7 @@ cs_keys_init(void)
     if ((str_empty = PyUnicode_InternFromString("")) == NULL ||
         (str_error = PyUnicode_InternFromString("error")) == NULL ||
         (str_dict_tag = PyUnicode_InternFromString("dict")) == NULL ||
-        (str_set_tag = PyUnicode_InternFromString("set")) == NULL || (type_names = PyDict_New()) == NULL)
+        (str_set_tag = PyUnicode_InternFromString("set")) == NULL || (type_names = PyDict_New()) == NULL || (labelled_names = PyDict_New()) == NULL)
         return -1;
     return 0;
 }
