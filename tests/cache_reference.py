@@ -51,6 +51,7 @@ class Call:
     parent: Call | None
     returned: bool = False
     value: Any = _NO_VALUE
+    same_children: list[Call] = field(default_factory=list)  # the nearest calls of the same function below it
 
 
 @dataclass
@@ -66,17 +67,48 @@ class FunctionTruth:
     inconsistent_keys: int = 0
     fresh_keys: int = 0
     callees: set[str] = field(default_factory=set)
+    roots: list[Call] = field(default_factory=list)  # its calls not nested in a call of itself
 
     @property
     def distinct_keys(self) -> int:
         return len(set(self.keys))
 
     def hits_at(self, size: int | None) -> int:
-        """What ``functools.lru_cache(maxsize=size)`` counts as hits over the lookups."""
-        cached = functools.lru_cache(maxsize=size)(lambda key: None)
-        for key in self.keys:
-            cached(key)
-        return cached.cache_info().hits
+        """The hits of the program with only this function wrapped in a real
+        ``functools.lru_cache(maxsize=size)``: its recorded calls are replayed in program order
+        through the wrapper, whose body (run on a miss only) replays the calls of the function
+        nested in that call, and raises where the call raised. For a recursive function the calls
+        made then depend on the size (a hit skips its nested calls; an entry is added when its
+        call returns), as in the memoized program."""
+        current: list[Call] = []
+
+        class Raised(Exception):
+            pass
+
+        @functools.lru_cache(maxsize=size)
+        def lookup(key: Any) -> None:
+            call = current[-1]
+            for child in call.same_children:
+                visit(child)
+            if not call.returned:
+                raise Raised
+
+        def visit(call: Call) -> None:
+            if not _hashable(call.key):  # never a lookup; its nested calls still run
+                for child in call.same_children:
+                    visit(child)
+                return
+            current.append(call)
+            try:
+                lookup(call.key)
+            except Raised:
+                pass
+            finally:
+                current.pop()
+
+        for root in self.roots:
+            visit(root)
+        return lookup.cache_info().hits
 
     @property
     def verdict(self) -> str:
@@ -212,6 +244,10 @@ class Reference:
             truth = out.setdefault(call.function, FunctionTruth(call.function))
             if call.parent is not None and call.parent.function != call.function:
                 out.setdefault(call.parent.function, FunctionTruth(call.parent.function)).callees.add(call.function)
+            same = call.parent
+            while same is not None and same.function != call.function:
+                same = same.parent
+            (same.same_children if same is not None else truth.roots).append(call)
             if self._inside_hit(call, hit_calls):
                 truth.shadowed_calls += 1
                 continue

@@ -712,7 +712,14 @@ class Opportunity:
 
     @property
     def estimated(self) -> bool:
-        return self.estimator != "exact"
+        return self.estimator != "exact" or self.curve_exact_from is not None
+
+    @property
+    def curve_exact_from(self) -> int | None:
+        """Recursive functions (``shadowed_calls``): the smallest size whose figures are exact.
+        The replay is of the calls an unbounded cache leaves; a smaller cache makes the memoized
+        function repeat nested calls the trace cannot replay, so hits below it are estimated."""
+        return math.ceil(self.distinct_keys) if self.shadowed_calls else None
 
 
 @dataclass(slots=True)

@@ -215,12 +215,19 @@ def estimate_text(op: Opportunity) -> str | None:
     """How an estimated figure was estimated (rate, scale, error), or None when exact."""
     if not op.estimated:
         return None
-    text = ESTIMATES.get(op.estimator, ESTIMATES["mixed"]).format(rate=op.sample_rate, scale=1 / op.sample_rate)
-    if op.estimate_error is not None:
-        text += f"; relative standard error of the distinct keys ~{100 * op.estimate_error:.1f}%"
-    else:
-        text += "; error not estimated"
-    return text
+    parts = []
+    if op.estimator != "exact":
+        text = ESTIMATES.get(op.estimator, ESTIMATES["mixed"]).format(rate=op.sample_rate, scale=1 / op.sample_rate)
+        if op.estimate_error is not None:
+            text += f"; relative standard error of the distinct keys ~{100 * op.estimate_error:.1f}%"
+        else:
+            text += "; error not estimated"
+        parts.append(text)
+    if op.curve_exact_from is not None:
+        parts.append(f"recursive: exact at maxsize >= {op.curve_exact_from:,} (its distinct keys); below, hit ratios "
+                     "are estimated from the calls an unbounded cache leaves (a smaller cache repeats nested calls "
+                     "the trace cannot replay), error not estimated")
+    return "; ".join(parts)
 
 
 def _main_unit(report: CacheReport) -> str:
@@ -361,7 +368,7 @@ def opportunity_json(rank: int, op: Opportunity) -> dict[str, Any]:
         "mean_cost": _round(op.mean_cost, 1), "mean_wall_ns": _round(op.mean_wall, 1),
         "own_cost": {"cpu": round(op.own_cpu) if op.cpu_unit != "none" else None, "wall_ns": round(op.own_wall)},
         "source": op.source, "fresh_keys": round(op.fresh_keys), "cheap_ns": op.cheap_ns,
-        "shadowed_calls": op.shadowed_calls,
+        "shadowed_calls": op.shadowed_calls, "curve_exact_from": op.curve_exact_from,
         "advice": {"kind": op.advice.kind, "text": op.advice.text, "paste": op.advice.paste},
         "savings": {"cpu": round(op.savings.cpu) if op.cpu_unit != "none" else None,
                     "cpu_unit": op.cpu_unit, "wall_ns": round(op.savings.wall), "hits": round(op.savings.hits),

@@ -337,10 +337,12 @@ class Aggregates:
             sketch[bucket] = sketch.get(bucket, 0) + 1
 
     def fold_key(self, info: CodeInfo, args: Any, ret: int | None, identity_ret: bool, start: int, end: int,
-                 cpu: int, shadow: int = 0) -> None:
+                 cpu: int, shadow: int = 0, returned: bool = True) -> None:
         """The cache-analysis part of one finished call: ``args`` is the recorder's argument key
         (raw hash or fingerprint or None, unhashable type names, self hashed by identity);
-        ``ret`` the raw hash of the return value (None on error or when it has none)."""
+        ``ret`` the raw hash of the return value (None on error or when it has none). A call
+        that raised (``returned`` false) is, as with functools.lru_cache, a miss that does not
+        enter the cache: counted, but it neither finds nor adds a key."""
         raw, names, identity = args
         if raw is None and not names:
             return
@@ -365,6 +367,8 @@ class Aggregates:
         state.calls += 1
         if shadow & SHADOWED:
             state.shadowed_calls += 1  # not in the sequence a memoized version would make
+            return
+        if not returned:
             return
         raw &= _M64
         mixed = mix64(raw)

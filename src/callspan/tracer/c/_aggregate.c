@@ -791,7 +791,7 @@ record_args(RecordObject *r, uint64_t *raw, PyObject **names, int *identity)
 /* aggregate.Aggregates.fold_key; -1 when something could not be recorded. */
 static int
 fold_key(Aggregates *a, FuncAgg *fn, RecordObject *r, int has_ret, int64_t ret, int identity_ret,
-         int64_t start, int64_t end, int64_t cpu, long long shadow)
+         int64_t start, int64_t end, int64_t cpu, long long shadow, int returned)
 {
     uint64_t raw = 0;
     PyObject *names;
@@ -829,6 +829,8 @@ fold_key(Aggregates *a, FuncAgg *fn, RecordObject *r, int has_ret, int64_t ret, 
         s->pend[C_SHADOWED]++;
         return 0;
     }
+    if (!returned) /* raised: a miss that does not enter the cache (functools.lru_cache) */
+        return 0;
     uint64_t mixed = mix64(raw);
     if (!sampled(mixed, s->level))
         return 0;
@@ -984,7 +986,7 @@ cs_fold_record(Aggregates *a, RecordObject *r, PyObject *value, int returned)
         }
         int identity_ret = has_ret && value != NULL && Py_TYPE(value)->tp_hash == PyBaseObject_Type.tp_hash;
         long long shadow = r->n[NUM_SHADOW];
-        lost |= fold_key(a, fn, r, has_ret, ret_hash, identity_ret, start, end, cpu, shadow) < 0;
+        lost |= fold_key(a, fn, r, has_ret, ret_hash, identity_ret, start, end, cpu, shadow, returned) < 0;
         if (shadow & SHADOW_ACTIVE)
             fn->active--;
         if (shadow & SHADOW_HIT_ROOT)

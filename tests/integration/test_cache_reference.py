@@ -1,0 +1,221 @@
+"""The whole pipeline (tracer -> file -> analyzer, default settings, every core) against the
+exact reference (tests/cache_reference.py) on generated programs (issue 11 item 6).
+
+Each program is generated from a seed: functions of several shapes (positional, keyword-only,
+``*args``, ``**kwargs``, unhashable list arguments, a few or many inconsistent keys, new objects
+each call, callers of impure functions, calls that raise, memoizable recursion) called by a
+driver with skewed random arguments. The reference runs the same program; for every function
+the report must give the reference's calls, distinct keys, hits (unbounded, at 128 and at every
+point of the curve), inconsistent and fresh keys, unhashable arguments by name, impure callees,
+and the verdict its advice kind stands for.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from callspan.tracer.cores.select import available_cores
+from tests.cache_reference import FunctionTruth, impure_reach, run_program
+
+ROOT = Path(__file__).resolve().parents[2]
+# ~40 loop iterations per call: a few microseconds, above CALLSPAN_KEY_MIN_NS on every core.
+WORK = "    t = 0\n    for i in range(40):\n        t += (i * 7 + {seed}) % 13\n"
+
+# Verdict -> the advice kinds that stand for it (not_worth_it: by cost, which the reference
+# does not judge; every other figure must still agree).
+KINDS = {
+    "inconsistent": {"inconsistent", "mostly_consistent", "not_worth_it"},
+    "fresh": {"fresh_object"},
+    "unhashable": {"lru_cache_convert_args", "not_worth_it"},
+    "consistent": {"lru_cache", "not_worth_it"},
+    "consistent_calls_impure": {"calls_impure", "not_worth_it"},
+}
+
+
+def generate(seed: int) -> str:
+    """A program whose functions and calls are drawn from ``seed``."""
+    rng = random.Random(seed)
+    defs: list[str] = [textwrap.dedent("""
+        import random, sys
+
+        class Box:  # no value equality: a new object each call
+            def __init__(self, v):
+                self.v = v
+
+        COUNTER = [0]
+        """)]
+    calls: list[str] = []
+    pure: list[str] = []
+    impure: list[str] = []
+    shapes = ["positional", "keyword_only", "varargs", "kwargs", "list_arg", "few_inconsistent",
+              "inconsistent", "fresh", "raises", "recursive"]
+    rng.shuffle(shapes)
+    shapes += ["caller", "caller"]  # last: the first calls an impure function, the second any two
+    for index, shape in enumerate(shapes):
+        name = f"{shape}_{index}"
+        body = WORK.format(seed=index)
+        domain = rng.choice((4, 9, 30, 120))
+        a = f"int(rng.paretovariate(1.3)) % {domain}"
+        if shape == "positional":
+            defs.append(f"def {name}(a, b):\n{body}    return t + a * b\n")
+            calls.append(f"{name}({a}, rng.randrange(3))")
+            pure.append(name)
+        elif shape == "keyword_only":
+            defs.append(f"def {name}(a, *, scale=1):\n{body}    return (t + a) * scale\n")
+            calls.append(f"{name}({a}, scale=rng.choice((1, 2)))")
+            pure.append(name)
+        elif shape == "varargs":
+            defs.append(f"def {name}(*xs):\n{body}    return t + sum(xs)\n")
+            calls.append(f"{name}(*range({a} % 4))")
+            pure.append(name)
+        elif shape == "kwargs":
+            defs.append(f"def {name}(a, **opts):\n{body}    return t + a + sum(opts.values())\n")
+            calls.append(f"{name}({a}, x=rng.randrange(2))")
+            pure.append(name)
+        elif shape == "list_arg":
+            defs.append(f"def {name}(items, k):\n{body}    return t + sum(items) * k\n")
+            calls.append(f"{name}([{a}, 1], rng.randrange(2))")
+        elif shape == "few_inconsistent":  # one key of a large domain: at most 5% of keys
+            defs.append(f"def {name}(a):\n{body}    if a == 1:\n        COUNTER[0] += 1\n"
+                        f"        return t + COUNTER[0]\n    return t + a\n")
+            calls.append(f"{name}(int(rng.paretovariate(1.1)) % 400)")
+            impure.append(name)
+        elif shape == "inconsistent":
+            defs.append(f"def {name}(a):\n{body}    COUNTER[0] += 1\n    return t + a + COUNTER[0] % 3\n")
+            calls.append(f"{name}({a})")
+            impure.append(name)
+        elif shape == "fresh":
+            defs.append(f"def {name}(a):\n{body}    return Box(t + a)\n")
+            calls.append(f"{name}({a}).v")
+        elif shape == "raises":
+            defs.append(f"def {name}(a):\n{body}    if a % 5 == 4:\n        raise ValueError(a)\n    return t - a\n")
+            calls.append(f"safely({name}, {a})")
+            pure.append(name)
+        elif shape == "recursive":
+            defs.append(f"def {name}(n):\n{body}    return n if n < 2 else {name}(n - 1) + {name}(n - 2)\n")
+            calls.append(f"{name}(rng.randrange(4, 11))")
+            pure.append(name)
+        else:  # a caller: keeps pure callees' results, drops impure ones' (its own returns stay consistent)
+            callees = [n for n in pure if not n.startswith(("raises", "recursive"))]
+            if shapes[index - 1] != "caller":
+                chosen = [rng.choice(impure), rng.choice(callees)]
+            else:
+                chosen = rng.sample(callees + impure, 2)
+            lines = []
+            for callee in chosen:
+                arg = "a" if callee.startswith(("few_inconsistent", "inconsistent", "list_arg")) else "a % 3"
+                call = {"keyword_only": f"{callee}({arg}, scale=2)", "varargs": f"{callee}({arg}, 1)",
+                        "kwargs": f"{callee}({arg}, y=1)", "list_arg": f"{callee}([{arg}], 1)",
+                        "positional": f"{callee}({arg}, 2)"}.get(callee.rsplit("_", 1)[0], f"{callee}({arg})")
+                lines.append(f"    _ = {call}\n" if callee in impure else f"    t += {call}\n")
+            defs.append(f"def {name}(a):\n{body}{''.join(lines)}    return t + a\n")
+            calls.append(f"{name}({a})")
+            pure.append(name)
+    driver = ["def safely(f, a):", "    try:", "        return f(a)", "    except ValueError:", "        return None",
+              "", "def main(seed, n):", "    rng = random.Random(seed)", "    for _ in range(n):",
+              f"        which = rng.randrange({len(calls)})"]
+    for i, call in enumerate(calls):
+        driver.append(f"        {'if' if i == 0 else 'elif'} which == {i}:")
+        driver.append(f"            {call}")
+    driver += ["", "main(int(sys.argv[1]), int(sys.argv[2]))", ""]
+    return "\n".join(defs) + "\n" + "\n".join(driver)
+
+
+def verdict(truth: FunctionTruth, reach: dict[str, set[str]]) -> str:
+    v = truth.verdict
+    return "consistent_calls_impure" if v == "consistent" and truth.name in reach else v
+
+
+def run_pipeline(tmp_path: Path, core: str, seed: int, calls: int) -> dict[str, dict[str, Any]]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "CALLSPAN_"))}
+    env["CALLSPAN_CORE"] = core
+    run = subprocess.run([sys.executable, "-m", "callspan", "run", "-o", "t.jsonl", "prog.py", str(seed), str(calls)],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    analyze = subprocess.run([sys.executable, "-m", "callspan", "analyze", "--format", "json", "--report", "cache",
+                              "--no-progress", "t.jsonl"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert analyze.returncode == 0, analyze.stderr
+    return {op["function"]: op for op in json.loads(analyze.stdout)["cache"]["opportunities"]}
+
+
+def compare(truths: dict[str, FunctionTruth], ops: dict[str, dict[str, Any]]) -> list[str]:
+    """Every difference between the report and the reference (empty: they agree exactly)."""
+    reach = impure_reach(truths)
+    out: list[str] = []
+    for name, truth in sorted(truths.items()):
+        if name in ("__main__.main", "__main__.safely", "__main__.Box.__init__"):
+            continue  # the driver, and identity-keyed self
+        op = ops.get(name)
+        if truth.hits_at(None) == 0:
+            if op is not None:
+                out.append(f"{name}: reported with hits {op['hits']}, the reference has none")
+            continue
+        if op is None:
+            out.append(f"{name}: missing from the report (reference: {truth.hits_at(None)} hits)")
+            continue
+        calls = truth.calls + truth.errors
+        facts = {"calls": (op["calls"], calls), "errors": (op["errors"], truth.errors),
+                 "distinct_keys": (op["distinct_keys"], truth.distinct_keys), "hits": (op["hits"], truth.hits_at(None)),
+                 "hits_at_128": (round(op["hit_ratio_at_128"] * calls), truth.hits_at(128)),
+                 "inconsistent_keys": (op["inconsistent_keys"], truth.inconsistent_keys),
+                 "fresh_keys": (op["fresh_keys"], truth.fresh_keys),
+                 "shadowed_calls": (op["shadowed_calls"], truth.shadowed_calls),
+                 "unhashable_args": (sorted(a["argument"] for a in op["unhashable_args"]), sorted(truth.unhashable_args)),
+                 "impure_callees": (sorted(op["impure_callees"]), sorted(reach.get(name, ()))),
+                 "estimated": (op["estimated"], truth.shadowed_calls > 0),
+                 "curve_exact_from": (op["curve_exact_from"], truth.distinct_keys if truth.shadowed_calls else None)}
+        for size, ratio in op["curve"]:
+            # A recursive function's curve is exact from its distinct keys up (below: estimated, and
+            # said so); the reference runs a real lru_cache of that size through the program's calls.
+            if not truth.shadowed_calls or size >= truth.distinct_keys:
+                facts[f"hits_at_{size}"] = (round(ratio * calls), truth.hits_at(size))
+        out += [f"{name}: {what} {got} != reference {want}" for what, (got, want) in facts.items() if got != want]
+        want_verdict = verdict(truth, reach)
+        if op["advice"]["kind"] not in KINDS[want_verdict]:
+            out.append(f"{name}: advice {op['advice']['kind']} for reference verdict {want_verdict}")
+        if op["advice"]["kind"] == "mostly_consistent" and truth.inconsistent_keys > 0.05 * truth.distinct_keys:
+            out.append(f"{name}: mostly_consistent with {truth.inconsistent_keys} of {truth.distinct_keys} keys")
+    return out
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("core", available_cores())
+def test_generated_programs_agree_exactly_with_the_reference(core: str, seed: int, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    program = tmp_path / "prog.py"
+    program.write_text(generate(seed))
+    calls = 3000
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    truths = run_program(str(program), [str(seed), str(calls)], ["__main__"])
+    ops = run_pipeline(tmp_path, core, seed, calls)
+    assert compare(truths, ops) == []
+    # The programs cover every verdict (a generator change must not quietly drop one).
+    reach = impure_reach(truths)
+    assert {verdict(t, reach) for t in truths.values() if t.hits_at(None)} >= {
+        "inconsistent", "fresh", "unhashable", "consistent", "consistent_calls_impure"}
+
+
+def test_the_comparison_fails_when_a_figure_differs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The comparison itself can fail: change one figure of a real report and it is found."""
+    program = tmp_path / "prog.py"
+    program.write_text(generate(1))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    truths = run_program(str(program), ["1", "600"], ["__main__"])
+    ops = run_pipeline(tmp_path, available_cores()[0], 1, 600)
+    assert compare(truths, ops) == []
+    name = next(n for n, op in ops.items() if op["hits"] > 1)
+    ops[name] = {**ops[name], "hits": ops[name]["hits"] - 1}
+    assert compare(truths, ops) == [f"{name}: hits {ops[name]['hits']} != reference {ops[name]['hits'] + 1}"]
