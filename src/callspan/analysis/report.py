@@ -173,7 +173,7 @@ def cache_text(report: CacheReport, top: int) -> list[str]:
         if len(ops) > top:
             lines.append(f"    ... {len(ops) - top} more (--top N)")
         lines.extend(_wrap(f"saved: {'CPU' if unit != 'none' else 'wall time'} of the calls that would hit; "
-                           "share: of all self CPU; ~: estimated (key sampling); " + SAVINGS_OVERLAP, "    "))
+                           "share: of all self CPU; ~: estimated (details below); " + SAVINGS_OVERLAP, "    "))
         for rank, op in enumerate(ops[:top], 1):
             lines.append("")
             lines.extend(opportunity_text(rank, op))
