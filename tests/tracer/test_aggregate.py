@@ -460,7 +460,7 @@ def test_shards_estimates_are_unbiased_over_key_sets() -> None:
     assert abs(mean - 400) < 400 * 0.15
 
 
-def test_process_wide_key_budget_halves_the_largest_function() -> None:
+def test_process_wide_key_budget_halves_the_largest_of_equally_cheap_functions() -> None:
     class Info:
         def __init__(self, name: str) -> None:
             self.name, self.file, self.line, self.kind = name, "", 0, 0
@@ -474,6 +474,28 @@ def test_process_wide_key_budget_halves_the_largest_function() -> None:
     assert aggregates.total_keys <= 300
     assert aggregates.functions[small].cache.level == 0  # type: ignore[index,union-attr]
     assert aggregates.functions[big].cache.level > 0  # type: ignore[index,union-attr]
+
+
+def test_process_wide_key_budget_sheds_the_cheapest_function_first() -> None:
+    class Info:
+        def __init__(self, name: str) -> None:
+            self.name, self.file, self.line, self.kind = name, "", 0, 0
+
+    # Two functions with 200 keys each; a budget of 300 keys. Calls of "costly" take 1,000 ns of
+    # the injected clock, those of "cheap" 1 ns: "cheap" is sampled, "costly" stays exact.
+    aggregates = Aggregates(max_keys=10_000, max_keys_total=300)
+    costly, cheap = Info("costly"), Info("cheap")
+    t = 0
+    for k in range(200):
+        aggregates.fold_key(costly, (k, "", False), 1, False, t, t + 1000, 1)  # type: ignore[arg-type]
+        aggregates.fold_key(cheap, (k, "", False), 1, False, t, t + 1, 1)  # type: ignore[arg-type]
+        t += 2000
+    assert aggregates.total_keys <= 300
+    costly_state = aggregates.functions[costly].cache  # type: ignore[index]
+    cheap_state = aggregates.functions[cheap].cache  # type: ignore[index]
+    assert costly_state is not None and cheap_state is not None
+    assert costly_state.level == 0 and len(costly_state.keys) == 200
+    assert cheap_state.level > 0 and len(cheap_state.keys) <= 100
 
 
 def test_sampling_is_spatial_and_uses_a_mixed_hash() -> None:

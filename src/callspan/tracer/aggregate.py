@@ -118,7 +118,7 @@ class CacheState:
     __slots__ = ("keys", "level", "tree", "pos_key", "next_pos", "reuse", "calls", "unhashable_calls",
                  "unhashable_types", "identity_calls", "new_keys", "inconsistent_keys", "inconsistent_calls",
                  "fresh_keys", "overlaps", "sampled_calls", "sent", "probe_calls", "probe_wall", "cheap_ns",
-                 "shadowed_calls")
+                 "shadowed_calls", "cost_calls", "cost_wall")
 
     def __init__(self) -> None:
         self.keys: dict[int, _Key] = {}
@@ -133,6 +133,7 @@ class CacheState:
         self.fresh_keys = self.overlaps = self.sampled_calls = self.shadowed_calls = 0
         self.sent: dict[Any, Any] = {}
         self.probe_calls = self.probe_wall = 0
+        self.cost_calls = self.cost_wall = 0  # keyed calls and their wall ns, ever (who sheds keys first)
         self.cheap_ns = 0  # mean wall ns per call when keying stopped for cheapness; 0 while keyed
 
     # -- Fenwick tree of marked positions ------------------------------------------------------
@@ -191,6 +192,13 @@ class CacheState:
         for raw in gone:
             self._unplace(self.keys.pop(raw))
         return len(gone)
+
+
+def sheds_before(a: CacheState, b: CacheState) -> bool:
+    """Whether ``a`` loses keys before ``b`` under the process key budget: a lower mean wall per
+    keyed call (exact integer comparison, as the compiled aggregates make it), then more keys."""
+    left, right = a.cost_wall * b.cost_calls, b.cost_wall * a.cost_calls
+    return left < right or (left == right and len(a.keys) > len(b.keys))
 
 
 class FunctionAgg:
@@ -365,6 +373,8 @@ class Aggregates:
         if raw is None:
             return
         state.calls += 1
+        state.cost_calls += 1
+        state.cost_wall += end - start
         if shadow & SHADOWED:
             state.shadowed_calls += 1  # not in the sequence a memoized version would make
             return
@@ -429,11 +439,20 @@ class Aggregates:
                 state.inconsistent_calls += key.count * weight
 
     def _shed_keys(self) -> None:
-        """Over the process-wide key budget: halve the rate of the function with the most keys."""
+        """Over the process-wide key budget: halve the rate of the function whose keyed calls are
+        cheapest on average (a hit of it saves the least), the one with more keys on a tie, so
+        costly functions keep exact cache figures longest."""
         while self.total_keys > self.max_keys_total:
-            largest = max((agg.cache for agg in self.function_list if agg.cache is not None),
-                          key=lambda state: len(state.keys))
-            self.total_keys -= largest.lower_rate()
+            chosen: CacheState | None = None
+            for agg in self.function_list:
+                state = agg.cache
+                if state is None or not state.keys or state.level >= 64:
+                    continue
+                if chosen is None or sheds_before(state, chosen):
+                    chosen = state
+            if chosen is None:
+                return
+            self.total_keys -= chosen.lower_rate()
 
     # -- export -------------------------------------------------------------------------------
 

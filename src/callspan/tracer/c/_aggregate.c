@@ -88,6 +88,7 @@ typedef struct {
     int level, level_sent;
     int64_t probe_calls, probe_wall; /* keyed calls so far and their wall time, up to KEY_PROBE_CALLS */
     int64_t cheap_ns, cheap_sent;    /* mean wall per call when keying stopped for cheapness; 0 if not */
+    int64_t cost_calls, cost_wall;   /* keyed calls and their wall ns, ever: who sheds keys first */
     int64_t pend[N_CACHE];
     ReuseEntry *reuse;   /* open addressing by distance; cleared at export */
     uint32_t reuse_mask, reuse_used;
@@ -746,19 +747,30 @@ add_types(CacheState *s, PyObject *names)
 
 /* Over the process-wide key budget: halve the rate of the function with the most keys (the
  * first of them in id order, as max() picks). */
+/* aggregate.sheds_before: a lower mean wall per keyed call (exact), then more keys. */
+static int
+sheds_before(const CacheState *x, const CacheState *y)
+{
+    __int128 left = (__int128)x->cost_wall * y->cost_calls, right = (__int128)y->cost_wall * x->cost_calls;
+    return left < right || (left == right && x->n_keys > y->n_keys);
+}
+
+/* aggregate.Aggregates._shed_keys: costly functions keep exact cache figures longest. */
 static void
 shed_keys(Aggregates *a)
 {
     while (a->total_keys > a->max_keys_total) {
-        CacheState *largest = NULL;
+        CacheState *chosen = NULL;
         for (uint32_t i = 0; i < a->n_functions; i++) {
             CacheState *s = a->flist[i]->cache;
-            if (s != NULL && (largest == NULL || s->n_keys > largest->n_keys))
-                largest = s;
+            if (s == NULL || s->n_keys == 0 || s->level >= 64)
+                continue;
+            if (chosen == NULL || sheds_before(s, chosen))
+                chosen = s;
         }
-        if (largest == NULL || largest->n_keys == 0 || largest->level >= 64)
+        if (chosen == NULL)
             return;
-        a->total_keys -= cache_lower_rate(largest);
+        a->total_keys -= cache_lower_rate(chosen);
     }
 }
 
@@ -825,6 +837,8 @@ fold_key(Aggregates *a, FuncAgg *fn, RecordObject *r, int has_ret, int64_t ret, 
     if (!has_raw)
         return 0;
     s->pend[C_CALLS]++;
+    s->cost_calls++;
+    s->cost_wall += end - start;
     if (shadow & SHADOW_SHADOWED) { /* not in the sequence a memoized version would make */
         s->pend[C_SHADOWED]++;
         return 0;
