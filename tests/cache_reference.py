@@ -130,15 +130,19 @@ class FunctionTruth:
 
 
 def _convert(value: Any) -> Any:
-    """What a user converts an unhashable argument to before caching."""
-    if isinstance(value, list):
-        return tuple(value)
-    if isinstance(value, set):
-        return frozenset(value)
-    if isinstance(value, dict):
-        return frozenset(value.items())
-    if isinstance(value, bytearray):
-        return bytes(value)
+    """What a user converts an unhashable argument to before caching (unchanged if that fails,
+    e.g. a dict with list values: the key stays unhashable and the call has no key)."""
+    try:
+        if isinstance(value, list):
+            return tuple(value)
+        if isinstance(value, set):
+            return frozenset(value)
+        if isinstance(value, dict):
+            return frozenset(value.items())
+        if isinstance(value, bytearray):
+            return bytes(value)
+    except Exception:  # the profile hook must never raise into the program
+        pass
     return value
 
 
