@@ -33,7 +33,7 @@ PATTERNS = ("EEE, MMM d, ''yy", "yyyy.MM.dd G 'at' HH:mm:ss", "h 'o''clock' a", 
 
 def format_all(round_number):
     out = []
-    base = datetime.datetime(2024, 3, 1 + round_number, 14, 30, 15, tzinfo=datetime.timezone.utc)
+    base = datetime.datetime(2024, 3, 1 + round_number, 14, 30, 15, tzinfo=datetime.UTC)
     for index, locale in enumerate(LOCALES):
         moment = base + datetime.timedelta(days=index * 17, minutes=index * 7)
         for style in ("full", "long", "medium", "short"):

@@ -22,8 +22,25 @@ disable_functools_caches("sympy")
 
 import sympy  # noqa: E402
 from sympy import (  # noqa: E402
-    Matrix, Rational, apart, cancel, cos, diff, exp, expand, factor, integrate, limit, oo, series,
-    simplify, sin, solve, sqrt, symbols, trigsimp,
+    Matrix,
+    Rational,
+    apart,
+    cancel,
+    cos,
+    diff,
+    exp,
+    expand,
+    factor,
+    integrate,
+    limit,
+    oo,
+    series,
+    simplify,
+    sin,
+    solve,
+    sqrt,
+    symbols,
+    trigsimp,
 )
 
 SCALE = float(sys.argv[1]) if len(sys.argv) > 1 else 1.0
