@@ -16,7 +16,9 @@ Then, per function, as if only that function were wrapped in ``functools.lru_cac
 * the lookups it would make (a call nested inside a hit of the same function is never made);
 * hits at every size, counted by a real ``functools.lru_cache`` fed that sequence;
 * consistency by value: a key whose later returns are not ``==`` its first is inconsistent,
-  unless they differ only by being new objects with identity equality ("fresh").
+  unless they differ only by being new objects with identity equality ("fresh"). The first
+  return is kept as the object itself, so one that a caller mutates after it was returned
+  differs too: exactly what would go wrong if a cache handed that object to later callers.
 
 Run a program under it: ``python -m tests.cache_reference [--include PREFIX]... prog.py args``;
 it writes JSON (``--out``, default stdout) keyed by ``module.qualname``.
@@ -130,15 +132,19 @@ class FunctionTruth:
 
 
 def _convert(value: Any) -> Any:
-    """What a user converts an unhashable argument to before caching."""
-    if isinstance(value, list):
-        return tuple(value)
-    if isinstance(value, set):
-        return frozenset(value)
-    if isinstance(value, dict):
-        return frozenset(value.items())
-    if isinstance(value, bytearray):
-        return bytes(value)
+    """What a user converts an unhashable argument to before caching (unchanged if that fails,
+    e.g. a dict with list values: the key stays unhashable and the call has no key)."""
+    try:
+        if isinstance(value, list):
+            return tuple(value)
+        if isinstance(value, set):
+            return frozenset(value)
+        if isinstance(value, dict):
+            return frozenset(value.items())
+        if isinstance(value, bytearray):
+            return bytes(value)
+    except Exception:  # the profile hook must never raise into the program
+        pass
     return value
 
 

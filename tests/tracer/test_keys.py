@@ -55,6 +55,24 @@ def test_value_hashed_self_is_not_identity_keyed(traced) -> None:  # type: ignor
     assert nodes[0].attributes["callspan.args.hash"] == nodes[1].attributes["callspan.args.hash"]
 
 
+class Palette:
+    @classmethod
+    def parse(cls, name: str) -> int:
+        return len(name)
+
+
+def test_classmethod_cls_is_not_identity_keyed(traced) -> None:  # type: ignore[no-untyped-def]
+    # A class hashes by identity, but it outlives the cache: classmethods are cached by value.
+    run = traced()
+    run.run(lambda: (Palette.parse("red"), Palette.parse("red"), Palette.parse("blue")))
+    nodes = run.sink.named(".Palette.parse")
+    assert len(nodes) == 3
+    assert [n.attributes.get("callspan.args.identity") for n in nodes] == [None, None, None]
+    assert all(n.attributes["callspan.method"] is True for n in nodes)
+    keys = [n.attributes["callspan.args.hash"] for n in nodes]
+    assert keys[0] == keys[1] != keys[2]
+
+
 def keyed(nodes, name):  # type: ignore[no-untyped-def]
     return [(n.attributes.get("callspan.args.hash"), n.attributes.get("callspan.return.hash"))
             for n in nodes if n.name.endswith("." + name)]

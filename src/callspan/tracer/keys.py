@@ -100,7 +100,9 @@ def args_key(info: CodeInfo, frame: FrameType) -> tuple[int | None, str, bool]:
     """
     local = frame.f_locals
     key: tuple[Any, ...] = tuple(local[name] for name in info.arg_names)
-    identity = info.is_method and type(key[0]).__hash__ is _OBJECT_HASH
+    # A class (``cls`` of a classmethod) hashes by identity too, but lives as long as its module:
+    # its key is stable and caching keeps nothing alive that would not be anyway.
+    identity = info.is_method and type(key[0]).__hash__ is _OBJECT_HASH and not isinstance(key[0], type)
     if info.varargs is not None:
         key += local[info.varargs]
     if info.kwonly or info.varkw is not None:

@@ -414,7 +414,9 @@ cs_args_key(PyObject *kwd_mark, CodeInfoObject *ci, PyFrameObject *frame, int64_
         items[filled++] = Py_NewRef(Py_None);
 
     PyObject *identity = Py_False;
-    if (is_method && nargs > 0 && Py_TYPE(items[0])->tp_hash == PyBaseObject_Type.tp_hash)
+    /* a class (cls) hashes by identity too, but lives as long as its module: a stable key */
+    if (is_method && nargs > 0 && Py_TYPE(items[0])->tp_hash == PyBaseObject_Type.tp_hash
+        && !PyType_Check(items[0]))
         identity = Py_True;
     /* lru_cache keys a lone int/str argument as itself */
     int lone = total == 1 && (PyLong_CheckExact(items[0]) || PyUnicode_CheckExact(items[0]));

@@ -1,0 +1,418 @@
+#!/usr/bin/env python3
+"""Rediscovery: does callspan's cache report find what library maintainers memoized?
+
+For each library (PyPI packages that memoize functions with ``functools.lru_cache``/``cache`` or
+a decorator of their own), its workload in ``workloads/rediscover_<lib>.py`` turns that
+memoization off before importing it and runs calls from its documentation. Then:
+
+1. scan: the memoized functions, found in the installed package's source (AST: functions
+   decorated with one of the library's memoizing decorators), not picked by hand;
+2. callspan: ``callspan run --include <package>`` (the library traced whole, default settings),
+   then ``callspan analyze --format json --report cache`` (defaults);
+3. truth: ``python -m tests.cache_reference --include <package>`` on the same workload: exact
+   calls, hits and consistency (by value) per function;
+4. cost: ``python -m cProfile`` on the same workload: each function's mean inclusive time per
+   (outermost) call, independent of callspan's own CPU figures;
+5. score. A memoized function has *real savings* when the reference finds hits, calls it
+   consistent (or consistent once unhashable arguments are converted) and its hits x mean cost
+   clears the analyzer's own economics (the ``min_saved_ns`` floor, and a mean cost of at least
+   ``min_cost_ratio`` x ``lookup_ns``, all read from the analysis). *Advised*: advice kind
+   ``lru_cache``, ``lru_cache_convert_args``, ``calls_impure`` or ``mostly_consistent``.
+   Recall = real-savings memoized functions advised in the top 40 / real-savings memoized
+   functions. Precision = advised functions in the top 40 that the reference finds consistent /
+   advised functions in the top 40 the reference saw. Targets: recall >= 50%, and no advised
+   function (anywhere in the ranking) that the reference finds inconsistent.
+
+    python benchmarks/bench_rediscovery.py                    # all libraries, ~3 min on 2 cores
+    python benchmarks/bench_rediscovery.py --libs rich,babel --json /tmp/rediscovery.json
+
+Needs the libraries (``pip install -e '.[bench]'``); a library the interpreter cannot import is
+skipped with a note. Run from anywhere; the reference runs from the repository root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import datetime
+import json
+import os
+import platform
+import pstats
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+WORKLOADS_DIR = HERE / "workloads"
+ADVISED = ("lru_cache", "lru_cache_convert_args", "calls_impure", "mostly_consistent")
+TOP = 40
+RECALL_TARGET = 0.5
+# Reference verdicts under which a cache returns what the function would: "unhashable" means
+# consistent once the unhashable arguments are converted (advice lru_cache_convert_args).
+CACHEABLE_VERDICTS = ("consistent", "unhashable")
+
+
+@dataclass(frozen=True)
+class Library:
+    name: str  # the --libs name
+    package: str  # import name: what is scanned and --include'd
+    decorators: tuple[str, ...]  # names of the memoizing decorators (last component of the name)
+    workload: str  # script in workloads/
+    switch: str  # how the workload turns memoization off (for the report)
+
+
+LIBRARIES = {
+    lib.name: lib for lib in (
+        Library("sympy", "sympy", ("lru_cache", "cache", "cacheit"), "rediscover_sympy.py",
+                "SYMPY_USE_CACHE=no (its @cacheit), functools caches patched"),
+        Library("rich", "rich", ("lru_cache", "cache"), "rediscover_rich.py", "functools caches patched"),
+        Library("babel", "babel", ("lru_cache", "cache"), "rediscover_babel.py", "functools caches patched"),
+    )
+}
+
+
+# ---------------------------------------------------------------- scan
+
+@dataclass(frozen=True)
+class Memoized:
+    function: str  # module.qualname, as callspan and the reference name it
+    file: str
+    line: int  # co_firstlineno: the first decorator's line
+    decorator: str
+
+
+def module_name(package_dir: Path, package: str, path: Path) -> str:
+    parts = list(path.relative_to(package_dir).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join([package, *parts])
+
+
+def _decorator_name(node: ast.expr) -> str | None:
+    if isinstance(node, ast.Call):  # @lru_cache(maxsize=...)
+        node = node.func
+    if isinstance(node, ast.Attribute):  # @functools.lru_cache
+        return node.attr
+    if isinstance(node, ast.Name):
+        return node.id
+    return None
+
+
+def scan_source(source: str, module: str, file: str, decorators: Iterable[str]) -> list[Memoized]:
+    """Functions in ``source`` decorated with one of ``decorators``, named by their qualname."""
+    wanted = set(decorators)
+    found: list[Memoized] = []
+
+    def visit(body: list[ast.stmt], prefix: str) -> None:
+        for node in body:
+            if isinstance(node, ast.ClassDef):
+                visit(node.body, f"{prefix}{node.name}.")
+            elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                names = [_decorator_name(d) for d in node.decorator_list]
+                memo = next((n for n in names if n in wanted), None)
+                if memo is not None:
+                    first = min([d.lineno for d in node.decorator_list] + [node.lineno])
+                    found.append(Memoized(f"{module}.{prefix}{node.name}", file, first, memo))
+                visit(node.body, f"{prefix}{node.name}.<locals>.")
+            elif isinstance(node, ast.If | ast.Try | ast.With | ast.For | ast.While):
+                # definitions under `if TYPE_CHECKING:`, `try: ... except ImportError:` etc.
+                for block in ("body", "orelse", "finalbody", "handlers"):
+                    for child in getattr(node, block, ()):
+                        visit(child.body if isinstance(child, ast.ExceptHandler) else [child], prefix)
+
+    visit(ast.parse(source).body, "")
+    return found
+
+
+def scan_package(package_dir: Path, package: str, decorators: Iterable[str]) -> list[Memoized]:
+    """Every memoized function in the package's .py files, each name once, sorted."""
+    by_name: dict[str, Memoized] = {}
+    for path in sorted(package_dir.rglob("*.py")):
+        try:
+            source = path.read_text(encoding="utf-8")
+            found = scan_source(source, module_name(package_dir, package, path), str(path), decorators)
+        except (SyntaxError, UnicodeDecodeError, ValueError):
+            continue  # e.g. a test fixture that is not Python 3
+        for memo in found:
+            by_name.setdefault(memo.function, memo)
+    return sorted(by_name.values(), key=lambda m: m.function)
+
+
+# ---------------------------------------------------------------- cost (cProfile)
+
+def mean_costs(stats: Mapping[tuple[str, int, str], tuple[Any, ...]],
+               memoized: Iterable[Memoized]) -> dict[str, float]:
+    """Mean inclusive ns per outermost call of each memoized function, from ``pstats`` stats
+    (keyed (file, first line, code name); values (primitive calls, calls, tottime, cumtime, ...))."""
+    out: dict[str, float] = {}
+    for memo in memoized:
+        name = memo.function.rsplit(".", 1)[-1]
+        row = stats.get((memo.file, memo.line, name))
+        if row is not None and row[0] > 0:
+            out[memo.function] = row[3] * 1e9 / row[0]
+    return out
+
+
+# ---------------------------------------------------------------- score
+
+@dataclass
+class FunctionRow:
+    function: str
+    decorator: str
+    ref_calls: int | None = None
+    ref_hits: int | None = None
+    ref_verdict: str | None = None
+    mean_cost_ns: float | None = None
+    ref_savings_ns: float | None = None
+    real: bool = False
+    why_not_real: str | None = None
+    rank: int | None = None
+    advice: str | None = None
+    callspan_calls: int | None = None
+    callspan_hits: int | None = None
+    found: bool = False
+    why_missed: str | None = None
+
+
+@dataclass
+class Score:
+    memoized: int
+    ran: int  # memoized functions the reference saw called
+    real: int
+    found: int
+    recall: float | None
+    advised_top: int
+    advised_top_in_reference: int
+    advised_top_consistent: int
+    precision: float | None
+    advised_inconsistent: list[str]  # advised anywhere in the ranking, reference: inconsistent
+    advised_top_not_consistent: list[str]
+    functions: list[FunctionRow] = field(default_factory=list)
+
+    @property
+    def meets_targets(self) -> bool:
+        return self.recall is not None and self.recall >= RECALL_TARGET and not self.advised_inconsistent
+
+
+def _why_not_real(truth: Mapping[str, Any] | None, cost: float | None, lookup_ns: float,
+                  min_cost_ratio: float, min_saved_ns: float) -> str | None:
+    if truth is None or not truth.get("calls"):
+        return "not called"
+    if truth["verdict"] not in CACHEABLE_VERDICTS:
+        return f"reference: {truth['verdict']}"
+    if not truth["hits"]:
+        return "reference: no repeats"
+    if cost is None:
+        return "no cost (not in the cProfile run)"
+    if cost < min_cost_ratio * lookup_ns:
+        return f"cheap: {cost:.0f} ns a call < {min_cost_ratio:g} x {lookup_ns:.0f} ns lookup"
+    if truth["hits"] * cost < min_saved_ns:
+        return f"small: {truth['hits']} hits x {cost:.0f} ns < {min_saved_ns / 1e6:g} ms"
+    return None
+
+
+def _why_missed(opportunity: Mapping[str, Any] | None, top: int) -> str:
+    if opportunity is None:
+        return "not in the cache report (no keyed calls or no repeated key)"
+    kind = opportunity["advice"]["kind"]
+    if kind not in ADVISED:
+        return f"advice {kind}: {opportunity['advice'].get('text', '')}"
+    return f"ranked {opportunity['rank']} > {top}"
+
+
+def score(memoized: Sequence[Memoized], cache_report: Mapping[str, Any], truths: Mapping[str, Mapping[str, Any]],
+          costs: Mapping[str, float], top: int = TOP) -> Score:
+    """Recall and precision of ``cache_report`` (the analyzer's JSON ``cache`` object) against the
+    reference ``truths`` (``python -m tests.cache_reference`` output) and ``costs`` (ns a call)."""
+    options = cache_report["options"]
+    lookup_ns = float(cache_report["lookup_ns"])
+    opportunities = cache_report["opportunities"]
+    by_function = {o["function"]: o for o in opportunities}
+    top_functions = [o for o in opportunities[:top]]
+    advised_top = [o for o in top_functions if o["advice"]["kind"] in ADVISED]
+    advised_top_names = {o["function"] for o in advised_top}
+
+    rows: list[FunctionRow] = []
+    for memo in memoized:
+        truth = truths.get(memo.function)
+        cost = costs.get(memo.function)
+        row = FunctionRow(memo.function, memo.decorator, mean_cost_ns=cost)
+        if truth is not None:
+            row.ref_calls, row.ref_hits, row.ref_verdict = truth["calls"], truth["hits"], truth["verdict"]
+            if cost is not None:
+                row.ref_savings_ns = truth["hits"] * cost
+        row.why_not_real = _why_not_real(truth, cost, lookup_ns, float(options["min_cost_ratio"]),
+                                         float(options["min_saved_ns"]))
+        row.real = row.why_not_real is None
+        opportunity = by_function.get(memo.function)
+        if opportunity is not None:
+            row.rank, row.advice = opportunity["rank"], opportunity["advice"]["kind"]
+            row.callspan_calls, row.callspan_hits = opportunity["calls"], opportunity["hits"]
+        row.found = memo.function in advised_top_names
+        if row.real and not row.found:
+            row.why_missed = _why_missed(opportunity, top)
+        rows.append(row)
+
+    real = [r for r in rows if r.real]
+    found = [r for r in real if r.found]
+    seen = [o for o in advised_top if o["function"] in truths]
+    consistent = [o for o in seen if _consistent_for(o, truths[o["function"]])]
+    advised_inconsistent = sorted(o["function"] for o in opportunities if o["advice"]["kind"] in ADVISED
+                                  and truths.get(o["function"], {}).get("verdict") == "inconsistent")
+    return Score(
+        memoized=len(memoized), ran=sum(1 for r in rows if r.ref_calls), real=len(real), found=len(found),
+        recall=len(found) / len(real) if real else None,
+        advised_top=len(advised_top), advised_top_in_reference=len(seen), advised_top_consistent=len(consistent),
+        precision=len(consistent) / len(seen) if seen else None,
+        advised_inconsistent=advised_inconsistent,
+        advised_top_not_consistent=sorted(f"{o['function']} ({truths[o['function']]['verdict']}, advice "
+                                          f"{o['advice']['kind']})" for o in seen if o not in consistent),
+        functions=rows)
+
+
+def _consistent_for(opportunity: Mapping[str, Any], truth: Mapping[str, Any]) -> bool:
+    """The advice would return what the function does: consistent by value, or consistent after
+    the conversion the advice asks for (a bare lru_cache on unhashable arguments would raise)."""
+    if truth["verdict"] == "consistent":
+        return True
+    return truth["verdict"] == "unhashable" and opportunity["advice"]["kind"] != "lru_cache"
+
+
+# ---------------------------------------------------------------- run
+
+def _clean_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CALLSPAN_", "OTEL_"))}
+    env["PYTHONHASHSEED"] = "0"
+    return env
+
+
+def _run(command: Sequence[str], cwd: Path, log: Path) -> float:
+    start = time.perf_counter()
+    with open(log, "w") as out:
+        done = subprocess.run(command, cwd=cwd, env=_clean_env(), stdout=out, stderr=subprocess.STDOUT)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} exited {done.returncode}; see {log}")
+    return time.perf_counter() - start
+
+
+def run_library(lib: Library, python: str, workdir: Path, scale: float | None = None) -> dict[str, Any]:
+    """Run every step for one library; returns its result (score and timings) as JSON-able data."""
+    package_dir = _package_dir(python, lib.package)
+    memoized = scan_package(package_dir, lib.package, lib.decorators)
+    workload = str(WORKLOADS_DIR / lib.workload)
+    args = [workload] + ([str(scale)] if scale is not None else [])
+    workdir.mkdir(parents=True, exist_ok=True)
+    spans, analysis, truth, profile = (workdir / n for n in ("spans.jsonl", "analysis.json", "reference.json", "prof.out"))
+    seconds = {
+        "callspan_run": _run([python, "-m", "callspan", "run", "--include", lib.package, "-o", str(spans), *args],
+                             workdir, workdir / "run.log"),
+        "analyze": _run([python, "-m", "callspan", "analyze", "--format", "json", "--report", "cache",
+                         "--no-progress", "-o", str(analysis), str(spans)], workdir, workdir / "analyze.log"),
+        "reference": _run([python, "-m", "tests.cache_reference", "--include", lib.package, "--out", str(truth),
+                           *args], REPO, workdir / "reference.log"),
+        "cprofile": _run([python, "-m", "cProfile", "-o", str(profile), *args], workdir, workdir / "cprofile.log"),
+    }
+    cache_report = json.loads(analysis.read_text())["cache"]
+    truths = json.loads(truth.read_text())
+    costs = mean_costs(pstats.Stats(str(profile)).stats, memoized)  # type: ignore[attr-defined]
+    result = score(memoized, cache_report, truths, costs)
+    return {"library": lib.name, "package": lib.package, "version": _version(lib.package),
+            "decorators": list(lib.decorators), "switch": lib.switch, "lookup_ns": cache_report["lookup_ns"],
+            "functions_analyzed": cache_report["functions_analyzed"], "seconds": seconds,
+            "meets_targets": result.meets_targets, **asdict(result)}
+
+
+def _package_dir(python: str, package: str) -> Path:
+    """Where ``python`` would import ``package`` from (without importing it)."""
+    probe = (f"import importlib.util; s = importlib.util.find_spec({package!r}); "
+             "print(s.origin if s and s.origin else '')")
+    done = subprocess.run([python, "-c", probe], capture_output=True, text=True, env=_clean_env())
+    origin = done.stdout.strip()
+    if done.returncode != 0 or not origin:
+        raise LookupError(f"{python} cannot import {package} (pip install -e '.[bench]')")
+    return Path(origin).parent
+
+
+def _version(package: str) -> str:
+    from importlib import metadata
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "?"
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.0f}%"
+
+
+def table(results: Sequence[Mapping[str, Any]]) -> str:
+    lines = ["| library | memoized (ran) | real savings | found in top 40 | recall | advised in top 40 "
+             "| consistent | precision | advised & inconsistent |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r['library']} {r['version']} | {r['memoized']} ({r['ran']}) | {r['real']} | {r['found']} "
+                     f"| {_percent(r['recall'])} | {r['advised_top']} | {r['advised_top_consistent']}"
+                     f"/{r['advised_top_in_reference']} | {_percent(r['precision'])} "
+                     f"| {len(r['advised_inconsistent'])} |")
+    return "\n".join(lines)
+
+
+def details(result: Mapping[str, Any]) -> str:
+    """The real-savings memoized functions, found or why not."""
+    lines = [f"{result['library']}: real-savings memoized functions"]
+    for row in result["functions"]:
+        if row["real"]:
+            state = "found" if row["found"] else f"MISSED: {row['why_missed']}"
+            lines.append(f"  {row['function']}: ref {row['ref_calls']} calls {row['ref_hits']} hits, "
+                         f"{row['mean_cost_ns']:.0f} ns/call; rank {row['rank']} {row['advice']}; {state}")
+    for name in result["advised_top_not_consistent"]:
+        lines.append(f"  advised but not consistent: {name}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--libs", default=",".join(LIBRARIES), help=f"comma-separated (default: {','.join(LIBRARIES)})")
+    parser.add_argument("--python", default=sys.executable, help="interpreter to run the workloads with")
+    parser.add_argument("--scale", type=float, help="workload scale (default: each workload's own)")
+    parser.add_argument("--json", default="rediscovery.json", help="where to write the results")
+    parser.add_argument("--workdir", help="keep the traces, analyses and references here (default: a temp dir)")
+    options = parser.parse_args(argv)
+    names = [n for n in options.libs.split(",") if n]
+    unknown = [n for n in names if n not in LIBRARIES]
+    if unknown:
+        parser.error(f"unknown libraries: {', '.join(unknown)} (known: {', '.join(LIBRARIES)})")
+    results: list[dict[str, Any]] = []
+    skipped: dict[str, str] = {}
+    with tempfile.TemporaryDirectory(prefix="callspan-rediscovery-") as tmp:
+        root = Path(options.workdir) if options.workdir else Path(tmp)
+        for name in names:
+            print(f"{name}: running (callspan, analyze, reference, cProfile)...", file=sys.stderr, flush=True)
+            try:
+                results.append(run_library(LIBRARIES[name], options.python, root / name, options.scale))
+            except LookupError as missing:
+                skipped[name] = str(missing)
+                print(f"{name}: skipped: {missing}", file=sys.stderr)
+                continue
+            print(details(results[-1]), file=sys.stderr)
+    doc = {"date": datetime.date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
+           f"{platform.processor() or platform.platform()}", "python": platform.python_version(),
+           "top": TOP, "advised_kinds": list(ADVISED), "recall_target": RECALL_TARGET,
+           "results": results, "skipped": skipped}
+    Path(options.json).write_text(json.dumps(doc, indent=1) + "\n")
+    print(table(results))
+    for name, why in skipped.items():
+        print(f"skipped {name}: {why}")
+    print(f"(Python {doc['python']}, {doc['date']}; JSON: {options.json})")
+    return 0 if results and all(r["meets_targets"] for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

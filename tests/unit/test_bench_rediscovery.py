@@ -1,0 +1,251 @@
+"""The rediscovery benchmark's harness (benchmarks/bench_rediscovery.py): scanning a package for
+memoized functions, turning their memoization off, and scoring an analysis against the reference,
+on a tiny generated library."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _load(name: str, path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses resolve the module's annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = _load("bench_rediscovery", REPO / "benchmarks" / "bench_rediscovery.py")
+
+FAKE_INIT = '''\
+import functools
+from functools import cache, cached_property, lru_cache
+
+from .own import memoize
+
+
+@functools.lru_cache(maxsize=32)
+def parse(text):
+    return text.split()
+
+
+@lru_cache
+def width(text):
+    return len(text)
+
+
+def plain(x):
+    return x
+
+
+@functools.cache
+@staticmethod
+def stacked(x):
+    return x
+
+
+class Palette:
+    @classmethod
+    @lru_cache(maxsize=8)
+    def match(cls, colour):
+        return hash(colour)
+
+    @cached_property
+    def names(self):
+        return []
+
+    class Inner:
+        @memoize
+        def deep(self):
+            return 1
+
+
+def outer():
+    @cache
+    def inner(y):
+        return y
+    return inner(1)
+
+
+try:
+    from ._speedups import fast
+except ImportError:
+    @memoize
+    def fast(x):
+        return x
+'''
+
+FAKE_OWN = '''\
+def memoize(function):
+    return function
+
+
+def other(function):
+    return function
+
+
+@other
+def not_memoized():
+    return 0
+'''
+
+
+@pytest.fixture
+def fake_package(tmp_path: Path) -> Path:
+    package = tmp_path / "fakelib"
+    (package / "sub").mkdir(parents=True)
+    (package / "__init__.py").write_text(FAKE_INIT)
+    (package / "own.py").write_text(FAKE_OWN)
+    (package / "sub" / "__init__.py").write_text("")
+    (package / "sub" / "py2.py").write_text("print 'not Python 3'\n")  # skipped, not an error
+    return package
+
+
+def test_scan_finds_exactly_the_memoized_functions_by_qualname_and_first_line(fake_package: Path) -> None:
+    found = bench.scan_package(fake_package, "fakelib", ("lru_cache", "cache", "memoize"))
+    init = str(fake_package / "__init__.py")
+    assert [(m.function, m.file, m.line, m.decorator) for m in found] == [
+        ("fakelib.Palette.Inner.deep", init, 38, "memoize"),
+        ("fakelib.Palette.match", init, 28, "lru_cache"),
+        ("fakelib.fast", init, 53, "memoize"),
+        ("fakelib.outer.<locals>.inner", init, 44, "cache"),
+        ("fakelib.parse", init, 7, "lru_cache"),
+        ("fakelib.stacked", init, 21, "cache"),
+        ("fakelib.width", init, 12, "lru_cache"),
+    ]
+    # each line is the code object's co_firstlineno (the first decorator), as cProfile keys it
+    sys.path.insert(0, str(fake_package.parent))
+    try:
+        import fakelib  # type: ignore[import-not-found]
+        assert fakelib.parse.__wrapped__.__code__.co_firstlineno == 7
+        assert fakelib.Palette.match.__wrapped__.__code__.co_firstlineno == 28  # @classmethod's line
+    finally:
+        sys.path.remove(str(fake_package.parent))
+        for name in [n for n in sys.modules if n == "fakelib" or n.startswith("fakelib.")]:
+            del sys.modules[name]
+
+
+def test_memo_off_uncaches_only_the_named_packages(fake_package: Path) -> None:
+    probe = textwrap.dedent(f"""
+        import functools, sys
+        sys.path[:0] = [{str(REPO / "benchmarks" / "workloads")!r}, {str(fake_package.parent)!r}]
+        from memo_off import disable_functools_caches
+        disable_functools_caches("fakelib")
+        import fakelib
+
+        @functools.lru_cache(maxsize=4)
+        def elsewhere(x):
+            return x
+
+        assert type(fakelib.parse).__name__ == "function", fakelib.parse
+        assert type(fakelib.width).__name__ == "function", fakelib.width
+        assert type(fakelib.Palette.__dict__["match"].__func__).__name__ == "function"
+        fakelib.parse.cache_clear()  # code that clears the caches keeps working
+        assert fakelib.parse.cache_info().hits == 0
+        assert type(elsewhere).__name__ == "_lru_cache_wrapper"  # __main__ is not fakelib
+        try:
+            disable_functools_caches("fakelib")
+        except RuntimeError as already:
+            print(already)
+    """)
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "memo_off: fakelib already imported; its caches are on"
+
+
+def _memo(function: str, line: int = 1) -> Any:
+    return bench.Memoized(function, "/lib/fakelib/__init__.py", line, "lru_cache")
+
+
+def _opportunity(rank: int, function: str, kind: str) -> dict[str, Any]:
+    return {"rank": rank, "function": function, "advice": {"kind": kind, "text": f"{kind} text"},
+            "calls": 100, "hits": 90}
+
+
+def _truth(verdict: str, calls: int = 100, hits: int = 90) -> dict[str, Any]:
+    return {"calls": calls, "hits": hits, "verdict": verdict}
+
+
+def test_mean_costs_match_pstats_rows_by_file_first_line_and_name() -> None:
+    memos = [_memo("fakelib.parse", 8), _memo("fakelib.Palette.match", 28), _memo("fakelib.width", 13)]
+    stats = {("/lib/fakelib/__init__.py", 8, "parse"): (4, 6, 0.001, 0.002, {}),
+             ("/lib/fakelib/__init__.py", 28, "match"): (0, 0, 0.0, 0.0, {}),  # never called
+             ("/lib/fakelib/__init__.py", 14, "width"): (1, 1, 0.5, 0.5, {})}  # another line
+    assert bench.mean_costs(stats, memos) == {"fakelib.parse": pytest.approx(500_000.0)}
+
+
+def test_score_counts_recall_and_precision_and_says_why_functions_were_missed() -> None:
+    memoized = [_memo(f"fakelib.{name}") for name in (
+        "found", "low_rank", "judged_cheap", "unlisted", "too_cheap", "small", "fresh", "never_called", "unique",
+        "converted")]
+    report = {
+        "options": {"min_cost_ratio": 2.0, "min_saved_ns": 1_000_000.0}, "lookup_ns": 100.0,
+        "opportunities": [
+            _opportunity(1, "fakelib.found", "lru_cache"),
+            _opportunity(2, "fakelib.helper", "calls_impure"),  # not memoized, consistent
+            _opportunity(3, "fakelib.counter", "mostly_consistent"),  # reference: inconsistent
+            _opportunity(4, "fakelib.listy", "lru_cache"),  # reference: unhashable, bare lru_cache
+            _opportunity(5, "fakelib.converted", "lru_cache_convert_args"),  # reference: unhashable
+            _opportunity(6, "fakelib.unseen", "lru_cache"),  # not in the reference: not judged
+            _opportunity(7, "fakelib.judged_cheap", "not_worth_it"),
+            _opportunity(8, "fakelib.low_rank", "lru_cache"),
+            _opportunity(9, "fakelib.late_impure", "lru_cache"),  # outside the top, inconsistent
+        ]}
+    truths = {
+        "fakelib.found": _truth("consistent"), "fakelib.low_rank": _truth("consistent"),
+        "fakelib.judged_cheap": _truth("consistent"), "fakelib.unlisted": _truth("consistent"),
+        "fakelib.too_cheap": _truth("consistent"), "fakelib.small": _truth("consistent", hits=5),
+        "fakelib.fresh": _truth("fresh"), "fakelib.never_called": _truth("consistent", calls=0, hits=0),
+        "fakelib.unique": _truth("consistent", hits=0), "fakelib.converted": _truth("unhashable"),
+        "fakelib.helper": _truth("consistent"), "fakelib.counter": _truth("inconsistent"),
+        "fakelib.listy": _truth("unhashable"), "fakelib.late_impure": _truth("inconsistent"),
+    }
+    costs = {name: 50_000.0 for name in truths} | {"fakelib.too_cheap": 150.0}  # 150 < 2 x 100 ns
+    result = bench.score(memoized, report, truths, costs, top=7)
+
+    rows = {r.function.removeprefix("fakelib."): r for r in result.functions}
+    assert {name for name, r in rows.items() if r.real} == {"found", "low_rank", "judged_cheap", "unlisted",
+                                                           "converted"}
+    assert {name: r.why_not_real for name, r in rows.items() if not r.real} == {
+        "too_cheap": "cheap: 150 ns a call < 2 x 100 ns lookup",
+        "small": "small: 5 hits x 50000 ns < 1 ms",
+        "fresh": "reference: fresh",
+        "never_called": "not called",
+        "unique": "reference: no repeats",
+    }
+    assert {name: r.why_missed for name, r in rows.items() if r.real and not r.found} == {
+        "low_rank": "ranked 8 > 7",
+        "judged_cheap": "advice not_worth_it: not_worth_it text",
+        "unlisted": "not in the cache report (no keyed calls or no repeated key)",
+    }
+    assert (result.memoized, result.ran, result.real, result.found) == (10, 9, 5, 2)
+    assert result.recall == pytest.approx(2 / 5)
+    # advised in the top 7: found, helper, counter, listy, converted, unseen; unseen is not judged;
+    # consistent: found, helper, converted (a bare lru_cache on unhashable arguments would raise)
+    assert (result.advised_top, result.advised_top_in_reference, result.advised_top_consistent) == (6, 5, 3)
+    assert result.precision == pytest.approx(3 / 5)
+    assert result.advised_top_not_consistent == [
+        "fakelib.counter (inconsistent, advice mostly_consistent)", "fakelib.listy (unhashable, advice lru_cache)"]
+    assert result.advised_inconsistent == ["fakelib.counter", "fakelib.late_impure"]  # anywhere in the ranking
+    assert not result.meets_targets
+
+
+def test_targets_are_met_with_half_the_real_functions_found_and_nothing_inconsistent_advised() -> None:
+    memoized = [_memo("fakelib.a"), _memo("fakelib.b")]
+    report = {"options": {"min_cost_ratio": 2.0, "min_saved_ns": 1_000_000.0}, "lookup_ns": 100.0,
+              "opportunities": [_opportunity(1, "fakelib.a", "lru_cache"), _opportunity(2, "fakelib.b", "inconsistent")]}
+    truths = {"fakelib.a": _truth("consistent"), "fakelib.b": _truth("consistent")}
+    result = bench.score(memoized, report, truths, {"fakelib.a": 50_000.0, "fakelib.b": 50_000.0})
+    assert (result.real, result.found, result.recall, result.precision) == (2, 1, 0.5, 1.0)
+    assert result.meets_targets
