@@ -108,3 +108,44 @@ def test_a_recursive_function_is_sized_on_its_memoized_calls(core: str, tmp_path
     uncached = 3 * (2 * 10946 - 1)  # calls of fib(20), three times
     assert op["shadowed_calls"] == uncached - op["calls"]
     assert op["advice"]["kind"] == "lru_cache"
+
+
+DEEP = textwrap.dedent("""
+    def price(k):
+        total = 0
+        for i in range(400):
+            total += (k * i) % 7
+        return total
+
+    def level(n, k):
+        return price(k) if n == 0 else level(n - 1, k) + 0
+
+    def main():
+        for i in range(3000):
+            wrapper(i % 20)
+
+    def wrapper(k):
+        return level(3, k)
+
+    main()
+""")
+
+
+def test_calls_beyond_the_depth_cap_keep_their_cpu_cost(tmp_path: Path) -> None:
+    # CALLSPAN_MAX_DEPTH=2: every price() call folds into an "(other)" node, in no node of its own;
+    # its cost must still come from the function table, not read as ~0 ns a call.
+    (tmp_path / "deep.py").write_text(DEEP)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "CALLSPAN_"))}
+    env["CALLSPAN_MAX_DEPTH"] = "2"
+    run = subprocess.run([sys.executable, "-m", "callspan", "run", "-o", "t.jsonl", "deep.py"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    analyze = subprocess.run([sys.executable, "-m", "callspan", "analyze", "--format", "json", "--report", "cache",
+                              "--no-progress", "--lookup-ns", "100", "t.jsonl"], cwd=tmp_path, capture_output=True,
+                             text=True, timeout=300)
+    assert analyze.returncode == 0, analyze.stderr
+    (op,) = [o for o in json.loads(analyze.stdout)["cache"]["opportunities"] if o["function"] == "__main__.price"]
+    assert op["calls"] == 3000 and op["hits"] == 3000 - 20
+    assert op["own_cost"]["cpu"] > 0 and op["mean_cost"] > 1000  # ns: 400 loop iterations
+    assert op["advice"]["kind"] == "lru_cache"
+    assert 0 < op["savings"]["cpu"] <= op["own_cost"]["cpu"]

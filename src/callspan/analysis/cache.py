@@ -551,11 +551,15 @@ def aggregate_result(function: int, info: FunctionInfo, data: ProfileData, fids:
     reuse: dict[int, list[float]] = {}
     for fid in fids:
         facts = data.functions.get(fid)
+        node_cpu = data.node_totals(fid)[2]
         if facts is not None:
             calls += facts.calls
             errors += facts.errors
             wall_total += facts.wall_ns
-        cpu_total += data.node_totals(fid)[2]
+            # Calls folded into "(other)" nodes (beyond the node or depth cap) are in no node of
+            # this function; their self CPU still is in its function-table row: a lower bound.
+            node_cpu = max(node_cpu, facts.cpu_self)
+        cpu_total += node_cpu
         cached = data.cache.get(fid)
         if cached is not None:
             state.add(cached)
