@@ -637,3 +637,16 @@ def test_nested_hits_on_one_thread_are_counted_once() -> None:
     result = analyze_calls(0, FunctionInfo(0, "m.f", kind="coroutine"), columns)
     saved = cache.savings_at(result, 1)
     assert (saved.hits, saved.cpu, saved.wall) == (2, 90, 90)
+
+
+def test_a_mutable_return_is_ranked_with_a_caveat_and_no_paste_line() -> None:
+    extra = {"callspan.return.hashable": False}
+    spans = key_sequence_spans("m.rows", [1, 2, 1, 2, 1, 2], cpu=1_000_000, extra=extra)
+    op = opportunity(model_of(request(spans)), "m.rows", lookup_ns=100)
+    assert op.returns_unhashable
+    assert op.advice.kind == "mutable_return" and op.advice.paste is None
+    assert "a caller that changes it changes what later callers get" in op.advice.text
+    assert op.recommended_maxsize == 2 and op.savings.cpu == 4 * 1_000_000  # ranked by what it would save
+    plain = opportunity(model_of(request(key_sequence_spans("m.rows", [1, 2, 1, 2, 1, 2], cpu=1_000_000))), "m.rows",
+                        lookup_ns=100)
+    assert plain.advice.kind == "lru_cache" and plain.advice.paste is not None

@@ -107,10 +107,10 @@ LOOKUP_ITERATIONS = 10_000  # calls per timing
 LOOKUP_REPEATS = 5  # timings per variant; the fastest is kept (the least disturbed)
 
 ADVICE_KINDS = ("lru_cache", "lru_cache_convert_args", "method", "async_cache", "inflight_coalescing",
-                "mostly_consistent", "calls_impure", "inconsistent", "fresh_object", "not_cacheable", "not_worth_it")
+                "mostly_consistent", "mutable_return", "calls_impure", "inconsistent", "fresh_object", "not_cacheable", "not_worth_it")
 NOT_RECOMMENDED = ("inconsistent", "fresh_object", "not_cacheable", "method")
 # Ranked by savings with a caveat the user must weigh; never given a paste line.
-CAVEATED = ("mostly_consistent", "calls_impure")
+CAVEATED = ("mostly_consistent", "mutable_return", "calls_impure")
 # At most this share of a function's keys returned different values: "mostly consistent", ranked
 # with the share shown (a cache would return stale values for those keys); above it, inconsistent.
 MOSTLY_CONSISTENT = 0.05
@@ -926,6 +926,12 @@ def _advise(op: Opportunity, options: CacheOptions, lookup: LookupCost) -> Advic
                       f"argument keys ({op.inconsistent_share:.1%}) returned different values for the same "
                       "arguments: a cache would return a stale value for those; if that is acceptable, "
                       f"functools.lru_cache(maxsize={size})" + note)
+    if op.returns_unhashable:
+        method = note.split("; returns a mutable value")[0]
+        return Advice("mutable_return", "returns a mutable value (a list, dict, set or object without a hash): "
+                      "a cache hands every caller the same object, so a caller that changes it changes what "
+                      "later callers get; if no caller mutates the result (or after returning an immutable "
+                      f"copy: tuple, frozenset, a frozen dataclass), functools.lru_cache(maxsize={size})" + method)
     return Advice("lru_cache", f"cache it with functools.lru_cache(maxsize={size})" + note, paste)
 
 
