@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 
+from callspan.tracer import keys
 from callspan.tracer.keys import KeyHasher, args_key
 from callspan.tracer.selection import CodeInfo
 
@@ -193,3 +194,43 @@ def test_key_equality_matches_lru_cache() -> None:
             assert seen[h] == v
         seen[h] = v
     assert cached.cache_info().currsize == len({key_hash(v) for v in values}) == 10
+
+
+def minus_one_or_two(n: int) -> int:
+    return n * 10
+
+
+def pair_sum(a: int, b: int) -> tuple[int, int]:
+    return (a, -1) if a == -1 else (a, -2)
+
+
+def test_minus_one_and_minus_two_are_different_keys_and_returns(traced) -> None:  # type: ignore[no-untyped-def]
+    from tests.tracer.test_aggregate import cache_column
+
+    # CPython hashes -1 like -2: without the salt f(-1) and f(-2) were one key with two returns.
+    assert hash(-1) == hash(-2) and hash((-1, 3)) == hash((-2, 3))
+    run = traced()
+
+    def calls() -> None:
+        for n in (-1, -2, -1, -2):
+            minus_one_or_two(n)
+            pair_sum(n, 3)
+
+    run.run(calls)
+    for name in (".minus_one_or_two", ".pair_sum"):
+        nodes = run.sink.named(name)
+        args = [n.attributes["callspan.args.hash"] for n in nodes]
+        rets = [n.attributes["callspan.return.hash"] for n in nodes]
+        assert args[0] == args[2] != args[1] == args[3], name
+        assert rets[0] == rets[2] != rets[1] == rets[3], name
+    windows = run.sink.windows
+    assert cache_column(windows, "minus_one_or_two", "inconsistent_keys") == 0
+    assert cache_column(windows, "minus_one_or_two", "keys") == 2
+    assert cache_column(windows, "pair_sum", "inconsistent_keys") == 0
+
+
+def test_the_salt_separates_minus_one_only() -> None:
+    assert keys.salted(hash(-1), -1) != hash(-2)
+    assert keys.salted(hash((-1, -1)), (-1, -1)) != keys.salted(hash((-2, -2)), (-2, -2))
+    assert keys.salted(hash((-1, -2)), (-1, -2)) != keys.salted(hash((-2, -1)), (-2, -1))
+    assert keys.salted(hash((5, 3)), (5, 3)) == hash((5, 3))  # no -1: unchanged

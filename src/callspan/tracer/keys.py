@@ -25,6 +25,34 @@ UNKEYABLE_AFTER = 64
 # call of each function and then on one call in this many. Also in _hotpath.c.
 RET_SIZE_EVERY = 16
 
+# CPython hashes -1 like -2 (-1 is its C error value), so keys or returns that differ only by a
+# -1 where the other has -2 would be one key (f(-1) and f(-2) "returning different values").
+# Each exact int -1 at the top level of a key or return value salts its hash (by position). -1 is CPython's
+# cached small int, so an identity check finds it without comparing (no user __eq__ runs).
+_MINUS_ONE = -1
+_MINUS_ONE_SALT = 0x9E3779B97F4A7C15
+_MASK64 = 0xFFFFFFFFFFFFFFFF
+
+
+def salted(h: int, value: Any) -> int:
+    """``h`` (the hash of ``value``) salted by the positions (1-based, summed) of the exact int
+    -1 that is ``value`` or is among its top-level tuple items, as a signed 64-bit number (the
+    compiled hot path does the same). Positions keep (-1, -2) apart from (-2, -1)."""
+    if value is _MINUS_ONE:
+        where = 1
+    elif type(value) is tuple:
+        where = 0
+        for position, item in enumerate(value, 1):
+            if item is _MINUS_ONE:
+                where += position
+        if not where:
+            return h
+    else:
+        return h
+    mixed = (h ^ (where * _MINUS_ONE_SALT)) & _MASK64
+    return mixed - (1 << 64) if mixed >= 1 << 63 else mixed
+
+
 # Separates positional from keyword parts, as lru_cache's kwd_mark does.
 _KWD_MARK = ("callspan.kwd_mark",)
 _FAST_TYPES = (int, str)
@@ -115,7 +143,7 @@ def args_key(info: CodeInfo, frame: FrameType) -> tuple[int | None, str, bool]:
     if len(key) == 1 and type(key[0]) in _FAST_TYPES:
         key = key[0]  # lru_cache keys a lone int/str argument as itself: f(1) and f(1.0) differ
     try:
-        return hash(key), "", identity
+        return salted(hash(key), key), "", identity
     except TypeError:
         pass
     except Exception:
@@ -153,7 +181,7 @@ def unhashable_args(key: Any, arg_names: tuple[str, ...] = (), varargs: str | No
 def value_key(value: Any) -> tuple[int | None, bool]:
     """(hash or fingerprint of a return value, whether it was hashable)."""
     try:
-        return hash(value), True
+        return salted(hash(value), value), True
     except TypeError:
         pass
     except Exception:
@@ -164,9 +192,6 @@ def value_key(value: Any) -> tuple[int | None, bool]:
 def unhashable_value(value: Any) -> int | None:
     """Fingerprint (or None) of a return value that hash() refused."""
     return fingerprint(value, [_FINGERPRINT_LIMIT])
-
-
-_MASK64 = 0xFFFFFFFFFFFFFFFF
 
 
 def _rotl(x: int, b: int) -> int:

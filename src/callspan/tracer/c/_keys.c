@@ -340,6 +340,21 @@ tuple_hash_of(PyObject *const *items, Py_ssize_t len)
     return (Py_hash_t)acc;
 }
 
+/* keys.salted: the hash salted by the 1-based positions, summed, of the exact int -1 (CPython's
+ * cached small int: compared by identity) among `n` items, since CPython hashes -1 like -2. */
+#define MINUS_ONE_SALT 0x9E3779B97F4A7C15ULL
+static PyObject *minus_one; /* the cached small int -1 */
+
+static inline Py_hash_t
+salted(Py_hash_t h, PyObject *const *items, Py_ssize_t n)
+{
+    uint64_t where = 0;
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (items[i] == minus_one)
+            where += (uint64_t)i + 1;
+    return where ? (Py_hash_t)((uint64_t)h ^ where * MINUS_ONE_SALT) : h;
+}
+
 /* (raw hash or fingerprint or None, unhashable type names, self hashed by identity) as
  * keys.args_key computes it, reading the arguments from the frame. The key's items are
  * gathered in a C array and hashed as the lru_cache key tuple would be; the tuple itself is
@@ -430,6 +445,8 @@ cs_args_key(PyObject *kwd_mark, CodeInfoObject *ci, PyFrameObject *frame, int64_
     Py_hash_t h = -1;
     if (!unhashable) {
         h = lone ? PyObject_Hash(items[0]) : tuple_hash_of(items, total);
+        if (h != -1 || !PyErr_Occurred())
+            h = salted(h, items, total);
         if (h == -1 && PyErr_Occurred()) {
             if (!PyErr_ExceptionMatches(PyExc_TypeError)) {
                 if (!PyErr_ExceptionMatches(PyExc_Exception))
@@ -490,6 +507,10 @@ cs_value_key(PyObject *value, int64_t *raw_out, int *kind)
         Py_hash_t h = PyObject_Hash(value);
         if (h != -1 || !PyErr_Occurred()) {
             /* compact: the raw hash only; a Record reads it back as (raw, True) */
+            if (PyTuple_CheckExact(value))
+                h = salted(h, &PyTuple_GET_ITEM(value, 0), PyTuple_GET_SIZE(value));
+            else
+                h = salted(h, &value, 1);
             *raw_out = (int64_t)h;
             *kind = KEY_COMPACT;
             return Py_NewRef(Py_None);
@@ -513,7 +534,8 @@ cs_keys_init(void)
     if ((str_empty = PyUnicode_InternFromString("")) == NULL ||
         (str_error = PyUnicode_InternFromString("error")) == NULL ||
         (str_dict_tag = PyUnicode_InternFromString("dict")) == NULL ||
-        (str_set_tag = PyUnicode_InternFromString("set")) == NULL || (type_names = PyDict_New()) == NULL || (labelled_names = PyDict_New()) == NULL)
+        (str_set_tag = PyUnicode_InternFromString("set")) == NULL || (type_names = PyDict_New()) == NULL || (labelled_names = PyDict_New()) == NULL ||
+        (minus_one = PyLong_FromLong(-1)) == NULL)
         return -1;
     return 0;
 }
