@@ -38,6 +38,7 @@ KINDS = {
     "unhashable": {"lru_cache_convert_args", "not_worth_it"},
     "consistent": {"lru_cache", "not_worth_it"},
     "consistent_calls_impure": {"calls_impure", "not_worth_it"},
+    "consistent_mutable_return": {"mutable_return", "not_worth_it"},
 }
 
 
@@ -57,7 +58,7 @@ def generate(seed: int) -> str:
     pure: list[str] = []
     impure: list[str] = []
     shapes = ["positional", "keyword_only", "varargs", "kwargs", "list_arg", "few_inconsistent",
-              "inconsistent", "fresh", "raises", "recursive"]
+              "inconsistent", "fresh", "raises", "recursive", "mutable"]
     rng.shuffle(shapes)
     shapes += ["caller", "caller"]  # last: the first calls an impure function, the second any two
     for index, shape in enumerate(shapes):
@@ -96,6 +97,9 @@ def generate(seed: int) -> str:
         elif shape == "fresh":
             defs.append(f"def {name}(a):\n{body}    return Box(t + a)\n")
             calls.append(f"{name}({a}).v")
+        elif shape == "mutable":  # equal lists for equal keys: consistent, but a cache would share one list
+            defs.append(f"def {name}(a):\n{body}    return [t, a]\n")
+            calls.append(f"{name}({a})")
         elif shape == "raises":
             defs.append(f"def {name}(a):\n{body}    if a % 5 == 4:\n        raise ValueError(a)\n    return t - a\n")
             calls.append(f"safely({name}, {a})")
@@ -132,6 +136,8 @@ def generate(seed: int) -> str:
 
 def verdict(truth: FunctionTruth, reach: dict[str, set[str]]) -> str:
     v = truth.verdict
+    if v == "consistent" and truth.name.startswith("__main__.mutable_"):
+        return "consistent_mutable_return"  # the reference compares by value; the advice warns of sharing
     return "consistent_calls_impure" if v == "consistent" and truth.name in reach else v
 
 

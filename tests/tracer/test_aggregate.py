@@ -385,10 +385,16 @@ def purity_program() -> None:
             fresh(k)
     for k in [[1], [1], [2]]:
         listed(k)
+    for k in (1, 1, 2, 3):
+        rows(k)
 
 
 def listed(items: list[int]) -> int:
     return len(items)
+
+
+def rows(n: int) -> list[int]:  # a mutable return: callers would share one cached list
+    return list(range(n))
 
 
 def test_consistency_fresh_objects_and_unhashable_arguments(traced) -> None:  # type: ignore[no-untyped-def]
@@ -403,6 +409,10 @@ def test_consistency_fresh_objects_and_unhashable_arguments(traced) -> None:  # 
     assert cache_column(windows, "fresh", "fresh_keys") == 5
     # Lists are fingerprinted: keyed, replayed, and flagged unhashable.
     assert cache_column(windows, "listed", "unhashable_calls") == 3
+    # Returns hash() refused are counted (the analyzer's mutable_return); hashable ones are not.
+    assert cache_column(windows, "rows", "unhashable_returns") == 4
+    assert cache_column(windows, "rows", "inconsistent_keys") == 0  # equal lists: fingerprinted alike
+    assert cache_column(windows, "listed", "unhashable_returns") == 0
     assert hits_at(windows, "listed", None) == 1
     types = [t for w in windows for fid, t in zip(w["cache.function"], w["cache.unhashable_types"], strict=True) if t]
     assert types == ["items:list"]  # the argument named, then its type

@@ -416,6 +416,7 @@ class ProcessResult:
     fresh_keys: float = 0.0  # keys whose returns differed only by new objects (hashed by identity)
     cheap_ns: int = 0  # aggregates: the tracer stopped keying it, its calls taking this many ns on average
     shadowed_calls: int = 0  # aggregates: recursive calls nested in a hit, left out (memoized sequence)
+    unhashable_returns: int = 0  # aggregates: returned values hash() refused
 
     def hits_at(self, size: int) -> float:
         return sum(h for s, h in self.steps if s <= size)
@@ -592,7 +593,7 @@ def aggregate_result(function: int, info: FunctionInfo, data: ProfileData, fids:
         source="aggregates", errors=errors, cpu_total=cpu_total, wall_total=wall_total,
         cpu_calls=calls if has_cpu else 0,
         unhashable_calls=state.unhashable_calls, unhashable_types=unhashable_types, fresh_keys=state.fresh_keys,
-        cheap_ns=state.cheap_ns, shadowed_calls=state.shadowed_calls,
+        cheap_ns=state.cheap_ns, shadowed_calls=state.shadowed_calls, unhashable_returns=state.unhashable_returns,
     )
 
 
@@ -917,7 +918,7 @@ def _advise(op: Opportunity, options: CacheOptions, lookup: LookupCost) -> Advic
                 "instances alive until evicted")
     if op.returns_unhashable:
         note += "; returns a mutable value: callers would share (and could mutate) the cached object"
-    if op.unhashable_types:
+    if op.unhashable_types and not op.returns_unhashable:
         # Never a bare lru_cache line: it would raise TypeError on the first such call.
         return Advice("lru_cache_convert_args", convert_args_text(op) + ", then cache the function of the "
                       f"converted arguments with functools.lru_cache(maxsize={size})" + note)
@@ -928,10 +929,12 @@ def _advise(op: Opportunity, options: CacheOptions, lookup: LookupCost) -> Advic
                       f"functools.lru_cache(maxsize={size})" + note)
     if op.returns_unhashable:
         method = note.split("; returns a mutable value")[0]
+        convert = "; and " + convert_args_text(op) if op.unhashable_types else ""
         return Advice("mutable_return", "returns a mutable value (a list, dict, set or object without a hash): "
                       "a cache hands every caller the same object, so a caller that changes it changes what "
                       "later callers get; if no caller mutates the result (or after returning an immutable "
-                      f"copy: tuple, frozenset, a frozen dataclass), functools.lru_cache(maxsize={size})" + method)
+                      f"copy: tuple, frozenset, a frozen dataclass){convert}, functools.lru_cache(maxsize={size})"
+                      + method)
     return Advice("lru_cache", f"cache it with functools.lru_cache(maxsize={size})" + note, paste)
 
 
@@ -1214,7 +1217,8 @@ def _opportunity(model: Model, results: list[ProcessResult], total_cpu: dict[str
         overlapping=sum(r.overlapping for r in results), sample_rate=rate,
         estimator=estimator, estimate_error=error, own_cpu=own_cpu_total, own_wall=wall_total, mean_wall=wall_total / wall_calls if wall_calls else None,
         unhashable_types=split_unhashable(unhashable)[1], unhashable_args=split_unhashable(unhashable)[0],
-        returns_unhashable=any(i.stats[S_RET_UNHASHABLE] for i in infos),
+        returns_unhashable=(any(i.stats[S_RET_UNHASHABLE] for i in infos)
+                            or any(r.unhashable_returns for r in aggregated)),
         cpu_unit=unit if has_cpu else "none", savings=savings, share=share,
         memory_bytes=memory if not unusable else None, mean_cost=mean_cost,
         curve=_curve_points(sizes, totals, calls, options.curve_points), processes=per_process,
