@@ -276,8 +276,73 @@ def test_unselected_code_is_decided_once(traced) -> None:  # type: ignore[no-unt
     assert run.session.recorder.infos.get(middle.__code__, "missing") is None
 
 
-def test_stop_restores_previous_profile_function(core) -> None:
-    assert sys.getprofile() is None
+def test_stop_restores_previous_profile_function(traced) -> None:  # type: ignore[no-untyped-def]
+    seen: list[str] = []
+
+    def profiler(frame, event, arg):  # type: ignore[no-untyped-def]
+        if event == "call" and frame.f_code is leaf.__code__:
+            seen.append("leaf")
+
+    for_new_threads = object()
+    run = traced()
+    sys.setprofile(profiler)
+    threading.setprofile(for_new_threads)  # type: ignore[arg-type]
+    try:
+        assert run.run(middle, 1) == 4
+        assert sys.getprofile() is profiler and threading.getprofile() is for_new_threads
+        leaf(1)
+    finally:
+        sys.setprofile(None)
+        threading.setprofile(None)  # type: ignore[arg-type]
+    assert len(by_name(run.sink.closed, "leaf")) == 1
+    # The setprofile cores replace it while they run; it gets the call after they stop.
+    assert seen == (["leaf"] if "sysmon" in run.session.core.name else []) + ["leaf"]
+
+
+def cprofiled_calls(traced) -> int:  # type: ignore[no-untyped-def]
+    import cProfile
+    import pstats
+
+    profile = cProfile.Profile()
+    run = traced()
+    profile.enable()
+    try:
+        run.run(middle, 1)
+        leaf(2)
+    finally:
+        profile.disable()
+    stats = pstats.Stats(profile).stats  # type: ignore[attr-defined]
+    assert len(by_name(run.sink.closed, "leaf")) == 1
+    return sum(calls for (_, _, name), (calls, *_) in stats.items() if name == "leaf")
+
+
+def test_cprofile_started_before_keeps_profiling_beside_and_after(traced) -> None:  # type: ignore[no-untyped-def]
+    # cProfile is a C profile function on 3.11 (restored by the setprofile cores at stop) and a
+    # sys.monitoring tool (id 2) on 3.12+, which callspan leaves to it.
+    calls = cprofiled_calls(traced)
+    replaced_while_tracing = "setprofile" in traced().session.core.name and not _env.HAS_SYS_MONITORING
+    assert calls == (1 if replaced_while_tracing else 2)
+
+
+@pytest.mark.skipif(not _env.HAS_SYS_MONITORING, reason="sys.monitoring is 3.12+")
+def test_sysmon_cores_take_a_tool_id_nobody_names(traced, core) -> None:  # type: ignore[no-untyped-def]
+    if "sysmon" not in core:
+        pytest.skip("setprofile cores use no tool id")
+    run = traced()
+    assert "sys.monitoring tool id 3" in run.session.facts.core_reason
+    run.session.start()
+    try:
+        assert sys.monitoring.get_tool(3) == "callspan"
+        assert sys.monitoring.get_tool(sys.monitoring.PROFILER_ID) is None
+        sys.monitoring.use_tool_id(4, "other")
+        try:
+            second = traced()
+            assert second.session.facts.core_reason.endswith(
+                "sys.monitoring tool id 2 (3 and 4 are in use: 3 by 'callspan', 4 by 'other')")
+        finally:
+            sys.monitoring.free_tool_id(4)
+    finally:
+        run.session.stop()
 
 
 def test_selection_prefers_the_most_specific_prefix(tmp_path) -> None:  # type: ignore[no-untyped-def]

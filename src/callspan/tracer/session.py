@@ -65,6 +65,9 @@ class Session:
             max_spans_per_second=settings.max_spans_per_second, trace_filter=trace_filter)
         self.core: Core
         self.core, core_reason = choose_core(self.recorder, settings.core)
+        tool_note = getattr(self.core, "tool_note", None)
+        if tool_note:
+            core_reason = f"{core_reason}; {tool_note}"
         self.facts = SessionFacts(
             core=self.core.name, core_reason=core_reason,
             cpu_counter=counter.name if counter is not None else "none",
