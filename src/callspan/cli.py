@@ -112,7 +112,7 @@ class Program:
         self.argv = argv
         # Importing the OpenTelemetry SDK installs a warnings filter of its own: the program
         # must see Python's filters only.
-        saved_filters = warnings.filters[:]
+        saved_filters = list(warnings.filters)
         try:
             self._build(args, roots, service)
         finally:
@@ -173,15 +173,25 @@ class Program:
         """-m: what `python -m` runs (runpy's frames included, as Python shows them)."""
         runpy._run_module_as_main(self.module_name, alter_argv=True)  # type: ignore[attr-defined]
 
-    def uncaught(self, exc: BaseException) -> int:
-        """The program ended with an exception: report it as Python does, then exit as it would."""
+    def ended(self, exc: BaseException | None) -> int:
+        """The program's module finished (``exc`` None) or raised: report and exit as Python
+        does (pythonrun.c, _PyRun_SimpleFileObject). Called outside any except block: the
+        program's excepthook runs with no exception being handled, as under Python."""
         if isinstance(exc, SystemExit):
             raise exc  # Python's own handling prints a non-integer code and exits with it
-        tb = exc.__traceback__
-        if tb is not None and tb.tb_frame is sys._getframe(1):
-            tb = tb.tb_next  # callspan's frame that ran the program
-        exc.__traceback__ = tb
-        _display_uncaught(exc)
+        _flush_std_files()
+        if exc is not None:
+            tb = exc.__traceback__
+            while tb is not None and tb.tb_frame.f_globals.get("__name__") == __name__:
+                tb = tb.tb_next  # callspan's frames that ran (or compiled) the program
+            exc.__traceback__ = tb
+            _display_uncaught(exc)
+        if self.module_name is None:
+            # Python takes them away once the script is done (not after sys.exit).
+            self.main.__dict__.pop("__file__", None)
+            self.main.__dict__.pop("__cached__", None)
+        if exc is None:
+            return 0
         if type(exc) is KeyboardInterrupt:
             # Python dies by SIGINT after an unhandled KeyboardInterrupt (after its shutdown):
             # only an exception leaving the main module gets that, so it is raised again, with
@@ -213,11 +223,21 @@ def _fresh_main_module() -> types.ModuleType:
 
 
 def _restore_warning_filters(saved: list[Any]) -> None:
-    if warnings.filters != saved:
-        warnings.filters[:] = saved
+    filters: list[Any] = warnings.filters  # type: ignore[assignment]
+    if filters != saved:
+        filters[:] = saved
         mutated = getattr(warnings, "_filters_mutated", None)
         if mutated is not None:
             mutated()
+
+
+def _flush_std_files() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except Exception:
+            pass
 
 
 def _display_uncaught(exc: BaseException) -> None:
@@ -234,6 +254,8 @@ def _display_uncaught(exc: BaseException) -> None:
         hook(type(exc), exc, exc.__traceback__)
     except BaseException as failure:
         print("Error in sys.excepthook:", file=sys.stderr)
+        if failure.__traceback__ is not None:  # not this frame: Python calls the hook from C
+            failure.__traceback__ = failure.__traceback__.tb_next
         sys.__excepthook__(type(failure), failure, failure.__traceback__)
         print("\nOriginal exception was:", file=sys.stderr)
         sys.__excepthook__(type(exc), exc, exc.__traceback__)
@@ -324,14 +346,15 @@ def main(argv: list[str] | None = None) -> int:
     # The program's module runs right here: the fewest frames of callspan's under it (this
     # one, and the console script's).
     program.begin()
+    failure: BaseException | None = None
     try:
         if program.module_name is None:
             exec(program.compile(), program.main.__dict__)
         else:
             program.run_module()
     except BaseException as exc:
-        return program.uncaught(exc)
-    return 0
+        failure = exc
+    return program.ended(failure)
 
 
 if __name__ == "__main__":
