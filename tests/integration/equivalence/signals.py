@@ -1,6 +1,7 @@
 """Signal handlers run in the main thread between bytecodes, also inside traced calls."""
 import os
 import signal
+import time
 
 received = []
 
@@ -23,9 +24,6 @@ def busy():
 print(busy(), received)
 signal.signal(signal.SIGALRM, handler)
 signal.setitimer(signal.ITIMER_REAL, 0.01)
-signal.sigwait if False else None
-import time  # noqa: E402
-
 deadline = time.monotonic() + 2
 while len(received) < 2 and time.monotonic() < deadline:
     time.sleep(0.001)

@@ -5,6 +5,6 @@ import sys
 lines = sys.stdin.read().splitlines()
 print(lines)
 chunk = ("x" * 99 + "\n") * 1000
-for i in range(100):
+for _ in range(100):
     sys.stdout.write(chunk)
 print("done", len(lines))

@@ -8,7 +8,7 @@ def old():
 
 old()
 old()
-warnings.warn("a user warning")
+warnings.warn("a user warning")  # noqa: B028 (the default stacklevel is part of the output)
 print(len(warnings.filters), [f[0] for f in warnings.filters])
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
