@@ -413,28 +413,54 @@ def test_return_sizes_are_measured_on_one_call_in_sixteen(traced) -> None:  # ty
     assert all("callspan.return.hash" in n.attributes for n in nodes)
 
 
-class InterruptingHash:
-    """Its __hash__ stands for user code that is running when Ctrl-C arrives."""
+class UserHashed:
+    """Its __hash__, __eq__ and __sizeof__ are the program's own code: callspan calls none."""
+
+    calls: list[str] = []
 
     def __hash__(self) -> int:
-        raise KeyboardInterrupt
+        UserHashed.calls.append("__hash__")
+        raise SystemExit(9)
+
+    def __eq__(self, other: object) -> bool:
+        UserHashed.calls.append("__eq__")
+        return self is other
+
+    def __sizeof__(self) -> int:
+        UserHashed.calls.append("__sizeof__")
+        return 1
 
 
-def keyed_with(value: object) -> int:
-    return 1
+def keyed_with(value: object, n: int = 0) -> object:
+    return value
 
 
-def interrupt_inside_the_hook() -> str:
-    try:
-        keyed_with(InterruptingHash())
-    except KeyboardInterrupt:
-        return "interrupted"
-    return "swallowed"
+def with_user_types(n: int) -> None:
+    for i in range(n):
+        keyed_with(UserHashed(), i)        # a user type among plain ones
+        keyed_with((1, (2, UserHashed())))  # inside a tuple
+        keyed_with([UserHashed()])          # inside a list (would be fingerprinted)
+        keyed_with(i, i)                    # plain: keyed
 
 
-def test_an_interrupt_raised_by_user_code_inside_the_hook_reaches_the_application(traced, core) -> None:  # type: ignore[no-untyped-def]
-    if "setprofile" in core:
-        pytest.skip("an exception out of a profile function also removes it (CPython's rule)")
-    run = traced()
-    assert run.run(interrupt_inside_the_hook) == "interrupted"
-    assert run.session.recorder.faults == 0
+def test_the_hook_runs_no_user_hash_eq_or_sizeof_and_counts_what_it_skips(traced) -> None:  # type: ignore[no-untyped-def]
+    UserHashed.calls.clear()
+    run = traced(max_spans_per_trace=100_000, max_spans_per_second=100_000)
+    run.run(with_user_types, 20)
+    assert UserHashed.calls == []
+    nodes = sorted(by_name(run.sink.closed, "keyed_with"), key=lambda n: n.start_ns)
+    assert len(nodes) == 80
+    names = [n.attributes.get("callspan.args.unhashable") for n in nodes[:4]]
+    assert names == ["UserHashed:user-hash", "tuple:user-hash", "list", None]
+    assert ["callspan.args.hash" in n.attributes for n in nodes[:4]] == [False, False, False, True]
+    # Return values of user types are neither hashed nor sized.
+    assert not any("callspan.return.hash" in n.attributes for n in nodes[:3])
+    assert not any("callspan.return.size" in n.attributes for n in nodes[:3])
+    (window,) = run.sink.windows
+    row = window["function.name"].index(f"{__name__}.keyed_with")
+    function_id = window["function.id"][row]
+    cache_row = window["cache.function"].index(function_id)
+    # Every call with a user type is counted as not keyed, with its type named.
+    assert window["cache.unhashable_calls"][cache_row] == 60
+    assert set(window["cache.unhashable_types"][cache_row].split(",")) == {
+        "UserHashed:user-hash", "tuple:user-hash", "list"}

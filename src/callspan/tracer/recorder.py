@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from callspan import _env
 from callspan.tracer.aggregate import Aggregates, Node
 from callspan.tracer.counters import CpuCounter, native_reader
-from callspan.tracer.keys import RET_SIZE_EVERY, UNKEYABLE_AFTER, args_key, value_key
+from callspan.tracer.keys import RET_SIZE_EVERY, UNKEYABLE_AFTER, args_key, builtin_sizeof, value_key
 from callspan.tracer.record import (
     R_ARGS,
     R_CHILD_CPU,
@@ -359,7 +359,8 @@ class Recorder:
                     # Sizes only feed memory estimates, on spans: measured on one kept call in
                     # RET_SIZE_EVERY.
                     if record[KEEP]:
-                        record[RET_SIZE] = getsizeof(value, 0) if info.sized % RET_SIZE_EVERY == 0 else None
+                        record[RET_SIZE] = (getsizeof(value, 0) if info.sized % RET_SIZE_EVERY == 0
+                                            and builtin_sizeof(value) else None)
                         info.sized += 1
             elif not isinstance(error, _NOT_ERRORS):
                 record[ERROR] = type(error)

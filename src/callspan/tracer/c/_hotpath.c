@@ -646,7 +646,7 @@ hp_finish(HotPath *hp, PyObject *code, PyObject *value, PyObject *error)
             /* sizes only feed memory estimates, on spans: one kept call in RET_SIZE_EVERY */
             if (!record->n[NUM_KEEP]) {
             }
-            else if (ci->sized++ % RET_SIZE_EVERY == 0) {
+            else if (ci->sized++ % RET_SIZE_EVERY == 0 && !cs_sizeof_is_python(value)) {
                 size_t bytes = _PySys_GetSizeOf(value); /* sys.getsizeof(value, 0) */
                 if (bytes == (size_t)-1 && PyErr_Occurred()) {
                     if (!PyErr_ExceptionMatches(PyExc_TypeError))
