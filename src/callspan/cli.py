@@ -161,7 +161,23 @@ class Program:
         if finish_at_exit:
             # atexit runs handlers last-registered first: this one after all of the program's.
             atexit.register(self.finish)
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self._after_fork_in_child)
         self.session.start()
+
+    def _after_fork_in_child(self) -> None:
+        # The session has re-armed itself (callspan.tracer.session); the child's spans carry
+        # its pid. A child that leaves through sys.exit or an exception finishes at its exit
+        # like the parent, silently (only the process that started prints the line).
+        try:
+            self.pipeline.after_fork_in_child()
+            for destination in self.pipeline.destinations:
+                after = getattr(destination.exporter.inner, "after_fork_in_child", None)
+                if after is not None:
+                    after()
+            self.sink.bind(self.session.facts)
+        except Exception:
+            self.sink.faults += 1
 
     def compile(self) -> CodeType:
         """The script's code (a SyntaxError is the program's, reported as Python reports it)."""

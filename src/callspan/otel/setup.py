@@ -88,6 +88,17 @@ class Pipeline:
         return done
 
 
+    def after_fork_in_child(self) -> None:
+        """A forked child exports its own spans, as its own process: the parent's queued spans
+        are the parent's, and the resource says the child's pid (the file is shared, opened
+        for appending, so both write whole lines)."""
+        for processor in self.processors:
+            if isinstance(processor, InlineSpanProcessor):
+                processor.after_fork_in_child()
+        resource = self.provider.resource.merge(Resource({"process.pid": os.getpid()}))
+        self.provider._resource = resource  # type: ignore[attr-defined]  # the SDK has no setter
+
+
 class InlineSpanProcessor(SpanProcessor):
     """Batches ended spans and exports them in the thread that ends them (callspan's builder
     thread, or the main thread at exit): for local destinations (a file, the console), where

@@ -160,6 +160,28 @@ class Recorder:
         self._local.sentinel = _ThreadSentinel(self.states, state)
         return state
 
+    def after_fork_in_child(self) -> None:
+        """In a forked child: only the forking thread exists, its CPU clock starts again (a perf
+        counter still counts the parent's thread), and the parent's pending records are the
+        parent's. The calls running on this thread continue here, counted from the fork."""
+        self.finished.clear()
+        ident = threading.get_ident()
+        with self._threads_lock:
+            for other in [i for i in self.states if i != ident]:
+                del self.states[other]
+        state = self.states.get(ident)
+        if state is None:
+            return
+        if self.counter is not None:
+            state.cpu = self.counter.thread_reader()
+            state.cpu_fd = native_reader(state.cpu)
+        now = self.clock()
+        cpu_now = state.cpu() if state.cpu is not None else 0
+        for record in state.stack:
+            record[R_START] = now
+            record[R_SEG_CPU] = cpu_now
+            record[R_CPU] = record[R_CHILD_CPU] = record[R_SUSP_NS] = 0
+
     def evict_oldest_suspended(self) -> None:
         """Bound memory: a generator abandoned without close (3.13 may not tell us) ends here."""
         key = next(iter(self.suspended))

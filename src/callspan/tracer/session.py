@@ -88,6 +88,7 @@ class Session:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._running = False
+        self._paused = False  # the builder thread is stopped while the program forks
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -157,16 +158,37 @@ class Session:
 
     def _run(self) -> None:
         interval = self.settings.flush_interval
-        while self._running:
+        while self._running and not self._paused:
             self._wake.wait(interval)
-            if not self._running:
+            if not self._running or self._paused:
                 return
             self.flush()
 
+    # -- fork: all of it here ------------------------------------------------------------------
+    # The builder thread is stopped before the program forks and started again on both sides:
+    # a fork with no other thread running is safe (no lock held by a thread the child lacks),
+    # and Python 3.12+ then has no reason to warn that the process is multi-threaded.
+
+    def _before_fork(self) -> None:
+        thread = self._thread
+        if thread is None or thread is threading.current_thread():
+            return
+        self._paused = True
+        self._wake.set()
+        thread.join(_FORK_JOIN_TIMEOUT_S)
+        self._thread = None
+
+    def _after_fork_in_parent(self) -> None:
+        self._paused = False
+        if self._running and self._background and self._thread is None:
+            self._start_thread()
+
     def _after_fork_in_child(self) -> None:
         # The child inherits the parent's pending records and aggregates (the parent exports
-        # them) and no builder thread. Start clean: its own records, aggregates and thread.
-        self.recorder.finished.clear()
+        # them). Start clean: its own records, aggregates from the fork on, and thread.
+        self._paused = False
+        self._thread = None
+        self.recorder.after_fork_in_child()
         self.recorder.aggregates.forget_parent()
         self._window_start = time.time_ns()
         self._lock = threading.Lock()
@@ -175,10 +197,21 @@ class Session:
             self._start_thread()
 
 
-def _after_fork() -> None:
-    for session in list(_sessions):
-        session._after_fork_in_child()
+# The longest wait for a builder thread in the middle of a flush when the program forks.
+_FORK_JOIN_TIMEOUT_S = 5.0
+
+
+def _each_session(action: Callable[[Session], None]) -> Callable[[], None]:
+    def run() -> None:
+        for session in list(_sessions):
+            try:
+                action(session)
+            except Exception:  # never into the program's fork
+                session.build_faults += 1
+    return run
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork)
+    os.register_at_fork(before=_each_session(Session._before_fork),
+                        after_in_parent=_each_session(Session._after_fork_in_parent),
+                        after_in_child=_each_session(Session._after_fork_in_child))
