@@ -32,6 +32,7 @@ class Header(NamedTuple):
     python: tuple[int, ...]
     callspan: list[str]
     shutdown_output: bool
+    differs_on: tuple[int, ...] | None
 
 
 def header(program: str) -> Header:
@@ -46,6 +47,7 @@ def header(program: str) -> Header:
         python=tuple(int(part) for part in fields.get("python", "3.11").split(".")),
         callspan=fields.get("callspan", "").split(),
         shutdown_output=fields.get("shutdown-output") == "yes",
+        differs_on=tuple(int(p) for p in fields["differs-on"].split()[0].split(".")) if "differs-on" in fields else None,
     )
 
 
@@ -96,9 +98,14 @@ def python_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.parametrize("core", available_cores())
 @pytest.mark.parametrize("program", PROGRAMS)
-def test_program_behaves_as_under_python(program: str, core: str, python_workdir: Path, tmp_path: Path) -> None:
+def test_program_behaves_as_under_python(program: str, core: str, python_workdir: Path, tmp_path: Path,
+                                        request: pytest.FixtureRequest) -> None:
     runnable(program)
     spec = header(program)
+    if spec.differs_on is not None and sys.version_info[:2] >= spec.differs_on:
+        # A difference the README lists ("How `callspan run` differs"): run, expected to fail
+        # (not always: it depends on timing), and shown as XPASS when it does not.
+        request.applymarker(pytest.mark.xfail(reason=f"{program}: known difference (README)", strict=False))
     plain = under_python(program, str(python_workdir))
     output = tmp_path / "out.jsonl"
     traced = execute([*callspan_command(), "run", "-o", str(output), "--core", core, *spec.callspan,

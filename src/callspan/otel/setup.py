@@ -96,7 +96,7 @@ class Pipeline:
             if isinstance(processor, InlineSpanProcessor):
                 processor.after_fork_in_child()
         resource = self.provider.resource.merge(Resource({"process.pid": os.getpid()}))
-        self.provider._resource = resource  # type: ignore[attr-defined]  # the SDK has no setter
+        self.provider._resource = resource  # the SDK has no setter
 
 
 class InlineSpanProcessor(SpanProcessor):

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from callspan import _env
 from callspan.config import Settings
 from callspan.tracer.aggregate import Aggregates
 from callspan.tracer.builder import Sink, SpanBuilder
@@ -179,6 +180,18 @@ class Session:
         self._thread = None
 
     def _after_fork_in_parent(self) -> None:
+        # Python 3.12 counts the threads before the after-fork hooks run: the thread starts again
+        # here. 3.13 counts them after the hooks (once it has restarted the world): the thread
+        # starts again from the main thread's next pending-calls check, after os.fork() returns
+        # unless other after-fork hooks run Python code first.
+        if _env.FORK_WARNING_AFTER_HOOKS and _env.HAS_COMPILED_HOTPATH:
+            from callspan.tracer._hotpath import call_soon
+
+            call_soon(self._resume_after_fork)
+        else:
+            self._resume_after_fork()
+
+    def _resume_after_fork(self) -> None:
         self._paused = False
         if self._running and self._background and self._thread is None:
             self._start_thread()
@@ -199,6 +212,7 @@ class Session:
 
 # The longest wait for a builder thread in the middle of a flush when the program forks.
 _FORK_JOIN_TIMEOUT_S = 5.0
+
 
 
 def _each_session(action: Callable[[Session], None]) -> Callable[[], None]:

@@ -1437,6 +1437,31 @@ py_restore_profile(PyObject *module, PyObject *capsule)
 }
 
 
+/* call_soon(func): call func() from the main thread's next check for pending calls (after a
+ * fork returns, say: Python 3.13 warns about threads after the fork hooks have run). */
+static int
+run_soon(void *func)
+{
+    PyObject *result = PyObject_CallNoArgs((PyObject *)func);
+    Py_DECREF((PyObject *)func);
+    if (result == NULL)
+        PyErr_Clear(); /* the caller's function handles its own faults */
+    Py_XDECREF(result);
+    return 0;
+}
+
+static PyObject *
+py_call_soon(PyObject *module, PyObject *func)
+{
+    Py_INCREF(func);
+    if (Py_AddPendingCall(run_soon, func) < 0) {
+        Py_DECREF(func);
+        PyErr_SetString(PyExc_RuntimeError, "pending calls queue full");
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef module_methods[] = {
     {"siphash24", (PyCFunction)(void (*)(void))cs_py_siphash24, METH_FASTCALL,
      "siphash24(k0, k1, message): SipHash-2-4 of one little-endian 64-bit word under the key (k0, k1)"},
@@ -1445,6 +1470,8 @@ static PyMethodDef module_methods[] = {
     {"unhashable_args", (PyCFunction)cs_py_unhashable_args, METH_VARARGS,
      "unhashable_args(key, arg_names=(), varargs=None, kwd_mark=None): as callspan.tracer.keys.unhashable_args "
      "computes it (tests)"},
+    {"call_soon", (PyCFunction)py_call_soon, METH_O,
+     "call_soon(func): call func() at the main thread's next pending-calls check"},
     {"saved_profile", (PyCFunction)py_saved_profile, METH_NOARGS,
      "saved_profile(): this thread's profile function, to give back with restore_profile"},
     {"restore_profile", (PyCFunction)py_restore_profile, METH_O,
