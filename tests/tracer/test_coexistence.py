@@ -54,10 +54,9 @@ def test_the_builder_thread_is_stopped_for_a_fork_and_started_again(traced) -> N
     import threading
     import time
 
-    from tests.conftest import RecordingSink
-
     from callspan.config import Settings
     from callspan.tracer.session import Session
+    from tests.conftest import RecordingSink
 
     session = Session(Settings(core=traced().session.core.name), RecordingSink(), background=True)
     session.start()
