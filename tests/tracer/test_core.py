@@ -451,7 +451,7 @@ def test_the_hook_runs_no_user_hash_eq_or_sizeof_and_counts_what_it_skips(traced
     nodes = sorted(by_name(run.sink.closed, "keyed_with"), key=lambda n: n.start_ns)
     assert len(nodes) == 80
     names = [n.attributes.get("callspan.args.unhashable") for n in nodes[:4]]
-    assert names == ["UserHashed:user-hash", "tuple:user-hash", "list", None]
+    assert names == ["UserHashed:user-hash", "tuple:user-hash", "value:list", None]
     assert ["callspan.args.hash" in n.attributes for n in nodes[:4]] == [False, False, False, True]
     # Return values of user types are neither hashed nor sized.
     assert not any("callspan.return.hash" in n.attributes for n in nodes[:3])
@@ -463,4 +463,4 @@ def test_the_hook_runs_no_user_hash_eq_or_sizeof_and_counts_what_it_skips(traced
     # Every call with a user type is counted as not keyed, with its type named.
     assert window["cache.unhashable_calls"][cache_row] == 60
     assert set(window["cache.unhashable_types"][cache_row].split(",")) == {
-        "UserHashed:user-hash", "tuple:user-hash", "list"}
+        "UserHashed:user-hash", "tuple:user-hash", "value:list"}
