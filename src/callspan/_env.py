@@ -58,3 +58,8 @@ PERF_COUNTER_IS_CLOCK_MONOTONIC = sys.platform.startswith("linux")
 # threading.setprofile_all_threads appeared in 3.12; on 3.11 the setprofile core only reaches the
 # threads started after it is installed (plus the current one).
 HAS_SETPROFILE_ALL_THREADS = hasattr(__import__("threading"), "setprofile_all_threads")
+
+# CPython's os.fork() warns (3.12+, DeprecationWarning) when the process has other threads: 3.12
+# counts them before the after-fork hooks run, 3.13 after them (Modules/posixmodule.c,
+# os_fork_impl: warn_about_fork_with_threads follows PyOS_AfterFork_Parent since 3.13).
+FORK_WARNING_AFTER_HOOKS = PYVERSION >= (3, 13)

@@ -7,12 +7,17 @@ and its exit code; the traced program's own exit code and exceptions pass throug
 from __future__ import annotations
 
 import argparse
+import atexit
+import builtins
+import importlib.machinery
 import importlib.util
 import os
 import runpy
 import sys
-import traceback
+import types
+import warnings
 from pathlib import Path
+from types import CodeType
 from typing import Any
 
 from callspan import __version__
@@ -91,68 +96,216 @@ def _target(args: argparse.Namespace) -> tuple[str, list[str], tuple[str, ...], 
     return script, rest, (os.path.dirname(os.path.realpath(script)),), Path(script).stem
 
 
-def _user_traceback(exc: BaseException) -> None:
-    tb = exc.__traceback__
-    # Drop callspan's and runpy's own frames so the traceback reads like `python script.py`.
-    while tb is not None and (tb.tb_frame.f_globals.get("__name__", "") in ("callspan.cli", "runpy")
-                              or tb.tb_frame.f_code.co_filename.endswith("runpy.py")):
-        tb = tb.tb_next
-    traceback.print_exception(type(exc), exc, tb)
+class Program:
+    """The program `callspan run` traces, set up the way `python` sets up its main program.
+
+    Python's own start-up is reproduced: a fresh ``__main__`` module left in ``sys.modules``
+    with the attributes Python gives it, an absolute ``__file__``, the script's directory (or,
+    with -m, the working directory) as ``sys.path[0]``, the program's warnings filters
+    untouched. What callspan prints comes last: it finishes from an atexit handler registered
+    before the program runs, so the program's own handlers (and its threads) finish first.
+    """
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        target, argv, roots, service = _target(args)
+        self.module_name: str | None = args.module
+        self.argv = argv
+        # Importing the OpenTelemetry SDK installs a warnings filter of its own: the program
+        # must see Python's filters only.
+        saved_filters = list(warnings.filters)
+        try:
+            self._build(args, roots, service)
+        finally:
+            _restore_warning_filters(saved_filters)
+        self.main = _fresh_main_module()
+        if self.module_name is None:
+            path = self.path = os.path.abspath(target)
+            self.path0 = os.path.dirname(os.path.realpath(target))
+            self.main.__file__ = path
+            self.main.__cached__ = None  # type: ignore[attr-defined]
+            self.main.__loader__ = importlib.machinery.SourceFileLoader("__main__", path)
+        else:
+            self.path0 = os.getcwd()
+        self._pid = os.getpid()
+        self._finished = False
+
+    def _build(self, args: argparse.Namespace, roots: tuple[str, ...], service: str) -> None:
+        from callspan.config import load_settings
+        from callspan.otel.bridge import OtelSink, current_context_getter, sampled_context, scope_attributes
+        from callspan.otel.setup import build_pipeline
+        from callspan.tracer.session import Session
+
+        settings = load_settings(_settings_from(args))
+        protocol = "http/protobuf" if args.otlp_protocol == "http" else args.otlp_protocol
+        # The session is created first so that its facts (core, counter) go into the resource.
+        placeholder = OtelSink()
+        self.session = Session(settings, placeholder, default_roots=roots,
+                               context_getter=current_context_getter(), trace_filter=sampled_context)
+        self.pipeline = build_pipeline(
+            service_name=args.service or service, output=args.output, otlp=args.otlp is not None,
+            otlp_endpoint=args.otlp or None, otlp_protocol=protocol,
+            export_timeout=args.export_timeout, resource_attributes=scope_attributes(self.session.facts),
+        )
+        self.sink = OtelSink(self.pipeline.provider)
+        self.sink.bind(self.session.facts)
+        self.session.builder.sink = self.sink
+
+    def begin(self, finish_at_exit: bool = True) -> None:
+        """Become the main program and start tracing; the next thing to run is its code."""
+        sys.argv = self.argv
+        if sys.path:
+            sys.path[0] = self.path0  # the launcher's directory is not on the program's path
+        else:
+            sys.path.append(self.path0)
+        sys.modules["__main__"] = self.main
+        if finish_at_exit:
+            # atexit runs handlers last-registered first: this one after all of the program's.
+            atexit.register(self.finish)
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self._after_fork_in_child)
+        self.session.start()
+
+    def _after_fork_in_child(self) -> None:
+        # The session has re-armed itself (callspan.tracer.session); the child's spans carry
+        # its pid. A child that leaves through sys.exit or an exception finishes at its exit
+        # like the parent, silently (only the process that started prints the line).
+        try:
+            self.pipeline.after_fork_in_child()
+            for destination in self.pipeline.destinations:
+                after = getattr(destination.exporter.inner, "after_fork_in_child", None)
+                if after is not None:
+                    after()
+            self.sink.bind(self.session.facts)
+        except Exception:
+            self.sink.faults += 1
+
+    def compile(self) -> CodeType:
+        """The script's code (a SyntaxError is the program's, reported as Python reports it)."""
+        with open(self.path, "rb") as source:
+            # dont_inherit: this module's __future__ imports are not the program's.
+            return compile(source.read(), self.path, "exec", dont_inherit=True)
+
+    def run_module(self) -> None:
+        """-m: what `python -m` runs (runpy's frames included, as Python shows them)."""
+        runpy._run_module_as_main(self.module_name, alter_argv=True)  # type: ignore[attr-defined]
+
+    def ended(self, exc: BaseException | None) -> int:
+        """The program's module finished (``exc`` None) or raised: report and exit as Python
+        does (pythonrun.c, _PyRun_SimpleFileObject). Called outside any except block: the
+        program's excepthook runs with no exception being handled, as under Python."""
+        if isinstance(exc, SystemExit):
+            raise exc  # Python's own handling prints a non-integer code and exits with it
+        _flush_std_files()
+        if exc is not None:
+            tb = exc.__traceback__
+            while tb is not None and tb.tb_frame.f_globals.get("__name__") == __name__:
+                tb = tb.tb_next  # callspan's frames that ran (or compiled) the program
+            exc.__traceback__ = tb
+            _display_uncaught(exc)
+        if self.module_name is None:
+            # Python takes them away once the script is done (not after sys.exit).
+            self.main.__dict__.pop("__file__", None)
+            self.main.__dict__.pop("__cached__", None)
+        if exc is None:
+            return 0
+        if type(exc) is KeyboardInterrupt:
+            # Python dies by SIGINT after an unhandled KeyboardInterrupt (after its shutdown):
+            # only an exception leaving the main module gets that, so it is raised again, with
+            # the report already made.
+            _raise_reported(exc)
+        return 1
+
+    def finish(self) -> None:
+        """Stop tracing, export, and (in the process that started) say where the spans went."""
+        if self._finished:
+            return
+        self._finished = True
+        try:
+            self.session.stop()
+            done = self.pipeline.shutdown()
+            if os.getpid() == self._pid:
+                sys.stdout.flush()
+                _report(self.session, self.sink, self.pipeline, done)
+        except Exception as exc:  # never a traceback of callspan's at the program's exit
+            print(f"callspan: internal fault at exit: {exc!r}", file=sys.stderr)
+
+
+def _fresh_main_module() -> types.ModuleType:
+    # The attributes (and their order) of the __main__ module Python makes at start-up.
+    main = types.ModuleType("__main__")
+    main.__annotations__ = {}
+    main.__builtins__ = builtins  # type: ignore[attr-defined]
+    return main
+
+
+def _restore_warning_filters(saved: list[Any]) -> None:
+    filters: list[Any] = warnings.filters  # type: ignore[assignment]
+    if filters != saved:
+        filters[:] = saved
+        mutated = getattr(warnings, "_filters_mutated", None)
+        if mutated is not None:
+            mutated()
+
+
+def _flush_std_files() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except Exception:
+            pass
+
+
+def _display_uncaught(exc: BaseException) -> None:
+    """What Python does with an exception leaving the main program (pythonrun.c, PyErr_Print)."""
+    sys.last_type, sys.last_value, sys.last_traceback = type(exc), exc, exc.__traceback__
+    if hasattr(sys, "last_exc"):
+        sys.last_exc = exc
+    hook = getattr(sys, "excepthook", None)
+    if hook is None:
+        print("sys.excepthook is missing", file=sys.stderr)
+        sys.__excepthook__(type(exc), exc, exc.__traceback__)
+        return
+    try:
+        hook(type(exc), exc, exc.__traceback__)
+    except BaseException as failure:
+        print("Error in sys.excepthook:", file=sys.stderr)
+        if failure.__traceback__ is not None:  # not this frame: Python calls the hook from C
+            failure.__traceback__ = failure.__traceback__.tb_next
+        sys.__excepthook__(type(failure), failure, failure.__traceback__)
+        print("\nOriginal exception was:", file=sys.stderr)
+        sys.__excepthook__(type(exc), exc, exc.__traceback__)
+
+
+def _raise_reported(exc: BaseException) -> None:
+    """Raise ``exc`` out of the main module with the report already made: the hook Python
+    calls for it once more prints nothing and puts the program's hook back."""
+    program_hook = sys.excepthook
+
+    def already_reported(*_: Any) -> None:
+        sys.excepthook = program_hook
+
+    sys.excepthook = already_reported
+    raise exc
 
 
 def run_program(args: argparse.Namespace) -> int:
-    from callspan.config import load_settings
-    from callspan.otel.bridge import OtelSink, current_context_getter, sampled_context, scope_attributes
-    from callspan.otel.setup import build_pipeline
-    from callspan.tracer.session import Session
-
-    target, argv, roots, service = _target(args)
-    settings = load_settings(_settings_from(args))
-    if args.otlp_protocol == "http":
-        args.otlp_protocol = "http/protobuf"
-    # The session is created first so that its facts (core, counter) go into the resource.
-    placeholder = OtelSink()
-    session = Session(settings, placeholder, default_roots=roots, context_getter=current_context_getter(),
-                      trace_filter=sampled_context)
-    pipeline = build_pipeline(
-        service_name=args.service or service, output=args.output, otlp=args.otlp is not None,
-        otlp_endpoint=args.otlp or None, otlp_protocol=args.otlp_protocol,
-        export_timeout=args.export_timeout, resource_attributes=scope_attributes(session.facts),
-    )
-    sink = OtelSink(pipeline.provider)
-    sink.bind(session.facts)
-    session.builder.sink = sink
-
-    saved_argv, saved_path0 = sys.argv[:], sys.path[0] if sys.path else None
-    sys.argv = argv
-    if not args.module:
-        sys.path.insert(0, os.path.dirname(os.path.realpath(target)))
-    exit_code = 0
-    error: BaseException | None = None
-    session.start()
+    """Run and trace a program in this frame's callee, finishing at once (the demo's way)."""
+    program = Program(args)
+    program.begin(finish_at_exit=False)
     try:
-        if args.module:
-            runpy.run_module(target, run_name="__main__", alter_sys=True)
+        if program.module_name is None:
+            exec(program.compile(), program.main.__dict__)
         else:
-            runpy.run_path(target, run_name="__main__")
+            program.run_module()
+        code = 0
     except SystemExit as exc:
-        code = exc.code
-        exit_code = code if isinstance(code, int) else (0 if code is None else 1)
-        if code is not None and not isinstance(code, int):
-            print(code, file=sys.stderr)
-    except BaseException as exc:  # the program's own exception: report it as Python would
-        error = exc
-        exit_code = 130 if isinstance(exc, KeyboardInterrupt) else 1
-    finally:
-        session.stop()
-        sys.argv = saved_argv
-        if not args.module and saved_path0 is not None and sys.path and sys.path[0] != saved_path0:
-            sys.path.pop(0)
-    if error is not None:
-        _user_traceback(error)
-    finished = pipeline.shutdown()
-    _report(session, sink, pipeline, finished)
-    return exit_code
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except BaseException as exc:
+        code = 1
+        _display_uncaught(exc)
+    program.finish()
+    return code
 
 
 def _report(session: Any, sink: Any, pipeline: Any, finished: bool) -> None:
@@ -196,16 +349,28 @@ def run_demo(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        if args.command == "run":
-            return run_program(args)
         if args.command == "demo":
             return run_demo(args)
-        from callspan.analysis.cli import run_analyze
+        if args.command != "run":
+            from callspan.analysis.cli import run_analyze
 
-        return run_analyze(args)
+            return run_analyze(args)
+        program = Program(args)
     except CallspanError as exc:
         print(f"callspan: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    # The program's module runs right here: the fewest frames of callspan's under it (this
+    # one, and the console script's).
+    program.begin()
+    failure: BaseException | None = None
+    try:
+        if program.module_name is None:
+            exec(program.compile(), program.main.__dict__)
+        else:
+            program.run_module()
+    except BaseException as exc:
+        failure = exc
+    return program.ended(failure)
 
 
 if __name__ == "__main__":

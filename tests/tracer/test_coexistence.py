@@ -47,3 +47,31 @@ def test_forked_child_records_its_own_calls(traced) -> None:  # type: ignore[no-
     run.session.stop()
     assert child_count == b"1"
     assert by_name(run.sink.closed, "middle") == []  # the parent made no such call
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_the_builder_thread_is_stopped_for_a_fork_and_started_again(traced) -> None:  # type: ignore[no-untyped-def]
+    import threading
+    import time
+
+    from callspan.config import Settings
+    from callspan.tracer.session import Session
+    from tests.conftest import RecordingSink
+
+    session = Session(Settings(core=traced().session.core.name), RecordingSink(), background=True)
+    session.start()
+    try:
+        before = session._thread
+        assert before is not None and before.is_alive()
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        os.waitpid(pid, 0)
+        assert not before.is_alive()
+        deadline = time.monotonic() + 5
+        while session._thread is None and time.monotonic() < deadline:
+            sum(range(1000))  # Python code: the main thread runs its pending calls
+        assert session._thread is not None and session._thread.is_alive()
+        assert threading.active_count() == 2
+    finally:
+        session.stop()

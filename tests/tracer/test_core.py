@@ -276,8 +276,73 @@ def test_unselected_code_is_decided_once(traced) -> None:  # type: ignore[no-unt
     assert run.session.recorder.infos.get(middle.__code__, "missing") is None
 
 
-def test_stop_restores_previous_profile_function(core) -> None:
-    assert sys.getprofile() is None
+def test_stop_restores_previous_profile_function(traced) -> None:  # type: ignore[no-untyped-def]
+    seen: list[str] = []
+
+    def profiler(frame, event, arg):  # type: ignore[no-untyped-def]
+        if event == "call" and frame.f_code is leaf.__code__:
+            seen.append("leaf")
+
+    for_new_threads = object()
+    run = traced()
+    sys.setprofile(profiler)
+    threading.setprofile(for_new_threads)  # type: ignore[arg-type]
+    try:
+        assert run.run(middle, 1) == 4
+        assert sys.getprofile() is profiler and threading.getprofile() is for_new_threads
+        leaf(1)
+    finally:
+        sys.setprofile(None)
+        threading.setprofile(None)  # type: ignore[arg-type]
+    assert len(by_name(run.sink.closed, "leaf")) == 1
+    # The setprofile cores replace it while they run; it gets the call after they stop.
+    assert seen == (["leaf"] if "sysmon" in run.session.core.name else []) + ["leaf"]
+
+
+def cprofiled_calls(traced) -> int:  # type: ignore[no-untyped-def]
+    import cProfile
+    import pstats
+
+    profile = cProfile.Profile()
+    run = traced()
+    profile.enable()
+    try:
+        run.run(middle, 1)
+        leaf(2)
+    finally:
+        profile.disable()
+    stats = pstats.Stats(profile).stats  # type: ignore[attr-defined]
+    assert len(by_name(run.sink.closed, "leaf")) == 1
+    return sum(calls for (_, _, name), (calls, *_) in stats.items() if name == "leaf")
+
+
+def test_cprofile_started_before_keeps_profiling_beside_and_after(traced) -> None:  # type: ignore[no-untyped-def]
+    # cProfile is a C profile function on 3.11 (restored by the setprofile cores at stop) and a
+    # sys.monitoring tool (id 2) on 3.12+, which callspan leaves to it.
+    calls = cprofiled_calls(traced)
+    replaced_while_tracing = "setprofile" in traced().session.core.name and not _env.HAS_SYS_MONITORING
+    assert calls == (1 if replaced_while_tracing else 2)
+
+
+@pytest.mark.skipif(not _env.HAS_SYS_MONITORING, reason="sys.monitoring is 3.12+")
+def test_sysmon_cores_take_a_tool_id_nobody_names(traced, core) -> None:  # type: ignore[no-untyped-def]
+    if "sysmon" not in core:
+        pytest.skip("setprofile cores use no tool id")
+    run = traced()
+    assert "sys.monitoring tool id 3" in run.session.facts.core_reason
+    run.session.start()
+    try:
+        assert sys.monitoring.get_tool(3) == "callspan"
+        assert sys.monitoring.get_tool(sys.monitoring.PROFILER_ID) is None
+        sys.monitoring.use_tool_id(4, "other")
+        try:
+            second = traced()
+            assert second.session.facts.core_reason.endswith(
+                "sys.monitoring tool id 2 (3 and 4 are in use: 3 by 'callspan', 4 by 'other')")
+        finally:
+            sys.monitoring.free_tool_id(4)
+    finally:
+        run.session.stop()
 
 
 def test_selection_prefers_the_most_specific_prefix(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -348,28 +413,54 @@ def test_return_sizes_are_measured_on_one_call_in_sixteen(traced) -> None:  # ty
     assert all("callspan.return.hash" in n.attributes for n in nodes)
 
 
-class InterruptingHash:
-    """Its __hash__ stands for user code that is running when Ctrl-C arrives."""
+class UserHashed:
+    """Its __hash__, __eq__ and __sizeof__ are the program's own code: callspan calls none."""
+
+    calls: list[str] = []
 
     def __hash__(self) -> int:
-        raise KeyboardInterrupt
+        UserHashed.calls.append("__hash__")
+        raise SystemExit(9)
+
+    def __eq__(self, other: object) -> bool:
+        UserHashed.calls.append("__eq__")
+        return self is other
+
+    def __sizeof__(self) -> int:
+        UserHashed.calls.append("__sizeof__")
+        return 1
 
 
-def keyed_with(value: object) -> int:
-    return 1
+def keyed_with(value: object, n: int = 0) -> object:
+    return value
 
 
-def interrupt_inside_the_hook() -> str:
-    try:
-        keyed_with(InterruptingHash())
-    except KeyboardInterrupt:
-        return "interrupted"
-    return "swallowed"
+def with_user_types(n: int) -> None:
+    for i in range(n):
+        keyed_with(UserHashed(), i)        # a user type among plain ones
+        keyed_with((1, (2, UserHashed())))  # inside a tuple
+        keyed_with([UserHashed()])          # inside a list (would be fingerprinted)
+        keyed_with(i, i)                    # plain: keyed
 
 
-def test_an_interrupt_raised_by_user_code_inside_the_hook_reaches_the_application(traced, core) -> None:  # type: ignore[no-untyped-def]
-    if "setprofile" in core:
-        pytest.skip("an exception out of a profile function also removes it (CPython's rule)")
-    run = traced()
-    assert run.run(interrupt_inside_the_hook) == "interrupted"
-    assert run.session.recorder.faults == 0
+def test_the_hook_runs_no_user_hash_eq_or_sizeof_and_counts_what_it_skips(traced) -> None:  # type: ignore[no-untyped-def]
+    UserHashed.calls.clear()
+    run = traced(max_spans_per_trace=100_000, max_spans_per_second=100_000)
+    run.run(with_user_types, 20)
+    assert UserHashed.calls == []
+    nodes = sorted(by_name(run.sink.closed, "keyed_with"), key=lambda n: n.start_ns)
+    assert len(nodes) == 80
+    names = [n.attributes.get("callspan.args.unhashable") for n in nodes[:4]]
+    assert names == ["UserHashed:user-hash", "tuple:user-hash", "value:list", None]
+    assert ["callspan.args.hash" in n.attributes for n in nodes[:4]] == [False, False, False, True]
+    # Return values of user types are neither hashed nor sized.
+    assert not any("callspan.return.hash" in n.attributes for n in nodes[:3])
+    assert not any("callspan.return.size" in n.attributes for n in nodes[:3])
+    (window,) = run.sink.windows
+    row = window["function.name"].index(f"{__name__}.keyed_with")
+    function_id = window["function.id"][row]
+    cache_row = window["cache.function"].index(function_id)
+    # Every call with a user type is counted as not keyed, with its type named.
+    assert window["cache.unhashable_calls"][cache_row] == 60
+    assert set(window["cache.unhashable_types"][cache_row].split(",")) == {
+        "UserHashed:user-hash", "tuple:user-hash", "value:list"}

@@ -7,6 +7,7 @@ string intValues, as the OTLP/JSON specification and the Collector write them.
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections.abc import Sequence
 from typing import IO, Any
@@ -75,15 +76,27 @@ class OtlpJsonLinesExporter(SpanExporter):
 
     def __init__(self, path: str, stream: IO[str] | None = None) -> None:
         self.path = path
-        self._stream = stream if stream is not None else open(path, "w", encoding="utf-8")  # noqa: SIM115
+        # Appending: a forked child writes its own lines to the same file, each line whole.
+        if stream is None:
+            open(path, "w").close()  # noqa: SIM115
+            stream = open(path, "a", encoding="utf-8")  # noqa: SIM115
+        self._stream = stream
         self._lock = threading.Lock()
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         line = json.dumps(encode_spans(spans), separators=(",", ":"))
         try:
             with self._lock:
-                self._stream.write(line + "\n")
                 self._stream.flush()
+                # One write per line (an O_APPEND write lands whole at the end of the file).
+                data = (line + "\n").encode()
+                fileno = self._stream.fileno() if hasattr(self._stream, "buffer") else -1
+                if fileno >= 0:
+                    while data:
+                        data = data[os.write(fileno, data):]
+                else:
+                    self._stream.write(line + "\n")
+                    self._stream.flush()
         except (OSError, ValueError):
             return SpanExportResult.FAILURE
         return SpanExportResult.SUCCESS
@@ -97,3 +110,6 @@ class OtlpJsonLinesExporter(SpanExporter):
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         return True
+
+    def after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()

@@ -9,13 +9,19 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    ConsoleSpanExporter,
+    SpanExporter,
+    SpanExportResult,
+)
 
 from callspan.errors import CallspanError
 from callspan.otel.jsonl import OtlpJsonLinesExporter
@@ -64,19 +70,83 @@ class Pipeline:
     destinations: list[Destination]
     export_timeout: float
 
+    processors: list[Any] = field(default_factory=list)
+
     def shutdown(self) -> bool:
-        """Flush and shut down, waiting at most the export timeout (plus a little). True if done."""
-        done = threading.Event()
-
-        def run() -> None:
+        """Export what is left and shut down, each destination waiting at most the export
+        timeout. True if every one finished in time. No thread is started: none may be, in
+        the atexit handler that calls this."""
+        done = True
+        for processor in self.processors:
+            began = time.monotonic()
             try:
-                self.provider.shutdown()
+                processor.shutdown(timeout_millis=int(self.export_timeout * 1000))
             except Exception:
-                pass
-            done.set()
+                done = False
+            if time.monotonic() - began >= self.export_timeout:
+                done = False
+        return done
 
-        threading.Thread(target=run, name="callspan-shutdown", daemon=True).start()
-        return done.wait(self.export_timeout + 1.0)
+
+    def after_fork_in_child(self) -> None:
+        """A forked child exports its own spans, as its own process: the parent's queued spans
+        are the parent's, and the resource says the child's pid (the file is shared, opened
+        for appending, so both write whole lines)."""
+        for processor in self.processors:
+            if isinstance(processor, InlineSpanProcessor):
+                processor.after_fork_in_child()
+        resource = self.provider.resource.merge(Resource({"process.pid": os.getpid()}))
+        self.provider._resource = resource  # the SDK has no setter
+
+
+class InlineSpanProcessor(SpanProcessor):
+    """Batches ended spans and exports them in the thread that ends them (callspan's builder
+    thread, or the main thread at exit): for local destinations (a file, the console), where
+    an export is a write. `callspan run` then adds no thread of the SDK's to the program, so a
+    program that forks does not get Python's "multi-threaded fork" warning because of it."""
+
+    def __init__(self, exporter: SpanExporter, max_queue_size: int, max_batch: int, delay_s: float) -> None:
+        self.exporter = exporter
+        self.max_queue_size = max_queue_size
+        self.max_batch = max_batch
+        self.delay_s = delay_s
+        self._spans: list[ReadableSpan] = []
+        self._last_export = time.monotonic()
+        self._lock = threading.Lock()
+        self._shut = False
+
+    def on_start(self, span: Any, parent_context: Any = None) -> None:
+        pass
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if self._shut:
+            return
+        with self._lock:
+            if len(self._spans) < self.max_queue_size:
+                self._spans.append(span)  # beyond: dropped, and reported as not exported
+            due = len(self._spans) >= self.max_batch or time.monotonic() - self._last_export >= self.delay_s
+        if due:
+            self.force_flush()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        with self._lock:
+            spans, self._spans = self._spans, []
+            self._last_export = time.monotonic()
+            for start in range(0, len(spans), self.max_batch):
+                self.exporter.export(spans[start:start + self.max_batch])
+        return True
+
+    def shutdown(self, timeout_millis: int = 30000) -> None:
+        if self._shut:
+            return
+        self.force_flush()
+        self._shut = True
+        self.exporter.shutdown()
+
+    def after_fork_in_child(self) -> None:
+        """The parent's spans are the parent's to export."""
+        self._lock = threading.Lock()
+        self._spans = []
 
 
 def _otlp_exporter(endpoint: str | None, protocol: str | None, timeout: float) -> tuple[SpanExporter, str]:
@@ -121,8 +191,6 @@ def build_pipeline(
     if otlp or (chosen == "otlp" and output is None):
         exporters.append(_otlp_exporter(otlp_endpoint, otlp_protocol, export_timeout))
     elif chosen == "console" and output is None:
-        from opentelemetry.sdk.trace.export import ConsoleSpanExporter
-
         exporters.append((ConsoleSpanExporter(), "console"))
     if output is not None or not exporters:
         path = output or DEFAULT_OUTPUT
@@ -133,12 +201,17 @@ def build_pipeline(
     # shutdown_on_exit=False: callspan shuts down itself, bounded by the export timeout; the
     # SDK's own atexit hook would wait for a dead collector again.
     provider = TracerProvider(resource=resource, shutdown_on_exit=False)
-    destinations = []
+    pipeline = Pipeline(provider, [], export_timeout)
     for inner, name in exporters:
         counting = CountingExporter(inner)
-        destinations.append(Destination(counting, name))
-        provider.add_span_processor(BatchSpanProcessor(
-            counting, max_queue_size=1 << 16, schedule_delay_millis=500, max_export_batch_size=2048,
-            export_timeout_millis=int(export_timeout * 1000),
-        ))
-    return Pipeline(provider, destinations, export_timeout)
+        pipeline.destinations.append(Destination(counting, name))
+        processor: SpanProcessor
+        if isinstance(inner, (OtlpJsonLinesExporter, ConsoleSpanExporter)):
+            processor = InlineSpanProcessor(counting, max_queue_size=1 << 16, max_batch=2048, delay_s=0.5)
+        else:  # a network exporter: the SDK's own thread, so that a slow collector never holds callspan's
+            processor = BatchSpanProcessor(
+                counting, max_queue_size=1 << 16, schedule_delay_millis=500, max_export_batch_size=2048,
+                export_timeout_millis=int(export_timeout * 1000))
+        provider.add_span_processor(processor)
+        pipeline.processors.append(processor)
+    return pipeline

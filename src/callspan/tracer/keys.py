@@ -1,5 +1,14 @@
 """Cache keys: hash arguments the way functools.lru_cache keys them, and return values.
 
+callspan runs no user code in the hook (README, "What user code callspan calls"): a value is
+hashed only when its hash is a built-in type's own (ints, strings, bytes, floats, None, ranges,
+frozensets, tuples of such, and objects hashed by identity). A value whose class defines
+``__hash__`` in Python (a dataclass, an Enum, any user class) is never hashed: the call is not
+keyed and its type is counted among the function's unkeyed types as ``Name:user-hash``. A user
+``__hash__`` may print, count, raise, exit, take a lock the caller holds (a deadlock), or be slow;
+none of that can then happen because of callspan. ``__eq__`` is never called either (keys are
+compared as hash numbers) and ``__sizeof__`` only when it is a built-in one.
+
 The hot path only computes Python's ``hash()`` of the key (so equal keys give equal numbers, the
 same equality lru_cache uses). The raw number never leaves the process: ``KeyHasher.keyed`` turns
 it into a keyed BLAKE2b digest off the hot path.
@@ -9,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import types
 from types import FrameType
 from typing import Any
 
@@ -57,6 +67,39 @@ def salted(h: int, value: Any) -> int:
 _KWD_MARK = ("callspan.kwd_mark",)
 _FAST_TYPES = (int, str)
 _OBJECT_HASH = object.__hash__
+# Hash slots that run no Python code: the built-in types' own (subclasses that do not override
+# __hash__ inherit them). The compiled hot path compares tp_hash with the same types' (_keys.c).
+_NO_USER_CODE_HASHES = frozenset({
+    int.__hash__, str.__hash__, bytes.__hash__, float.__hash__, complex.__hash__,
+    type(None).__hash__, range.__hash__, frozenset.__hash__, object.__hash__,
+    types.MethodType.__hash__, types.BuiltinFunctionType.__hash__, types.CodeType.__hash__,
+})
+_TUPLE_HASH = tuple.__hash__
+# Nesting of tuples walked to decide; deeper keys are not keyed.
+_MAX_TUPLE_DEPTH = 16
+USER_HASH_SUFFIX = ":user-hash"
+
+
+def runs_no_user_code(value: Any, depth: int = 0) -> bool:
+    """True when hash(value) runs only built-in code (see the module's docstring)."""
+    slot = type(value).__hash__
+    if slot is _TUPLE_HASH:
+        return depth < _MAX_TUPLE_DEPTH and all(runs_no_user_code(item, depth + 1) for item in value)
+    return slot in _NO_USER_CODE_HASHES
+
+
+def skipped_type_names(key: tuple[Any, ...]) -> str:
+    """Why a key is not hashed: its unhashable argument types, then the types whose hash
+    would run user code ("Name:user-hash"; a tuple holding such a value is named "tuple")."""
+    unhashable = [type(v).__name__ for v in key if type(v).__hash__ is None]
+    users = [type(v).__name__ + USER_HASH_SUFFIX for v in key
+             if type(v).__hash__ is not None and not runs_no_user_code(v)]
+    return ",".join(dict.fromkeys(unhashable + users))
+
+
+def builtin_sizeof(value: Any) -> bool:
+    """True when sys.getsizeof(value) runs no user code (its __sizeof__ is not Python)."""
+    return not isinstance(getattr(type(value), "__sizeof__", None), types.FunctionType)
 # Elements: larger unhashable values are flagged but not fingerprinted, since walking them on
 # every call (a request dict passed to each validator, say) would cost more than the call.
 _FINGERPRINT_LIMIT = 16
@@ -94,19 +137,21 @@ def fingerprint(value: Any, budget: list[int]) -> int | None:
 def _flat_fingerprint(value: Any, budget: list[int]) -> int | None:
     kind = type(value)
     if kind.__hash__ is not None:
-        return hash(value)
+        return hash(value) if runs_no_user_code(value) else None
     if kind is list:
         budget[0] -= len(value)
-        if budget[0] < 0:
+        if budget[0] < 0 or not all(runs_no_user_code(item) for item in value):
             return None
         return hash((True, tuple(value)))
     if kind is dict:
         budget[0] -= len(value)
         if budget[0] < 0:
             return None
-        for item in value.values():
+        for key, item in value.items():
             if type(item).__hash__ is None:
                 return None  # a nested container (a parsed JSON request): not walked
+            if not (runs_no_user_code(key) and runs_no_user_code(item)):
+                return None
         return hash(("dict", frozenset(value.items())))
     if kind is set:
         return hash(("set", frozenset(value)))
@@ -142,6 +187,8 @@ def args_key(info: CodeInfo, frame: FrameType) -> tuple[int | None, str, bool]:
                 key += item
     if len(key) == 1 and type(key[0]) in _FAST_TYPES:
         key = key[0]  # lru_cache keys a lone int/str argument as itself: f(1) and f(1.0) differ
+    elif not all(type(v).__hash__ is None or runs_no_user_code(v) for v in key):
+        return None, skipped_type_names(key), identity  # not keyed: hashing runs the program's code
     try:
         return salted(hash(key), key), "", identity
     except TypeError:
@@ -179,7 +226,10 @@ def unhashable_args(key: Any, arg_names: tuple[str, ...] = (), varargs: str | No
 
 
 def value_key(value: Any) -> tuple[int | None, bool]:
-    """(hash or fingerprint of a return value, whether it was hashable)."""
+    """(hash or fingerprint of a return value, whether it was hashable). A value whose hash
+    is user code: (None, False), like an unhashable one without a fingerprint."""
+    if type(value).__hash__ is not None and not runs_no_user_code(value):
+        return None, False
     try:
         return salted(hash(value), value), True
     except TypeError:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from callspan import _env
 from callspan.tracer.aggregate import Aggregates, Node
 from callspan.tracer.counters import CpuCounter, native_reader
-from callspan.tracer.keys import RET_SIZE_EVERY, UNKEYABLE_AFTER, args_key, value_key
+from callspan.tracer.keys import RET_SIZE_EVERY, UNKEYABLE_AFTER, args_key, builtin_sizeof, value_key
 from callspan.tracer.record import (
     R_ARGS,
     R_CHILD_CPU,
@@ -159,6 +159,28 @@ class Recorder:
         # a later thread that reuses the ident starts fresh (and memory stays bounded).
         self._local.sentinel = _ThreadSentinel(self.states, state)
         return state
+
+    def after_fork_in_child(self) -> None:
+        """In a forked child: only the forking thread exists, its CPU clock starts again (a perf
+        counter still counts the parent's thread), and the parent's pending records are the
+        parent's. The calls running on this thread continue here, counted from the fork."""
+        self.finished.clear()
+        ident = threading.get_ident()
+        with self._threads_lock:
+            for other in [i for i in self.states if i != ident]:
+                del self.states[other]
+        state = self.states.get(ident)
+        if state is None:
+            return
+        if self.counter is not None:
+            state.cpu = self.counter.thread_reader()
+            state.cpu_fd = native_reader(state.cpu)
+        now = self.clock()
+        cpu_now = state.cpu() if state.cpu is not None else 0
+        for record in state.stack:
+            record[R_START] = now
+            record[R_SEG_CPU] = cpu_now
+            record[R_CPU] = record[R_CHILD_CPU] = record[R_SUSP_NS] = 0
 
     def evict_oldest_suspended(self) -> None:
         """Bound memory: a generator abandoned without close (3.13 may not tell us) ends here."""
@@ -359,7 +381,8 @@ class Recorder:
                     # Sizes only feed memory estimates, on spans: measured on one kept call in
                     # RET_SIZE_EVERY.
                     if record[KEEP]:
-                        record[RET_SIZE] = getsizeof(value, 0) if info.sized % RET_SIZE_EVERY == 0 else None
+                        record[RET_SIZE] = (getsizeof(value, 0) if info.sized % RET_SIZE_EVERY == 0
+                                            and builtin_sizeof(value) else None)
                         info.sized += 1
             elif not isinstance(error, _NOT_ERRORS):
                 record[ERROR] = type(error)

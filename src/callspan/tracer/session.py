@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from callspan import _env
 from callspan.config import Settings
 from callspan.tracer.aggregate import Aggregates
 from callspan.tracer.builder import Sink, SpanBuilder
@@ -65,6 +66,9 @@ class Session:
             max_spans_per_second=settings.max_spans_per_second, trace_filter=trace_filter)
         self.core: Core
         self.core, core_reason = choose_core(self.recorder, settings.core)
+        tool_note = getattr(self.core, "tool_note", None)
+        if tool_note:
+            core_reason = f"{core_reason}; {tool_note}"
         self.facts = SessionFacts(
             core=self.core.name, core_reason=core_reason,
             cpu_counter=counter.name if counter is not None else "none",
@@ -85,6 +89,7 @@ class Session:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._running = False
+        self._paused = False  # the builder thread is stopped while the program forks
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -154,16 +159,49 @@ class Session:
 
     def _run(self) -> None:
         interval = self.settings.flush_interval
-        while self._running:
+        while self._running and not self._paused:
             self._wake.wait(interval)
-            if not self._running:
+            if not self._running or self._paused:
                 return
             self.flush()
 
+    # -- fork: all of it here ------------------------------------------------------------------
+    # The builder thread is stopped before the program forks and started again on both sides:
+    # a fork with no other thread running is safe (no lock held by a thread the child lacks),
+    # and Python 3.12+ then has no reason to warn that the process is multi-threaded.
+
+    def _before_fork(self) -> None:
+        thread = self._thread
+        if thread is None or thread is threading.current_thread():
+            return
+        self._paused = True
+        self._wake.set()
+        thread.join(_FORK_JOIN_TIMEOUT_S)
+        self._thread = None
+
+    def _after_fork_in_parent(self) -> None:
+        # Python 3.12 counts the threads before the after-fork hooks run: the thread starts again
+        # here. 3.13 counts them after the hooks (once it has restarted the world): the thread
+        # starts again from the main thread's next pending-calls check, after os.fork() returns
+        # unless other after-fork hooks run Python code first.
+        if _env.FORK_WARNING_AFTER_HOOKS and _env.HAS_COMPILED_HOTPATH:
+            from callspan.tracer._hotpath import call_soon
+
+            call_soon(self._resume_after_fork)
+        else:
+            self._resume_after_fork()
+
+    def _resume_after_fork(self) -> None:
+        self._paused = False
+        if self._running and self._background and self._thread is None:
+            self._start_thread()
+
     def _after_fork_in_child(self) -> None:
         # The child inherits the parent's pending records and aggregates (the parent exports
-        # them) and no builder thread. Start clean: its own records, aggregates and thread.
-        self.recorder.finished.clear()
+        # them). Start clean: its own records, aggregates from the fork on, and thread.
+        self._paused = False
+        self._thread = None
+        self.recorder.after_fork_in_child()
         self.recorder.aggregates.forget_parent()
         self._window_start = time.time_ns()
         self._lock = threading.Lock()
@@ -172,10 +210,22 @@ class Session:
             self._start_thread()
 
 
-def _after_fork() -> None:
-    for session in list(_sessions):
-        session._after_fork_in_child()
+# The longest wait for a builder thread in the middle of a flush when the program forks.
+_FORK_JOIN_TIMEOUT_S = 5.0
+
+
+
+def _each_session(action: Callable[[Session], None]) -> Callable[[], None]:
+    def run() -> None:
+        for session in list(_sessions):
+            try:
+                action(session)
+            except Exception:  # never into the program's fork
+                session.build_faults += 1
+    return run
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork)
+    os.register_at_fork(before=_each_session(Session._before_fork),
+                        after_in_parent=_each_session(Session._after_fork_in_parent),
+                        after_in_child=_each_session(Session._after_fork_in_child))

@@ -134,6 +134,8 @@ CS_HIDDEN int cs_record_types_ready(PyObject *module);
 CS_HIDDEN uint64_t cs_siphash24_u64(uint64_t k0, uint64_t k1, uint64_t m);
 CS_HIDDEN PyObject *cs_fingerprint_object(PyObject *value);
 CS_HIDDEN PyObject *cs_unhashable_names(PyObject *key, PyObject *arg_names, PyObject *varargs, PyObject *kwd_mark);
+CS_HIDDEN int cs_hash_runs_no_user_code(PyObject *value, int depth);
+CS_HIDDEN int cs_sizeof_is_python(PyObject *value);
 /* (raw hash or fingerprint or None, names, identity) as keys.args_key computes it; a bare int
  * when the key is hashable and self is not hashed by identity. NULL with an exception set. */
 CS_HIDDEN PyObject *cs_args_key(PyObject *kwd_mark, CodeInfoObject *ci, PyFrameObject *frame, int64_t *raw,

@@ -646,7 +646,7 @@ hp_finish(HotPath *hp, PyObject *code, PyObject *value, PyObject *error)
             /* sizes only feed memory estimates, on spans: one kept call in RET_SIZE_EVERY */
             if (!record->n[NUM_KEEP]) {
             }
-            else if (ci->sized++ % RET_SIZE_EVERY == 0) {
+            else if (ci->sized++ % RET_SIZE_EVERY == 0 && !cs_sizeof_is_python(value)) {
                 size_t bytes = _PySys_GetSizeOf(value); /* sys.getsizeof(value, 0) */
                 if (bytes == (size_t)-1 && PyErr_Occurred()) {
                     if (!PyErr_ExceptionMatches(PyExc_TypeError))
@@ -1382,6 +1382,86 @@ static PyTypeObject HotPathType = {
 };
 
 
+/* -- the profile function installed before callspan's, given back at stop ------------------- */
+
+typedef struct {
+    Py_tracefunc func;
+    PyObject *obj;
+} SavedProfile;
+
+static void
+saved_profile_free(PyObject *capsule)
+{
+    SavedProfile *saved = PyCapsule_GetPointer(capsule, "callspan.saved_profile");
+    if (saved != NULL) {
+        Py_XDECREF(saved->obj);
+        PyMem_Free(saved);
+    }
+}
+
+/* saved_profile(): this thread's profile function (a C one such as cProfile's on 3.11, or
+ * sys.setprofile's trampoline with its Python callable), or None. sys.getprofile() only shows
+ * the object, which cannot be installed again from Python when the function is C. */
+static PyObject *
+py_saved_profile(PyObject *module, PyObject *unused)
+{
+    PyThreadState *tstate = PyThreadState_Get();
+    if (tstate->c_profilefunc == NULL)
+        Py_RETURN_NONE;
+    SavedProfile *saved = PyMem_Malloc(sizeof(SavedProfile));
+    if (saved == NULL)
+        return PyErr_NoMemory();
+    saved->func = tstate->c_profilefunc;
+    saved->obj = Py_XNewRef(tstate->c_profileobj);
+    PyObject *capsule = PyCapsule_New(saved, "callspan.saved_profile", saved_profile_free);
+    if (capsule == NULL) {
+        Py_XDECREF(saved->obj);
+        PyMem_Free(saved);
+    }
+    return capsule;
+}
+
+/* restore_profile(saved): install what saved_profile() returned on this thread (None: none). */
+static PyObject *
+py_restore_profile(PyObject *module, PyObject *capsule)
+{
+    if (capsule == Py_None) {
+        PyEval_SetProfile(NULL, NULL);
+        Py_RETURN_NONE;
+    }
+    SavedProfile *saved = PyCapsule_GetPointer(capsule, "callspan.saved_profile");
+    if (saved == NULL)
+        return NULL;
+    PyEval_SetProfile(saved->func, saved->obj);
+    Py_RETURN_NONE;
+}
+
+
+/* call_soon(func): call func() from the main thread's next check for pending calls (after a
+ * fork returns, say: Python 3.13 warns about threads after the fork hooks have run). */
+static int
+run_soon(void *func)
+{
+    PyObject *result = PyObject_CallNoArgs((PyObject *)func);
+    Py_DECREF((PyObject *)func);
+    if (result == NULL)
+        PyErr_Clear(); /* the caller's function handles its own faults */
+    Py_XDECREF(result);
+    return 0;
+}
+
+static PyObject *
+py_call_soon(PyObject *module, PyObject *func)
+{
+    Py_INCREF(func);
+    if (Py_AddPendingCall(run_soon, func) < 0) {
+        Py_DECREF(func);
+        PyErr_SetString(PyExc_RuntimeError, "pending calls queue full");
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef module_methods[] = {
     {"siphash24", (PyCFunction)(void (*)(void))cs_py_siphash24, METH_FASTCALL,
      "siphash24(k0, k1, message): SipHash-2-4 of one little-endian 64-bit word under the key (k0, k1)"},
@@ -1390,6 +1470,12 @@ static PyMethodDef module_methods[] = {
     {"unhashable_args", (PyCFunction)cs_py_unhashable_args, METH_VARARGS,
      "unhashable_args(key, arg_names=(), varargs=None, kwd_mark=None): as callspan.tracer.keys.unhashable_args "
      "computes it (tests)"},
+    {"call_soon", (PyCFunction)py_call_soon, METH_O,
+     "call_soon(func): call func() at the main thread's next pending-calls check"},
+    {"saved_profile", (PyCFunction)py_saved_profile, METH_NOARGS,
+     "saved_profile(): this thread's profile function, to give back with restore_profile"},
+    {"restore_profile", (PyCFunction)py_restore_profile, METH_O,
+     "restore_profile(saved): install a profile function saved by saved_profile (None: none)"},
     {"interval_clock_replay", (PyCFunction)py_interval_clock_replay, METH_VARARGS,
      "interval_clock_replay(interval, walls, reals): the interval thread clock's values (tests)"},
     {NULL, NULL, 0, NULL},

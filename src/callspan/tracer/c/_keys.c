@@ -70,6 +70,44 @@ unhashable_type(PyObject *value)
     return Py_TYPE(value)->tp_hash == PyObject_HashNotImplemented;
 }
 
+/* Hash slots that run no Python code (keys.py _NO_USER_CODE_HASHES: the same types). A type
+ * defining __hash__ in Python has slot_tp_hash instead, and is never hashed. */
+static hashfunc no_user_code_hashes[12];
+static int n_no_user_code_hashes;
+
+int
+cs_hash_runs_no_user_code(PyObject *value, int depth)
+{
+    hashfunc slot = Py_TYPE(value)->tp_hash;
+    if (slot == PyTuple_Type.tp_hash) {
+        if (depth >= 16) /* keys.py _MAX_TUPLE_DEPTH */
+            return 0;
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(value); i++) {
+            if (!cs_hash_runs_no_user_code(PyTuple_GET_ITEM(value, i), depth + 1))
+                return 0;
+        }
+        return 1;
+    }
+    for (int i = 0; i < n_no_user_code_hashes; i++) {
+        if (slot == no_user_code_hashes[i])
+            return 1;
+    }
+    return 0;
+}
+
+/* 1 when sys.getsizeof(value) would call a __sizeof__ written in Python (not measured). */
+int
+cs_sizeof_is_python(PyObject *value)
+{
+    static PyObject *name;
+    if (name == NULL && (name = PyUnicode_InternFromString("__sizeof__")) == NULL) {
+        PyErr_Clear();
+        return 1;
+    }
+    PyObject *method = _PyType_Lookup(Py_TYPE(value), name); /* borrowed; no exception */
+    return method != NULL && PyFunction_Check(method);
+}
+
 static int
 hash_built(PyObject *built, Py_hash_t *out) /* steals built */
 {
@@ -92,6 +130,8 @@ flat_fingerprint(PyObject *value, Py_ssize_t *budget, Py_hash_t *out)
 {
     PyTypeObject *kind = Py_TYPE(value);
     if (!unhashable_type(value)) {
+        if (!cs_hash_runs_no_user_code(value, 0))
+            return 0;
         Py_hash_t h = PyObject_Hash(value);
         if (h == -1 && PyErr_Occurred()) {
             cs_drop_error();
@@ -104,6 +144,10 @@ flat_fingerprint(PyObject *value, Py_ssize_t *budget, Py_hash_t *out)
         *budget -= PyList_GET_SIZE(value);
         if (*budget < 0)
             return 0;
+        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(value); i++) {
+            if (!cs_hash_runs_no_user_code(PyList_GET_ITEM(value, i), 0))
+                return 0;
+        }
         PyObject *items = PyList_AsTuple(value);
         return hash_built(items ? Py_BuildValue("(ON)", Py_True, items) : NULL, out);
     }
@@ -116,6 +160,8 @@ flat_fingerprint(PyObject *value, Py_ssize_t *budget, Py_hash_t *out)
         while (PyDict_Next(value, &pos, &k, &v)) {
             if (unhashable_type(v))
                 return 0; /* a nested container: not walked */
+            if (!cs_hash_runs_no_user_code(k, 0) || !cs_hash_runs_no_user_code(v, 0))
+                return 0;
         }
         PyObject *items = PyDict_Items(value);
         PyObject *frozen = items ? PyFrozenSet_New(items) : NULL;
@@ -238,6 +284,37 @@ item_label(PyObject *const *items, Py_ssize_t i, int keyword, PyObject *arg_name
     if (is_set(varargs) && PyUnicode_CheckExact(varargs))
         return PyUnicode_FromFormat("*%U", varargs);
     return PyUnicode_FromString("?");
+}
+
+/* keys.skipped_type_names: the unhashable types, then "Name:user-hash" for the values whose
+ * hash would run user code, each once, in order. */
+static PyObject *
+skipped_type_names(PyObject *const *items, Py_ssize_t n)
+{
+    PyObject *seen = PyDict_New(), *sep = NULL, *joined = NULL;
+    if (seen == NULL)
+        return NULL;
+    for (int pass = 0; pass < 2; pass++) {
+        for (Py_ssize_t i = 0; i < n; i++) {
+            int unhashable = unhashable_type(items[i]);
+            if (pass == 0 ? !unhashable : (unhashable || cs_hash_runs_no_user_code(items[i], 0)))
+                continue;
+            PyObject *name = type_name(Py_TYPE(items[i]));
+            if (name != NULL && pass == 1)
+                Py_SETREF(name, PyUnicode_FromFormat("%U:user-hash", name));
+            if (name == NULL || PyDict_SetItem(seen, name, Py_None) < 0) {
+                Py_XDECREF(name);
+                Py_DECREF(seen);
+                return NULL;
+            }
+            Py_DECREF(name);
+        }
+    }
+    if ((sep = PyUnicode_FromString(",")) != NULL)
+        joined = PyUnicode_Join(sep, seen);
+    Py_XDECREF(sep);
+    Py_DECREF(seen);
+    return joined;
 }
 
 PyObject *
@@ -435,12 +512,19 @@ cs_args_key(PyObject *kwd_mark, CodeInfoObject *ci, PyFrameObject *frame, int64_
         identity = Py_True;
     /* lru_cache keys a lone int/str argument as itself */
     int lone = total == 1 && (PyLong_CheckExact(items[0]) || PyUnicode_CheckExact(items[0]));
-    int unhashable = 0;
+    int unhashable = 0, user_code = 0;
     for (Py_ssize_t i = 0; i < total; i++) {
-        if (Py_TYPE(items[i])->tp_hash == PyObject_HashNotImplemented) {
+        if (Py_TYPE(items[i])->tp_hash == PyObject_HashNotImplemented)
             unhashable = 1;
-            break;
-        }
+        else if (!lone && !cs_hash_runs_no_user_code(items[i], 0))
+            user_code = 1;
+    }
+    if (user_code) { /* not keyed: hashing would run the program's own code (keys.py) */
+        PyObject *names = skipped_type_names(items, total);
+        if (names == NULL)
+            goto error;
+        result = Py_BuildValue("(ONO)", Py_None, names, identity);
+        goto done;
     }
     Py_hash_t h = -1;
     if (!unhashable) {
@@ -504,6 +588,8 @@ cs_value_key(PyObject *value, int64_t *raw_out, int *kind)
 {
     *kind = KEY_OBJECT;
     if (Py_TYPE(value)->tp_hash != PyObject_HashNotImplemented) {
+        if (!cs_hash_runs_no_user_code(value, 0))
+            return PyTuple_Pack(2, Py_None, Py_False); /* its hash is user code: not hashed */
         Py_hash_t h = PyObject_Hash(value);
         if (h != -1 || !PyErr_Occurred()) {
             /* compact: the raw hash only; a Record reads it back as (raw, True) */
@@ -537,5 +623,11 @@ cs_keys_init(void)
         (str_set_tag = PyUnicode_InternFromString("set")) == NULL || (type_names = PyDict_New()) == NULL || (labelled_names = PyDict_New()) == NULL ||
         (minus_one = PyLong_FromLong(-1)) == NULL)
         return -1;
+    PyTypeObject *types[] = {&PyLong_Type, &PyUnicode_Type, &PyBytes_Type, &PyFloat_Type, &PyComplex_Type,
+                             Py_TYPE(Py_None), &PyRange_Type, &PyFrozenSet_Type, &PyBaseObject_Type,
+                             &PyMethod_Type, &PyCFunction_Type, &PyCode_Type};
+    n_no_user_code_hashes = 0;
+    for (size_t i = 0; i < sizeof types / sizeof types[0]; i++)
+        no_user_code_hashes[n_no_user_code_hashes++] = types[i]->tp_hash;
     return 0;
 }

@@ -11,7 +11,7 @@ import threading
 
 from callspan import _env
 from callspan.tracer.cores.base import compiled_hot_path
-from callspan.tracer.cores.setprofile import _UnknownException
+from callspan.tracer.cores.setprofile import PreviousProfile, _UnknownException
 from callspan.tracer.recorder import Recorder
 
 
@@ -23,13 +23,15 @@ class CompiledSetProfileCore:
         self.hot = compiled_hot_path(recorder, None)
         self.hot.configure_setprofile(_UnknownException(), _env.RETURN_OPCODES, _env.YIELD_OPCODES,
                                       _env.RESUME_OPCODE, _env.YIELD_REPORTED_AT_NEXT_RESUME)
+        self._previous = PreviousProfile()
 
     def start(self) -> None:
+        self._previous.save()
         # New threads get a Python-level hook that swaps itself for the C function on its first
         # event; existing threads: this one on 3.11 (as the Python core), all of them on 3.12+.
         threading.setprofile(self.hot.thread_bootstrap)
         self.hot.profile_install()
 
     def stop(self) -> None:
-        threading.setprofile(None)  # type: ignore[arg-type,unused-ignore]
         self.hot.profile_uninstall()
+        self._previous.restore()

@@ -21,16 +21,50 @@ class _UnknownException(Exception):
     """Stands in for an exception the setprofile hook saw leave a frame but cannot name."""
 
 
+class PreviousProfile:
+    """The profile functions in place before a setprofile core started (this thread's and
+    threading's, for new threads), given back when it stops: a profiler that was running
+    (cProfile, yappi, a sys.setprofile function) keeps running.
+
+    With the compiled module, the thread's C profile function itself is saved (cProfile's on
+    3.11 is one, and sys.getprofile() only shows its object); without it, a Python function
+    is given back with sys.setprofile. Other threads' own profile functions are not restored:
+    on 3.12+ the core had replaced them in every thread (threading.setprofile_all_threads)."""
+
+    def __init__(self) -> None:
+        self.thread: Any = None
+        self.new_threads: Any = None
+
+    def save(self) -> None:
+        self.new_threads = threading.getprofile()
+        if _env.HAS_COMPILED_HOTPATH:
+            from callspan.tracer._hotpath import saved_profile
+
+            self.thread = saved_profile()
+        else:
+            self.thread = sys.getprofile()
+
+    def restore(self) -> None:
+        threading.setprofile(self.new_threads)
+        previous, self.thread = self.thread, None
+        if _env.HAS_COMPILED_HOTPATH:
+            from callspan.tracer._hotpath import restore_profile
+
+            restore_profile(previous)
+        else:
+            sys.setprofile(previous if callable(previous) else None)
+
+
 class SetProfileCore:
     name = "setprofile"
 
     def __init__(self, recorder: Recorder) -> None:
         self.recorder = recorder
-        self._previous: Any = None
+        self._previous = PreviousProfile()
         self._hook = self._make_hook()
 
     def start(self) -> None:
-        self._previous = sys.getprofile()
+        self._previous.save()
         threading.setprofile(self._hook)
         if _env.HAS_SETPROFILE_ALL_THREADS:
             threading.setprofile_all_threads(self._hook)  # type: ignore[attr-defined,unused-ignore]
@@ -38,11 +72,9 @@ class SetProfileCore:
             sys.setprofile(self._hook)
 
     def stop(self) -> None:
-        threading.setprofile(None)  # type: ignore[arg-type,unused-ignore]
         if _env.HAS_SETPROFILE_ALL_THREADS:
             threading.setprofile_all_threads(None)  # type: ignore[attr-defined,unused-ignore]
-        else:
-            sys.setprofile(None)
+        self._previous.restore()
 
     def _make_hook(self) -> Any:
         recorder = self.recorder

@@ -14,8 +14,24 @@ from typing import Any
 from callspan.errors import CallspanError
 from callspan.tracer.recorder import Recorder
 
-_TOOL_IDS = (2, 3, 4, 5)  # PROFILER_ID first; debuggers use 0, coverage 1
+# CPython names ids 0 (debuggers), 1 (coverage), 2 (profilers: cProfile takes it) and 5
+# (optimizers); 3 and 4 are nobody's. callspan takes a free one of those, so that cProfile
+# and coverage run beside it, and only when both are taken one of the named ids.
+_TOOL_IDS = (3, 4, 2, 5)
 _TOOL_NAME = "callspan"
+
+
+def choose_tool_id() -> tuple[int | None, str]:
+    """The sys.monitoring tool id callspan would take now, and why."""
+    monitoring = sys.monitoring  # type: ignore[attr-defined,unused-ignore]
+    taken = {i: monitoring.get_tool(i) for i in _TOOL_IDS}
+    for tool_id in _TOOL_IDS:
+        if taken[tool_id] is None:
+            if tool_id in (3, 4):
+                return tool_id, f"sys.monitoring tool id {tool_id}"
+            others = ", ".join(f"{i} by {taken[i]!r}" for i in (3, 4))
+            return tool_id, f"sys.monitoring tool id {tool_id} (3 and 4 are in use: {others})"
+    return None, "no free sys.monitoring tool id (2-5 are all in use)"
 
 
 class SysMonitoringCore:
@@ -24,16 +40,15 @@ class SysMonitoringCore:
     def __init__(self, recorder: Recorder) -> None:
         self.recorder = recorder
         self.tool_id: int | None = None
+        self.tool_note = choose_tool_id()[1]
 
     def start(self) -> None:
         monitoring = sys.monitoring  # type: ignore[attr-defined,unused-ignore]
-        for tool_id in _TOOL_IDS:
-            if monitoring.get_tool(tool_id) is None:
-                monitoring.use_tool_id(tool_id, _TOOL_NAME)
-                self.tool_id = tool_id
-                break
-        else:
-            raise CallspanError("sys.monitoring: no free tool id (2-5 are all in use by other tools)")
+        tool_id, self.tool_note = choose_tool_id()
+        if tool_id is None:
+            raise CallspanError(f"sys.monitoring: {self.tool_note}")
+        monitoring.use_tool_id(tool_id, _TOOL_NAME)
+        self.tool_id = tool_id
         events = monitoring.events
         callbacks = self._callbacks(monitoring.DISABLE)
         for event_name, callback in callbacks.items():

@@ -1,0 +1,49 @@
+"""Arguments whose __hash__/__eq__/__sizeof__ print, count, raise, or exit: under python nothing
+calls them, so nothing may call them under callspan either (its default runs no user code)."""
+import sys
+
+hash_calls = 0
+
+
+class Loud:
+    def __hash__(self):
+        global hash_calls
+        hash_calls += 1
+        print("Loud.__hash__ called")
+        return 1
+
+    def __eq__(self, other):
+        print("Loud.__eq__ called")
+        return self is other
+
+    def __sizeof__(self):
+        print("Loud.__sizeof__ called")
+        return 1
+
+
+class Exiting:
+    def __hash__(self):
+        raise SystemExit(9)
+
+
+class Raising:
+    def __hash__(self):
+        raise RuntimeError("no hashing")
+
+
+def take(value):
+    return value
+
+
+def give():
+    return Loud()
+
+
+for _ in range(40):
+    take(Loud())
+    take((1, Loud()))
+    take(Exiting())
+    take(Raising())
+    give()
+print("hash calls:", hash_calls)
+sys.exit(0)

@@ -1,0 +1,26 @@
+"""__main__ is this module, with Python's attributes, at start and in atexit handlers."""
+import atexit
+import builtins
+import os
+import sys
+import warnings
+
+import __main__
+
+PATH = __file__
+
+
+def describe(where: str) -> None:
+    main = sys.modules["__main__"]
+    print(where, main is __main__, main.__name__, main.__package__, main.__spec__,
+          type(main.__loader__).__name__, main.__loader__.name, main.__builtins__ is builtins,
+          main.__annotations__, getattr(main, "__cached__", "no __cached__"),
+          os.path.isabs(getattr(main, "__file__", "")), getattr(main, "__file__", None) == PATH)
+
+
+print([name for name in vars(__main__) if name.startswith("__")])
+print(sys.argv, sys.path[0] == os.path.dirname(os.path.realpath(__file__)))
+print(os.path.basename(os.path.dirname(sys.path[1])) != "bin")
+print(warnings.filters[:5])
+describe("start")
+atexit.register(describe, "atexit")  # Python has removed __file__ and __cached__ by then
