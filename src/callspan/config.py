@@ -31,6 +31,7 @@ CALLSPAN_CPU_INTERVAL_US = "CALLSPAN_CPU_INTERVAL_US"
 #: Cache-key hashing: ``on`` (every traced function), ``off``, or a comma-separated list of
 #: function names (``module.QualName`` or bare ``QualName``) to hash keys for.
 CALLSPAN_KEYS = "CALLSPAN_KEYS"
+CALLSPAN_USER_HASH = "CALLSPAN_USER_HASH"
 #: Hex secret for the keyed hashes (default: random per process). Set it to compare keys across processes.
 CALLSPAN_KEY_SECRET = "CALLSPAN_KEY_SECRET"
 #: Most spans kept per trace: the first calls of a kept trace to start (their ancestors are kept too).
@@ -58,7 +59,7 @@ CALLSPAN_MAX_KEYS_TOTAL = "CALLSPAN_MAX_KEYS_TOTAL"
 CALLSPAN_KEY_MIN_NS = "CALLSPAN_KEY_MIN_NS"
 
 ENV_VARS = (
-    CALLSPAN_CORE, CALLSPAN_INCLUDE, CALLSPAN_EXCLUDE, CALLSPAN_CPU, CALLSPAN_CPU_INTERVAL_US, CALLSPAN_KEYS,
+    CALLSPAN_CORE, CALLSPAN_INCLUDE, CALLSPAN_EXCLUDE, CALLSPAN_CPU, CALLSPAN_CPU_INTERVAL_US, CALLSPAN_KEYS, CALLSPAN_USER_HASH,
     CALLSPAN_KEY_SECRET, CALLSPAN_MAX_SPANS_PER_TRACE, CALLSPAN_MAX_SPANS_PER_SECOND,
     CALLSPAN_MAX_PENDING, CALLSPAN_FLUSH_INTERVAL, CALLSPAN_PROFILE_INTERVAL, CALLSPAN_MAX_NODES,
     CALLSPAN_MAX_DEPTH, CALLSPAN_MAX_KEYS, CALLSPAN_MAX_KEYS_TOTAL, CALLSPAN_KEY_MIN_NS,
@@ -76,6 +77,9 @@ class Settings:
     cpu: str = "auto"
     cpu_interval_us: int = 20
     keys: str = "on"
+    # "on": keys may call a user __hash__, as functools.lru_cache would (guarded); "off": only
+    # built-in hashes run in the hook (user types are not keyed). Production mode defaults to off.
+    user_hash: str = "on"
     key_secret: bytes | None = None
     max_spans_per_trace: int = 2000
     max_spans_per_second: int = 200
@@ -92,7 +96,7 @@ class Settings:
 
 _ENV_FOR_FIELD = {
     "core": CALLSPAN_CORE, "include": CALLSPAN_INCLUDE, "exclude": CALLSPAN_EXCLUDE,
-    "cpu": CALLSPAN_CPU, "cpu_interval_us": CALLSPAN_CPU_INTERVAL_US, "keys": CALLSPAN_KEYS, "key_secret": CALLSPAN_KEY_SECRET,
+    "cpu": CALLSPAN_CPU, "cpu_interval_us": CALLSPAN_CPU_INTERVAL_US, "keys": CALLSPAN_KEYS, "user_hash": CALLSPAN_USER_HASH, "key_secret": CALLSPAN_KEY_SECRET,
     "max_spans_per_trace": CALLSPAN_MAX_SPANS_PER_TRACE,
     "max_spans_per_second": CALLSPAN_MAX_SPANS_PER_SECOND,
     "max_pending": CALLSPAN_MAX_PENDING,
@@ -131,6 +135,8 @@ def _convert(name: str, raw: Any, source: str) -> Any:
             raise ValueError(f"must be one of {', '.join(CORES)}")
         if name == "cpu" and value_s not in CPU_MODES:
             raise ValueError(f"must be one of {', '.join(CPU_MODES)}")
+        if name == "user_hash" and value_s not in ("on", "off"):
+            raise ValueError("must be on or off")
         return value_s
     except (TypeError, ValueError) as exc:
         raise CallspanError(f"{source}: bad value {raw!r} for {name}: {exc}") from None

@@ -33,6 +33,7 @@ class Header(NamedTuple):
     callspan: list[str]
     shutdown_output: bool
     differs_on: tuple[int, ...] | None
+    env: dict[str, str]  # for the callspan side only, e.g. CALLSPAN_USER_HASH=off
 
 
 def header(program: str) -> Header:
@@ -48,6 +49,7 @@ def header(program: str) -> Header:
         callspan=fields.get("callspan", "").split(),
         shutdown_output=fields.get("shutdown-output") == "yes",
         differs_on=tuple(int(p) for p in fields["differs-on"].split()[0].split(".")) if "differs-on" in fields else None,
+        env=dict(item.split("=", 1) for item in fields.get("env", "").split()),
     )
 
 
@@ -68,9 +70,10 @@ def callspan_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "callspan"]
 
 
-def execute(command: list[str], stdin: bytes, cwd: Path) -> subprocess.CompletedProcess[bytes]:
+def execute(command: list[str], stdin: bytes, cwd: Path,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
     try:
-        return subprocess.run(command, input=stdin, cwd=cwd, env=clean_env(), capture_output=True,
+        return subprocess.run(command, input=stdin, cwd=cwd, env={**clean_env(), **(env or {})}, capture_output=True,
                               timeout=TIMEOUT_S)
     except subprocess.TimeoutExpired:
         pytest.fail(f"{' '.join(command)} did not finish in {TIMEOUT_S}s (a deadlock?)")
@@ -109,7 +112,7 @@ def test_program_behaves_as_under_python(program: str, core: str, python_workdir
     plain = under_python(program, str(python_workdir))
     output = tmp_path / "out.jsonl"
     traced = execute([*callspan_command(), "run", "-o", str(output), "--core", core, *spec.callspan,
-                      str(PROGRAMS_DIR / program), *spec.args], spec.stdin, tmp_path)
+                      str(PROGRAMS_DIR / program), *spec.args], spec.stdin, tmp_path, spec.env)
     stderr_lines = normalised(traced.stderr).splitlines(keepends=True)
     ours = [i for i, line in enumerate(stderr_lines) if line.startswith("callspan: ")]
     assert ours, traced.stderr.decode()[-3000:]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sys
 import threading
 
@@ -444,8 +445,9 @@ def with_user_types(n: int) -> None:
 
 
 def test_the_hook_runs_no_user_hash_eq_or_sizeof_and_counts_what_it_skips(traced) -> None:  # type: ignore[no-untyped-def]
+    # CALLSPAN_USER_HASH=off (production mode's default).
     UserHashed.calls.clear()
-    run = traced(max_spans_per_trace=100_000, max_spans_per_second=100_000)
+    run = traced(max_spans_per_trace=100_000, max_spans_per_second=100_000, user_hash="off")
     run.run(with_user_types, 20)
     assert UserHashed.calls == []
     nodes = sorted(by_name(run.sink.closed, "keyed_with"), key=lambda n: n.start_ns)
@@ -464,3 +466,32 @@ def test_the_hook_runs_no_user_hash_eq_or_sizeof_and_counts_what_it_skips(traced
     assert window["cache.unhashable_calls"][cache_row] == 60
     assert set(window["cache.unhashable_types"][cache_row].split(",")) == {
         "UserHashed:user-hash", "tuple:user-hash", "value:list"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Point:  # a value type: its __hash__ is generated Python code
+    x: int
+    y: int
+
+
+def distance(p: Point) -> float:
+    return (p.x ** 2 + p.y ** 2) ** 0.5
+
+
+def with_value_types(n: int) -> None:
+    for i in range(n):
+        distance(Point(i % 3, 1))
+        keyed_with(UserHashed(), i)
+
+
+def test_user_hashes_run_as_lru_cache_would_and_never_end_the_program(traced) -> None:  # type: ignore[no-untyped-def]
+    # CALLSPAN_USER_HASH=on (the default of callspan run): value types key by their own __hash__;
+    # a __hash__ raising SystemExit(9) is swallowed (the call is not keyed), never ends the program.
+    UserHashed.calls.clear()
+    run = traced(max_spans_per_trace=100_000, max_spans_per_second=100_000)
+    run.run(with_value_types, 9)
+    assert UserHashed.calls.count("__hash__") >= 1 and "__eq__" not in UserHashed.calls
+    nodes = sorted(by_name(run.sink.closed, "distance"), key=lambda n: n.start_ns)
+    keys = [n.attributes["callspan.args.hash"] for n in nodes]
+    assert len(keys) == 9 and len(set(keys)) == 3 and keys[0] == keys[3] == keys[6]
+    assert all("callspan.args.hash" not in n.attributes for n in by_name(run.sink.closed, "keyed_with"))

@@ -202,10 +202,31 @@ def test_fingerprints_never_call_a_user_hash() -> None:
         def __hash__(self) -> int:
             raise KeyboardInterrupt
 
+    keys.set_user_hash(False)  # CALLSPAN_USER_HASH=off (a session sets it at start)
     for value in (([Interrupting()],), ({"k": Interrupting()},), Interrupting(), ((1, Interrupting()),)):
         assert hotpath.fingerprint(value) is None
         assert keys.fingerprint(value, [16]) is None  # the Python reference: the same
     assert hotpath.fingerprint(([1],)) == keys.fingerprint(([1],), [16]) is not None
+
+
+def test_with_user_hashes_on_only_keyboard_interrupt_leaves_a_fingerprint() -> None:
+    class Exiting:
+        def __hash__(self) -> int:
+            raise SystemExit(9)
+
+    class Interrupting:
+        def __hash__(self) -> int:
+            raise KeyboardInterrupt
+
+    keys.set_user_hash(True)
+    try:
+        for value in (([Exiting()],), ({"k": Exiting()},), ((1, Exiting()),)):
+            assert keys.fingerprint(value, [16]) is None  # swallowed: the call is just not keyed
+            assert hotpath.fingerprint(value) is None
+        with pytest.raises(KeyboardInterrupt):
+            keys.fingerprint(([Interrupting()],), [16])
+    finally:
+        keys.set_user_hash(False)
 
 
 def compiled_session(**settings: Any) -> Any:

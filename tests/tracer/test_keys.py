@@ -48,14 +48,22 @@ class Money:
         return 2 * self.cents
 
 
-def test_a_self_with_its_own_hash_is_not_hashed(traced) -> None:  # type: ignore[no-untyped-def]
-    # Money.__hash__ is the program's code: callspan does not call it (keys.py), and says why.
-    run = traced()
+def test_a_self_with_its_own_hash_is_not_hashed_with_user_hashes_off(traced) -> None:  # type: ignore[no-untyped-def]
+    # CALLSPAN_USER_HASH=off: Money.__hash__ is the program's code: callspan does not call it
+    # (keys.py), and says why.
+    run = traced(user_hash="off")
     run.run(lambda: (Money(5).doubled(), Money(5).doubled()))
     nodes = run.sink.named(".Money.doubled")
     assert len(nodes) == 2 and "callspan.args.identity" not in nodes[0].attributes
     assert [n.attributes.get("callspan.args.hash") for n in nodes] == [None, None]
     assert [n.attributes["callspan.args.unhashable"] for n in nodes] == ["Money:user-hash"] * 2
+
+
+def test_a_self_with_its_own_hash_keys_by_value_with_user_hashes_on(traced) -> None:  # type: ignore[no-untyped-def]
+    run = traced()  # CALLSPAN_USER_HASH=on: as lru_cache would, Money(5) and Money(5) are one key
+    run.run(lambda: (Money(5).doubled(), Money(5).doubled(), Money(6).doubled()))
+    keys_seen = [n.attributes["callspan.args.hash"] for n in run.sink.named(".Money.doubled")]
+    assert keys_seen[0] == keys_seen[1] != keys_seen[2]
 
 
 class Palette:

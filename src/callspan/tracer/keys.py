@@ -1,13 +1,14 @@
 """Cache keys: hash arguments the way functools.lru_cache keys them, and return values.
 
-callspan runs no user code in the hook (README, "What user code callspan calls"): a value is
-hashed only when its hash is a built-in type's own (ints, strings, bytes, floats, None, ranges,
-frozensets, tuples of such, and objects hashed by identity). A value whose class defines
-``__hash__`` in Python (a dataclass, an Enum, any user class) is never hashed: the call is not
-keyed and its type is counted among the function's unkeyed types as ``Name:user-hash``. A user
-``__hash__`` may print, count, raise, exit, take a lock the caller holds (a deadlock), or be slow;
-none of that can then happen because of callspan. ``__eq__`` is never called either (keys are
-compared as hash numbers) and ``__sizeof__`` only when it is a built-in one.
+What user code the hook may run (README, "What user code callspan calls"): with
+``CALLSPAN_USER_HASH=on`` (``callspan run``'s default, ``set_user_hash``) a class's own
+``__hash__`` runs as functools.lru_cache would run it; whatever it raises, KeyboardInterrupt
+aside, is swallowed and leaves the call unkeyed. With ``off`` (production mode's default) a value
+is hashed only when its hash is a built-in type's own (ints, strings, bytes, floats, None,
+ranges, frozensets, tuples of such, and objects hashed by identity); a value whose class defines
+``__hash__`` in Python is never hashed: the call is not keyed and its type is counted among the
+function's unkeyed types as ``Name:user-hash``. ``__eq__`` is never called (keys are compared as
+hash numbers) and ``__sizeof__`` only when it is a built-in one.
 
 The hot path only computes Python's ``hash()`` of the key (so equal keys give equal numbers, the
 same equality lru_cache uses). The raw number never leaves the process: ``KeyHasher.keyed`` turns
@@ -80,8 +81,28 @@ _MAX_TUPLE_DEPTH = 16
 USER_HASH_SUFFIX = ":user-hash"
 
 
+# CALLSPAN_USER_HASH=on (the default of `callspan run` and `tracing()`): a user __hash__ may run,
+# as functools.lru_cache would run it; off (production's default): only built-in hashes.
+_user_hash = False
+
+
+def set_user_hash(allowed: bool) -> None:
+    """Whether keys may call user ``__hash__`` methods (process-wide; the compiled hot path has
+    its own switch, set with it by the session)."""
+    global _user_hash
+    _user_hash = allowed
+    try:
+        from callspan.tracer import _hotpath
+    except ImportError:  # no compiled hot path: nothing else to switch
+        return
+    _hotpath.set_user_hash(allowed)
+
+
 def runs_no_user_code(value: Any, depth: int = 0) -> bool:
-    """True when hash(value) runs only built-in code (see the module's docstring)."""
+    """True when hash(value) runs only built-in code (see the module's docstring), or when user
+    hashes are allowed (``set_user_hash``)."""
+    if _user_hash:
+        return True
     slot = type(value).__hash__
     if slot is _TUPLE_HASH:
         return depth < _MAX_TUPLE_DEPTH and all(runs_no_user_code(item, depth + 1) for item in value)
@@ -130,7 +151,9 @@ def fingerprint(value: Any, budget: list[int]) -> int | None:
                 return hash((False, tuple(parts)))
             return _flat_fingerprint(value, budget)
         return _flat_fingerprint(value, budget)
-    except Exception:
+    except KeyboardInterrupt:
+        raise
+    except BaseException:
         return None
 
 
@@ -187,13 +210,15 @@ def args_key(info: CodeInfo, frame: FrameType) -> tuple[int | None, str, bool]:
                 key += item
     if len(key) == 1 and type(key[0]) in _FAST_TYPES:
         key = key[0]  # lru_cache keys a lone int/str argument as itself: f(1) and f(1.0) differ
-    elif not all(type(v).__hash__ is None or runs_no_user_code(v) for v in key):
+    elif not _user_hash and not all(type(v).__hash__ is None or runs_no_user_code(v) for v in key):
         return None, skipped_type_names(key), identity  # not keyed: hashing runs the program's code
     try:
         return salted(hash(key), key), "", identity
     except TypeError:
         pass
-    except Exception:
+    except KeyboardInterrupt:
+        raise  # the program's own (a signal), never swallowed
+    except BaseException:  # a user __hash__ raising SystemExit must not end the program
         return None, "error", identity
     return (*unhashable_args(key, info.arg_names, info.varargs), identity)
 
@@ -234,7 +259,9 @@ def value_key(value: Any) -> tuple[int | None, bool]:
         return salted(hash(value), value), True
     except TypeError:
         pass
-    except Exception:
+    except KeyboardInterrupt:
+        raise
+    except BaseException:
         return None, False
     return unhashable_value(value), False
 

@@ -20,7 +20,7 @@ from callspan.tracer.builder import Sink, SpanBuilder
 from callspan.tracer.cores.base import Core
 from callspan.tracer.cores.select import choose_core
 from callspan.tracer.counters import CpuCounter, choose_counter
-from callspan.tracer.keys import KeyHasher
+from callspan.tracer.keys import KeyHasher, set_user_hash
 from callspan.tracer.recorder import Clock, Recorder
 from callspan.tracer.selection import Selector
 
@@ -96,6 +96,7 @@ class Session:
     def start(self) -> None:
         if self._running:
             return
+        set_user_hash(self.settings.user_hash == "on")
         self.core.start()
         self._window_start = time.time_ns()
         self._next_profile = time.monotonic() + self.settings.profile_interval

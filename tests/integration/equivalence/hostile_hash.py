@@ -1,5 +1,7 @@
 """Arguments whose __hash__/__eq__/__sizeof__ print, count, raise, or exit: under python nothing
-calls them, so nothing may call them under callspan either (its default runs no user code)."""
+calls them; with CALLSPAN_USER_HASH=off (production mode's default) callspan calls none either.
+(`callspan run`'s default hashes user types as lru_cache would: see the README.)"""
+#: env: CALLSPAN_USER_HASH=off
 import sys
 
 hash_calls = 0

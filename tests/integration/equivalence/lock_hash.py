@@ -1,5 +1,7 @@
 """A method called while holding its object's lock, whose __hash__ takes the same lock: under
-python nothing hashes the object, so this finishes at once; a hook hashing it would deadlock."""
+python nothing hashes the object, so this finishes at once; a hook hashing it would deadlock
+(as lru_cache on deposit would): CALLSPAN_USER_HASH=off is how such a program is traced."""
+#: env: CALLSPAN_USER_HASH=off
 import threading
 
 

@@ -148,6 +148,7 @@ CS_HIDDEN int cs_keys_init(void);
 CS_HIDDEN PyObject *cs_py_siphash24(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 CS_HIDDEN PyObject *cs_py_fingerprint(PyObject *module, PyObject *value);
 CS_HIDDEN PyObject *cs_py_unhashable_args(PyObject *module, PyObject *args);
+CS_HIDDEN PyObject *cs_py_set_user_hash(PyObject *module, PyObject *flag);
 
 static inline int
 is_set(PyObject *obj)

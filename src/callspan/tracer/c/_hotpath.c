@@ -33,7 +33,8 @@ static PyObject *stash_type, *stash_value, *stash_tb;
 void
 cs_drop_error(void) /* clear an error the hot path handles; keep an interrupt */
 {
-    if (PyErr_Occurred() && !PyErr_ExceptionMatches(PyExc_Exception) && stash_type == NULL) {
+    /* only KeyboardInterrupt is kept: a user __hash__ raising SystemExit must not end the program */
+    if (PyErr_Occurred() && PyErr_ExceptionMatches(PyExc_KeyboardInterrupt) && stash_type == NULL) {
         PyErr_Fetch(&stash_type, &stash_value, &stash_tb);
         return;
     }
@@ -1476,6 +1477,8 @@ static PyMethodDef module_methods[] = {
      "saved_profile(): this thread's profile function, to give back with restore_profile"},
     {"restore_profile", (PyCFunction)py_restore_profile, METH_O,
      "restore_profile(saved): install a profile function saved by saved_profile (None: none)"},
+    {"set_user_hash", (PyCFunction)cs_py_set_user_hash, METH_O,
+     "set_user_hash(allowed): as callspan.tracer.keys.set_user_hash (CALLSPAN_USER_HASH)"},
     {"interval_clock_replay", (PyCFunction)py_interval_clock_replay, METH_VARARGS,
      "interval_clock_replay(interval, walls, reals): the interval thread clock's values (tests)"},
     {NULL, NULL, 0, NULL},

@@ -74,10 +74,24 @@ unhashable_type(PyObject *value)
  * defining __hash__ in Python has slot_tp_hash instead, and is never hashed. */
 static hashfunc no_user_code_hashes[12];
 static int n_no_user_code_hashes;
+/* keys.set_user_hash: CALLSPAN_USER_HASH=on lets keys call a user __hash__ (as lru_cache would) */
+static int user_hash_allowed;
+
+PyObject *
+cs_py_set_user_hash(PyObject *module, PyObject *flag)
+{
+    int allowed = PyObject_IsTrue(flag);
+    if (allowed < 0)
+        return NULL;
+    user_hash_allowed = allowed;
+    Py_RETURN_NONE;
+}
 
 int
 cs_hash_runs_no_user_code(PyObject *value, int depth)
 {
+    if (user_hash_allowed)
+        return 1;
     hashfunc slot = Py_TYPE(value)->tp_hash;
     if (slot == PyTuple_Type.tp_hash) {
         if (depth >= 16) /* keys.py _MAX_TUPLE_DEPTH */
@@ -533,8 +547,10 @@ cs_args_key(PyObject *kwd_mark, CodeInfoObject *ci, PyFrameObject *frame, int64_
             h = salted(h, items, total);
         if (h == -1 && PyErr_Occurred()) {
             if (!PyErr_ExceptionMatches(PyExc_TypeError)) {
-                if (!PyErr_ExceptionMatches(PyExc_Exception))
-                    goto error; /* an interrupt: the application's (see fault) */
+                /* KeyboardInterrupt is the application's (see fault); anything else a user
+                 * __hash__ raised (SystemExit included) must not change the program */
+                if (PyErr_ExceptionMatches(PyExc_KeyboardInterrupt))
+                    goto error;
                 PyErr_Clear();
                 result = PyTuple_Pack(3, Py_None, str_error, identity);
                 goto done;
@@ -602,7 +618,7 @@ cs_value_key(PyObject *value, int64_t *raw_out, int *kind)
             return Py_NewRef(Py_None);
         }
         if (!PyErr_ExceptionMatches(PyExc_TypeError)) {
-            if (!PyErr_ExceptionMatches(PyExc_Exception))
+            if (PyErr_ExceptionMatches(PyExc_KeyboardInterrupt))
                 return NULL; /* an interrupt: the application's (see fault) */
             PyErr_Clear();
             return PyTuple_Pack(2, Py_None, Py_False);
