@@ -143,26 +143,29 @@ def _profile_pipeline(tracer_provider: Any) -> Any:
 
 
 def disarm() -> None:
-    """Stop this process's session (its last aggregates are exported) and forget the arming."""
+    """Stop this process's session and export its last aggregates (at exit: bounded by the
+    export timeout, never raises); forget the arming."""
     global _armed
     with _lock:
         state, _armed = _armed, None
     if state is None or state.session is None or state.session_pid != os.getpid():
         return
-    state.session.stop()
-    if state.pipeline is not None:
-        state.pipeline.shutdown()
-    provider = state.tracer_provider
-    if provider is None:
-        from opentelemetry import trace
+    try:
+        state.session.stop()
+    except Exception:
+        pass
+    # Flushed, not shut down: at interpreter exit no thread can be started, and the providers'
+    # own exit hooks shut them down. A dead collector costs at most the export timeout each.
+    from opentelemetry import trace
 
-        provider = trace.get_tracer_provider()
-    flush = getattr(provider, "force_flush", None)
-    if flush is not None:
-        try:
-            flush(int(state.settings.flush_interval * 1000) + 5000)
-        except Exception:
-            pass
+    for provider in (state.pipeline.provider if state.pipeline is not None else None,
+                     state.tracer_provider or trace.get_tracer_provider()):
+        flush = getattr(provider, "force_flush", None)
+        if flush is not None:
+            try:
+                flush(int(state.pipeline.export_timeout * 1000) if state.pipeline is not None else 10_000)
+            except Exception:
+                pass
 
 
 # -- the gate -----------------------------------------------------------------------------------
