@@ -187,8 +187,10 @@ def wait_for_profiles(collector: otelbins.Collector, helper: str, expected: dict
     try:
         return otelbins.wait_until(arrived, timeout=30, interval=0.5, what="every worker's aggregates")
     except TimeoutError:
-        got = profile_calls(spans_by_scope(collector.read_output()), helper)
-        raise AssertionError(f"aggregates per worker: expected {expected}, got {got}") from None
+        spans = spans_by_scope(collector.read_output())
+        names = Counter(span["name"] for _, span in spans)
+        raise AssertionError(f"aggregates per worker: expected {expected}, got {profile_calls(spans, helper)}; "
+                             f"spans in the Collector's file: {dict(names)}") from None
 
 
 def analyze_cache(path: Path, cwd: Path) -> dict[str, Any]:
@@ -200,18 +202,21 @@ def analyze_cache(path: Path, cwd: Path) -> dict[str, Any]:
 
 
 def run_production_check(otelcol: otelbins.Collector, tmp_path: Path, argv_for: Any, view: str,
-                         helper: str) -> None:
+                         helper: str, *, plain_argv_for: Any = None, extra_env: dict[str, str] | None = None,
+                         middleware: bool = True) -> None:
     app_dir = tmp_path / "app"
     shutil.copytree(SERVERS, app_dir)
     # the uninstrumented run first: the reference responses
     port = otelbins.free_port()
-    plain = start_server(argv_for(port), app_dir, server_env(None, app_dir, callspan=False, otel=False), port)
+    plain = start_server((plain_argv_for or argv_for)(port), app_dir,
+                         server_env(None, app_dir, callspan=False, otel=False), port)
     try:
         reference = {reply.n: reply.body for reply in load(port)}
     finally:
         plain.stop()
     port = otelbins.free_port()
-    server = start_server(argv_for(port), app_dir, server_env(otelcol, app_dir, callspan=True, otel=True), port)
+    env = server_env(otelcol, app_dir, callspan=middleware, otel=extra_env is None) | (extra_env or {})
+    server = start_server(argv_for(port), app_dir, env, port)
     try:
         replies = load(port)
     finally:
@@ -258,3 +263,29 @@ def test_fastapi_under_uvicorn_traces_exactly_the_sampled_requests(otelcol: otel
                 "--port", str(port), "--no-access-log"]
 
     run_production_check(otelcol, tmp_path, argv, "asgi_shop.item", "asgi_shop.price")
+
+
+def test_django_under_opentelemetry_instrument_gunicorn_armed_by_environment(
+        otelcol: otelbins.Collector, tmp_path: Path) -> None:
+    """`CALLSPAN_ENABLED=1 opentelemetry-instrument gunicorn shop.wsgi`: no callspan middleware,
+    no OpenTelemetry code in the application; the distro configures the SDK in the master from
+    OTEL_* variables, the entry point arms callspan, each worker traces its sampled requests."""
+    instrument = Path(sys.executable).with_name("opentelemetry-instrument")
+    if not instrument.exists():
+        pytest.skip("opentelemetry-instrument not installed: pip install -e '.[test]'")
+
+    def argv(port: int) -> list[str]:
+        return [str(instrument), sys.executable, "-m", "gunicorn", "--workers", "2", "--bind",
+                f"127.0.0.1:{port}", "shop.wsgi"]
+
+    def plain_argv(port: int) -> list[str]:
+        return [sys.executable, "-m", "gunicorn", "--workers", "2", "--bind", f"127.0.0.1:{port}", "shop.wsgi"]
+
+    env = {"CALLSPAN_ENABLED": "1", "CALLSPAN_INCLUDE": "shop", "DJANGO_SETTINGS_MODULE": "shop.settings",
+           "OTEL_SERVICE_NAME": "shop-auto", "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+           "OTEL_TRACES_SAMPLER_ARG": "0.1", "OTEL_TRACES_EXPORTER": "otlp", "OTEL_METRICS_EXPORTER": "none",
+           "OTEL_LOGS_EXPORTER": "none",
+           # the master's exporter is inherited by the forked workers: HTTP survives a fork, gRPC not
+           "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf", "OTEL_EXPORTER_OTLP_ENDPOINT": otelcol.http_endpoint}
+    run_production_check(otelcol, tmp_path, argv, "shop.views.item", "shop.views.price",
+                         plain_argv_for=plain_argv, extra_env=env, middleware=False)

@@ -129,17 +129,27 @@ def _start_session(state: _Armed) -> Session:
 
 def _profile_pipeline(tracer_provider: Any) -> Any:
     """The aggregates' own pipeline, made in the process that exports (after a fork): the
-    application's resource, no sampler, the exporter the standard OTEL_* variables choose."""
+    application's resource, every span sampled (OTEL_TRACES_SAMPLER is the application's), the
+    exporter the standard OTEL_* variables choose."""
     from opentelemetry import trace
+    from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 
     from callspan.otel.setup import build_pipeline
 
     resource = getattr(tracer_provider or trace.get_tracer_provider(), "resource", None)
     attributes = dict(getattr(resource, "attributes", None) or {})
     chosen = os.environ.get("OTEL_TRACES_EXPORTER", "").strip().lower() or "otlp"
+    if chosen == "none":
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+
+        from callspan.otel.setup import DEFAULT_EXPORT_TIMEOUT_S, Pipeline
+
+        return Pipeline(TracerProvider(resource=Resource.create(attributes), shutdown_on_exit=False,
+                                       sampler=ALWAYS_ON), [], DEFAULT_EXPORT_TIMEOUT_S)
     return build_pipeline(service_name=str(attributes.get("service.name") or "unknown_service"),
                           output=None, otlp=chosen == "otlp", otlp_endpoint=None, otlp_protocol=None,
-                          resource_attributes=attributes)
+                          resource_attributes=attributes, sampler=ALWAYS_ON)
 
 
 def disarm() -> None:
