@@ -95,8 +95,6 @@ def test_sample_rate_is_validated(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
-# the parent runs the session's builder thread: forking with threads is the case under test
-@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_a_forked_child_starts_its_own_session_and_the_parent_keeps_its_own() -> None:
     production.arm(roots=(TESTS_DIR,), span_processor=False)
     token = production.open_request(sampled=True)
