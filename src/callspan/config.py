@@ -58,11 +58,20 @@ CALLSPAN_MAX_KEYS_TOTAL = "CALLSPAN_MAX_KEYS_TOTAL"
 #: being keyed (a cache lookup would cost about as much as the call). 0: always key.
 CALLSPAN_KEY_MIN_NS = "CALLSPAN_KEY_MIN_NS"
 
+#: Production mode (callspan.production): the share of requests traced when no OpenTelemetry
+#: span decides (a service without a sampler), 0 to 1. A request whose server span exists is
+#: traced exactly when the application's sampler sampled it.
+CALLSPAN_SAMPLE_RATE = "CALLSPAN_SAMPLE_RATE"
+#: ``1``/``true``: arm production mode from ``opentelemetry-instrument`` (its post-instrument
+#: entry point): each process traces the requests its sampler samples.
+CALLSPAN_ENABLED = "CALLSPAN_ENABLED"
+
 ENV_VARS = (
     CALLSPAN_CORE, CALLSPAN_INCLUDE, CALLSPAN_EXCLUDE, CALLSPAN_CPU, CALLSPAN_CPU_INTERVAL_US, CALLSPAN_KEYS, CALLSPAN_USER_HASH,
     CALLSPAN_KEY_SECRET, CALLSPAN_MAX_SPANS_PER_TRACE, CALLSPAN_MAX_SPANS_PER_SECOND,
     CALLSPAN_MAX_PENDING, CALLSPAN_FLUSH_INTERVAL, CALLSPAN_PROFILE_INTERVAL, CALLSPAN_MAX_NODES,
     CALLSPAN_MAX_DEPTH, CALLSPAN_MAX_KEYS, CALLSPAN_MAX_KEYS_TOTAL, CALLSPAN_KEY_MIN_NS,
+    CALLSPAN_SAMPLE_RATE, CALLSPAN_ENABLED,
 )
 
 CORES = ("csysmon", "sysmon", "csetprofile", "setprofile")
@@ -91,6 +100,7 @@ class Settings:
     max_keys: int = 4096
     max_keys_total: int = 1 << 20
     key_min_ns: int = 400
+    sample_rate: float = 0.01
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -103,6 +113,7 @@ _ENV_FOR_FIELD = {
     "flush_interval": CALLSPAN_FLUSH_INTERVAL, "profile_interval": CALLSPAN_PROFILE_INTERVAL,
     "max_nodes": CALLSPAN_MAX_NODES, "max_depth": CALLSPAN_MAX_DEPTH, "max_keys": CALLSPAN_MAX_KEYS,
     "max_keys_total": CALLSPAN_MAX_KEYS_TOTAL, "key_min_ns": CALLSPAN_KEY_MIN_NS,
+    "sample_rate": CALLSPAN_SAMPLE_RATE,
 }
 
 
@@ -127,6 +138,11 @@ def _convert(name: str, raw: Any, source: str) -> Any:
             value_f = float(raw)
             if value_f <= 0:
                 raise ValueError("must be positive")
+            return value_f
+        if name == "sample_rate":
+            value_f = float(raw)
+            if not 0.0 <= value_f <= 1.0:
+                raise ValueError("must be between 0 and 1")
             return value_f
         if name == "key_secret":
             return bytes.fromhex(str(raw)) if raw else None

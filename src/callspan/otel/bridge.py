@@ -29,7 +29,8 @@ _GROUPS = ("node.", "wall.", "run.", "cache.", "reuse.")
 
 
 def scope_attributes(facts: SessionFacts) -> dict[str, Any]:
-    return {
+    attributes: dict[str, Any] = {"service.instance.id": facts.instance_id} if facts.instance_id else {}
+    return attributes | {
         "callspan.schema": SCHEMA_VERSION,
         "process.pid": os.getpid(),
         "callspan.core": facts.core,
@@ -117,9 +118,15 @@ def sampled_context(context: Context) -> bool:
 class OtelSink:
     """Opens and ends SDK spans with the recorded timestamps. Never raises: faults are counted."""
 
-    def __init__(self, tracer_provider: trace.TracerProvider | None = None) -> None:
+    def __init__(self, tracer_provider: trace.TracerProvider | None = None,
+                 profile_provider: trace.TracerProvider | None = None) -> None:
         self._provider = tracer_provider
+        # Where the aggregates go when not through the application's provider: production mode
+        # gives them a provider of their own, so that the application's sampler (1% of root
+        # spans) cannot drop a window.
+        self._profile_provider = profile_provider
         self._tracer: trace.Tracer | None = None
+        self._profile_tracer: trace.Tracer | None = None
         self.spans_ended = 0
         self.profile_spans = 0
         self.faults = 0
@@ -128,6 +135,8 @@ class OtelSink:
         """Get the tracer, with callspan's per-process facts as scope attributes (again after fork)."""
         provider = self._provider or trace.get_tracer_provider()
         self._tracer = provider.get_tracer(SCOPE_NAME, __version__, attributes=scope_attributes(facts))
+        self._profile_tracer = self._tracer if self._profile_provider is None else (
+            self._profile_provider.get_tracer(SCOPE_NAME, __version__, attributes=scope_attributes(facts)))
 
     def open(self, node: SpanNode) -> None:
         tracer = self._tracer
@@ -144,7 +153,7 @@ class OtelSink:
 
     def profile(self, columns: dict[str, list[Any]], start_ns: int, end_ns: int, final: bool) -> None:
         """One window of the aggregates as ``callspan.profile`` root spans (schema v2)."""
-        tracer = self._tracer
+        tracer = self._profile_tracer
         if tracer is None:
             raise RuntimeError("OtelSink used before bind()")
         from callspan.tracer.aggregate import GAMMA
@@ -155,8 +164,8 @@ class OtelSink:
         data = {name: values for name, values in columns.items()
                 if name not in ("window", "other_nodes", "lost_calls")}
         chunks = chunk_window(data)
-        flush: Callable[[int], bool] | None = getattr(self._provider or trace.get_tracer_provider(),
-                                                     "force_flush", None)
+        flush: Callable[[int], bool] | None = getattr(
+            self._profile_provider or self._provider or trace.get_tracer_provider(), "force_flush", None)
         flushing = len(chunks) > 1 and flush is not None
         deadline = time.monotonic() + PROFILE_FLUSH_BUDGET_S
         for index, chunk in enumerate(chunks):

@@ -181,7 +181,9 @@ def build_pipeline(
     otlp_protocol: str | None,
     export_timeout: float = DEFAULT_EXPORT_TIMEOUT_S,
     resource_attributes: dict[str, Any] | None = None,
+    sampler: Any = None,
 ) -> Pipeline:
+    """``sampler``: None for the SDK's (OTEL_TRACES_SAMPLER, else parent-based always-on)."""
     attributes: dict[str, Any] = dict(resource_attributes or {})
     if not os.environ.get("OTEL_SERVICE_NAME"):
         attributes["service.name"] = service_name
@@ -200,7 +202,7 @@ def build_pipeline(
             raise CallspanError(f"{path}: cannot write traces: {exc.strerror or exc}") from None
     # shutdown_on_exit=False: callspan shuts down itself, bounded by the export timeout; the
     # SDK's own atexit hook would wait for a dead collector again.
-    provider = TracerProvider(resource=resource, shutdown_on_exit=False)
+    provider = TracerProvider(resource=resource, shutdown_on_exit=False, sampler=sampler)
     pipeline = Pipeline(provider, [], export_timeout)
     for inner, name in exporters:
         counting = CountingExporter(inner)

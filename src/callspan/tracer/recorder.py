@@ -54,6 +54,13 @@ _current_coroutine: contextvars.ContextVar[Record | None] = contextvars.ContextV
 
 current_coroutine_var = _current_coroutine  # the compiled hot path reads and sets the same variable
 
+# Production mode (callspan.production): True while a sampled request runs in this thread or
+# asyncio task. A gated recorder starts calls only then; the request's tasks and the threads
+# it hands work to with the context copied (asyncio, anyio, run_in_executor with a context)
+# inherit it. Set only by the request's entry (middleware or span processor), never cleared by
+# the hot path.
+request_gate: contextvars.ContextVar[bool] = contextvars.ContextVar("callspan_request_gate", default=False)
+
 _NOT_ERRORS = (GeneratorExit,)
 _OBJECT_HASH = object.__hash__
 
@@ -116,8 +123,11 @@ class Recorder:
         max_spans_per_trace: int = 2000,
         max_spans_per_second: float = 200.0,
         trace_filter: Callable[[Any], bool] | None = None,
+        gated: bool = False,
     ) -> None:
         self.selector = selector
+        # The ContextVar a call's start reads first when gated (the compiled hot path too).
+        self.gate: contextvars.ContextVar[bool] | None = request_gate if gated else None
         self.counter = counter
         self.clock = clock
         self.context_getter = context_getter
@@ -294,9 +304,12 @@ class Recorder:
         RET, RET_SIZE, ERROR, SUSPENDS, SUSP_NS, SUSP_AT, PREV = (
             R_RET, R_RET_SIZE, R_ERROR, R_SUSPENDS, R_SUSP_NS, R_SUSP_AT, R_PREV_CURRENT)
         NODE, KEEP = R_NODE, R_KEEP
+        gate_get = self.gate.get if self.gate is not None else None
 
         def start(info: CodeInfo, frame: FrameType) -> None:
             """A traced call begins (or a generator/coroutine starts for the first time)."""
+            if gate_get is not None and gate_get() is not True:
+                return  # gated: no sampled request runs here
             state = states.get(get_ident())
             if state is None:
                 state = thread_state()

@@ -37,6 +37,7 @@ class SessionFacts:
     cpu_unit: str
     cpu_reason: str
     cpu_interval_ns: int = 0
+    instance_id: str = ""  # service.instance.id of this process's session (production mode), or ""
 
 
 class Session:
@@ -51,6 +52,8 @@ class Session:
         context_getter: Callable[[], Any] | None = None,
         background: bool = True,
         trace_filter: Callable[[Any], bool] | None = None,
+        gated: bool = False,
+        instance_id: str = "",
     ) -> None:
         self.settings = settings
         if isinstance(counter, str):
@@ -63,7 +66,8 @@ class Session:
             selector, counter=counter, clock=clock, context_getter=context_getter,
             max_pending=settings.max_pending, aggregates=self._new_aggregates(settings),
             max_spans_per_trace=settings.max_spans_per_trace,
-            max_spans_per_second=settings.max_spans_per_second, trace_filter=trace_filter)
+            max_spans_per_second=settings.max_spans_per_second, trace_filter=trace_filter,
+            gated=gated)
         self.core: Core
         self.core, core_reason = choose_core(self.recorder, settings.core)
         tool_note = getattr(self.core, "tool_note", None)
@@ -74,6 +78,7 @@ class Session:
             cpu_counter=counter.name if counter is not None else "none",
             cpu_unit=counter.unit if counter is not None else "",
             cpu_reason=cpu_reason, cpu_interval_ns=getattr(counter, "interval_ns", 0),
+            instance_id=instance_id,
         )
         self.clock = clock
         self.builder = SpanBuilder(
@@ -117,6 +122,26 @@ class Session:
             self._thread.join()
         self._thread = None
         self.flush(final=True)
+
+    def core_cover_current_thread(self) -> None:
+        """Make sure the hook sees this thread: a setprofile core reaches the threads that existed
+        before start only on 3.12+ (production mode starts while a server's threads exist)."""
+        cover = getattr(self.core, "cover_current_thread", None)
+        if cover is not None:
+            cover()
+
+    def abandon(self) -> None:
+        """In a forked child, drop a session the parent runs: its hook removed, no thread, nothing
+        exported (the parent exports its own records and aggregates)."""
+        self._running = False
+        self._wake.set()
+        try:
+            self.core.stop()
+        except Exception:
+            pass
+        self.recorder.finished.clear()
+        self._thread = None
+        _sessions.discard(self)
 
     @staticmethod
     def _new_aggregates(settings: Settings) -> Aggregates:

@@ -161,6 +161,8 @@ typedef struct {
     PyObject *evict;          /* recorder.evict_oldest_suspended() */
     PyObject *clock;          /* NULL: CLOCK_MONOTONIC (what time.perf_counter_ns reads) */
     PyObject *context_getter; /* NULL or callable */
+    PyObject *gate;           /* NULL, or recorder.gate: the ContextVar that is True while a sampled
+                               * request runs (production mode); calls start only then */
     PyObject *current;        /* the ContextVar of the innermost running traced coroutine */
     PyObject *disable;        /* sys.monitoring.DISABLE */
     PyObject *kwd_mark;
@@ -843,6 +845,26 @@ info_of(HotPath *hp, PyObject *code)
     return info;
 }
 
+/* -- the production gate ------------------------------------------------------------------ */
+
+/* 1 when no call may start now: the session is gated and this thread's (or asyncio task's)
+ * gate is not True, i.e. no sampled request runs here. Read before anything else of a
+ * selected call (one context-variable read, cached by CPython per thread and context). */
+static inline int
+gate_closed(HotPath *hp)
+{
+    if (hp->gate == NULL)
+        return 0;
+    PyObject *value = NULL;
+    if (PyContextVar_Get(hp->gate, Py_None, &value) < 0) {
+        cs_drop_error();
+        return 1;
+    }
+    int closed = value != Py_True;
+    Py_XDECREF(value);
+    return closed;
+}
+
 /* -- sys.monitoring callbacks ------------------------------------------------------------ */
 
 static PyObject *
@@ -876,6 +898,8 @@ cb_py_start_impl(HotPath *hp, PyObject *const *args, Py_ssize_t nargs)
     else if (info == Py_None) {
         return Py_NewRef(hp->disable);
     }
+    if (gate_closed(hp))
+        Py_RETURN_NONE; /* selected code outside a sampled request: stays enabled, not recorded */
     /* The frame object is materialised only to read arguments (keys). */
     if (frame == NULL && is_code_info(info) && ((CodeInfoObject *)info)->keys &&
         ((CodeInfoObject *)info)->unkeyed < UNKEYABLE_AFTER)
@@ -1017,7 +1041,7 @@ profile_call(HotPath *hp, PyFrameObject *frame)
             goto done;
         }
     }
-    if (hp_start(hp, info, frame) < 0)
+    if (!gate_closed(hp) && hp_start(hp, info, frame) < 0)
         fault(hp);
 done:
     Py_DECREF(code);
@@ -1136,6 +1160,16 @@ hp_profile_install(HotPath *hp, PyObject *unused)
     Py_RETURN_NONE;
 }
 
+/* profile_install_thread(): the C profile function for the calling thread only (a thread that
+ * existed before profile_install on 3.11). */
+static PyObject *
+hp_profile_install_thread(HotPath *hp, PyObject *unused)
+{
+    if (hp->profiling)
+        PyEval_SetProfile(profile_func, (PyObject *)hp);
+    Py_RETURN_NONE;
+}
+
 static PyObject *
 hp_profile_uninstall(HotPath *hp, PyObject *unused)
 {
@@ -1183,6 +1217,7 @@ HotPath_traverse(HotPath *self, visitproc visit, void *arg)
     Py_VISIT(self->evict);
     Py_VISIT(self->clock);
     Py_VISIT(self->context_getter);
+    Py_VISIT(self->gate);
     Py_VISIT(self->current);
     Py_VISIT(self->disable);
     Py_VISIT(self->kwd_mark);
@@ -1210,6 +1245,7 @@ HotPath_clear(HotPath *self)
     Py_CLEAR(self->evict);
     Py_CLEAR(self->clock);
     Py_CLEAR(self->context_getter);
+    Py_CLEAR(self->gate);
     Py_CLEAR(self->current);
     Py_CLEAR(self->disable);
     Py_CLEAR(self->kwd_mark);
@@ -1310,6 +1346,13 @@ HotPath_init(HotPath *self, PyObject *args, PyObject *kwds)
     self->context_getter = attr_or_null(recorder, "context_getter");
     if (self->context_getter == NULL && PyErr_Occurred())
         return -1;
+    self->gate = attr_or_null(recorder, "gate");
+    if (self->gate == NULL && PyErr_Occurred())
+        return -1;
+    if (self->gate != NULL && !PyContextVar_CheckExact(self->gate)) {
+        PyErr_SetString(PyExc_TypeError, "recorder.gate must be a ContextVar or None");
+        return -1;
+    }
     long long max_pending, max_suspended;
     if (attr_ll(recorder, "max_pending", &max_pending) < 0 || attr_ll(recorder, "max_suspended", &max_suspended) < 0 ||
         attr_ll(recorder, "max_spans_per_trace", &self->max_spans) < 0 ||
@@ -1361,6 +1404,8 @@ static PyMethodDef HotPath_methods[] = {
     {"py_throw", (PyCFunction)(void (*)(void))cb_py_throw, METH_FASTCALL, "PY_THROW callback"},
     {"configure_setprofile", (PyCFunction)hp_configure_setprofile, METH_VARARGS, "opcodes for the profile hook"},
     {"profile_install", (PyCFunction)hp_profile_install, METH_NOARGS, "install the C profile function"},
+    {"profile_install_thread", (PyCFunction)hp_profile_install_thread, METH_NOARGS,
+     "install the C profile function for the calling thread"},
     {"profile_uninstall", (PyCFunction)hp_profile_uninstall, METH_NOARGS, "remove the C profile function"},
     {"thread_bootstrap", (PyCFunction)(void (*)(void))hp_thread_bootstrap, METH_FASTCALL,
      "threading.setprofile hook that installs the C profile function in a new thread"},

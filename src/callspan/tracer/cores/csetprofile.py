@@ -7,6 +7,7 @@ still gets a profile event per call, but it costs one table lookup in C, not a P
 
 from __future__ import annotations
 
+import sys
 import threading
 
 from callspan import _env
@@ -31,6 +32,10 @@ class CompiledSetProfileCore:
         # event; existing threads: this one on 3.11 (as the Python core), all of them on 3.12+.
         threading.setprofile(self.hot.thread_bootstrap)
         self.hot.profile_install()
+
+    def cover_current_thread(self) -> None:
+        if sys.getprofile() is not self.hot:
+            self.hot.profile_install_thread()
 
     def stop(self) -> None:
         self.hot.profile_uninstall()

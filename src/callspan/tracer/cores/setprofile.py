@@ -71,6 +71,10 @@ class SetProfileCore:
         else:
             sys.setprofile(self._hook)
 
+    def cover_current_thread(self) -> None:
+        if sys.getprofile() is not self._hook:
+            sys.setprofile(self._hook)
+
     def stop(self) -> None:
         if _env.HAS_SETPROFILE_ALL_THREADS:
             threading.setprofile_all_threads(None)  # type: ignore[attr-defined,unused-ignore]

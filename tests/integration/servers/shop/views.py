@@ -1,0 +1,17 @@
+import os
+
+from django.http import HttpResponse
+
+
+def price(sku: int) -> int:
+    """The planted cacheable helper: pure, a few tens of microseconds, 7 distinct arguments."""
+    total = 0
+    for i in range(2000):
+        total += (sku * i) % 97
+    return total
+
+
+def item(request, n: int) -> HttpResponse:
+    response = HttpResponse(f"item {n} costs {price(n % 7)}\n".encode())
+    response["X-Worker"] = str(os.getpid())  # which worker served it (the body stays the same)
+    return response

@@ -1,0 +1,140 @@
+"""callspan.production in one process: the gate span processor follows the application's
+sampler, calls nest under the server span, the rate for services without a sampler, and the
+re-arm after a fork (the child's own session, the parent's untouched)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterator
+
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON
+from opentelemetry.trace import SpanKind
+
+import callspan.production as production
+from callspan.config import load_settings
+from callspan.errors import CallspanError
+from callspan.tracer.recorder import request_gate
+from tests.conftest import TESTS_DIR
+
+
+def view(x: int) -> int:
+    return helper(x) + 1
+
+
+def helper(x: int) -> int:
+    return x * 2
+
+
+@pytest.fixture(autouse=True)
+def disarmed(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "none")  # the aggregates' own pipeline exports nothing
+    yield
+    production.disarm()
+    assert request_gate.get() is False
+
+
+def provider(sampler: object) -> tuple[TracerProvider, InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    made = TracerProvider(sampler=sampler)  # type: ignore[arg-type]
+    made.add_span_processor(SimpleSpanProcessor(exporter))
+    return made, exporter
+
+
+def test_a_sampled_server_span_traces_its_calls_under_it_and_an_unsampled_one_does_not() -> None:
+    sampled_provider, exporter = provider(ALWAYS_ON)
+    production.arm(tracer_provider=sampled_provider, roots=(TESTS_DIR,), flush_interval=100)
+    tracer = sampled_provider.get_tracer("server")
+    with tracer.start_as_current_span("GET /view", kind=SpanKind.SERVER):
+        assert request_gate.get() is True
+        with tracer.start_as_current_span("internal"):  # not a local root: changes nothing
+            pass
+        assert request_gate.get() is True and view(1) == 3
+    assert request_gate.get() is False
+    assert view(2) == 5  # outside any request: not traced
+    with tracer.start_as_current_span("internal root", kind=SpanKind.INTERNAL):
+        assert request_gate.get() is False  # only SERVER and CONSUMER spans are requests
+    production.disarm()
+    spans = {span.name: span for span in exporter.get_finished_spans()}
+    server = spans["GET /view"]
+    assert spans[f"{__name__}.view"].parent.span_id == server.context.span_id
+    assert spans[f"{__name__}.helper"].parent.span_id == spans[f"{__name__}.view"].context.span_id
+    assert sorted(spans) == sorted(["GET /view", "internal", "internal root", f"{__name__}.view",
+                                    f"{__name__}.helper"])
+
+
+def test_an_unsampled_server_span_opens_nothing() -> None:
+    unsampled_provider, exporter = provider(ALWAYS_OFF)
+    production.arm(tracer_provider=unsampled_provider, roots=(TESTS_DIR,))
+    with unsampled_provider.get_tracer("server").start_as_current_span("GET /view", kind=SpanKind.SERVER):
+        assert request_gate.get() is False
+        view(1)
+    # no sampled request yet: the process has not even started its session (no hook, no thread)
+    assert production._armed is not None and production._armed.session is None
+    assert exporter.get_finished_spans() == ()
+
+
+@pytest.mark.parametrize("rate, opened", [(0.0, False), (1.0, True)])
+def test_without_a_span_the_sample_rate_decides(rate: float, opened: bool) -> None:
+    production.arm(roots=(TESTS_DIR,), span_processor=False, sample_rate=rate)
+    token = production.open_request()
+    assert (token is not None) is opened and request_gate.get() is opened
+    production.close_request(token)
+    assert request_gate.get() is False
+
+
+def test_sample_rate_is_validated(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CALLSPAN_SAMPLE_RATE", "1.5")
+    with pytest.raises(CallspanError, match="CALLSPAN_SAMPLE_RATE: bad value '1.5' for sample_rate"):
+        load_settings()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_starts_its_own_session_and_the_parent_keeps_its_own() -> None:
+    production.arm(roots=(TESTS_DIR,), span_processor=False)
+    token = production.open_request(sampled=True)
+    view(1)
+    production.close_request(token)
+    parent = production.session()
+    assert parent is not None
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report, then leave without running the parent's exit hooks
+        try:
+            inherited_running = parent._running
+            child = production.session()
+            assert child is not None
+            token = production.open_request(sampled=True)
+            view(2)
+            view(3)
+            production.close_request(token)
+            calls = child.recorder.aggregates.export_window()
+            child.stop()
+            tools = [i for i in range(6) if hasattr(sys, "monitoring") and sys.monitoring.get_tool(i) == "callspan"]
+            report = {"inherited_running": inherited_running, "same": child is parent,
+                      "instance": child.facts.instance_id, "views": _calls(calls, "view"), "tools": tools}
+            os.write(write_end, json.dumps(report).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        report = json.loads(pipe.read())
+    os.waitpid(pid, 0)
+    assert report["inherited_running"] is False and report["same"] is False
+    assert report["instance"] and report["instance"] != parent.facts.instance_id
+    assert report["views"] == 2  # the child's own calls only
+    assert len(report["tools"]) == 0  # the child's session stopped; the inherited hook was removed
+    assert parent._running and production.session() is parent
+    window = parent.recorder.aggregates.export_window()
+    assert _calls(window, "view") == 1
+
+
+def _calls(window: dict[str, list[object]], name: str) -> int:
+    return sum(int(count) for function, count in zip(window.get("function.name", []),  # type: ignore[call-overload]
+                                                      window.get("function.calls", []), strict=True)
+               if str(function).endswith("." + name))
