@@ -180,8 +180,10 @@ def load_settings(
     *,
     environ: Mapping[str, str] | None = None,
     project_dir: Path | None = None,
+    defaults: Mapping[str, Any] | None = None,
 ) -> Settings:
-    """Resolve every setting once, in the documented order of precedence."""
+    """Resolve every setting once, in the documented order of precedence; ``defaults`` replace
+    the built-in defaults (production mode's differ), below every other source."""
     environ = os.environ if environ is None else environ
     table, table_source = _pyproject_table(project_dir or Path.cwd())
     known = {f.name for f in fields(Settings)} - {"extra"}
@@ -197,7 +199,8 @@ def load_settings(
         elif name in table or name.replace("_", "-") in table:
             raw = table.get(name, table.get(name.replace("_", "-")))
             values[name] = _convert(name, raw, f"{table_source} [tool.callspan]")
-    return replace(Settings(), **values)
+    base = replace(Settings(), **{k: _convert(k, v, "default") for k, v in (defaults or {}).items()})
+    return replace(base, **values)
 
 
 def stdlib_paths() -> tuple[str, ...]:

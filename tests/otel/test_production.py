@@ -55,6 +55,8 @@ def test_a_sampled_server_span_traces_its_calls_under_it_and_an_unsampled_one_do
         with tracer.start_as_current_span("internal"):  # not a local root: changes nothing
             pass
         assert request_gate.get() is True and view(1) == 3
+        from callspan.tracer import keys
+        assert keys._user_hash is False  # production runs no user __hash__ unless asked
     assert request_gate.get() is False
     assert view(2) == 5  # outside any request: not traced
     with tracer.start_as_current_span("internal root", kind=SpanKind.INTERNAL):

@@ -37,3 +37,14 @@ def test_bad_values_are_one_line_errors(tmp_path: Path) -> None:
     (tmp_path / "pyproject.toml").write_text("[tool.callspan\n")
     with pytest.raises(CallspanError, match="pyproject.toml: cannot read"):
         load_settings(environ={}, project_dir=tmp_path)
+
+
+def test_production_defaults_sit_below_every_other_source(tmp_path: Path) -> None:
+    from callspan.config import load_settings
+
+    assert load_settings(environ={}, project_dir=tmp_path).user_hash == "on"
+    assert load_settings(environ={}, project_dir=tmp_path, defaults={"user_hash": "off"}).user_hash == "off"
+    env = {"CALLSPAN_USER_HASH": "on"}
+    assert load_settings(environ=env, project_dir=tmp_path, defaults={"user_hash": "off"}).user_hash == "on"
+    (tmp_path / "pyproject.toml").write_text('[tool.callspan]\nuser-hash = "on"\n')
+    assert load_settings(environ={}, project_dir=tmp_path, defaults={"user_hash": "off"}).user_hash == "on"

@@ -72,7 +72,9 @@ def arm(*, tracer_provider: Any = None, roots: tuple[str, ...] | None = None,
     with _lock:
         if _armed is not None:
             return
-        _armed = _Armed(load_settings(settings), roots or (os.getcwd(),), tracer_provider)
+        # In a server no user code runs in the hook unless asked (CALLSPAN_USER_HASH=on).
+        _armed = _Armed(load_settings(settings, defaults={"user_hash": "off"}), roots or (os.getcwd(),),
+                        tracer_provider)
         if not _atexit_registered:
             atexit.register(disarm)
             _atexit_registered = True
