@@ -80,7 +80,11 @@ class Pipeline:
         for processor in self.processors:
             began = time.monotonic()
             try:
-                processor.shutdown(timeout_millis=int(self.export_timeout * 1000))
+                # The SDK's BatchSpanProcessor.shutdown() takes no timeout (1.45): flush within
+                # it first, then shut down (which then has nothing left to export).
+                if not processor.force_flush(timeout_millis=int(self.export_timeout * 1000)):
+                    done = False
+                processor.shutdown()
             except Exception:
                 done = False
             if time.monotonic() - began >= self.export_timeout:
