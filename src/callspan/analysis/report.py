@@ -14,6 +14,7 @@ from callspan.analysis.cache import DEFAULT_MAXSIZE, CacheReport, LookupCost, Op
 from callspan.analysis.cpu import CpuReport
 from callspan.analysis.latency import LatencyReport
 from callspan.analysis.model import Model
+from callspan.untrusted import printable
 
 WIDTH = 100
 ESTIMATES = {
@@ -338,7 +339,9 @@ def render_text(results: Results) -> str:
     for name in results.reports:
         lines.append("")
         lines.extend(sections[name]())
-    return "\n".join(lines) + "\n"
+    # Names, paths and ids come from the input: their control characters are escaped here, at the
+    # boundary, line by line (a newline inside one cannot start a forged line).
+    return "\n".join(map(printable, lines)) + "\n"
 
 
 # -- JSON -------------------------------------------------------------------------------------
@@ -509,7 +512,7 @@ def curve_svg(op: Opportunity, width: int = 380, height: int = 220) -> str:
 
 
 def _esc(value: object) -> str:
-    return html.escape(str(value))
+    return html.escape(printable(str(value)))
 
 
 def render_html(results: Results) -> str:
