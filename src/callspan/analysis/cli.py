@@ -177,7 +177,7 @@ def analyze(args: argparse.Namespace, stderr: TextIO | None = None) -> Results:
             name, body = fetch(args.jaeger, args.service, parse_since(args.since), args.limit, args.jaeger_api)
             load_bytes(model, body, name)
         model.spill_rest()
-        model.profile_warnings()
+        model.input_warnings()
         progress.set_phase("analyzing", progress.total, model.spans)
         results = Results(model, reports, top=args.top)
         pending = None

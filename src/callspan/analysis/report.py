@@ -392,6 +392,7 @@ def render_json_object(results: Results) -> dict[str, Any]:
             "time_range_ns": [m.first_ns, m.last_ns] if m.first_ns else None,
             "processes": [{**p.as_json(), "aggregates": i in m.profiles} for i, p in enumerate(m.processes)],
             "warnings": m.warnings,
+            "impossible": dict(sorted(m.impossible.items())),
             "schema_versions": sorted({p.schema for p in m.processes if p.schema}),
             "profile_spans": sum(data.spans for data in m.profiles.values()),
         },
