@@ -483,7 +483,7 @@ def curve_svg(op: Opportunity, width: int = 380, height: int = 220) -> str:
     path.append(f"H{x(max_size):.1f}")
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
              f'viewBox="0 0 {width} {height}" role="img">',
-             f"<title>{html.escape(op.name)}: hit ratio by cache size</title>",
+             f"<title>{_esc(op.name)}: hit ratio by cache size</title>",
              f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="#fafafa" stroke="#ccc"/>']
     for ratio in (0.25, 0.5, 0.75, 1.0):
         parts.append(f'<line x1="{left}" x2="{left + pw}" y1="{y(ratio):.1f}" y2="{y(ratio):.1f}" '
