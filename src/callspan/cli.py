@@ -28,7 +28,8 @@ from callspan.untrusted import printable
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", metavar="FILE",
                         help="write spans as OTLP JSON lines to FILE (default: callspan-traces.jsonl, "
-                             "unless --otlp or OTEL_TRACES_EXPORTER=otlp; with --otlp, both)")
+                             "unless --otlp or OTEL_TRACES_EXPORTER=otlp; with --otlp, both); an existing "
+                             "file or symbolic link there is replaced, never written through")
     parser.add_argument("--otlp", nargs="?", const="", default=None, metavar="ENDPOINT",
                         help="export over OTLP instead (endpoint default from OTEL_EXPORTER_OTLP_ENDPOINT)")
     parser.add_argument("--otlp-protocol", choices=["grpc", "http/protobuf", "http"],

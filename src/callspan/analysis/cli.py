@@ -34,7 +34,9 @@ def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
                         help="cache, cpu, latency, a comma-separated list, or all (default: cache)")
     parser.add_argument("--format", default="text", choices=("text", "json", "html"),
                         help="output format (default: text)")
-    parser.add_argument("-o", "--output", metavar="FILE", help="write the report to FILE (default: stdout)")
+    parser.add_argument("-o", "--output", metavar="FILE",
+                        help="write the report to FILE (default: stdout); an existing file or symbolic link "
+                             "there is replaced, never written through (also for --folded, --speedscope)")
     parser.add_argument("--top", type=int, default=20, metavar="N", help="rows per table (default: 20)")
     cache_group = parser.add_argument_group("cache report")
     cache_group.add_argument("--target", type=float, default=0.95, metavar="FRACTION",
