@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import http.server
 import io
@@ -246,14 +247,20 @@ def test_analysis_sources_import_only_stdlib_and_the_analysis_package() -> None:
 # -- Jaeger over HTTP --------------------------------------------------------------------------------
 
 class _Jaeger(http.server.BaseHTTPRequestHandler):
-    routes: dict[str, tuple[int, bytes]] = {}
+    """Answers GETs from ``routes`` (path -> status, body and maybe extra headers); records the
+    paths asked for (``seen``) and the Authorization header of each (``authorizations``)."""
+
+    routes: dict[str, tuple[int, bytes] | tuple[int, bytes, dict[str, str]]] = {}
     seen: list[str] = []
+    authorizations: list[str | None] = []
 
     def do_GET(self) -> None:  # noqa: N802 (http.server API)
         self.seen.append(self.path)
-        status, body = self.routes.get(urllib.parse.urlsplit(self.path).path, (404, b'{"error": "nope"}'))
+        self.authorizations.append(self.headers.get("Authorization"))
+        status, body, *headers = self.routes.get(urllib.parse.urlsplit(self.path).path, (404, b'{"error": "nope"}'))
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        for key, value in {"Content-Type": "application/json", **(headers[0] if headers else {})}.items():
+            self.send_header(key, value)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -262,9 +269,10 @@ class _Jaeger(http.server.BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def jaeger() -> Iterator[tuple[str, type[_Jaeger]]]:
-    handler = type("Handler", (_Jaeger,), {"routes": {}, "seen": []})
+@contextlib.contextmanager
+def jaeger_server() -> Iterator[tuple[str, type[_Jaeger]]]:
+    """A ``_Jaeger`` HTTP server on 127.0.0.1 (a free port): its URL and handler class."""
+    handler = type("Handler", (_Jaeger,), {"routes": {}, "seen": [], "authorizations": []})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -273,6 +281,12 @@ def jaeger() -> Iterator[tuple[str, type[_Jaeger]]]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture
+def jaeger() -> Iterator[tuple[str, type[_Jaeger]]]:
+    with jaeger_server() as served:
+        yield served
 
 
 def _traces() -> dict[str, Any]:

@@ -5,9 +5,7 @@ impossible times are clamped and counted, outputs are not written through symbol
 from __future__ import annotations
 
 import base64
-import http.server
 import json
-import threading
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.analysis.otlp_fixtures import key_sequence_spans, profile_span, request, span, write
-from tests.analysis.test_cli import run
+from tests.analysis.test_cli import _Jaeger, jaeger_server, run
 
 ESC_NAME = "app.\x1b]0;pwned\x07render\x1b[2J\nforged line\u202e"
 ESCAPED = "app.\\x1b]0;pwned\\x07render\\x1b[2J\\x0aforged line\\u202e"
@@ -94,74 +92,46 @@ def test_impossible_aggregates_are_clamped_and_counted(tmp_path: Path) -> None:
 
 # -- --jaeger ------------------------------------------------------------------------------------
 
-class _Server(http.server.BaseHTTPRequestHandler):
-    routes: dict[str, tuple[int, dict[str, str], bytes]] = {}
-    seen: list[tuple[str, str | None]] = []
-
-    def do_GET(self) -> None:  # noqa: N802 (http.server API)
-        self.seen.append((self.path, self.headers.get("Authorization")))
-        status, headers, body = self.routes.get(urllib.parse.urlsplit(self.path).path, (404, {}, b"{}"))
-        self.send_response(status)
-        for key, value in {"Content-Type": "application/json", **headers}.items():
-            self.send_header(key, value)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture
-def servers() -> Iterator[list[tuple[str, type[_Server]]]]:
+def servers() -> Iterator[list[tuple[str, type[_Jaeger]]]]:
     """Two HTTP servers on 127.0.0.1 (two origins: different ports)."""
-    running = []
-    for _ in range(2):
-        handler = type("Handler", (_Server,), {"routes": {}, "seen": []})
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        running.append((server, f"http://127.0.0.1:{server.server_address[1]}", handler))
-    try:
-        yield [(url, handler) for _, url, handler in running]
-    finally:
-        for server, _, _ in running:
-            server.shutdown()
-            server.server_close()
+    with jaeger_server() as one, jaeger_server() as two:
+        yield [one, two]
 
 
 def _answer() -> bytes:
     return json.dumps({"result": request(key_sequence_spans("m.f", [1, 1, 2, 1], cpu=1_000_000))}).encode()
 
 
-def test_jaeger_redirects_elsewhere_are_not_followed(servers: list[tuple[str, type[_Server]]]) -> None:
+def test_jaeger_redirects_elsewhere_are_not_followed(servers: list[tuple[str, type[_Jaeger]]]) -> None:
     (here, jaeger), (there, other) = servers
-    other.routes["/api/v3/traces"] = (200, {}, _answer())
-    jaeger.routes["/api/v3/traces"] = (302, {"Location": there + "/api/v3/traces?token=leaked"}, b"")
+    other.routes["/api/v3/traces"] = (200, _answer())
+    jaeger.routes["/api/v3/traces"] = (302, b"", {"Location": there + "/api/v3/traces?token=leaked"})
     result = run("--jaeger", here, "--service", "svc")
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
     assert "redirected to another origin (" + there + "/api/v3/traces?token=***): not followed" in result.stderr
     assert other.seen == [] and "leaked" not in result.stderr
 
 
-def test_jaeger_redirects_within_its_origin_are_followed(servers: list[tuple[str, type[_Server]]]) -> None:
+def test_jaeger_redirects_within_its_origin_are_followed(servers: list[tuple[str, type[_Jaeger]]]) -> None:
     (here, jaeger), _ = servers
-    jaeger.routes["/old/api/v3/traces"] = (301, {"Location": "/new/api/v3/traces"}, b"")
-    jaeger.routes["/new/api/v3/traces"] = (200, {}, _answer())
+    jaeger.routes["/old/api/v3/traces"] = (301, b"", {"Location": "/new/api/v3/traces"})
+    jaeger.routes["/new/api/v3/traces"] = (200, _answer())
     result = run("--jaeger", here + "/old", "--service", "svc", "--format", "json", "--lookup-ns", "50")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["cache"]["opportunities"][0]["calls"] == 4
-    assert [urllib.parse.urlsplit(p).path for p, _ in jaeger.seen] == ["/old/api/v3/traces", "/new/api/v3/traces"]
+    assert [urllib.parse.urlsplit(p).path for p in jaeger.seen] == ["/old/api/v3/traces", "/new/api/v3/traces"]
 
 
 def test_jaeger_query_stays_in_place_and_credentials_are_never_shown(
-        servers: list[tuple[str, type[_Server]]]) -> None:
+        servers: list[tuple[str, type[_Jaeger]]]) -> None:
     (here, jaeger), _ = servers
-    jaeger.routes["/prefix/api/v3/traces"] = (200, {}, _answer())
+    jaeger.routes["/prefix/api/v3/traces"] = (200, _answer())
     host = urllib.parse.urlsplit(here).netloc
     base = f"http://me:pa55word@{host}/prefix/?token=s3cret"
     result = run("--jaeger", base, "--service", "svc", "--format", "json", "--lookup-ns", "50")
     assert result.returncode == 0, result.stderr
-    ((path, authorization),) = jaeger.seen
+    ((path,), (authorization,)) = jaeger.seen, jaeger.authorizations
     parts = urllib.parse.urlsplit(path)
     assert parts.path == "/prefix/api/v3/traces"
     assert urllib.parse.parse_qsl(parts.query)[0] == ("token", "s3cret")
@@ -171,7 +141,7 @@ def test_jaeger_query_stays_in_place_and_credentials_are_never_shown(
     assert source.startswith(f"http://me:***@{host}/prefix/api/v3/traces?token=***&query.service_name=svc&")
     assert "s3cret" not in result.stdout + result.stderr and "pa55word" not in result.stdout + result.stderr
     # Errors too: an HTTP error, an unreachable server.
-    jaeger.routes["/prefix/api/v3/traces"] = (500, {}, b"s3cret in the body")
+    jaeger.routes["/prefix/api/v3/traces"] = (500, b"s3cret in the body")
     result = run("--jaeger", base, "--service", "svc")
     assert result.returncode == 2 and "HTTP 500" in result.stderr
     assert "s3cret" not in result.stderr and "pa55word" not in result.stderr
