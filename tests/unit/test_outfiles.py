@@ -37,6 +37,17 @@ def test_a_stream_takes_the_path_at_once_and_a_dangling_link_creates_nothing(tmp
     assert not (tmp_path / "elsewhere").exists()
 
 
+def test_a_stream_may_append_so_that_forked_writers_share_the_file(tmp_path: Path) -> None:
+    import fcntl
+
+    link = tmp_path / "callspan-traces.jsonl"
+    link.symlink_to(tmp_path / "victim")
+    with open_output(str(link), append=True).stream as stream:
+        assert fcntl.fcntl(stream.fileno(), fcntl.F_GETFL) & os.O_APPEND
+        stream.write("one\n")
+    assert link.read_text() == "one\n" and not (tmp_path / "victim").exists()
+
+
 def test_an_existing_file_is_replaced_with_its_permissions(tmp_path: Path) -> None:
     path = tmp_path / "out.json"
     path.write_text("old and longer\n")
