@@ -22,12 +22,14 @@ from typing import Any
 
 from callspan import __version__
 from callspan.errors import CallspanError
+from callspan.untrusted import printable
 
 
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", metavar="FILE",
                         help="write spans as OTLP JSON lines to FILE (default: callspan-traces.jsonl, "
-                             "unless --otlp or OTEL_TRACES_EXPORTER=otlp; with --otlp, both)")
+                             "unless --otlp or OTEL_TRACES_EXPORTER=otlp; with --otlp, both); an existing "
+                             "file or symbolic link there is replaced, never written through")
     parser.add_argument("--otlp", nargs="?", const="", default=None, metavar="ENDPOINT",
                         help="export over OTLP instead (endpoint default from OTEL_EXPORTER_OTLP_ENDPOINT)")
     parser.add_argument("--otlp-protocol", choices=["grpc", "http/protobuf", "http"],
@@ -316,9 +318,9 @@ def _report(session: Any, sink: Any, pipeline: Any, finished: bool) -> None:
         lost = ended - destination.exporter.exported
         if lost:
             why = "" if finished else f" (exporter still busy after {pipeline.export_timeout:g}s)"
-            parts.append(f"{lost} of {ended} spans not exported to {destination.name}{why}")
+            parts.append(f"{lost} of {ended} spans not exported to {destination.name}{why}{destination.note}")
         else:
-            parts.append(f"{ended} spans written to {destination.name}")
+            parts.append(f"{ended} spans written to {destination.name}{destination.note}")
     if session.dropped:
         parts.append(f"{session.dropped} spans not built (backlog full; their calls are in the profile)")
     other = session.recorder.aggregates.other_calls
@@ -327,7 +329,7 @@ def _report(session: Any, sink: Any, pipeline: Any, finished: bool) -> None:
     faults = session.build_faults + session.profile_faults + sink.faults + session.recorder.faults
     if faults:
         parts.append(f"{faults} internal faults")
-    print("callspan: " + "; ".join(parts), file=sys.stderr)
+    print("callspan: " + printable("; ".join(parts)), file=sys.stderr)
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -357,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
             return run_analyze(args)
         program = Program(args)
     except CallspanError as exc:
-        print(f"callspan: error: {exc}", file=sys.stderr)
+        print(f"callspan: error: {printable(str(exc))}", file=sys.stderr)
         return exc.exit_code
     # The program's module runs right here: the fewest frames of callspan's under it (this
     # one, and the console script's).

@@ -65,13 +65,17 @@ CALLSPAN_SAMPLE_RATE = "CALLSPAN_SAMPLE_RATE"
 #: ``1``/``true``: arm production mode from ``opentelemetry-instrument`` (its post-instrument
 #: entry point): each process traces the requests its sampler samples.
 CALLSPAN_ENABLED = "CALLSPAN_ENABLED"
+#: ``callspan.return.size`` on spans: ``on`` (default) or ``off``. The shallow size of a return
+#: value only feeds the analyzer's cache memory estimate, but it reveals the length of a returned
+#: string (a 56-byte ``str`` holds 15 ASCII characters): ``off`` never exports it.
+CALLSPAN_RETURN_SIZE = "CALLSPAN_RETURN_SIZE"
 
 ENV_VARS = (
     CALLSPAN_CORE, CALLSPAN_INCLUDE, CALLSPAN_EXCLUDE, CALLSPAN_CPU, CALLSPAN_CPU_INTERVAL_US, CALLSPAN_KEYS, CALLSPAN_USER_HASH,
     CALLSPAN_KEY_SECRET, CALLSPAN_MAX_SPANS_PER_TRACE, CALLSPAN_MAX_SPANS_PER_SECOND,
     CALLSPAN_MAX_PENDING, CALLSPAN_FLUSH_INTERVAL, CALLSPAN_PROFILE_INTERVAL, CALLSPAN_MAX_NODES,
     CALLSPAN_MAX_DEPTH, CALLSPAN_MAX_KEYS, CALLSPAN_MAX_KEYS_TOTAL, CALLSPAN_KEY_MIN_NS,
-    CALLSPAN_SAMPLE_RATE, CALLSPAN_ENABLED,
+    CALLSPAN_SAMPLE_RATE, CALLSPAN_ENABLED, CALLSPAN_RETURN_SIZE,
 )
 
 CORES = ("csysmon", "sysmon", "csetprofile", "setprofile")
@@ -101,6 +105,7 @@ class Settings:
     max_keys_total: int = 1 << 20
     key_min_ns: int = 400
     sample_rate: float = 0.01
+    return_size: bool = True
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -114,7 +119,9 @@ _ENV_FOR_FIELD = {
     "max_nodes": CALLSPAN_MAX_NODES, "max_depth": CALLSPAN_MAX_DEPTH, "max_keys": CALLSPAN_MAX_KEYS,
     "max_keys_total": CALLSPAN_MAX_KEYS_TOTAL, "key_min_ns": CALLSPAN_KEY_MIN_NS,
     "sample_rate": CALLSPAN_SAMPLE_RATE,
+    "return_size": CALLSPAN_RETURN_SIZE,
 }
+_SWITCH = {"on": True, "true": True, "1": True, "off": False, "false": False, "0": False}
 
 
 def _convert(name: str, raw: Any, source: str) -> Any:
@@ -144,6 +151,12 @@ def _convert(name: str, raw: Any, source: str) -> Any:
             if not 0.0 <= value_f <= 1.0:
                 raise ValueError("must be between 0 and 1")
             return value_f
+        if name == "return_size":
+            if isinstance(raw, bool):
+                return raw
+            if str(raw).strip().lower() not in _SWITCH:
+                raise ValueError("must be on or off")
+            return _SWITCH[str(raw).strip().lower()]
         if name == "key_secret":
             return bytes.fromhex(str(raw)) if raw else None
         value_s = str(raw).strip()

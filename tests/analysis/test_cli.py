@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import http.server
 import io
@@ -214,15 +215,16 @@ def test_the_analyzer_imports_neither_opentelemetry_nor_the_tracer(tmp_path: Pat
                             env=dict(os.environ, PYTHONPATH=SRC), timeout=120, check=True)
     loaded = json.loads(result.stdout)
     assert "callspan.analysis.cache" in loaded
-    assert [m for m in loaded if not m.startswith("callspan.analysis")] == ["callspan", "callspan.errors",
-                                                                        "callspan.otlp_json"]
+    assert [m for m in loaded if not m.startswith("callspan.analysis")] == [
+        "callspan", "callspan.errors", "callspan.otlp_json", "callspan.outfiles", "callspan.untrusted"]
 
 
 def test_analysis_sources_import_only_stdlib_and_the_analysis_package() -> None:
     import ast
 
     package = Path(SRC) / "callspan" / "analysis"
-    allowed_callspan = {"callspan.errors", "callspan.otlp_json"}  # leaves of the standard library only
+    # leaves of the standard library only
+    allowed_callspan = {"callspan.errors", "callspan.otlp_json", "callspan.outfiles", "callspan.untrusted"}
     for source in package.glob("*.py"):
         tree = ast.parse(source.read_text())
         for node in ast.walk(tree):
@@ -245,14 +247,20 @@ def test_analysis_sources_import_only_stdlib_and_the_analysis_package() -> None:
 # -- Jaeger over HTTP --------------------------------------------------------------------------------
 
 class _Jaeger(http.server.BaseHTTPRequestHandler):
-    routes: dict[str, tuple[int, bytes]] = {}
+    """Answers GETs from ``routes`` (path -> status, body and maybe extra headers); records the
+    paths asked for (``seen``) and the Authorization header of each (``authorizations``)."""
+
+    routes: dict[str, tuple[int, bytes] | tuple[int, bytes, dict[str, str]]] = {}
     seen: list[str] = []
+    authorizations: list[str | None] = []
 
     def do_GET(self) -> None:  # noqa: N802 (http.server API)
         self.seen.append(self.path)
-        status, body = self.routes.get(urllib.parse.urlsplit(self.path).path, (404, b'{"error": "nope"}'))
+        self.authorizations.append(self.headers.get("Authorization"))
+        status, body, *headers = self.routes.get(urllib.parse.urlsplit(self.path).path, (404, b'{"error": "nope"}'))
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        for key, value in {"Content-Type": "application/json", **(headers[0] if headers else {})}.items():
+            self.send_header(key, value)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -261,9 +269,10 @@ class _Jaeger(http.server.BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def jaeger() -> Iterator[tuple[str, type[_Jaeger]]]:
-    handler = type("Handler", (_Jaeger,), {"routes": {}, "seen": []})
+@contextlib.contextmanager
+def jaeger_server() -> Iterator[tuple[str, type[_Jaeger]]]:
+    """A ``_Jaeger`` HTTP server on 127.0.0.1 (a free port): its URL and handler class."""
+    handler = type("Handler", (_Jaeger,), {"routes": {}, "seen": [], "authorizations": []})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -272,6 +281,12 @@ def jaeger() -> Iterator[tuple[str, type[_Jaeger]]]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture
+def jaeger() -> Iterator[tuple[str, type[_Jaeger]]]:
+    with jaeger_server() as served:
+        yield served
 
 
 def _traces() -> dict[str, Any]:
@@ -319,7 +334,7 @@ def test_jaeger_errors(jaeger: tuple[str, type[_Jaeger]]) -> None:
     handler.routes["/api/v3/traces"] = (500, b"storage down")
     result = run("--jaeger", url, "--service", "svc")
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "HTTP 500" in result.stderr and "storage down" in result.stderr
+    assert "HTTP 500" in result.stderr and "storage down" not in result.stderr  # no response body shown
     result = run("--jaeger", "http://127.0.0.1:9", "--service", "svc")
     assert result.returncode == 2 and result.stderr.startswith("callspan: error: cannot reach Jaeger at")
 

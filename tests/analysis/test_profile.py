@@ -207,7 +207,7 @@ def test_windows_and_chunks_merge_per_process_and_id() -> None:
     assert data.cache[5].inconsistent_keys == merged_cache(5, "inconsistent_keys")
     assert data.reuse[3] == merged_reuse(3)
     assert data.chunks == {0: (2, {0, 1}), 1: (1, {0})}
-    assert model.profile_warnings() == []
+    assert model.input_warnings() == []
     # A profile span is not a call: only the example spans count as spans.
     assert model.spans == len(examples)
     assert data.spans == len(profile_spans())
@@ -219,7 +219,7 @@ def test_windows_and_chunks_merge_per_process_and_id() -> None:
 def test_a_missing_chunk_and_a_repeated_one_are_warnings() -> None:
     spans = profile_spans()
     model = model_of(request_v2([spans[0]]), request_v2([spans[0]]), request_v2([spans[2]]))
-    warnings = model.profile_warnings()
+    warnings = model.input_warnings()
     assert len(warnings) == 2
     assert "1 callspan.profile chunk(s) missing" in warnings[0]
     assert "read more than once" in warnings[1]

@@ -103,3 +103,54 @@ def test_core_can_be_forced_and_is_recorded(tmp_path: Path) -> None:
     assert attrs["callspan.core"] == "setprofile"
     assert attrs["callspan.core.reason"] == "setprofile requested"
     assert attrs["process.pid"] not in ("", None)
+
+
+SECRET_SCRIPT = textwrap.dedent('''
+    def password():
+        return "correct horse b"  # 15 characters: sys.getsizeof gives 56 bytes
+
+    if __name__ == "__main__":
+        for _ in range(3):
+            password()
+''')
+
+
+def test_the_default_output_replaces_a_symbolic_link_and_leaves_its_target(tmp_path: Path) -> None:
+    script = tmp_path / "prog.py"
+    script.write_text(SECRET_SCRIPT)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    (tmp_path / "callspan-traces.jsonl").symlink_to(victim)  # e.g. checked into a repository
+    result = run("-m", "callspan", "run", str(script), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert victim.read_text() == "precious\n"
+    output = tmp_path / "callspan-traces.jsonl"
+    assert not output.is_symlink() and len(read_spans(output)) == 3
+    assert result.stderr == (f"callspan: 4 spans written to callspan-traces.jsonl (was a symbolic link to {victim}: "
+                             "replaced, its target left untouched)\n")
+
+
+def test_return_size_off_keeps_the_length_of_returned_secrets_in_the_process(tmp_path: Path) -> None:
+    script = tmp_path / "prog.py"
+    script.write_text(SECRET_SCRIPT)
+    sizes = {}
+    for setting in ("on", "off"):
+        result = run("-m", "callspan", "run", "-o", f"{setting}.jsonl", str(script), cwd=tmp_path,
+                     env={"CALLSPAN_RETURN_SIZE": setting})
+        assert result.returncode == 0, result.stderr
+        text = (tmp_path / f"{setting}.jsonl").read_text()
+        assert "correct horse" not in text
+        sizes[setting] = [int(a["value"]["intValue"]) for s in read_spans(tmp_path / f"{setting}.jsonl")
+                          for a in s["attributes"] if a["key"] == "callspan.return.size"]
+    assert sizes == {"on": [sys.getsizeof("correct horse b")], "off": []}  # measured on the first call of 16
+
+
+def test_a_real_trace_has_no_impossible_figures(tmp_path: Path) -> None:
+    script = tmp_path / "prog.py"
+    script.write_text(SCRIPT)
+    assert run("-m", "callspan", "run", "-o", "t.jsonl", str(script), "3", "4", cwd=tmp_path).returncode == 3
+    result = run("-m", "callspan", "analyze", "t.jsonl", "--report", "all", "--format", "json", "--lookup-ns", "50",
+                 cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["input"]["impossible"] == {} and doc["input"]["warnings"] == []

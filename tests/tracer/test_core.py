@@ -414,6 +414,17 @@ def test_return_sizes_are_measured_on_one_call_in_sixteen(traced) -> None:  # ty
     assert all("callspan.return.hash" in n.attributes for n in nodes)
 
 
+def test_return_size_off_exports_no_size_and_keeps_the_keys(traced) -> None:  # type: ignore[no-untyped-def]
+    from callspan.tracer.keys import RET_SIZE_EVERY
+
+    run = traced(max_spans_per_trace=100_000, max_spans_per_second=100_000, return_size=False)
+    run.run(many_sized, 2 * RET_SIZE_EVERY + 1)
+    nodes = by_name(run.sink.closed, "sized_result")
+    assert len(nodes) == 2 * RET_SIZE_EVERY + 1
+    assert not any("callspan.return.size" in n.attributes for n in nodes)
+    assert all("callspan.return.hash" in n.attributes for n in nodes)
+
+
 class UserHashed:
     """Its __hash__, __eq__ and __sizeof__ are the program's own code: callspan calls none."""
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from callspan.config import CALLSPAN_CPU, CALLSPAN_MAX_SPANS_PER_TRACE, load_settings
+from callspan.config import CALLSPAN_CPU, CALLSPAN_MAX_SPANS_PER_TRACE, CALLSPAN_RETURN_SIZE, load_settings
 from callspan.errors import CallspanError
 
 
@@ -48,3 +48,13 @@ def test_production_defaults_sit_below_every_other_source(tmp_path: Path) -> Non
     assert load_settings(environ=env, project_dir=tmp_path, defaults={"user_hash": "off"}).user_hash == "on"
     (tmp_path / "pyproject.toml").write_text('[tool.callspan]\nuser-hash = "on"\n')
     assert load_settings(environ={}, project_dir=tmp_path, defaults={"user_hash": "off"}).user_hash == "on"
+
+
+def test_return_size_is_a_switch(tmp_path: Path) -> None:
+    assert load_settings(environ={}, project_dir=tmp_path).return_size is True
+    assert load_settings(environ={CALLSPAN_RETURN_SIZE: "off"}, project_dir=tmp_path).return_size is False
+    assert load_settings(environ={CALLSPAN_RETURN_SIZE: "ON"}, project_dir=tmp_path).return_size is True
+    where = project(tmp_path, "[tool.callspan]\nreturn-size = false\n")
+    assert load_settings(environ={}, project_dir=where).return_size is False
+    with pytest.raises(CallspanError, match="CALLSPAN_RETURN_SIZE: bad value 'maybe' for return_size: must be on or off"):
+        load_settings(environ={CALLSPAN_RETURN_SIZE: "maybe"}, project_dir=tmp_path)

@@ -11,6 +11,8 @@ import time
 from typing import TYPE_CHECKING, TextIO
 
 from callspan.errors import CallspanError
+from callspan.outfiles import write_output
+from callspan.untrusted import printable
 
 if TYPE_CHECKING:
     from callspan.analysis.report import Results
@@ -32,7 +34,9 @@ def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
                         help="cache, cpu, latency, a comma-separated list, or all (default: cache)")
     parser.add_argument("--format", default="text", choices=("text", "json", "html"),
                         help="output format (default: text)")
-    parser.add_argument("-o", "--output", metavar="FILE", help="write the report to FILE (default: stdout)")
+    parser.add_argument("-o", "--output", metavar="FILE",
+                        help="write the report to FILE (default: stdout); an existing file or symbolic link "
+                             "there is replaced, never written through (also for --folded, --speedscope)")
     parser.add_argument("--top", type=int, default=20, metavar="N", help="rows per table (default: 20)")
     cache_group = parser.add_argument_group("cache report")
     cache_group.add_argument("--target", type=float, default=0.95, metavar="FRACTION",
@@ -112,12 +116,12 @@ def _validate(args: argparse.Namespace) -> list[str]:
     return reports
 
 
-def _write(path: str, text: str) -> None:
-    try:
-        with open(path, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-    except OSError as exc:
-        raise CallspanError(f"{path}: cannot write: {exc.strerror or exc}") from None
+def _write(path: str, text: str, stderr: TextIO | None = None) -> None:
+    """Write an output file whole, never through a symbolic link (``callspan.outfiles``)."""
+    link = write_output(path, text)
+    if link is not None:
+        print(printable(f"callspan: {path} was a symbolic link to {link}: replaced by the output, "
+                        "its target left untouched"), file=stderr if stderr is not None else sys.stderr)
 
 
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
@@ -175,7 +179,7 @@ def analyze(args: argparse.Namespace, stderr: TextIO | None = None) -> Results:
             name, body = fetch(args.jaeger, args.service, parse_since(args.since), args.limit, args.jaeger_api)
             load_bytes(model, body, name)
         model.spill_rest()
-        model.profile_warnings()
+        model.input_warnings()
         progress.set_phase("analyzing", progress.total, model.spans)
         results = Results(model, reports, top=args.top)
         pending = None
@@ -192,9 +196,9 @@ def analyze(args: argparse.Namespace, stderr: TextIO | None = None) -> Results:
             if "cpu" in reports:
                 results.cpu = stacks
             if args.folded:
-                _write(args.folded, cpu.folded(stacks))
+                _write(args.folded, cpu.folded(stacks), stderr)
             if args.speedscope:
-                _write(args.speedscope, cpu.speedscope_json(stacks))
+                _write(args.speedscope, cpu.speedscope_json(stacks), stderr)
             if pending_latency is not None:
                 results.latency = pending_latency.finish(stacks)
         elif pending_latency is not None:
@@ -229,7 +233,7 @@ def run_analyze(args: argparse.Namespace) -> int:
         results = analyze(args)
         warnings = results.model.warnings
         for warning in warnings[:MAX_WARNINGS]:
-            print(f"callspan: warning: {warning}", file=sys.stderr)
+            print(f"callspan: warning: {printable(warning)}", file=sys.stderr)
         if len(warnings) > MAX_WARNINGS:
             print(f"callspan: warning: ... and {len(warnings) - MAX_WARNINGS} more", file=sys.stderr)
         if not results.model.spans and not results.model.profiles:
@@ -242,10 +246,10 @@ def run_analyze(args: argparse.Namespace) -> int:
             sys.stdout.flush()
         return 0
     except CallspanError as exc:
-        print(f"callspan: error: {exc}", file=sys.stderr)
+        print(f"callspan: error: {printable(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except SpillError as exc:
-        print(f"callspan: error: {exc} (use --spill-dir DIR, or --memory-mb 0 to keep everything in memory)",
+        print(f"callspan: error: {printable(str(exc))} (use --spill-dir DIR, or --memory-mb 0 to keep everything in memory)",
               file=sys.stderr)
         return CallspanError.exit_code
     except KeyboardInterrupt:

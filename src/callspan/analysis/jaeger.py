@@ -12,7 +12,9 @@ Jaeger v2's ``/api/v3/traces`` answers in OTLP JSON already (``{"result": {"reso
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import http.client
 import json
 import re
 import time
@@ -25,6 +27,7 @@ from typing import Any
 from callspan.analysis.otlp import PROCESS_KEY_ATTRIBUTE
 from callspan.errors import CallspanError
 from callspan.otlp_json import any_value
+from callspan.untrusted import redact_url
 
 MAX_RESPONSE_BYTES = 1 << 30
 
@@ -161,33 +164,83 @@ def _rfc3339(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _get(url: str, timeout: float) -> bytes:
-    request = urllib.request.Request(url, headers={"Accept": "application/json"})
-    with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 (user-given URL)
+class _OffOrigin(Exception):
+    """A redirect to another scheme, host or port than the URL given (not followed)."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.url = url
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urllib.parse.urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    scheme = parts.scheme.lower()
+    return scheme, (parts.hostname or "").lower(), port if port is not None else _DEFAULT_PORTS.get(scheme)
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+class _SameOriginRedirects(urllib.request.HTTPRedirectHandler):
+    """Follows redirects within the origin of the request only: a Jaeger behind a proxy may
+    redirect to its own path, but a redirect elsewhere could load traces (or send the
+    credentials) from somewhere the user did not name."""
+
+    def redirect_request(self, req: urllib.request.Request, fp: Any, code: int, msg: str, headers: Any,
+                         newurl: str) -> urllib.request.Request | None:
+        if _origin(newurl) != _origin(req.full_url):
+            fp.close()
+            raise _OffOrigin(newurl)
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def _get(url: str, timeout: float, authorization: str | None, shown: str) -> bytes:
+    headers = {"Accept": "application/json"}
+    if authorization:
+        headers["Authorization"] = authorization
+    opener = urllib.request.build_opener(_SameOriginRedirects())
+    with opener.open(urllib.request.Request(url, headers=headers), timeout=timeout) as response:
         body: bytes = response.read(MAX_RESPONSE_BYTES + 1)
     if len(body) > MAX_RESPONSE_BYTES:
-        raise CallspanError(f"{url}: response larger than {MAX_RESPONSE_BYTES >> 20} MiB; use a smaller --since or --limit")
+        raise CallspanError(f"{shown}: response larger than {MAX_RESPONSE_BYTES >> 20} MiB; "
+                            "use a smaller --since or --limit")
     return body
 
 
-def _http_error(url: str, error: urllib.error.HTTPError) -> CallspanError:
-    try:
-        detail = error.read(300).decode("utf-8", "replace").strip().replace("\n", " ")
-    except OSError:
-        detail = ""
-    return CallspanError(f"{url}: HTTP {error.code} {error.reason}" + (f": {detail}" if detail else ""))
+def _split_credentials(base: str) -> tuple[str, str | None]:
+    """``base`` without ``user:password@`` (urllib does not send them) and the Authorization
+    header made of them (HTTP Basic), if any."""
+    parts = urllib.parse.urlsplit(base)
+    if "@" not in parts.netloc:
+        return base, None
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    token = f"{urllib.parse.unquote(user)}:{urllib.parse.unquote(password)}".encode()
+    return (urllib.parse.urlunsplit((parts.scheme, hostport, parts.path, parts.query, "")),
+            "Basic " + base64.b64encode(token).decode("ascii"))
 
 
 def query_urls(base: str, service: str, since: float, limit: int, now: float | None = None) -> dict[str, str]:
-    """The v3 and v1 search URLs for ``service`` over the last ``since`` seconds."""
+    """The v3 and v1 search URLs for ``service`` over the last ``since`` seconds: the API path
+    after ``base``'s path, the search after ``base``'s own query (a token, say), kept in place."""
     end = time.time() if now is None else now
     start = end - since
-    root = base.rstrip("/")
-    v3 = root + "/api/v3/traces?" + urllib.parse.urlencode({
+    parts = urllib.parse.urlsplit(base)
+    root = parts.path.rstrip("/")
+
+    def url(path: str, search: dict[str, str]) -> str:
+        query = "&".join(q for q in (parts.query, urllib.parse.urlencode(search)) if q)
+        return urllib.parse.urlunsplit((parts.scheme, parts.netloc, root + path, query, ""))
+
+    v3 = url("/api/v3/traces", {
         "query.service_name": service, "query.start_time_min": _rfc3339(start),
         "query.start_time_max": _rfc3339(end), "query.num_traces": str(limit),
     })
-    v1 = root + "/api/traces?" + urllib.parse.urlencode({
+    v1 = url("/api/traces", {
         "service": service, "start": str(int(start * 1_000_000)), "end": str(int(end * 1_000_000)),
         "limit": str(limit),
     })
@@ -196,27 +249,47 @@ def query_urls(base: str, service: str, since: float, limit: int, now: float | N
 
 def fetch(base: str, service: str, since: float, limit: int, api: str = "auto",
           timeout: float = 60.0) -> tuple[str, bytes]:
-    """The response body of a trace search (v3 first when ``api`` is auto, v1 on 404)."""
+    """(the URL, credentials redacted, and the response body) of a trace search: v3 first when
+    ``api`` is auto, v1 on 404. Redirects are followed within ``base``'s origin only; no error
+    message shows a credential of ``base`` (``user:password@``, query values) or the response body."""
+    shown = redact_url(base)
     if not base.startswith(("http://", "https://")):
-        raise CallspanError(f"--jaeger {base!r}: expected an http:// or https:// URL of Jaeger's query service")
-    urls = query_urls(base, service, since, limit)
+        raise CallspanError(f"--jaeger {shown!r}: expected an http:// or https:// URL of Jaeger's query service")
+    now = time.time()
+    try:
+        urllib.parse.urlsplit(base).port  # noqa: B018 (raises ValueError on a bad port)
+        plain, authorization = _split_credentials(base)
+        urls = query_urls(plain, service, since, limit, now)
+        # What is shown: the same URLs with the credentials and base's query values as ***.
+        shown_urls = query_urls(shown, service, since, limit, now)
+    except ValueError as exc:
+        raise CallspanError(f"--jaeger {shown!r}: not a valid URL ({type(exc).__name__})") from None
     order = ["v3", "v1"] if api == "auto" else [api]
+    if any(version not in urls for version in order):
+        raise CallspanError(f"--jaeger-api {api!r}: expected auto, v3 or v1")
     last_404: CallspanError | None = None
     for version in order:
-        url = urls[version]
+        url, url_shown = urls[version], shown_urls[version]
         try:
-            return url, _get(url, timeout)
+            return url_shown, _get(url, timeout, authorization, url_shown)
+        except _OffOrigin as exc:
+            raise CallspanError(f"{url_shown}: redirected to another origin ({redact_url(exc.url)}): not "
+                                "followed; give --jaeger the URL it redirects to if you trust it") from None
         except urllib.error.HTTPError as exc:
-            error = _http_error(url, exc)
+            error = CallspanError(f"{url_shown}: HTTP {exc.code} {str(exc.reason)[:60]}")  # the body is not shown
             if exc.code == 404 and version != order[-1]:
                 last_404 = error
                 continue
             if exc.code == 404 and last_404 is not None:
                 # Jaeger answers 404 when a search finds nothing, and when the API is absent.
-                return url, b'{"data": []}'
+                return url_shown, b'{"data": []}'
             raise error from None
         except urllib.error.URLError as exc:
-            raise CallspanError(f"cannot reach Jaeger at {base}: {exc.reason}") from None
+            raise CallspanError(f"cannot reach Jaeger at {shown}: {exc.reason}") from None
         except (TimeoutError, OSError) as exc:
-            raise CallspanError(f"cannot read from Jaeger at {base}: {exc}") from None
+            raise CallspanError(f"cannot read from Jaeger at {shown}: {exc.strerror or type(exc).__name__}") from None
+        except http.client.HTTPException as exc:  # its text may quote the response: not shown
+            raise CallspanError(f"cannot read from Jaeger at {shown}: {type(exc).__name__}") from None
+        except ValueError as exc:
+            raise CallspanError(f"--jaeger {shown!r}: not a valid URL ({type(exc).__name__})") from None
     raise CallspanError(f"--jaeger-api {api!r}: expected auto, v3 or v1")

@@ -92,6 +92,18 @@ _HAS_CPU = bytes(flags & R_HAS_CPU for flags in range(256))  # translate table: 
 
 UNKNOWN_KIND = "span"  # spans that are not callspan function spans (e.g. an HTTP server span)
 
+# Impossible figures in the input, by kind: clamped to the nearest possible value as they are read
+# (``otlp``, ``profile``), counted, and reported in ``input.impossible`` and ``input.warnings``.
+IMPOSSIBLE = {
+    "end_before_start": "span(s) or listed call(s) ended before they started: end set to start (wall time 0)",
+    "negative_time": "negative start or end time(s): set to 0",
+    "negative_cpu": "negative CPU figure(s): set to 0",
+    "cpu_self_above_total": "span(s) or summaries with self CPU above their total CPU: self set to the total",
+    "negative_value": "negative duration(s) or count(s) (running, suspended, awaits, return size, summarised "
+                      "calls): set to 0",
+    "negative_aggregate": "negative or non-finite figure(s) in callspan.profile aggregates: set to 0",
+}
+
 
 @dataclass(slots=True)
 class ProcessInfo:
@@ -446,6 +458,7 @@ class Batch:
         self.first_ns = 0
         self.last_ns = 0
         self.warnings: list[str] = []
+        self.impossible: dict[str, int] = {}  # IMPOSSIBLE kind -> figures clamped
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -515,6 +528,7 @@ class Batch:
             heapq.heapreplace(slow, item)
 
     def note_time(self, start: int, end: int) -> None:
+        start, end = max(start, 0), max(end, 0)
         if start and (not self.first_ns or start < self.first_ns):
             self.first_ns = start
         if end > self.last_ns:
@@ -566,12 +580,17 @@ class Model:
         self.last_ns = 0
         self.warnings: list[str] = []
         self.sources: list[str] = []
+        self.impossible: dict[str, int] = {}  # IMPOSSIBLE kind -> figures clamped
 
-    def profile_warnings(self) -> list[str]:
-        """Incomplete or repeated aggregates, once all input is read (added to ``warnings``)."""
+    def input_warnings(self) -> list[str]:
+        """Incomplete or repeated aggregates, and impossible figures clamped, once all input is
+        read (added to ``warnings``)."""
         out = []
         for process, data in sorted(self.profiles.items()):
             out.extend(data.warnings(self.processes[process].label))
+            if data.impossible:
+                self.impossible["negative_aggregate"] = self.impossible.get("negative_aggregate", 0) + data.impossible
+        out.extend(f"input: {count:,} {IMPOSSIBLE[kind]}" for kind, count in sorted(self.impossible.items()))
         self.warnings.extend(out)
         return out
 
@@ -642,6 +661,8 @@ class Model:
         if batch.last_ns > self.last_ns:
             self.last_ns = batch.last_ns
         self.warnings.extend(batch.warnings)
+        for kind, count in batch.impossible.items():
+            self.impossible[kind] = self.impossible.get(kind, 0) + count
         if len(rows):
             self.rows_with_cpu += len(rows.flags) - bytes(rows.flags).translate(_HAS_CPU).count(0)
         link_entries = 0

@@ -373,6 +373,7 @@ def _add_spans(batch: Batch, process: int, spans: Iterable[Any], callspan_scope:
     slow_keep = batch.slow_keep
     first_ns = batch.first_ns
     last_ns = batch.last_ns
+    impossible = batch.impossible
     profiles = 0
     for span in spans:
         if span.__class__ is not tuple:
@@ -392,8 +393,8 @@ def _add_spans(batch: Batch, process: int, spans: Iterable[Any], callspan_scope:
         info: FunctionInfo = functions[func]
         if not info.line:
             info.absorb_facts(file, line, kind or ("function" if callspan_scope else UNKNOWN_KIND))
-        if end < start:
-            end = start
+        if end < start or start < 0:
+            start, end = _possible_times(impossible, start, end)
         wall = end - start
         st = info.stats
         st[S_CALLS] += 1
@@ -401,17 +402,23 @@ def _add_spans(batch: Batch, process: int, spans: Iterable[Any], callspan_scope:
             st[S_ERRORS] += 1
         if run is None:
             run = wall
+        elif run < 0:
+            run = _not_negative(impossible, run)
         if cpu_total is None:
             cpu_total = cpu_self = 0
             has_cpu = False
         else:
             if cpu_self is None:
                 cpu_self = cpu_total
+            if cpu_self > cpu_total or cpu_self < 0:
+                cpu_total, cpu_self = _possible_cpu(impossible, cpu_total, cpu_self)
             st[S_CPU_TOTAL] += cpu_total
             st[S_CPU_SELF] += cpu_self
             st[S_CPU_CALLS] += 1
             has_cpu = True
         if size is not None:
+            if size < 0:
+                size = _not_negative(impossible, size)
             st[S_RET_SIZE] += size
             st[S_RET_SIZE_N] += 1
         st[S_WALL] += wall
@@ -419,9 +426,11 @@ def _add_spans(batch: Batch, process: int, spans: Iterable[Any], callspan_scope:
         if wall > st[S_MAX_WALL]:
             st[S_MAX_WALL] = wall
         if suspended is not None:
+            if suspended < 0:
+                suspended = _not_negative(impossible, suspended)
             st[S_SUSPENDED] += suspended
             if awaits is not None:
-                st[S_AWAITS] += awaits
+                st[S_AWAITS] += awaits if awaits >= 0 else _not_negative(impossible, awaits)
         if not args:
             st[S_NO_KEY] += 1
         if unhashable:
@@ -488,6 +497,38 @@ def _add_spans(batch: Batch, process: int, spans: Iterable[Any], callspan_scope:
     return profiles
 
 
+# Impossible figures (a hostile or corrupt input; the tracer never writes them) are clamped to
+# the nearest possible value and counted per kind (``Batch.impossible``, see ``model.IMPOSSIBLE``),
+# so that no negative time or CPU reaches a total. Called off the hot path, when a check fails.
+
+def _possible_times(impossible: dict[str, int], start: int, end: int) -> tuple[int, int]:
+    if start < 0 or end < 0:
+        impossible["negative_time"] = impossible.get("negative_time", 0) + 1
+        start, end = max(start, 0), max(end, 0)
+    if end < start:
+        impossible["end_before_start"] = impossible.get("end_before_start", 0) + 1
+        end = start
+    return start, end
+
+
+def _possible_cpu(impossible: dict[str, int], cpu_total: int, cpu_self: int) -> tuple[int, int]:
+    if cpu_total < 0 or cpu_self < 0:
+        impossible["negative_cpu"] = impossible.get("negative_cpu", 0) + 1
+        cpu_total, cpu_self = max(cpu_total, 0), max(cpu_self, 0)
+    if cpu_self > cpu_total:
+        impossible["cpu_self_above_total"] = impossible.get("cpu_self_above_total", 0) + 1
+        cpu_self = cpu_total
+    return cpu_total, cpu_self
+
+
+def _not_negative(impossible: dict[str, int], value: int, kind: str = "negative_value") -> int:
+    """0 for a negative count or duration (running, suspended, awaits, a size, a summary's figures)."""
+    if value < 0:
+        impossible[kind] = impossible.get(kind, 0) + 1
+        return 0
+    return value
+
+
 def _add_profile(batch: Batch, process: int, span: dict[str, Any]) -> None:
     """A ``callspan.profile`` span: its columns into the process's ``ProfileData``; every function
     of its table gets an entry in the batch, so the reports list functions that have no span."""
@@ -549,6 +590,7 @@ def _add_summaries(batch: Batch, process: int, at: dict[str, Any], span_id: int,
     cpu_selfs = _array(at, "callspan.summary.cpu_self", n, False)
     rows = batch.rows if batch.want_rows else None
     trace = batch.trace(trace_id) if rows is not None else 0
+    impossible = batch.impossible
     assert counts is not None
     edges = batch.links.edges if batch.links is not None else None
     for i, name in enumerate(names):
@@ -558,15 +600,19 @@ def _add_summaries(batch: Batch, process: int, at: dict[str, Any], span_id: int,
         info = batch.functions[func]
         info.absorb_facts(str(files[i] or ""), int(lines[i] or 0), str(kinds[i] or "function"))
         st = info.stats
-        count = int(counts[i])
+        count = _not_negative(impossible, int(counts[i]))
+        wall = _not_negative(impossible, int(walls[i] or 0))
+        run = _not_negative(impossible, int(runs[i] or 0))
         st[S_SUM_CALLS] += count
-        st[S_SUM_ERRORS] += int(errors[i] or 0)
-        st[S_WALL] += int(walls[i] or 0)
-        st[S_RUN] += int(runs[i] or 0)
+        st[S_SUM_ERRORS] += _not_negative(impossible, int(errors[i] or 0))
+        st[S_WALL] += wall
+        st[S_RUN] += run
         cpu_total = cpu_self = 0
         if cpu_totals is not None:
             cpu_total = int(cpu_totals[i] or 0)
             cpu_self = int(cpu_selfs[i] or 0) if cpu_selfs is not None else cpu_total
+            if cpu_self > cpu_total or cpu_self < 0:
+                cpu_total, cpu_self = _possible_cpu(impossible, cpu_total, cpu_self)
             st[S_CPU_TOTAL] += cpu_total
             st[S_CPU_SELF] += cpu_self
             st[S_CPU_CALLS] += count
@@ -577,7 +623,7 @@ def _add_summaries(batch: Batch, process: int, at: dict[str, Any], span_id: int,
             rows.func.append(func)
             rows.self_cost.append(cpu_self)
             rows.total_cost.append(cpu_total)
-            rows.run.append(int(runs[i] or 0))
+            rows.run.append(run)
             rows.count.append(count)
             rows.flags.append(R_SUMMARY | (R_HAS_CPU if cpu_totals is not None else 0))
 
@@ -607,11 +653,12 @@ def _add_listed_calls(batch: Batch, process: int, at: dict[str, Any], thread: in
     columns = batch.calls[func]
     if columns is None:
         return
+    impossible = batch.impossible
     for i in range(n):
         start = int(starts[i])
         end = int(ends[i])
-        if end < start:
-            end = start
+        if end < start or start < 0:
+            start, end = _possible_times(impossible, start, end)
         if end - start > st[S_MAX_WALL]:
             st[S_MAX_WALL] = end - start
         a = parse_hash(args[i])
@@ -620,6 +667,6 @@ def _add_listed_calls(batch: Batch, process: int, at: dict[str, Any], thread: in
         columns.end.append(end)
         columns.args.append(a)
         columns.ret.append(r)
-        columns.cpu.append(int(cpus[i] or 0))
+        columns.cpu.append(_not_negative(impossible, int(cpus[i] or 0), "negative_cpu"))
         columns.thread.append(thread)
         columns.flags.append(F_SUMMARY | (0 if a else F_NO_ARGS) | (0 if r else F_NO_RETURN))

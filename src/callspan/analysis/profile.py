@@ -141,6 +141,7 @@ class ProfileData:
     lost_calls: int = 0
     other_calls: int = 0  # calls folded into (other) nodes by the tracer's node or depth cap
     spans: int = 0
+    impossible: int = 0  # negative or non-finite counts, times, CPU read: set to 0
 
     # -- reading --------------------------------------------------------------------------------
 
@@ -155,17 +156,20 @@ class ProfileData:
             self.duplicates += 1
         seen.add(chunk)
         self.chunks[window] = (max(known, count), seen)
-        self.lost_calls += _int(at.get(_P + "lost_calls"))
-        self.other_calls += _int(at.get(_P + "other_nodes"))
+        self.lost_calls += self._possible(_int(at.get(_P + "lost_calls")))
+        self.other_calls += self._possible(_int(at.get(_P + "other_nodes")))
         gamma = at.get(_P + "sketch.gamma")
         if gamma is not None and not self.gamma:
             self.gamma = float(gamma)
+            if not 1 < self.gamma < math.inf:  # sketch buckets are powers of gamma > 1
+                self.gamma = 0.0
+                self.impossible += 1
 
         ids = _columns(at, "function.", ["id"], int)[0]
         names, files, kinds = _columns(at, "function.", ["name", "file", "kind"], str, len(ids))
         (lines,) = _columns(at, "function.", ["line"], int, len(ids))
-        calls, errors, walls, runs, cpus = _columns(at, "function.", ["calls", "errors", "wall_ns", "run_ns",
-                                                                      "cpu_self"], int, len(ids))
+        calls, errors, walls, runs, cpus = self._possible_columns(_columns(
+            at, "function.", ["calls", "errors", "wall_ns", "run_ns", "cpu_self"], int, len(ids)))
         for i, fid in enumerate(ids):
             self._function(fid).add(ProfileFunction(names[i], files[i], lines[i], kinds[i] or "function",
                                                     calls[i], errors[i], walls[i], runs[i], cpus[i]))
@@ -173,8 +177,9 @@ class ProfileData:
         ids = _columns(at, "node.", ["id"], int)[0]
         parents, functions = _columns(at, "node.", ["parent", "function"], int, len(ids))
         (labels,) = _columns(at, "node.", ["label"], str, len(ids))
-        counters = _columns(at, "node.", ["calls", "errors", "wall_ns", "run_ns", "suspended_ns", "awaits",
-                                          "cpu_total", "cpu_self"], int, len(ids))
+        counters = self._possible_columns(_columns(at, "node.", ["calls", "errors", "wall_ns", "run_ns",
+                                                                 "suspended_ns", "awaits", "cpu_total", "cpu_self"],
+                                                   int, len(ids)))
         for i, nid in enumerate(ids):
             delta = ProfileNode(parents[i], functions[i], labels[i], *(column[i] for column in counters))
             node = self.nodes.get(nid)
@@ -186,15 +191,17 @@ class ProfileData:
         for which, sketches in (("wall.", self.wall_sketch), ("run.", self.run_sketch)):
             fids = _columns(at, which, ["function"], int)[0]
             buckets, counts = _columns(at, which, ["bucket", "count"], int, len(fids))
+            self._possible_columns([counts])
             for fid, bucket, n in zip(fids, buckets, counts, strict=True):
                 sketch = sketches.setdefault(fid, {})
                 sketch[bucket] = sketch.get(bucket, 0) + n
 
         fids = _columns(at, "cache.", ["function"], int)[0]
         n = len(fids)
-        ints = _columns(at, "cache.", ["calls", "unhashable_calls", "identity_calls", "sampled_calls"], int, n)
-        floats = _columns(at, "cache.", ["keys", "inconsistent_keys", "inconsistent_calls", "fresh_keys",
-                                         "overlaps"], float, n)
+        ints = self._possible_columns(_columns(
+            at, "cache.", ["calls", "unhashable_calls", "identity_calls", "sampled_calls"], int, n))
+        floats = self._possible_columns(_columns(
+            at, "cache.", ["keys", "inconsistent_keys", "inconsistent_calls", "fresh_keys", "overlaps"], float, n))
         (types,) = _columns(at, "cache.", ["unhashable_types"], str, n)
         rates = _columns(at, "cache.", ["rate"], float, n, 1.0)[0]
         cheap = _columns(at, "cache.", ["cheap_ns"], int, n)[0]
@@ -205,7 +212,7 @@ class ProfileData:
                 calls=ints[0][i], unhashable_calls=ints[1][i], identity_calls=ints[2][i], sampled_calls=ints[3][i],
                 unhashable_types=dict.fromkeys(t.strip() for t in types[i].split(",") if t.strip()),
                 keys=floats[0][i], inconsistent_keys=floats[1][i], inconsistent_calls=floats[2][i],
-                fresh_keys=floats[3][i], overlaps=floats[4][i], rate=rates[i] if rates[i] > 0 else 1.0,
+                fresh_keys=floats[3][i], overlaps=floats[4][i], rate=rates[i] if 0 < rates[i] <= 1 else 1.0,
                 cheap_ns=max(0, cheap[i]), shadowed_calls=max(0, shadowed[i]),
                 unhashable_returns=max(0, unhashable_returns[i]))
             state = self.cache.get(fid)
@@ -216,8 +223,12 @@ class ProfileData:
 
         fids = _columns(at, "reuse.", ["function"], int)[0]
         (distances,) = _columns(at, "reuse.", ["distance"], int, len(fids))
-        hits, cpu, wall = _columns(at, "reuse.", ["hits", "cpu", "wall_ns"], float, len(fids))
+        hits, cpu, wall = self._possible_columns(_columns(at, "reuse.", ["hits", "cpu", "wall_ns"], float,
+                                                          len(fids)))
         for i, fid in enumerate(fids):
+            if distances[i] < 0:  # an LRU stack distance: a count of other keys
+                self.impossible += 1
+                continue
             rows = self.reuse.setdefault(fid, {})
             row = rows.get(distances[i])
             if row is None:
@@ -226,6 +237,23 @@ class ProfileData:
                 row[0] += hits[i]
                 row[1] += cpu[i]
                 row[2] += wall[i]
+
+    def _possible(self, value: int) -> int:
+        if value < 0:
+            self.impossible += 1
+            return 0
+        return value
+
+    def _possible_columns(self, columns: list[list[Any]]) -> list[list[Any]]:
+        """``columns`` of counts, times or CPU with every negative or non-finite value set to 0
+        (counted in ``impossible``): a corrupt input must not make a total negative."""
+        for column in columns:
+            if column and not all(0 <= v < math.inf for v in column):
+                for i, v in enumerate(column):
+                    if not 0 <= v < math.inf:
+                        column[i] = v.__class__(0)
+                        self.impossible += 1
+        return columns
 
     def _function(self, fid: int) -> ProfileFunction:
         info = self.functions.get(fid)
@@ -276,7 +304,7 @@ class ProfileData:
             known, mine_seen = self.chunks.get(window, (count, set()))
             self.duplicates += len(mine_seen & seen)
             self.chunks[window] = (max(known, count), mine_seen | seen)
-        _add_fields(self, other, ("duplicates", "lost_calls", "other_calls", "spans"))
+        _add_fields(self, other, ("duplicates", "lost_calls", "other_calls", "spans", "impossible"))
 
     def warnings(self, label: str) -> list[str]:
         """What the reader should know about this process's aggregates being incomplete or odd."""

@@ -245,19 +245,26 @@ def add_document(batch: Batch, document: Any, where: str) -> None:
         elif "data" in document:
             data = document["data"]
             if not data and document.get("errors"):
-                raise CallspanError(f"{where}: Jaeger reported errors: {json.dumps(document['errors'])[:300]}")
+                raise CallspanError(f"{where}: Jaeger reported errors{_error_codes(document['errors'])}")
             for trace in data or ():
                 add_request(batch, trace_to_otlp(trace))
         elif "error" in document:
-            raise CallspanError(f"{where}: Jaeger reported an error: {json.dumps(document['error'])[:300]}")
+            raise CallspanError(f"{where}: Jaeger reported an error{_error_codes([document['error']])}")
         elif document:
-            keys = ", ".join(sorted(document)[:5])
+            keys = ", ".join(key[:40] for key in sorted(document)[:5])
             raise CallspanError(f"{where}: not OTLP JSON (no resourceSpans) nor Jaeger JSON (no data/result); "
                                 f"keys: {keys}")
     except _SPAN_ERRORS as exc:
         raise _span_error(where, exc) from None
     except RecursionError:
         raise CallspanError(f"{where}: invalid span data: nested too deeply") from None
+
+
+def _error_codes(errors: Any) -> str:
+    """The codes of Jaeger's reported errors (their text, the server's, is not shown)."""
+    items = errors if isinstance(errors, list) else [errors]
+    codes = sorted({e["code"] for e in items if isinstance(e, dict) and isinstance(e.get("code"), int)})
+    return f" (code {', '.join(map(str, codes))})" if codes else ""
 
 
 def _parse(line: bytes, where: Callable[[], str]) -> Any:

@@ -14,6 +14,7 @@ from callspan.analysis.cache import DEFAULT_MAXSIZE, CacheReport, LookupCost, Op
 from callspan.analysis.cpu import CpuReport
 from callspan.analysis.latency import LatencyReport
 from callspan.analysis.model import Model
+from callspan.untrusted import printable
 
 WIDTH = 100
 ESTIMATES = {
@@ -338,7 +339,9 @@ def render_text(results: Results) -> str:
     for name in results.reports:
         lines.append("")
         lines.extend(sections[name]())
-    return "\n".join(lines) + "\n"
+    # Names, paths and ids come from the input: their control characters are escaped here, at the
+    # boundary, line by line (a newline inside one cannot start a forged line).
+    return "\n".join(map(printable, lines)) + "\n"
 
 
 # -- JSON -------------------------------------------------------------------------------------
@@ -389,6 +392,7 @@ def render_json_object(results: Results) -> dict[str, Any]:
             "time_range_ns": [m.first_ns, m.last_ns] if m.first_ns else None,
             "processes": [{**p.as_json(), "aggregates": i in m.profiles} for i, p in enumerate(m.processes)],
             "warnings": m.warnings,
+            "impossible": dict(sorted(m.impossible.items())),
             "schema_versions": sorted({p.schema for p in m.processes if p.schema}),
             "profile_spans": sum(data.spans for data in m.profiles.values()),
         },
@@ -479,7 +483,7 @@ def curve_svg(op: Opportunity, width: int = 380, height: int = 220) -> str:
     path.append(f"H{x(max_size):.1f}")
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
              f'viewBox="0 0 {width} {height}" role="img">',
-             f"<title>{html.escape(op.name)}: hit ratio by cache size</title>",
+             f"<title>{_esc(op.name)}: hit ratio by cache size</title>",
              f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="#fafafa" stroke="#ccc"/>']
     for ratio in (0.25, 0.5, 0.75, 1.0):
         parts.append(f'<line x1="{left}" x2="{left + pw}" y1="{y(ratio):.1f}" y2="{y(ratio):.1f}" '
@@ -509,7 +513,7 @@ def curve_svg(op: Opportunity, width: int = 380, height: int = 220) -> str:
 
 
 def _esc(value: object) -> str:
-    return html.escape(str(value))
+    return html.escape(printable(str(value)))
 
 
 def render_html(results: Results) -> str:

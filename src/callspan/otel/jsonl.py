@@ -16,6 +16,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from callspan.otlp_json import key_values
+from callspan.outfiles import open_output
 
 
 def encode_spans(spans: Sequence[ReadableSpan]) -> dict[str, Any]:
@@ -72,14 +73,19 @@ def _span(span: ReadableSpan) -> dict[str, Any]:
 
 
 class OtlpJsonLinesExporter(SpanExporter):
-    """Appends one OTLP/JSON ExportTraceServiceRequest per export call to a file."""
+    """Appends one OTLP/JSON ExportTraceServiceRequest per export call to a file.
+
+    The file is created as ``callspan.outfiles.open_output`` does: never written through a
+    symbolic link (a link at ``path`` is replaced, its target untouched: ``replaced_link``).
+    """
 
     def __init__(self, path: str, stream: IO[str] | None = None) -> None:
         self.path = path
+        self.replaced_link: str | None = None
         # Appending: a forked child writes its own lines to the same file, each line whole.
         if stream is None:
-            open(path, "w").close()  # noqa: SIM115
-            stream = open(path, "a", encoding="utf-8")  # noqa: SIM115
+            opened = open_output(path, append=True)
+            stream, self.replaced_link = opened.stream, opened.replaced_link
         self._stream = stream
         self._lock = threading.Lock()
 

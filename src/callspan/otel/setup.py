@@ -25,6 +25,7 @@ from opentelemetry.sdk.trace.export import (
 
 from callspan.errors import CallspanError
 from callspan.otel.jsonl import OtlpJsonLinesExporter
+from callspan.untrusted import redact_url
 
 DEFAULT_OUTPUT = "callspan-traces.jsonl"
 DEFAULT_EXPORT_TIMEOUT_S = 10.0
@@ -62,6 +63,7 @@ class CountingExporter(SpanExporter):
 class Destination:
     exporter: CountingExporter
     name: str  # e.g. "traces.jsonl" or "OTLP/gRPC localhost:4317"
+    note: str = ""  # said with the destination at exit (e.g. a symbolic link replaced)
 
 
 @dataclass
@@ -163,7 +165,7 @@ def _otlp_exporter(endpoint: str | None, protocol: str | None, timeout: float) -
         exporter: SpanExporter = GrpcExporter(endpoint=endpoint, insecure=insecure, timeout=int(timeout))
         where = endpoint or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get(
             "OTEL_EXPORTER_OTLP_ENDPOINT", "localhost:4317")
-        return exporter, f"OTLP/gRPC {where}"
+        return exporter, f"OTLP/gRPC {redact_url(where)}"
     if protocol in ("http/protobuf", "http"):
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
 
@@ -172,7 +174,7 @@ def _otlp_exporter(endpoint: str | None, protocol: str | None, timeout: float) -
         exporter = HttpExporter(endpoint=endpoint, timeout=timeout)
         where = endpoint or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or (
             os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "http://localhost:4318").rstrip("/") + "/v1/traces")
-        return exporter, f"OTLP/HTTP {where}"
+        return exporter, f"OTLP/HTTP {redact_url(where)}"
     raise CallspanError(f"unsupported OTLP protocol {protocol!r}: use grpc or http/protobuf")
 
 
@@ -200,17 +202,16 @@ def build_pipeline(
         exporters.append((ConsoleSpanExporter(), "console"))
     if output is not None or not exporters:
         path = output or DEFAULT_OUTPUT
-        try:
-            exporters.append((OtlpJsonLinesExporter(path), path))
-        except OSError as exc:
-            raise CallspanError(f"{path}: cannot write traces: {exc.strerror or exc}") from None
+        exporters.append((OtlpJsonLinesExporter(path), path))  # a CallspanError if it cannot be created
     # shutdown_on_exit=False: callspan shuts down itself, bounded by the export timeout; the
     # SDK's own atexit hook would wait for a dead collector again.
     provider = TracerProvider(resource=resource, shutdown_on_exit=False, sampler=sampler)
     pipeline = Pipeline(provider, [], export_timeout)
     for inner, name in exporters:
         counting = CountingExporter(inner)
-        pipeline.destinations.append(Destination(counting, name))
+        link = getattr(inner, "replaced_link", None)
+        note = f" (was a symbolic link to {link}: replaced, its target left untouched)" if link else ""
+        pipeline.destinations.append(Destination(counting, name, note))
         processor: SpanProcessor
         if isinstance(inner, (OtlpJsonLinesExporter, ConsoleSpanExporter)):
             processor = InlineSpanProcessor(counting, max_queue_size=1 << 16, max_batch=2048, delay_s=0.5)

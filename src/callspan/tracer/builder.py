@@ -76,11 +76,13 @@ def _hex(digest: int | None) -> str:
 
 
 class SpanBuilder:
-    def __init__(self, sink: Sink, hasher: KeyHasher, *, clock_offset: int, cpu_enabled: bool) -> None:
+    def __init__(self, sink: Sink, hasher: KeyHasher, *, clock_offset: int, cpu_enabled: bool,
+                 return_size: bool = True) -> None:
         self.sink = sink
         self.hasher = hasher
         self.clock_offset = clock_offset
         self.cpu_enabled = cpu_enabled
+        self.return_size = return_size  # CALLSPAN_RETURN_SIZE: export callspan.return.size
         self.spans_opened = 0
         self._keyed_memo: dict[int, int] = {}
 
@@ -183,7 +185,7 @@ class SpanBuilder:
             if ret[0] is not None:
                 attributes["callspan.return.hash"] = _hex(keyed(ret[0]))
             attributes["callspan.return.hashable"] = ret[1]
-            if record[R_RET_SIZE] is not None:
+            if record[R_RET_SIZE] is not None and self.return_size:
                 attributes["callspan.return.size"] = record[R_RET_SIZE]
         if info.is_method:
             attributes["callspan.method"] = True

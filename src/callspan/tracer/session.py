@@ -83,7 +83,7 @@ class Session:
         self.clock = clock
         self.builder = SpanBuilder(
             sink, KeyHasher(settings.key_secret), clock_offset=time.time_ns() - clock(),
-            cpu_enabled=counter is not None,
+            cpu_enabled=counter is not None, return_size=settings.return_size,
         )
         self.build_faults = 0
         self.profile_faults = 0
