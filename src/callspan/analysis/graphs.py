@@ -124,8 +124,9 @@ def flame_json(tree: FlameTree) -> str:
     """The tree as the page's script reads it (column arrays), safe inside a <script> element."""
     data = {"names": tree.names, "name": tree.name, "parent": tree.parent, "self": tree.self_cost,
             "width": tree.width, "total": tree.total, "calls": tree.calls, "folded": tree.folded}
-    # "</" cannot end the script element early once escaped; the JSON parser reads it back.
-    return json.dumps(data, separators=(",", ":")).replace("</", "<\\/")
+    # No "<" at all: nothing in a name can end the script element early (or start a comment
+    # that changes how it ends); the JSON parser reads the escape back.
+    return json.dumps(data, separators=(",", ":")).replace("<", "\\u003c")
 
 
 FLAME_CSS = """
@@ -163,8 +164,8 @@ function color(i){
 }
 function describe(i){
   const all=data.width[0]||1, name=data.names[data.name[i]];
-  let text=name+'\n'+basis+': '+fmt(data.width[i])+' ('+(100*data.width[i]/all).toFixed(1)+'% of all), self '+
-    fmt(data.self[i]);
+  let text=name+'\n'+basis+' here and below: '+fmt(data.width[i])+' ('+(100*data.width[i]/all).toFixed(1)+
+    '% of all), self '+fmt(data.self[i]);
   if(data.total[i]>=0&&i>0) text+=', recorded total '+fmt(data.total[i]);
   text+=', '+data.calls[i].toLocaleString('en')+' calls';
   if(data.folded[i]) text+=' ('+data.folded[i].toLocaleString('en')+' narrower stacks folded together)';
@@ -225,7 +226,8 @@ def flame_html(report: CpuReport, max_nodes: int = MAX_FLAME_NODES) -> str:
             f"Click a box to zoom into it, again to zoom out. {note}.</p>"
             f"<div class=fg-bar><button type=button id=fg-reset>reset zoom</button>"
             f"<div id=fg-detail class=fg-detail></div></div>"
-            f"<div id=fg class=fg data-unit='{html.escape(report.unit)}' data-basis='{html.escape(what)}'></div>"
+            f"<div id=fg class=fg data-unit='{html.escape(report.unit)}' "
+            f"data-basis='{'CPU' if report.basis == 'cpu' else 'running time'}'></div>"
             f"<script type='application/json' id=fg-data>{flame_json(tree)}</script>"
             f"<script>{FLAME_JS}</script>")
 

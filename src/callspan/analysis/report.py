@@ -566,7 +566,7 @@ def render_html(results: Results) -> str:
         body.append("".join(rows))
     if results.latency is not None:
         lat = results.latency
-        rows = ["<h2>Latency by function</h2><table><tr><th class=l>function</th><th>calls</th><th>p50</th>"
+        rows = ["<h2>Latency by function</h2><table id=latency><tr><th class=l>function</th><th>calls</th><th>p50</th>"
                 "<th>p95</th><th>p99</th><th>max</th><th>running</th><th>suspended</th><th>awaits</th></tr>"]
         for row in lat.functions[:results.top]:
             rows.append(f"<tr><td class=l>{_esc(row.name)}</td><td>{row.calls:,}</td><td>{fmt_ns(row.p50)}</td>"
