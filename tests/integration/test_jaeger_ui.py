@@ -177,8 +177,14 @@ def test_demo_trace_in_the_jaeger_ui(jaeger_ui: Any, otelcol: Any, browser: Any,
     assert tags["callspan.await.count"] == "1" and tags["code.function.name"] == "__main__.inventory"
     assert len(tags["callspan.args.hash"]) == 16 and int(tags["callspan.args.hash"], 16) >= 0
     if where:
-        browser.js("document.querySelector('.detail-row').scrollIntoView({block: 'center'})")
-        browser.screenshot(Path(where) / "jaeger-span-tags.png", 1280, 720)
+        browser.driver.set_window_size(1280, 900)
+        # The row above the details (the span itself) just below the UI's sticky header.
+        browser.js("""const row = document.querySelector('.detail-row');
+            let box = row.parentElement;
+            while (box && !(box.scrollHeight > box.clientHeight && getComputedStyle(box).overflowY !== 'visible'))
+                box = box.parentElement;
+            (box || document.scrollingElement).scrollTop += row.getBoundingClientRect().top - 290;""")
+        browser.screenshot(Path(where) / "jaeger-span-tags.png", 1280, 900)
     assert browser.console_errors() == []
 
 

@@ -187,8 +187,8 @@ def test_demo_report_opens_clean(browser: Any, tmp_path: Path) -> None:
     assert figures == rows > 5
     where = os.environ.get(SCREENSHOTS_ENV)
     if where:
-        browser.js("window.scrollTo(0, document.getElementById('fg').getBoundingClientRect().top + "
-                   "window.scrollY - 90)")
+        browser.js("window.scrollTo(0, [...document.querySelectorAll('h2')].find(h => h.textContent === "
+                   "'CPU by call stack').getBoundingClientRect().top + window.scrollY - 10)")
         browser.screenshot(Path(where) / "report-flame-graph.png", 1100, 560)
         click_box(browser, "__main__.handle_checkout")
         browser.js("document.querySelector('.dists').scrollIntoView()")

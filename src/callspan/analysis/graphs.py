@@ -164,6 +164,7 @@ function color(i){
 }
 function describe(i){
   const all=data.width[0]||1, name=data.names[data.name[i]];
+  if(i===0) return 'all: '+basis+' '+fmt(data.width[0])+' in '+(n-1).toLocaleString('en')+' boxes; click a box to zoom';
   let text=name+'\n'+basis+' here and below: '+fmt(data.width[i])+' ('+(100*data.width[i]/all).toFixed(1)+
     '% of all), self '+fmt(data.self[i]);
   if(data.total[i]>=0&&i>0) text+=', recorded total '+fmt(data.total[i]);
