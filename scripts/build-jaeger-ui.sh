@@ -34,24 +34,13 @@ readonly NPM_PKG="npm@11.21.3"
 # Bump when the build recipe below changes, to invalidate cached assets.
 readonly RECIPE="1"
 
-log() { printf '[build-jaeger-ui] %s\n' "$*" >&2; }
-die() { printf '[build-jaeger-ui] error: %s\n' "$*" >&2; exit 1; }
-
-force=0
-for arg in "$@"; do
-    case "$arg" in
-        --force) force=1 ;;
-        -h|--help) sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//' >&2; exit 0 ;;
-        *) die "unknown argument: $arg (see --help)" ;;
-    esac
-done
+readonly BUILD_NAME="build-jaeger-ui"
+# shellcheck source=build-common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/build-common.sh"
+parse_build_args "$@"
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
-cache_dir="${CALLSPAN_BIN_CACHE:-$HOME/.cache/callspan-bin}"
-case "$cache_dir" in /*) ;; *) cache_dir="$PWD/$cache_dir" ;; esac
-case "$cache_dir/" in "$repo_root"/*) die "CALLSPAN_BIN_CACHE ($cache_dir) must be outside the repository ($repo_root)" ;; esac
-mkdir -p "$cache_dir"
-cache_dir="$(cd "$cache_dir" && pwd -P)"
+use_cache_dir "$repo_root"
 
 # The newest cached build of this recipe serves when no source is given (a developer built it
 # once; later runs, and the test set-up, need no source).
@@ -91,7 +80,6 @@ version="$(grep -o '"version": *"[^"]*"' "$src/packages/jaeger-ui/package.json" 
 [[ "v$version" == "$UI_VERSION" ]] || die "$src is jaeger-ui v$version; Jaeger in collector-config/jaeger-tool needs $UI_VERSION"
 command -v npm >/dev/null 2>&1 || die "npm is not on PATH (it installs Node 24 from the npm registry): install Node.js/npm (e.g. 'apt-get install npm') and run this script again"
 
-if command -v sha256sum >/dev/null 2>&1; then sha256() { sha256sum | cut -c1-16; }; else sha256() { shasum -a 256 | cut -c1-16; }; fi
 key="$( { printf 'recipe=%s node=%s npm=%s\n' "$RECIPE" "$NODE_PKG" "$NPM_PKG"; cat "$src/package-lock.json"; } | sha256)"
 out="$cache_dir/jaeger-ui-$UI_VERSION-$key"
 if [[ "$force" == 0 && -f "$out/index.html" && -f "$out/.recipe-$RECIPE" ]]; then

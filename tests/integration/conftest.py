@@ -48,23 +48,15 @@ def jaeger_bin() -> Path:
 
 @pytest.fixture
 def jaeger(jaeger_bin: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[otelbins.Jaeger]:
-    workdir = tmp_path_factory.mktemp("jaeger")
-    instance = otelbins.start_jaeger(jaeger_bin, workdir)
-    try:
+    with otelbins.start_jaeger(jaeger_bin, tmp_path_factory.mktemp("jaeger")) as instance:
         yield instance
-    finally:
-        instance.stop()
 
 
 @pytest.fixture
 def jaeger_ui(jaeger_bin: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[otelbins.Jaeger]:
     assets = otelbins.jaeger_ui_assets()
-    workdir = tmp_path_factory.mktemp("jaeger-ui")
-    instance = otelbins.start_jaeger(jaeger_bin, workdir, ui_assets=assets)
-    try:
+    with otelbins.start_jaeger(jaeger_bin, tmp_path_factory.mktemp("jaeger-ui"), ui_assets=assets) as instance:
         yield instance
-    finally:
-        instance.stop()
 
 
 @pytest.fixture
