@@ -30,17 +30,10 @@ readonly JAEGER_PKG="github.com/jaegertracing/jaeger/cmd/jaeger"
 # Bump when the build recipe below changes, to invalidate cached binaries.
 readonly RECIPE="1"
 
-log() { printf '[build-otel-binaries] %s\n' "$*" >&2; }
-die() { printf '[build-otel-binaries] error: %s\n' "$*" >&2; exit 1; }
-
-force=0
-for arg in "$@"; do
-    case "$arg" in
-        --force) force=1 ;;
-        -h|--help) sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//' >&2; exit 0 ;;
-        *) die "unknown argument: $arg (see --help)" ;;
-    esac
-done
+readonly BUILD_NAME="build-otel-binaries"
+# shellcheck source=build-common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/build-common.sh"
+parse_build_args "$@"
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
 otelcol_mod="$repo_root/collector-config/otelcol-builder"
@@ -53,25 +46,9 @@ for f in "$otelcol_mod/go.mod" "$otelcol_mod/go.sum" "$otelcol_mod/main.go" "$ja
     [[ -f "$f" ]] || die "missing $f"
 done
 
-if command -v sha256sum >/dev/null 2>&1; then
-    sha256() { sha256sum | cut -c1-16; }
-else
-    sha256() { shasum -a 256 | cut -c1-16; }
-fi
-
 goos="$(go env GOOS)"
 goarch="$(go env GOARCH)"
-cache_dir="${CALLSPAN_BIN_CACHE:-$HOME/.cache/callspan-bin}"
-case "$cache_dir" in /*) ;; *) cache_dir="$PWD/$cache_dir" ;; esac
-outside_repo() {
-    case "$1/" in
-        "$repo_root"/*) die "CALLSPAN_BIN_CACHE ($1) must be outside the repository ($repo_root)" ;;
-    esac
-}
-outside_repo "$cache_dir"
-mkdir -p "$cache_dir"
-cache_dir="$(cd "$cache_dir" && pwd -P)"
-outside_repo "$cache_dir"
+use_cache_dir "$repo_root"
 
 # Small and reproducible: no symbol tables, no local paths, no VCS stamping.
 # -mod=readonly: build exactly what go.mod/go.sum pin, never edit them.

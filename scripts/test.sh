@@ -21,6 +21,22 @@ else
   echo "test.sh: Go not found: end-to-end tests will be skipped (install Go, then rerun)" >&2
 fi
 
+# Browser tests: Debian's chromium + chromedriver (installed when absent, as root), speedscope's
+# built app, and the real Jaeger UI, built from its source once (CALLSPAN_JAEGER_UI_SRC) and
+# cached; without them those tests skip and say how to get them.
+if deps=$(bash scripts/browser-test-deps.sh); then
+  while IFS= read -r line; do
+    case "$line" in CALLSPAN_SPEEDSCOPE_APP=*) export "${line?}";; esac
+  done <<< "$deps"
+fi
+ui=$(bash scripts/build-jaeger-ui.sh)
+case $? in
+  0) case "$ui" in CALLSPAN_JAEGER_UI_ASSETS=*) export "${ui?}";; esac ;;
+  3) echo "test.sh: no Jaeger UI build and no CALLSPAN_JAEGER_UI_SRC: the Jaeger UI tests will be skipped" >&2 ;;
+  *) echo "test.sh: building the Jaeger UI failed; the Jaeger UI tests will be skipped" >&2
+     [ "${CI:-}" = "true" ] && exit 1 ;;
+esac
+
 find_python() {
   local version=$1 candidate
   for candidate in "python$version" "$HOME/.pyenv/versions/$version"*/bin/python; do

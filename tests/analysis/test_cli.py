@@ -115,7 +115,8 @@ def test_html_report_is_one_self_contained_file(tmp_path: Path) -> None:
     assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
     assert "shop.pricing.price" in page and "CPU by call stack" in page
     assert page.count("<svg") == 2  # one hit-ratio curve per opportunity (price and fetch)
-    assert "<script" not in page and "<link" not in page
+    # Scripts inline only: the flame graph's data and its code; nothing loaded from elsewhere.
+    assert page.count("<script") == 2 and not re.search(r"<script[^>]*\ssrc=", page) and "<link" not in page
     assert not re.search(r"(src|href)=[\"']?https?:", page)
     assert "rec. 4" in page  # the recommended size is marked on the curve
 

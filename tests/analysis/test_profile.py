@@ -358,6 +358,13 @@ def test_latency_from_sketches_and_exact_totals() -> None:
             exact = exact_percentile(values, p)
             assert abs(got - exact) <= 0.01 * exact, (name, p, got, exact)
         assert row.total_wall == sum(v["wall_ns"] for v in mine)
+        # The distribution: every call once, in the bin of its sketch bucket's value (within 1%).
+        binned: dict[int, int] = {}
+        for value in values:
+            index = latency.bin_of(bucket_value(bucket(value), SKETCH_GAMMA))
+            binned[index] = binned.get(index, 0) + 1
+        assert row.distribution == binned and sum(binned.values()) == row.calls
+        assert len(binned) >= 2
         assert row.mean_running == pytest.approx(sum(v["run_ns"] for v in mine) / row.calls)
         if kind == "coroutine":
             assert row.mean_suspended == pytest.approx(sum(v["suspended_ns"] for v in mine) / row.calls)

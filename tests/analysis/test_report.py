@@ -78,7 +78,8 @@ def test_text_fits_100_columns_with_long_names(tmp_path: Path) -> None:
 def test_html_escapes_names(tmp_path: Path) -> None:
     spans = key_sequence_spans("m.<script>alert(1)</script>", [1, 1, 1], cpu=3_000_000)
     page = render(results_for(tmp_path, spans=spans), "html")
-    assert "<script>" not in page
+    assert "<script>alert" not in page and "alert(1)</script>" not in page
+    assert page.count("<script") == page.count("</script>") == 2  # the flame graph's data and code
     assert "m.&lt;script&gt;alert(1)&lt;/script&gt;" in page
 
 

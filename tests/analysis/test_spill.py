@@ -11,6 +11,7 @@ import random
 import subprocess
 import sys
 from array import array
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -208,8 +209,10 @@ def test_a_spilled_function_gives_the_same_percentiles(monkeypatch: pytest.Monke
     source = CallSource(file.path, runs, tail)
     monkeypatch.setattr(latency, "SELECT_COLLECT", 16)
     walls.sort()
+    distribution = Counter(latency.bin_of(wall) for wall in walls)
     expected = (len(walls), latency.percentile(walls, 50), latency.percentile(walls, 95),
-                latency.percentile(walls, 99))
+                latency.percentile(walls, 99), dict(distribution))
+    assert sum(distribution.values()) == len(walls) and len(distribution) > 5
     assert latency._percentiles([source]) == expected
     assert latency._percentiles([CallSource("", [], source.gather())]) == expected  # in memory
     spill_dir.close()

@@ -42,6 +42,12 @@ BUILD_SCRIPT = REPO_ROOT / "scripts" / "build-otel-binaries.sh"
 OTELCOL_BIN_ENV = "CALLSPAN_OTELCOL_BIN"
 JAEGER_BIN_ENV = "CALLSPAN_JAEGER_BIN"
 BUILD_HINT = "run scripts/build-otel-binaries.sh and export the printed variables"
+# The real Jaeger UI's built assets (scripts/build-jaeger-ui.sh), served by Jaeger when given.
+JAEGER_UI_ASSETS_ENV = "CALLSPAN_JAEGER_UI_ASSETS"
+JAEGER_UI_HINT = ("get the jaeger-ui source at tag v1.76.0 (git clone --branch v1.76.0 "
+                  "https://github.com/jaegertracing/jaeger-ui), run CALLSPAN_JAEGER_UI_SRC=/path/to/jaeger-ui "
+                  "bash scripts/build-jaeger-ui.sh once and export the CALLSPAN_JAEGER_UI_ASSETS it prints "
+                  "(scripts/test.sh does that from the cache)")
 
 LOCALHOST = "127.0.0.1"
 # Variables read by the configs; the harness sets all of its own, and strips
@@ -84,6 +90,18 @@ def require_binary(env_var: str) -> Path:
             pytest.skip(f"{env_var} is not set: {BUILD_HINT}")
         return path
     pytest.fail(problem, pytrace=False)
+
+
+def jaeger_ui_assets() -> Path:
+    """The built Jaeger UI named by CALLSPAN_JAEGER_UI_ASSETS: skips when unset, fails when set
+    to a directory without the UI's index.html."""
+    value = os.environ.get(JAEGER_UI_ASSETS_ENV, "").strip()
+    if not value:
+        pytest.skip(f"{JAEGER_UI_ASSETS_ENV} is not set (no Jaeger UI build): {JAEGER_UI_HINT}")
+    path = Path(value).expanduser()
+    if not (path / "index.html").is_file():
+        pytest.fail(f"{JAEGER_UI_ASSETS_ENV}={value} has no index.html; {JAEGER_UI_HINT}", pytrace=False)
+    return path.resolve()
 
 
 def otelcol_binary() -> Path:
@@ -564,10 +582,13 @@ def start_jaeger(
     config: Path | str = JAEGER_CONFIG,
     extra_env: Mapping[str, str] | None = None,
     ready_timeout: float = 60.0,
+    ui_assets: Path | None = None,
 ) -> Jaeger:
     """Start Jaeger in ``workdir`` on free ports and wait until its query API answers.
 
-    The log goes to ``workdir/jaeger.log``. Use as a context manager or call ``stop()``.
+    ``ui_assets``: a built Jaeger UI to serve (``jaeger_ui_assets()``); by default the
+    placeholder page of the Go module. The log goes to ``workdir/jaeger.log``. Use as a
+    context manager or call ``stop()``.
     """
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -580,6 +601,7 @@ def start_jaeger(
             "CALLSPAN_JAEGER_QUERY_GRPC_ENDPOINT": f"{LOCALHOST}:{query_grpc}",
             "CALLSPAN_JAEGER_METRICS_HOST": LOCALHOST,
             "CALLSPAN_JAEGER_METRICS_PORT": str(metrics),
+            **({JAEGER_UI_ASSETS_ENV: str(ui_assets)} if ui_assets is not None else {}),
             **(extra_env or {}),
         }
     )

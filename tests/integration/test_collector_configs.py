@@ -21,9 +21,11 @@ from otelbins import (
     Collector,
     Jaeger,
     has_subcommand,
+    http_get,
     http_get_json,
     post_json,
     spans_in,
+    start_jaeger,
     validate_config,
     wait_for_spans,
 )
@@ -34,7 +36,8 @@ COMPOSE_FILE = CONFIG_DIR / "docker-compose.yaml"
 # config makes test_every_config_is_covered fail until a test covers it.
 COVERED_CONFIGS = {
     "otelcol.yaml": "test_otelcol_config_validates",
-    "jaeger.yaml": "test_jaeger_config_validates / test_jaeger_starts_and_answers",
+    "jaeger.yaml": "test_jaeger_config_validates / test_jaeger_starts_and_answers / "
+                   "test_jaeger_serves_the_ui_assets_it_is_given",
     "docker-compose.yaml": "test_compose_environment_validates",
 }
 
@@ -271,6 +274,22 @@ def test_collector_forwards_to_jaeger(otelcol: Collector, jaeger: Jaeger) -> Non
         for span in ss.get("spans", [])
     ]
     assert sorted(map(_key, v3_spans)) == sorted(map(_key, sent))
+
+
+def test_jaeger_serves_the_ui_assets_it_is_given(jaeger_bin: Path, tmp_path: Path) -> None:
+    """extensions.jaeger_query.ui.assets_path: a UI build directory replaces the placeholder."""
+    assets = tmp_path / "ui"
+    assets.mkdir()
+    (assets / "index.html").write_text('<!doctype html><html><head><base href="/" data-inject-target="BASE_URL" />'
+                                       "</head><body>callspan test UI</body></html>")
+    with start_jaeger(jaeger_bin, tmp_path / "with", ui_assets=assets) as served:
+        status, body = http_get(f"{served.query_url}/")
+        assert status == 200 and b"callspan test UI" in body
+        status, _ = http_get_json(f"{served.query_url}/api/services")
+        assert status == 200
+    with start_jaeger(jaeger_bin, tmp_path / "without") as placeholder:
+        status, body = http_get(f"{placeholder.query_url}/")
+        assert status == 200 and b"callspan test UI" not in body
 
 
 def test_jaeger_unknown_trace_is_404(jaeger: Jaeger) -> None:

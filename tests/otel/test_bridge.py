@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
@@ -160,7 +161,7 @@ def test_context_getter_returns_what_get_current_returns() -> None:
 def test_a_window_of_200k_stacks_is_chunked_below_the_collectors_message_limit() -> None:
     from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 
-    from callspan.otel.bridge import PROFILE_CHUNK_NODES, chunk_window
+    from callspan.otel.bridge import PROFILE_CHUNK_ROWS, chunk_window
     from callspan.tracer.aggregate import Aggregates
     from callspan.tracer.selection import CodeInfo
 
@@ -182,10 +183,17 @@ def test_a_window_of_200k_stacks_is_chunked_below_the_collectors_message_limit()
     assert len(columns["node.id"]) == 1 + 100 + 200_000
     data = {k: v for k, v in columns.items() if k not in ("window", "other_nodes")}
     chunks = chunk_window(data)
-    assert len(chunks) >= 200_000 // PROFILE_CHUNK_NODES
+    assert len(chunks) >= 200_000 // PROFILE_CHUNK_ROWS
     # Nothing lost or repeated by chunking.
     assert sorted(i for c in chunks for i in c.get("node.id", [])) == sorted(columns["node.id"])
     assert sum(sum(c["function.calls"]) for c in chunks) == sum(columns["function.calls"]) == 200_000
+    # Each function's totals in exactly one chunk; no chunk past the row budget in any group.
+    owners = Counter(f for c in chunks for f, calls in zip(c["function.id"], c["function.calls"], strict=True) if calls)
+    assert set(owners.values()) == {1} and len(owners) == 2000
+    for chunk in chunks:
+        grouped = sum(len(chunk.get(f"{group}function", [])) for group in ("node.", "wall.", "run.", "cache.", "reuse."))
+        assert grouped <= PROFILE_CHUNK_ROWS
+        assert len(chunk["function.id"]) <= 2 * PROFILE_CHUNK_ROWS
     provider, memory = provider_with_memory()
     tracer = provider.get_tracer("callspan")
     biggest = 0
@@ -198,3 +206,22 @@ def test_a_window_of_200k_stacks_is_chunked_below_the_collectors_message_limit()
         memory.clear()
         biggest = max(biggest, len(encode_spans([finished]).SerializeToString()))
     assert biggest < 4 * 1024 * 1024 // 2, biggest  # half the Collector's default gRPC limit
+
+
+def test_chunks_fill_up_to_the_row_budget_and_carry_each_total_once() -> None:
+    from callspan.otel.bridge import chunk_window
+
+    columns = {"function.id": [1, 2, 3], "function.name": ["a", "b", "c"], "function.calls": [10, 20, 30],
+               "node.id": [1, 2, 3, 4, 5], "node.function": [1, 2, 3, 1, 2],
+               "wall.function": [3, 3], "wall.bucket": [5, 6], "wall.count": [7, 8]}
+    assert chunk_window(columns, size=4) == [
+        # the function table (3 rows, with the totals) and the first node
+        {"node.id": [1], "node.function": [1], "function.id": [1, 2, 3], "function.name": ["a", "b", "c"],
+         "function.calls": [10, 20, 30]},
+        # four nodes, and the functions they reference without totals
+        {"node.id": [2, 3, 4, 5], "node.function": [2, 3, 1, 2], "function.id": [1, 2, 3],
+         "function.name": ["a", "b", "c"], "function.calls": [0, 0, 0]},
+        {"wall.function": [3, 3], "wall.bucket": [5, 6], "wall.count": [7, 8], "function.id": [3],
+         "function.name": ["c"], "function.calls": [0]},
+    ]
+    assert chunk_window({}, size=4) == [{}]

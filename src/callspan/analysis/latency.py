@@ -11,15 +11,20 @@ tree, and percentiles from their wall-time sketches (each bucket stands for the 
 ``profile.bucket_value``, within 1% of the calls in it; same nearest-rank rule). When a function
 has aggregates in some process, its percentiles are those of the aggregates (``source``
 "aggregates"). Their spans are only examples (the slowest calls).
+
+Each row also has its wall-time distribution (``LatencyRow.distribution``: calls per bin of
+``BINS_PER_DECADE`` equal steps per decade on a log scale, ``bin_of``), from the same calls as
+its percentiles: each call's wall time, or each sketch bucket at its value.
 """
 
 from __future__ import annotations
 
 import math
 from array import array
+from bisect import bisect_left, bisect_right
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from callspan.analysis.cpu import CpuReport
@@ -36,7 +41,34 @@ from callspan.analysis.model import (
     FunctionInfo,
     Model,
 )
-from callspan.analysis.profile import ProfileData, Sketch, sketch_max, sketch_percentiles
+from callspan.analysis.profile import ProfileData, Sketch, bucket_value, sketch_max, sketch_percentiles
+
+BINS_PER_DECADE = 4
+# The smallest integer wall time (ns) of each bin: bin k holds [10**(k/4), 10**((k+1)/4)), up to ~3 h.
+BIN_FLOORS = [math.ceil(10 ** (k / BINS_PER_DECADE) - 1e-9) for k in range(BINS_PER_DECADE * 13)]
+
+
+def bin_of(wall_ns: float) -> int:
+    """The distribution bin of a wall time (bin 0 also holds 0 and 1 ns)."""
+    return max(0, bisect_right(BIN_FLOORS, round(wall_ns)) - 1)
+
+
+def bin_floor(index: int) -> float:
+    """The lower edge of a bin, in ns."""
+    return 10 ** (index / BINS_PER_DECADE)
+
+
+def _bin_counts(sorted_values: Sequence[int], into: dict[int, int]) -> None:
+    """Add the bins of ascending ``sorted_values`` to ``into`` (bin -> calls), by bisection."""
+    if not sorted_values:
+        return
+    low, high = bin_of(sorted_values[0]), bin_of(sorted_values[-1])
+    for index in range(low, high + 1):
+        start = bisect_left(sorted_values, BIN_FLOORS[index]) if index > low else 0
+        end = (bisect_left(sorted_values, BIN_FLOORS[index + 1])
+               if index < high and index + 1 < len(BIN_FLOORS) else len(sorted_values))
+        if end > start:
+            into[index] = into.get(index, 0) + end - start
 
 
 def percentile(sorted_values: Sequence[int], p: float) -> int:
@@ -67,6 +99,7 @@ class LatencyRow:
     awaits_per_call: float | None
     processes: int
     source: str = "spans"  # "aggregates": totals and percentiles from v2 aggregates (see the module docstring)
+    distribution: dict[int, int] = field(default_factory=dict)  # bin_of(wall) -> calls, of the timed calls
 
 
 @dataclass(slots=True)
@@ -91,12 +124,16 @@ def _rank(p: float, n: int) -> int:
     return min(n, max(1, math.ceil(p / 100.0 * n - 1e-9)))
 
 
-def _percentiles(sources: list[CallSource]) -> tuple[int, int, int, int]:
-    """(timed calls, p50, p95, p99) of the calls in ``sources``."""
+Percentiles = tuple[int, int, int, int, dict[int, int]]  # timed calls, p50, p95, p99, distribution
+
+
+def _percentiles(sources: list[CallSource]) -> Percentiles:
+    """(timed calls, p50, p95, p99, distribution) of the calls in ``sources``."""
+    distribution: dict[int, int] = {}
     if any(source.spilled for source in sources):
         n = sum(map(len, sources))
         if not n:
-            return 0, 0, 0, 0
+            return 0, 0, 0, 0, distribution
 
         def walls() -> Iterator[array[int]]:
             for source in sources:
@@ -104,15 +141,18 @@ def _percentiles(sources: list[CallSource]) -> tuple[int, int, int, int]:
                     yield array("q", map(int.__sub__, piece.end, piece.start))
 
         p50, p95, p99 = select_ranks(walls, [_rank(50, n), _rank(95, n), _rank(99, n)])
-        return n, p50, p95, p99
+        for chunk in walls():
+            _bin_counts(sorted(chunk), distribution)
+        return n, p50, p95, p99, distribution
     values: list[int] = []
     for source in sources:
         values.extend(map(int.__sub__, source.tail.end, source.tail.start))
     values.sort()
-    return len(values), percentile(values, 50), percentile(values, 95), percentile(values, 99)
+    _bin_counts(values, distribution)
+    return len(values), percentile(values, 50), percentile(values, 95), percentile(values, 99), distribution
 
 
-def _percentiles_job(job: list[list[CallSource]]) -> list[tuple[int, int, int, int]]:
+def _percentiles_job(job: list[list[CallSource]]) -> list[Percentiles]:
     return [_percentiles(sources) for sources in job]
 
 
@@ -209,7 +249,7 @@ class PendingLatency:
         computed = (item for job in self.computed for item in job)
         rows = []
         for indices in self.groups:
-            timed, p50, p95, p99 = next(computed)
+            timed, p50, p95, p99, distribution = next(computed)
             infos = [model.functions[i] for i in indices]
             aggregates = [(model.profiles[i.process], fid) for i in infos if i.process in model.profiles
                           for fid in self.ids_by_name[i.process].get(i.name, ())]
@@ -230,7 +270,7 @@ class PendingLatency:
                 mean_running=sum(i.stats[S_RUN] for i in infos) / calls if calls else 0.0,
                 mean_suspended=suspended / span_calls if coroutine and span_calls else None,
                 awaits_per_call=sum(i.stats[S_AWAITS] for i in infos) / span_calls if coroutine and span_calls else None,
-                processes=len({i.process for i in infos}),
+                processes=len({i.process for i in infos}), distribution=distribution,
             ))
         rows.sort(key=lambda r: (-r.total_wall, r.name))
         slowest = []
@@ -262,6 +302,12 @@ def _aggregate_row(infos: list[FunctionInfo], aggregates: list[tuple[ProfileData
     coroutine = kind in ("coroutine", "async_generator") or suspended > 0
     sketches: list[tuple[Sketch, float]] = [(data.wall_sketch.get(fid, {}), data.gamma) for data, fid in aggregates]
     timed, (p50, p95, p99) = sketch_percentiles(sketches, (50, 95, 99))
+    distribution: dict[int, int] = {}
+    for sketch, gamma in sketches:
+        for bucket, count in sketch.items():
+            if count > 0:
+                index = bin_of(bucket_value(bucket, gamma))
+                distribution[index] = distribution.get(index, 0) + count
     return LatencyRow(
         name=first.name, file=first.file or functions[0].file, line=first.line or functions[0].line, kind=kind,
         calls=calls, errors=sum(i.stats[S_ERRORS] + i.stats[S_SUM_ERRORS] for i in spans_only)
@@ -274,7 +320,7 @@ def _aggregate_row(infos: list[FunctionInfo], aggregates: list[tuple[ProfileData
         if calls else 0.0,
         mean_suspended=suspended / awaited_calls if coroutine and awaited_calls else None,
         awaits_per_call=awaits / awaited_calls if coroutine and awaited_calls else None,
-        processes=len({i.process for i in infos}), source="aggregates",
+        processes=len({i.process for i in infos}), source="aggregates", distribution=distribution,
     )
 
 

@@ -12,6 +12,7 @@ from typing import Any
 from callspan import __version__
 from callspan.analysis.cache import DEFAULT_MAXSIZE, CacheReport, LookupCost, Opportunity
 from callspan.analysis.cpu import CpuReport
+from callspan.analysis.graphs import FLAME_CSS, distribution_svg, flame_html
 from callspan.analysis.latency import LatencyReport
 from callspan.analysis.model import Model
 from callspan.untrusted import printable
@@ -457,7 +458,9 @@ code{font:12.5px ui-monospace,Menlo,Consolas,monospace;background:#f4f4f4;paddin
 border:1px solid #e4e4e4;border-radius:6px}.fn div{flex:1 1 28em}.muted{color:#777}
 .k-lru_cache{color:#1a7f37}.k-not_worth_it,.k-method{color:#9a6700}.k-inconsistent,.k-fresh_object,.k-not_cacheable{color:#cf222e}.k-calls_impure,.k-mostly_consistent,.k-mutable_return{color:#bc4c00}
 svg text{font:11px system-ui,sans-serif;fill:#444}
-"""
+.dists{display:flex;flex-wrap:wrap;gap:.5em 1.5em}.dists figure{margin:0}.dists figcaption{font-size:12px;
+max-width:300px;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
+""" + FLAME_CSS
 
 
 def curve_svg(op: Opportunity, width: int = 380, height: int = 220) -> str:
@@ -556,7 +559,8 @@ def render_html(results: Results) -> str:
         r = results.cpu
         total = r.total_self or 1
         rows = [f"<h2>CPU by call stack</h2><p class=muted>self {'CPU' if r.basis == 'cpu' else 'running time'}"
-                f", unit {_esc(r.unit)}, total {_esc(fmt_cost(r.total_self, r.unit))}</p><table><tr><th>self</th>"
+                f", unit {_esc(r.unit)}, total {_esc(fmt_cost(r.total_self, r.unit))}</p>", flame_html(r),
+                "<h3>Top stacks by self cost</h3><table><tr><th>self</th>"
                 "<th>%</th><th>total</th><th>calls</th><th class=l>stack (root &gt; leaf)</th></tr>"]
         for st in r.stacks[:results.top]:
             rows.append(f"<tr><td>{_esc(fmt_cost(st.self_cost, r.unit))}</td><td>{100 * st.self_cost / total:.1f}</td>"
@@ -566,7 +570,7 @@ def render_html(results: Results) -> str:
         body.append("".join(rows))
     if results.latency is not None:
         lat = results.latency
-        rows = ["<h2>Latency by function</h2><table><tr><th class=l>function</th><th>calls</th><th>p50</th>"
+        rows = ["<h2>Latency by function</h2><table id=latency><tr><th class=l>function</th><th>calls</th><th>p50</th>"
                 "<th>p95</th><th>p99</th><th>max</th><th>running</th><th>suspended</th><th>awaits</th></tr>"]
         for row in lat.functions[:results.top]:
             rows.append(f"<tr><td class=l>{_esc(row.name)}</td><td>{row.calls:,}</td><td>{fmt_ns(row.p50)}</td>"
@@ -574,7 +578,15 @@ def render_html(results: Results) -> str:
                         f"<td>{fmt_ns(row.mean_running)}</td>"
                         f"<td>{'-' if row.mean_suspended is None else fmt_ns(row.mean_suspended)}</td>"
                         f"<td>{'-' if row.awaits_per_call is None else f'{row.awaits_per_call:.1f}'}</td></tr>")
-        rows.append("</table><h3>Slowest calls</h3><table><tr><th>wall</th><th class=l>stack</th>"
+        rows.append("</table><h3>Wall time per call</h3><p class=muted>Calls per bin (4 per decade, log scale) "
+                    "with p50, p95, p99; from latency sketches (within 1%) where the input has aggregates.</p>"
+                    "<div class=dists>")
+        for row in lat.functions[:results.top]:
+            chart = distribution_svg(row)
+            if chart:
+                rows.append(f"<figure><figcaption title='{_esc(row.name)}'>{_esc(row.name)}</figcaption>{chart}"
+                            "</figure>")
+        rows.append("</div><h3>Slowest calls</h3><table><tr><th>wall</th><th class=l>stack</th>"
                     "<th class=l>trace</th></tr>")
         for call in lat.slowest[:results.top]:
             rows.append(f"<tr><td>{fmt_ns(call.wall)}</td><td class=l>{' &gt; '.join(_esc(f) for f in call.stack)}"

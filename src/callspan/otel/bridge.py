@@ -19,9 +19,10 @@ SCOPE_NAME = "callspan"
 SCHEMA_VERSION = 2
 PROFILE_SPAN_NAME = "callspan.profile"
 PROFILE_PREFIX = "callspan.profile."
-# Nodes per callspan.profile span: ~100 bytes each in OTLP protobuf, so a chunk stays far below
-# the Collector's default 4 MiB gRPC message limit even with the other columns beside it.
-PROFILE_CHUNK_NODES = 10_000
+# Rows (functions, nodes, sketch buckets, cache rows) per callspan.profile span. The Jaeger UI
+# draws every array element of a span's tags: a 10,000-node chunk took ~15 s to open there (its
+# page frozen), 1,000 rows open in about a second. Far below the Collector's 4 MiB gRPC limit too.
+PROFILE_CHUNK_ROWS = 1_000
 # Most seconds spent flushing the chunks of one window one by one (see OtelSink.profile).
 PROFILE_FLUSH_BUDGET_S = 5.0
 # The groups of columns of a window (docs/span-schema.md, schema v2), chunked independently.
@@ -61,9 +62,11 @@ def current_context_getter() -> Callable[[], Context]:
         return var.get
     return otel_context.get_current
 
-def chunk_window(columns: dict[str, list[Any]], size: int = PROFILE_CHUNK_NODES) -> list[dict[str, list[Any]]]:
-    """Cut one window's columns into chunks of at most ``size`` rows per group, each chunk with
-    the function-table rows its other rows reference."""
+def chunk_window(columns: dict[str, list[Any]], size: int = PROFILE_CHUNK_ROWS) -> list[dict[str, list[Any]]]:
+    """Cut one window's columns into chunks of at most ``size`` rows of the function table and
+    the other groups together. Each function's totals are in exactly one chunk; every chunk also
+    defines, with zero totals, the other functions its rows reference, so adding chunks counts
+    each call once."""
     groups: dict[str, list[str]] = {group: [] for group in _GROUPS}
     for name in columns:
         for group in _GROUPS:
@@ -73,37 +76,43 @@ def chunk_window(columns: dict[str, list[Any]], size: int = PROFILE_CHUNK_NODES)
                        "cache.": "cache.function", "reuse.": "reuse.function"}
     function_rows = {fid: i for i, fid in enumerate(columns.get("function.id", []))}
     function_names = [name for name in columns if name.startswith("function.")]
-    pieces: list[tuple[str, int, int]] = []
-    for group, names in groups.items():
-        rows = len(columns[names[0]]) if names else 0
-        for start in range(0, rows, size):
-            pieces.append((group, start, min(rows, start + size)))
     chunks: list[dict[str, list[Any]]] = []
+    owned: list[range] = []  # per chunk, the function-table rows whose totals it carries
     current: dict[str, list[Any]] = {}
-    current_rows = 0
-    for group, start, stop in pieces:
-        if current and current_rows + (stop - start) > size:
-            chunks.append(current)
-            current, current_rows = {}, 0
-        for name in groups[group]:
-            current.setdefault(name, []).extend(columns[name][start:stop])
-        current_rows += stop - start
-    if current or not chunks:
+    current_owned = range(0)
+    room = size
+    # The function table first, then each group; a chunk is filled up before the next starts.
+    for group, names in (("function.", ["function.id"] if function_rows else []), *groups.items()):
+        rows = len(columns[names[0]]) if names else 0
+        start = 0
+        while start < rows:
+            if not room:
+                chunks.append(current)
+                owned.append(current_owned)
+                current, current_owned, room = {}, range(0), size
+            stop = min(rows, start + room)
+            if group == "function.":
+                current_owned = range(start, stop)  # the table comes first: one range per chunk
+            else:
+                for name in names:
+                    current.setdefault(name, []).extend(columns[name][start:stop])
+            room -= stop - start
+            start = stop
+    if room < size or not chunks:
         chunks.append(current)
-    # The first chunk carries the whole function table with the totals; the others only define
-    # the functions they reference, with zero totals, so that adding chunks counts each call once.
+        owned.append(current_owned)
     totals = ("function.calls", "function.errors", "function.wall_ns", "function.run_ns", "function.cpu_self")
-    for index, chunk in enumerate(chunks):
-        if index == 0:
-            wanted = list(range(len(columns.get("function.id", []))))
-        else:
-            referenced: set[int] = set()
-            for column in function_column.values():
-                referenced.update(chunk.get(column, ()))
-            wanted = sorted(function_rows[f] for f in referenced if f in function_rows)
+    for chunk, mine in zip(chunks, owned, strict=True):
+        referenced: set[int] = set()
+        for column in function_column.values():
+            referenced.update(chunk.get(column, ()))
+        wanted = sorted(set(mine).union(function_rows[f] for f in referenced if f in function_rows))
         for name in function_names:
             values = columns[name]
-            chunk[name] = [0 for _ in wanted] if index and name in totals else [values[i] for i in wanted]
+            if name in totals:
+                chunk[name] = [values[i] if i in mine else 0 for i in wanted]
+            else:
+                chunk[name] = [values[i] for i in wanted]
     return chunks
 
 
