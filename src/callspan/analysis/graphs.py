@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from callspan.analysis.cpu import ROOT, CpuReport
 from callspan.analysis.latency import BINS_PER_DECADE, LatencyRow, bin_floor, bin_of
+from callspan.untrusted import printable
 
 MAX_FLAME_NODES = 4000
 MIN_BINS = 10  # a distribution chart spans at least this many bins (2.5 decades)
@@ -122,7 +123,8 @@ def flame_tree(report: CpuReport, max_nodes: int = MAX_FLAME_NODES) -> FlameTree
 
 def flame_json(tree: FlameTree) -> str:
     """The tree as the page's script reads it (column arrays), safe inside a <script> element."""
-    data = {"names": tree.names, "name": tree.name, "parent": tree.parent, "self": tree.self_cost,
+    # Names come from the trace: terminal controls escaped as in every output (callspan.untrusted).
+    data = {"names": [printable(name) for name in tree.names], "name": tree.name, "parent": tree.parent, "self": tree.self_cost,
             "width": tree.width, "total": tree.total, "calls": tree.calls, "folded": tree.folded}
     # No "<" at all: nothing in a name can end the script element early (or start a comment
     # that changes how it ends); the JSON parser reads the escape back.
@@ -251,7 +253,7 @@ def distribution_svg(row: LatencyRow, width: int = 300, height: int = 110) -> st
     peak = max(row.distribution.values())
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class=dist width="{width}" height="{height}" '
              f'viewBox="0 0 {width} {height}" role="img">',
-             f"<title>{html.escape(row.name)}: wall time per call, {row.timed_calls:,} calls</title>",
+             f"<title>{html.escape(printable(row.name))}: wall time per call, {row.timed_calls:,} calls</title>",
              f'<line x1="{left}" x2="{left + pw}" y1="{top + ph}" y2="{top + ph}" stroke="#999"/>']
     for index, calls in sorted(row.distribution.items()):
         h = max(1.0, ph * calls / peak)
