@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -48,19 +49,27 @@ def lru_hits(seq: list[int], size: int | None) -> int:
     return cached.cache_info().hits
 
 
+def cache_report(tmp_path: Path, script: str, *args: str, env: dict[str, str] | None = None,
+                 analyze_args: tuple[str, ...] = ()) -> dict[str, dict[str, Any]]:
+    """``callspan run`` then ``callspan analyze --report cache`` in ``tmp_path``, as a user runs
+    them (subprocesses, default settings besides ``env``): the opportunities by function."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "CALLSPAN_"))}
+    full_env.update(env or {})
+    run = subprocess.run([sys.executable, "-m", "callspan", "run", "-o", "t.jsonl", script, *args],
+                         cwd=tmp_path, env=full_env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    analyze = subprocess.run([sys.executable, "-m", "callspan", "analyze", "--format", "json", "--report", "cache",
+                              "--no-progress", *analyze_args, "t.jsonl"], cwd=tmp_path, capture_output=True,
+                             text=True, timeout=300)
+    assert analyze.returncode == 0, analyze.stderr
+    return {op["function"]: op for op in json.loads(analyze.stdout)["cache"]["opportunities"]}
+
+
 @pytest.mark.parametrize("core", available_cores())
 def test_hits_at_every_size_equal_lru_cache_through_file_and_analyzer(core: str, tmp_path: Path) -> None:
     seed, calls = 5, 5000
     (tmp_path / "prog.py").write_text(PROGRAM)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "CALLSPAN_"))}
-    env["CALLSPAN_CORE"] = core
-    run = subprocess.run([sys.executable, "-m", "callspan", "run", "-o", "t.jsonl", "prog.py", str(seed), str(calls)],
-                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr
-    analyze = subprocess.run([sys.executable, "-m", "callspan", "analyze", "--format", "json", "--report", "cache",
-                              "--no-progress", "t.jsonl"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert analyze.returncode == 0, analyze.stderr
-    (op,) = [o for o in json.loads(analyze.stdout)["cache"]["opportunities"] if o["function"] == "__main__.price"]
+    op = cache_report(tmp_path, "prog.py", str(seed), str(calls), env={"CALLSPAN_CORE": core})["__main__.price"]
     rng = random.Random(seed)
     seq = [int(rng.paretovariate(1.2)) % 300 for _ in range(calls)]
     assert op["calls"] == calls and op["source"] == "aggregates" and not op["estimated"]
@@ -87,14 +96,7 @@ RECURSIVE = textwrap.dedent("""
 @pytest.mark.parametrize("core", available_cores())
 def test_a_recursive_function_is_sized_on_its_memoized_calls(core: str, tmp_path: Path) -> None:
     (tmp_path / "fib.py").write_text(RECURSIVE)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "CALLSPAN_"))}
-    env["CALLSPAN_CORE"] = core
-    run = subprocess.run([sys.executable, "-m", "callspan", "run", "-o", "t.jsonl", "fib.py"], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr
-    analyze = subprocess.run([sys.executable, "-m", "callspan", "analyze", "--format", "json", "--report", "cache",
-                              "--no-progress", "t.jsonl"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    (op,) = json.loads(analyze.stdout)["cache"]["opportunities"]
+    (op,) = cache_report(tmp_path, "fib.py", env={"CALLSPAN_CORE": core}).values()
 
     @functools.cache
     def fib(n: int) -> int:  # the memoized version
@@ -135,16 +137,8 @@ def test_calls_beyond_the_depth_cap_keep_their_cpu_cost(tmp_path: Path) -> None:
     # CALLSPAN_MAX_DEPTH=2: every price() call folds into an "(other)" node, in no node of its own;
     # its cost must still come from the function table, not read as ~0 ns a call.
     (tmp_path / "deep.py").write_text(DEEP)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "CALLSPAN_"))}
-    env["CALLSPAN_MAX_DEPTH"] = "2"
-    run = subprocess.run([sys.executable, "-m", "callspan", "run", "-o", "t.jsonl", "deep.py"], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr
-    analyze = subprocess.run([sys.executable, "-m", "callspan", "analyze", "--format", "json", "--report", "cache",
-                              "--no-progress", "--lookup-ns", "100", "t.jsonl"], cwd=tmp_path, capture_output=True,
-                             text=True, timeout=300)
-    assert analyze.returncode == 0, analyze.stderr
-    (op,) = [o for o in json.loads(analyze.stdout)["cache"]["opportunities"] if o["function"] == "__main__.price"]
+    op = cache_report(tmp_path, "deep.py", env={"CALLSPAN_MAX_DEPTH": "2"},
+                      analyze_args=("--lookup-ns", "100"))["__main__.price"]
     assert op["calls"] == 3000 and op["hits"] == 3000 - 20
     assert op["own_cost"]["cpu"] > 0 and op["mean_cost"] > 1000  # ns: 400 loop iterations
     assert op["advice"]["kind"] == "lru_cache"

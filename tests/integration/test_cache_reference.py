@@ -12,10 +12,7 @@ and the verdict its advice kind stands for.
 
 from __future__ import annotations
 
-import json
-import os
 import random
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -25,6 +22,7 @@ import pytest
 
 from callspan.tracer.cores.select import available_cores
 from tests.cache_reference import FunctionTruth, impure_reach, run_program
+from tests.integration.test_cache_pipeline import cache_report
 
 ROOT = Path(__file__).resolve().parents[2]
 # ~40 loop iterations per call: a few microseconds, above CALLSPAN_KEY_MIN_NS on every core.
@@ -142,15 +140,7 @@ def verdict(truth: FunctionTruth, reach: dict[str, set[str]]) -> str:
 
 
 def run_pipeline(tmp_path: Path, core: str, seed: int, calls: int) -> dict[str, dict[str, Any]]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "CALLSPAN_"))}
-    env["CALLSPAN_CORE"] = core
-    run = subprocess.run([sys.executable, "-m", "callspan", "run", "-o", "t.jsonl", "prog.py", str(seed), str(calls)],
-                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr
-    analyze = subprocess.run([sys.executable, "-m", "callspan", "analyze", "--format", "json", "--report", "cache",
-                              "--no-progress", "t.jsonl"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert analyze.returncode == 0, analyze.stderr
-    return {op["function"]: op for op in json.loads(analyze.stdout)["cache"]["opportunities"]}
+    return cache_report(tmp_path, "prog.py", str(seed), str(calls), env={"CALLSPAN_CORE": core})
 
 
 def compare(truths: dict[str, FunctionTruth], ops: dict[str, dict[str, Any]]) -> list[str]:
