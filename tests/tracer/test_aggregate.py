@@ -470,13 +470,16 @@ def test_shards_estimates_are_unbiased_over_key_sets() -> None:
     assert abs(mean - 400) < 400 * 0.15
 
 
-def test_process_wide_key_budget_halves_the_largest_of_equally_cheap_functions() -> None:
-    class Info:
-        def __init__(self, name: str) -> None:
-            self.name, self.file, self.line, self.kind = name, "", 0, 0
+class NamedInfo:
+    """The CodeInfo fields fold_key reads, for driving the aggregates directly."""
 
+    def __init__(self, name: str) -> None:
+        self.name, self.file, self.line, self.kind = name, "", 0, 0
+
+
+def test_process_wide_key_budget_halves_the_largest_of_equally_cheap_functions() -> None:
     aggregates = Aggregates(max_keys=10_000, max_keys_total=300)
-    big, small = Info("big"), Info("small")
+    big, small = NamedInfo("big"), NamedInfo("small")
     for k in range(50):
         aggregates.fold_key(small, (k, "", False), 1, False, k, k + 1, 1)  # type: ignore[arg-type]
     for k in range(1000):
@@ -487,14 +490,10 @@ def test_process_wide_key_budget_halves_the_largest_of_equally_cheap_functions()
 
 
 def test_process_wide_key_budget_sheds_the_cheapest_function_first() -> None:
-    class Info:
-        def __init__(self, name: str) -> None:
-            self.name, self.file, self.line, self.kind = name, "", 0, 0
-
     # Two functions with 200 keys each; a budget of 300 keys. Calls of "costly" take 1,000 ns of
     # the injected clock, those of "cheap" 1 ns: "cheap" is sampled, "costly" stays exact.
     aggregates = Aggregates(max_keys=10_000, max_keys_total=300)
-    costly, cheap = Info("costly"), Info("cheap")
+    costly, cheap = NamedInfo("costly"), NamedInfo("cheap")
     t = 0
     for k in range(200):
         aggregates.fold_key(costly, (k, "", False), 1, False, t, t + 1000, 1)  # type: ignore[arg-type]
