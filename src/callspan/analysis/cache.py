@@ -912,29 +912,26 @@ def _advise(op: Opportunity, options: CacheOptions, lookup: LookupCost) -> Advic
                           "identical call was still running: share one in-flight asyncio.Task per key "
                           "(coalescing) and cache its result; " + text.split(": ", 1)[1])
         return Advice("async_cache", text)
-    note = ""
-    if op.method:
-        note = ("; a method: self is part of the key, hits only repeat per instance, and the cache keeps "
-                "instances alive until evicted")
-    if op.returns_unhashable:
-        note += "; returns a mutable value: callers would share (and could mutate) the cached object"
+    note = ("; a method: self is part of the key, hits only repeat per instance, and the cache keeps "
+            "instances alive until evicted") if op.method else ""
     if op.unhashable_types and not op.returns_unhashable:
         # Never a bare lru_cache line: it would raise TypeError on the first such call.
         return Advice("lru_cache_convert_args", convert_args_text(op) + ", then cache the function of the "
                       f"converted arguments with functools.lru_cache(maxsize={size})" + note)
     if op.mostly_consistent:
+        mutable = ("; returns a mutable value: callers would share (and could mutate) the cached object"
+                   if op.returns_unhashable else "")
         return Advice("mostly_consistent", f"{op.inconsistent_keys:,} of {_format_count(op.distinct_keys)} "
                       f"argument keys ({op.inconsistent_share:.1%}) returned different values for the same "
                       "arguments: a cache would return a stale value for those; if that is acceptable, "
-                      f"functools.lru_cache(maxsize={size})" + note)
+                      f"functools.lru_cache(maxsize={size})" + note + mutable)
     if op.returns_unhashable:
-        method = note.split("; returns a mutable value")[0]
         convert = "; and " + convert_args_text(op) if op.unhashable_types else ""
         return Advice("mutable_return", "returns a mutable value (a list, dict, set or object without a hash): "
                       "a cache hands every caller the same object, so a caller that changes it changes what "
                       "later callers get; if no caller mutates the result (or after returning an immutable "
                       f"copy: tuple, frozenset, a frozen dataclass){convert}, functools.lru_cache(maxsize={size})"
-                      + method)
+                      + note)
     return Advice("lru_cache", f"cache it with functools.lru_cache(maxsize={size})" + note, paste)
 
 
@@ -1197,6 +1194,7 @@ def _opportunity(model: Model, results: list[ProcessResult], total_cpu: dict[str
         unhashable |= info.unhashable
     for result in aggregated:
         unhashable.update(result.unhashable_types)
+    unhashable_args, unhashable_types = split_unhashable(unhashable)
     sources = {r.source for r in results}
     estimator = _estimator(results)
     rate = min(r.sample_rate for r in results)
@@ -1216,7 +1214,7 @@ def _opportunity(model: Model, results: list[ProcessResult], total_cpu: dict[str
         consistent=not inconsistent, inconsistent_keys=inconsistent,
         overlapping=sum(r.overlapping for r in results), sample_rate=rate,
         estimator=estimator, estimate_error=error, own_cpu=own_cpu_total, own_wall=wall_total, mean_wall=wall_total / wall_calls if wall_calls else None,
-        unhashable_types=split_unhashable(unhashable)[1], unhashable_args=split_unhashable(unhashable)[0],
+        unhashable_types=unhashable_types, unhashable_args=unhashable_args,
         returns_unhashable=(any(i.stats[S_RET_UNHASHABLE] for i in infos)
                             or any(r.unhashable_returns for r in aggregated)),
         cpu_unit=unit if has_cpu else "none", savings=savings, share=share,
