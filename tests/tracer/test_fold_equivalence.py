@@ -208,11 +208,30 @@ def spans(run: Traced) -> list[tuple[Any, ...]]:
     return out
 
 
+# Key columns that depend on where objects hashed by identity were allocated: a new object at a
+# freed one's address gets the same key (docs/span-schema.md, callspan.args.identity), so a
+# comprehension's iterator or an identity-hashed self can repeat a key in one run and not the next.
+ADDRESS_DEPENDENT = ("cache.keys", "cache.inconsistent_keys", "cache.inconsistent_calls", "cache.fresh_keys",
+                     "cache.overlaps")
+
+
 def windows(run: Traced) -> list[dict[str, list[Any]]]:
+    """The exported windows, with the address-dependent key figures of functions keyed by
+    identity blanked (their calls, identity calls and everything else still compared)."""
     out = []
     for window in run.sink.windows:
-        window = dict(window)
+        window = {name: list(values) for name, values in window.items()}
         assert window.pop("lost_calls", [0]) == [0]
+        names = dict(zip(window["function.id"], window["function.name"]))
+        by_identity = {fid for fid, name in names.items() if "<genexpr>" in name or "<listcomp>" in name}
+        by_identity |= {fid for fid, calls in zip(window["cache.function"], window["cache.identity_calls"]) if calls}
+        for row, fid in enumerate(window["cache.function"]):
+            if fid in by_identity:
+                for column in ADDRESS_DEPENDENT:
+                    window[column][row] = None
+        kept = [row for row, fid in enumerate(window["reuse.function"]) if fid not in by_identity]
+        for column in [name for name in window if name.startswith("reuse.")]:
+            window[column] = [window[column][row] for row in kept]
         out.append(window)
     return out
 
