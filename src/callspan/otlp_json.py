@@ -23,8 +23,23 @@ def any_value(value: Any) -> dict[str, Any]:
     if isinstance(value, bytes):
         return {"bytesValue": base64.b64encode(value).decode("ascii")}
     if isinstance(value, (list, tuple)):
-        return {"arrayValue": {"values": [any_value(v) for v in value]}}
+        return {"arrayValue": {"values": _array_values(value)}}
     return {"stringValue": "" if value is None else str(value)}
+
+
+def _array_values(values: Any) -> list[dict[str, Any]]:
+    # The profile windows' columns are arrays of 10^5 values of one type (the SDK makes attribute
+    # arrays homogeneous): one comprehension per type instead of a recursive call per value.
+    if values:
+        kind = type(values[0])
+        if all(type(v) is kind for v in values):
+            if kind is int:
+                return [{"intValue": v} for v in map(str, values)]
+            if kind is float:
+                return [{"doubleValue": v} for v in values]
+            if kind is str:
+                return [{"stringValue": v} for v in values]
+    return [any_value(v) for v in values]
 
 
 def key_values(attributes: Any) -> list[dict[str, Any]]:

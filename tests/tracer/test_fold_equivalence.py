@@ -222,9 +222,9 @@ def windows(run: Traced) -> list[dict[str, list[Any]]]:
     for window in run.sink.windows:
         window = {name: list(values) for name, values in window.items()}
         assert window.pop("lost_calls", [0]) == [0]
-        names = dict(zip(window["function.id"], window["function.name"]))
+        names = dict(zip(window["function.id"], window["function.name"], strict=True))
         by_identity = {fid for fid, name in names.items() if "<genexpr>" in name or "<listcomp>" in name}
-        by_identity |= {fid for fid, calls in zip(window["cache.function"], window["cache.identity_calls"]) if calls}
+        by_identity |= {fid for fid, calls in zip(window["cache.function"], window["cache.identity_calls"], strict=True) if calls}
         for row, fid in enumerate(window["cache.function"]):
             if fid in by_identity:
                 for column in ADDRESS_DEPENDENT:

@@ -145,7 +145,33 @@ def test_unhashable_arguments_are_flagged_and_fingerprinted(traced) -> None:  # 
     assert nodes[0].attributes["callspan.return.hashable"] is False
 
 
-def test_methods_key_on_self(traced) -> None:  # type: ignore[no-untyped-def]
+class ValueShop(Shop):
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ValueShop) and other.name == self.name
+
+    def __hash__(self) -> int:
+        return hash(self.name)
+
+
+def test_methods_key_on_self_by_value(traced) -> None:  # type: ignore[no-untyped-def]
+    run = traced()
+    a, a2, b = ValueShop("a"), ValueShop("a"), ValueShop("b")
+
+    def calls() -> None:
+        a.price("x")
+        a2.price("x")  # an equal instance: the same key, as lru_cache would find
+        b.price("x")
+
+    run.run(calls)
+    nodes = run.sink.named(".Shop.price")
+    keys = [n.attributes["callspan.args.hash"] for n in nodes]
+    assert keys[0] == keys[1] != keys[2]
+    assert all(n.attributes["callspan.method"] is True for n in nodes)
+    assert all("callspan.args.identity" not in n.attributes for n in nodes)
+    assert all("callspan.return.hash" in n.attributes for n in nodes)
+
+
+def test_methods_of_identity_hashed_self_are_counted_not_keyed(traced) -> None:  # type: ignore[no-untyped-def]
     run = traced()
     a, b = Shop("a"), Shop("b")
 
@@ -156,11 +182,19 @@ def test_methods_key_on_self(traced) -> None:  # type: ignore[no-untyped-def]
 
     run.run(calls)
     nodes = run.sink.named(".Shop.price")
-    keys = [n.attributes["callspan.args.hash"] for n in nodes]
-    assert keys[0] == keys[1] != keys[2]
+    assert len(nodes) == 3
     assert all(n.attributes["callspan.method"] is True for n in nodes)
     assert all(n.attributes["callspan.args.identity"] is True for n in nodes)
-
+    # neither the arguments nor the return value were hashed
+    assert all("callspan.args.hash" not in n.attributes for n in nodes)
+    assert all("callspan.return.hash" not in n.attributes for n in nodes)
+    rows = [(window, row) for window in run.sink.windows for row, fid in enumerate(window["cache.function"])
+            if dict(zip(window["function.id"], window["function.name"], strict=True))[fid].endswith(".Shop.price")]
+    assert len(rows) == 1
+    window, row = rows[0]
+    assert window["cache.identity_calls"][row] == 3
+    assert window["cache.calls"][row] == 0 and window["cache.keys"][row] == 0
+    assert window["function.calls"][window["function.id"].index(window["cache.function"][row])] == 3
 
 
 def test_keys_off_and_keys_for_chosen_functions(traced) -> None:  # type: ignore[no-untyped-def]

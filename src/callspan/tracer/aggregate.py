@@ -353,7 +353,7 @@ class Aggregates:
         that raised (``returned`` false) is, as with functools.lru_cache, a miss that does not
         enter the cache: counted, but it neither finds nor adds a key."""
         raw, names, identity = args
-        if raw is None and not names:
+        if raw is None and not names and not identity:
             return
         agg = self.function(info)
         state = agg.cache

@@ -183,12 +183,16 @@ def _flat_fingerprint(value: Any, budget: list[int]) -> int | None:
     return None
 
 
+# The argument key of a call whose ``self`` hashes by identity: counted, not keyed. Such a key
+# is only as good as ``id()`` (a new instance at a freed one's address gets it, so its hits and
+# "different returns" are unreliable) and a per-instance cache is never advised, so hashing the
+# other arguments and the return value would cost without answering anything.
+IDENTITY_ONLY: tuple[None, str, bool] = (None, "", True)
+
+
 def args_key(info: CodeInfo, frame: FrameType) -> tuple[int | None, str, bool]:
     """(hash of the lru_cache-style key, "" or the unhashable argument type names, whether
-    ``self`` hashes by identity).
-
-    An identity-hashed ``self`` makes keys only as good as ``id()``: a new instance at a freed
-    instance's address gets its key, so such keys may "disagree" without any impurity.
+    ``self`` hashes by identity): ``IDENTITY_ONLY`` when it does.
 
     Parameters are keyed positionally in declaration order, then *args, then keyword-only and
     **kwargs items in call order. (lru_cache also distinguishes f(1, b=2) from f(1, 2); the
@@ -198,7 +202,8 @@ def args_key(info: CodeInfo, frame: FrameType) -> tuple[int | None, str, bool]:
     key: tuple[Any, ...] = tuple(local[name] for name in info.arg_names)
     # A class (``cls`` of a classmethod) hashes by identity too, but lives as long as its module:
     # its key is stable and caching keeps nothing alive that would not be anyway.
-    identity = info.is_method and type(key[0]).__hash__ is _OBJECT_HASH and not isinstance(key[0], type)
+    if info.is_method and type(key[0]).__hash__ is _OBJECT_HASH and not isinstance(key[0], type):
+        return IDENTITY_ONLY
     if info.varargs is not None:
         key += local[info.varargs]
     if info.kwonly or info.varkw is not None:
@@ -211,16 +216,16 @@ def args_key(info: CodeInfo, frame: FrameType) -> tuple[int | None, str, bool]:
     if len(key) == 1 and type(key[0]) in _FAST_TYPES:
         key = key[0]  # lru_cache keys a lone int/str argument as itself: f(1) and f(1.0) differ
     elif not _user_hash and not all(type(v).__hash__ is None or runs_no_user_code(v) for v in key):
-        return None, skipped_type_names(key), identity  # not keyed: hashing runs the program's code
+        return None, skipped_type_names(key), False  # not keyed: hashing runs the program's code
     try:
-        return salted(hash(key), key), "", identity
+        return salted(hash(key), key), "", False
     except TypeError:
         pass
     except KeyboardInterrupt:
         raise  # the program's own (a signal), never swallowed
     except BaseException:  # a user __hash__ raising SystemExit must not end the program
-        return None, "error", identity
-    return (*unhashable_args(key, info.arg_names, info.varargs), identity)
+        return None, "error", False
+    return (*unhashable_args(key, info.arg_names, info.varargs), False)
 
 
 def unhashable_args(key: Any, arg_names: tuple[str, ...] = (), varargs: str | None = None) -> tuple[int | None, str]:

@@ -19,7 +19,14 @@ from typing import TYPE_CHECKING, Any
 from callspan import _env
 from callspan.tracer.aggregate import Aggregates, Node
 from callspan.tracer.counters import CpuCounter, native_reader
-from callspan.tracer.keys import RET_SIZE_EVERY, UNKEYABLE_AFTER, args_key, builtin_sizeof, value_key
+from callspan.tracer.keys import (
+    IDENTITY_ONLY,
+    RET_SIZE_EVERY,
+    UNKEYABLE_AFTER,
+    args_key,
+    builtin_sizeof,
+    value_key,
+)
 from callspan.tracer.record import (
     R_ARGS,
     R_CHILD_CPU,
@@ -303,7 +310,7 @@ class Recorder:
         INFO, PARENT, START, END, SEG_CPU, CPU, CHILD_CPU = R_INFO, R_PARENT, R_START, R_END, R_SEG_CPU, R_CPU, R_CHILD_CPU
         RET, RET_SIZE, ERROR, SUSPENDS, SUSP_NS, SUSP_AT, PREV = (
             R_RET, R_RET_SIZE, R_ERROR, R_SUSPENDS, R_SUSP_NS, R_SUSP_AT, R_PREV_CURRENT)
-        NODE, KEEP = R_NODE, R_KEEP
+        NODE, KEEP, ARGS = R_NODE, R_KEEP, R_ARGS
         gate_get = self.gate.get if self.gate is not None else None
 
         def start(info: CodeInfo, frame: FrameType) -> None:
@@ -389,7 +396,7 @@ class Recorder:
             record[END] = now
             info = record[INFO]
             if error is None:
-                if info.keys and info.unkeyed < UNKEYABLE_AFTER:
+                if info.keys and info.unkeyed < UNKEYABLE_AFTER and record[ARGS] is not IDENTITY_ONLY:
                     record[RET] = value_key(value)
                     # Sizes only feed memory estimates, on spans: measured on one kept call in
                     # RET_SIZE_EVERY.

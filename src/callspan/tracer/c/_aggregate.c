@@ -778,10 +778,10 @@ shed_keys(Aggregates *a)
 static int
 record_args(RecordObject *r, uint64_t *raw, PyObject **names, int *identity)
 {
-    if (r->args_kind != KEY_OBJECT) { /* compact: (raw, "", identity) */
+    if (r->args_kind != KEY_OBJECT) { /* compact: (raw, "", False) */
         *raw = (uint64_t)r->args_raw;
         *names = NULL;
-        *identity = r->args_kind == KEY_COMPACT_IDENTITY;
+        *identity = 0;
         return 1;
     }
     PyObject *args = r->o[OBJ_ARGS];
@@ -809,7 +809,7 @@ fold_key(Aggregates *a, FuncAgg *fn, RecordObject *r, int has_ret, int64_t ret, 
     PyObject *names;
     int identity;
     int has_raw = record_args(r, &raw, &names, &identity);
-    if (!has_raw && names == NULL)
+    if (!has_raw && names == NULL && !identity)
         return 0;
     CacheState *s = fn->cache;
     if (s == NULL && (s = fn->cache = cache_new()) == NULL)

@@ -71,8 +71,8 @@ enum { KIND_FUNCTION, KIND_COROUTINE, KIND_GENERATOR, KIND_ASYNC_GENERATOR };
 
 /* Compact keys: a plain hashable argument key or return value is kept as its raw hash in C
  * (no int object, no tuple per call); the object slot then holds None and indexing the Record
- * reads the list layout back ((raw, "", identity) and (raw, True)). */
-enum { KEY_OBJECT = 0, KEY_COMPACT = 1, KEY_COMPACT_IDENTITY = 2 };
+ * reads the list layout back ((raw, "", False) and (raw, True)). */
+enum { KEY_OBJECT = 0, KEY_COMPACT = 1 };
 
 typedef struct {
     PyObject_HEAD
@@ -138,6 +138,11 @@ CS_HIDDEN int cs_hash_runs_no_user_code(PyObject *value, int depth);
 CS_HIDDEN int cs_sizeof_is_python(PyObject *value);
 /* (raw hash or fingerprint or None, names, identity) as keys.args_key computes it; a bare int
  * when the key is hashable and self is not hashed by identity. NULL with an exception set. */
+/* (None, "", True): the argument key of a call whose self hashes by identity. Such calls are
+ * counted, not keyed (keys.IDENTITY_ONLY): a per-instance key is never advised and a freed
+ * instance's address makes its hits unreliable, so hashing the other arguments and the return
+ * value would be cost without an answer. */
+CS_HIDDEN extern PyObject *cs_identity_only_args;
 CS_HIDDEN PyObject *cs_args_key(PyObject *kwd_mark, CodeInfoObject *ci, PyFrameObject *frame, int64_t *raw,
                                  int *kind);
 /* (raw hash or fingerprint or None, hashable) as keys.value_key computes it; a bare int when

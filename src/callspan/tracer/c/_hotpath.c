@@ -637,7 +637,7 @@ hp_finish(HotPath *hp, PyObject *code, PyObject *value, PyObject *error)
         goto finally;
     record->n[NUM_END] = now;
     if (error == NULL) {
-        if (ci->keys && ci->unkeyed < UNKEYABLE_AFTER) {
+        if (ci->keys && ci->unkeyed < UNKEYABLE_AFTER && record->o[OBJ_ARGS] != cs_identity_only_args) {
             int64_t ret_raw = 0;
             int ret_kind;
             PyObject *ret = cs_value_key(value, &ret_raw, &ret_kind);

@@ -12,6 +12,7 @@
 #include <string.h>
 
 static PyObject *str_empty, *str_error;
+PyObject *cs_identity_only_args;
 
 /* ---------------------------------------------------------------------------------------- */
 /* SipHash-2-4 (Aumasson and Bernstein): a keyed PRF for short inputs, here one 64-bit word.  */
@@ -494,6 +495,12 @@ cs_args_key(PyObject *kwd_mark, CodeInfoObject *ci, PyFrameObject *frame, int64_
         if (value == NULL)
             goto error;
         items[filled++] = value;
+        /* self hashed by identity: counted, not keyed. A class (cls) hashes by identity too, but
+         * lives as long as its module: a stable key. */
+        if (i == 0 && is_method && Py_TYPE(value)->tp_hash == PyBaseObject_Type.tp_hash && !PyType_Check(value)) {
+            result = Py_NewRef(cs_identity_only_args);
+            goto done;
+        }
     }
     for (Py_ssize_t i = 0; i < nextra; i++)
         items[filled++] = Py_NewRef(PyTuple_GET_ITEM(extra, i));
@@ -519,11 +526,7 @@ cs_args_key(PyObject *kwd_mark, CodeInfoObject *ci, PyFrameObject *frame, int64_
     while (filled < total) /* a kwargs dict that shrank meanwhile: cannot happen, but stay valid */
         items[filled++] = Py_NewRef(Py_None);
 
-    PyObject *identity = Py_False;
-    /* a class (cls) hashes by identity too, but lives as long as its module: a stable key */
-    if (is_method && nargs > 0 && Py_TYPE(items[0])->tp_hash == PyBaseObject_Type.tp_hash
-        && !PyType_Check(items[0]))
-        identity = Py_True;
+    PyObject *identity = Py_False; /* an identity-hashed self returned above */
     /* lru_cache keys a lone int/str argument as itself */
     int lone = total == 1 && (PyLong_CheckExact(items[0]) || PyUnicode_CheckExact(items[0]));
     int unhashable = 0, user_code = 0;
@@ -578,7 +581,7 @@ cs_args_key(PyObject *kwd_mark, CodeInfoObject *ci, PyFrameObject *frame, int64_
     }
     else { /* compact: the raw hash only; a Record reads it back as (raw, "", identity) */
         *raw_out = (int64_t)h;
-        *kind = identity == Py_False ? KEY_COMPACT : KEY_COMPACT_IDENTITY;
+        *kind = KEY_COMPACT;
         result = Py_NewRef(Py_None);
     }
 done:
@@ -637,7 +640,8 @@ cs_keys_init(void)
         (str_error = PyUnicode_InternFromString("error")) == NULL ||
         (str_dict_tag = PyUnicode_InternFromString("dict")) == NULL ||
         (str_set_tag = PyUnicode_InternFromString("set")) == NULL || (type_names = PyDict_New()) == NULL || (labelled_names = PyDict_New()) == NULL ||
-        (minus_one = PyLong_FromLong(-1)) == NULL)
+        (minus_one = PyLong_FromLong(-1)) == NULL ||
+        (cs_identity_only_args = PyTuple_Pack(3, Py_None, str_empty, Py_True)) == NULL)
         return -1;
     PyTypeObject *types[] = {&PyLong_Type, &PyUnicode_Type, &PyBytes_Type, &PyFloat_Type, &PyComplex_Type,
                              Py_TYPE(Py_None), &PyRange_Type, &PyFrozenSet_Type, &PyBaseObject_Type,

@@ -85,8 +85,7 @@ Record_item(PyObject *self, Py_ssize_t slot)
     /* Compact keys (a raw hash in C, see cs_args_key / cs_value_key) read back in the list layout. */
     if (slot == R_ARGS && r->args_kind != KEY_OBJECT) {
         PyObject *raw = PyLong_FromLongLong(r->args_raw);
-        PyObject *result = raw ? PyTuple_Pack(3, raw, str_empty,
-                                              r->args_kind == KEY_COMPACT_IDENTITY ? Py_True : Py_False) : NULL;
+        PyObject *result = raw ? PyTuple_Pack(3, raw, str_empty, Py_False) : NULL;
         Py_XDECREF(raw);
         return result;
     }
