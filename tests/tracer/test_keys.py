@@ -278,3 +278,28 @@ def test_the_salt_separates_minus_one_only() -> None:
     assert keys.salted(hash((-1, -1)), (-1, -1)) != keys.salted(hash((-2, -2)), (-2, -2))
     assert keys.salted(hash((-1, -2)), (-1, -2)) != keys.salted(hash((-2, -1)), (-2, -1))
     assert keys.salted(hash((5, 3)), (5, 3)) == hash((5, 3))  # no -1: unchanged
+
+
+def captured(x: int, *rest: int, scale: int = 1, **options: int) -> int:
+    # every parameter is captured by the closure: Python keeps them in cells
+    return (lambda: (x + sum(rest)) * scale + len(options))()
+
+
+def uncaptured(x: int, *rest: int, scale: int = 1, **options: int) -> int:
+    return (x + sum(rest)) * scale + len(options)
+
+
+def test_parameters_held_in_cells_key_by_their_values(traced) -> None:  # type: ignore[no-untyped-def]
+    run = traced()
+
+    def calls() -> None:
+        captured(3, 4, scale=2, flag=1)
+        uncaptured(3, 4, scale=2, flag=1)
+        captured(3, 5, scale=2, flag=1)
+
+    run.run(calls)
+    first, other = run.sink.named(".captured")
+    same = run.sink.named(".uncaptured")[0]
+    # the same arguments give the same key, whether the function keeps them in cells or not
+    assert first.attributes["callspan.args.hash"] == same.attributes["callspan.args.hash"]
+    assert first.attributes["callspan.args.hash"] != other.attributes["callspan.args.hash"]

@@ -499,10 +499,7 @@ hp_start(HotPath *hp, PyObject *info, PyFrameObject *frame)
             args = Py_NewRef(ci->unkeyed_args); /* never keyable: not tried again */
         }
         else {
-            if (frame == NULL) {
-                PyErr_SetString(PyExc_RuntimeError, "no frame");
-                goto finally;
-            }
+            /* frame NULL (sys.monitoring): the arguments are read from the running frame */
             if ((args = cs_args_key(hp->kwd_mark, ci, frame, &args_raw, &args_kind)) == NULL)
                 goto finally;
             /* a compact key (a raw hash) is keyed; a tuple is unkeyed when it has no hash */
@@ -900,10 +897,7 @@ cb_py_start_impl(HotPath *hp, PyObject *const *args, Py_ssize_t nargs)
     }
     if (gate_closed(hp))
         Py_RETURN_NONE; /* selected code outside a sampled request: stays enabled, not recorded */
-    /* The frame object is materialised only to read arguments (keys). */
-    if (frame == NULL && is_code_info(info) && ((CodeInfoObject *)info)->keys &&
-        ((CodeInfoObject *)info)->unkeyed < UNKEYABLE_AFTER)
-        frame = PyEval_GetFrame();
+    /* No frame object: keys read the arguments from the running frame (cs_args_key). */
     if (hp_start(hp, info, frame) < 0)
         fault(hp);
     Py_RETURN_NONE;

@@ -11,6 +11,16 @@
 #include "_callspan.h"
 #include <string.h>
 
+#if PY_VERSION_HEX >= 0x030C0000
+/* 3.12+: a call's arguments are read from its interpreter frame (localsplus), so that keying a
+ * call does not materialise a frame object (PyEval_GetFrame allocates one per call, and the
+ * call's exit then frees it: ~20% of a keyed call's cost). The layout is CPython's own, fixed
+ * for a minor version, which this module is compiled for. */
+#define Py_BUILD_CORE 1
+#include "internal/pycore_frame.h"
+#undef Py_BUILD_CORE
+#endif
+
 static PyObject *str_empty, *str_error;
 PyObject *cs_identity_only_args;
 
@@ -390,6 +400,20 @@ cs_py_unhashable_args(PyObject *module, PyObject *args)
 
 #if PY_VERSION_HEX >= 0x030C0000
 #define frame_get_var(frame, locals, name) PyFrame_GetVar((frame), (name))
+
+/* The running frame when it is ``code``'s (the PY_START callback runs in the callee's frame). */
+static _PyInterpreterFrame *
+current_frame_of(PyObject *code)
+{
+    PyThreadState *ts = PyThreadState_GET();
+#if PY_VERSION_HEX >= 0x030D0000
+    _PyInterpreterFrame *f = ts->current_frame;
+    return f != NULL && f->f_executable == code ? f : NULL;
+#else
+    _PyInterpreterFrame *f = ts->cframe->current_frame;
+    return f != NULL && (PyObject *)f->f_code == code ? f : NULL;
+#endif
+}
 #else
 /* 3.11 has no PyFrame_GetVar: read the frame's locals mapping (taken once per key). */
 static PyObject *
@@ -402,6 +426,37 @@ frame_get_var(PyFrameObject *frame, PyObject *locals, PyObject *name)
 }
 #endif
 
+
+/* Where a call's arguments are read from: its interpreter frame by position (3.12+), or its
+ * frame object by name (3.11, the profile function's frame). */
+typedef struct {
+    PyFrameObject *frame;
+    PyObject *locals; /* 3.11: the frame's locals mapping, taken once per key */
+#if PY_VERSION_HEX >= 0x030C0000
+    _PyInterpreterFrame *iframe;
+    const char *kinds; /* co_localspluskinds */
+#endif
+} ArgSource;
+
+/* Parameter ``name`` at ``index`` (parameters come first in a frame's locals, in the order
+ * positional, keyword-only, *args, **kwargs): a new reference, or NULL with an exception. */
+static PyObject *
+read_arg(ArgSource *source, PyObject *name, Py_ssize_t index)
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    if (source->iframe != NULL) {
+        PyObject *value = source->iframe->localsplus[index];
+        if (value != NULL && (source->kinds[index] & CO_FAST_CELL)) /* captured: made a cell before RESUME */
+            value = PyCell_GET(value);
+        if (value == NULL) {
+            PyErr_Format(PyExc_NameError, "variable %R does not exist", name);
+            return NULL;
+        }
+        return Py_NewRef(value);
+    }
+#endif
+    return frame_get_var(source->frame, source->locals, name);
+}
 
 /* hash(tuple(items)) without making the tuple: CPython's tuple hash (xxHash-based, the same in
  * 3.8 to 3.13; equality with hash() is tested against keys.args_key). */
@@ -460,21 +515,34 @@ cs_args_key(PyObject *kwd_mark, CodeInfoObject *ci, PyFrameObject *frame, int64_
     int is_method = ci->is_method;
     Py_ssize_t nargs = PyTuple_GET_SIZE(arg_names);
     Py_ssize_t nkwonly = PyTuple_GET_SIZE(kwonly);
-    PyObject *extra = NULL, *kwdict = NULL, *key = NULL, *result = NULL, *locals = NULL;
+    PyObject *extra = NULL, *kwdict = NULL, *key = NULL, *result = NULL;
     PyObject *stack_items[16];
     PyObject **items = stack_items;
     Py_ssize_t filled = 0; /* references held in items */
-#if PY_VERSION_HEX < 0x030C0000
-    if ((locals = PyFrame_GetLocals(frame)) == NULL)
+    ArgSource source = {frame, NULL};
+#if PY_VERSION_HEX >= 0x030C0000
+    if (frame == NULL && (source.iframe = current_frame_of(ci->code)) != NULL)
+        source.kinds = PyBytes_AS_STRING(((PyCodeObject *)ci->code)->co_localspluskinds);
+    else if (frame == NULL && (source.frame = PyEval_GetFrame()) == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "no frame");
+        return NULL;
+    }
+#else
+    if (frame == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "no frame");
+        return NULL;
+    }
+    if ((source.locals = PyFrame_GetLocals(frame)) == NULL)
         return NULL;
 #endif
+    Py_ssize_t next_index = nargs + nkwonly; /* *args, then **kwargs */
     if (is_set(ci->varargs)) {
-        extra = frame_get_var(frame, locals, ci->varargs);
+        extra = read_arg(&source, ci->varargs, next_index++);
         if (extra == NULL || !PyTuple_Check(extra))
             goto error;
     }
     if (is_set(ci->varkw)) {
-        kwdict = frame_get_var(frame, locals, ci->varkw);
+        kwdict = read_arg(&source, ci->varkw, next_index);
         if (kwdict == NULL || !PyDict_Check(kwdict))
             goto error;
     }
@@ -491,7 +559,7 @@ cs_args_key(PyObject *kwd_mark, CodeInfoObject *ci, PyFrameObject *frame, int64_
         }
     }
     for (Py_ssize_t i = 0; i < nargs; i++) {
-        PyObject *value = frame_get_var(frame, locals, PyTuple_GET_ITEM(arg_names, i));
+        PyObject *value = read_arg(&source, PyTuple_GET_ITEM(arg_names, i), i);
         if (value == NULL)
             goto error;
         items[filled++] = value;
@@ -508,7 +576,7 @@ cs_args_key(PyObject *kwd_mark, CodeInfoObject *ci, PyFrameObject *frame, int64_
         items[filled++] = Py_NewRef(kwd_mark);
         for (Py_ssize_t i = 0; i < nkwonly; i++) {
             PyObject *name = PyTuple_GET_ITEM(kwonly, i);
-            PyObject *value = frame_get_var(frame, locals, name);
+            PyObject *value = read_arg(&source, name, nargs + i);
             if (value == NULL)
                 goto error;
             items[filled++] = Py_NewRef(name);
@@ -592,7 +660,7 @@ done:
     Py_XDECREF(extra);
     Py_XDECREF(kwdict);
     Py_XDECREF(key);
-    Py_XDECREF(locals);
+    Py_XDECREF(source.locals);
     return result;
 error:
     if (!PyErr_Occurred())
