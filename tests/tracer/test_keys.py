@@ -303,3 +303,22 @@ def test_parameters_held_in_cells_key_by_their_values(traced) -> None:  # type: 
     # the same arguments give the same key, whether the function keeps them in cells or not
     assert first.attributes["callspan.args.hash"] == same.attributes["callspan.args.hash"]
     assert first.attributes["callspan.args.hash"] != other.attributes["callspan.args.hash"]
+
+
+def pair(a: object, b: object, *more: object) -> int:
+    return 0
+
+
+def test_unhashable_names_follow_each_calls_arguments(traced) -> None:  # type: ignore[no-untyped-def]
+    # the names of one call pattern are reused for the next call with the same pattern only
+    run = traced()
+    calls = [([1], 2), ([1], 3), (1, [2]), ([1], {"b": 2}), ([1], 2, [3]), ([1], 2, {4}), ([1], 2), ({1}, 2)]
+
+    def body() -> None:
+        for args in calls:
+            pair(*args)
+
+    run.run(body)
+    names = [n.attributes["callspan.args.unhashable"] for n in run.sink.named(".pair")]
+    assert names == ["a:list", "a:list", "b:list", "a:list,b:dict", "a:list,*more:list", "a:list,*more:set",
+                     "a:list", "a:set"]

@@ -118,6 +118,10 @@ typedef struct {
     long unkeyed;        /* consecutive calls whose arguments could not be keyed */
     unsigned long sized; /* calls whose return value size was considered (see RET_SIZE_EVERY) */
     PyObject *unkeyed_args; /* (None, names, False) once unkeyed reached UNKEYABLE_AFTER */
+    /* the last unhashable-argument names of a key without keyword part, and the pattern they
+     * were made for: per item, its type when unhashable, else None (see cs_args_key) */
+    PyObject *names_types;
+    PyObject *names;
     /* C only: this code's function in the aggregates with serial agg_serial (a cache) */
     void *agg_function;
     uint64_t agg_serial;

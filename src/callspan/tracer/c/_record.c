@@ -225,6 +225,8 @@ static PyMemberDef CodeInfo_members[] = {
     {"unkeyed", T_LONG, offsetof(CodeInfoObject, unkeyed), 0, NULL},
     {"sized", T_ULONG, offsetof(CodeInfoObject, sized), 0, NULL},
     {"unkeyed_args", T_OBJECT, offsetof(CodeInfoObject, unkeyed_args), 0, NULL},
+    {"_names_types", T_OBJECT, offsetof(CodeInfoObject, names_types), READONLY, NULL},
+    {"_names", T_OBJECT, offsetof(CodeInfoObject, names), READONLY, NULL},
     {NULL, 0, 0, 0, NULL},
 };
 
