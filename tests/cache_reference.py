@@ -1,7 +1,7 @@
 """A slow, obviously correct reference for callspan's cache figures (issue 11 item 6).
 
 Pure Python, ``sys.setprofile``, nothing shared with callspan's tracer or analyzer: every call of
-a selected plain function (not a generator or coroutine) is recorded with
+a selected plain function or coroutine function (not a generator) is recorded with
 
 * its key, built from the bound arguments as callspan documents it (parameters in declaration
   order, then ``*args``, then a keyword mark and keyword-only and ``**kwargs`` items; a lone int
@@ -9,7 +9,11 @@ a selected plain function (not a generator or coroutine) is recorded with
   cannot hash is converted one level (list -> tuple, set -> frozenset, dict -> frozenset of
   items) and its argument names are recorded;
 * whether it returned (the last executed instruction is a return) or raised, and its return value;
-* its parent call, to drop the calls a memoized function would not make.
+* its parent call, to drop the calls a memoized function would not make;
+* for a coroutine: when it started and ended, in the order of the profile events (a coroutine is
+  "called" again at each resume and "returns" at each suspension: the first call starts it, a
+  return at a return instruction or a raise ends it), to count the calls that started while an
+  earlier call with the same key had not ended (what in-flight coalescing would have shared).
 
 Then, per function, as if only that function were wrapped in ``functools.lru_cache(maxsize=size)``:
 
@@ -40,7 +44,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 _RETURNS = {dis.opmap[name] for name in ("RETURN_VALUE", "RETURN_CONST") if name in dis.opmap}
-_NOT_PLAIN = inspect.CO_GENERATOR | inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR | inspect.CO_ITERABLE_COROUTINE
+# A coroutine's "return" event at a suspension: after YIELD_VALUE (3.11, 3.12), at the RESUME
+# that follows it (3.13).
+_SUSPENDS = {dis.opmap[name] for name in ("YIELD_VALUE", "RESUME")}
+_NOT_PLAIN = inspect.CO_GENERATOR | inspect.CO_ASYNC_GENERATOR | inspect.CO_ITERABLE_COROUTINE
 _MARK = ("kwd_mark",)
 _NO_VALUE = object()
 
@@ -53,6 +60,8 @@ class Call:
     parent: Call | None
     returned: bool = False
     value: Any = _NO_VALUE
+    start: int = 0  # coroutines: event numbers of the first call and of the end
+    end: int = 0
     same_children: list[Call] = field(default_factory=list)  # the nearest calls of the same function below it
 
 
@@ -68,6 +77,8 @@ class FunctionTruth:
     unhashable_args: list[str] = field(default_factory=list)  # argument names, first seen first
     inconsistent_keys: int = 0
     fresh_keys: int = 0
+    overlapping: int = 0  # coroutines: keyed calls started before an earlier call with their key ended
+    coroutine: bool = False
     callees: set[str] = field(default_factory=set)
     roots: list[Call] = field(default_factory=list)  # its calls not nested in a call of itself
 
@@ -128,7 +139,8 @@ class FunctionTruth:
                 "hits_at": {str(s): self.hits_at(s) for s in sizes}, "unhashable_calls": self.unhashable_calls,
                 "unkeyable_calls": self.unkeyable_calls,
                 "unhashable_args": self.unhashable_args, "inconsistent_keys": self.inconsistent_keys,
-                "fresh_keys": self.fresh_keys, "verdict": self.verdict, "callees": sorted(self.callees)}
+                "fresh_keys": self.fresh_keys, "overlapping": self.overlapping, "verdict": self.verdict,
+                "callees": sorted(self.callees)}
 
 
 def _convert(value: Any) -> Any:
@@ -197,6 +209,9 @@ class Reference:
         self.calls: list[Call] = []
         self._stacks: dict[int, list[Call | None]] = {}
         self._decided: dict[Any, str | None] = {}
+        self._coroutines: dict[int, Call] = {}  # id(frame) -> the started call, until it ends
+        self._events = 0
+        self._coroutine_names: set[str] = set()
 
     def _name(self, frame: Any) -> str | None:
         code = frame.f_code
@@ -207,29 +222,45 @@ class Reference:
                   and any(module == p or module.startswith(p + ".") for p in self.include))
         name = f"{module}.{code.co_qualname}" if chosen else None
         self._decided[code] = name
+        if name is not None and code.co_flags & inspect.CO_COROUTINE:
+            self._coroutine_names.add(name)
         return name
 
     def _hook(self, frame: Any, event: str, arg: Any) -> None:
         if event not in ("call", "return"):
             return
+        self._events += 1
         stack = self._stacks.setdefault(threading.get_ident(), [])
         if event == "call":
             name = self._name(frame)
             if name is None:
                 stack.append(None)
                 return
+            running = self._coroutines.get(id(frame)) if frame.f_code.co_flags & inspect.CO_COROUTINE else None
+            if running is not None:  # a resumed coroutine
+                stack.append(running)
+                return
             parent = next((c for c in reversed(stack) if c is not None), None)
             key, unhashable = bound_key(frame)
-            call = Call(name, key, unhashable, parent)
+            call = Call(name, key, unhashable, parent, start=self._events)
             self.calls.append(call)
             stack.append(call)
+            if frame.f_code.co_flags & inspect.CO_COROUTINE:
+                self._coroutines[id(frame)] = call
             return
         if not stack:
             return
         call = stack.pop()
-        if call is not None:
-            call.returned = frame.f_code.co_code[frame.f_lasti] in _RETURNS
-            call.value = arg
+        if call is None:
+            return
+        last = frame.f_code.co_code[frame.f_lasti]
+        if frame.f_code.co_flags & inspect.CO_COROUTINE:
+            if last in _SUSPENDS:
+                return  # suspended at an await
+            del self._coroutines[id(frame)]  # ended: a later coroutine may get this frame's address
+        call.returned = last in _RETURNS
+        call.value = arg
+        call.end = self._events
 
     def __enter__(self) -> Reference:
         threading.setprofile(self._hook)
@@ -246,8 +277,10 @@ class Reference:
         state: dict[tuple[str, Any], str] = {}
         seen: dict[str, set[Any]] = {}
         hit_calls: set[int] = set()  # id() of calls that hit an unbounded cache of their function
+        last_end: dict[tuple[str, Any], int] = {}  # coroutines: the latest end of a key's earlier calls
         for call in self.calls:
             truth = out.setdefault(call.function, FunctionTruth(call.function))
+            truth.coroutine = call.function in self._coroutine_names
             if call.parent is not None and call.parent.function != call.function:
                 out.setdefault(call.parent.function, FunctionTruth(call.parent.function)).callees.add(call.function)
             same = call.parent
@@ -272,6 +305,10 @@ class Reference:
             truth.keys.append(call.key)
             keys_seen = seen.setdefault(call.function, set())
             slot = (call.function, call.key)
+            if truth.coroutine:
+                if call.start < last_end.get(slot, 0):
+                    truth.overlapping += 1
+                last_end[slot] = max(last_end.get(slot, 0), call.end)
             if call.key in keys_seen:
                 hit_calls.add(id(call))
                 self._judge(truth, slot, first_return[slot], call.value, state)
