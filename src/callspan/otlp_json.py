@@ -3,11 +3,19 @@
 A leaf module (standard library only) so that the OTel boundary's JSON-lines exporter, the
 analyzer's Jaeger converter and the tests all write the same encoding: ``intValue`` as a JSON
 string, as the OTLP/JSON specification and the Collector's file exporter write it.
+
+``any_value`` gives the JSON object, ``any_value_json`` its text (what ``json.dumps`` with
+``separators=(",", ":")`` writes for it, tested equal): the exporter writes arrays of 10^5
+values per profile window, and joining their text is ~4x faster than a dict per value that
+``json`` then walks.
 """
 
 from __future__ import annotations
 
 import base64
+import json
+import math
+from json.encoder import encode_basestring_ascii as json_string
 from typing import Any
 
 
@@ -32,7 +40,7 @@ def _array_values(values: Any) -> list[dict[str, Any]]:
     # arrays homogeneous): one comprehension per type instead of a recursive call per value.
     if values:
         kind = type(values[0])
-        if all(type(v) is kind for v in values):
+        if len(set(map(type, values))) == 1:
             if kind is int:
                 return [{"intValue": v} for v in map(str, values)]
             if kind is float:
@@ -45,3 +53,37 @@ def _array_values(values: Any) -> list[dict[str, Any]]:
 def key_values(attributes: Any) -> list[dict[str, Any]]:
     """OTLP ``KeyValue`` objects of a mapping of attributes."""
     return [{"key": k, "value": any_value(v)} for k, v in (attributes or {}).items()]
+
+
+def any_value_json(value: Any) -> str:
+    """``any_value(value)`` as compact JSON text."""
+    if isinstance(value, bool):
+        return '{"boolValue":true}' if value else '{"boolValue":false}'
+    if isinstance(value, int):
+        return '{"intValue":"' + str(value) + '"}'
+    if isinstance(value, float):
+        return '{"doubleValue":' + json.dumps(value) + "}"
+    if isinstance(value, str):
+        return '{"stringValue":' + json_string(value) + "}"
+    if isinstance(value, (list, tuple)):
+        return '{"arrayValue":{"values":[' + _array_values_json(value) + "]}}"
+    return json.dumps(any_value(value), separators=(",", ":"))
+
+
+def _array_values_json(values: Any) -> str:
+    if values:
+        kind = type(values[0])
+        if len(set(map(type, values))) == 1:
+            if kind is int:
+                return '{"intValue":"' + '"},{"intValue":"'.join(map(str, values)) + '"}'
+            if kind is str:
+                return '{"stringValue":' + '},{"stringValue":'.join(map(json_string, values)) + "}"
+            if kind is float and all(map(math.isfinite, values)):
+                return '{"doubleValue":' + '},{"doubleValue":'.join(map(float.__repr__, values)) + "}"
+    return ",".join(map(any_value_json, values))
+
+
+def key_values_json(attributes: Any) -> str:
+    """``key_values(attributes)`` as compact JSON text."""
+    return "[" + ",".join('{"key":' + json_string(k) + ',"value":' + any_value_json(v) + "}"
+                          for k, v in (attributes or {}).items()) + "]"

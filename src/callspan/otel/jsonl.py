@@ -15,12 +15,32 @@ from typing import IO, Any
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-from callspan.otlp_json import key_values
+from callspan.otlp_json import json_string, key_values_json
 from callspan.outfiles import open_output
 
 
-def encode_spans(spans: Sequence[ReadableSpan]) -> dict[str, Any]:
-    """The ExportTraceServiceRequest for ``spans`` as an OTLP/JSON object."""
+class _Encoded(str):
+    """JSON text already encoded (attribute lists): written as is."""
+
+
+def _dumps(value: Any) -> str:
+    """Compact JSON, as ``json.dumps(value, separators=(",", ":"))`` writes it, with
+    ``_Encoded`` parts as they are (the attributes: see callspan.otlp_json)."""
+    if isinstance(value, _Encoded):
+        return value
+    if isinstance(value, dict):
+        return "{" + ",".join(json_string(k) + ":" + _dumps(v) for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(map(_dumps, value)) + "]"
+    return json.dumps(value)
+
+
+def encode_spans(spans: Sequence[ReadableSpan]) -> str:
+    """The ExportTraceServiceRequest for ``spans`` as one line of OTLP/JSON."""
+    return _dumps(_request(spans))
+
+
+def _request(spans: Sequence[ReadableSpan]) -> dict[str, Any]:
     resources: dict[int, tuple[Any, dict[Any, list[dict[str, Any]]]]] = {}
     for span in spans:
         resource_entry = resources.setdefault(id(span.resource), (span.resource, {}))
@@ -37,10 +57,10 @@ def encode_spans(spans: Sequence[ReadableSpan]) -> dict[str, Any]:
                 if scope_key[1]:
                     scope_json["version"] = scope_key[1]
                 if scope_key[2]:
-                    scope_json["attributes"] = key_values(dict(scope_key[2]))
+                    scope_json["attributes"] = _Encoded(key_values_json(dict(scope_key[2])))
             scope_spans.append({"scope": scope_json, "spans": encoded})
         resource_spans.append({
-            "resource": {"attributes": key_values(resource.attributes)},
+            "resource": {"attributes": _Encoded(key_values_json(resource.attributes))},
             "scopeSpans": scope_spans,
         })
     return {"resourceSpans": resource_spans}
@@ -55,14 +75,14 @@ def _span(span: ReadableSpan) -> dict[str, Any]:
         "kind": span.kind.value + 1,  # OTLP enum: 1 = INTERNAL; the SDK's starts at 0
         "startTimeUnixNano": str(span.start_time),
         "endTimeUnixNano": str(span.end_time),
-        "attributes": key_values(span.attributes),
+        "attributes": _Encoded(key_values_json(span.attributes)),
         "status": {},
     }
     if span.parent is not None:
         out["parentSpanId"] = f"{span.parent.span_id:016x}"
     if span.events:
         out["events"] = [
-            {"timeUnixNano": str(e.timestamp), "name": e.name, "attributes": key_values(e.attributes)}
+            {"timeUnixNano": str(e.timestamp), "name": e.name, "attributes": _Encoded(key_values_json(e.attributes))}
             for e in span.events
         ]
     if span.status.status_code.value:
@@ -90,7 +110,7 @@ class OtlpJsonLinesExporter(SpanExporter):
         self._lock = threading.Lock()
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        line = json.dumps(encode_spans(spans), separators=(",", ":"))
+        line = encode_spans(spans)
         try:
             with self._lock:
                 self._stream.flush()
