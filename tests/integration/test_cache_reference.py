@@ -241,18 +241,23 @@ def compare(truths: dict[str, FunctionTruth], ops: dict[str, dict[str, Any]]) ->
     return out
 
 
+def reference_and_report(source: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, core: str, seed: int,
+                         count: int) -> tuple[dict[str, FunctionTruth], dict[str, dict[str, Any]]]:
+    """The program ``source`` (argv: seed, count) run under the reference, then through callspan."""
+    program = tmp_path / "prog.py"
+    program.write_text(source)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    truths = run_program(str(program), [str(seed), str(count)], ["__main__"])
+    return truths, run_pipeline(tmp_path, core, seed, count)
+
+
 @pytest.mark.parametrize("seed", [1, 2, 3])
 @pytest.mark.parametrize("core", available_cores())
 def test_generated_programs_agree_exactly_with_the_reference(core: str, seed: int, tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    program = tmp_path / "prog.py"
-    program.write_text(generate(seed))
-    calls = 3000
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", list(sys.argv))
-    monkeypatch.setattr(sys, "path", list(sys.path))
-    truths = run_program(str(program), [str(seed), str(calls)], ["__main__"])
-    ops = run_pipeline(tmp_path, core, seed, calls)
+    truths, ops = reference_and_report(generate(seed), tmp_path, monkeypatch, core, seed, 3000)
     assert compare(truths, ops) == []
     # The programs cover every verdict (a generator change must not quietly drop one).
     reach = impure_reach(truths)
@@ -264,14 +269,7 @@ def test_generated_programs_agree_exactly_with_the_reference(core: str, seed: in
 @pytest.mark.parametrize("core", available_cores())
 def test_generated_async_programs_agree_exactly_with_the_reference(core: str, seed: int, tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    program = tmp_path / "prog.py"
-    program.write_text(generate_async(seed))
-    batches = 400
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", list(sys.argv))
-    monkeypatch.setattr(sys, "path", list(sys.path))
-    truths = run_program(str(program), [str(seed), str(batches)], ["__main__"])
-    ops = run_pipeline(tmp_path, core, seed, batches)
+    truths, ops = reference_and_report(generate_async(seed), tmp_path, monkeypatch, core, seed, 400)
     assert compare(truths, ops) == []
     coroutines = {name: t for name, t in truths.items() if t.coroutine and name not in SKIPPED}
     assert len(coroutines) == 6 and all(t.calls + t.errors for t in coroutines.values())
@@ -285,13 +283,7 @@ def test_generated_async_programs_agree_exactly_with_the_reference(core: str, se
 
 def test_the_comparison_fails_when_a_figure_differs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The comparison itself can fail: change one figure of a real report and it is found."""
-    program = tmp_path / "prog.py"
-    program.write_text(generate(1))
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", list(sys.argv))
-    monkeypatch.setattr(sys, "path", list(sys.path))
-    truths = run_program(str(program), ["1", "600"], ["__main__"])
-    ops = run_pipeline(tmp_path, available_cores()[0], 1, 600)
+    truths, ops = reference_and_report(generate(1), tmp_path, monkeypatch, available_cores()[0], 1, 600)
     assert compare(truths, ops) == []
     name = next(n for n, op in ops.items() if op["hits"] > 1)
     ops[name] = {**ops[name], "hits": ops[name]["hits"] - 1}
