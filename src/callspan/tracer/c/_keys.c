@@ -11,15 +11,15 @@
 #include "_callspan.h"
 #include <string.h>
 
-#if PY_VERSION_HEX >= 0x030C0000
-/* 3.12+: a call's arguments are read from its interpreter frame (localsplus), so that keying a
- * call does not materialise a frame object (PyEval_GetFrame allocates one per call, and the
- * call's exit then frees it: ~20% of a keyed call's cost). The layout is CPython's own, fixed
- * for a minor version, which this module is compiled for. */
+/* A call's arguments are read from its interpreter frame (localsplus): with sys.monitoring no
+ * frame object is materialised for it (PyEval_GetFrame allocates one per call, and the call's
+ * exit then frees it: ~20% of a keyed call's cost), and on 3.11 the profile function's frame is
+ * not turned into a locals dict (PyFrame_GetLocals copies every local). The layout is CPython's
+ * own, fixed for a minor version, which this module is compiled for. */
 #define Py_BUILD_CORE 1
+#include "internal/pycore_code.h" /* CO_FAST_CELL */
 #include "internal/pycore_frame.h"
 #undef Py_BUILD_CORE
-#endif
 
 static PyObject *str_empty, *str_error;
 PyObject *cs_identity_only_args;
@@ -398,6 +398,17 @@ cs_py_unhashable_args(PyObject *module, PyObject *args)
 /* ---------------------------------------------------------------------------------------- */
 /* The hot path: sys.monitoring callbacks (3.12+) and a C profile function (setprofile, 3.11+). */
 
+/* ``f`` when it runs ``code``, else NULL. */
+static inline _PyInterpreterFrame *
+frame_of(_PyInterpreterFrame *f, PyObject *code)
+{
+#if PY_VERSION_HEX >= 0x030D0000
+    return f != NULL && f->f_executable == code ? f : NULL;
+#else
+    return f != NULL && (PyObject *)f->f_code == code ? f : NULL;
+#endif
+}
+
 #if PY_VERSION_HEX >= 0x030C0000
 #define frame_get_var(frame, locals, name) PyFrame_GetVar((frame), (name))
 
@@ -407,11 +418,9 @@ current_frame_of(PyObject *code)
 {
     PyThreadState *ts = PyThreadState_GET();
 #if PY_VERSION_HEX >= 0x030D0000
-    _PyInterpreterFrame *f = ts->current_frame;
-    return f != NULL && f->f_executable == code ? f : NULL;
+    return frame_of(ts->current_frame, code);
 #else
-    _PyInterpreterFrame *f = ts->cframe->current_frame;
-    return f != NULL && (PyObject *)f->f_code == code ? f : NULL;
+    return frame_of(ts->cframe->current_frame, code);
 #endif
 }
 #else
@@ -464,10 +473,8 @@ remember_names(CodeInfoObject *ci, PyObject *const *items, Py_ssize_t n, PyObjec
 typedef struct {
     PyFrameObject *frame;
     PyObject *locals; /* 3.11: the frame's locals mapping, taken once per key */
-#if PY_VERSION_HEX >= 0x030C0000
     _PyInterpreterFrame *iframe;
     const char *kinds; /* co_localspluskinds */
-#endif
 } ArgSource;
 
 /* Parameter ``name`` at ``index`` (parameters come first in a frame's locals, in the order
@@ -475,10 +482,10 @@ typedef struct {
 static PyObject *
 read_arg(ArgSource *source, PyObject *name, Py_ssize_t index)
 {
-#if PY_VERSION_HEX >= 0x030C0000
     if (source->iframe != NULL) {
         PyObject *value = source->iframe->localsplus[index];
-        if (value != NULL && (source->kinds[index] & CO_FAST_CELL)) /* captured: made a cell before RESUME */
+        /* captured: a cell once MAKE_CELL ran (before PY_START; 3.11's call event comes before it) */
+        if (value != NULL && (source->kinds[index] & CO_FAST_CELL) && PyCell_Check(value))
             value = PyCell_GET(value);
         if (value == NULL) {
             PyErr_Format(PyExc_NameError, "variable %R does not exist", name);
@@ -486,7 +493,6 @@ read_arg(ArgSource *source, PyObject *name, Py_ssize_t index)
         }
         return Py_NewRef(value);
     }
-#endif
     return frame_get_var(source->frame, source->locals, name);
 }
 
@@ -551,21 +557,24 @@ cs_args_key(PyObject *kwd_mark, CodeInfoObject *ci, PyFrameObject *frame, int64_
     PyObject *stack_items[16];
     PyObject **items = stack_items;
     Py_ssize_t filled = 0; /* references held in items */
-    ArgSource source = {frame, NULL};
+    ArgSource source = {frame, NULL, NULL, NULL};
+    if (frame != NULL)
+        source.iframe = frame_of(frame->f_frame, ci->code);
 #if PY_VERSION_HEX >= 0x030C0000
-    if (frame == NULL && (source.iframe = current_frame_of(ci->code)) != NULL)
+    else if ((source.iframe = current_frame_of(ci->code)) == NULL)
+        source.frame = PyEval_GetFrame(); /* not the running frame: cannot happen, stay correct */
+#endif
+    if (source.iframe != NULL) {
         source.kinds = PyBytes_AS_STRING(((PyCodeObject *)ci->code)->co_localspluskinds);
-    else if (frame == NULL && (source.frame = PyEval_GetFrame()) == NULL) {
+    }
+    else if (source.frame == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "no frame");
         return NULL;
     }
-#else
-    if (frame == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "no frame");
+#if PY_VERSION_HEX < 0x030C0000
+    else if ((source.locals = PyFrame_GetLocals(source.frame)) == NULL) {
         return NULL;
     }
-    if ((source.locals = PyFrame_GetLocals(frame)) == NULL)
-        return NULL;
 #endif
     Py_ssize_t next_index = nargs + nkwonly; /* *args, then **kwargs */
     if (is_set(ci->varargs)) {
