@@ -560,11 +560,14 @@ def aggregate_result(function: int, info: FunctionInfo, data: ProfileData, fids:
             # Calls folded into "(other)" nodes (beyond the node or depth cap) are in no node of
             # this function; their self CPU still is in its function-table row: a lower bound.
             node_cpu = max(node_cpu, facts.cpu_self)
-        cpu_total += node_cpu
+        # So is the CPU of its hits (each measured whole, none nested in another counted hit):
+        # deep in recursion, where every call is folded, it can be most of the function's cost.
+        rows = data.reuse.get(fid, {})
+        cpu_total += max(node_cpu, round(sum(row[1] for row in rows.values())))
         cached = data.cache.get(fid)
         if cached is not None:
             state.add(cached)
-        for distance, row in data.reuse.get(fid, {}).items():
+        for distance, row in rows.items():
             total = reuse.setdefault(distance, [0.0, 0.0, 0.0])
             for k in range(3):
                 total[k] += row[k]
