@@ -24,7 +24,7 @@ memoization off before importing it and runs calls from its documentation. Then:
    function (anywhere in the ranking) that the reference finds inconsistent.
 
     python benchmarks/bench_rediscovery.py                    # all libraries, ~3 min on 2 cores
-    python benchmarks/bench_rediscovery.py --libs rich,babel --json /tmp/rediscovery.json
+    python benchmarks/bench_rediscovery.py --libs rich,textual --json /tmp/rediscovery.json
 
 Needs the libraries (``pip install -e '.[bench]'``); a library the interpreter cannot import is
 skipped with a note. Run from anywhere; the reference runs from the repository root.
@@ -79,7 +79,8 @@ LIBRARIES = {
         Library("sympy", "sympy", ("lru_cache", "cache", "cacheit"), "rediscover_sympy.py",
                 "SYMPY_USE_CACHE=no (its @cacheit), functools caches patched"),
         Library("rich", "rich", ("lru_cache", "cache"), "rediscover_rich.py", "functools caches patched"),
-        Library("babel", "babel", ("lru_cache", "cache"), "rediscover_babel.py", "functools caches patched"),
+        Library("textual", "textual", ("lru_cache", "cache"), "rediscover_textual.py",
+                "functools caches patched (Rich's stay on)"),
     )
 }
 
