@@ -16,7 +16,7 @@ from callspan.analysis.cache import CacheOptions, analyze_calls, key_sampled
 from callspan.analysis.loader import LoadOptions, load_files
 from callspan.analysis.model import Batch, Links, Model
 from callspan.analysis.otlp import add_request, parse_hash
-from callspan.analysis.report import opportunity_json
+from callspan.analysis.report import Results, opportunity_json, render_json_object, render_text
 from tests.analysis import otlp_fixtures
 from tests.analysis.otlp_fixtures import calls_event, kvs, model_of, request, span, summary, write
 
@@ -56,7 +56,7 @@ def test_identity_keyed_disagreements_are_collisions_not_inconsistency() -> None
     assert "1 keys returning different values can be address reuse" in op.advice.text
     assert op.recommended_maxsize is None and op.memory_bytes is None
     assert (op.savings.cpu, op.savings.hits, op.share) == (0, 0, 0.0)
-    doc = opportunity_json(1, op)
+    doc = opportunity_json(1, op, 1)
     assert (doc["identity_keys"], doc["identity_key_collisions"], doc["inconsistent_keys"]) == (True, 1, 0)
     assert doc["processes"][0]["identity_key_collisions"] == 1
     # The same calls without callspan.args.identity: a key returning two values is impurity.
@@ -151,12 +151,34 @@ def test_a_caller_of_an_impure_function_is_ranked_with_a_caveat_naming_the_calle
     # Not hidden: its savings and size are those of its own (consistent) returns.
     assert checkout.recommended_maxsize == ops["m.browse"].recommended_maxsize
     assert checkout.savings.cpu > 0 and checkout.share is not None and checkout.share > 0
-    assert opportunity_json(1, checkout)["impure_callees"] == ["m.request_id"]
+    assert opportunity_json(1, checkout, 1)["impure_callees"] == ["m.request_id"]
     # The same shape without the impure call, and the pure callee, are recommended without caveat.
     assert ops["m.browse"].advice.kind == "lru_cache" and ops["m.browse"].impure_callees == []
     assert ops["m.price"].advice.kind == "lru_cache" and ops["m.price"].impure_callees == []
     ranked = [op.name for op in cache.analyze(model_of(request(spans))).opportunities]
     assert ranked.index("m.checkout") < ranked.index("m.request_id")  # ranked by savings, not sent last
+
+
+def test_caveated_advice_is_its_own_tier_after_the_recommended_one() -> None:
+    # m.checkout saves 4 hits x 5 ms but calls an impure function; m.price saves 11 x 1 ms, cleanly.
+    spans = service("m.checkout", ["m.request_id", "m.price"])
+    model = model_of(request(spans))
+    report = cache.analyze(model, CacheOptions(lookup_ns=100))
+    ops = {op.name: op for op in report.opportunities}
+    assert ops["m.checkout"].savings.cpu > ops["m.price"].savings.cpu
+    assert [(op.name, cache.tier(op.advice.kind)) for op in report.opportunities] == [
+        ("m.price", "recommended"), ("m.checkout", "caveated"), ("m.request_id", "not_recommended")]
+    doc = render_json_object(Results(model, ["cache"], cache=report))["cache"]
+    assert doc["tiers"] == {"recommended": 1, "caveated": 1, "not_recommended": 1}
+    assert [(o["rank"], o["tier"], o["tier_rank"]) for o in doc["opportunities"]] == [
+        (1, "recommended", 1), (2, "caveated", 1), (3, "not_recommended", 1)]
+    # One table per tier, each with its own top N: --top 1 still shows the caveated m.checkout.
+    text = render_text(Results(model, ["cache"], cache=report, top=1))
+    tables = [line for line in text.splitlines() if line.startswith(("Recommended", "With a caveat", "Never"))]
+    assert [t.split(" ")[0] for t in tables] == ["Recommended,", "With", "Never"]
+    assert all(t.endswith(": 1") for t in tables)
+    rows = [line.split()[:2] for line in text.splitlines() if line.startswith("  1 m.")]
+    assert rows == [["1", "m.price"], ["1", "m.checkout"], ["1", "m.request_id"]]
 
 
 def test_impurity_propagates_through_intermediate_callers() -> None:
@@ -398,7 +420,7 @@ def test_a_few_inconsistent_keys_of_many_are_shown_with_their_share(bad_keys: in
     assert op.inconsistent_share == pytest.approx(bad_keys / 40)
     assert op.advice.kind == kind and op.advice.paste is None
     assert f"{bad_keys} of 40 argument keys ({bad_keys / 40:.1%}) returned different values" in op.advice.text
-    doc = opportunity_json(1, op)
+    doc = opportunity_json(1, op, 1)
     assert doc["inconsistent_share"] == pytest.approx(bad_keys / 40)
     if kind == "mostly_consistent":  # ranked by its savings: the user decides
         assert op.recommended_maxsize == 40 and op.savings.hits == 80 and op.savings.cpu == 80 * 1_000_000

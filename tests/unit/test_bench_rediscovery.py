@@ -168,9 +168,9 @@ def _memo(function: str, line: int = 1) -> Any:
     return bench.Memoized(function, "/lib/fakelib/__init__.py", line, "lru_cache")
 
 
-def _opportunity(rank: int, function: str, kind: str) -> dict[str, Any]:
-    return {"rank": rank, "function": function, "advice": {"kind": kind, "text": f"{kind} text"},
-            "calls": 100, "hits": 90}
+def _opportunity(rank: int, function: str, kind: str, tier_rank: int | None = None) -> dict[str, Any]:
+    return {"rank": rank, "tier_rank": rank if tier_rank is None else tier_rank, "function": function,
+            "advice": {"kind": kind, "text": f"{kind} text"}, "calls": 100, "hits": 90}
 
 
 def _truth(verdict: str, calls: int = 100, hits: int = 90) -> dict[str, Any]:
@@ -188,7 +188,7 @@ def test_mean_costs_match_pstats_rows_by_file_first_line_and_name() -> None:
 def test_score_counts_recall_and_precision_and_says_why_functions_were_missed() -> None:
     memoized = [_memo(f"fakelib.{name}") for name in (
         "found", "low_rank", "judged_cheap", "unlisted", "too_cheap", "small", "fresh", "never_called", "unique",
-        "converted")]
+        "converted", "caveat_found")]
     report = {
         "options": {"min_cost_ratio": 2.0, "min_saved_ns": 1_000_000.0}, "lookup_ns": 100.0,
         "opportunities": [
@@ -201,6 +201,8 @@ def test_score_counts_recall_and_precision_and_says_why_functions_were_missed() 
             _opportunity(7, "fakelib.judged_cheap", "not_worth_it"),
             _opportunity(8, "fakelib.low_rank", "lru_cache"),
             _opportunity(9, "fakelib.late_impure", "lru_cache"),  # outside the top, inconsistent
+            # ranked 10th overall, but 3rd in its own tier's table: in the top 7
+            _opportunity(10, "fakelib.caveat_found", "calls_impure", tier_rank=3),
         ]}
     truths = {
         "fakelib.found": _truth("consistent"), "fakelib.low_rank": _truth("consistent"),
@@ -210,13 +212,14 @@ def test_score_counts_recall_and_precision_and_says_why_functions_were_missed() 
         "fakelib.unique": _truth("consistent", hits=0), "fakelib.converted": _truth("unhashable"),
         "fakelib.helper": _truth("consistent"), "fakelib.counter": _truth("inconsistent"),
         "fakelib.listy": _truth("unhashable"), "fakelib.late_impure": _truth("inconsistent"),
+        "fakelib.caveat_found": _truth("consistent"),
     }
     costs = {name: 50_000.0 for name in truths} | {"fakelib.too_cheap": 150.0}  # 150 < 2 x 100 ns
     result = bench.score(memoized, report, truths, costs, top=7)
 
     rows = {r.function.removeprefix("fakelib."): r for r in result.functions}
     assert {name for name, r in rows.items() if r.real} == {"found", "low_rank", "judged_cheap", "unlisted",
-                                                           "converted"}
+                                                           "converted", "caveat_found"}
     assert {name: r.why_not_real for name, r in rows.items() if not r.real} == {
         "too_cheap": "cheap: 150 ns a call < 2 x 100 ns lookup",
         "small": "small: 5 hits x 50000 ns < 1 ms",
@@ -225,16 +228,17 @@ def test_score_counts_recall_and_precision_and_says_why_functions_were_missed() 
         "unique": "reference: no repeats",
     }
     assert {name: r.why_missed for name, r in rows.items() if r.real and not r.found} == {
-        "low_rank": "ranked 8 > 7",
+        "low_rank": "ranked 8 > 7 in its tier (one ranking)",
         "judged_cheap": "advice not_worth_it: not_worth_it text",
         "unlisted": "not in the cache report (no keyed calls or no repeated key)",
     }
-    assert (result.memoized, result.ran, result.real, result.found) == (10, 9, 5, 2)
-    assert result.recall == pytest.approx(2 / 5)
-    # advised in the top 7: found, helper, counter, listy, converted, unseen; unseen is not judged;
-    # consistent: found, helper, converted (a bare lru_cache on unhashable arguments would raise)
-    assert (result.advised_top, result.advised_top_in_reference, result.advised_top_consistent) == (6, 5, 3)
-    assert result.precision == pytest.approx(3 / 5)
+    assert (result.memoized, result.ran, result.real, result.found) == (11, 10, 6, 3)
+    assert result.recall == pytest.approx(3 / 6)
+    # advised in the top 7 of their tiers: found, helper, counter, listy, converted, unseen,
+    # caveat_found; unseen is not judged; consistent: found, helper, converted, caveat_found (a
+    # bare lru_cache on unhashable arguments would raise)
+    assert (result.advised_top, result.advised_top_in_reference, result.advised_top_consistent) == (7, 6, 4)
+    assert result.precision == pytest.approx(4 / 6)
     assert result.advised_top_not_consistent == [
         "fakelib.counter (inconsistent, advice mostly_consistent)", "fakelib.listy (unhashable, advice lru_cache)"]
     # anywhere in the ranking: clean advice (the target), and caveated advice listed apart

@@ -111,6 +111,21 @@ ADVICE_KINDS = ("lru_cache", "lru_cache_convert_args", "method", "async_cache", 
 NOT_RECOMMENDED = ("inconsistent", "fresh_object", "not_cacheable", "method")
 # Ranked by savings with a caveat the user must weigh; never given a paste line.
 CAVEATED = ("mostly_consistent", "mutable_return", "calls_impure")
+# The report's tiers, in order: each is ranked by savings on its own (its own table, its own top N).
+# Clean advice can be applied as said (a paste line, or a conversion the text spells out); caveated
+# advice needs the user's judgement first, however large its savings; then the rest.
+TIERS = ("recommended", "caveated", "not_worth_it", "not_recommended")
+
+
+def tier(kind: str) -> str:
+    """The report tier of an advice kind (``TIERS``)."""
+    if kind in NOT_RECOMMENDED:
+        return "not_recommended"
+    if kind == "not_worth_it":
+        return "not_worth_it"
+    return "caveated" if kind in CAVEATED else "recommended"
+
+
 # At most this share of a function's keys returned different values: "mostly consistent", ranked
 # with the share shown (a cache would return stale values for those keys); above it, inconsistent.
 MOSTLY_CONSISTENT = 0.05
@@ -540,13 +555,14 @@ def analyze_calls(function: int, info: FunctionInfo, calls: CallSource | CallCol
 
 
 def aggregate_result(function: int, info: FunctionInfo, data: ProfileData, fids: Sequence[int],
-                     identity: bool, has_cpu: bool) -> ProcessResult:
+                     identity: bool, has_cpu: bool, process_cpu: float = math.inf) -> ProcessResult:
     """The ``ProcessResult`` of one function in one process from its v2 aggregates (the function
     ids ``fids`` of that process: one name may have several), without replaying any call.
 
     ``identity``: whether ``self`` hashes by identity for this function (any process): its keys
     that returned different values are then identity key collisions, not inconsistency (the
-    aggregates do not say which keys were identity keys)."""
+    aggregates do not say which keys were identity keys). ``process_cpu``: the process's traced
+    CPU (its call tree's self CPU), which no function's own total can exceed."""
     calls = errors = cpu_total = wall_total = 0
     state = ProfileCache()
     reuse: dict[int, list[float]] = {}
@@ -563,7 +579,7 @@ def aggregate_result(function: int, info: FunctionInfo, data: ProfileData, fids:
         # So is the CPU of its hits (each measured whole, none nested in another counted hit):
         # deep in recursion, where every call is folded, it can be most of the function's cost.
         rows = data.reuse.get(fid, {})
-        cpu_total += max(node_cpu, round(sum(row[1] for row in rows.values())))
+        cpu_total += max(node_cpu, round(min(sum(row[1] for row in rows.values()), process_cpu)))
         cached = data.cache.get(fid)
         if cached is not None:
             state.add(cached)
@@ -988,10 +1004,12 @@ class PendingAnalysis:
             if info.process not in profiles:
                 unit = model.processes[info.process].cpu_unit or "unknown"
                 total_cpu[unit] = total_cpu.get(unit, 0) + info.stats[S_CPU_SELF]
+        self.process_cpu: dict[int, int] = {}
         for process, data in profiles.items():
             # The call tree's self CPU adds up to the process's traced CPU, exactly.
             unit = model.processes[process].cpu_unit or "unknown"
-            total_cpu[unit] = total_cpu.get(unit, 0) + sum(node.cpu_self for node in data.nodes.values())
+            self.process_cpu[process] = sum(node.cpu_self for node in data.nodes.values())
+            total_cpu[unit] = total_cpu.get(unit, 0) + self.process_cpu[process]
         self.total_cpu = total_cpu
         groups: dict[tuple[str, str], list[int]] = {}
         for index, info in enumerate(model.functions):
@@ -1053,7 +1071,8 @@ class PendingAnalysis:
         data = self.model.profiles.get(info.process)
         if data is None:
             return next(replayed)
-        return aggregate_result(function, info, data, self._fids(function), identity, data.has_cpu)
+        return aggregate_result(function, info, data, self._fids(function), identity, data.has_cpu,
+                                self.process_cpu[info.process])
 
     def finish(self) -> CacheReport:
         model, options = self.model, self.options
@@ -1087,10 +1106,12 @@ class PendingAnalysis:
 
 
 def rank_key(op: Opportunity) -> tuple[int, float, float, float, str, str, int]:
-    """Recommended first, then not worth it, then never recommended; each by savings (CPU, wall,
-    hits), ties by name, file and line: the same input always gives the same order."""
-    group = 2 if op.advice.kind in NOT_RECOMMENDED else 1 if op.advice.kind == "not_worth_it" else 0  # CAVEATED: 0
-    return (group, -(op.savings.cpu or 0), -op.savings.wall, -op.hits_unbounded, op.name, op.file, op.line)
+    """By tier (``TIERS``: clean advice, caveated, not worth it, never recommended), each by
+    savings (CPU, wall, hits), ties by name, file and line: the same input always gives the same
+    order. Caveated functions are often callers of the clean ones, with larger (overlapping)
+    savings: in one ranking they would push every clean opportunity out of sight."""
+    return (TIERS.index(tier(op.advice.kind)), -(op.savings.cpu or 0), -op.savings.wall, -op.hits_unbounded,
+            op.name, op.file, op.line)
 
 
 def start(model: Model, options: CacheOptions | None = None,

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from callspan import __version__
-from callspan.analysis.cache import DEFAULT_MAXSIZE, CacheReport, LookupCost, Opportunity
+from callspan.analysis.cache import DEFAULT_MAXSIZE, TIERS, CacheReport, LookupCost, Opportunity, tier
 from callspan.analysis.cpu import CpuReport
 from callspan.analysis.graphs import FLAME_CSS, distribution_svg, flame_html
 from callspan.analysis.latency import LatencyReport
@@ -31,6 +31,13 @@ ESTIMATES = {
 SAVINGS_OVERLAP = ("savings overlap: a function's savings include those of the functions it calls (nested "
                    "calls), so they are not additive and no total is given")
 JSON_SCHEMA = "callspan.analysis/1"
+# Each tier of the cache report is its own table (TIERS order), ranked by savings within it.
+TIER_TITLES = {
+    "recommended": "Recommended, to apply as said (a paste line, or the conversion named)",
+    "caveated": "With a caveat to weigh first (often callers of the above, savings overlapping)",
+    "not_worth_it": "Not worth it: too cheap a call, or too little saved",
+    "not_recommended": "Never recommended as is",
+}
 ADVICE_LABELS = {
     "lru_cache": "lru_cache", "lru_cache_convert_args": "convert args", "method": "method (self)",
     "async_cache": "async cache", "inflight_coalescing": "coalesce", "inconsistent": "inconsistent",
@@ -153,30 +160,36 @@ def _wrap(text: str, indent: str) -> list[str]:
 
 def cache_text(report: CacheReport, top: int) -> list[str]:
     o = report.options
-    lines = _wrap(f"Cache opportunities, by CPU saved at the recommended maxsize (the smallest giving "
-                  f"{o.target:.0%} of all hits)", "")
+    lines = _wrap(f"Cache opportunities in tiers, each by CPU saved at the recommended maxsize (the smallest "
+                  f"giving {o.target:.0%} of all hits)", "")
     ops = report.opportunities
     if not ops:
         lines.append("  none: no function with at least "
                      f"{o.min_calls} calls repeated an argument key")
     else:
         unit = _main_unit(report)
-        lines.append(f"{'#':>3} {'function':<30} {'calls':>7} {'keys':>6} {'hit%':>5} {'@128':>5} "
-                     f"{'maxsize':>7} {'saved':>9} {'share':>6}  advice")
-        for rank, op in enumerate(ops[:top], 1):
-            saved = fmt_cost(op.savings.cpu, op.cpu_unit) if op.cpu_unit != "none" else fmt_ns(op.savings.wall)
-            share = "-" if op.share is None else f"{100 * op.share:.1f}%"
-            size = "-" if op.recommended_maxsize is None else fmt_count(op.recommended_maxsize)
-            est = "~" if op.estimated else " "
-            lines.append(f"{rank:>3} {elide(op.name, 30):<30} {fmt_count(op.calls):>7} "
-                         f"{est}{fmt_count(op.distinct_keys):>5} {fmt_pct(op.hit_ratio):>5} "
-                         f"{fmt_pct(op.hit_ratio_at_128):>5} {size:>7} {saved:>9} {share:>6}  "
-                         f"{ADVICE_LABELS.get(op.advice.kind, op.advice.kind)}")
-        if len(ops) > top:
-            lines.append(f"    ... {len(ops) - top} more (--top N)")
+        shown: list[tuple[int, Opportunity]] = []
+        for name, ranked in tier_groups(ops):
+            lines.append("")
+            lines.extend(_wrap(f"{TIER_TITLES[name]}: {len(ranked):,}", ""))
+            lines.append(f"{'#':>3} {'function':<30} {'calls':>7} {'keys':>6} {'hit%':>5} {'@128':>5} "
+                         f"{'maxsize':>7} {'saved':>9} {'share':>6}  advice")
+            for rank, op in ranked[:top]:
+                saved = fmt_cost(op.savings.cpu, op.cpu_unit) if op.cpu_unit != "none" else fmt_ns(op.savings.wall)
+                share = "-" if op.share is None else f"{100 * op.share:.1f}%"
+                size = "-" if op.recommended_maxsize is None else fmt_count(op.recommended_maxsize)
+                est = "~" if op.estimated else " "
+                lines.append(f"{rank:>3} {elide(op.name, 30):<30} {fmt_count(op.calls):>7} "
+                             f"{est}{fmt_count(op.distinct_keys):>5} {fmt_pct(op.hit_ratio):>5} "
+                             f"{fmt_pct(op.hit_ratio_at_128):>5} {size:>7} {saved:>9} {share:>6}  "
+                             f"{ADVICE_LABELS.get(op.advice.kind, op.advice.kind)}")
+            if len(ranked) > top:
+                lines.append(f"    ... {len(ranked) - top} more (--top N)")
+            shown.extend(ranked[:top])
         lines.extend(_wrap(f"saved: {'CPU' if unit != 'none' else 'wall time'} of the calls that would hit; "
-                           "share: of all self CPU; ~: estimated (details below); " + SAVINGS_OVERLAP, "    "))
-        for rank, op in enumerate(ops[:top], 1):
+                           "share: of all self CPU; ~: estimated (details below); #: rank in the table; "
+                           + SAVINGS_OVERLAP, "    "))
+        for rank, op in shown:
             lines.append("")
             lines.extend(opportunity_text(rank, op))
     lines.append("")
@@ -193,6 +206,16 @@ def cache_text(report: CacheReport, top: int) -> list[str]:
         notes.append(f"{report.functions_without_keys} had no key hashes (CALLSPAN_KEYS off for them?)")
     lines.extend(_wrap("; ".join(notes) + ".", ""))
     return lines
+
+
+def tier_groups(ops: list[Opportunity]) -> list[tuple[str, list[tuple[int, Opportunity]]]]:
+    """The non-empty tiers of ``ops`` (ranked: tier by tier) in ``TIERS`` order, each with its
+    opportunities and their 1-based rank within the tier."""
+    groups: dict[str, list[tuple[int, Opportunity]]] = {}
+    for op in ops:
+        ranked = groups.setdefault(tier(op.advice.kind), [])
+        ranked.append((len(ranked) + 1, op))
+    return [(name, groups[name]) for name in TIERS if name in groups]
 
 
 def lookup_text(lookup: LookupCost) -> str:
@@ -351,9 +374,10 @@ def _round(x: float | None, digits: int = 6) -> float | None:
     return None if x is None else round(x, digits)
 
 
-def opportunity_json(rank: int, op: Opportunity) -> dict[str, Any]:
+def opportunity_json(rank: int, op: Opportunity, tier_rank: int) -> dict[str, Any]:
     return {
-        "rank": rank, "function": op.name, "file": op.file or None, "line": op.line or None,
+        "rank": rank, "tier": tier(op.advice.kind), "tier_rank": tier_rank,
+        "function": op.name, "file": op.file or None, "line": op.line or None,
         "kind": op.kind, "method": op.method, "calls": op.calls, "errors": op.errors,
         "distinct_keys": round(op.distinct_keys), "hits": round(op.hits_unbounded),
         "hit_ratio": _round(op.hit_ratio), "hit_ratio_at_128": _round(op.hit_ratio_at_128),
@@ -416,7 +440,9 @@ def render_json_object(results: Results) -> dict[str, Any]:
             "functions_analyzed": c.functions_analyzed,
             "functions_without_reuse": c.functions_without_reuse,
             "functions_without_keys": c.functions_without_keys,
-            "opportunities": [opportunity_json(i, op) for i, op in enumerate(c.opportunities, 1)],
+            "tiers": {name: len(ranked) for name, ranked in tier_groups(c.opportunities)},
+            "opportunities": [opportunity_json(i, op, tier_rank) for i, (tier_rank, op)
+                              in enumerate((pair for _, ranked in tier_groups(c.opportunities) for pair in ranked), 1)],
         }
     if results.cpu is not None:
         r = results.cpu
@@ -530,31 +556,36 @@ def render_html(results: Results) -> str:
         body.append("<p class=muted>" + "<br>".join(_esc(w) for w in m.warnings[:20]) + "</p>")
     if results.cache is not None:
         c = results.cache
-        body.append(f"<h2>Cache opportunities</h2><p class=muted>Ranked by CPU saved at the recommended "
-                    f"maxsize (smallest size reaching {c.options.target:.0%} of the unbounded hits). "
+        body.append(f"<h2>Cache opportunities</h2><p class=muted>In tiers, each ranked by CPU saved at the "
+                    f"recommended maxsize (smallest size reaching {c.options.target:.0%} of the unbounded hits). "
                     f"Hit ratios replay every call in start order through an LRU cache of each size. "
                     f"{_esc(SAVINGS_OVERLAP[0].upper() + SAVINGS_OVERLAP[1:])}. {_esc(worth_it_text(c))}</p>")
         if c.clamps.total:
             body.append("<p class=muted>" + "<br>".join(_esc(m) for m in c.clamps.messages) + "</p>")
-        rows = ["<table><tr><th>#</th><th class=l>function</th><th>calls</th><th>distinct keys</th>"
-                "<th>hit ratio</th><th>at 128</th><th>maxsize</th><th>CPU saved</th><th>wall saved</th>"
-                "<th>share</th><th class=l>advice</th></tr>"]
-        for rank, op in enumerate(c.opportunities, 1):
-            rows.append(
-                f"<tr><td>{rank}</td><td class=l><a href='#op{rank}'>{_esc(op.name)}</a></td>"
-                f"<td>{op.calls:,}</td><td>{'~' if op.estimated else ''}{op.distinct_keys:,.0f}</td>"
-                f"<td>{fmt_pct(op.hit_ratio)}%</td><td>{fmt_pct(op.hit_ratio_at_128)}%</td>"
-                f"<td>{'-' if op.recommended_maxsize is None else f'{op.recommended_maxsize:,}'}</td>"
-                f"<td>{_esc(fmt_cost(op.savings.cpu, op.cpu_unit))}</td><td>{_esc(fmt_ns(op.savings.wall))}</td>"
-                f"<td>{'-' if op.share is None else f'{100 * op.share:.2f}%'}</td>"
-                f"<td class='l k-{op.advice.kind}'>{_esc(op.advice.kind.replace('_', ' '))}</td></tr>")
-        rows.append("</table>")
-        body.append("".join(rows))
-        for rank, op in enumerate(c.opportunities[:results.top], 1):
-            text = "<br>".join(_esc(line.strip()) for line in opportunity_text(rank, op)[1:])
-            body.append(f"<div class=fn id='op{rank}'><div><b>{rank}. {_esc(op.name)}</b><br>"
-                        f"<span class=muted>{_esc(op.file)}:{op.line}</span><p>{text}</p></div>"
-                        f"{curve_svg(op)}</div>")
+        details: list[str] = []
+        for name, ranked in tier_groups(c.opportunities):
+            rows = [f"<h3>{_esc(TIER_TITLES[name])}: {len(ranked):,}</h3>"
+                    "<table><tr><th>#</th><th class=l>function</th><th>calls</th><th>distinct keys</th>"
+                    "<th>hit ratio</th><th>at 128</th><th>maxsize</th><th>CPU saved</th><th>wall saved</th>"
+                    "<th>share</th><th class=l>advice</th></tr>"]
+            for rank, op in ranked:
+                anchor = f"op-{name}-{rank}"
+                rows.append(
+                    f"<tr><td>{rank}</td><td class=l><a href='#{anchor}'>{_esc(op.name)}</a></td>"
+                    f"<td>{op.calls:,}</td><td>{'~' if op.estimated else ''}{op.distinct_keys:,.0f}</td>"
+                    f"<td>{fmt_pct(op.hit_ratio)}%</td><td>{fmt_pct(op.hit_ratio_at_128)}%</td>"
+                    f"<td>{'-' if op.recommended_maxsize is None else f'{op.recommended_maxsize:,}'}</td>"
+                    f"<td>{_esc(fmt_cost(op.savings.cpu, op.cpu_unit))}</td><td>{_esc(fmt_ns(op.savings.wall))}</td>"
+                    f"<td>{'-' if op.share is None else f'{100 * op.share:.2f}%'}</td>"
+                    f"<td class='l k-{op.advice.kind}'>{_esc(op.advice.kind.replace('_', ' '))}</td></tr>")
+            rows.append("</table>")
+            body.append("".join(rows))
+            for rank, op in ranked[:results.top]:
+                text = "<br>".join(_esc(line.strip()) for line in opportunity_text(rank, op)[1:])
+                details.append(f"<div class=fn id='op-{name}-{rank}'><div><b>{rank}. {_esc(op.name)}</b><br>"
+                               f"<span class=muted>{_esc(op.file)}:{op.line}</span><p>{text}</p></div>"
+                               f"{curve_svg(op)}</div>")
+        body.extend(details)
     if results.cpu is not None:
         r = results.cpu
         total = r.total_self or 1
