@@ -42,6 +42,30 @@ def calls(name: str, keys: list[int], returns: list[int], *, first_id: int = 1, 
             for i, (k, r) in enumerate(zip(keys, returns, strict=True))]
 
 
+# -- what a cache can never be put on ---------------------------------------------------------
+
+def test_nested_functions_and_stateful_protocol_methods_are_never_recommended() -> None:
+    # Each repeats its keys with the same returns and would otherwise be an lru_cache line.
+    names = ["m.plain", "m.outer.<locals>.inner", "m.decorate.<locals>.wrapper", "m.Point.__init__",
+             "m.Walker.__next__", "m.Session.__exit__", "m.Point.__new__"]
+    spans: list[dict[str, Any]] = []
+    for n, name in enumerate(names):
+        spans += calls(name, [1, 2] * 5, [7, 8] * 5, first_id=1 + 100 * n)
+    ops = ops_by_name(model_of(request(spans)), lookup_ns=100, min_saved_ns=0)
+    assert {name: ops[name].advice.kind for name in names} == {
+        "m.plain": "lru_cache", "m.Point.__new__": "lru_cache",  # constructors can be cached (sympy's are)
+        "m.outer.<locals>.inner": "closure", "m.decorate.<locals>.wrapper": "closure",
+        "m.Point.__init__": "not_cacheable", "m.Walker.__next__": "not_cacheable", "m.Session.__exit__": "not_cacheable"}
+    inner = ops["m.outer.<locals>.inner"]
+    assert inner.advice.text.startswith("defined inside m.outer: a new function object each time")
+    assert "move it to module level with what it captures as arguments" in inner.advice.text
+    assert ops["m.Walker.__next__"].advice.text.startswith("__next__ is a protocol method that acts on its object")
+    for name in names[1:6]:
+        op = ops[name]
+        assert cache.tier(op.advice.kind) == "not_recommended"
+        assert op.advice.paste is None and op.recommended_maxsize is None
+
+
 # -- identity-hashed self ----------------------------------------------------------------------
 
 def test_identity_keyed_disagreements_are_collisions_not_inconsistency() -> None:

@@ -107,8 +107,15 @@ LOOKUP_ITERATIONS = 10_000  # calls per timing
 LOOKUP_REPEATS = 5  # timings per variant; the fastest is kept (the least disturbed)
 
 ADVICE_KINDS = ("lru_cache", "lru_cache_convert_args", "method", "async_cache", "inflight_coalescing",
-                "mostly_consistent", "mutable_return", "calls_impure", "inconsistent", "fresh_object", "not_cacheable", "not_worth_it")
-NOT_RECOMMENDED = ("inconsistent", "fresh_object", "not_cacheable", "method")
+                "mostly_consistent", "mutable_return", "calls_impure", "inconsistent", "fresh_object", "not_cacheable",
+                "closure", "not_worth_it")
+NOT_RECOMMENDED = ("inconsistent", "fresh_object", "not_cacheable", "method", "closure")
+# Protocol methods that act on their object (initialise, change or advance it): a cache would skip
+# that for every repeated key, whatever they return.
+STATEFUL_PROTOCOL = frozenset({
+    "__init__", "__post_init__", "__init_subclass__", "__set_name__", "__setattr__", "__delattr__", "__setitem__",
+    "__delitem__", "__set__", "__delete__", "__enter__", "__exit__", "__aenter__", "__aexit__", "__iter__",
+    "__aiter__", "__next__", "__anext__", "__del__"})
 # Ranked by savings with a caveat the user must weigh; never given a paste line.
 CAVEATED = ("mostly_consistent", "mutable_return", "calls_impure")
 # The report's tiers, in order: each is ranked by savings on its own (its own table, its own top N).
@@ -887,6 +894,18 @@ def _advise(op: Opportunity, options: CacheOptions, lookup: LookupCost) -> Advic
                       f"({_format_count(op.calls)} calls, {_format_count(op.distinct_keys)} distinct keys): "
                       "if the result does not depend on the instance, cache a module-level function of the "
                       "other arguments instead")
+    method_name = op.name.rsplit(".", 1)[-1]
+    if method_name in STATEFUL_PROTOCOL:
+        return Advice("not_cacheable", f"{method_name} is a protocol method that acts on its object "
+                      "(initialises, changes or advances it): a cache would skip that for every repeated key; "
+                      "cache what it computes in a function of its own instead")
+    enclosing, nested, _ = op.name.partition(".<locals>.")
+    if nested:
+        return Advice("closure", f"defined inside {enclosing}: a new function object each time that code runs "
+                      "(each call, or each decoration), and a functools.lru_cache on it is a new, empty cache "
+                      "with each; these figures merge the calls of all of them, whose captured variables are not "
+                      "part of the key and may differ: to cache it, move it to module level with what it "
+                      "captures as arguments")
     if not op.consistent and not op.mostly_consistent:
         return Advice("inconsistent", f"not cacheable as is: {op.inconsistent_keys:,} of "
                       f"{_format_count(op.distinct_keys)} argument keys ({op.inconsistent_share:.1%}) returned "
