@@ -449,6 +449,32 @@ def test_cache_advice_from_aggregates() -> None:
     assert fetch.overlapping == merged_cache(4, "overlaps")
 
 
+def test_a_function_folded_beyond_the_call_tree_cap_has_unknown_callees() -> None:
+    # app.deep's every call was folded into an "(other)" node: no node of its own, so what it calls is
+    # unknown; app.top, with a node, is recommended as usual. Both repeat 9 of 10 keys, 1 ms a call.
+    functions = [{"id": 1, "name": "app.top", "file": "/app/app.py", "line": 1, "calls": 10, "wall_ns": 10**7,
+                  "cpu_self": 10**6},
+                 {"id": 2, "name": "app.deep", "file": "/app/app.py", "line": 9, "calls": 10, "wall_ns": 10**7,
+                  "cpu_self": 10**7}]
+    nodes = [{"id": 1, "parent": 0, "function": 0, "label": "MainThread"},
+             {"id": 2, "parent": 1, "function": 1, "calls": 10, "cpu_total": 2 * 10**7, "cpu_self": 10**6},
+             {"id": 3, "parent": 2, "function": 0, "label": "(other)", "calls": 10, "cpu_total": 10**7,
+              "cpu_self": 10**7}]
+    cache_rows = [{"function": f, "calls": 10, "keys": 1.0, "sampled_calls": 10} for f in (1, 2)]
+    reuse = [(1, 0, 9.0, 9 * 2e6, 9 * 2e6), (2, 0, 9.0, 9e6, 9e6)]
+    model = model_of(request_v2([profile_span(0, functions=functions, nodes=nodes, cache=cache_rows, reuse=reuse,
+                                              final=True)]))
+    ops = {op.name: op for op in cache.analyze(model, cache.CacheOptions(lookup_ns=100)).opportunities}
+    assert ops["app.top"].advice.kind == "lru_cache"
+    deep = ops["app.deep"]
+    assert deep.advice.kind == "callees_unknown" and cache.tier(deep.advice.kind) == "caveated"
+    assert deep.advice.paste is None and deep.recommended_maxsize == 1 and deep.savings.cpu == 9e6
+    assert deep.advice.text == ('what it calls is not known (the tracer folded all its calls into "(other)" '
+                                "call-tree nodes, beyond CALLSPAN_MAX_NODES or CALLSPAN_MAX_DEPTH), so it may call "
+                                "functions with side effects that caching it would skip; if it does not: cache it "
+                                "with functools.lru_cache(maxsize=1)")
+
+
 def test_a_new_object_each_call_is_not_cacheable_as_is_and_not_impurity() -> None:
     spans = profile_spans()
     for profile in spans:

@@ -108,7 +108,7 @@ LOOKUP_REPEATS = 5  # timings per variant; the fastest is kept (the least distur
 
 ADVICE_KINDS = ("lru_cache", "lru_cache_convert_args", "method", "async_cache", "inflight_coalescing",
                 "mostly_consistent", "mutable_return", "calls_impure", "inconsistent", "fresh_object", "not_cacheable",
-                "closure", "not_worth_it")
+                "closure", "callees_unknown", "not_worth_it")
 NOT_RECOMMENDED = ("inconsistent", "fresh_object", "not_cacheable", "method", "closure")
 # Protocol methods that act on their object (initialise, change or advance it): a cache would skip
 # that for every repeated key, whatever they return.
@@ -117,7 +117,7 @@ STATEFUL_PROTOCOL = frozenset({
     "__delitem__", "__set__", "__delete__", "__enter__", "__exit__", "__aenter__", "__aexit__", "__iter__",
     "__aiter__", "__next__", "__anext__", "__del__"})
 # Ranked by savings with a caveat the user must weigh; never given a paste line.
-CAVEATED = ("mostly_consistent", "mutable_return", "calls_impure")
+CAVEATED = ("mostly_consistent", "mutable_return", "calls_impure", "callees_unknown")
 # The report's tiers, in order: each is ranked by savings on its own (its own table, its own top N).
 # Clean advice can be applied as said (a paste line, or a conversion the text spells out); caveated
 # advice needs the user's judgement first, however large its savings; then the rest.
@@ -1035,6 +1035,7 @@ class PendingAnalysis:
             if (self._fids(index) if info.process in profiles else model.call_count(index)):
                 groups.setdefault((info.name, info.file), []).append(index)
         self.without_keys = 0
+        self.with_nodes: dict[int, set[int]] = {}  # process -> function ids with a call-tree node
         for key, indices in list(groups.items()):
             if sum(map(self._calls, indices)) < options.min_calls:
                 del groups[key]
@@ -1073,6 +1074,19 @@ class PendingAnalysis:
             return info.calls
         return sum(data.functions[fid].calls for fid in self._fids(function))
 
+    def _in_call_tree(self, function: int) -> bool:
+        """Whether some call of ``function`` has a node of the call tree, so that what it calls
+        is known; false when every call was folded into "(other)" nodes (beyond the tracer's node
+        or depth cap). Processes without aggregates: true (their spans link callers)."""
+        info = self.model.functions[function]
+        data = self.model.profiles.get(info.process)
+        if data is None:
+            return True
+        with_nodes = self.with_nodes.get(info.process)
+        if with_nodes is None:
+            with_nodes = self.with_nodes[info.process] = {node.function for node in data.nodes.values()}
+        return any(fid in with_nodes for fid in self._fids(function))
+
     def _keyed(self, function: int) -> bool:
         data = self.model.profiles.get(self.model.functions[function].process)
         if data is None:
@@ -1097,6 +1111,7 @@ class PendingAnalysis:
         model, options = self.model, self.options
         results_flat = (result for batch in self.replayed for result in batch)
         opportunities: list[Opportunity] = []
+        keys: list[tuple[str, str]] = []  # the group of each opportunity
         impure: list[tuple[str, str]] = []
         impure_ops: dict[str, Opportunity] = {}
         without_reuse = 0
@@ -1113,12 +1128,16 @@ class PendingAnalysis:
                 without_reuse += 1
                 continue
             opportunities.append(op)
+            keys.append(key)
         if impure:
             reach = impure_reach(model, impure)
             for op in opportunities:
                 paths = reach.get((op.name, op.file))
                 if paths:
                     _calls_impure(op, paths, impure_ops)
+        for key, op in zip(keys, opportunities, strict=True):
+            if tier(op.advice.kind) == "recommended" and not any(map(self._in_call_tree, self.groups[key])):
+                _callees_unknown(op)
         opportunities.sort(key=rank_key)
         return CacheReport(opportunities, self.total_cpu, len(self.groups), without_reuse, self.without_keys,
                            options, lookup, clamps)
@@ -1353,6 +1372,15 @@ def _calls_impure(op: Opportunity, paths: list[list[str]], impure: dict[str, Opp
     text += (": caching this function skips those calls and their side effects; its own returns were "
              "consistent, so if the callee's differences do not matter here: " + op.advice.text)
     op.advice = Advice("calls_impure", text)
+
+
+def _callees_unknown(op: Opportunity) -> None:
+    """Every call of ``op`` was folded beyond the tracer's call-tree cap: what it calls is not
+    known, so it cannot be cleared of calling functions with side effects (which a cache would
+    skip). Its advice keeps its size under that caveat, without a paste line."""
+    op.advice = Advice("callees_unknown", "what it calls is not known (the tracer folded all its calls into "
+                       "\"(other)\" call-tree nodes, beyond CALLSPAN_MAX_NODES or CALLSPAN_MAX_DEPTH), so it may call "
+                       "functions with side effects that caching it would skip; if it does not: " + op.advice.text)
 
 
 def _estimator(results: list[ProcessResult]) -> str:
