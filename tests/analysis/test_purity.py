@@ -205,6 +205,43 @@ def test_caveated_advice_is_its_own_tier_after_the_recommended_one() -> None:
     assert rows == [["1", "m.price"], ["1", "m.checkout"], ["1", "m.request_id"]]
 
 
+def caller_of(callee: str, callee_keys: list[int], callee_returns: list[int]) -> list[dict[str, Any]]:
+    """m.handler called with keys 1, 2, 1, 2, ... (consistent returns), each call calling
+    ``callee`` once with the next of ``callee_keys`` and ``callee_returns``."""
+    spans = []
+    for i, (key, ret) in enumerate(zip(callee_keys, callee_returns, strict=True)):
+        t = i * 10_000
+        spans.append(span(callee, 2 * i + 2, t + 10, t + 90, parent=2 * i + 1, args=key, ret=ret, cpu=1_000_000))
+        spans.append(span("m.handler", 2 * i + 1, t, t + 5_000, args=1 + i % 2, ret=100 + i % 2, cpu=5_000_000))
+    return spans
+
+
+def test_only_clearly_inconsistent_functions_make_their_callers_impure() -> None:
+    # 40 keys called twice; one key's second return differs: 1 of 40 (2.5%), mostly consistent, more
+    # often colliding hashes than a side effect: the callee keeps its caveat, its caller none.
+    keys = list(range(1, 41)) * 2
+    rets = [k * 10 for k in keys[:-1]] + [7]
+    ops = ops_by_name(model_of(request(caller_of("m.lookup", keys, rets))), lookup_ns=100)
+    assert ops["m.lookup"].advice.kind == "mostly_consistent" and ops["m.lookup"].inconsistent_keys == 1
+    assert ops["m.handler"].advice.kind == "lru_cache" and ops["m.handler"].impure_callees == []
+    # Above the mostly-consistent share (here 3 of 40), the caller is warned.
+    rets = [k * 10 for k in keys[:-3]] + [7, 8, 9]
+    ops = ops_by_name(model_of(request(caller_of("m.lookup", keys, rets))), lookup_ns=100)
+    assert ops["m.lookup"].advice.kind == "inconsistent"
+    assert ops["m.handler"].advice.kind == "calls_impure" and ops["m.handler"].impure_callees == ["m.lookup"]
+
+
+def test_a_closure_returning_different_values_does_not_make_its_callers_impure() -> None:
+    # A factory's getters (one code object, a different captured name each) merge into one function
+    # whose keys leave out what each captured: returns that differ for a key are expected.
+    keys = [1, 2] * 20
+    rets = list(range(40))
+    ops = ops_by_name(model_of(request(caller_of("m.make_property.<locals>.getter", keys, rets))), lookup_ns=100)
+    assert ops["m.make_property.<locals>.getter"].advice.kind == "closure"
+    assert ops["m.make_property.<locals>.getter"].inconsistent_keys == 2
+    assert ops["m.handler"].advice.kind == "lru_cache" and ops["m.handler"].impure_callees == []
+
+
 def test_impurity_propagates_through_intermediate_callers() -> None:
     # m.top -> m.mid -> m.request_id; m.top's and m.mid's own returns are consistent.
     spans = []
