@@ -273,11 +273,85 @@ def test_minus_one_and_minus_two_are_different_keys_and_returns(traced) -> None:
     assert cache_column(windows, "pair_sum", "inconsistent_keys") == 0
 
 
+class Whole:
+    """A number class hashing like an int, as sympy's Integer does: Whole(-1) and Whole(-2) hash alike."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __hash__(self) -> int:
+        return hash(self.n)
+
+    def __eq__(self, other: object) -> bool:
+        return self.n == (other.n if isinstance(other, Whole) else other)
+
+
+class Touchy(Whole):
+    """Hashes like Whole but raises when compared with anything but itself."""
+
+    def __eq__(self, other: object) -> bool:
+        if other is self:
+            return True
+        raise ValueError("not comparable")
+
+    __hash__ = Whole.__hash__
+
+
+def negated(w: Whole) -> Whole:
+    return Whole(-w.n)
+
+
+def scaled(w: Whole, k: float) -> tuple[Whole, float]:
+    return (w, k * 2)
+
+
+def flipped(t: Touchy) -> Whole:
+    return Whole(-t.n)
+
+
+def test_values_hashing_like_minus_one_are_told_from_minus_two(traced) -> None:  # type: ignore[no-untyped-def]
+    from tests.tracer.test_aggregate import cache_column
+
+    # A class hashing like an int (sympy's Integer) and floats hash -1 like -2 too; sympy's negated
+    # integers made dozens of its functions look inconsistent. Keys and returns are salted alike.
+    assert hash(Whole(-1)) == hash(Whole(-2)) and hash(-1.0) == hash(-2.0)
+    run = traced()
+
+    def calls() -> None:
+        for n in (-1, -2, -1, -2):
+            negated(Whole(n))
+            scaled(Whole(n), float(n))
+            flipped(Touchy(n))  # cannot be compared with -1: one key, as before
+
+    run.run(calls)
+    for name in (".negated", ".scaled"):
+        nodes = run.sink.named(name)
+        args = [n.attributes["callspan.args.hash"] for n in nodes]
+        rets = [n.attributes["callspan.return.hash"] for n in nodes]
+        assert args[0] == args[2] != args[1] == args[3], name
+        assert rets[0] == rets[2] != rets[1] == rets[3], name
+    windows = run.sink.windows
+    assert cache_column(windows, "scaled", "inconsistent_keys") == 0
+    assert cache_column(windows, "scaled", "keys") == 2
+    assert cache_column(windows, "negated", "keys") == 2
+    assert cache_column(windows, "negated", "inconsistent_keys") == 0
+    # Touchy(-1) and Touchy(-2) cannot be told apart: one key whose returns differ.
+    assert cache_column(windows, "flipped", "keys") == 1
+    assert cache_column(windows, "flipped", "inconsistent_keys") == 1
+
+
 def test_the_salt_separates_minus_one_only() -> None:
     assert keys.salted(hash(-1), -1) != hash(-2)
     assert keys.salted(hash((-1, -1)), (-1, -1)) != keys.salted(hash((-2, -2)), (-2, -2))
     assert keys.salted(hash((-1, -2)), (-1, -2)) != keys.salted(hash((-2, -1)), (-2, -1))
     assert keys.salted(hash((5, 3)), (5, 3)) == hash((5, 3))  # no -1: unchanged
+    # What equals -1 and hashes like it: floats, and classes with a hash of their own.
+    assert keys.salted(hash(-1.0), -1.0) == keys.salted(hash(-1), -1) != hash(-2.0) == keys.salted(hash(-2.0), -2.0)
+    one, two = (Whole(-1), 3), (Whole(-2), 3)
+    assert keys.salted(hash(one), one) == keys.salted(hash((-1, 3)), (-1, 3)) != keys.salted(hash(two), two)
+    assert keys.salted(hash(two), two) == hash(two)
+    touchy = (Touchy(-1), 3)
+    assert keys.salted(hash(touchy), touchy) == hash(touchy)  # its __eq__ raised: not salted
 
 
 def captured(x: int, *rest: int, scale: int = 1, **options: int) -> int:

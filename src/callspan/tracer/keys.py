@@ -8,7 +8,8 @@ is hashed only when its hash is a built-in type's own (ints, strings, bytes, flo
 ranges, frozensets, tuples of such, and objects hashed by identity); a value whose class defines
 ``__hash__`` in Python is never hashed: the call is not keyed and its type is counted among the
 function's unkeyed types as ``Name:user-hash``. ``__eq__`` is never called (keys are compared as
-hash numbers) and ``__sizeof__`` only when it is a built-in one.
+hash numbers; the one exception, a value whose own hash gave -2 compared with -1, is in
+``stands_for_minus_one``) and ``__sizeof__`` only when it is a built-in one.
 
 The hot path only computes Python's ``hash()`` of the key (so equal keys give equal numbers, the
 same equality lru_cache uses). The raw number never leaves the process: ``KeyHasher.keyed`` turns
@@ -37,31 +38,74 @@ UNKEYABLE_AFTER = 64
 RET_SIZE_EVERY = 16
 
 # CPython hashes -1 like -2 (-1 is its C error value), so keys or returns that differ only by a
-# -1 where the other has -2 would be one key (f(-1) and f(-2) "returning different values").
-# Each exact int -1 at the top level of a key or return value salts its hash (by position). -1 is CPython's
-# cached small int, so an identity check finds it without comparing (no user __eq__ runs).
+# -1 where the other has -2 would be one key (f(-1) and f(-2) "returning different values"). So
+# do the values of classes whose hash is an int's (sympy's Integer(-1) and Integer(-2), say). Each
+# value at the top level of a key or return value that stands for -1 (``stands_for_minus_one``)
+# salts its hash, by position.
 _MINUS_ONE = -1
 _MINUS_ONE_SALT = 0x9E3779B97F4A7C15
 _MASK64 = 0xFFFFFFFFFFFFFFFF
 
 
-def salted(h: int, value: Any) -> int:
-    """``h`` (the hash of ``value``) salted by the positions (1-based, summed) of the exact int
-    -1 that is ``value`` or is among its top-level tuple items, as a signed 64-bit number (the
-    compiled hot path does the same). Positions keep (-1, -2) apart from (-2, -1)."""
+def has_own_hash(value: Any) -> bool:
+    """Whether ``value``'s class hashes it with a hash of its own (Python code, or a C type not
+    among the built-in ones of ``_NO_USER_CODE_HASHES``), not a tuple's, and is hashable."""
+    slot = type(value).__hash__
+    return slot is not None and slot is not _TUPLE_HASH and slot not in _NO_USER_CODE_HASHES
+
+
+def stands_for_minus_one(value: Any, h: int) -> bool:
+    """Whether ``value`` (whose hash is ``h``) is one of the values CPython hashes as -2 although
+    they equal -1: the exact int -1 (CPython's cached small int: found by identity), the exact
+    float -1.0, or a value of a class with a hash of its own that hashed to -2 and compares equal to
+    -1. That comparison is the only ``__eq__`` the keys ever call, as ``functools.lru_cache`` would
+    on two keys whose hashes collide; if it raises (KeyboardInterrupt aside), the value does not."""
     if value is _MINUS_ONE:
-        where = 1
-    elif type(value) is tuple:
+        return True
+    if h != -2:
+        return False
+    if type(value) is float:
+        return bool(value == -1.0)
+    if not has_own_hash(value):
+        return False
+    try:
+        return bool(value == -1)
+    except KeyboardInterrupt:
+        raise
+    except BaseException:
+        return False
+
+
+def salted(h: int, value: Any) -> int:
+    """``h`` (the hash of ``value``) salted by the positions (1-based, summed) of what stands for
+    -1 (``stands_for_minus_one``): ``value`` itself, or its top-level items when it is a tuple, as
+    a signed 64-bit number (the compiled hot path does the same). Positions keep (-1, -2) apart
+    from (-2, -1)."""
+    if type(value) is tuple:
         where = 0
         for position, item in enumerate(value, 1):
-            if item is _MINUS_ONE:
+            if item is _MINUS_ONE or ((type(item) is float or has_own_hash(item)) and _hashed_minus_one(item)):
                 where += position
         if not where:
             return h
+    elif stands_for_minus_one(value, h):
+        where = 1
     else:
         return h
     mixed = (h ^ (where * _MINUS_ONE_SALT)) & _MASK64
     return mixed - (1 << 64) if mixed >= 1 << 63 else mixed
+
+
+def _hashed_minus_one(item: Any) -> bool:
+    """``stands_for_minus_one`` of a tuple's item, whose hash is computed again (a hash that
+    raises, KeyboardInterrupt aside, stands for nothing)."""
+    try:
+        h = hash(item)
+    except KeyboardInterrupt:
+        raise
+    except BaseException:
+        return False
+    return stands_for_minus_one(item, h)
 
 
 # Separates positional from keyword parts, as lru_cache's kwd_mark does.

@@ -496,11 +496,93 @@ read_arg(ArgSource *source, PyObject *name, Py_ssize_t index)
     return frame_get_var(source->frame, source->locals, name);
 }
 
+static PyObject *minus_one; /* the cached small int -1 */
+
+/* Whether `item`'s class hashes it with a hash of its own: not a built-in type's (the types of
+ * no_user_code_hashes, tuples), and hashable. */
+static int
+has_own_hash(PyObject *item)
+{
+    hashfunc slot = Py_TYPE(item)->tp_hash;
+    if (slot == PyTuple_Type.tp_hash || slot == PyObject_HashNotImplemented)
+        return 0;
+    for (int i = 0; i < n_no_user_code_hashes; i++) {
+        if (slot == no_user_code_hashes[i])
+            return 0;
+    }
+    return 1;
+}
+
+/* keys.stands_for_minus_one: 1 when `item` (whose hash is `lane`) is one of the values CPython
+ * hashes as -2 although they equal -1: the exact int -1 (the cached small int: compared by
+ * identity), the exact float -1.0, or a value of a class with a hash of its own (Python code, or
+ * a C type not among the built-in ones) that hashed to -2 and compares equal to -1 (as
+ * functools.lru_cache would compare two keys whose hashes collide). 0 otherwise, or when the
+ * comparison raised; -1 with KeyboardInterrupt set (the application's). */
+static int
+stands_for_minus_one(PyObject *item, Py_hash_t lane)
+{
+    if (item == minus_one)
+        return 1;
+    if (lane != -2)
+        return 0;
+    if (PyFloat_CheckExact(item))
+        return PyFloat_AS_DOUBLE(item) == -1.0;
+    if (!has_own_hash(item))
+        return 0;
+    int equal = PyObject_RichCompareBool(item, minus_one, Py_EQ);
+    if (equal < 0) {
+        if (PyErr_ExceptionMatches(PyExc_KeyboardInterrupt))
+            return -1;
+        PyErr_Clear();
+        return 0;
+    }
+    return equal;
+}
+
+/* keys.salted: the hash salted by `where`, the 1-based positions, summed, of the items that
+ * stand for -1 (stands_for_minus_one), since CPython hashes -1 like -2. */
+#define MINUS_ONE_SALT 0x9E3779B97F4A7C15ULL
+
+static inline Py_hash_t
+salted_by(Py_hash_t h, uint64_t where)
+{
+    return where ? (Py_hash_t)((uint64_t)h ^ where * MINUS_ONE_SALT) : h;
+}
+
+/* The salt positions of `n` items, hashing each one whose hash is not given (keys.salted on a
+ * return value: its items' hashes were computed inside the tuple's). -1 with an exception set. */
+static int64_t
+minus_one_positions(PyObject *const *items, Py_ssize_t n)
+{
+    uint64_t where = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = items[i];
+        int stands = item == minus_one || (PyFloat_CheckExact(item) && PyFloat_AS_DOUBLE(item) == -1.0);
+        if (!stands && !PyFloat_CheckExact(item) && has_own_hash(item)) {
+            Py_hash_t lane = PyObject_Hash(item);
+            if (lane == -1) {
+                if (PyErr_ExceptionMatches(PyExc_KeyboardInterrupt))
+                    return -1;
+                PyErr_Clear();
+                continue;
+            }
+            if ((stands = stands_for_minus_one(item, lane)) < 0)
+                return -1;
+        }
+        if (stands)
+            where += (uint64_t)i + 1;
+    }
+    return (int64_t)where;
+}
+
 /* hash(tuple(items)) without making the tuple: CPython's tuple hash (xxHash-based, the same in
- * 3.8 to 3.13; equality with hash() is tested against keys.args_key). */
+ * 3.8 to 3.13; equality with hash() is tested against keys.args_key), salted (keys.salted) by the
+ * items that stand for -1. */
 static Py_hash_t
 tuple_hash_of(PyObject *const *items, Py_ssize_t len)
 {
+    uint64_t where = 0;
 #if SIZEOF_PY_HASH_T > 4
     const Py_uhash_t prime1 = 11400714785074694791ULL, prime2 = 14029467366897019727ULL,
                      prime5 = 2870177450012600261ULL;
@@ -514,6 +596,11 @@ tuple_hash_of(PyObject *const *items, Py_ssize_t len)
         Py_uhash_t lane = (Py_uhash_t)PyObject_Hash(items[i]);
         if (lane == (Py_uhash_t)-1)
             return -1;
+        int stands = stands_for_minus_one(items[i], (Py_hash_t)lane);
+        if (stands < 0)
+            return -1;
+        if (stands)
+            where += (uint64_t)i + 1;
         acc += lane * prime2;
         acc = XXROTATE(acc);
         acc *= prime1;
@@ -521,23 +608,8 @@ tuple_hash_of(PyObject *const *items, Py_ssize_t len)
 #undef XXROTATE
     acc += (Py_uhash_t)len ^ (prime5 ^ 3527539UL);
     if (acc == (Py_uhash_t)-1)
-        return 1546275796;
-    return (Py_hash_t)acc;
-}
-
-/* keys.salted: the hash salted by the 1-based positions, summed, of the exact int -1 (CPython's
- * cached small int: compared by identity) among `n` items, since CPython hashes -1 like -2. */
-#define MINUS_ONE_SALT 0x9E3779B97F4A7C15ULL
-static PyObject *minus_one; /* the cached small int -1 */
-
-static inline Py_hash_t
-salted(Py_hash_t h, PyObject *const *items, Py_ssize_t n)
-{
-    uint64_t where = 0;
-    for (Py_ssize_t i = 0; i < n; i++)
-        if (items[i] == minus_one)
-            where += (uint64_t)i + 1;
-    return where ? (Py_hash_t)((uint64_t)h ^ where * MINUS_ONE_SALT) : h;
+        acc = 1546275796;
+    return salted_by((Py_hash_t)acc, where);
 }
 
 /* (raw hash or fingerprint or None, unhashable type names, self hashed by identity) as
@@ -655,8 +727,8 @@ cs_args_key(PyObject *kwd_mark, CodeInfoObject *ci, PyFrameObject *frame, int64_
     Py_hash_t h = -1;
     if (!unhashable) {
         h = lone ? PyObject_Hash(items[0]) : tuple_hash_of(items, total);
-        if (h != -1 || !PyErr_Occurred())
-            h = salted(h, items, total);
+        if (lone && items[0] == minus_one)
+            h = salted_by(h, 1);
         if (h == -1 && PyErr_Occurred()) {
             if (!PyErr_ExceptionMatches(PyExc_TypeError)) {
                 /* KeyboardInterrupt is the application's (see fault); anything else a user
@@ -725,10 +797,12 @@ cs_value_key(PyObject *value, int64_t *raw_out, int *kind)
         Py_hash_t h = PyObject_Hash(value);
         if (h != -1 || !PyErr_Occurred()) {
             /* compact: the raw hash only; a Record reads it back as (raw, True) */
-            if (PyTuple_CheckExact(value))
-                h = salted(h, &PyTuple_GET_ITEM(value, 0), PyTuple_GET_SIZE(value));
-            else
-                h = salted(h, &value, 1);
+            int64_t where = PyTuple_CheckExact(value)
+                ? minus_one_positions(&PyTuple_GET_ITEM(value, 0), PyTuple_GET_SIZE(value))
+                : stands_for_minus_one(value, h);
+            if (where < 0)
+                return NULL; /* an interrupt: the application's (see fault) */
+            h = salted_by(h, (uint64_t)where);
             *raw_out = (int64_t)h;
             *kind = KEY_COMPACT;
             return Py_NewRef(Py_None);
