@@ -76,19 +76,26 @@ def stands_for_minus_one(value: Any, h: int) -> bool:
         return False
 
 
-def salted(h: int, value: Any) -> int:
+def salted(h: int, value: Any, own_hashes: bool = False) -> int:
     """``h`` (the hash of ``value``) salted by the positions (1-based, summed) of what stands for
     -1 (``stands_for_minus_one``): ``value`` itself, or its top-level items when it is a tuple, as
     a signed 64-bit number (the compiled hot path does the same). Positions keep (-1, -2) apart
-    from (-2, -1)."""
+    from (-2, -1).
+
+    ``own_hashes``: whether values of classes with a hash of their own may stand for -1: for
+    argument keys (more distinct keys only ever remove false merges), not for return values. A
+    class hashing like an int usually also hashes structures holding one (sympy's x**-1 and x**-2
+    are one key); told apart, their returns (the exponents -1 and -2) would make that unavoidable
+    merge read as inconsistency."""
     if type(value) is tuple:
         where = 0
         for position, item in enumerate(value, 1):
-            if item is _MINUS_ONE or ((type(item) is float or has_own_hash(item)) and _hashed_minus_one(item)):
+            if item is _MINUS_ONE or (type(item) is float and item == -1.0) or (
+                    own_hashes and has_own_hash(item) and _hashed_minus_one(item)):
                 where += position
         if not where:
             return h
-    elif stands_for_minus_one(value, h):
+    elif (value is _MINUS_ONE or type(value) is float or own_hashes) and stands_for_minus_one(value, h):
         where = 1
     else:
         return h
@@ -262,7 +269,7 @@ def args_key(info: CodeInfo, frame: FrameType) -> tuple[int | None, str, bool]:
     elif not _user_hash and not all(type(v).__hash__ is None or runs_no_user_code(v) for v in key):
         return None, skipped_type_names(key), False  # not keyed: hashing runs the program's code
     try:
-        return salted(hash(key), key), "", False
+        return salted(hash(key), key, own_hashes=True), "", False
     except TypeError:
         pass
     except KeyboardInterrupt:

@@ -513,7 +513,7 @@ has_own_hash(PyObject *item)
     return 1;
 }
 
-/* keys.stands_for_minus_one: 1 when `item` (whose hash is `lane`) is one of the values CPython
+/* keys.stands_for_minus_one (in argument keys: own_hashes): 1 when `item` (whose hash is `lane`) is one of the values CPython
  * hashes as -2 although they equal -1: the exact int -1 (the cached small int: compared by
  * identity), the exact float -1.0, or a value of a class with a hash of its own (Python code, or
  * a C type not among the built-in ones) that hashed to -2 and compares equal to -1 (as
@@ -550,30 +550,18 @@ salted_by(Py_hash_t h, uint64_t where)
     return where ? (Py_hash_t)((uint64_t)h ^ where * MINUS_ONE_SALT) : h;
 }
 
-/* The salt positions of `n` items, hashing each one whose hash is not given (keys.salted on a
- * return value: its items' hashes were computed inside the tuple's). -1 with an exception set. */
-static int64_t
-minus_one_positions(PyObject *const *items, Py_ssize_t n)
+/* keys.salted of a return value (own_hashes false): the salt positions of the exact int -1 and
+ * the exact float -1.0 among `n` items. */
+static uint64_t
+builtin_minus_one_positions(PyObject *const *items, Py_ssize_t n)
 {
     uint64_t where = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *item = items[i];
-        int stands = item == minus_one || (PyFloat_CheckExact(item) && PyFloat_AS_DOUBLE(item) == -1.0);
-        if (!stands && !PyFloat_CheckExact(item) && has_own_hash(item)) {
-            Py_hash_t lane = PyObject_Hash(item);
-            if (lane == -1) {
-                if (PyErr_ExceptionMatches(PyExc_KeyboardInterrupt))
-                    return -1;
-                PyErr_Clear();
-                continue;
-            }
-            if ((stands = stands_for_minus_one(item, lane)) < 0)
-                return -1;
-        }
-        if (stands)
+        if (item == minus_one || (PyFloat_CheckExact(item) && PyFloat_AS_DOUBLE(item) == -1.0))
             where += (uint64_t)i + 1;
     }
-    return (int64_t)where;
+    return where;
 }
 
 /* hash(tuple(items)) without making the tuple: CPython's tuple hash (xxHash-based, the same in
@@ -797,12 +785,10 @@ cs_value_key(PyObject *value, int64_t *raw_out, int *kind)
         Py_hash_t h = PyObject_Hash(value);
         if (h != -1 || !PyErr_Occurred()) {
             /* compact: the raw hash only; a Record reads it back as (raw, True) */
-            int64_t where = PyTuple_CheckExact(value)
-                ? minus_one_positions(&PyTuple_GET_ITEM(value, 0), PyTuple_GET_SIZE(value))
-                : stands_for_minus_one(value, h);
-            if (where < 0)
-                return NULL; /* an interrupt: the application's (see fault) */
-            h = salted_by(h, (uint64_t)where);
+            if (PyTuple_CheckExact(value))
+                h = salted_by(h, builtin_minus_one_positions(&PyTuple_GET_ITEM(value, 0), PyTuple_GET_SIZE(value)));
+            else
+                h = salted_by(h, builtin_minus_one_positions(&value, 1));
             *raw_out = (int64_t)h;
             *kind = KEY_COMPACT;
             return Py_NewRef(Py_None);
