@@ -61,7 +61,7 @@ WORKLOADS_DIR = HERE / "workloads"
 # advised function the reference finds inconsistent" is for clean advice, and the caveated ones
 # the reference finds inconsistent are listed beside it.
 CLEAN = ("lru_cache", "lru_cache_convert_args")
-CAVEATED = ("calls_impure", "mostly_consistent", "mutable_return", "callees_unknown")
+CAVEATED = ("calls_impure", "mostly_consistent", "mutable_return", "callees_unknown", "returns_none")
 ADVISED = CLEAN + CAVEATED
 TOP = 40
 RECALL_TARGET = 0.5

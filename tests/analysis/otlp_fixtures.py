@@ -281,7 +281,7 @@ def profile_span(window: int, chunk: int = 0, chunks: int = 1, *, functions: Seq
     columns("cache.", list(cache), {"function": 0, "calls": 0, "unhashable_calls": 0, "unhashable_types": "",
                                     "identity_calls": 0, "keys": 0.0, "inconsistent_keys": 0.0,
                                     "inconsistent_calls": 0.0, "fresh_keys": 0.0, "overlaps": 0.0,
-                                    "sampled_calls": 0, "rate": 1.0})
+                                    "sampled_calls": 0, "rate": 1.0, "none_returns": 0})
     columns("reuse.", [{"function": f, "distance": d, "hits": h, "cpu": c, "wall_ns": w} for f, d, h, c, w in reuse],
             {"function": 0, "distance": 0, "hits": 0.0, "cpu": 0.0, "wall_ns": 0.0})
     for key, value in list(attrs.items()):

@@ -475,6 +475,32 @@ def test_a_function_folded_beyond_the_call_tree_cap_has_unknown_callees() -> Non
                                 "with functools.lru_cache(maxsize=1)")
 
 
+def test_a_function_returning_none_on_every_call_is_caveated() -> None:
+    # app.sort_rows returned None on all 10 calls (sorting its argument in place, say); app.maybe
+    # on 9 of 10 (one call returned a value); app.raising on the 8 calls that returned, 2 raised.
+    functions = [{"id": f, "name": name, "file": "/app/app.py", "line": f, "calls": 10, "errors": errors,
+                  "wall_ns": 10**7, "cpu_self": 10**7} for f, name, errors in
+                 ((1, "app.sort_rows", 0), (2, "app.maybe", 0), (3, "app.raising", 2))]
+    nodes = [{"id": 1, "parent": 0, "function": 0, "label": "MainThread"}]
+    nodes += [{"id": 1 + f, "parent": 1, "function": f, "calls": 10, "cpu_total": 10**7, "cpu_self": 10**7}
+              for f in (1, 2, 3)]
+    cache_rows = [{"function": f, "calls": 10, "keys": 1.0, "sampled_calls": 10, "none_returns": nones,
+                   "unhashable_calls": 10 if f == 1 else 0, "unhashable_types": "rows:list" if f == 1 else ""}
+                  for f, nones in ((1, 10), (2, 9), (3, 8))]
+    reuse = [(f, 0, 9.0, 9e6, 9e6) for f in (1, 2, 3)]
+    model = model_of(request_v2([profile_span(0, functions=functions, nodes=nodes, cache=cache_rows, reuse=reuse,
+                                              final=True)]))
+    ops = {op.name: op for op in cache.analyze(model, cache.CacheOptions(lookup_ns=100)).opportunities}
+    assert ops["app.maybe"].advice.kind == "lru_cache"
+    for name in ("app.sort_rows", "app.raising"):
+        op = ops[name]
+        assert op.advice.kind == "returns_none" and cache.tier(op.advice.kind) == "caveated", name
+        assert op.advice.paste is None and op.advice.text.startswith("returned None on every call: it is called "
+                                                                     "for what it does")
+    # Its unhashable argument is named too: never a bare lru_cache.
+    assert "convert rows (list) to a tuple" in ops["app.sort_rows"].advice.text
+
+
 def test_a_new_object_each_call_is_not_cacheable_as_is_and_not_impurity() -> None:
     spans = profile_spans()
     for profile in spans:

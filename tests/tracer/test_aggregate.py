@@ -387,6 +387,18 @@ def purity_program() -> None:
         listed(k)
     for k in (1, 1, 2, 3):
         rows(k)
+    for k in ([3, 1], [3, 1], [2]):
+        sort_in_place(k)
+    for k in (1, 1, 2):
+        maybe_none(k)
+
+
+def sort_in_place(values: list[int]) -> None:  # called for its effect: returns None
+    values.sort()
+
+
+def maybe_none(k: int) -> int | None:
+    return None if k == 1 else k
 
 
 def listed(items: list[int]) -> int:
@@ -413,9 +425,13 @@ def test_consistency_fresh_objects_and_unhashable_arguments(traced) -> None:  # 
     assert cache_column(windows, "rows", "unhashable_returns") == 4
     assert cache_column(windows, "rows", "inconsistent_keys") == 0  # equal lists: fingerprinted alike
     assert cache_column(windows, "listed", "unhashable_returns") == 0
+    # Returns of None are counted (the analyzer's returns_none when every call returned None).
+    assert cache_column(windows, "sort_in_place", "none_returns") == 3
+    assert cache_column(windows, "maybe_none", "none_returns") == 2
+    assert cache_column(windows, "listed", "none_returns") == 0
     assert hits_at(windows, "listed", None) == 1
     types = [t for w in windows for fid, t in zip(w["cache.function"], w["cache.unhashable_types"], strict=True) if t]
-    assert types == ["items:list"]  # the argument named, then its type
+    assert sorted(types) == ["items:list", "values:list"]  # the argument named, then its type
 
 
 async def fetch(k: int) -> int:

@@ -108,7 +108,7 @@ LOOKUP_REPEATS = 5  # timings per variant; the fastest is kept (the least distur
 
 ADVICE_KINDS = ("lru_cache", "lru_cache_convert_args", "method", "async_cache", "inflight_coalescing",
                 "mostly_consistent", "mutable_return", "calls_impure", "inconsistent", "fresh_object", "not_cacheable",
-                "closure", "callees_unknown", "not_worth_it")
+                "closure", "callees_unknown", "returns_none", "not_worth_it")
 NOT_RECOMMENDED = ("inconsistent", "fresh_object", "not_cacheable", "method", "closure")
 # Protocol methods that act on their object (initialise, change or advance it): a cache would skip
 # that for every repeated key, whatever they return.
@@ -117,7 +117,7 @@ STATEFUL_PROTOCOL = frozenset({
     "__delitem__", "__set__", "__delete__", "__enter__", "__exit__", "__aenter__", "__aexit__", "__iter__",
     "__aiter__", "__next__", "__anext__", "__del__"})
 # Ranked by savings with a caveat the user must weigh; never given a paste line.
-CAVEATED = ("mostly_consistent", "mutable_return", "calls_impure", "callees_unknown")
+CAVEATED = ("mostly_consistent", "mutable_return", "calls_impure", "callees_unknown", "returns_none")
 # The report's tiers, in order: each is ranked by savings on its own (its own table, its own top N).
 # Clean advice can be applied as said (a paste line, or a conversion the text spells out); caveated
 # advice needs the user's judgement first, however large its savings; then the rest.
@@ -439,6 +439,8 @@ class ProcessResult:
     cheap_ns: int = 0  # aggregates: the tracer stopped keying it, its calls taking this many ns on average
     shadowed_calls: int = 0  # aggregates: recursive calls nested in a hit, left out (memoized sequence)
     unhashable_returns: int = 0  # aggregates: returned values hash() refused
+    none_returns: int = 0  # aggregates: calls that returned None
+    keyed_calls: int = 0  # aggregates: calls with a key (unsampled; none_returns counts among them)
 
     def hits_at(self, size: int) -> float:
         return sum(h for s, h in self.steps if s <= size)
@@ -620,6 +622,7 @@ def aggregate_result(function: int, info: FunctionInfo, data: ProfileData, fids:
         cpu_calls=calls if has_cpu else 0,
         unhashable_calls=state.unhashable_calls, unhashable_types=unhashable_types, fresh_keys=state.fresh_keys,
         cheap_ns=state.cheap_ns, shadowed_calls=state.shadowed_calls, unhashable_returns=state.unhashable_returns,
+        none_returns=state.none_returns, keyed_calls=state.calls,
     )
 
 
@@ -722,6 +725,7 @@ class Opportunity:
     fresh_keys: float = 0.0  # aggregates: keys whose returns differed only by new objects each call
     cheap_ns: int = 0  # aggregates: mean wall ns per call when the tracer stopped keying it (too cheap)
     shadowed_calls: int = 0  # aggregates: recursive calls a memoized version would not make (left out)
+    returns_none: bool = False  # aggregates: every call that returned returned None
     identity: bool = False  # some call's self was hashed by identity (callspan.args.identity)
     identity_collisions: int = 0  # keys with different returns explained by identity keys
     impure_callees: list[str] = field(default_factory=list)  # inconsistent functions it calls, nearest first
@@ -952,6 +956,12 @@ def _advise(op: Opportunity, options: CacheOptions, lookup: LookupCost) -> Advic
         return Advice("async_cache", text)
     note = ("; a method: self is part of the key, hits only repeat per instance, and the cache keeps "
             "instances alive until evicted") if op.method else ""
+    if op.returns_none:
+        convert = "; and " + convert_args_text(op) if op.unhashable_types else ""
+        return Advice("returns_none", "returned None on every call: it is called for what it does (changing its "
+                      "arguments or an object's state, output), which a cache would skip for every repeated key; "
+                      f"only if doing it once per key is the point{convert}: functools.lru_cache(maxsize={size})"
+                      + note)
     if op.unhashable_types and not op.returns_unhashable:
         # Never a bare lru_cache line: it would raise TypeError on the first such call.
         return Advice("lru_cache_convert_args", convert_args_text(op) + ", then cache the function of the "
@@ -1292,6 +1302,10 @@ def _opportunity(model: Model, results: list[ProcessResult], total_cpu: dict[str
         source=sources.pop() if len(sources) == 1 else "mixed", fresh_keys=sum(r.fresh_keys for r in aggregated),
         cheap_ns=max((r.cheap_ns for r in aggregated), default=0),
         shadowed_calls=sum(r.shadowed_calls for r in aggregated),
+        # Every keyed call that returned returned None (the tracer's errors are not split by key:
+        # a call that raised may have been keyed or not). Aggregates only: spans do not say.
+        returns_none=bool(aggregated) and len(aggregated) == len(results) and all(
+            r.none_returns > 0 and r.none_returns + r.errors >= r.keyed_calls - r.shadowed_calls for r in aggregated),
     )
     op.advice = _advise(op, options, lookup or LookupCost(0.0, 0.0, 0, 0, "none"))
     if op.advice.kind in NOT_RECOMMENDED:

@@ -110,11 +110,12 @@ class ProfileCache:
     cheap_ns: int = 0  # mean ns per call when the tracer stopped keying it as too cheap (0: keyed)
     shadowed_calls: int = 0  # calls nested in a hit of the same function: left out of the replay
     unhashable_returns: int = 0  # returned values hash() refused (mutable: callers would share them)
+    none_returns: int = 0  # calls that returned None (absent from older tracers: 0)
 
     def add(self, other: ProfileCache) -> None:
         _add_fields(self, other, ("calls", "unhashable_calls", "identity_calls", "keys", "inconsistent_keys",
                                   "inconsistent_calls", "fresh_keys", "overlaps", "sampled_calls", "shadowed_calls",
-                                  "unhashable_returns"))
+                                  "unhashable_returns", "none_returns"))
         self.unhashable_types.update(other.unhashable_types)
         self.rate = min(self.rate, other.rate)
         self.cheap_ns = max(self.cheap_ns, other.cheap_ns)
@@ -207,6 +208,7 @@ class ProfileData:
         cheap = _columns(at, "cache.", ["cheap_ns"], int, n)[0]
         shadowed = _columns(at, "cache.", ["shadowed_calls"], int, n)[0]
         unhashable_returns = _columns(at, "cache.", ["unhashable_returns"], int, n)[0]
+        none_returns = _columns(at, "cache.", ["none_returns"], int, n)[0]
         for i, fid in enumerate(fids):
             cache_delta = ProfileCache(
                 calls=ints[0][i], unhashable_calls=ints[1][i], identity_calls=ints[2][i], sampled_calls=ints[3][i],
@@ -214,7 +216,7 @@ class ProfileData:
                 keys=floats[0][i], inconsistent_keys=floats[1][i], inconsistent_calls=floats[2][i],
                 fresh_keys=floats[3][i], overlaps=floats[4][i], rate=rates[i] if 0 < rates[i] <= 1 else 1.0,
                 cheap_ns=max(0, cheap[i]), shadowed_calls=max(0, shadowed[i]),
-                unhashable_returns=max(0, unhashable_returns[i]))
+                unhashable_returns=max(0, unhashable_returns[i]), none_returns=max(0, none_returns[i]))
             state = self.cache.get(fid)
             if state is None:
                 self.cache[fid] = cache_delta

@@ -43,7 +43,7 @@ ADVICE_LABELS = {
     "async_cache": "async cache", "inflight_coalescing": "coalesce", "inconsistent": "inconsistent",
     "calls_impure": "calls impure", "not_cacheable": "not cacheable", "not_worth_it": "not worth it",
     "mostly_consistent": "mostly consistent", "fresh_object": "new object", "mutable_return": "mutable return",
-    "closure": "nested def", "callees_unknown": "callees unknown",
+    "closure": "nested def", "callees_unknown": "callees unknown", "returns_none": "returns None",
 }
 
 
@@ -483,7 +483,7 @@ text-align:right;vertical-align:top}th{background:#f6f6f6}td.l,th.l{text-align:l
 code{font:12.5px ui-monospace,Menlo,Consolas,monospace;background:#f4f4f4;padding:.1em .3em}
 .fn{display:flex;flex-wrap:wrap;gap:1.5em;align-items:flex-start;margin:1em 0;padding:1em;
 border:1px solid #e4e4e4;border-radius:6px}.fn div{flex:1 1 28em}.muted{color:#777}
-.k-lru_cache{color:#1a7f37}.k-not_worth_it,.k-method{color:#9a6700}.k-inconsistent,.k-fresh_object,.k-not_cacheable,.k-closure{color:#cf222e}.k-calls_impure,.k-mostly_consistent,.k-mutable_return,.k-callees_unknown{color:#bc4c00}
+.k-lru_cache{color:#1a7f37}.k-not_worth_it,.k-method{color:#9a6700}.k-inconsistent,.k-fresh_object,.k-not_cacheable,.k-closure{color:#cf222e}.k-calls_impure,.k-mostly_consistent,.k-mutable_return,.k-callees_unknown,.k-returns_none{color:#bc4c00}
 svg text{font:11px system-ui,sans-serif;fill:#444}
 .dists{display:flex;flex-wrap:wrap;gap:.5em 1.5em}.dists figure{margin:0}.dists figcaption{font-size:12px;
 max-width:300px;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}

@@ -118,7 +118,7 @@ class CacheState:
     __slots__ = ("keys", "level", "tree", "pos_key", "next_pos", "reuse", "calls", "unhashable_calls",
                  "unhashable_types", "identity_calls", "new_keys", "inconsistent_keys", "inconsistent_calls",
                  "fresh_keys", "overlaps", "sampled_calls", "sent", "probe_calls", "probe_wall", "cheap_ns",
-                 "shadowed_calls", "cost_calls", "cost_wall", "unhashable_returns")
+                 "shadowed_calls", "cost_calls", "cost_wall", "unhashable_returns", "none_returns")
 
     def __init__(self) -> None:
         self.keys: dict[int, _Key] = {}
@@ -135,6 +135,7 @@ class CacheState:
         self.probe_calls = self.probe_wall = 0
         self.cost_calls = self.cost_wall = 0  # keyed calls and their wall ns, ever (who sheds keys first)
         self.unhashable_returns = 0  # returned values that hash() refused (lists, dicts, objects with __eq__ only)
+        self.none_returns = 0  # calls that returned None (called for what they do, not for a value)
         self.cheap_ns = 0  # mean wall ns per call when keying stopped for cheapness; 0 while keyed
 
     # -- Fenwick tree of marked positions ------------------------------------------------------
@@ -346,7 +347,8 @@ class Aggregates:
             sketch[bucket] = sketch.get(bucket, 0) + 1
 
     def fold_key(self, info: CodeInfo, args: Any, ret: int | None, identity_ret: bool, start: int, end: int,
-                 cpu: int, shadow: int = 0, returned: bool = True, ret_hashable: bool = True) -> None:
+                 cpu: int, shadow: int = 0, returned: bool = True, ret_hashable: bool = True,
+                 ret_none: bool = False) -> None:
         """The cache-analysis part of one finished call: ``args`` is the recorder's argument key
         (raw hash or fingerprint or None, unhashable type names, self hashed by identity);
         ``ret`` the raw hash of the return value (None on error or when it has none). A call
@@ -383,6 +385,8 @@ class Aggregates:
             return
         if not ret_hashable:
             state.unhashable_returns += 1
+        if ret_none:
+            state.none_returns += 1
         raw &= _M64
         mixed = mix64(raw)
         if not sampled(mixed, state.level):
@@ -603,10 +607,10 @@ _NODE_COUNTER_COLUMNS = ("node.calls", "node.errors", "node.wall_ns", "node.run_
                          "node.awaits", "node.cpu_total", "node.cpu_self")
 _CACHE_COUNTERS = ("calls", "unhashable_calls", "identity_calls", "new_keys", "inconsistent_keys",
                    "inconsistent_calls", "fresh_keys", "overlaps", "sampled_calls", "shadowed_calls",
-                   "unhashable_returns")
+                   "unhashable_returns", "none_returns")
 _CACHE_COLUMNS = ("cache.calls", "cache.unhashable_calls", "cache.identity_calls", "cache.keys",
                   "cache.inconsistent_keys", "cache.inconsistent_calls", "cache.fresh_keys", "cache.overlaps",
-                  "cache.sampled_calls", "cache.shadowed_calls", "cache.unhashable_returns")
+                  "cache.sampled_calls", "cache.shadowed_calls", "cache.unhashable_returns", "cache.none_returns")
 _CACHE_DOUBLE_COLUMNS = frozenset(("cache.keys", "cache.inconsistent_keys", "cache.inconsistent_calls",
                                    "cache.fresh_keys", "cache.overlaps"))
 

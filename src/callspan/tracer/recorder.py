@@ -253,7 +253,8 @@ class Recorder:
             raw = ret[0] if returned and ret is not None else None
             shadow = record[R_SHADOW]
             aggregates.fold_key(info, args, raw, raw is not None and type(value).__hash__ is _OBJECT_HASH,
-                                start, end, cpu, shadow, returned, ret is None or ret[1] is not False)
+                                start, end, cpu, shadow, returned, ret is None or ret[1] is not False,
+                                returned and value is None)
             if shadow:
                 aggregates.end_shadow(info, shadow)
 

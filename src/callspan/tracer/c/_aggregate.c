@@ -75,7 +75,7 @@ typedef struct {
 } ReuseEntry;
 
 enum { C_CALLS, C_UNHASHABLE, C_IDENTITY, C_NEW_KEYS, C_INCONSISTENT_KEYS, C_INCONSISTENT_CALLS, C_FRESH,
-       C_OVERLAPS, C_SAMPLED, C_SHADOWED, C_UNHASHABLE_RETURNS, N_CACHE };
+       C_OVERLAPS, C_SAMPLED, C_SHADOWED, C_UNHASHABLE_RETURNS, C_NONE_RETURNS, N_CACHE };
 
 typedef struct {
     Key *keys;           /* dense; a key moves only when keys are shed (lower_rate) */
@@ -803,7 +803,8 @@ record_args(RecordObject *r, uint64_t *raw, PyObject **names, int *identity)
 /* aggregate.Aggregates.fold_key; -1 when something could not be recorded. */
 static int
 fold_key(Aggregates *a, FuncAgg *fn, RecordObject *r, int has_ret, int64_t ret, int identity_ret,
-         int64_t start, int64_t end, int64_t cpu, long long shadow, int returned, int ret_hashable)
+         int64_t start, int64_t end, int64_t cpu, long long shadow, int returned, int ret_hashable,
+         int ret_none)
 {
     uint64_t raw = 0;
     PyObject *names;
@@ -847,6 +848,8 @@ fold_key(Aggregates *a, FuncAgg *fn, RecordObject *r, int has_ret, int64_t ret, 
         return 0;
     if (!ret_hashable)
         s->pend[C_UNHASHABLE_RETURNS]++;
+    if (ret_none)
+        s->pend[C_NONE_RETURNS]++;
     uint64_t mixed = mix64(raw);
     if (!sampled(mixed, s->level))
         return 0;
@@ -1006,7 +1009,7 @@ cs_fold_record(Aggregates *a, RecordObject *r, PyObject *value, int returned)
         int ret_hashable = !(returned && r->ret_kind == KEY_OBJECT && PyTuple_Check(ret) && PyTuple_GET_SIZE(ret) == 2 &&
                              PyTuple_GET_ITEM(ret, 1) == Py_False);
         lost |= fold_key(a, fn, r, has_ret, ret_hash, identity_ret, start, end, cpu, shadow, returned,
-                         ret_hashable) < 0;
+                         ret_hashable, returned && value == Py_None) < 0;
         if (shadow & SHADOW_ACTIVE)
             fn->active--;
         if (shadow & SHADOW_HIT_ROOT)
@@ -1144,15 +1147,16 @@ static const char *const WINDOW_COLUMNS[] = {
     "wall.function", "wall.bucket", "wall.count", "run.function", "run.bucket", "run.count",
     "cache.function", "cache.calls", "cache.unhashable_calls", "cache.identity_calls", "cache.keys",
     "cache.inconsistent_keys", "cache.inconsistent_calls", "cache.fresh_keys", "cache.overlaps",
-    "cache.sampled_calls", "cache.shadowed_calls", "cache.unhashable_returns", "cache.unhashable_types", "cache.rate",
+    "cache.sampled_calls", "cache.shadowed_calls", "cache.unhashable_returns", "cache.none_returns",
+    "cache.unhashable_types", "cache.rate",
     "cache.cheap_ns", "reuse.function", "reuse.distance", "reuse.hits", "reuse.cpu", "reuse.wall_ns",
 };
 enum {
-    COL_FUNCTION = 0, COL_NODE = 10, COL_WALL = 22, COL_RUN = 25, COL_CACHE = 28, COL_REUSE = 43,
-    N_COLUMNS = 48
+    COL_FUNCTION = 0, COL_NODE = 10, COL_WALL = 22, COL_RUN = 25, COL_CACHE = 28, COL_REUSE = 44,
+    N_COLUMNS = 49
 };
 /* cache counters exported as doubles (aggregate._CACHE_DOUBLE_COLUMNS) */
-static const char CACHE_DOUBLE[N_CACHE] = {0, 0, 0, 1, 1, 1, 1, 1, 0, 0, 0};
+static const char CACHE_DOUBLE[N_CACHE] = {0, 0, 0, 1, 1, 1, 1, 1, 0, 0, 0, 0};
 
 static int
 append_steal(PyObject *list, PyObject *item)
