@@ -350,7 +350,9 @@ class Reference:
 
 def impure_reach(truths: dict[str, FunctionTruth]) -> dict[str, set[str]]:
     """For each function: the inconsistent functions it calls, directly or not."""
-    impure = {name for name, t in truths.items() if t.inconsistent_keys}
+    # A nested function's (closure's) calls are merged over all its function objects, whose
+    # captured variables are not in the key: differing returns are no evidence of side effects.
+    impure = {name for name, t in truths.items() if t.inconsistent_keys and ".<locals>." not in name}
     out: dict[str, set[str]] = {}
     for name in truths:
         reached: set[str] = set()

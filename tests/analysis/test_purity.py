@@ -216,21 +216,6 @@ def caller_of(callee: str, callee_keys: list[int], callee_returns: list[int]) ->
     return spans
 
 
-def test_only_clearly_inconsistent_functions_make_their_callers_impure() -> None:
-    # 40 keys called twice; one key's second return differs: 1 of 40 (2.5%), mostly consistent, more
-    # often colliding hashes than a side effect: the callee keeps its caveat, its caller none.
-    keys = list(range(1, 41)) * 2
-    rets = [k * 10 for k in keys[:-1]] + [7]
-    ops = ops_by_name(model_of(request(caller_of("m.lookup", keys, rets))), lookup_ns=100)
-    assert ops["m.lookup"].advice.kind == "mostly_consistent" and ops["m.lookup"].inconsistent_keys == 1
-    assert ops["m.handler"].advice.kind == "lru_cache" and ops["m.handler"].impure_callees == []
-    # Above the mostly-consistent share (here 3 of 40), the caller is warned.
-    rets = [k * 10 for k in keys[:-3]] + [7, 8, 9]
-    ops = ops_by_name(model_of(request(caller_of("m.lookup", keys, rets))), lookup_ns=100)
-    assert ops["m.lookup"].advice.kind == "inconsistent"
-    assert ops["m.handler"].advice.kind == "calls_impure" and ops["m.handler"].impure_callees == ["m.lookup"]
-
-
 def test_a_closure_returning_different_values_does_not_make_its_callers_impure() -> None:
     # A factory's getters (one code object, a different captured name each) merge into one function
     # whose keys leave out what each captured: returns that differ for a key are expected.

@@ -1131,13 +1131,10 @@ class PendingAnalysis:
         for key, indices in self.groups.items():
             results = [self._result(i, self.identity[key], results_flat) for i in indices]
             op = _opportunity(model, results, self.total_cpu, options, self.identity[key], lookup, clamps)
-            # Impurity its callers are warned of: returns differing for more than a few keys (a
-            # clock, a counter, state). A few keys of many (mostly_consistent) is more often two
-            # values whose hashes collide (a class hashing -1 like -2, as hash(-1) == hash(-2))
-            # than a side effect; the function itself keeps its caveat. A closure's keys leave out
-            # what each of its function objects captured (the property getters one factory makes,
-            # say): its differing returns are expected, as address reuse is for identity keys.
-            if op.inconsistent_keys and not op.mostly_consistent and op.advice.kind != "closure":
+            # A closure's keys leave out what each of its function objects captured (the property
+            # getters one factory makes, say): its differing returns are expected, not evidence of
+            # a side effect for its callers, as address reuse is not for identity keys.
+            if op.inconsistent_keys and op.advice.kind != "closure":
                 impure.append(key)
                 impure_ops.setdefault(op.name, op)
             if op.hits_unbounded <= 0 and not op.method:
