@@ -51,7 +51,9 @@ def test_nested_functions_and_stateful_protocol_methods_are_never_recommended() 
     spans: list[dict[str, Any]] = []
     for n, name in enumerate(names):
         spans += calls(name, [1, 2] * 5, [7, 8] * 5, first_id=1 + 100 * n)
+    spans += calls("m.total.<locals>.<genexpr>", [1, 2] * 5, [7, 8] * 5, first_id=1000, kind="generator")
     ops = ops_by_name(model_of(request(spans)), lookup_ns=100, min_saved_ns=0)
+    assert ops["m.total.<locals>.<genexpr>"].advice.kind == "not_cacheable"  # a generator, said as such
     assert {name: ops[name].advice.kind for name in names} == {
         "m.plain": "lru_cache", "m.Point.__new__": "lru_cache",  # constructors can be cached (sympy's are)
         "m.outer.<locals>.inner": "closure", "m.decorate.<locals>.wrapper": "closure",

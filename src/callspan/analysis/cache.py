@@ -904,7 +904,7 @@ def _advise(op: Opportunity, options: CacheOptions, lookup: LookupCost) -> Advic
                       "(initialises, changes or advances it): a cache would skip that for every repeated key; "
                       "cache what it computes in a function of its own instead")
     enclosing, nested, _ = op.name.partition(".<locals>.")
-    if nested:
+    if nested and op.kind not in ("generator", "async_generator"):  # a genexpr: said below
         return Advice("closure", f"defined inside {enclosing}: a new function object each time that code runs "
                       "(each call, or each decoration), and a functools.lru_cache on it is a new, empty cache "
                       "with each; these figures merge the calls of all of them, whose captured variables are not "
@@ -1134,7 +1134,7 @@ class PendingAnalysis:
             # A closure's keys leave out what each of its function objects captured (the property
             # getters one factory makes, say): its differing returns are expected, not evidence of
             # a side effect for its callers, as address reuse is not for identity keys.
-            if op.inconsistent_keys and op.advice.kind != "closure":
+            if op.inconsistent_keys and ".<locals>." not in op.name:
                 impure.append(key)
                 impure_ops.setdefault(op.name, op)
             if op.hits_unbounded <= 0 and not op.method:
