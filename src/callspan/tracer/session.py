@@ -6,6 +6,8 @@ No OpenTelemetry here: the session is handed a Sink (callspan.otel.bridge provid
 from __future__ import annotations
 
 import os
+import select
+import signal
 import sys
 import threading
 import time
@@ -93,7 +95,8 @@ class Session:
         self._window_start = 0
         self._background = background
         self._lock = threading.Lock()
-        self._wake = threading.Event()
+        self._wake: threading.Event | _PipeWakeup = threading.Event()
+        self._signal_action: Callable[[int], None] | None = None  # see on_signal
         self._thread: threading.Thread | None = None
         self._running = False
         self._paused = False  # the builder thread is stopped while the program forks
@@ -124,6 +127,36 @@ class Session:
             self._thread.join()
         self._thread = None
         self.flush(final=True)
+
+    def on_signal(self, signum: int, action: Callable[[int], None]) -> bool:
+        """From now on, ``signum`` arriving while the program leaves it to its default action
+        makes the builder thread call ``action(signum)`` (which then ends the process: a
+        followed child exports, then dies by SIGTERM). The main thread is not disturbed: a
+        handler run there would wait for whatever blocking call it is in. False when this cannot
+        be (no compiled module, no builder thread, the signal handled or ignored already)."""
+        if not (_env.HAS_COMPILED_HOTPATH and self._background and hasattr(select, "select")):
+            return False
+        from callspan.tracer._hotpath import watch_signal
+
+        wake = _PipeWakeup()
+        if not watch_signal(signum, wake.write_fd):
+            wake.close()
+            return False
+        self._signal_action = action
+        waiting, self._wake = self._wake, wake
+        waiting.set()  # the builder thread waits on the pipe from its next turn on
+        return True
+
+    def end_signal_watch(self) -> int:
+        """Give the signal of ``on_signal`` its default action back; returns it if it came but
+        the builder thread did not act on it (it had stopped), else 0."""
+        wake = self._wake
+        if not isinstance(wake, _PipeWakeup):
+            return 0
+        from callspan.tracer._hotpath import unwatch_signal
+
+        unwatch_signal()
+        return wake.take()
 
     def core_cover_current_thread(self) -> None:
         """Make sure the hook sees this thread: a setprofile core reaches the threads that existed
@@ -183,13 +216,27 @@ class Session:
     def _start_thread(self) -> None:
         self._wake.clear()
         self._thread = threading.Thread(target=self._run, name="callspan-builder", daemon=True)
-        self._thread.start()
+        # The thread never takes the program's signals: a signal sent to the process goes to
+        # one of its threads that does not block it, and one taken by the builder thread
+        # would not interrupt the main thread's blocking call (a sleep, a lock), where the
+        # program's handler runs, or where its default action is awaited (a single-threaded
+        # program is interrupted at once). The thread inherits this thread's mask.
+        blocked = _block_signals()
+        try:
+            self._thread.start()
+        finally:
+            _restore_signals(blocked)
 
     def _run(self) -> None:
         interval = self.settings.flush_interval
         while self._running and not self._paused:
-            self._wake.wait(interval)
+            wake = self._wake
+            wake.wait(interval)
             if not self._running or self._paused:
+                return
+            signum = wake.take() if isinstance(wake, _PipeWakeup) else 0
+            if signum and self._signal_action is not None:
+                self._signal_action(signum)
                 return
             self.flush()
 
@@ -225,9 +272,85 @@ class Session:
         self.recorder.aggregates.forget_parent()
         self._window_start = time.time_ns()
         self._lock = threading.Lock()
+        if isinstance(self._wake, _PipeWakeup):  # the parent's pipe (the compiled module stopped watching)
+            self._wake.close()
         self._wake = threading.Event()
+        self._signal_action = None
         if self._running and self._background:
             self._start_thread()
+
+
+class _PipeWakeup:
+    """threading.Event's set/clear/wait over a pipe, which a C signal handler may write to too
+    (callspan.tracer._hotpath.watch_signal writes the signal's number; set() writes a zero)."""
+
+    def __init__(self) -> None:
+        self.read_fd, self.write_fd = os.pipe()  # not inherited by programs the process executes
+        os.set_blocking(self.read_fd, False)
+        os.set_blocking(self.write_fd, False)  # a signal handler never waits on a full pipe
+        self.signal = 0
+
+    def set(self) -> None:
+        try:
+            os.write(self.write_fd, b"\0")
+        except OSError:  # full: it wakes the waiter already
+            pass
+
+    def wait(self, timeout: float) -> bool:
+        try:
+            ready, _, _ = select.select([self.read_fd], [], [], timeout)
+        except (OSError, ValueError):
+            return True
+        return bool(ready)
+
+    def take(self) -> int:
+        """The last signal number written (0: none), forgotten once taken; the pipe emptied."""
+        self._drain()
+        signum, self.signal = self.signal, 0
+        return signum
+
+    def clear(self) -> None:
+        self._drain()
+        if self.signal:  # not taken yet: the next wait returns at once
+            self.set()
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                data = os.read(self.read_fd, 512)
+            except OSError:
+                return
+            if not data:
+                return
+            self.signal = next((byte for byte in reversed(data) if byte), self.signal)
+
+    def close(self) -> None:
+        for fd in (self.read_fd, self.write_fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+# Signals a program may handle or wait for: all but those a fault raises in the faulting thread.
+_ASYNC_SIGNALS = frozenset(signal.valid_signals()) - {
+    getattr(signal, name) for name in ("SIGKILL", "SIGSTOP", "SIGSEGV", "SIGBUS", "SIGFPE", "SIGILL", "SIGTRAP",
+                                       "SIGSYS", "SIGABRT") if hasattr(signal, name)
+} if hasattr(signal, "pthread_sigmask") else frozenset()
+
+
+def _block_signals() -> set[int] | None:
+    if not _ASYNC_SIGNALS:
+        return None
+    try:
+        return set(signal.pthread_sigmask(signal.SIG_BLOCK, _ASYNC_SIGNALS))
+    except (OSError, ValueError):
+        return None
+
+
+def _restore_signals(previous: set[int] | None) -> None:
+    if previous is not None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _wait_until_gone(thread: threading.Thread) -> None:
