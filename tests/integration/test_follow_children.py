@@ -115,10 +115,23 @@ def test_every_child_is_a_process_of_its_own_with_exact_counts(family: Path, met
     assert "".join(program_stderr) == plain.stderr
     assert ours.startswith("callspan: ") and "spans written to" in ours and "internal" not in ours, ours
 
-    pids = json.loads((tmp_path / "pids.json").read_text())
+    check_every_process(analyze(output, tmp_path), json.loads((tmp_path / "pids.json").read_text()))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_children_export_over_otlp_to_the_collector(otelcol: Any, family: Path, method: str, tmp_path: Path) -> None:
+    """With --otlp (gRPC) and no file, each child sends its own spans to the real Collector."""
+    traced = execute([*callspan_command(), "run", "--follow-children", "--otlp", f"http://{otelcol.grpc_endpoint}",
+                      str(family / "family.py"), method, str(tmp_path / "pids.json")], tmp_path)
+    assert traced.returncode == 0, traced.stderr
+    otelcol.stop()  # flushes its file exporter
+    check_every_process(analyze(otelcol.output_file, tmp_path), json.loads((tmp_path / "pids.json").read_text()))
+
+
+def check_every_process(report: dict[str, Any], pids: dict[str, Any]) -> None:
+    """Each process of the family is there, with its own identity and its exact calls."""
     children = {int(pid): calls for pid, calls in pids["children"].items()}
     waiting, parent = pids["waiting"], pids["parent"]
-    report = analyze(output, tmp_path)
     processes = report["input"]["processes"]
     by_pid = {process["pid"]: process for process in processes}
     assert len(by_pid) == len(processes), "two processes with one pid"
