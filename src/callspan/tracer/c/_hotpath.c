@@ -1594,6 +1594,41 @@ py_die_by_signal(PyObject *module, PyObject *arg)
     Py_RETURN_NONE;
 }
 
+/* The calling thread's recursion depth as CPython counts it against the recursion limit, and
+ * a way to count ``n`` fewer: `callspan run` runs the program's module under frames of its own
+ * (the console script's, cli.main's), which python does not have, so the program would reach
+ * the limit that many calls earlier. sys.getrecursionlimit() is left alone, and
+ * sys.setrecursionlimit() keeps the difference (it recomputes from limit - remaining). */
+static PyObject *
+py_recursion_depth(PyObject *module, PyObject *unused)
+{
+    PyThreadState *tstate = PyThreadState_Get();
+#if PY_VERSION_HEX >= 0x030C0000
+    return PyLong_FromLong((long)tstate->py_recursion_limit - tstate->py_recursion_remaining);
+#else
+    return PyLong_FromLong((long)tstate->recursion_limit - tstate->recursion_remaining);
+#endif
+}
+
+static PyObject *
+py_forgive_recursion(PyObject *module, PyObject *arg)
+{
+    long n = PyLong_AsLong(arg);
+    if (n == -1 && PyErr_Occurred())
+        return NULL;
+    if (n < 0 || n > 64) {
+        PyErr_SetString(PyExc_ValueError, "forgive_recursion: 0 to 64 frames");
+        return NULL;
+    }
+    PyThreadState *tstate = PyThreadState_Get();
+#if PY_VERSION_HEX >= 0x030C0000
+    tstate->py_recursion_remaining += (int)n;
+#else
+    tstate->recursion_remaining += (int)n;
+#endif
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef module_methods[] = {
     {"siphash24", (PyCFunction)(void (*)(void))cs_py_siphash24, METH_FASTCALL,
      "siphash24(k0, k1, message): SipHash-2-4 of one little-endian 64-bit word under the key (k0, k1)"},
@@ -1609,6 +1644,10 @@ static PyMethodDef module_methods[] = {
      "unwatch_signal(): give the watched signal its default action back"},
     {"die_by_signal", (PyCFunction)py_die_by_signal, METH_O,
      "die_by_signal(signum): restore signum's default action and send it to this process"},
+    {"recursion_depth", (PyCFunction)py_recursion_depth, METH_NOARGS,
+     "recursion_depth(): this thread's depth as counted against the recursion limit"},
+    {"forgive_recursion", (PyCFunction)py_forgive_recursion, METH_O,
+     "forgive_recursion(n): count this thread's depth n lower against the recursion limit"},
     {"call_soon", (PyCFunction)py_call_soon, METH_O,
      "call_soon(func): call func() at the main thread's next pending-calls check"},
     {"saved_profile", (PyCFunction)py_saved_profile, METH_NOARGS,
