@@ -65,18 +65,23 @@ on_watched_signal(int signum)
 }
 
 static void
+default_action(int signum)
+{
+    struct sigaction dfl;
+    memset(&dfl, 0, sizeof dfl);
+    dfl.sa_handler = SIG_DFL;
+    sigemptyset(&dfl.sa_mask);
+    (void)sigaction(signum, &dfl, NULL);
+}
+
+static void
 stop_watching(void)
 {
     if (watched_signal) {
         struct sigaction current;
         if (sigaction(watched_signal, NULL, &current) == 0 && !(current.sa_flags & SA_SIGINFO) &&
-            current.sa_handler == on_watched_signal) {
-            struct sigaction dfl;
-            memset(&dfl, 0, sizeof dfl);
-            dfl.sa_handler = SIG_DFL;
-            sigemptyset(&dfl.sa_mask);
-            (void)sigaction(watched_signal, &dfl, NULL);
-        }
+            current.sa_handler == on_watched_signal)
+            default_action(watched_signal); /* not a handler the program installed since */
     }
     watched_signal = 0;
     watch_fd = -1;
@@ -1582,11 +1587,7 @@ py_die_by_signal(PyObject *module, PyObject *arg)
     if (signum == -1 && PyErr_Occurred())
         return NULL;
     stop_watching();
-    struct sigaction dfl;
-    memset(&dfl, 0, sizeof dfl);
-    dfl.sa_handler = SIG_DFL;
-    sigemptyset(&dfl.sa_mask);
-    (void)sigaction((int)signum, &dfl, NULL);
+    default_action((int)signum);
     /* To the process: a thread that does not block it (not callspan's) takes it, and the
      * default action ends the process. */
     if (kill(getpid(), (int)signum) != 0)
