@@ -63,3 +63,8 @@ HAS_SETPROFILE_ALL_THREADS = hasattr(__import__("threading"), "setprofile_all_th
 # counts them before the after-fork hooks run, 3.13 after them (Modules/posixmodule.c,
 # os_fork_impl: warn_about_fork_with_threads follows PyOS_AfterFork_Parent since 3.13).
 FORK_WARNING_AFTER_HOOKS = PYVERSION >= (3, 13)
+
+# Python 3.12's Thread.join returns when the thread has released its Python state, before its OS
+# thread exits (3.13 joins the OS thread: pthread_join in _thread's ThreadHandle). A fork right
+# after such a join can still count the thread (measured in tests/tracer/test_coexistence.py).
+JOIN_RETURNS_BEFORE_THREAD_EXITS = PYVERSION < (3, 13)

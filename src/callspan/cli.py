@@ -15,12 +15,11 @@ import os
 import runpy
 import sys
 import types
-import warnings
 from pathlib import Path
 from types import CodeType
 from typing import Any
 
-from callspan import __version__
+from callspan import __version__, _env
 from callspan.errors import CallspanError
 from callspan.untrusted import printable
 
@@ -44,6 +43,11 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keys", metavar="on|off|NAMES", help="cache-key hashing: on, off, or function names")
     parser.add_argument("--core", choices=["csysmon", "sysmon", "csetprofile", "setprofile"])
     parser.add_argument("--max-spans-per-trace", type=int, metavar="N")
+    parser.add_argument("--follow-children", action=argparse.BooleanOptionalAction, default=None,
+                        help="also trace the children the program starts with multiprocessing (fork, spawn, "
+                             "forkserver; ProcessPoolExecutor), each a process of its own in the same output "
+                             "file; they export before multiprocessing's os._exit, and on SIGTERM (Pool."
+                             "terminate) before dying by it (default: CALLSPAN_FOLLOW_CHILDREN, else off)")
     parser.add_argument("-m", dest="module", metavar="MODULE", help="run a library module as a script")
     parser.add_argument("target", nargs=argparse.REMAINDER, help="script.py [args...] (or, with -m, args)")
 
@@ -67,6 +71,7 @@ def _settings_from(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "include": args.include, "exclude": args.exclude, "cpu": args.cpu, "keys": args.keys,
         "core": args.core, "max_spans_per_trace": args.max_spans_per_trace,
+        "follow_children": args.follow_children,
     }
 
 
@@ -76,10 +81,16 @@ def _target(args: argparse.Namespace) -> tuple[str, list[str], tuple[str, ...], 
     if rest and rest[0] == "--":
         rest = rest[1:]
     if args.module:
+        # Found as `python -m` finds it: from the working directory first (the console
+        # script's directory is sys.path[0] until the program begins).
+        launcher_path0 = sys.path[0] if sys.path else None
+        sys.path[:1] = [os.getcwd()]
         try:
             spec = importlib.util.find_spec(args.module)
         except (ImportError, ValueError) as exc:
             raise CallspanError(f"module {args.module}: {exc}") from None
+        finally:
+            sys.path[:1] = [launcher_path0] if launcher_path0 is not None else []
         if spec is None:
             raise CallspanError(f"module {args.module}: not found")
         top = args.module.split(".")[0]
@@ -109,16 +120,18 @@ class Program:
     """
 
     def __init__(self, args: argparse.Namespace) -> None:
+        from callspan.config import load_settings
+        from callspan.run_tracing import RunTracing, TracingPlan
+
         target, argv, roots, service = _target(args)
         self.module_name: str | None = args.module
         self.argv = argv
-        # Importing the OpenTelemetry SDK installs a warnings filter of its own: the program
-        # must see Python's filters only.
-        saved_filters = list(warnings.filters)
-        try:
-            self._build(args, roots, service)
-        finally:
-            _restore_warning_filters(saved_filters)
+        self.tracing = RunTracing(TracingPlan(
+            settings=load_settings(_settings_from(args)), default_roots=roots, service=args.service or service,
+            output=args.output,
+            otlp=args.otlp is not None, otlp_endpoint=args.otlp or None,
+            otlp_protocol="http/protobuf" if args.otlp_protocol == "http" else args.otlp_protocol,
+            export_timeout=args.export_timeout))
         self.main = _fresh_main_module()
         if self.module_name is None:
             path = self.path = os.path.abspath(target)
@@ -129,28 +142,6 @@ class Program:
         else:
             self.path0 = os.getcwd()
         self._pid = os.getpid()
-        self._finished = False
-
-    def _build(self, args: argparse.Namespace, roots: tuple[str, ...], service: str) -> None:
-        from callspan.config import load_settings
-        from callspan.otel.bridge import OtelSink, current_context_getter, sampled_context, scope_attributes
-        from callspan.otel.setup import build_pipeline
-        from callspan.tracer.session import Session
-
-        settings = load_settings(_settings_from(args))
-        protocol = "http/protobuf" if args.otlp_protocol == "http" else args.otlp_protocol
-        # The session is created first so that its facts (core, counter) go into the resource.
-        placeholder = OtelSink()
-        self.session = Session(settings, placeholder, default_roots=roots,
-                               context_getter=current_context_getter(), trace_filter=sampled_context)
-        self.pipeline = build_pipeline(
-            service_name=args.service or service, output=args.output, otlp=args.otlp is not None,
-            otlp_endpoint=args.otlp or None, otlp_protocol=protocol,
-            export_timeout=args.export_timeout, resource_attributes=scope_attributes(self.session.facts),
-        )
-        self.sink = OtelSink(self.pipeline.provider)
-        self.sink.bind(self.session.facts)
-        self.session.builder.sink = self.sink
 
     def begin(self, finish_at_exit: bool = True) -> None:
         """Become the main program and start tracing; the next thing to run is its code."""
@@ -163,23 +154,11 @@ class Program:
         if finish_at_exit:
             # atexit runs handlers last-registered first: this one after all of the program's.
             atexit.register(self.finish)
-        if hasattr(os, "register_at_fork"):
-            os.register_at_fork(after_in_child=self._after_fork_in_child)
-        self.session.start()
+        if self.tracing.plan.settings.follow_children:
+            from callspan.children import follow_children
 
-    def _after_fork_in_child(self) -> None:
-        # The session has re-armed itself (callspan.tracer.session); the child's spans carry
-        # its pid. A child that leaves through sys.exit or an exception finishes at its exit
-        # like the parent, silently (only the process that started prints the line).
-        try:
-            self.pipeline.after_fork_in_child()
-            for destination in self.pipeline.destinations:
-                after = getattr(destination.exporter.inner, "after_fork_in_child", None)
-                if after is not None:
-                    after()
-            self.sink.bind(self.session.facts)
-        except Exception:
-            self.sink.faults += 1
+            follow_children(self.tracing)
+        self.tracing.start()
 
     def compile(self) -> CodeType:
         """The script's code (a SyntaxError is the program's, reported as Python reports it)."""
@@ -218,16 +197,13 @@ class Program:
         return 1
 
     def finish(self) -> None:
-        """Stop tracing, export, and (in the process that started) say where the spans went."""
-        if self._finished:
-            return
-        self._finished = True
+        """Stop tracing, export, and (in the process that started) say where the spans went.
+        A child the program forked finishes silently."""
         try:
-            self.session.stop()
-            done = self.pipeline.shutdown()
-            if os.getpid() == self._pid:
+            done = self.tracing.finish()
+            if done is not None and os.getpid() == self._pid:
                 sys.stdout.flush()
-                _report(self.session, self.sink, self.pipeline, done)
+                _report(self.tracing, done)
         except Exception as exc:  # never a traceback of callspan's at the program's exit
             print(f"callspan: internal fault at exit: {exc!r}", file=sys.stderr)
 
@@ -238,15 +214,6 @@ def _fresh_main_module() -> types.ModuleType:
     main.__annotations__ = {}
     main.__builtins__ = builtins  # type: ignore[attr-defined]
     return main
-
-
-def _restore_warning_filters(saved: list[Any]) -> None:
-    filters: list[Any] = warnings.filters  # type: ignore[assignment]
-    if filters != saved:
-        filters[:] = saved
-        mutated = getattr(warnings, "_filters_mutated", None)
-        if mutated is not None:
-            mutated()
 
 
 def _flush_std_files() -> None:
@@ -310,9 +277,10 @@ def run_program(args: argparse.Namespace) -> int:
     return code
 
 
-def _report(session: Any, sink: Any, pipeline: Any, finished: bool) -> None:
+def _report(tracing: Any, finished: bool) -> None:
     """One line on stderr: where the spans went, or how many did not get there and why."""
-    ended = sink.spans_ended
+    session, pipeline = tracing.session, tracing.pipeline
+    ended = tracing.sink.spans_ended
     parts = []
     for destination in pipeline.destinations:
         lost = ended - destination.exporter.exported
@@ -326,7 +294,7 @@ def _report(session: Any, sink: Any, pipeline: Any, finished: bool) -> None:
     other = session.recorder.aggregates.other_calls
     if other:
         parts.append(f"{other} calls folded into (other) nodes (CALLSPAN_MAX_NODES/CALLSPAN_MAX_DEPTH reached)")
-    faults = session.build_faults + session.profile_faults + sink.faults + session.recorder.faults
+    faults = tracing.faults
     if faults:
         parts.append(f"{faults} internal faults")
     print("callspan: " + printable("; ".join(parts)), file=sys.stderr)
@@ -337,7 +305,7 @@ def run_demo(args: argparse.Namespace) -> int:
     ns = argparse.Namespace(
         output=args.output, otlp=None, otlp_protocol=None, export_timeout=10.0, service="callspan-demo",
         include=None, exclude=None, cpu=None, keys=None, core=None, max_spans_per_trace=None,
-        module=None, target=[str(demo)],
+        follow_children=None, module=None, target=[str(demo)],
     )
     code = run_program(ns)
     if code:
@@ -362,17 +330,34 @@ def main(argv: list[str] | None = None) -> int:
         print(f"callspan: error: {printable(str(exc))}", file=sys.stderr)
         return exc.exit_code
     # The program's module runs right here: the fewest frames of callspan's under it (this
-    # one, and the console script's).
+    # one, and the console script's), which the recursion limit does not count.
     program.begin()
+    _forgive_own_frames(program.module_name is not None)
     failure: BaseException | None = None
     try:
         if program.module_name is None:
             exec(program.compile(), program.main.__dict__)
-        else:
-            program.run_module()
+        else:  # what `python -m` runs (runpy's frames included, as Python shows them)
+            runpy._run_module_as_main(program.module_name, alter_argv=True)  # type: ignore[attr-defined]
     except BaseException as exc:
         failure = exc
     return program.ended(failure)
+
+
+def _forgive_own_frames(module: bool) -> None:
+    """Let the program reach the recursion limit at python's depth: the depth callspan's frames
+    below it take (main()'s and the console script's, or ``python -m callspan``'s) is not
+    counted. Measured at a script's first line: python 1, callspan run 3 before (3.12+); 2 and 5
+    on 3.11, which counts a frame entered from C once more: `python -m` enters runpy from C,
+    callspan from Python, one count less than this depth."""
+    try:
+        from callspan.tracer._hotpath import forgive_recursion, recursion_depth
+    except ImportError:  # without the compiled module the limit is reached that much earlier
+        return
+    own = recursion_depth() - 1  # the caller's depth: this frame is gone when the program runs
+    if module and _env.PYVERSION < (3, 12):
+        own -= 1
+    forgive_recursion(max(0, own))
 
 
 if __name__ == "__main__":

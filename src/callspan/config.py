@@ -70,12 +70,19 @@ CALLSPAN_ENABLED = "CALLSPAN_ENABLED"
 #: string (a 56-byte ``str`` holds 15 ASCII characters): ``off`` never exports it.
 CALLSPAN_RETURN_SIZE = "CALLSPAN_RETURN_SIZE"
 
+#: ``callspan run``: ``on`` traces the children the program starts with ``multiprocessing`` (the
+#: fork, spawn and forkserver start methods; ``concurrent.futures.ProcessPoolExecutor``), each a
+#: process of its own written to the same destinations. ``off`` (default): a forked child exports
+#: only what it traced before leaving through ``os._exit`` (multiprocessing's way), and children
+#: started by spawn or forkserver are not traced.
+CALLSPAN_FOLLOW_CHILDREN = "CALLSPAN_FOLLOW_CHILDREN"
+
 ENV_VARS = (
     CALLSPAN_CORE, CALLSPAN_INCLUDE, CALLSPAN_EXCLUDE, CALLSPAN_CPU, CALLSPAN_CPU_INTERVAL_US, CALLSPAN_KEYS, CALLSPAN_USER_HASH,
     CALLSPAN_KEY_SECRET, CALLSPAN_MAX_SPANS_PER_TRACE, CALLSPAN_MAX_SPANS_PER_SECOND,
     CALLSPAN_MAX_PENDING, CALLSPAN_FLUSH_INTERVAL, CALLSPAN_PROFILE_INTERVAL, CALLSPAN_MAX_NODES,
     CALLSPAN_MAX_DEPTH, CALLSPAN_MAX_KEYS, CALLSPAN_MAX_KEYS_TOTAL, CALLSPAN_KEY_MIN_NS,
-    CALLSPAN_SAMPLE_RATE, CALLSPAN_ENABLED, CALLSPAN_RETURN_SIZE,
+    CALLSPAN_SAMPLE_RATE, CALLSPAN_ENABLED, CALLSPAN_RETURN_SIZE, CALLSPAN_FOLLOW_CHILDREN,
 )
 
 CORES = ("csysmon", "sysmon", "csetprofile", "setprofile")
@@ -106,6 +113,7 @@ class Settings:
     key_min_ns: int = 400
     sample_rate: float = 0.01
     return_size: bool = True
+    follow_children: bool = False
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -120,6 +128,7 @@ _ENV_FOR_FIELD = {
     "max_keys_total": CALLSPAN_MAX_KEYS_TOTAL, "key_min_ns": CALLSPAN_KEY_MIN_NS,
     "sample_rate": CALLSPAN_SAMPLE_RATE,
     "return_size": CALLSPAN_RETURN_SIZE,
+    "follow_children": CALLSPAN_FOLLOW_CHILDREN,
 }
 _SWITCH = {"on": True, "true": True, "1": True, "off": False, "false": False, "0": False}
 
@@ -151,7 +160,7 @@ def _convert(name: str, raw: Any, source: str) -> Any:
             if not 0.0 <= value_f <= 1.0:
                 raise ValueError("must be between 0 and 1")
             return value_f
-        if name == "return_size":
+        if name in ("return_size", "follow_children"):
             if isinstance(raw, bool):
                 return raw
             if str(raw).strip().lower() not in _SWITCH:

@@ -119,7 +119,8 @@ def test_flame_json_cannot_close_its_script_element() -> None:
 
 def row(distribution: dict[int, int], p50: int, p95: int, p99: int) -> LatencyRow:
     return LatencyRow("m.f", "", 0, "function", sum(distribution.values()), 0, sum(distribution.values()),
-                      p50, p95, p99, p99, 0, 0.0, None, None, 1, distribution=distribution)
+                      p50, p95, p99, p99, 0, 0.0, None, None, 1, {0: sum(distribution.values())},
+                      distribution=distribution)
 
 
 def test_distribution_chart_has_a_bar_per_bin_and_three_marks() -> None:

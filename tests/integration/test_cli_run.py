@@ -9,6 +9,10 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
+from callspan.tracer.cores.select import available_cores
+
 SCRIPT = textwrap.dedent('''
     import sys
 
@@ -66,6 +70,42 @@ def test_module_mode_traces_the_package(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout == "42\n"
     assert [s["name"] for s in read_spans(tmp_path / "m.jsonl")] == ["pkg.util.double"]
+
+
+RECURSE = textwrap.dedent('''
+    import sys
+
+    def depth(n=1):
+        try:
+            return depth(n + 1)
+        except RecursionError:
+            return n
+
+    print(sys.getrecursionlimit(), depth())
+    sys.setrecursionlimit(200)
+    print(sys.getrecursionlimit(), depth())
+''')
+
+
+@pytest.mark.parametrize("core", [c for c in available_cores() if c.startswith("c")])
+def test_the_recursion_limit_is_reached_at_pythons_depth(core: str, tmp_path: Path) -> None:
+    """callspan's own frames under the program's module (the console script's, main()'s; with
+    ``python -m callspan`` runpy's too) do not count against the limit (the compiled cores: a
+    hook written in Python runs as frames of its own)."""
+    package = tmp_path / "recurse"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "__main__.py").write_text(RECURSE)
+    (tmp_path / "recurse.py").write_text(RECURSE)
+    console_script = Path(sys.executable).with_name("callspan")
+    for target in (["recurse.py"], ["-m", "recurse"]):
+        plain = run(*target, cwd=tmp_path)
+        assert plain.returncode == 0, plain.stderr
+        for launcher in ([str(console_script)], [sys.executable, "-m", "callspan"]):
+            traced = subprocess.run([*launcher, "run", "--core", core, "-o", "r.jsonl", *target], cwd=tmp_path,
+                                    capture_output=True, text=True, timeout=60)
+            assert traced.returncode == 0, traced.stderr
+            assert traced.stdout == plain.stdout, (target, launcher)
 
 
 def test_program_exception_exits_1_with_its_own_traceback(tmp_path: Path) -> None:

@@ -58,3 +58,18 @@ def test_return_size_is_a_switch(tmp_path: Path) -> None:
     assert load_settings(environ={}, project_dir=where).return_size is False
     with pytest.raises(CallspanError, match="CALLSPAN_RETURN_SIZE: bad value 'maybe' for return_size: must be on or off"):
         load_settings(environ={CALLSPAN_RETURN_SIZE: "maybe"}, project_dir=tmp_path)
+
+
+def test_follow_children_is_a_switch_in_the_documented_order(tmp_path: Path) -> None:
+    from callspan.config import CALLSPAN_FOLLOW_CHILDREN
+
+    assert load_settings(environ={}, project_dir=tmp_path).follow_children is False
+    where = project(tmp_path, "[tool.callspan]\nfollow-children = true\n")
+    assert load_settings(environ={}, project_dir=where).follow_children is True
+    assert load_settings(environ={CALLSPAN_FOLLOW_CHILDREN: "off"}, project_dir=where).follow_children is False
+    assert load_settings({"follow_children": True}, environ={CALLSPAN_FOLLOW_CHILDREN: "off"},
+                         project_dir=where).follow_children is True
+    assert load_settings({"follow_children": False}, environ={CALLSPAN_FOLLOW_CHILDREN: "on"},
+                         project_dir=tmp_path).follow_children is False
+    with pytest.raises(CallspanError, match="CALLSPAN_FOLLOW_CHILDREN: bad value 'sometimes' for follow_children"):
+        load_settings(environ={CALLSPAN_FOLLOW_CHILDREN: "sometimes"}, project_dir=tmp_path)

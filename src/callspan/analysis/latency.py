@@ -98,6 +98,7 @@ class LatencyRow:
     mean_suspended: float | None  # coroutines only
     awaits_per_call: float | None
     processes: int
+    calls_by_process: dict[int, int]  # process index (Model.processes) -> calls there
     source: str = "spans"  # "aggregates": totals and percentiles from v2 aggregates (see the module docstring)
     distribution: dict[int, int] = field(default_factory=dict)  # bin_of(wall) -> calls, of the timed calls
 
@@ -253,8 +254,15 @@ class PendingLatency:
             infos = [model.functions[i] for i in indices]
             aggregates = [(model.profiles[i.process], fid) for i in infos if i.process in model.profiles
                           for fid in self.ids_by_name[i.process].get(i.name, ())]
+            by_process: dict[int, int] = {}
+            for i in infos:
+                data = model.profiles.get(i.process)
+                calls_there = i.calls if data is None else sum(
+                    data.functions[fid].calls for fid in self.ids_by_name[i.process].get(i.name, ()))
+                if calls_there:  # a forked child's function table holds its parent's functions
+                    by_process[i.process] = by_process.get(i.process, 0) + calls_there
             if aggregates:
-                rows.append(_aggregate_row(infos, aggregates, model.profiles))
+                rows.append(_aggregate_row(infos, aggregates, model.profiles, by_process))
                 continue
             first = infos[0]
             calls = sum(i.calls for i in infos)
@@ -270,7 +278,7 @@ class PendingLatency:
                 mean_running=sum(i.stats[S_RUN] for i in infos) / calls if calls else 0.0,
                 mean_suspended=suspended / span_calls if coroutine and span_calls else None,
                 awaits_per_call=sum(i.stats[S_AWAITS] for i in infos) / span_calls if coroutine and span_calls else None,
-                processes=len({i.process for i in infos}), distribution=distribution,
+                processes=len(by_process), calls_by_process=by_process, distribution=distribution,
             ))
         rows.sort(key=lambda r: (-r.total_wall, r.name))
         slowest = []
@@ -283,7 +291,7 @@ class PendingLatency:
 
 
 def _aggregate_row(infos: list[FunctionInfo], aggregates: list[tuple[ProfileData, int]],
-                   profiles: dict[int, ProfileData]) -> LatencyRow:
+                   profiles: dict[int, ProfileData], by_process: dict[int, int]) -> LatencyRow:
     """A function with v2 aggregates in some process: their exact totals, sketch percentiles,
     plus the totals of the processes that only have spans (v1)."""
     first = infos[0]
@@ -320,7 +328,8 @@ def _aggregate_row(infos: list[FunctionInfo], aggregates: list[tuple[ProfileData
         if calls else 0.0,
         mean_suspended=suspended / awaited_calls if coroutine and awaited_calls else None,
         awaits_per_call=awaits / awaited_calls if coroutine and awaited_calls else None,
-        processes=len({i.process for i in infos}), source="aggregates", distribution=distribution,
+        processes=len(by_process), calls_by_process=by_process, source="aggregates",
+        distribution=distribution,
     )
 
 

@@ -463,6 +463,8 @@ def render_json_object(results: Results) -> dict[str, Any]:
                            "mean_running_ns": round(row.mean_running),
                            "mean_suspended_ns": None if row.mean_suspended is None else round(row.mean_suspended),
                            "awaits_per_call": _round(row.awaits_per_call, 3), "processes": row.processes,
+                           "calls_by_process": [{"process": m.processes[index].key, "calls": calls}
+                                                for index, calls in sorted(row.calls_by_process.items())],
                            "source": row.source}
                           for row in lat.functions[:results.top]],
             "slowest": [{"function": c.name, "file": c.file or None, "line": c.line or None, "wall_ns": c.wall,

@@ -137,5 +137,12 @@ class OtlpJsonLinesExporter(SpanExporter):
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         return True
 
+    def fileno(self) -> int:
+        """The file's descriptor (-1 for a stream without one)."""
+        try:
+            return self._stream.fileno()
+        except (AttributeError, OSError, ValueError):
+            return -1
+
     def after_fork_in_child(self) -> None:
         self._lock = threading.Lock()

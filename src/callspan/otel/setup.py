@@ -94,6 +94,13 @@ class Pipeline:
         return done
 
 
+    def output_fileno(self) -> int:
+        """The descriptor of the JSON-lines file written, or -1 (none)."""
+        for destination in self.destinations:
+            if isinstance(destination.exporter.inner, OtlpJsonLinesExporter):
+                return destination.exporter.inner.fileno()
+        return -1
+
     def after_fork_in_child(self) -> None:
         """A forked child exports its own spans, as its own process: the parent's queued spans
         are the parent's, and the resource says the child's pid (the file is shared, opened
@@ -188,8 +195,11 @@ def build_pipeline(
     export_timeout: float = DEFAULT_EXPORT_TIMEOUT_S,
     resource_attributes: dict[str, Any] | None = None,
     sampler: Any = None,
+    output_fd: int | None = None,
 ) -> Pipeline:
-    """``sampler``: None for the SDK's (OTEL_TRACES_SAMPLER, else parent-based always-on)."""
+    """``sampler``: None for the SDK's (OTEL_TRACES_SAMPLER, else parent-based always-on);
+    ``output_fd``: the output file, already open for appending (a child writing to its parent's
+    file), in place of opening ``output``."""
     attributes: dict[str, Any] = dict(resource_attributes or {})
     if not os.environ.get("OTEL_SERVICE_NAME"):
         attributes["service.name"] = service_name
@@ -202,7 +212,8 @@ def build_pipeline(
         exporters.append((ConsoleSpanExporter(), "console"))
     if output is not None or not exporters:
         path = output or DEFAULT_OUTPUT
-        exporters.append((OtlpJsonLinesExporter(path), path))  # a CallspanError if it cannot be created
+        stream = None if output_fd is None else os.fdopen(output_fd, "w", encoding="utf-8", newline="\n")
+        exporters.append((OtlpJsonLinesExporter(path, stream), path))  # a CallspanError if it cannot be created
     # shutdown_on_exit=False: callspan shuts down itself, bounded by the export timeout; the
     # SDK's own atexit hook would wait for a dead collector again.
     provider = TracerProvider(resource=resource, shutdown_on_exit=False, sampler=sampler)

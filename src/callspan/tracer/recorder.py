@@ -199,6 +199,16 @@ class Recorder:
             record[R_SEG_CPU] = cpu_now
             record[R_CPU] = record[R_CHILD_CPU] = record[R_SUSP_NS] = 0
 
+    def forget_running_calls(self) -> None:
+        """In a multiprocessing child: the calls running (or suspended) when it was forked are its
+        parent's, and never return in it (multiprocessing ends the child with os._exit), so they
+        are dropped and the child's own calls start their own trees."""
+        state = self.states.get(threading.get_ident())
+        if state is not None:
+            state.stack.clear()
+        self.suspended.clear()
+        _current_coroutine.set(None)
+
     def evict_oldest_suspended(self) -> None:
         """Bound memory: a generator abandoned without close (3.13 may not tell us) ends here."""
         key = next(iter(self.suspended))

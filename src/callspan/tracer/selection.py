@@ -21,6 +21,9 @@ _CO_GENERATOR = 0x20
 _CO_COROUTINE = 0x80
 _CO_ASYNC_GENERATOR = 0x200
 
+# multiprocessing's spawn and forkserver children run the program's main module under this name.
+_MULTIPROCESSING_MAIN = "__mp_main__"
+
 # Never traced unless named in an explicit include: the tracer itself and the SDK it feeds.
 _ALWAYS_EXCLUDED_MODULES = ("callspan", "opentelemetry")
 
@@ -151,6 +154,8 @@ class Selector:
         return root > never
 
     def decide(self, code: CodeType, module: str) -> CodeInfo | None:
+        if module == _MULTIPROCESSING_MAIN:
+            module = "__main__"  # the program's main module, run again in a spawned child
         # Module and class bodies run once at import: not calls anyone would cache or profile.
         if not code.co_flags & _CO_OPTIMIZED or not self.selects(code, module):
             return None

@@ -6,11 +6,15 @@ No OpenTelemetry here: the session is handed a Sink (callspan.otel.bridge provid
 from __future__ import annotations
 
 import os
+import select
+import signal
+import sys
 import threading
 import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import CodeType
 from typing import Any
 
 from callspan import _env
@@ -91,7 +95,8 @@ class Session:
         self._window_start = 0
         self._background = background
         self._lock = threading.Lock()
-        self._wake = threading.Event()
+        self._wake: threading.Event | _PipeWakeup = threading.Event()
+        self._signal_action: Callable[[int], None] | None = None  # see on_signal
         self._thread: threading.Thread | None = None
         self._running = False
         self._paused = False  # the builder thread is stopped while the program forks
@@ -122,6 +127,36 @@ class Session:
             self._thread.join()
         self._thread = None
         self.flush(final=True)
+
+    def on_signal(self, signum: int, action: Callable[[int], None]) -> bool:
+        """From now on, ``signum`` arriving while the program leaves it to its default action
+        makes the builder thread call ``action(signum)`` (which then ends the process: a
+        followed child exports, then dies by SIGTERM). The main thread is not disturbed: a
+        handler run there would wait for whatever blocking call it is in. False when this cannot
+        be (no compiled module, no builder thread, the signal handled or ignored already)."""
+        if not (_env.HAS_COMPILED_HOTPATH and self._background and hasattr(select, "select")):
+            return False
+        from callspan.tracer._hotpath import watch_signal
+
+        wake = _PipeWakeup()
+        if not watch_signal(signum, wake.write_fd):
+            wake.close()
+            return False
+        self._signal_action = action
+        waiting, self._wake = self._wake, wake
+        waiting.set()  # the builder thread waits on the pipe from its next turn on
+        return True
+
+    def end_signal_watch(self) -> int:
+        """Give the signal of ``on_signal`` its default action back; returns it if it came but
+        the builder thread did not act on it (it had stopped), else 0."""
+        wake = self._wake
+        if not isinstance(wake, _PipeWakeup):
+            return 0
+        from callspan.tracer._hotpath import unwatch_signal
+
+        unwatch_signal()
+        return wake.take()
 
     def core_cover_current_thread(self) -> None:
         """Make sure the hook sees this thread: a setprofile core reaches the threads that existed
@@ -181,20 +216,36 @@ class Session:
     def _start_thread(self) -> None:
         self._wake.clear()
         self._thread = threading.Thread(target=self._run, name="callspan-builder", daemon=True)
-        self._thread.start()
+        # The thread never takes the program's signals: a signal sent to the process goes to
+        # one of its threads that does not block it, and one taken by the builder thread
+        # would not interrupt the main thread's blocking call (a sleep, a lock), where the
+        # program's handler runs, or where its default action is awaited (a single-threaded
+        # program is interrupted at once). The thread inherits this thread's mask.
+        blocked = _block_signals()
+        try:
+            self._thread.start()
+        finally:
+            _restore_signals(blocked)
 
     def _run(self) -> None:
         interval = self.settings.flush_interval
         while self._running and not self._paused:
-            self._wake.wait(interval)
+            wake = self._wake
+            wake.wait(interval)
             if not self._running or self._paused:
+                return
+            signum = wake.take() if isinstance(wake, _PipeWakeup) else 0
+            if signum and self._signal_action is not None:
+                self._signal_action(signum)
                 return
             self.flush()
 
     # -- fork: all of it here ------------------------------------------------------------------
     # The builder thread is stopped before the program forks and started again on both sides:
     # a fork with no other thread running is safe (no lock held by a thread the child lacks),
-    # and Python 3.12+ then has no reason to warn that the process is multi-threaded.
+    # and Python 3.12+ then has no reason to warn that the process is multi-threaded. On Linux
+    # CPython counts the process's threads in /proc/self/stat (Modules/posixmodule.c,
+    # warn_about_fork_with_threads): 3.12 before the after-fork hooks, 3.13 after them.
 
     def _before_fork(self) -> None:
         thread = self._thread
@@ -204,20 +255,10 @@ class Session:
         self._wake.set()
         thread.join(_FORK_JOIN_TIMEOUT_S)
         self._thread = None
+        if _env.JOIN_RETURNS_BEFORE_THREAD_EXITS:
+            _wait_until_gone(thread)
 
     def _after_fork_in_parent(self) -> None:
-        # Python 3.12 counts the threads before the after-fork hooks run: the thread starts again
-        # here. 3.13 counts them after the hooks (once it has restarted the world): the thread
-        # starts again from the main thread's next pending-calls check, after os.fork() returns
-        # unless other after-fork hooks run Python code first.
-        if _env.FORK_WARNING_AFTER_HOOKS and _env.HAS_COMPILED_HOTPATH:
-            from callspan.tracer._hotpath import call_soon
-
-            call_soon(self._resume_after_fork)
-        else:
-            self._resume_after_fork()
-
-    def _resume_after_fork(self) -> None:
         self._paused = False
         if self._running and self._background and self._thread is None:
             self._start_thread()
@@ -231,9 +272,99 @@ class Session:
         self.recorder.aggregates.forget_parent()
         self._window_start = time.time_ns()
         self._lock = threading.Lock()
+        if isinstance(self._wake, _PipeWakeup):  # the parent's pipe (the compiled module stopped watching)
+            self._wake.close()
         self._wake = threading.Event()
+        self._signal_action = None
         if self._running and self._background:
             self._start_thread()
+
+
+class _PipeWakeup:
+    """threading.Event's set/clear/wait over a pipe, which a C signal handler may write to too
+    (callspan.tracer._hotpath.watch_signal writes the signal's number; set() writes a zero)."""
+
+    def __init__(self) -> None:
+        self.read_fd, self.write_fd = os.pipe()  # not inherited by programs the process executes
+        os.set_blocking(self.read_fd, False)
+        os.set_blocking(self.write_fd, False)  # a signal handler never waits on a full pipe
+        self.signal = 0
+
+    def set(self) -> None:
+        try:
+            os.write(self.write_fd, b"\0")
+        except OSError:  # full: it wakes the waiter already
+            pass
+
+    def wait(self, timeout: float) -> bool:
+        try:
+            ready, _, _ = select.select([self.read_fd], [], [], timeout)
+        except (OSError, ValueError):
+            return True
+        return bool(ready)
+
+    def take(self) -> int:
+        """The last signal number written (0: none), forgotten once taken; the pipe emptied."""
+        self._drain()
+        signum, self.signal = self.signal, 0
+        return signum
+
+    def clear(self) -> None:
+        self._drain()
+        if self.signal:  # not taken yet: the next wait returns at once
+            self.set()
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                data = os.read(self.read_fd, 512)
+            except OSError:
+                return
+            if not data:
+                return
+            self.signal = next((byte for byte in reversed(data) if byte), self.signal)
+
+    def close(self) -> None:
+        for fd in (self.read_fd, self.write_fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+# Signals a program may handle or wait for: all but those a fault raises in the faulting thread.
+_ASYNC_SIGNALS = frozenset(signal.valid_signals()) - {
+    getattr(signal, name) for name in ("SIGKILL", "SIGSTOP", "SIGSEGV", "SIGBUS", "SIGFPE", "SIGILL", "SIGTRAP",
+                                       "SIGSYS", "SIGABRT") if hasattr(signal, name)
+} if hasattr(signal, "pthread_sigmask") else frozenset()
+
+
+def _block_signals() -> set[int] | None:
+    if not _ASYNC_SIGNALS:
+        return None
+    try:
+        return set(signal.pthread_sigmask(signal.SIG_BLOCK, _ASYNC_SIGNALS))
+    except (OSError, ValueError):
+        return None
+
+
+def _restore_signals(previous: set[int] | None) -> None:
+    if previous is not None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _wait_until_gone(thread: threading.Thread) -> None:
+    """Python 3.12's join returns once the thread has released its Python state, a moment
+    before the OS thread exits; a fork in that moment still counts it (measured: 37 of 200
+    forks right after a join warned, none after this wait). Linux: the kernel lists a thread
+    in /proc/self/task until it has exited."""
+    native_id = getattr(thread, "native_id", None)
+    if native_id is None or not sys.platform.startswith("linux"):
+        return
+    task = f"/proc/self/task/{native_id}"
+    deadline = time.monotonic() + _FORK_JOIN_TIMEOUT_S
+    while os.path.exists(task) and time.monotonic() < deadline:
+        time.sleep(0.00005)
 
 
 # The longest wait for a builder thread in the middle of a flush when the program forks.
@@ -251,7 +382,56 @@ def _each_session(action: Callable[[Session], None]) -> Callable[[], None]:
     return run
 
 
+_resume_in_parent = _each_session(Session._after_fork_in_parent)
+
+# Where the program called os.fork() (code, instruction offset), while the fork runs.
+_forking_at: tuple[CodeType, int] | None = None
+
+
+def _before_fork() -> None:
+    global _forking_at
+    caller = sys._getframe(1)  # the program's frame calling os.fork() (the hooks are called from C)
+    _forking_at = (caller.f_code, caller.f_lasti)
+    _each_session(Session._before_fork)()
+
+
+def _after_fork_in_parent() -> None:
+    # 3.13 counts the threads after the after-fork hooks, just before os.fork() returns: the
+    # builder thread starts again from the main thread's next check for pending calls, once
+    # os.fork() has returned (see _resume_once_forked). 3.12 counted before the hooks.
+    if (_env.FORK_WARNING_AFTER_HOOKS and _env.HAS_COMPILED_HOTPATH
+            and threading.current_thread() is threading.main_thread()):
+        from callspan.tracer._hotpath import call_soon
+
+        call_soon(_resume_once_forked)
+    else:  # 3.12, or a fork from another thread (two threads exist anyway: Python warns)
+        _resume_in_parent()
+
+
+def _resume_once_forked() -> None:
+    """A pending call: pending calls run between two instructions of whatever Python code runs
+    in the main thread, which may still be an after-fork hook called by os.fork() (this module's
+    own, or one registered after it). Then the frame that called os.fork() is further down the
+    stack, still at that call: ask again at the next check."""
+    global _forking_at
+    forking_at = _forking_at
+    try:
+        frame = sys._getframe(1)  # what was running when the pending calls were checked
+    except ValueError:  # no Python frame running
+        forking_at = None
+    if forking_at is not None:
+        below = frame.f_back
+        while below is not None:
+            if below.f_code is forking_at[0] and below.f_lasti == forking_at[1]:
+                from callspan.tracer._hotpath import call_soon
+
+                call_soon(_resume_once_forked)
+                return
+            below = below.f_back
+    _forking_at = None
+    _resume_in_parent()
+
+
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(before=_each_session(Session._before_fork),
-                        after_in_parent=_each_session(Session._after_fork_in_parent),
+    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
                         after_in_child=_each_session(Session._after_fork_in_child))

@@ -1,4 +1,3 @@
-#: differs-on: 3.12 (the multi-threaded fork DeprecationWarning may still appear, a race with the builder thread restarted after each fork: README)
 """os.fork: the child calls traced functions and leaves through sys.exit, os._exit, or an
 exception; no 'multi-threaded fork' DeprecationWarning, no extra lines."""
 import os

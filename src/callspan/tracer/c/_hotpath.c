@@ -20,6 +20,8 @@
 #include <time.h>
 #include <unistd.h>
 #include <pthread.h>
+#include <errno.h>
+#include <signal.h>
 
 #if PY_VERSION_HEX >= 0x030D0000
 PyAPI_FUNC(size_t) _PySys_GetSizeOf(PyObject *); /* exported; declared in an internal header in 3.13 */
@@ -44,10 +46,52 @@ cs_drop_error(void) /* clear an error the hot path handles; keep an interrupt */
 /* IntervalThreadClock (callspan/counters.py) over the real clocks, one per OS thread. */
 static unsigned int fork_generation = 1;
 
+/* watch_signal: a signal the program leaves to its default action (SIGTERM in a followed child)
+ * is caught here instead, its number written to a pipe the builder thread waits on; the builder
+ * thread exports and then lets the signal kill the process (die_by_signal). Python's handler
+ * table is left alone: signal.getsignal() still says SIG_DFL, and signal.signal() replaces this
+ * handler as it would the default action. */
+static volatile sig_atomic_t watched_signal = 0;
+static volatile sig_atomic_t watch_fd = -1;
+
+static void
+on_watched_signal(int signum)
+{
+    int saved = errno;
+    unsigned char byte = (unsigned char)signum;
+    if (watch_fd >= 0)
+        (void)!write(watch_fd, &byte, 1);
+    errno = saved;
+}
+
+static void
+default_action(int signum)
+{
+    struct sigaction dfl;
+    memset(&dfl, 0, sizeof dfl);
+    dfl.sa_handler = SIG_DFL;
+    sigemptyset(&dfl.sa_mask);
+    (void)sigaction(signum, &dfl, NULL);
+}
+
+static void
+stop_watching(void)
+{
+    if (watched_signal) {
+        struct sigaction current;
+        if (sigaction(watched_signal, NULL, &current) == 0 && !(current.sa_flags & SA_SIGINFO) &&
+            current.sa_handler == on_watched_signal)
+            default_action(watched_signal); /* not a handler the program installed since */
+    }
+    watched_signal = 0;
+    watch_fd = -1;
+}
+
 static void
 after_fork_in_child(void)
 {
     fork_generation++;
+    stop_watching(); /* the pipe is the parent's: a child that wants it watches again */
 }
 
 typedef struct {
@@ -1502,6 +1546,90 @@ py_call_soon(PyObject *module, PyObject *func)
     Py_RETURN_NONE;
 }
 
+static PyObject *
+py_watch_signal(PyObject *module, PyObject *args)
+{
+    int signum, fd;
+    if (!PyArg_ParseTuple(args, "ii:watch_signal", &signum, &fd))
+        return NULL;
+    struct sigaction current;
+    if (sigaction(signum, NULL, &current) != 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    if ((current.sa_flags & SA_SIGINFO) || current.sa_handler != SIG_DFL)
+        Py_RETURN_FALSE; /* the program (or a library) handles or ignores it */
+    stop_watching();
+    watch_fd = fd;
+    watched_signal = signum;
+    struct sigaction ours;
+    memset(&ours, 0, sizeof ours);
+    ours.sa_handler = on_watched_signal;
+    sigemptyset(&ours.sa_mask);
+    ours.sa_flags = SA_RESTART; /* the program's system calls go on as if nothing happened */
+    if (sigaction(signum, &ours, NULL) != 0) {
+        watched_signal = 0;
+        watch_fd = -1;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    Py_RETURN_TRUE;
+}
+
+static PyObject *
+py_unwatch_signal(PyObject *module, PyObject *unused)
+{
+    stop_watching();
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+py_die_by_signal(PyObject *module, PyObject *arg)
+{
+    long signum = PyLong_AsLong(arg);
+    if (signum == -1 && PyErr_Occurred())
+        return NULL;
+    stop_watching();
+    default_action((int)signum);
+    /* To the process: a thread that does not block it (not callspan's) takes it, and the
+     * default action ends the process. */
+    if (kill(getpid(), (int)signum) != 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    Py_RETURN_NONE;
+}
+
+/* The calling thread's recursion depth as CPython counts it against the recursion limit, and
+ * a way to count ``n`` fewer: `callspan run` runs the program's module under frames of its own
+ * (the console script's, cli.main's), which python does not have, so the program would reach
+ * the limit that many calls earlier. sys.getrecursionlimit() is left alone, and
+ * sys.setrecursionlimit() keeps the difference (it recomputes from limit - remaining). */
+static PyObject *
+py_recursion_depth(PyObject *module, PyObject *unused)
+{
+    PyThreadState *tstate = PyThreadState_Get();
+#if PY_VERSION_HEX >= 0x030C0000
+    return PyLong_FromLong((long)tstate->py_recursion_limit - tstate->py_recursion_remaining);
+#else
+    return PyLong_FromLong((long)tstate->recursion_limit - tstate->recursion_remaining);
+#endif
+}
+
+static PyObject *
+py_forgive_recursion(PyObject *module, PyObject *arg)
+{
+    long n = PyLong_AsLong(arg);
+    if (n == -1 && PyErr_Occurred())
+        return NULL;
+    if (n < 0 || n > 64) {
+        PyErr_SetString(PyExc_ValueError, "forgive_recursion: 0 to 64 frames");
+        return NULL;
+    }
+    PyThreadState *tstate = PyThreadState_Get();
+#if PY_VERSION_HEX >= 0x030C0000
+    tstate->py_recursion_remaining += (int)n;
+#else
+    tstate->recursion_remaining += (int)n;
+#endif
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef module_methods[] = {
     {"siphash24", (PyCFunction)(void (*)(void))cs_py_siphash24, METH_FASTCALL,
      "siphash24(k0, k1, message): SipHash-2-4 of one little-endian 64-bit word under the key (k0, k1)"},
@@ -1510,6 +1638,17 @@ static PyMethodDef module_methods[] = {
     {"unhashable_args", (PyCFunction)cs_py_unhashable_args, METH_VARARGS,
      "unhashable_args(key, arg_names=(), varargs=None, kwd_mark=None): as callspan.tracer.keys.unhashable_args "
      "computes it (tests)"},
+    {"watch_signal", (PyCFunction)py_watch_signal, METH_VARARGS,
+     "watch_signal(signum, fd): when signum, left to its default action, arrives, write its number to fd "
+     "(False: the signal is handled or ignored already)"},
+    {"unwatch_signal", (PyCFunction)py_unwatch_signal, METH_NOARGS,
+     "unwatch_signal(): give the watched signal its default action back"},
+    {"die_by_signal", (PyCFunction)py_die_by_signal, METH_O,
+     "die_by_signal(signum): restore signum's default action and send it to this process"},
+    {"recursion_depth", (PyCFunction)py_recursion_depth, METH_NOARGS,
+     "recursion_depth(): this thread's depth as counted against the recursion limit"},
+    {"forgive_recursion", (PyCFunction)py_forgive_recursion, METH_O,
+     "forgive_recursion(n): count this thread's depth n lower against the recursion limit"},
     {"call_soon", (PyCFunction)py_call_soon, METH_O,
      "call_soon(func): call func() at the main thread's next pending-calls check"},
     {"saved_profile", (PyCFunction)py_saved_profile, METH_NOARGS,
