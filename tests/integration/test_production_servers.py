@@ -1,6 +1,8 @@
 """Production mode in real servers: Django under gunicorn (2 workers, sync and gthread) and
 FastAPI under uvicorn (2 workers), each with the framework's OpenTelemetry instrumentation and a
-10% ParentBased sampler, exporting OTLP/gRPC to the real Collector on 127.0.0.1.
+10% ParentBased sampler, exporting OTLP/gRPC to the real Collector on 127.0.0.1; Django set up
+by `opentelemetry-instrument` (OTLP/HTTP and gRPC) and by `callspan.production.gunicorn` after
+the fork (gRPC with gRPC's fork support off); a gunicorn worker killed mid-load.
 
 The load loop sends a traceparent with every request: every 10th carries the sampled flag, the
 others not, so the application's sampler samples exactly those (ParentBased follows a remote
@@ -277,11 +279,13 @@ def test_fastapi_under_uvicorn_traces_exactly_the_sampled_requests(otelcol: otel
     run_production_check(otelcol, tmp_path, argv, "asgi_shop.item", "asgi_shop.price")
 
 
+@pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
 def test_django_under_opentelemetry_instrument_gunicorn_armed_by_environment(
-        otelcol: otelbins.Collector, tmp_path: Path) -> None:
+        otelcol: otelbins.Collector, tmp_path: Path, protocol: str) -> None:
     """`CALLSPAN_ENABLED=1 opentelemetry-instrument gunicorn shop.wsgi`: no callspan middleware,
     no OpenTelemetry code in the application; the distro configures the SDK in the master from
-    OTEL_* variables, the entry point arms callspan, each worker traces its sampled requests."""
+    OTEL_* variables, the entry point arms callspan, each worker traces its sampled requests and
+    exports them through the exporter it inherited (gRPC with gRPC's default fork handling)."""
     instrument = Path(sys.executable).with_name("opentelemetry-instrument")
     if not instrument.exists():
         pytest.skip("opentelemetry-instrument not installed: pip install -e '.[test]'")
@@ -290,17 +294,39 @@ def test_django_under_opentelemetry_instrument_gunicorn_armed_by_environment(
         return [str(instrument), sys.executable, "-m", "gunicorn", "--workers", "2", "--bind",
                 f"127.0.0.1:{port}", "shop.wsgi"]
 
-    def plain_argv(port: int) -> list[str]:
-        return [sys.executable, "-m", "gunicorn", "--workers", "2", "--bind", f"127.0.0.1:{port}", "shop.wsgi"]
-
-    env = {"CALLSPAN_ENABLED": "1", "CALLSPAN_INCLUDE": "shop", "DJANGO_SETTINGS_MODULE": "shop.settings",
-           "OTEL_SERVICE_NAME": "shop-auto", "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
-           "OTEL_TRACES_SAMPLER_ARG": "0.1", "OTEL_TRACES_EXPORTER": "otlp", "OTEL_METRICS_EXPORTER": "none",
-           "OTEL_LOGS_EXPORTER": "none",
-           # the master's exporter is inherited by the forked workers: HTTP survives a fork, gRPC not
-           "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf", "OTEL_EXPORTER_OTLP_ENDPOINT": otelcol.http_endpoint}
+    env = auto_instrumentation_env(otelcol, protocol) | {"CALLSPAN_ENABLED": "1"}
     run_production_check(otelcol, tmp_path, argv, "shop.views.item", "shop.views.price",
-                         plain_argv_for=plain_argv, extra_env=env, middleware=False)
+                         plain_argv_for=plain_gunicorn, extra_env=env, middleware=False)
+
+
+def test_django_under_gunicorn_set_up_after_the_fork_exports_over_grpc_without_fork_support(
+        otelcol: otelbins.Collector, tmp_path: Path) -> None:
+    """`gunicorn -c python:callspan.production.gunicorn shop.wsgi`: OpenTelemetry's
+    auto-instrumentation and callspan are set up in each worker after the fork, so the master
+    never initializes gRPC. With gRPC's fork support off (GRPC_ENABLE_FORK_SUPPORT=0), where a
+    master that built the exporter leaves no worker able to export over gRPC, both workers'
+    spans and aggregates arrive."""
+    def argv(port: int) -> list[str]:
+        return [sys.executable, "-m", "gunicorn", "-c", "python:callspan.production.gunicorn", "--workers", "2",
+                "--bind", f"127.0.0.1:{port}", "shop.wsgi"]
+
+    env = auto_instrumentation_env(otelcol, "grpc") | {"GRPC_ENABLE_FORK_SUPPORT": "0"}
+    run_production_check(otelcol, tmp_path, argv, "shop.views.item", "shop.views.price",
+                         plain_argv_for=plain_gunicorn, extra_env=env, middleware=False)
+
+
+def plain_gunicorn(port: int) -> list[str]:
+    return [sys.executable, "-m", "gunicorn", "--workers", "2", "--bind", f"127.0.0.1:{port}", "shop.wsgi"]
+
+
+def auto_instrumentation_env(otelcol: otelbins.Collector, protocol: str) -> dict[str, str]:
+    """OpenTelemetry configured from the environment only, as `opentelemetry-instrument` reads it."""
+    endpoint = otelcol.http_endpoint if protocol == "http/protobuf" else f"http://{otelcol.grpc_endpoint}"
+    return {"CALLSPAN_INCLUDE": "shop", "DJANGO_SETTINGS_MODULE": "shop.settings",
+            "OTEL_SERVICE_NAME": "shop-auto", "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+            "OTEL_TRACES_SAMPLER_ARG": "0.1", "OTEL_TRACES_EXPORTER": "otlp", "OTEL_METRICS_EXPORTER": "none",
+            "OTEL_LOGS_EXPORTER": "none", "OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
+            "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint}
 
 
 def test_a_killed_gunicorn_worker_loses_only_its_unexported_window(otelcol: otelbins.Collector,
