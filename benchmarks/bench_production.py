@@ -23,7 +23,10 @@ Variants (all but ``plain`` with the service's OpenTelemetry set-up exporting OT
   otel-0%         OpenTelemetry alone, no request sampled
   otel-1%         OpenTelemetry alone, 1% of requests sampled: the reference of the 1% target
   callspan-R%     OpenTelemetry and callspan's middleware (production mode), R% sampled
-                  (0, 1, 10, 100)
+                  (0, 1, 10, 100). At 0% no session ever starts (a process starts tracing at
+                  its first sampled request): nothing is hooked
+  callspan-hooked-0%   only the first request (in the warm-up) sampled: the session runs and
+                  every measured request takes the unsampled path
   callspan-1%-spans-1/s   callspan-1% keeping the function spans of at most one trace a second
                   (CALLSPAN_MAX_SPANS_PER_SECOND=1): what the spans of the sampled requests cost
   otel-100%       OpenTelemetry alone, every request sampled
@@ -79,9 +82,18 @@ VARIANTS = {
     "otel-0%": Variant(True, False, False, 0),
     "otel-1%": Variant(True, False, False, 100),
     "callspan-0%": Variant(True, True, False, 0),
+    # the unsampled path with the hook installed: only request 0 (in the warm-up) is sampled,
+    # which starts the process's session; none of the measured requests is
+    "callspan-hooked-0%": Variant(True, True, False, 10**12),
     "callspan-1%": Variant(True, True, False, 100),
     "callspan-10%": Variant(True, True, False, 10),
     "callspan-100%": Variant(True, True, False, 1),
+    # diagnostics for --instructions: the hooked unsampled path without the builder thread's
+    # periodic passes and windows (valgrind runs ~50x slower: wall-clock work is over-counted
+    # per request there), and the sampled requests keeping one span each (their outermost call)
+    "callspan-hooked-0%-idle": Variant(True, True, False, 10**12, (("CALLSPAN_FLUSH_INTERVAL", "1000"),
+                                                                  ("CALLSPAN_PROFILE_INTERVAL", "1000"))),
+    "callspan-1%-one-span": Variant(True, True, False, 100, (("CALLSPAN_MAX_SPANS_PER_TRACE", "1"),)),
     # an option measured: the sampled requests' function spans capped at one trace per second
     # (the aggregates still count every call)
     "callspan-1%-spans-1/s": Variant(True, True, False, 100, (("CALLSPAN_MAX_SPANS_PER_SECOND", "1"),)),
@@ -185,9 +197,11 @@ async def _load(port: int, keepalive: bool, every: int, concurrency: int, warmup
 
 # -- instructions per request, in process (valgrind) ---------------------------------------------
 
-def requests_in_process(server: str, name: str, count: int) -> None:
-    """``count`` requests through the application's WSGI or ASGI callable in this process, as
-    the server would make them (no HTTP, no server): what the variant costs the application."""
+def requests_in_process(server: str, name: str, count: int, warmup: int = 0) -> float:
+    """``warmup`` then ``count`` requests through the application's WSGI or ASGI callable in
+    this process, as the server would make them (no HTTP, no server): what the variant costs the
+    application. Returns the process's CPU seconds (every thread) from the first counted request
+    until their spans and callspan's aggregates are exported."""
     variant = VARIANTS[name]
     os.environ.update(SHOP_OTEL="1" if variant.otel else "0", SHOP_CALLSPAN="1" if variant.callspan else "0",
                       BENCH_CPROFILE="1" if variant.cprofile else "0", DJANGO_SETTINGS_MODULE="webshop.settings")
@@ -199,6 +213,22 @@ def requests_in_process(server: str, name: str, count: int) -> None:
     def traceparent(n: int) -> bytes:
         flags = "01" if variant.every and n % variant.every == 0 else "00"
         return f"00-{rng.getrandbits(128):032x}-{rng.getrandbits(64):016x}-{flags}".encode()
+
+    def settled() -> float:
+        """After the warm-up: its spans built and exported (the exporter's channel connected),
+        then the CPU clock read."""
+        from opentelemetry import trace
+
+        import callspan.production
+
+        state = callspan.production._armed  # session() would start one: at 0% none may start
+        session = state.session if state is not None else None
+        if session is not None:
+            session.flush()
+        flush = getattr(trace.get_tracer_provider(), "force_flush", None)
+        if flush is not None:
+            flush()
+        return time.process_time()
 
     if server == "django":
         import otel_setup
@@ -212,7 +242,9 @@ def requests_in_process(server: str, name: str, count: int) -> None:
             assert status.startswith("200"), status
             return None
 
-        for n in range(count):
+        for n in range(warmup + count):
+            if n == warmup:
+                began = settled()
             environ = {"REQUEST_METHOD": "GET", "PATH_INFO": f"/item/{n}", "QUERY_STRING": "",
                        "SERVER_NAME": LOCALHOST, "SERVER_PORT": "8000", "SERVER_PROTOCOL": "HTTP/1.1",
                        "HTTP_HOST": LOCALHOST, "HTTP_TRACEPARENT": traceparent(n).decode(), "REMOTE_ADDR": LOCALHOST,
@@ -236,7 +268,9 @@ def requests_in_process(server: str, name: str, count: int) -> None:
             async def send(message: dict[str, Any]) -> None:
                 sent.append(message)
 
-            for n in range(count):
+            for n in range(warmup + count):
+                if n == warmup:
+                    started.append(settled())
                 scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
                          "scheme": "http", "path": f"/item/{n}", "raw_path": f"/item/{n}".encode(),
                          "query_string": b"", "root_path": "", "server": (LOCALHOST, 8000),
@@ -246,12 +280,18 @@ def requests_in_process(server: str, name: str, count: int) -> None:
                 assert sent[0]["status"] == 200, sent[0]
                 sent.clear()
 
+        started: list[float] = []
         asyncio.run(requests())
+        began = started[0]
     from opentelemetry import trace
 
+    import callspan.production
+
+    callspan.production.disarm()  # the last spans built, the last window exported, inside the count
     flush = getattr(trace.get_tracer_provider(), "force_flush", None)
     if flush is not None:
         flush()  # these requests' spans exported now, inside the count
+    return time.process_time() - began
 
 
 def instructions_per_request(args: argparse.Namespace, server: str, name: str, endpoint: str) -> float:
@@ -278,11 +318,39 @@ def instruction_table(args: argparse.Namespace, servers: list[str], variants: li
         rows = {}
         for name in variants:
             rows[name] = instructions_per_request(args, server, name, endpoint)
-            print(f"  {server:<6} {name:<14} {rows[name]:>12,.0f}", flush=True)
+            print(f"  {server:<6} {name:<24} {rows[name]:>12,.0f}", flush=True)
         print(f"\n| {server} | instructions/request | vs {REFERENCE} |\n| --- | ---: | ---: |")
         for name, value in rows.items():
             vs = f"{(value / rows[REFERENCE] - 1) * 100:+.1f}%" if REFERENCE in rows and name != REFERENCE else ""
             print(f"| {name} | {value:,.0f} | {vs} |")
+
+
+def cpu_in_process_table(args: argparse.Namespace, servers: list[str], variants: list[str], endpoint: str) -> None:
+    """CPU microseconds per request in process, medians over interleaved rounds (each run a fresh
+    process: 200 warm-up requests, then ``--requests`` counted)."""
+    print(f"CPU time per request, in process ({args.requests} requests after 200 of warm-up, every thread, "
+          f"until exported; medians of {args.rounds} interleaved rounds):", flush=True)
+    results: dict[tuple[str, str], list[float]] = {}
+    for round_ in range(args.rounds):
+        order = variants[round_ % len(variants):] + variants[:round_ % len(variants)]
+        for name in order:
+            for server in servers:
+                env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "CALLSPAN_", "SHOP_", "BENCH_"))}
+                env.update(PYTHONHASHSEED="0", OTEL_EXPORTER_OTLP_ENDPOINT=endpoint, OTEL_EXPORTER_OTLP_PROTOCOL="grpc")
+                out = subprocess.run([args.python, __file__, "--in-process", server, name, str(args.requests),
+                                      "--in-process-warmup", "200"], env=env, capture_output=True, text=True)
+                match = re.search(r"^CPU ([0-9.]+)$", out.stdout, re.M)
+                if out.returncode != 0 or match is None:
+                    raise SystemExit(f"{server} {name}: exit {out.returncode}\n{out.stderr[-3000:]}")
+                us = float(match.group(1)) / args.requests * 1e6
+                results.setdefault((server, name), []).append(us)
+                print(f"  round {round_ + 1} {server:<6} {name:<24} {us:8.1f} us CPU/request", flush=True)
+    for server in servers:
+        rows = {name: statistics.median(results[(server, name)]) for name in variants}
+        print(f"\n| {server} | CPU us/request | vs {REFERENCE} |\n| --- | ---: | ---: |")
+        for name, value in rows.items():
+            vs = f"{(value / rows[REFERENCE] - 1) * 100:+.1f}%" if REFERENCE in rows and name != REFERENCE else ""
+            print(f"| {name} | {value:,.1f} | {vs} |")
 
 
 # -- the server's processes --------------------------------------------------------------------
@@ -441,10 +509,16 @@ def main() -> None:
     parser.add_argument("--in-process", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--instructions", action="store_true",
                         help="count instructions per request in process (valgrind) instead of the load test")
-    parser.add_argument("--requests", type=int, default=400, help="--instructions: N (N and 2N requests run)")
+    parser.add_argument("--requests", type=int, default=400,
+                        help="--instructions: N (N and 2N requests run); --cpu-in-process: requests per run")
+    parser.add_argument("--cpu-in-process", action="store_true",
+                        help="CPU time per request in process (no server, no load generator) instead")
+    parser.add_argument("--in-process-warmup", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--servers", default="django,asgi")
     parser.add_argument("--variants", default=",".join(name for name in VARIANTS
-                                                       if name not in ("otel-0%", "callspan-1%-spans-1/s")))
+                                                       if name not in ("otel-0%", "callspan-1%-spans-1/s",
+                                                                       "callspan-hooked-0%-idle",
+                                                                       "callspan-1%-one-span")))
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--warmup", type=float, default=3.0)
@@ -460,7 +534,8 @@ def main() -> None:
         return
     if args.in_process:
         server, name, count = args.in_process
-        requests_in_process(server, name, int(count))
+        cpu = requests_in_process(server, name, int(count), args.in_process_warmup)
+        print(f"CPU {cpu:.6f}")
         return
     sys.path.insert(0, str(REPO / "tests" / "integration"))
     import otelbins
@@ -480,6 +555,14 @@ def main() -> None:
     print(f"{machine()}; servers on CPython {version}; callspan {revision}; {time.strftime('%Y-%m-%d %H:%M')}; "
           f"load {os.getloadavg()[0]:.2f}; {args.workers} worker(s), {args.concurrency} connections, "
           f"{args.warmup:g}+{args.seconds:g} s per run, {args.rounds} rounds", flush=True)
+    if args.cpu_in_process:
+        with tempfile.TemporaryDirectory(prefix="bench-production-") as tmp:
+            collector = otelbins.start_collector(collector_binary, Path(tmp) / "otelcol")
+            try:
+                cpu_in_process_table(args, servers, variants, f"http://{collector.grpc_endpoint}")
+            finally:
+                collector.stop()
+        return
     if args.instructions:
         with tempfile.TemporaryDirectory(prefix="bench-production-") as tmp:
             collector = otelbins.start_collector(collector_binary, Path(tmp) / "otelcol")
@@ -496,7 +579,7 @@ def main() -> None:
                 for server in servers if round_ % 2 == 0 else servers[::-1]:
                     m = run_once(args, server, name, round_, Path(tmp), collector_binary)
                     measurements.append(m)
-                    print(f"  round {round_ + 1} {server:<6} {name:<14} {m.rps:8,.0f} req/s  p99 {m.p99_ms:6.2f} ms  "
+                    print(f"  round {round_ + 1} {server:<6} {name:<24} {m.rps:8,.0f} req/s  p99 {m.p99_ms:6.2f} ms  "
                           f"{m.cpu_us_per_request:6,.0f} us CPU/request  ({m.errors} errors)", flush=True)
     print(f"load at the end {os.getloadavg()[0]:.2f}")
     for server in servers:
