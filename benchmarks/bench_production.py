@@ -555,19 +555,12 @@ def main() -> None:
     print(f"{machine()}; servers on CPython {version}; callspan {revision}; {time.strftime('%Y-%m-%d %H:%M')}; "
           f"load {os.getloadavg()[0]:.2f}; {args.workers} worker(s), {args.concurrency} connections, "
           f"{args.warmup:g}+{args.seconds:g} s per run, {args.rounds} rounds", flush=True)
-    if args.cpu_in_process:
+    if args.cpu_in_process or args.instructions:  # in process: one Collector for every run
+        in_process = cpu_in_process_table if args.cpu_in_process else instruction_table
         with tempfile.TemporaryDirectory(prefix="bench-production-") as tmp:
             collector = otelbins.start_collector(collector_binary, Path(tmp) / "otelcol")
             try:
-                cpu_in_process_table(args, servers, variants, f"http://{collector.grpc_endpoint}")
-            finally:
-                collector.stop()
-        return
-    if args.instructions:
-        with tempfile.TemporaryDirectory(prefix="bench-production-") as tmp:
-            collector = otelbins.start_collector(collector_binary, Path(tmp) / "otelcol")
-            try:
-                instruction_table(args, servers, variants, f"http://{collector.grpc_endpoint}")
+                in_process(args, servers, variants, f"http://{collector.grpc_endpoint}")
             finally:
                 collector.stop()
         return
