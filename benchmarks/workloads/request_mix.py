@@ -6,7 +6,8 @@ json.dumps. The driver loop is module-level code (as a web framework would be, i
 traced function), so every request is its own root call, like one request = one trace.
 
 Deterministic. ``python request_mix.py [SCALE]`` (SCALE multiplies the number of requests).
-The last stdout line is ``ELAPSED <seconds>`` for the work section only.
+The last stdout line is ``ELAPSED <seconds>`` for the work section only. Imported (the web
+applications of benchmarks/bench_production.py), it defines the handler and runs nothing.
 """
 
 import json
@@ -14,9 +15,6 @@ import random
 import sys
 import time
 import zlib
-
-SCALE = float(sys.argv[1]) if len(sys.argv) > 1 else 1.0
-REQUESTS = max(1, int(40000 * SCALE))
 
 SKUS = [f"SKU-{n:04d}" for n in range(40)]
 TIERS = ("basic", "silver", "gold")
@@ -156,13 +154,16 @@ def handle_request(body):
     })
 
 
-bodies = make_bodies(REQUESTS)
+if __name__ == "__main__":  # still module-level code: each request is a root call
+    SCALE = float(sys.argv[1]) if len(sys.argv) > 1 else 1.0
+    REQUESTS = max(1, int(40000 * SCALE))
+    bodies = make_bodies(REQUESTS)
 
-start = time.perf_counter()
-checksum = 0
-for body in bodies:
-    response = handle_request(body)
-    checksum = (checksum * 31 + len(response)) & 0xFFFFFFFF
-elapsed = time.perf_counter() - start
-print("requests", len(bodies), "checksum", checksum)
-print(f"ELAPSED {elapsed:.6f}")
+    start = time.perf_counter()
+    checksum = 0
+    for body in bodies:
+        response = handle_request(body)
+        checksum = (checksum * 31 + len(response)) & 0xFFFFFFFF
+    elapsed = time.perf_counter() - start
+    print("requests", len(bodies), "checksum", checksum)
+    print(f"ELAPSED {elapsed:.6f}")

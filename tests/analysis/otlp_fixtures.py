@@ -252,18 +252,21 @@ def profile_span(window: int, chunk: int = 0, chunks: int = 1, *, functions: Seq
                  nodes: Sequence[dict[str, Any]] = (), wall: Sequence[tuple[int, int, int]] = (),
                  run: Sequence[tuple[int, int, int]] = (), cache: Sequence[dict[str, Any]] = (),
                  reuse: Sequence[tuple[int, int, float, float, float]] = (), start: int = 0, end: int = 10_000_000_000, gamma: float = SKETCH_GAMMA,
-                 final: bool = False) -> dict[str, Any]:
+                 final: bool = False, calls_total: int | None = None) -> dict[str, Any]:
     """A ``callspan.profile`` span (docs/span-schema.md, schema version 2) from rows: each group's
     rows become that group's parallel array attributes. ``functions``: dicts with id, name, file,
     line, kind, calls, errors, wall_ns, run_ns, cpu_self; ``nodes``: id, parent, function, label,
     calls, errors, wall_ns, run_ns, suspended_ns, awaits, cpu_total, cpu_self; ``wall``/``run``:
     (function, bucket, count); ``cache``: function plus the cache columns; ``reuse``: (function,
-    distance, hits, cpu, wall_ns)."""
+    distance, hits, cpu, wall_ns); ``calls_total``: the tracer's running call count (None: not
+    written, as by tracers before it existed)."""
     p = "callspan.profile."
     attrs: dict[str, Any] = {
         p + "window": window, p + "chunk": chunk, p + "chunks": chunks, p + "final": final,
         p + "lost_calls": 0, p + "other_nodes": 0, p + "sketch.gamma": gamma,
     }
+    if calls_total is not None:
+        attrs[p + "calls_total"] = calls_total
 
     def columns(group: str, rows: list[dict[str, Any]], names: dict[str, Any]) -> None:
         if rows:

@@ -225,6 +225,57 @@ def test_a_missing_chunk_and_a_repeated_one_are_warnings() -> None:
     assert "read more than once" in warnings[1]
 
 
+def counted_window(window: int, calls: int, calls_total: int | None, *, final: bool = False, chunk: int = 0,
+                   chunks: int = 1) -> dict[str, Any]:
+    """A window of one function, ``calls`` calls of it, ending at second ``window + 1``."""
+    return profile_span(window, chunk, chunks, functions=[{"id": 1, "name": "app.f", "calls": calls}],
+                        start=window * 1_000_000_000, end=(window + 1) * 1_000_000_000, final=final,
+                        calls_total=calls_total)
+
+
+def test_missing_windows_are_numbered_and_their_calls_counted_from_calls_total() -> None:
+    # Windows 0..5 of one process (calls 3, 4, 5, 6, 7, 8; running totals 3, 7, 12, 18, 25, 33);
+    # windows 2 and 4 never arrived (e.g. the collector was down), the final one did.
+    totals = [3, 7, 12, 18, 25, 33]
+    spans = [counted_window(w, totals[w] - (totals[w - 1] if w else 0), totals[w], final=w == 5)
+             for w in (0, 1, 3, 5)]
+    model = model_of(*(request_v2([s]) for s in spans))
+    coverage = model.profiles[0].coverage()
+    assert coverage.as_json() == {"received": 4, "last": 5, "final": True, "missing": 2, "missing_windows": [2, 4],
+                                  "missing_calls": 5 + 7, "end_ns": 6_000_000_000}
+    assert model.profiles[0].functions[1].calls == 3 + 4 + 6 + 8  # the windows read
+    assert model.input_warnings() == [
+        "svc pid 100: 2 callspan.profile window(s) missing from the input (window 2, 4 of 0-5): aggregate "
+        "totals are incomplete",
+        "svc pid 100: 12 call(s) the tracer folded are in none of the callspan.profile spans read (missing "
+        "windows or chunks)"]
+
+
+def test_a_missing_chunk_counts_its_calls_and_old_tracers_say_no_total() -> None:
+    spans = [counted_window(0, 10, 10), counted_window(1, 4, 20, chunk=0, chunks=2, final=True)]  # chunk 1: 6 calls
+    model = model_of(*(request_v2([s]) for s in spans))
+    assert model.profiles[0].coverage().missing_calls == 6
+    assert model.profiles[0].coverage().missing == 0
+    older = model_of(*(request_v2([counted_window(w, 5, None, final=w == 2)]) for w in (0, 2)))
+    coverage = older.profiles[0].coverage()
+    assert (coverage.missing_windows, coverage.missing_calls) == ([1], None)
+
+
+def test_processes_without_a_final_window_are_named_once() -> None:
+    """A worker killed mid-load exports no final window: what it folded after its last window is
+    not in the input, and the analyzer says so for it (and not for the workers that stopped)."""
+    killed = [request_v2([counted_window(w, 2, 2 * (w + 1))], pid=7, instance="killed") for w in (0, 1, 2)]
+    stopped = [request_v2([counted_window(w, 1, w + 1, final=w == 1)], pid=8, instance="stopped") for w in (0, 1)]
+    model = model_of(*killed, *stopped)
+    assert model.input_warnings() == [
+        "1 process(es) without a final callspan.profile window (still running, or ended without exporting it, "
+        "e.g. killed): what each folded after its last window is not in the input: svc pid 7 after window 2, "
+        "1970-01-01 00:00:03 UTC"]
+    by_pid = {p.pid: model.profiles[i].coverage() for i, p in enumerate(model.processes)}
+    assert (by_pid[7].final, by_pid[7].last, by_pid[7].missing, by_pid[7].missing_calls) == (False, 2, 0, 0)
+    assert (by_pid[8].final, by_pid[8].last) == (True, 1)
+
+
 def test_lines_with_profile_spans_bypass_the_compiled_reader(tmp_path: Path) -> None:
     path = write(str(tmp_path / "v2.jsonl"), requests(key_sequence_spans("app.price", [1, 2], file="/app/app.py")))
     model = load_files([path], load_options(jobs=1))

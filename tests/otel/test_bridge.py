@@ -225,3 +225,20 @@ def test_chunks_fill_up_to_the_row_budget_and_carry_each_total_once() -> None:
          "function.name": ["c"], "function.calls": [0]},
     ]
     assert chunk_window({}, size=4) == [{}]
+
+
+def test_every_chunk_of_a_window_says_its_number_and_the_running_call_count() -> None:
+    from callspan.otel.bridge import PROFILE_CHUNK_ROWS, OtelSink
+    from callspan.tracer.session import SessionFacts
+
+    provider, memory = provider_with_memory()
+    sink = OtelSink(provider)
+    sink.bind(SessionFacts(core="csysmon", core_reason="", cpu_counter="none", cpu_unit="", cpu_reason=""))
+    nodes = PROFILE_CHUNK_ROWS + 10
+    sink.profile({"window": [4], "other_nodes": [0], "lost_calls": [0], "calls_total": [12_345],
+                  "function.id": [1], "function.name": ["app.f"], "function.calls": [nodes],
+                  "node.id": list(range(1, nodes + 1)), "node.function": [1] * nodes}, 0, 10, False)
+    chunks = [dict(span.attributes) for span in memory.get_finished_spans()]
+    assert len(chunks) == 2
+    assert [(c["callspan.profile.window"], c["callspan.profile.chunk"], c["callspan.profile.calls_total"])
+            for c in chunks] == [(4, 0, 12_345), (4, 1, 12_345)]

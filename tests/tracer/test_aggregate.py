@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import math
 import os
 import random
@@ -213,6 +214,11 @@ def test_windows_add_up_to_one_export(traced) -> None:  # type: ignore[no-untype
         split.session.stop()
     split_windows = split.sink.windows
     assert len(split_windows) == 3 and [w["window"] for w in split_windows] == [[0], [1], [2]]
+    # Each window says the running count of calls exported so far (a reader counts a lost window's calls).
+    running = list(itertools.accumulate(sum(w["function.calls"]) for w in split_windows))
+    assert [w["calls_total"] for w in split_windows] == [[n] for n in running]
+    whole_calls = calls_by_function(whole.sink.windows)
+    assert running[0] == 20 * 11 and running[-1] == sum(whole_calls.values()) - whole_calls["program"]
     # Stacks are counted from inside program() in one run and from the test in the other.
     expected = {path[1:]: count for path, count in stacks(whole.sink.windows).items()
                 if path[0] == "program" and path[1:]}

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import time
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -55,6 +56,8 @@ _first = itemgetter(0)
 _second = itemgetter(1)
 
 # Per-function integer totals: indices into a stats row.
+UNFINISHED_LISTED = 4  # processes without a final window named in the one warning about them
+
 S_CALLS = 0  # calls seen as spans
 S_ERRORS = 1  # of which raised
 S_CPU_TOTAL = 2  # sum of callspan.cpu.total (spans + summaries)
@@ -586,10 +589,21 @@ class Model:
         """Incomplete or repeated aggregates, and impossible figures clamped, once all input is
         read (added to ``warnings``)."""
         out = []
+        unfinished = []
         for process, data in sorted(self.profiles.items()):
             out.extend(data.warnings(self.processes[process].label))
             if data.impossible:
                 self.impossible["negative_aggregate"] = self.impossible.get("negative_aggregate", 0) + data.impossible
+            coverage = data.coverage()
+            if coverage.received and not coverage.final:
+                after = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(coverage.end_ns / 1e9)) if coverage.end_ns else "?"
+                unfinished.append(f"{self.processes[process].label} after window {coverage.last}, {after} UTC")
+        if unfinished:
+            shown = "; ".join(unfinished[:UNFINISHED_LISTED])
+            more = f"; and {len(unfinished) - UNFINISHED_LISTED} more" if len(unfinished) > UNFINISHED_LISTED else ""
+            out.append(f"{len(unfinished)} process(es) without a final callspan.profile window (still running, or "
+                       f"ended without exporting it, e.g. killed): what each folded after its last window is not "
+                       f"in the input: {shown}{more}")
         out.extend(f"input: {count:,} {IMPOSSIBLE[kind]}" for kind, count in sorted(self.impossible.items()))
         self.warnings.extend(out)
         return out

@@ -535,12 +535,13 @@ def _add_profile(batch: Batch, process: int, span: dict[str, Any]) -> None:
     at = attributes(span.get("attributes"))
     data = batch.profile(process)
     before = set(data.functions)
-    data.add_span(at)
+    end = int(span.get("endTimeUnixNano") or 0)
+    data.add_span(at, end)
     for fid, info in data.functions.items():
         if info.name and (fid not in before or not info.file):
             func = batch.function(process, info.name)
             batch.functions[func].absorb_facts(info.file, info.line, info.kind)
-    batch.note_time(int(span.get("startTimeUnixNano") or 0), int(span.get("endTimeUnixNano") or 0))
+    batch.note_time(int(span.get("startTimeUnixNano") or 0), end)
 
 
 def _slow_values(at: dict[str, Any]) -> tuple[int | None, int | None, int | None, int, int, int, int | None]:

@@ -121,6 +121,28 @@ class ProfileCache:
         self.cheap_ns = max(self.cheap_ns, other.cheap_ns)
 
 
+MISSING_WINDOWS_LISTED = 10  # window numbers a warning or the JSON lists of a process's gaps
+
+
+@dataclass(frozen=True, slots=True)
+class WindowCoverage:
+    """The windows of one process the input holds (``input.processes[].windows`` in the JSON)."""
+
+    received: int  # distinct windows read
+    last: int  # the highest window number read (-1: none; null in the JSON)
+    final: bool  # a window flagged final was read: the tracer stopped and exported its last one
+    missing: int  # window numbers below ``last`` that are not in the input
+    missing_windows: list[int]  # the first of them
+    missing_calls: int | None  # calls_total of the last window minus the calls read (None: not said)
+    end_ns: int  # the end of the last window read: what the process folded after it is not in the input
+
+    def as_json(self) -> dict[str, Any]:
+        return {"received": self.received, "last": self.last if self.received else None, "final": self.final,
+                "missing": self.missing,
+                "missing_windows": self.missing_windows, "missing_calls": self.missing_calls,
+                "end_ns": self.end_ns or None}
+
+
 # A reuse row: [hits, cpu, wall_ns] of the calls at one LRU stack distance (scaled by 1/rate).
 ReuseRow = list[float]
 Sketch = dict[int, int]  # bucket index -> calls
@@ -139,6 +161,11 @@ class ProfileData:
     reuse: dict[int, dict[int, ReuseRow]] = field(default_factory=dict)  # function -> distance -> row
     chunks: dict[int, tuple[int, set[int]]] = field(default_factory=dict)  # window -> (chunk count, seen)
     duplicates: int = 0  # (window, chunk) pairs read more than once: their deltas were added twice
+    # Window accounting (which windows arrived, the tracer's running call count, the last one):
+    window_calls: dict[int, int] = field(default_factory=dict)  # window -> function calls read in it
+    calls_totals: dict[int, int] = field(default_factory=dict)  # window -> its calls_total (cumulative)
+    window_ends: dict[int, int] = field(default_factory=dict)  # window -> its end, Unix ns
+    final_windows: set[int] = field(default_factory=set)  # windows flagged final (exported at stop)
     lost_calls: int = 0
     other_calls: int = 0  # calls folded into (other) nodes by the tracer's node or depth cap
     spans: int = 0
@@ -146,10 +173,12 @@ class ProfileData:
 
     # -- reading --------------------------------------------------------------------------------
 
-    def add_span(self, at: dict[str, Any]) -> None:
-        """Fold one ``callspan.profile`` span's decoded attributes in."""
+    def add_span(self, at: dict[str, Any], end_ns: int = 0) -> None:
+        """Fold one ``callspan.profile`` span's decoded attributes in (``end_ns``: the span's end)."""
         self.spans += 1
         window = _int(at.get(_P + "window"))
+        if window < 0:  # numbered from 0: read, but not counted as one of the process's windows
+            self.impossible += 1
         chunk = _int(at.get(_P + "chunk"))
         count = max(1, _int(at.get(_P + "chunks"), 1))
         known, seen = self.chunks.get(window, (count, set()))
@@ -157,6 +186,13 @@ class ProfileData:
             self.duplicates += 1
         seen.add(chunk)
         self.chunks[window] = (max(known, count), seen)
+        if at.get(_P + "final") is True:
+            self.final_windows.add(window)
+        if end_ns > self.window_ends.get(window, 0):
+            self.window_ends[window] = end_ns
+        total = at.get(_P + "calls_total")
+        if total is not None:
+            self.calls_totals[window] = max(self.calls_totals.get(window, 0), self._possible(_int(total)))
         self.lost_calls += self._possible(_int(at.get(_P + "lost_calls")))
         self.other_calls += self._possible(_int(at.get(_P + "other_nodes")))
         gamma = at.get(_P + "sketch.gamma")
@@ -174,6 +210,7 @@ class ProfileData:
         for i, fid in enumerate(ids):
             self._function(fid).add(ProfileFunction(names[i], files[i], lines[i], kinds[i] or "function",
                                                     calls[i], errors[i], walls[i], runs[i], cpus[i]))
+        self.window_calls[window] = self.window_calls.get(window, 0) + sum(calls)
 
         ids = _columns(at, "node.", ["id"], int)[0]
         parents, functions = _columns(at, "node.", ["parent", "function"], int, len(ids))
@@ -306,6 +343,12 @@ class ProfileData:
             known, mine_seen = self.chunks.get(window, (count, set()))
             self.duplicates += len(mine_seen & seen)
             self.chunks[window] = (max(known, count), mine_seen | seen)
+        for window, calls in other.window_calls.items():
+            self.window_calls[window] = self.window_calls.get(window, 0) + calls
+        for mine_map, theirs_map in ((self.calls_totals, other.calls_totals), (self.window_ends, other.window_ends)):
+            for window, value in theirs_map.items():
+                mine_map[window] = max(mine_map.get(window, 0), value)
+        self.final_windows |= other.final_windows
         _add_fields(self, other, ("duplicates", "lost_calls", "other_calls", "spans", "impossible"))
 
     def warnings(self, label: str) -> list[str]:
@@ -318,9 +361,37 @@ class ProfileData:
         if self.duplicates:
             out.append(f"{label}: {self.duplicates} callspan.profile chunk(s) read more than once "
                        "(the same file twice?): their totals are counted twice")
+        coverage = self.coverage()
+        if coverage.missing:
+            shown = ", ".join(map(str, coverage.missing_windows))
+            more = ", ..." if coverage.missing > len(coverage.missing_windows) else ""
+            out.append(f"{label}: {coverage.missing} callspan.profile window(s) missing from the input "
+                       f"(window {shown}{more} of 0-{coverage.last}): aggregate totals are incomplete")
+        if coverage.missing_calls:
+            out.append(f"{label}: {coverage.missing_calls:,} call(s) the tracer folded are in none of the "
+                       "callspan.profile spans read (missing windows or chunks)")
         if self.lost_calls:
             out.append(f"{label}: the tracer could not fold {self.lost_calls:,} calls into its aggregates")
         return out
+
+    def coverage(self) -> WindowCoverage:
+        """Which of the process's windows the input holds (windows are numbered 0, 1, 2 ... per
+        process; the last one is flagged final when the tracer stopped)."""
+        received = sorted(window for window in self.chunks if window >= 0)
+        if not received:
+            return WindowCoverage(0, -1, bool(self.final_windows), 0, [], None, 0)
+        last = received[-1]
+        missing_windows: list[int] = []
+        expected = 0
+        for window in received:  # the gaps, the first few listed (a window number may be huge)
+            if window > expected and len(missing_windows) < MISSING_WINDOWS_LISTED:
+                missing_windows.extend(range(expected, min(window, expected + MISSING_WINDOWS_LISTED)))
+            expected = window + 1
+        total = self.calls_totals.get(last)
+        missing_calls = None if total is None else max(0, total - sum(self.window_calls.values()))
+        return WindowCoverage(len(received), last, bool(self.final_windows), last + 1 - len(received),
+                              missing_windows[:MISSING_WINDOWS_LISTED], missing_calls,
+                              self.window_ends.get(last, 0))
 
     # -- reading the sums -----------------------------------------------------------------------
 

@@ -416,7 +416,9 @@ def render_json_object(results: Results) -> dict[str, Any]:
         "input": {
             "sources": m.sources, "spans": m.spans, "requests": m.requests, "traces": m.trace_count or None,
             "time_range_ns": [m.first_ns, m.last_ns] if m.first_ns else None,
-            "processes": [{**p.as_json(), "aggregates": i in m.profiles} for i, p in enumerate(m.processes)],
+            "processes": [{**p.as_json(), "aggregates": i in m.profiles,
+                           "windows": m.profiles[i].coverage().as_json() if i in m.profiles else None}
+                          for i, p in enumerate(m.processes)],
             "warnings": m.warnings,
             "impossible": dict(sorted(m.impossible.items())),
             "schema_versions": sorted({p.schema for p in m.processes if p.schema}),

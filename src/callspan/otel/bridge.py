@@ -170,8 +170,9 @@ class OtelSink:
         window = columns.get("window", [0])[0]
         other = columns.get("other_nodes", [0])[0]
         lost = columns.get("lost_calls", [0])[0]
+        calls_total = columns.get("calls_total", [0])[0]
         data = {name: values for name, values in columns.items()
-                if name not in ("window", "other_nodes", "lost_calls")}
+                if name not in ("window", "other_nodes", "lost_calls", "calls_total")}
         chunks = chunk_window(data)
         flush: Callable[[int], bool] | None = getattr(
             self._profile_provider or self._provider or trace.get_tracer_provider(), "force_flush", None)
@@ -183,6 +184,7 @@ class OtelSink:
                 PROFILE_PREFIX + "chunks": len(chunks), PROFILE_PREFIX + "final": final,
                 PROFILE_PREFIX + "other_nodes": other if index == 0 else 0,
                 PROFILE_PREFIX + "lost_calls": lost if index == 0 else 0, PROFILE_PREFIX + "sketch.gamma": GAMMA,
+                PROFILE_PREFIX + "calls_total": calls_total,  # on every chunk: any one of them says it
             }
             for name, values in chunk.items():
                 if values:

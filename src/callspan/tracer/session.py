@@ -92,6 +92,7 @@ class Session:
         self.build_faults = 0
         self.profile_faults = 0
         self.profile_windows = 0
+        self.calls_exported = 0  # calls in the windows handed to the sink so far (their calls_total)
         self._window_start = 0
         self._background = background
         self._lock = threading.Lock()
@@ -203,6 +204,10 @@ class Session:
         end = time.time_ns()
         try:
             columns = self.recorder.aggregates.export_window()
+            # Cumulative: a reader that lacks a window (lost in transit) counts its calls from
+            # any later window (calls_total in docs/span-schema.md).
+            self.calls_exported += sum(columns.get("function.calls", ()))
+            columns["calls_total"] = [self.calls_exported]
             self.builder.sink.profile(columns, self._window_start, end, final)
             self.profile_windows += 1
         except Exception:
@@ -270,6 +275,7 @@ class Session:
         self._thread = None
         self.recorder.after_fork_in_child()
         self.recorder.aggregates.forget_parent()
+        self.calls_exported = 0
         self._window_start = time.time_ns()
         self._lock = threading.Lock()
         if isinstance(self._wake, _PipeWakeup):  # the parent's pipe (the compiled module stopped watching)

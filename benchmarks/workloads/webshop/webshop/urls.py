@@ -1,0 +1,5 @@
+from django.urls import path
+
+from webshop import views
+
+urlpatterns = [path("item/<int:n>", views.item)]
