@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 from callspan.tracer import keys
 from callspan.tracer.keys import KeyHasher, args_key
@@ -248,6 +249,16 @@ def pair_sum(a: int, b: int) -> tuple[int, int]:
     return (a, -1) if a == -1 else (a, -2)
 
 
+def assert_minus_one_apart_from_minus_two(run: Any, *names: str) -> None:
+    """Calls made with -1, -2, -1, -2 (in that order): two keys and two return hashes each."""
+    for name in names:
+        nodes = run.sink.named(name)
+        args = [n.attributes["callspan.args.hash"] for n in nodes]
+        rets = [n.attributes["callspan.return.hash"] for n in nodes]
+        assert args[0] == args[2] != args[1] == args[3], name
+        assert rets[0] == rets[2] != rets[1] == rets[3], name
+
+
 def test_minus_one_and_minus_two_are_different_keys_and_returns(traced) -> None:  # type: ignore[no-untyped-def]
     from tests.tracer.test_aggregate import cache_column
 
@@ -261,12 +272,7 @@ def test_minus_one_and_minus_two_are_different_keys_and_returns(traced) -> None:
             pair_sum(n, 3)
 
     run.run(calls)
-    for name in (".minus_one_or_two", ".pair_sum"):
-        nodes = run.sink.named(name)
-        args = [n.attributes["callspan.args.hash"] for n in nodes]
-        rets = [n.attributes["callspan.return.hash"] for n in nodes]
-        assert args[0] == args[2] != args[1] == args[3], name
-        assert rets[0] == rets[2] != rets[1] == rets[3], name
+    assert_minus_one_apart_from_minus_two(run, ".minus_one_or_two", ".pair_sum")
     windows = run.sink.windows
     assert cache_column(windows, "minus_one_or_two", "inconsistent_keys") == 0
     assert cache_column(windows, "minus_one_or_two", "keys") == 2
@@ -339,12 +345,7 @@ def test_values_hashing_like_minus_one_are_told_from_minus_two(traced) -> None: 
             exponent(Power(n))
 
     run.run(calls)
-    for name in (".negated", ".scaled"):
-        nodes = run.sink.named(name)
-        args = [n.attributes["callspan.args.hash"] for n in nodes]
-        rets = [n.attributes["callspan.return.hash"] for n in nodes]
-        assert args[0] == args[2] != args[1] == args[3], name
-        assert rets[0] == rets[2] != rets[1] == rets[3], name
+    assert_minus_one_apart_from_minus_two(run, ".negated", ".scaled")
     windows = run.sink.windows
     assert cache_column(windows, "scaled", "inconsistent_keys") == 0
     assert cache_column(windows, "scaled", "keys") == 2
