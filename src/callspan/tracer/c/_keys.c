@@ -600,7 +600,8 @@ tuple_hash_of(PyObject *const *items, Py_ssize_t len)
     return salted_by((Py_hash_t)acc, where);
 }
 
-/* (raw hash or fingerprint or None, unhashable type names, self hashed by identity) as
+/* (raw hash or fingerprint or None, unhashable type names, self hashed by identity: only in
+ * cs_identity_only_args) as
  * keys.args_key computes it, reading the arguments from the frame. The key's items are
  * gathered in a C array and hashed as the lru_cache key tuple would be; the tuple itself is
  * only made for unhashable keys (fingerprint, type names). */
@@ -695,7 +696,6 @@ cs_args_key(PyObject *kwd_mark, CodeInfoObject *ci, PyFrameObject *frame, int64_
     while (filled < total) /* a kwargs dict that shrank meanwhile: cannot happen, but stay valid */
         items[filled++] = Py_NewRef(Py_None);
 
-    PyObject *identity = Py_False; /* an identity-hashed self returned above */
     /* lru_cache keys a lone int/str argument as itself */
     int lone = total == 1 && (PyLong_CheckExact(items[0]) || PyUnicode_CheckExact(items[0]));
     int unhashable = 0, user_code = 0;
@@ -709,7 +709,7 @@ cs_args_key(PyObject *kwd_mark, CodeInfoObject *ci, PyFrameObject *frame, int64_
         PyObject *names = skipped_type_names(items, total);
         if (names == NULL)
             goto error;
-        result = Py_BuildValue("(ONO)", Py_None, names, identity);
+        result = Py_BuildValue("(ONO)", Py_None, names, Py_False);
         goto done;
     }
     Py_hash_t h = -1;
@@ -724,7 +724,7 @@ cs_args_key(PyObject *kwd_mark, CodeInfoObject *ci, PyFrameObject *frame, int64_
                 if (PyErr_ExceptionMatches(PyExc_KeyboardInterrupt))
                     goto error;
                 PyErr_Clear();
-                result = PyTuple_Pack(3, Py_None, str_error, identity);
+                result = PyTuple_Pack(3, Py_None, str_error, Py_False);
                 goto done;
             }
             PyErr_Clear();
@@ -750,9 +750,9 @@ cs_args_key(PyObject *kwd_mark, CodeInfoObject *ci, PyFrameObject *frame, int64_
             if (!keyword_part)
                 remember_names(ci, items, total, names);
         }
-        result = Py_BuildValue("(NNO)", cs_fingerprint_object(hashed), names, identity);
+        result = Py_BuildValue("(NNO)", cs_fingerprint_object(hashed), names, Py_False);
     }
-    else { /* compact: the raw hash only; a Record reads it back as (raw, "", identity) */
+    else { /* compact: the raw hash only; a Record reads it back as (raw, "", False) */
         *raw_out = (int64_t)h;
         *kind = KEY_COMPACT;
         result = Py_NewRef(Py_None);
