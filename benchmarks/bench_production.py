@@ -93,6 +93,11 @@ VARIANTS = {
     # per request there), and the sampled requests keeping one span each (their outermost call)
     "callspan-hooked-0%-idle": Variant(True, True, False, 10**12, (("CALLSPAN_FLUSH_INTERVAL", "1000"),
                                                                   ("CALLSPAN_PROFILE_INTERVAL", "1000"))),
+    "callspan-1%-idle": Variant(True, True, False, 100, (("CALLSPAN_FLUSH_INTERVAL", "1000"),
+                                                         ("CALLSPAN_PROFILE_INTERVAL", "1000"))),
+    "callspan-1%-one-span-idle": Variant(True, True, False, 100, (("CALLSPAN_MAX_SPANS_PER_TRACE", "1"),
+                                                                  ("CALLSPAN_FLUSH_INTERVAL", "1000"),
+                                                                  ("CALLSPAN_PROFILE_INTERVAL", "1000"))),
     "callspan-1%-one-span": Variant(True, True, False, 100, (("CALLSPAN_MAX_SPANS_PER_TRACE", "1"),)),
     # an option measured: the sampled requests' function spans capped at one trace per second
     # (the aggregates still count every call)

@@ -140,3 +140,36 @@ def _calls(window: dict[str, list[object]], name: str) -> int:
     return sum(int(count) for function, count in zip(window.get("function.name", []),  # type: ignore[call-overload]
                                                       window.get("function.calls", []), strict=True)
                if str(function).endswith("." + name))
+
+
+_INSTRUMENT_PROBE = """
+import sys
+from opentelemetry import trace
+from opentelemetry.instrumentation.django import DjangoInstrumentor
+if sys.argv[1] == "sdk-first":
+    from opentelemetry.sdk.trace import TracerProvider
+    trace.set_tracer_provider(TracerProvider())
+before = trace.get_tracer_provider()
+from callspan.production.gunicorn import instrument_this_process
+instrument_this_process()
+print(type(trace.get_tracer_provider()).__name__, trace.get_tracer_provider() is before,
+      DjangoInstrumentor().is_instrumented_by_opentelemetry)
+"""
+
+
+@pytest.mark.parametrize("case, expected", [
+    # a worker with nothing set up: the auto-instrumentation runs (SDK provider, Django instrumented)
+    ("bare", "TracerProvider False True"),
+    # the SDK already configured (gunicorn under opentelemetry-instrument): nothing is run again
+    ("sdk-first", "TracerProvider True False"),
+])
+def test_instrument_this_process_sets_up_opentelemetry_once(case: str, expected: str) -> None:
+    pytest.importorskip("opentelemetry.instrumentation.django")
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "CALLSPAN_"))}
+    env.update(OTEL_TRACES_EXPORTER="none", OTEL_METRICS_EXPORTER="none", OTEL_LOGS_EXPORTER="none")
+    result = subprocess.run([sys.executable, "-c", _INSTRUMENT_PROBE, case], env=env, capture_output=True,
+                            text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[-2] == expected, result.stdout + result.stderr

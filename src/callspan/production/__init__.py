@@ -35,6 +35,12 @@ from contextvars import Token
 from dataclasses import dataclass, field
 from typing import Any
 
+# The API only (the application's instrumentation has imported it already). Imported here, not
+# in the functions run per request and per span: ``from package import name`` inside a function
+# runs importlib's Python-level _handle_fromlist each time (~10,000 instructions a request).
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
+
 from callspan.config import Settings, load_settings
 from callspan.tracer.recorder import request_gate
 from callspan.tracer.session import Session
@@ -85,8 +91,6 @@ def arm(*, tracer_provider: Any = None, roots: tuple[str, ...] | None = None,
 def add_gate_processor(tracer_provider: Any = None) -> bool:
     """Add a GateSpanProcessor to ``tracer_provider`` (default: the global one). False when that
     provider takes no span processors (e.g. the API's proxy before the SDK is configured)."""
-    from opentelemetry import trace
-
     provider = tracer_provider or trace.get_tracer_provider()
     add = getattr(provider, "add_span_processor", None)
     if add is None:
@@ -133,7 +137,6 @@ def _profile_pipeline(tracer_provider: Any) -> Any:
     """The aggregates' own pipeline, made in the process that exports (after a fork): the
     application's resource, every span sampled (OTEL_TRACES_SAMPLER is the application's), the
     exporter the standard OTEL_* variables choose."""
-    from opentelemetry import trace
     from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 
     from callspan.otel.setup import build_pipeline
@@ -168,8 +171,6 @@ def disarm() -> None:
         pass
     # Flushed, not shut down: at interpreter exit no thread can be started, and the providers'
     # own exit hooks shut them down. A dead collector costs at most the export timeout each.
-    from opentelemetry import trace
-
     for provider in (state.pipeline.provider if state.pipeline is not None else None,
                      state.tracer_provider or trace.get_tracer_provider()):
         flush = getattr(provider, "force_flush", None)
@@ -213,8 +214,6 @@ def close_request(token: Token[bool] | None) -> None:
 
 
 def _sampled_now(rate: float) -> bool:
-    from opentelemetry import trace
-
     span_context = trace.get_current_span().get_span_context()
     if span_context.is_valid:
         return bool(span_context.trace_flags.sampled)
@@ -231,11 +230,9 @@ class GateSpanProcessor:
 
     def on_start(self, span: Any, parent_context: Any = None) -> None:
         try:
-            from opentelemetry.trace import SpanKind, get_current_span
-
             if span.kind not in (SpanKind.SERVER, SpanKind.CONSUMER):
                 return
-            parent = get_current_span(parent_context).get_span_context()
+            parent = trace.get_current_span(parent_context).get_span_context()
             if parent.is_valid and not parent.is_remote:
                 return  # not the process's first span of this request
             context = span.get_span_context()
