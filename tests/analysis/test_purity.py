@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import pickle
 import random
 from pathlib import Path
@@ -47,7 +48,7 @@ def calls(name: str, keys: list[int], returns: list[int], *, first_id: int = 1, 
 def test_nested_functions_and_stateful_protocol_methods_are_never_recommended() -> None:
     # Each repeats its keys with the same returns and would otherwise be an lru_cache line.
     names = ["m.plain", "m.outer.<locals>.inner", "m.decorate.<locals>.wrapper", "m.Point.__init__",
-             "m.Walker.__next__", "m.Session.__exit__", "m.Point.__new__"]
+             "m.Walker.__next__", "m.Session.__exit__", "m.Point.__new__", "m.Point.__hash__"]
     spans: list[dict[str, Any]] = []
     for n, name in enumerate(names):
         spans += calls(name, [1, 2] * 5, [7, 8] * 5, first_id=1 + 100 * n)
@@ -57,15 +58,31 @@ def test_nested_functions_and_stateful_protocol_methods_are_never_recommended() 
     assert {name: ops[name].advice.kind for name in names} == {
         "m.plain": "lru_cache", "m.Point.__new__": "lru_cache",  # constructors can be cached (sympy's are)
         "m.outer.<locals>.inner": "closure", "m.decorate.<locals>.wrapper": "closure",
-        "m.Point.__init__": "not_cacheable", "m.Walker.__next__": "not_cacheable", "m.Session.__exit__": "not_cacheable"}
+        "m.Point.__init__": "not_cacheable", "m.Walker.__next__": "not_cacheable", "m.Session.__exit__": "not_cacheable",
+        "m.Point.__hash__": "not_cacheable"}
     inner = ops["m.outer.<locals>.inner"]
     assert inner.advice.text.startswith("defined inside m.outer: a new function object each time")
     assert "move it to module level with what it captures as arguments" in inner.advice.text
     assert ops["m.Walker.__next__"].advice.text.startswith("__next__ is a protocol method that acts on its object")
-    for name in names[1:6]:
+    assert "a cached __hash__ calls itself until RecursionError" in ops["m.Point.__hash__"].advice.text
+    for name in [*names[1:6], "m.Point.__hash__"]:
         op = ops[name]
         assert cache.tier(op.advice.kind) == "not_recommended"
         assert op.advice.paste is None and op.recommended_maxsize is None
+
+
+def test_a_cached_hash_method_recurses_so_it_is_never_advised() -> None:
+    # Why __hash__ is never advised: the paste line would make every hash() of the object fail.
+    class Point:
+        def __init__(self, x: int) -> None:
+            self.x = x
+
+        @functools.lru_cache(maxsize=8)  # noqa: B019 - the point of the test
+        def __hash__(self) -> int:
+            return hash(self.x)
+
+    with pytest.raises(RecursionError):
+        hash(Point(1))
 
 
 # -- identity-hashed self ----------------------------------------------------------------------

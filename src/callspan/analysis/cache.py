@@ -116,6 +116,9 @@ STATEFUL_PROTOCOL = frozenset({
     "__init__", "__post_init__", "__init_subclass__", "__set_name__", "__setattr__", "__delattr__", "__setitem__",
     "__delitem__", "__set__", "__delete__", "__enter__", "__exit__", "__aenter__", "__aexit__", "__iter__",
     "__aiter__", "__next__", "__anext__", "__del__"})
+# Protocol methods a cache key needs: functools.lru_cache hashes its arguments, self included, so
+# a cached __hash__ calls itself until RecursionError, whatever its hit ratio.
+KEY_PROTOCOL = frozenset({"__hash__"})
 # Ranked by savings with a caveat the user must weigh; never given a paste line.
 CAVEATED = ("mostly_consistent", "mutable_return", "calls_impure", "callees_unknown", "returns_none")
 # The report's tiers, in order: each is ranked by savings on its own (its own table, its own top N).
@@ -899,6 +902,10 @@ def _advise(op: Opportunity, options: CacheOptions, lookup: LookupCost) -> Advic
                       "if the result does not depend on the instance, cache a module-level function of the "
                       "other arguments instead")
     method_name = op.name.rsplit(".", 1)[-1]
+    if method_name in KEY_PROTOCOL:
+        return Advice("not_cacheable", f"{method_name}: functools.lru_cache hashes the arguments, self included, to "
+                      "look a call up, so a cached __hash__ calls itself until RecursionError; compute the hash "
+                      "once and keep it on the instance (an attribute set in __init__ or on first use) instead")
     if method_name in STATEFUL_PROTOCOL:
         return Advice("not_cacheable", f"{method_name} is a protocol method that acts on its object "
                       "(initialises, changes or advances it): a cache would skip that for every repeated key; "
