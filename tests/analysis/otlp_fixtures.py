@@ -252,14 +252,16 @@ def profile_span(window: int, chunk: int = 0, chunks: int = 1, *, functions: Seq
                  nodes: Sequence[dict[str, Any]] = (), wall: Sequence[tuple[int, int, int]] = (),
                  run: Sequence[tuple[int, int, int]] = (), cache: Sequence[dict[str, Any]] = (),
                  reuse: Sequence[tuple[int, int, float, float, float]] = (), start: int = 0, end: int = 10_000_000_000, gamma: float = SKETCH_GAMMA,
-                 final: bool = False, calls_total: int | None = None) -> dict[str, Any]:
+                 final: bool = False, calls_total: int | None = None, edges: Sequence[tuple[int, int, int]] = (),
+                 lost_edges: int | None = None) -> dict[str, Any]:
     """A ``callspan.profile`` span (docs/span-schema.md, schema version 2) from rows: each group's
     rows become that group's parallel array attributes. ``functions``: dicts with id, name, file,
     line, kind, calls, errors, wall_ns, run_ns, cpu_self; ``nodes``: id, parent, function, label,
     calls, errors, wall_ns, run_ns, suspended_ns, awaits, cpu_total, cpu_self; ``wall``/``run``:
     (function, bucket, count); ``cache``: function plus the cache columns; ``reuse``: (function,
     distance, hits, cpu, wall_ns); ``calls_total``: the tracer's running call count (None: not
-    written, as by tracers before it existed)."""
+    written, as by tracers before it existed); ``edges``: (caller, callee, calls) of calls folded
+    into (other) nodes, ``lost_edges`` (None: not written, a tracer that keeps no edges)."""
     p = "callspan.profile."
     attrs: dict[str, Any] = {
         p + "window": window, p + "chunk": chunk, p + "chunks": chunks, p + "final": final,
@@ -267,6 +269,8 @@ def profile_span(window: int, chunk: int = 0, chunks: int = 1, *, functions: Seq
     }
     if calls_total is not None:
         attrs[p + "calls_total"] = calls_total
+    if lost_edges is not None:
+        attrs[p + "lost_edges"] = lost_edges
 
     def columns(group: str, rows: list[dict[str, Any]], names: dict[str, Any]) -> None:
         if rows:
@@ -287,6 +291,7 @@ def profile_span(window: int, chunk: int = 0, chunks: int = 1, *, functions: Seq
                                     "sampled_calls": 0, "rate": 1.0, "none_returns": 0})
     columns("reuse.", [{"function": f, "distance": d, "hits": h, "cpu": c, "wall_ns": w} for f, d, h, c, w in reuse],
             {"function": 0, "distance": 0, "hits": 0.0, "cpu": 0.0, "wall_ns": 0.0})
+    columns("edge.", [{"caller": a, "callee": b, "calls": n} for a, b, n in edges], {"caller": 0, "callee": 0, "calls": 0})
     for key, value in list(attrs.items()):
         # Double columns stay doubles even when a value is whole (as the tracer writes them).
         if isinstance(value, list) and key.rsplit(".", 1)[-1] in (

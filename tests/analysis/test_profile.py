@@ -521,9 +521,44 @@ def test_a_function_folded_beyond_the_call_tree_cap_has_unknown_callees() -> Non
     assert deep.advice.kind == "callees_unknown" and cache.tier(deep.advice.kind) == "caveated"
     assert deep.advice.paste is None and deep.recommended_maxsize == 1 and deep.savings.cpu == 9e6
     assert deep.advice.text == ('what it calls is not known (the tracer folded all its calls into "(other)" '
-                                "call-tree nodes, beyond CALLSPAN_MAX_NODES or CALLSPAN_MAX_DEPTH), so it may call "
-                                "functions with side effects that caching it would skip; if it does not: cache it "
-                                "with functools.lru_cache(maxsize=1)")
+                                "call-tree nodes, beyond CALLSPAN_MAX_NODES or CALLSPAN_MAX_DEPTH, and lost "
+                                "caller-callee pairs beyond its table of CALLSPAN_MAX_NODES pairs, or kept none: an "
+                                "older tracer), so it may call functions with side effects that caching it would "
+                                "skip; if it does not: cache it with functools.lru_cache(maxsize=1)")
+
+
+def test_caller_callee_pairs_beyond_the_call_tree_cap_make_callees_known() -> None:
+    # As above (app.deep folded under app.top's node), and app.deep calls app.clock (folded too),
+    # which returned different values for its one key. The tracer kept both pairs (lost_edges 0):
+    # app.deep and app.top call impure code; with pairs lost, app.deep's callees are unknown again.
+    functions = [{"id": 1, "name": "app.top", "file": "/app/app.py", "line": 1, "calls": 10, "wall_ns": 10**7,
+                  "cpu_self": 10**6},
+                 {"id": 2, "name": "app.deep", "file": "/app/app.py", "line": 9, "calls": 10, "wall_ns": 10**7,
+                  "cpu_self": 10**7},
+                 {"id": 3, "name": "app.clock", "file": "/app/app.py", "line": 20, "calls": 10, "wall_ns": 10**6}]
+    nodes = [{"id": 1, "parent": 0, "function": 0, "label": "MainThread"},
+             {"id": 2, "parent": 1, "function": 1, "calls": 10, "cpu_total": 2 * 10**7, "cpu_self": 10**6},
+             {"id": 3, "parent": 2, "function": 0, "label": "(other)", "calls": 20, "cpu_total": 10**7,
+              "cpu_self": 10**7}]
+    cache_rows = [{"function": f, "calls": 10, "keys": 1.0, "sampled_calls": 10} for f in (1, 2)]
+    cache_rows.append({"function": 3, "calls": 10, "keys": 1.0, "inconsistent_keys": 1.0, "sampled_calls": 10})
+    reuse = [(1, 0, 9.0, 9 * 2e6, 9 * 2e6), (2, 0, 9.0, 9e6, 9e6), (3, 0, 9.0, 9e5, 9e5)]
+
+    def ops_with(**edges: Any) -> dict[str, cache.Opportunity]:
+        model = model_of(request_v2([profile_span(0, functions=functions, nodes=nodes, cache=cache_rows, reuse=reuse,
+                                                  final=True, **edges)]))
+        return {op.name: op for op in cache.analyze(model, cache.CacheOptions(lookup_ns=100)).opportunities}
+
+    ops = ops_with(edges=[(1, 2, 10), (2, 3, 10)], lost_edges=0)
+    for name, path in (("app.deep", ["app.deep", "app.clock"]), ("app.top", ["app.top", "app.deep", "app.clock"])):
+        op = ops[name]
+        assert op.advice.kind == "calls_impure" and op.impure_callees == ["app.clock"], name
+        assert op.advice.text.startswith("calls impure app.clock" + (" (via app.deep)" if len(path) > 2 else ""))
+    assert ops["app.clock"].advice.kind == "inconsistent"
+    # Some pair lost (the tracer's table was full): what app.deep calls may be missing.
+    ops = ops_with(edges=[(1, 2, 10)], lost_edges=10)
+    assert ops["app.deep"].advice.kind == "callees_unknown"
+    assert ops["app.top"].advice.kind == "lru_cache"
 
 
 def test_a_function_returning_none_on_every_call_is_caveated() -> None:

@@ -119,7 +119,14 @@ DEEP = textwrap.dedent("""
             total += (k * i) % 7
         return total
 
+    served = [0]
+
+    def serve(k):  # a counter: a different value each call
+        served[0] += 1
+        return served[0]
+
     def priced(k):
+        serve(k)
         return price(k) + 1
 
     def level(n, k):
@@ -151,10 +158,13 @@ def test_calls_beyond_the_depth_cap_keep_their_cpu_cost(tmp_path: Path) -> None:
     assert wrapped["calls"] == 3000 and wrapped["hits"] == 3000 - 20
     assert wrapped["mean_cost"] > 1000
     assert wrapped["savings"]["cpu"] >= 0.8 * op["savings"]["cpu"]
-    # Folded, their callees are unknown: worth caching, under that caveat (no paste line); wrapper()
-    # has call-tree nodes and is recommended.
-    for folded in (op, wrapped):
-        assert folded["advice"]["kind"] == "callees_unknown" and folded["tier"] == "caveated"
-        assert folded["advice"]["paste"] is None and folded["advice"]["text"].startswith("what it calls is not known")
-        assert folded["advice"]["text"].endswith(f"functools.lru_cache(maxsize={folded['recommended_maxsize']})")
-    assert ops["__main__.wrapper"]["advice"]["kind"] == "lru_cache"
+    # Folded, what they call is still known (the tracer kept the caller-callee pairs of folded
+    # calls): price() calls nothing and is recommended; priced() calls the counter serve(), and so
+    # do wrapper() and level() through it.
+    assert op["advice"]["kind"] == "lru_cache" and op["advice"]["paste"] is not None
+    assert ops["__main__.serve"]["advice"]["kind"] == "inconsistent"
+    for name, via in (("priced", ""), ("level", " (via __main__.priced)"),
+                      ("wrapper", " (via __main__.level > __main__.priced)")):
+        caller = ops[f"__main__.{name}"]
+        assert caller["advice"]["kind"] == "calls_impure" and caller["impure_callees"] == ["__main__.serve"], name
+        assert caller["advice"]["text"].startswith(f"calls impure __main__.serve{via},"), name

@@ -268,6 +268,60 @@ def test_node_cap_folds_new_paths_into_other_with_exact_totals(traced) -> None: 
     assert sum(w["other_nodes"][0] for w in windows) == run.session.recorder.aggregates.other_calls
 
 
+def pair_calls(windows: list[dict[str, list[Any]]]) -> tuple[Counter[tuple[str, str]], Counter[tuple[str, str]]]:
+    """Calls per (caller, callee) function pair: from the call tree (a node under its parent's
+    node; without recursion, its calls) and from the edge rows (calls folded into (other)
+    nodes), each summed over windows."""
+    functions, nodes = merged(windows)
+    in_tree: Counter[tuple[str, str]] = Counter()
+    for node in nodes.values():
+        parent = nodes.get(node["parent"])
+        if node["function"] and parent is not None and parent["function"] and parent["function"] != node["function"]:
+            in_tree[_short(functions[parent["function"]]), _short(functions[node["function"]])] += node["calls"]
+    folded: Counter[tuple[str, str]] = Counter()
+    for window in windows:
+        for caller, callee, calls in zip(window["edge.caller"], window["edge.callee"], window["edge.calls"],
+                                         strict=True):
+            folded[_short(functions[caller]), _short(functions[callee])] += calls
+    return in_tree, folded
+
+
+def program_without_recursion() -> None:
+    """``program`` but fib: a recursive function's node counts its nested calls too."""
+    for _ in range(20):
+        mid(10)
+    for _ in range(30):
+        side()
+    asyncio.run(coordinator())
+    worker = threading.Thread(target=in_thread, name="worker")
+    worker.start()
+    worker.join()
+
+
+def test_calls_folded_beyond_the_caps_keep_their_caller_callee_pairs(traced) -> None:  # type: ignore[no-untyped-def]
+    run = traced()
+    run.run(program_without_recursion)
+    in_tree, folded = pair_calls(run.sink.windows)
+    assert not folded and in_tree[("mid", "leaf")] == 203 and in_tree[("program_without_recursion", "side")] == 30
+    # Depth 2 (thread root, program, mid): leaf's and every deeper call fold into (other) nodes;
+    # the tree and the pairs together still give every pair's calls, exactly.
+    capped = traced(max_depth=2)
+    capped.run(program_without_recursion)
+    tree_part, folded = pair_calls(capped.sink.windows)
+    assert folded[("mid", "leaf")] == 203 and folded[("coordinator", "gathered")] == 4
+    assert tree_part + folded == in_tree
+    assert sum(w["lost_edges"][0] for w in capped.sink.windows) == 0
+    # At most max_nodes pairs: the calls of pairs first seen beyond that are counted as lost.
+    small = traced(max_nodes=4)
+    small.run(program_without_recursion)
+    tree_part, folded = pair_calls(small.sink.windows)
+    assert len(folded) == 4
+    assert all(tree_part[pair] + folded[pair] == in_tree[pair] for pair in folded)
+    lost = sum(w["lost_edges"][0] for w in small.sink.windows)
+    assert lost == sum((in_tree - tree_part - folded).values()) > 0
+    assert lost == small.session.recorder.aggregates.lost_edges
+
+
 def test_depth_cap_folds_deeper_calls(traced) -> None:  # type: ignore[no-untyped-def]
     def a(n: int) -> int:
         return b(n - 1) if n else 0

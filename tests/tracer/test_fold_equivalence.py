@@ -309,6 +309,7 @@ def test_node_cap_folds_into_other_the_same_way(pair: tuple[str, str]) -> None:
     python, compiled = run_pair(pair, many_paths, max_nodes=5)
     assert python.session.recorder.aggregates.other_calls > 0
     assert "(other)" in python.sink.windows[-1]["node.label"]
+    assert any(window["edge.calls"] for window in python.sink.windows)  # pairs of folded calls, compared too
     assert_equal_runs(python, compiled)
 
 
@@ -398,7 +399,7 @@ def test_compiled_aggregates_interface() -> None:
     assert (aggregates.max_nodes, aggregates.max_depth, aggregates.max_keys, aggregates.max_keys_total) == (10, 3, 5, 7)
     assert aggregates.other_calls == aggregates.total_keys == aggregates.lost_calls == 0
     window = aggregates.export_window()
-    assert list(window) == [*WINDOW_COLUMNS, "other_nodes", "window", "lost_calls"]
+    assert list(window) == [*WINDOW_COLUMNS, "other_nodes", "lost_edges", "window", "lost_calls"]
     assert all(window[name] == [] for name in WINDOW_COLUMNS)
     assert window["window"] == [0] and aggregates.export_window()["window"] == [1]
     aggregates.forget_parent()

@@ -1092,12 +1092,13 @@ class PendingAnalysis:
         return sum(data.functions[fid].calls for fid in self._fids(function))
 
     def _in_call_tree(self, function: int) -> bool:
-        """Whether some call of ``function`` has a node of the call tree, so that what it calls
-        is known; false when every call was folded into "(other)" nodes (beyond the tracer's node
-        or depth cap). Processes without aggregates: true (their spans link callers)."""
+        """Whether what ``function`` calls is known: some call of it has a node of the call tree,
+        or the tracer kept every caller-callee pair of the calls it folded into "(other)" nodes
+        (beyond its node or depth cap); false when every call was folded and pairs were lost (or
+        not kept: older tracers). Processes without aggregates: true (their spans link callers)."""
         info = self.model.functions[function]
         data = self.model.profiles.get(info.process)
-        if data is None:
+        if data is None or data.callees_known:
             return True
         with_nodes = self.with_nodes.get(info.process)
         if with_nodes is None:
@@ -1399,12 +1400,15 @@ def _calls_impure(op: Opportunity, paths: list[list[str]], impure: dict[str, Opp
 
 
 def _callees_unknown(op: Opportunity) -> None:
-    """Every call of ``op`` was folded beyond the tracer's call-tree cap: what it calls is not
-    known, so it cannot be cleared of calling functions with side effects (which a cache would
-    skip). Its advice keeps its size under that caveat, without a paste line."""
+    """Every call of ``op`` was folded beyond the tracer's call-tree cap and the tracer's pairs
+    of callers and callees are incomplete: what it calls is not known, so it cannot be cleared of
+    calling functions with side effects (which a cache would skip). Its advice keeps its size
+    under that caveat, without a paste line."""
     op.advice = Advice("callees_unknown", "what it calls is not known (the tracer folded all its calls into "
-                       "\"(other)\" call-tree nodes, beyond CALLSPAN_MAX_NODES or CALLSPAN_MAX_DEPTH), so it may call "
-                       "functions with side effects that caching it would skip; if it does not: " + op.advice.text)
+                       "\"(other)\" call-tree nodes, beyond CALLSPAN_MAX_NODES or CALLSPAN_MAX_DEPTH, and lost "
+                       "caller-callee pairs beyond its table of CALLSPAN_MAX_NODES pairs, or kept none: an older "
+                       "tracer), so it may call functions with side effects that caching it would skip; if it does "
+                       "not: " + op.advice.text)
 
 
 def _estimator(results: list[ProcessResult]) -> str:

@@ -168,6 +168,11 @@ class ProfileData:
     final_windows: set[int] = field(default_factory=set)  # windows flagged final (exported at stop)
     lost_calls: int = 0
     other_calls: int = 0  # calls folded into (other) nodes by the tracer's node or depth cap
+    # (caller, callee) function ids -> calls, of the calls folded into (other) nodes: with the
+    # tree's edges, every caller-callee pair (tracers that keep them: ``keeps_edges``).
+    call_edges: dict[tuple[int, int], int] = field(default_factory=dict)
+    keeps_edges: bool = False  # some span said lost_edges: the tracer keeps call edges beyond the caps
+    lost_edges: int = 0  # calls whose (new) pair the tracer's full edge table could not keep
     spans: int = 0
     impossible: int = 0  # negative or non-finite counts, times, CPU read: set to 0
 
@@ -195,6 +200,9 @@ class ProfileData:
             self.calls_totals[window] = max(self.calls_totals.get(window, 0), self._possible(_int(total)))
         self.lost_calls += self._possible(_int(at.get(_P + "lost_calls")))
         self.other_calls += self._possible(_int(at.get(_P + "other_nodes")))
+        if _P + "lost_edges" in at:
+            self.keeps_edges = True
+            self.lost_edges += self._possible(_int(at.get(_P + "lost_edges")))
         gamma = at.get(_P + "sketch.gamma")
         if gamma is not None and not self.gamma:
             self.gamma = float(gamma)
@@ -259,6 +267,12 @@ class ProfileData:
                 self.cache[fid] = cache_delta
             else:
                 state.add(cache_delta)
+
+        callers = _columns(at, "edge.", ["caller"], int)[0]
+        (callees,) = _columns(at, "edge.", ["callee"], int, len(callers))
+        (edge_calls,) = self._possible_columns(_columns(at, "edge.", ["calls"], int, len(callers)))
+        for pair in zip(callers, callees, edge_calls, strict=True):
+            self.call_edges[pair[:2]] = self.call_edges.get(pair[:2], 0) + pair[2]
 
         fids = _columns(at, "reuse.", ["function"], int)[0]
         (distances,) = _columns(at, "reuse.", ["distance"], int, len(fids))
@@ -349,7 +363,10 @@ class ProfileData:
             for window, value in theirs_map.items():
                 mine_map[window] = max(mine_map.get(window, 0), value)
         self.final_windows |= other.final_windows
-        _add_fields(self, other, ("duplicates", "lost_calls", "other_calls", "spans", "impossible"))
+        for pair, calls in other.call_edges.items():
+            self.call_edges[pair] = self.call_edges.get(pair, 0) + calls
+        self.keeps_edges = self.keeps_edges or other.keeps_edges
+        _add_fields(self, other, ("duplicates", "lost_calls", "other_calls", "lost_edges", "spans", "impossible"))
 
     def warnings(self, label: str) -> list[str]:
         """What the reader should know about this process's aggregates being incomplete or odd."""
@@ -422,9 +439,16 @@ class ProfileData:
             return info.name if info is not None and info.name else f"?function {node.function}"
         return node.label or OTHER_LABEL
 
+    @property
+    def callees_known(self) -> bool:
+        """Whether what every function called is known beyond the call tree's caps: the tracer
+        kept the caller-callee pairs of the calls it folded into (other) nodes, all of them."""
+        return self.keeps_edges and not self.lost_edges
+
     def edges(self) -> set[tuple[int, int]]:
-        """(caller, callee) function id pairs from the call tree (parent and child function nodes)."""
-        out = set()
+        """(caller, callee) function id pairs: parent and child function nodes of the call tree,
+        and the pairs the tracer kept for calls folded into (other) nodes."""
+        out = {pair for pair in self.call_edges if pair[0] != pair[1]}
         for node in self.nodes.values():
             if node.function and node.parent:
                 parent = self.nodes.get(node.parent)

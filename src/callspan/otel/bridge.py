@@ -26,7 +26,7 @@ PROFILE_CHUNK_ROWS = 1_000
 # Most seconds spent flushing the chunks of one window one by one (see OtelSink.profile).
 PROFILE_FLUSH_BUDGET_S = 5.0
 # The groups of columns of a window (docs/span-schema.md, schema v2), chunked independently.
-_GROUPS = ("node.", "wall.", "run.", "cache.", "reuse.")
+_GROUPS = ("node.", "wall.", "run.", "cache.", "reuse.", "edge.")
 
 
 def scope_attributes(facts: SessionFacts) -> dict[str, Any]:
@@ -72,8 +72,8 @@ def chunk_window(columns: dict[str, list[Any]], size: int = PROFILE_CHUNK_ROWS) 
         for group in _GROUPS:
             if name.startswith(group):
                 groups[group].append(name)
-    function_column = {"node.": "node.function", "wall.": "wall.function", "run.": "run.function",
-                       "cache.": "cache.function", "reuse.": "reuse.function"}
+    function_columns = ("node.function", "wall.function", "run.function", "cache.function", "reuse.function",
+                        "edge.caller", "edge.callee")
     function_rows = {fid: i for i, fid in enumerate(columns.get("function.id", []))}
     function_names = [name for name in columns if name.startswith("function.")]
     chunks: list[dict[str, list[Any]]] = []
@@ -104,7 +104,7 @@ def chunk_window(columns: dict[str, list[Any]], size: int = PROFILE_CHUNK_ROWS) 
     totals = ("function.calls", "function.errors", "function.wall_ns", "function.run_ns", "function.cpu_self")
     for chunk, mine in zip(chunks, owned, strict=True):
         referenced: set[int] = set()
-        for column in function_column.values():
+        for column in function_columns:
             referenced.update(chunk.get(column, ()))
         wanted = sorted(set(mine).union(function_rows[f] for f in referenced if f in function_rows))
         for name in function_names:
@@ -170,9 +170,10 @@ class OtelSink:
         window = columns.get("window", [0])[0]
         other = columns.get("other_nodes", [0])[0]
         lost = columns.get("lost_calls", [0])[0]
+        lost_edges = columns.get("lost_edges", [None])[0]  # None: a tracer without call edges
         calls_total = columns.get("calls_total", [0])[0]
         data = {name: values for name, values in columns.items()
-                if name not in ("window", "other_nodes", "lost_calls", "calls_total")}
+                if name not in ("window", "other_nodes", "lost_calls", "lost_edges", "calls_total")}
         chunks = chunk_window(data)
         flush: Callable[[int], bool] | None = getattr(
             self._profile_provider or self._provider or trace.get_tracer_provider(), "force_flush", None)
@@ -186,6 +187,8 @@ class OtelSink:
                 PROFILE_PREFIX + "lost_calls": lost if index == 0 else 0, PROFILE_PREFIX + "sketch.gamma": GAMMA,
                 PROFILE_PREFIX + "calls_total": calls_total,  # on every chunk: any one of them says it
             }
+            if lost_edges is not None:  # on every chunk (0 but on the first): says the tracer keeps edges
+                attributes[PROFILE_PREFIX + "lost_edges"] = lost_edges if index == 0 else 0
             for name, values in chunk.items():
                 if values:
                     attributes[PROFILE_PREFIX + name] = values

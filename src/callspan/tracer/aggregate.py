@@ -241,6 +241,12 @@ class Aggregates:
         self.recursive: set[CodeInfo] = set()  # functions seen running inside themselves
         self.other_calls = 0  # cumulative, calls folded into (other) nodes
         self.sent_other_calls = 0
+        # Caller -> callee function pairs of the calls folded into (other) nodes (the tree keeps the
+        # others' callers), with their calls: what each function calls stays known beyond the caps.
+        # At most max_nodes pairs; calls of a new pair beyond that are counted as lost.
+        self.edges: dict[tuple[CodeInfo, CodeInfo], int] = {}
+        self.sent_edges: dict[tuple[CodeInfo, CodeInfo], int] = {}
+        self.lost_edges = self.sent_lost_edges = 0
         self.window = 0
 
     # -- the call tree (called at each call's start) --------------------------------------------
@@ -316,8 +322,9 @@ class Aggregates:
         return agg
 
     def fold(self, info: CodeInfo, node: Node, nested: bool, error: bool, wall: int, run: int,
-             suspended: int, suspends: int, cpu: int, child_cpu: int) -> None:
-        """One finished call. ``nested``: its logical caller is in the same node (recursion)."""
+             suspended: int, suspends: int, cpu: int, child_cpu: int, caller: CodeInfo | None = None) -> None:
+        """One finished call. ``nested``: its logical caller is in the same node (recursion);
+        ``caller``: the logical caller's function (None at a thread's root)."""
         node.calls += 1
         if node.is_other:
             self.other_calls += 1
@@ -345,6 +352,16 @@ class Aggregates:
             bucket = sketch_bucket(run)
             sketch = agg.run_sketch
             sketch[bucket] = sketch.get(bucket, 0) + 1
+        if node.is_other and caller is not None and caller is not info:
+            pair = (caller, info)
+            count = self.edges.get(pair)
+            if count is None:
+                if len(self.edges) >= self.max_nodes:
+                    self.lost_edges += 1
+                    return
+                self.function(caller)  # ids in the order the compiled aggregates give them
+                count = 0
+            self.edges[pair] = count + 1
 
     def fold_key(self, info: CodeInfo, args: Any, ret: int | None, identity_ret: bool, start: int, end: int,
                  cpu: int, shadow: int = 0, returned: bool = True, ret_hashable: bool = True,
@@ -483,6 +500,8 @@ class Aggregates:
                     sent[("reuse", distance)] = tuple(row)
                 state.sent = sent
         self.sent_other_calls = self.other_calls
+        self.sent_edges = dict(self.edges)
+        self.sent_lost_edges = self.lost_edges
         self.window = 0
 
     def export_window(self) -> dict[str, list[Any]]:
@@ -543,6 +562,17 @@ class Aggregates:
             state = agg.cache
             if state is not None:
                 self._export_cache(agg, state, out, functions_used)
+        sent_edges = self.sent_edges
+        for pair, calls in list(self.edges.items()):
+            delta = calls - sent_edges.get(pair, 0)
+            if delta:
+                sent_edges[pair] = calls
+                caller, callee = by_info[pair[0]], by_info[pair[1]]
+                functions_used[caller.id] = caller
+                functions_used[callee.id] = callee
+                out["edge.caller"].append(caller.id)
+                out["edge.callee"].append(callee.id)
+                out["edge.calls"].append(delta)
         for function_id in sorted(functions_used):
             agg = functions_used[function_id]
             info = agg.info
@@ -560,6 +590,8 @@ class Aggregates:
         other = self.other_calls
         out["other_nodes"] = [other - self.sent_other_calls]
         self.sent_other_calls = other
+        out["lost_edges"] = [self.lost_edges - self.sent_lost_edges]
+        self.sent_lost_edges = self.lost_edges
         out["window"] = [self.window]
         self.window += 1
         out["lost_calls"] = [0]  # the reference cannot fail to fold; the compiled one counts
@@ -622,4 +654,5 @@ WINDOW_COLUMNS = (
     "wall.function", "wall.bucket", "wall.count", "run.function", "run.bucket", "run.count",
     "cache.function", *_CACHE_COLUMNS, "cache.unhashable_types", "cache.rate", "cache.cheap_ns",
     "reuse.function", "reuse.distance", "reuse.hits", "reuse.cpu", "reuse.wall_ns",
+    "edge.caller", "edge.callee", "edge.calls",
 )

@@ -256,7 +256,7 @@ class Recorder:
         aggregates = self.aggregates
         aggregates.fold(info, node, parent is not None and parent[R_NODE] is node, record[R_ERROR] is not None,
                         wall, wall - record[R_SUSP_NS], record[R_SUSP_NS], record[R_SUSPENDS], cpu,
-                        record[R_CHILD_CPU])
+                        record[R_CHILD_CPU], parent[R_INFO] if parent is not None else None)
         args = record[R_ARGS]
         if args is not None:
             ret = record[R_RET]

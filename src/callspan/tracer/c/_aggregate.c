@@ -128,6 +128,12 @@ typedef struct {
     Node *child;
 } ChildEntry;
 
+/* A caller -> callee pair of calls folded into (other) nodes (aggregate.Aggregates.edges). */
+typedef struct {
+    FuncAgg *caller, *callee;
+    int64_t calls, sent;
+} EdgeEntry;
+
 #define KEY_PROBE_CALLS 1024 /* callspan.tracer.aggregate.KEY_PROBE_CALLS */
 
 #define NODE_CHUNK_BITS 10
@@ -147,6 +153,11 @@ struct Aggregates {
     uint32_t n_functions, cap_functions;
     PyObject *thread_roots;         /* dict: thread name, digits folded -> node id */
     long long total_keys, other_calls, sent_other_calls, lost_calls, sent_lost_calls, window;
+    EdgeEntry *edges;               /* in the order first seen (the reference's dict order) */
+    uint32_t n_edges, cap_edges;
+    uint32_t *edge_index;           /* (caller, callee) -> 1 + index into edges; 0: empty */
+    size_t edge_mask;
+    long long lost_edges, sent_lost_edges;
 };
 
 static uint64_t next_serial = 1;
@@ -938,6 +949,55 @@ fold_key(Aggregates *a, FuncAgg *fn, RecordObject *r, int has_ret, int64_t ret, 
 
 /* -- the fold -------------------------------------------------------------------------------- */
 
+/* The entry of (caller, callee), made if new; NULL when the table is full (max_nodes pairs) or
+ * memory ran out (*failed set). */
+static EdgeEntry *
+edge_of(Aggregates *a, FuncAgg *caller, FuncAgg *callee, int *failed)
+{
+    size_t i = pointer_hash(caller, callee) & a->edge_mask;
+    for (; a->edge_index != NULL && a->edge_index[i]; i = (i + 1) & a->edge_mask) {
+        EdgeEntry *e = &a->edges[a->edge_index[i] - 1];
+        if (e->caller == caller && e->callee == callee)
+            return e;
+    }
+    if ((long long)a->n_edges >= a->max_nodes)
+        return NULL;
+    if (a->n_edges == a->cap_edges) {
+        uint32_t cap = a->cap_edges ? a->cap_edges * 2 : 256;
+        EdgeEntry *grown = PyMem_Realloc(a->edges, (size_t)cap * sizeof(EdgeEntry));
+        if (grown == NULL)
+            goto fail;
+        a->edges = grown;
+        a->cap_edges = cap;
+    }
+    if (a->edge_index == NULL || ((size_t)a->n_edges + 1) * 2 > a->edge_mask + 1) {
+        size_t size = a->edge_index ? (a->edge_mask + 1) * 2 : 512;
+        uint32_t *fresh = PyMem_Calloc(size, sizeof(uint32_t));
+        if (fresh == NULL)
+            goto fail;
+        for (uint32_t k = 0; k < a->n_edges; k++) {
+            size_t j = pointer_hash(a->edges[k].caller, a->edges[k].callee) & (size - 1);
+            while (fresh[j])
+                j = (j + 1) & (size - 1);
+            fresh[j] = k + 1;
+        }
+        PyMem_Free(a->edge_index);
+        a->edge_index = fresh;
+        a->edge_mask = size - 1;
+        i = pointer_hash(caller, callee) & a->edge_mask;
+        while (a->edge_index[i])
+            i = (i + 1) & a->edge_mask;
+    }
+    if (function_register(a, caller) < 0) /* ids in the order the reference gives them */
+        goto fail;
+    a->edges[a->n_edges] = (EdgeEntry){caller, callee, 0, 0};
+    a->edge_index[i] = ++a->n_edges;
+    return &a->edges[a->n_edges - 1];
+fail:
+    *failed = 1;
+    return NULL;
+}
+
 void
 cs_fold_record(Aggregates *a, RecordObject *r, PyObject *value, int returned)
 {
@@ -982,6 +1042,18 @@ cs_fold_record(Aggregates *a, RecordObject *r, PyObject *value, int returned)
     /* A plain function never suspends: its running time is its wall time (one sketch suffices). */
     if (((CodeInfoObject *)info)->kind != KIND_FUNCTION)
         lost |= sketch_add(&fn->run, sketch_bucket(run)) < 0;
+    /* the caller -> callee pair of a call the tree folded (its other calls' callers are nodes) */
+    if (node->is_other && IS_RECORD_OBJECT(parent)) {
+        PyObject *caller_info = ((RecordObject *)parent)->o[OBJ_INFO];
+        FuncAgg *caller = caller_info != info ? function_of(a, (CodeInfoObject *)caller_info) : NULL;
+        if (caller != NULL && caller != fn) {
+            EdgeEntry *edge = edge_of(a, caller, fn, &lost);
+            if (edge != NULL)
+                edge->calls++;
+            else if (!lost)
+                a->lost_edges++;
+        }
+    }
     /* the key */
     if (r->args_kind != KEY_OBJECT || r->o[OBJ_ARGS] != Py_None) {
         PyObject *ret = r->o[OBJ_RET];
@@ -1071,6 +1143,11 @@ typedef struct {
     int64_t distance, hits, cpu, wall;
 } ReuseRow;
 
+typedef struct {
+    uint32_t caller, callee;
+    int64_t calls;
+} EdgeRow;
+
 static int
 compare_reuse(const void *x, const void *y)
 {
@@ -1150,10 +1227,11 @@ static const char *const WINDOW_COLUMNS[] = {
     "cache.sampled_calls", "cache.shadowed_calls", "cache.unhashable_returns", "cache.none_returns",
     "cache.unhashable_types", "cache.rate",
     "cache.cheap_ns", "reuse.function", "reuse.distance", "reuse.hits", "reuse.cpu", "reuse.wall_ns",
+    "edge.caller", "edge.callee", "edge.calls",
 };
 enum {
-    COL_FUNCTION = 0, COL_NODE = 10, COL_WALL = 22, COL_RUN = 25, COL_CACHE = 28, COL_REUSE = 44,
-    N_COLUMNS = 49
+    COL_FUNCTION = 0, COL_NODE = 10, COL_WALL = 22, COL_RUN = 25, COL_CACHE = 28, COL_REUSE = 44, COL_EDGE = 49,
+    N_COLUMNS = 52
 };
 /* cache counters exported as doubles (aggregate._CACHE_DOUBLE_COLUMNS) */
 static const char CACHE_DOUBLE[N_CACHE] = {0, 0, 0, 1, 1, 1, 1, 1, 0, 0, 0, 0};
@@ -1174,6 +1252,7 @@ Aggregates_export_window(Aggregates *a, PyObject *unused)
     Buf nodes = {NULL, 0, 0, sizeof(NodeRow)}, funcs = {NULL, 0, 0, sizeof(FuncRow)};
     Buf walls = {NULL, 0, 0, sizeof(SketchRow)}, runs = {NULL, 0, 0, sizeof(SketchRow)};
     Buf caches = {NULL, 0, 0, sizeof(CacheRow)}, reuses = {NULL, 0, 0, sizeof(ReuseRow)};
+    Buf edges = {NULL, 0, 0, sizeof(EdgeRow)};
     PyObject *out = NULL, *cols[N_COLUMNS] = {NULL};
     int failed = 0;
 
@@ -1224,6 +1303,19 @@ Aggregates_export_window(Aggregates *a, PyObject *unused)
         if (fn->cache != NULL && export_cache(fn, fn->cache, &caches, &reuses) < 0)
             failed = 1;
     }
+    for (uint32_t i = 0; i < a->n_edges && !failed; i++) {
+        EdgeEntry *e = &a->edges[i];
+        if (e->calls == e->sent)
+            continue;
+        EdgeRow *row = buf_push(&edges);
+        if (row == NULL) {
+            failed = 1;
+            break;
+        }
+        *row = (EdgeRow){e->caller->id, e->callee->id, e->calls - e->sent};
+        e->sent = e->calls;
+        e->caller->used = e->callee->used = 1;
+    }
     for (uint32_t i = 0; i < a->n_functions; i++) {
         FuncAgg *fn = a->flist[i];
         if (!fn->used)
@@ -1239,8 +1331,10 @@ Aggregates_export_window(Aggregates *a, PyObject *unused)
         memset(fn->pend, 0, sizeof fn->pend);
     }
     long long other = a->other_calls - a->sent_other_calls, lost = a->lost_calls - a->sent_lost_calls;
+    long long lost_edges = a->lost_edges - a->sent_lost_edges;
     a->sent_other_calls = a->other_calls;
     a->sent_lost_calls = a->lost_calls;
+    a->sent_lost_edges = a->lost_edges;
     long long window = a->window++;
     if (failed) {
         PyErr_NoMemory();
@@ -1318,8 +1412,21 @@ Aggregates_export_window(Aggregates *a, PyObject *unused)
             append_steal(col[4], PyFloat_FromDouble((double)row->wall)) < 0)
             goto error;
     }
+    for (size_t i = 0; i < edges.len; i++) {
+        EdgeRow *row = (EdgeRow *)edges.data + i;
+        PyObject **col = cols + COL_EDGE;
+        if (append_steal(col[0], PyLong_FromUnsignedLong(row->caller)) < 0 ||
+            append_steal(col[1], PyLong_FromUnsignedLong(row->callee)) < 0 ||
+            append_steal(col[2], PyLong_FromLongLong(row->calls)) < 0)
+            goto error;
+    }
     PyObject *tail = Py_BuildValue("[L]", other);
     if (tail == NULL || PyDict_SetItemString(out, "other_nodes", tail) < 0) {
+        Py_XDECREF(tail);
+        goto error;
+    }
+    Py_DECREF(tail);
+    if ((tail = Py_BuildValue("[L]", lost_edges)) == NULL || PyDict_SetItemString(out, "lost_edges", tail) < 0) {
         Py_XDECREF(tail);
         goto error;
     }
@@ -1348,6 +1455,7 @@ done:
     PyMem_Free(runs.data);
     PyMem_Free(caches.data);
     PyMem_Free(reuses.data);
+    PyMem_Free(edges.data);
     return out;
 }
 
@@ -1381,8 +1489,11 @@ Aggregates_forget_parent(Aggregates *a, PyObject *unused)
             s->reuse_used = 0;
         }
     }
+    for (uint32_t i = 0; i < a->n_edges; i++)
+        a->edges[i].sent = a->edges[i].calls;
     a->sent_other_calls = a->other_calls;
     a->sent_lost_calls = a->lost_calls;
+    a->sent_lost_edges = a->lost_edges;
     a->window = 0;
     Py_RETURN_NONE;
 }
@@ -1437,6 +1548,12 @@ Aggregates_release(Aggregates *a)
     PyMem_Free(a->children);
     a->children = NULL;
     a->children_mask = a->children_used = 0;
+    PyMem_Free(a->edges);
+    PyMem_Free(a->edge_index);
+    a->edges = NULL;
+    a->edge_index = NULL;
+    a->n_edges = a->cap_edges = 0;
+    a->edge_mask = 0;
     Py_CLEAR(a->thread_roots);
 }
 
@@ -1463,6 +1580,7 @@ Aggregates_init(Aggregates *a, PyObject *args, PyObject *kwds)
     a->key_min_ns = key_min_ns;
     a->serial = next_serial++;
     a->total_keys = a->other_calls = a->sent_other_calls = a->lost_calls = a->sent_lost_calls = a->window = 0;
+    a->lost_edges = a->sent_lost_edges = 0;
     if ((a->thread_roots = PyDict_New()) == NULL)
         return -1;
     return 0;
@@ -1483,6 +1601,8 @@ static PyMemberDef Aggregates_members[] = {
      "a function whose mean call is shorter stops being keyed after KEY_PROBE_CALLS keyed calls (0: never)"},
     {"total_keys", T_LONGLONG, offsetof(Aggregates, total_keys), READONLY, "distinct keys held"},
     {"other_calls", T_LONGLONG, offsetof(Aggregates, other_calls), READONLY, "calls folded into (other) nodes"},
+    {"lost_edges", T_LONGLONG, offsetof(Aggregates, lost_edges), READONLY,
+     "calls folded into (other) nodes whose caller -> callee pair the full edge table could not keep"},
     {"lost_calls", T_LONGLONG, offsetof(Aggregates, lost_calls), READONLY,
      "calls that could not be folded (entirely): out of memory"},
     {"window", T_LONGLONG, offsetof(Aggregates, window), READONLY, "the next window's number"},
