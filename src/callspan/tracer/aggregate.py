@@ -564,15 +564,15 @@ class Aggregates:
                 self._export_cache(agg, state, out, functions_used)
         sent_edges = self.sent_edges
         for pair, calls in list(self.edges.items()):
-            delta = calls - sent_edges.get(pair, 0)
-            if delta:
+            added = calls - sent_edges.get(pair, 0)
+            if added:
                 sent_edges[pair] = calls
                 caller, callee = by_info[pair[0]], by_info[pair[1]]
                 functions_used[caller.id] = caller
                 functions_used[callee.id] = callee
                 out["edge.caller"].append(caller.id)
                 out["edge.callee"].append(callee.id)
-                out["edge.calls"].append(delta)
+                out["edge.calls"].append(added)
         for function_id in sorted(functions_used):
             agg = functions_used[function_id]
             info = agg.info
