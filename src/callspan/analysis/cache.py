@@ -1362,8 +1362,9 @@ def impure_reach(model: Model, impure: Sequence[tuple[str, str]]) -> dict[tuple[
 
 
 def profile_edges(model: Model) -> set[tuple[int, int]]:
-    """(caller, callee) function index pairs from the v2 call trees: a node's function calls its
-    children's (every call, not only the spans kept)."""
+    """(caller, callee) function index pairs from the v2 aggregates: a node's function calls its
+    children's, and the tracer's pairs of calls folded into (other) nodes (every call, not only
+    the spans kept)."""
     out: set[tuple[int, int]] = set()
     for process, data in model.profiles.items():
         for caller, callee in data.edges():
