@@ -140,7 +140,7 @@ def fib(n: int) -> int:
     return n if n < 2 else fib(n - 1) + fib(n - 2)
 
 
-def program() -> None:
+def program(recursion: bool = True) -> None:
     for _ in range(20):
         mid(10)
     for _ in range(30):
@@ -149,7 +149,8 @@ def program() -> None:
     worker = threading.Thread(target=in_thread, name="worker")
     worker.start()
     worker.join()
-    fib(8)
+    if recursion:
+        fib(8)
 
 
 def test_exact_counts_per_function_and_per_full_logical_stack(traced) -> None:  # type: ignore[no-untyped-def]
@@ -286,34 +287,22 @@ def pair_calls(windows: list[dict[str, list[Any]]]) -> tuple[Counter[tuple[str, 
     return in_tree, folded
 
 
-def program_without_recursion() -> None:
-    """``program`` but fib: a recursive function's node counts its nested calls too."""
-    for _ in range(20):
-        mid(10)
-    for _ in range(30):
-        side()
-    asyncio.run(coordinator())
-    worker = threading.Thread(target=in_thread, name="worker")
-    worker.start()
-    worker.join()
-
-
 def test_calls_folded_beyond_the_caps_keep_their_caller_callee_pairs(traced) -> None:  # type: ignore[no-untyped-def]
     run = traced()
-    run.run(program_without_recursion)
+    run.run(program, False)  # a recursive function's node counts its nested calls too
     in_tree, folded = pair_calls(run.sink.windows)
-    assert not folded and in_tree[("mid", "leaf")] == 203 and in_tree[("program_without_recursion", "side")] == 30
+    assert not folded and in_tree[("mid", "leaf")] == 203 and in_tree[("program", "side")] == 30
     # Depth 2 (thread root, program, mid): leaf's and every deeper call fold into (other) nodes;
     # the tree and the pairs together still give every pair's calls, exactly.
     capped = traced(max_depth=2)
-    capped.run(program_without_recursion)
+    capped.run(program, False)
     tree_part, folded = pair_calls(capped.sink.windows)
     assert folded[("mid", "leaf")] == 203 and folded[("coordinator", "gathered")] == 4
     assert tree_part + folded == in_tree
     assert sum(w["lost_edges"][0] for w in capped.sink.windows) == 0
     # At most max_nodes pairs: the calls of pairs first seen beyond that are counted as lost.
     small = traced(max_nodes=4)
-    small.run(program_without_recursion)
+    small.run(program, False)
     tree_part, folded = pair_calls(small.sink.windows)
     assert len(folded) == 4
     assert all(tree_part[pair] + folded[pair] == in_tree[pair] for pair in folded)
