@@ -795,7 +795,7 @@ record_args(RecordObject *r, uint64_t *raw, PyObject **names, int *identity)
         *identity = 0;
         return 1;
     }
-    PyObject *args = r->o[OBJ_ARGS];
+    PyObject *args = record_slot(r, OBJ_ARGS);
     if (!PyTuple_Check(args) || PyTuple_GET_SIZE(args) != 3) {
         *names = NULL;
         *identity = 0;
@@ -1008,9 +1008,9 @@ cs_fold_record(Aggregates *a, RecordObject *r, PyObject *value, int returned)
         a->lost_calls++;
         return;
     }
-    PyObject *parent = r->o[OBJ_PARENT];
+    PyObject *parent = record_slot(r, OBJ_PARENT);
     int nested = IS_RECORD_OBJECT(parent) && ((RecordObject *)parent)->node == r->node;
-    int error = r->o[OBJ_ERROR] != Py_None;
+    int error = record_slot(r, OBJ_ERROR) != Py_None;
     int64_t start = r->n[NUM_START], end = r->n[NUM_END];
     int64_t wall = end - start, suspended = r->n[NUM_SUSP_NS], run = wall - suspended;
     int64_t cpu = r->n[NUM_CPU], cpu_self = cpu - r->n[NUM_CHILD_CPU];
@@ -1055,8 +1055,8 @@ cs_fold_record(Aggregates *a, RecordObject *r, PyObject *value, int returned)
         }
     }
     /* the key */
-    if (r->args_kind != KEY_OBJECT || r->o[OBJ_ARGS] != Py_None) {
-        PyObject *ret = r->o[OBJ_RET];
+    if (r->args_kind != KEY_OBJECT || record_slot(r, OBJ_ARGS) != Py_None) {
+        PyObject *ret = record_slot(r, OBJ_RET);
         PyObject *raw = NULL;
         int64_t ret_hash = 0;
         int has_ret = 0;

@@ -76,13 +76,25 @@ enum { KEY_OBJECT = 0, KEY_COMPACT = 1 };
 
 typedef struct {
     PyObject_HEAD
-    PyObject *o[N_OBJ]; /* never NULL once made */
+    /* INFO and THREAD are never NULL once made; any other slot may be NULL for its default
+     * (record_slot): the hot path stores only what differs, so a call makes and frees two or
+     * three references instead of thirteen. */
+    PyObject *o[N_OBJ];
     long long n[N_NUM];
     uint32_t node;      /* R_NODE: the call-tree node's id (see _aggregate.c), 0 when none */
     uint8_t args_kind;  /* KEY_*: how R_ARGS is held (KEY_OBJECT: in o[OBJ_ARGS]) */
     uint8_t ret_kind;   /* KEY_OBJECT or KEY_COMPACT, for R_RET */
     int64_t args_raw, ret_raw;
 } RecordObject;
+
+/* A record's object slot, borrowed, its default when NULL: False for VIA_TASK and INCOMPLETE,
+ * 0 for RET_SIZE, None for the others. */
+CS_HIDDEN extern PyObject *cs_record_defaults[N_OBJ];
+static inline PyObject *
+record_slot(const RecordObject *r, int i)
+{
+    return r->o[i] != NULL ? r->o[i] : cs_record_defaults[i];
+}
 
 CS_HIDDEN extern PyTypeObject CS_RecordType;
 /* A new Record (its slots uninitialised, like PyObject_New): from a bounded freelist when it can. */

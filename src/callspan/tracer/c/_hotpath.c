@@ -522,7 +522,7 @@ hp_start(HotPath *hp, PyObject *info, PyFrameObject *frame)
             PyErr_SetString(PyExc_TypeError, "parent is not a record");
             goto finally;
         }
-        root = ((RecordObject *)parent)->o[OBJ_ROOT];
+        root = record_slot((RecordObject *)parent, OBJ_ROOT);
         if (root == Py_None)
             root = parent;
         /* The first max_spans calls of a kept trace to start are kept: their ancestors started
@@ -567,19 +567,21 @@ hp_start(HotPath *hp, PyObject *info, PyFrameObject *frame)
         goto finally;
     record = (PyObject *)made;
     PyObject **o = made->o;
+    memset(o, 0, sizeof(made->o)); /* NULL: the slot's default (record_slot) */
     o[OBJ_INFO] = Py_NewRef(info);
-    o[OBJ_PARENT] = Py_NewRef(parent);
-    o[OBJ_ROOT] = Py_NewRef(root);
-    o[OBJ_ARGS] = args ? Py_NewRef(args) : Py_NewRef(Py_None);
-    o[OBJ_RET] = Py_NewRef(Py_None);
-    o[OBJ_RET_SIZE] = PyLong_FromLong(0); /* a cached small int: cannot fail */
-    o[OBJ_ERROR] = Py_NewRef(Py_None);
     o[OBJ_THREAD] = Py_NewRef((PyObject *)ts);
-    o[OBJ_CONTEXT] = context ? Py_NewRef(context) : Py_NewRef(Py_None);
-    o[OBJ_PREV_CURRENT] = Py_NewRef(prev);
-    o[OBJ_VIA_TASK] = Py_NewRef(via_task);
-    o[OBJ_INCOMPLETE] = Py_NewRef(Py_False);
-    o[OBJ_OUT] = Py_NewRef(Py_None);
+    if (parent != Py_None)
+        o[OBJ_PARENT] = Py_NewRef(parent);
+    if (root != Py_None)
+        o[OBJ_ROOT] = Py_NewRef(root);
+    if (args != NULL && args != Py_None)
+        o[OBJ_ARGS] = Py_NewRef(args);
+    if (context != NULL && context != Py_None)
+        o[OBJ_CONTEXT] = Py_NewRef(context);
+    if (prev != Py_None)
+        o[OBJ_PREV_CURRENT] = Py_NewRef(prev);
+    if (via_task != Py_False)
+        o[OBJ_VIA_TASK] = Py_NewRef(via_task);
     memset(made->n, 0, sizeof(made->n));
     made->n[NUM_KEEP] = keep;
     made->args_kind = (uint8_t)args_kind;
@@ -638,10 +640,13 @@ pop_own(HotPath *hp, PyObject *code, ThreadStateObject **ts_out)
         PyErr_SetString(PyExc_TypeError, "not a compiled record");
         return NULL;
     }
-    CodeInfoObject *ci = as_info(((RecordObject *)top)->o[OBJ_INFO]);
-    if (ci == NULL)
+    /* its CodeInfo was checked when it started (a record's INFO is never reassigned by callspan) */
+    PyObject *info = ((RecordObject *)top)->o[OBJ_INFO];
+    if (!is_code_info(info)) {
+        PyErr_SetString(PyExc_TypeError, "not a callspan.tracer._hotpath.CodeInfoBase");
         return NULL;
-    if (ci->code != code) /* started before tracing began */
+    }
+    if (((CodeInfoObject *)info)->code != code) /* started before tracing began */
         return NULL;
     /* Pop: the list keeps its capacity; the reference moves to the caller. */
     PyList_SET_ITEM(stack, depth - 1, NULL);
@@ -684,7 +689,7 @@ hp_finish(HotPath *hp, PyObject *code, PyObject *value, PyObject *error)
             PyObject *ret = cs_value_key(value, &ret_raw, &ret_kind);
             if (ret == NULL)
                 goto finally;
-            Py_SETREF(record->o[OBJ_RET], ret);
+            Py_XSETREF(record->o[OBJ_RET], ret);
             record->ret_kind = (uint8_t)ret_kind;
             record->ret_raw = ret_raw;
             /* sizes only feed memory estimates, on spans: one kept call in RET_SIZE_EVERY */
@@ -701,24 +706,24 @@ hp_finish(HotPath *hp, PyObject *code, PyObject *value, PyObject *error)
                 PyObject *size = PyLong_FromSize_t(bytes);
                 if (size == NULL)
                     goto finally;
-                Py_SETREF(record->o[OBJ_RET_SIZE], size);
+                Py_XSETREF(record->o[OBJ_RET_SIZE], size);
             }
             else {
-                Py_SETREF(record->o[OBJ_RET_SIZE], Py_NewRef(Py_None));
+                Py_XSETREF(record->o[OBJ_RET_SIZE], Py_NewRef(Py_None));
             }
         }
     }
     else if (!PyObject_TypeCheck(error, (PyTypeObject *)hp->generator_exit)) {
-        Py_SETREF(record->o[OBJ_ERROR], Py_NewRef((PyObject *)Py_TYPE(error)));
+        Py_XSETREF(record->o[OBJ_ERROR], Py_NewRef((PyObject *)Py_TYPE(error)));
     }
     Py_ssize_t depth = PyList_GET_SIZE(ts->stack);
     if (depth && counted == 0) {
         PyObject *parent = PyList_GET_ITEM(ts->stack, depth - 1);
-        if (parent == record->o[OBJ_PARENT] && IS_RECORD_OBJECT(parent))
+        if (parent == record_slot(record, OBJ_PARENT) && IS_RECORD_OBJECT(parent))
             ((RecordObject *)parent)->n[NUM_CHILD_CPU] += record->n[NUM_CPU];
     }
     if (ci->kind == KIND_COROUTINE) {
-        PyObject *token = PyContextVar_Set(hp->current, record->o[OBJ_PREV_CURRENT]);
+        PyObject *token = PyContextVar_Set(hp->current, record_slot(record, OBJ_PREV_CURRENT));
         if (token == NULL)
             goto finally;
         Py_DECREF(token);

@@ -25,6 +25,8 @@ static const signed char OBJ_SLOT[RECORD_SIZE] = {
     [R_VIA_TASK] = 1 + OBJ_VIA_TASK, [R_INCOMPLETE] = 1 + OBJ_INCOMPLETE, [R_OUT] = 1 + OBJ_OUT,
 };
 
+PyObject *cs_record_defaults[N_OBJ];
+
 /* Freed records are kept for reuse (one per call is made and freed: the allocator's work
  * counts); bounded, and only ever touched with the GIL held. */
 #define RECORD_FREELIST_MAX 256
@@ -81,7 +83,7 @@ Record_item(PyObject *self, Py_ssize_t slot)
         return r->node ? PyLong_FromUnsignedLong(r->node) : Py_NewRef(Py_None);
     if (NUM_SLOT[slot])
         return PyLong_FromLongLong(r->n[NUM_SLOT[slot] - 1]);
-    PyObject *item = r->o[OBJ_SLOT[slot] - 1];
+    PyObject *item = record_slot(r, OBJ_SLOT[slot] - 1);
     /* Compact keys (a raw hash in C, see cs_args_key / cs_value_key) read back in the list layout. */
     if (slot == R_ARGS && r->args_kind != KEY_OBJECT) {
         PyObject *raw = PyLong_FromLongLong(r->args_raw);
@@ -125,7 +127,7 @@ Record_ass_item(PyObject *self, Py_ssize_t slot, PyObject *value)
         r->args_kind = KEY_OBJECT;
     else if (slot == R_RET)
         r->ret_kind = KEY_OBJECT;
-    Py_SETREF(r->o[OBJ_SLOT[slot] - 1], Py_NewRef(value));
+    Py_XSETREF(r->o[OBJ_SLOT[slot] - 1], Py_NewRef(value));
     return 0;
 }
 
@@ -262,6 +264,11 @@ int
 cs_record_types_ready(PyObject *module)
 {
     if ((str_empty = PyUnicode_InternFromString("")) == NULL)
+        return -1;
+    for (int i = 0; i < N_OBJ; i++)
+        cs_record_defaults[i] = Py_None;
+    cs_record_defaults[OBJ_VIA_TASK] = cs_record_defaults[OBJ_INCOMPLETE] = Py_False;
+    if ((cs_record_defaults[OBJ_RET_SIZE] = PyLong_FromLong(0)) == NULL)
         return -1;
     if (add_type(module, "ThreadStateBase", &CS_ThreadStateType) < 0 ||
         add_type(module, "CodeInfoBase", &CS_CodeInfoType) < 0 || add_type(module, "Record", &CS_RecordType) < 0)
