@@ -433,6 +433,23 @@ def test_sketch_buckets_match_the_reference() -> None:
     assert dict(zip(window["wall.bucket"], window["wall.count"], strict=True)) == expected
 
 
+def test_compiled_sketch_bucket_is_the_reference_at_every_boundary() -> None:
+    # The compiled fold estimates the logarithm itself and falls back to libm near a bucket
+    # boundary: every boundary GAMMA**b (and its neighbours) and random values of every size.
+    import random
+
+    from callspan.tracer import _hotpath
+    from callspan.tracer.aggregate import GAMMA, sketch_bucket
+
+    values = [-5, 0, 1, 2, 3, 4, 1000, 2**53, 2**53 + 1, 2**62, 2**63 - 1]
+    for bucket in range(1, 2200):
+        edge = int(GAMMA**bucket)
+        values += [v for v in range(edge - 2, edge + 3) if 0 <= v < 2**63]
+    rng = random.Random(7)
+    values += [rng.randrange(2, 2 ** rng.randrange(2, 64)) for _ in range(100_000)]
+    assert [_hotpath.sketch_bucket(v) for v in values] == [sketch_bucket(v) for v in values]
+
+
 def deep_chain(n: int) -> int:
     return 0 if n == 0 else deep_chain(n - 1) + 1
 

@@ -192,5 +192,6 @@ CS_HIDDEN void cs_fold_record(Aggregates *a, RecordObject *record, PyObject *val
 /* aggregate.Aggregates.shadow for a synchronous function's keyed call (R_SHADOW's value). */
 CS_HIDDEN int cs_shadow(Aggregates *a, CodeInfoObject *ci, RecordObject *record, unsigned long thread);
 CS_HIDDEN int cs_aggregates_ready(PyObject *module);
+CS_HIDDEN PyObject *cs_py_sketch_bucket(PyObject *module, PyObject *arg);
 
 #endif

@@ -1662,6 +1662,8 @@ static PyMethodDef module_methods[] = {
      "restore_profile(saved): install a profile function saved by saved_profile (None: none)"},
     {"set_user_hash", (PyCFunction)cs_py_set_user_hash, METH_O,
      "set_user_hash(allowed): as callspan.tracer.keys.set_user_hash (CALLSPAN_USER_HASH)"},
+    {"sketch_bucket", (PyCFunction)cs_py_sketch_bucket, METH_O,
+     "sketch_bucket(value): the latency sketch's bucket of value, as the compiled fold computes it (tests)"},
     {"interval_clock_replay", (PyCFunction)py_interval_clock_replay, METH_VARARGS,
      "interval_clock_replay(interval, walls, reals): the interval thread clock's values (tests)"},
     {NULL, NULL, 0, NULL},
