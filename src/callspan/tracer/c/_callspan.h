@@ -112,6 +112,7 @@ typedef struct {
     /* C only: this thread's root node in the aggregates with serial root_serial */
     uint32_t root_node;
     uint64_t root_serial;
+    unsigned long thread_id; /* PyThread_get_thread_ident() of its thread (set by the hot path) */
 } ThreadStateObject;
 
 CS_HIDDEN extern PyTypeObject CS_ThreadStateType;

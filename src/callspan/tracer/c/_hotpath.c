@@ -372,7 +372,8 @@ get_state(HotPath *hp, int create)
 static ThreadStateObject *
 get_state_slow(HotPath *hp, int create)
 {
-    PyObject *key = PyLong_FromUnsignedLong(PyThread_get_thread_ident());
+    unsigned long thread_id = PyThread_get_thread_ident();
+    PyObject *key = PyLong_FromUnsignedLong(thread_id);
     if (key == NULL)
         return NULL;
     PyObject *state = PyDict_GetItemWithError(hp->states, key);
@@ -391,6 +392,7 @@ get_state_slow(HotPath *hp, int create)
         PyErr_SetString(PyExc_TypeError, "thread state is not a callspan.tracer._hotpath.ThreadStateBase with a stack");
         return NULL;
     }
+    ((ThreadStateObject *)state)->thread_id = thread_id;
     return (ThreadStateObject *)state;
 }
 
@@ -467,6 +469,21 @@ keep_root(HotPath *hp, PyObject *context)
 
 /* -- the four transitions (mirror callspan/recorder.py) ---------------------------------- */
 
+/* PyList_Append(stack, record), without the call while the list has room. */
+static inline int
+push_record(PyObject *stack, PyObject *record)
+{
+    PyListObject *list = (PyListObject *)stack;
+    Py_ssize_t size = Py_SIZE(list);
+    if (size < list->allocated) {
+        list->ob_item[size] = Py_NewRef(record);
+        Py_SET_SIZE(list, size + 1);
+        return 0;
+    }
+    return PyList_Append(stack, record);
+}
+
+/* ``info``: a CodeInfo from the decision cache (checked by as_info when it was put there). */
 static int
 hp_start(HotPath *hp, PyObject *info, PyFrameObject *frame)
 {
@@ -475,9 +492,7 @@ hp_start(HotPath *hp, PyObject *info, PyFrameObject *frame)
     int rc = -1;
     int64_t args_raw = 0;
     int args_kind = KEY_OBJECT;
-    CodeInfoObject *ci = as_info(info);
-    if (ci == NULL)
-        return -1;
+    CodeInfoObject *ci = (CodeInfoObject *)info;
     ThreadStateObject *ts = get_state(hp, 1);
     if (ts == NULL)
         goto finally;
@@ -592,10 +607,10 @@ hp_start(HotPath *hp, PyObject *info, PyFrameObject *frame)
     if (args != NULL && kind == KIND_FUNCTION &&
         (args_kind != KEY_OBJECT || (PyTuple_Check(args) && PyTuple_GET_SIZE(args) == 3 &&
                                      PyLong_Check(PyTuple_GET_ITEM(args, 0)))))
-        made->n[NUM_SHADOW] = cs_shadow(hp->aggs, ci, made, PyThread_get_thread_ident());
+        made->n[NUM_SHADOW] = cs_shadow(hp->aggs, ci, made, ts->thread_id);
     /* 0 when the node could not be made (out of memory): the call is counted lost at its fold */
     made->node = cs_child(hp->aggs, parent_node, ci);
-    if (PyList_Append(stack, record) < 0)
+    if (push_record(stack, record) < 0)
         goto finally;
     if (kind == KIND_COROUTINE) {
         PyObject *token = PyContextVar_Set(hp->current, record);
@@ -846,6 +861,8 @@ map_slot(HotPath *hp, PyObject *code)
 static int
 map_put(HotPath *hp, PyObject *code, PyObject *info)
 {
+    if (info != Py_None && as_info(info) == NULL) /* the hot path trusts what the table holds */
+        return -1;
     if (hp->map == NULL || (hp->map_used + 1) * 2 > hp->map_mask + 1) {
         Py_ssize_t size = hp->map ? (hp->map_mask + 1) * 2 : 1024;
         MapEntry *old = hp->map;
@@ -977,10 +994,26 @@ cb_py_resume_impl(HotPath *hp, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
+/* 1 when the innermost record of this thread is a call of ``code``: its return is traced, and
+ * the decision cache need not be asked. */
+static inline int
+innermost_is(HotPath *hp, PyObject *code)
+{
+    if (thread_cache.serial != hp->serial)
+        return 0;
+    PyObject *stack = thread_cache.state->stack;
+    Py_ssize_t depth = PyList_GET_SIZE(stack);
+    if (depth == 0)
+        return 0;
+    PyObject *top = PyList_GET_ITEM(stack, depth - 1);
+    return IS_RECORD_OBJECT(top) && is_code_info(((RecordObject *)top)->o[OBJ_INFO]) &&
+           ((CodeInfoObject *)((RecordObject *)top)->o[OBJ_INFO])->code == code;
+}
+
 static PyObject *
 cb_py_return_impl(HotPath *hp, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (traced_info(hp, args, nargs, 3) == NULL)
+    if ((nargs < 3 || !innermost_is(hp, args[0])) && traced_info(hp, args, nargs, 3) == NULL)
         return Py_NewRef(hp->disable);
     if (hp_finish(hp, args[0], args[2], NULL) < 0)
         fault(hp);
