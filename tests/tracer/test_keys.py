@@ -241,6 +241,56 @@ def test_key_equality_matches_lru_cache() -> None:
     assert cached.cache_info().currsize == len({key_hash(v) for v in values}) == 10
 
 
+def three(a: object, b: object, c: object) -> int:
+    return 3
+
+
+def lone(x: object) -> int:
+    return 1
+
+
+class Point:
+    def __init__(self, x: int) -> None:
+        self.x = x
+
+    def at(self, dx: int) -> int:
+        return self.x + dx
+
+
+def test_every_core_keys_positional_arguments_as_the_reference(traced) -> None:  # type: ignore[no-untyped-def]
+    # The compiled cores hash plain positional arguments straight from the frame: the keys must
+    # be the reference's (keys.args_key) for every kind of built-in value, -1 and -1.0 included.
+    secret = b"k" * 32
+    hasher = KeyHasher(secret)
+    token = object()
+    argument_lists = [(1, 2, 3), (-1, 2, 3), (1, -1.0, None), ("a", b"b", 2.5), (True, 0, -2),
+                      ((1, 2), frozenset({3}), "x"), (token, 1, 2), ([1], 2, 3)]
+    lone_values = [5, -1, -2, "s", -1.0, None, (1, -1), token]
+    run = traced(key_secret=secret)
+
+    def calls() -> None:
+        for args in argument_lists:
+            three(*args)
+        for value in lone_values:
+            lone(value)
+        Point(1).at(2)  # self hashed by identity: counted, not keyed
+
+    run.run(calls)
+
+    def reference(func: Any, **arguments: object) -> str | None:
+        raw = args_key(CodeInfo(func.__code__, "m", True), FakeFrame(**arguments))[0]
+        return hasher.keyed(raw) if raw is not None else None
+
+    got = [key for key, _ in keyed(run.sink.closed, "three")]
+    assert got == [reference(three, a=a, b=b, c=c) for a, b, c in argument_lists]
+    assert None not in got
+    # the list: unhashable, fingerprinted by the general path
+    assert [n.attributes["callspan.args.hashable"] for n in run.sink.named(".three")] == [True] * 7 + [False]
+    assert [key for key, _ in keyed(run.sink.closed, "lone")] == [reference(lone, x=v) for v in lone_values]
+    (at,) = run.sink.named(".at")
+    assert "callspan.args.hash" not in at.attributes
+
+
 def minus_one_or_two(n: int) -> int:
     return n * 10
 

@@ -600,6 +600,57 @@ tuple_hash_of(PyObject *const *items, Py_ssize_t len)
     return salted_by((Py_hash_t)acc, where);
 }
 
+#if PY_VERSION_HEX >= 0x030C0000
+/* 1 when hashing ``item`` runs only a built-in hash (int, str, float, None...: not a tuple, whose
+ * items are checked one by one, nor a class of the program's, even with CALLSPAN_USER_HASH). */
+static inline int
+builtin_hash(PyObject *item)
+{
+    hashfunc slot = Py_TYPE(item)->tp_hash;
+    for (int i = 0; i < n_no_user_code_hashes; i++) {
+        if (slot == no_user_code_hashes[i])
+            return 1;
+    }
+    return 0;
+}
+
+/* cs_args_key's most common case, without copying the arguments: only positional parameters
+ * (no *args, **kwargs, keyword-only), none captured by a closure, each hashed by a built-in
+ * hash, self not hashed by identity. The items are the frame's own (borrowed: nothing here runs
+ * the program's code). 1 with *raw set; 0 when the general path must decide. */
+static int
+simple_args_hash(CodeInfoObject *ci, Py_ssize_t nargs, int64_t *raw)
+{
+    _PyInterpreterFrame *iframe = current_frame_of(ci->code);
+    if (iframe == NULL || nargs == 0)
+        return 0;
+    PyObject **items = iframe->localsplus;
+    const char *kinds = PyBytes_AS_STRING(((PyCodeObject *)ci->code)->co_localspluskinds);
+    for (Py_ssize_t i = 0; i < nargs; i++) {
+        if (items[i] == NULL || (kinds[i] & CO_FAST_CELL) || !builtin_hash(items[i]))
+            return 0;
+    }
+    if (ci->is_method && Py_TYPE(items[0])->tp_hash == PyBaseObject_Type.tp_hash && !PyType_Check(items[0]))
+        return 0; /* identity-hashed self: counted, not keyed (the general path says so) */
+    Py_hash_t h;
+    if (nargs == 1 && (PyLong_CheckExact(items[0]) || PyUnicode_CheckExact(items[0]))) {
+        /* lru_cache keys a lone int/str argument as itself */
+        h = PyObject_Hash(items[0]);
+        if (items[0] == minus_one)
+            h = salted_by(h, 1);
+    }
+    else {
+        h = tuple_hash_of(items, nargs);
+    }
+    if (h == -1 && PyErr_Occurred()) { /* a built-in hash cannot fail: let the general path see */
+        PyErr_Clear();
+        return 0;
+    }
+    *raw = (int64_t)h;
+    return 1;
+}
+#endif
+
 /* (raw hash or fingerprint or None, unhashable type names, self hashed by identity: only in
  * cs_identity_only_args) as
  * keys.args_key computes it, reading the arguments from the frame. The key's items are
@@ -614,6 +665,13 @@ cs_args_key(PyObject *kwd_mark, CodeInfoObject *ci, PyFrameObject *frame, int64_
     int is_method = ci->is_method;
     Py_ssize_t nargs = PyTuple_GET_SIZE(arg_names);
     Py_ssize_t nkwonly = PyTuple_GET_SIZE(kwonly);
+#if PY_VERSION_HEX >= 0x030C0000
+    if (frame == NULL && nkwonly == 0 && !is_set(ci->varargs) && !is_set(ci->varkw) &&
+        simple_args_hash(ci, nargs, raw_out)) {
+        *kind = KEY_COMPACT; /* a Record reads it back as (raw, "", False) */
+        return Py_NewRef(Py_None);
+    }
+#endif
     PyObject *extra = NULL, *kwdict = NULL, *key = NULL, *result = NULL;
     PyObject *stack_items[16];
     PyObject **items = stack_items;
