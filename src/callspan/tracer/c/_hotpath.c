@@ -287,13 +287,21 @@ cs_callback_result(PyObject *result)
     return NULL;
 }
 
-static int
+static int read_clock_python(HotPath *hp, long long *out);
+
+static inline int
 read_clock(HotPath *hp, long long *out)
 {
     if (hp->clock == NULL) {
         *out = monotonic_ns();
         return 0;
     }
+    return read_clock_python(hp, out);
+}
+
+static int
+read_clock_python(HotPath *hp, long long *out)
+{
     PyObject *value = PyObject_CallNoArgs(hp->clock);
     if (value == NULL)
         return -1;
@@ -305,8 +313,24 @@ read_clock(HotPath *hp, long long *out)
 /* The thread's CPU reading, by ThreadState.cpu_fd: -3 thread CPU time read at most once per
  * interval, -2 thread CPU time, >= 0 a perf_event fd (all read natively), -1 call the reader
  * (injected counters in tests). Returns 1 when the thread has no counter. */
-static int
+static int read_cpu_other(ThreadStateObject *ts, long long *out, long long wall_now);
+
+static inline int
 read_cpu(ThreadStateObject *ts, long long *out, long long wall_now)
+{
+    if (ts->cpu_fd == -3 && wall_now >= 0) { /* the default: inline, from the caller's clock reading */
+        IntervalClock *clock = &thread_interval_clock;
+        int need_real;
+        *out = interval_step(clock, cpu_interval_ns, wall_now, &need_real);
+        if (need_real)
+            *out = interval_commit(clock, wall_now, thread_cpu_ns());
+        return 0;
+    }
+    return read_cpu_other(ts, out, wall_now);
+}
+
+static int
+read_cpu_other(ThreadStateObject *ts, long long *out, long long wall_now)
 {
     PyObject *cpu = ts->cpu;
     if (cpu == NULL || cpu == Py_None)
