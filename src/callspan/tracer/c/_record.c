@@ -50,8 +50,12 @@ Record_dealloc(RecordObject *self)
     /* Release the parent chain iteratively: a deep recursion's records may be freed together. */
     PyObject *parent = self->o[OBJ_PARENT];
     self->o[OBJ_PARENT] = NULL;
-    for (int i = 0; i < N_OBJ; i++)
-        Py_XDECREF(self->o[i]);
+    /* unrolled: one test per slot, most are NULL (their default) */
+    PyObject **o = self->o;
+    _Static_assert(N_OBJ == 13, "Record_dealloc releases 13 object slots");
+    Py_XDECREF(o[0]), Py_XDECREF(o[1]), Py_XDECREF(o[2]), Py_XDECREF(o[3]), Py_XDECREF(o[4]);
+    Py_XDECREF(o[5]), Py_XDECREF(o[6]), Py_XDECREF(o[7]), Py_XDECREF(o[8]), Py_XDECREF(o[9]);
+    Py_XDECREF(o[10]), Py_XDECREF(o[11]), Py_XDECREF(o[12]);
     if (record_freelist_len < RECORD_FREELIST_MAX)
         record_freelist[record_freelist_len++] = self;
     else
