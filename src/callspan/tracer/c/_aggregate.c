@@ -161,6 +161,9 @@ enum { N_CALLS, N_ERRORS, N_WALL, N_RUN, N_SUSPENDED, N_AWAITS, N_CPU_TOTAL, N_C
 
 typedef struct Node {
     struct Node *parent, *other, *last_child;
+    /* the sibling looked up after this node last time: callers call their callees in the same
+     * order each time (a cache in front of the children table) */
+    struct Node *after;
     FuncAgg *fn;     /* NULL for thread roots and (other) nodes */
     PyObject *label; /* thread roots: their name (strong); NULL otherwise */
     int64_t pend[N_NODE];
@@ -471,13 +474,22 @@ cs_child(Aggregates *a, uint32_t parent_id, CodeInfoObject *ci)
         return 0;
     if (parent->fn == fn || parent->is_other)
         return parent->id; /* direct recursion, or below an (other) fold */
-    Node *child = parent->last_child;
-    if (child != NULL && child->fn == fn)
-        return child->id;
+    Node *last = parent->last_child, *child;
+    if (last != NULL) {
+        if (last->fn == fn)
+            return last->id;
+        child = last->after;
+        if (child != NULL && child->fn == fn && child->parent == parent) {
+            parent->last_child = child;
+            return child->id;
+        }
+    }
     size_t i = pointer_hash(parent, fn) & a->children_mask;
     for (; a->children != NULL && a->children[i].child != NULL; i = (i + 1) & a->children_mask) {
         ChildEntry *entry = &a->children[i];
         if (entry->parent == parent && entry->fn == fn) {
+            if (last != NULL)
+                last->after = entry->child;
             parent->last_child = entry->child;
             return entry->child->id;
         }
@@ -494,6 +506,8 @@ cs_child(Aggregates *a, uint32_t parent_id, CodeInfoObject *ci)
         i = (i + 1) & a->children_mask;
     a->children[i] = (ChildEntry){parent, fn, child};
     a->children_used++;
+    if (last != NULL)
+        last->after = child;
     parent->last_child = child;
     return child->id;
 }
