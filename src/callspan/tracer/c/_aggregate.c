@@ -359,10 +359,10 @@ function_of(Aggregates *a, CodeInfoObject *ci)
  * SHADOW_SHADOWED inside a running call of the same function whose key was cached (a memoized
  * version would not make it) or SHADOW_HIT_ROOT when its own key is cached. */
 static int key_cached(FuncAgg *fn, uint64_t raw);
-static int record_args(RecordObject *r, uint64_t *raw, PyObject **names, int *identity);
+static int key_args(int kind, int64_t args_raw, PyObject *args, uint64_t *raw, PyObject **names, int *identity);
 
 int
-cs_shadow(Aggregates *a, CodeInfoObject *ci, RecordObject *record, unsigned long thread)
+cs_shadow(Aggregates *a, CodeInfoObject *ci, int args_kind, int64_t args_raw, PyObject *args, unsigned long thread)
 {
     FuncAgg *fn = function_of(a, ci);
     if (fn == NULL)
@@ -377,7 +377,7 @@ cs_shadow(Aggregates *a, CodeInfoObject *ci, RecordObject *record, unsigned long
     uint64_t raw;
     PyObject *names;
     int identity;
-    if (!record_args(record, &raw, &names, &identity) || !key_cached(fn, raw))
+    if (!key_args(args_kind, args_raw, args, &raw, &names, &identity) || !key_cached(fn, raw))
         return SHADOW_ACTIVE;
     fn->shadow_owner = thread;
     return SHADOW_ACTIVE | SHADOW_HIT_ROOT;
@@ -845,17 +845,17 @@ shed_keys(Aggregates *a)
     }
 }
 
-/* Parses a record's argument key: 1 with *raw set, 0 for no raw hash; names/identity out. */
+/* Parses a call's argument key (KEY_COMPACT: args_raw; else the object ``args``): 1 with *raw
+ * set, 0 for no raw hash; names/identity out. */
 static int
-record_args(RecordObject *r, uint64_t *raw, PyObject **names, int *identity)
+key_args(int kind, int64_t args_raw, PyObject *args, uint64_t *raw, PyObject **names, int *identity)
 {
-    if (r->args_kind != KEY_OBJECT) { /* compact: (raw, "", False) */
-        *raw = (uint64_t)r->args_raw;
+    if (kind != KEY_OBJECT) { /* compact: (raw, "", False) */
+        *raw = (uint64_t)args_raw;
         *names = NULL;
         *identity = 0;
         return 1;
     }
-    PyObject *args = record_slot(r, OBJ_ARGS);
     if (!PyTuple_Check(args) || PyTuple_GET_SIZE(args) != 3) {
         *names = NULL;
         *identity = 0;
@@ -873,14 +873,14 @@ record_args(RecordObject *r, uint64_t *raw, PyObject **names, int *identity)
 
 /* aggregate.Aggregates.fold_key; -1 when something could not be recorded. */
 static int
-fold_key(Aggregates *a, FuncAgg *fn, RecordObject *r, int has_ret, int64_t ret, int identity_ret,
+fold_key(Aggregates *a, FuncAgg *fn, const FoldCall *c, int has_ret, int64_t ret, int identity_ret,
          int64_t start, int64_t end, int64_t cpu, long long shadow, int returned, int ret_hashable,
          int ret_none)
 {
     uint64_t raw = 0;
     PyObject *names;
     int identity;
-    int has_raw = record_args(r, &raw, &names, &identity);
+    int has_raw = key_args(c->args_kind, c->args_raw, c->args, &raw, &names, &identity);
     if (!has_raw && names == NULL && !identity)
         return 0;
     CacheState *s = fn->cache;
@@ -1061,19 +1061,37 @@ fail:
 void
 cs_fold_record(Aggregates *a, RecordObject *r, PyObject *value, int returned)
 {
-    PyObject *info = r->o[OBJ_INFO];
-    Node *node = node_at(a, r->node);
-    FuncAgg *fn = node ? function_of(a, (CodeInfoObject *)info) : NULL; /* a CodeInfo: checked at start */
+    PyObject *parent = record_slot(r, OBJ_PARENT);
+    FoldCall c = {
+        .ci = (CodeInfoObject *)r->o[OBJ_INFO], /* a CodeInfo: checked at start */
+        .node = r->node,
+        .nested = IS_RECORD_OBJECT(parent) && ((RecordObject *)parent)->node == r->node,
+        .caller = IS_RECORD_OBJECT(parent) ? ((RecordObject *)parent)->o[OBJ_INFO] : NULL,
+        .error = record_slot(r, OBJ_ERROR) != Py_None,
+        .start = r->n[NUM_START], .end = r->n[NUM_END], .susp_ns = r->n[NUM_SUSP_NS],
+        .suspends = r->n[NUM_SUSPENDS], .cpu = r->n[NUM_CPU], .child_cpu = r->n[NUM_CHILD_CPU],
+        .shadow = r->n[NUM_SHADOW],
+        .args_kind = r->args_kind, .ret_kind = r->ret_kind, .args_raw = r->args_raw, .ret_raw = r->ret_raw,
+        .args = record_slot(r, OBJ_ARGS), .ret = record_slot(r, OBJ_RET),
+    };
+    cs_fold(a, &c, value, returned);
+}
+
+void
+cs_fold(Aggregates *a, const FoldCall *c, PyObject *value, int returned)
+{
+    CodeInfoObject *info = c->ci;
+    Node *node = node_at(a, c->node);
+    FuncAgg *fn = node ? function_of(a, info) : NULL;
     if (fn == NULL || function_register(a, fn) < 0) {
         a->lost_calls++;
         return;
     }
-    PyObject *parent = record_slot(r, OBJ_PARENT);
-    int nested = IS_RECORD_OBJECT(parent) && ((RecordObject *)parent)->node == r->node;
-    int error = record_slot(r, OBJ_ERROR) != Py_None;
-    int64_t start = r->n[NUM_START], end = r->n[NUM_END];
-    int64_t wall = end - start, suspended = r->n[NUM_SUSP_NS], run = wall - suspended;
-    int64_t cpu = r->n[NUM_CPU], cpu_self = cpu - r->n[NUM_CHILD_CPU];
+    int nested = c->nested;
+    int error = c->error;
+    int64_t start = c->start, end = c->end;
+    int64_t wall = end - start, suspended = c->susp_ns, run = wall - suspended;
+    int64_t cpu = c->cpu, cpu_self = cpu - c->child_cpu;
     /* the node */
     int64_t *p = node->pend;
     p[N_CALLS]++;
@@ -1087,7 +1105,7 @@ cs_fold_record(Aggregates *a, RecordObject *r, PyObject *value, int returned)
         p[N_WALL] += wall;
         p[N_RUN] += run;
         p[N_SUSPENDED] += suspended;
-        p[N_AWAITS] += r->n[NUM_SUSPENDS];
+        p[N_AWAITS] += c->suspends;
         p[N_CPU_TOTAL] += cpu;
     }
     /* the function */
@@ -1100,12 +1118,12 @@ cs_fold_record(Aggregates *a, RecordObject *r, PyObject *value, int returned)
     p[F_CPU_SELF] += cpu_self;
     int lost = sketch_add(&fn->wall, sketch_bucket(wall)) < 0;
     /* A plain function never suspends: its running time is its wall time (one sketch suffices). */
-    if (((CodeInfoObject *)info)->kind != KIND_FUNCTION)
+    if (info->kind != KIND_FUNCTION)
         lost |= sketch_add(&fn->run, sketch_bucket(run)) < 0;
     /* the caller -> callee pair of a call the tree folded (its other calls' callers are nodes) */
-    if (node->is_other && IS_RECORD_OBJECT(parent)) {
-        PyObject *caller_info = ((RecordObject *)parent)->o[OBJ_INFO];
-        FuncAgg *caller = caller_info != info ? function_of(a, (CodeInfoObject *)caller_info) : NULL;
+    if (node->is_other && c->caller != NULL) {
+        PyObject *caller_info = c->caller;
+        FuncAgg *caller = caller_info != (PyObject *)info ? function_of(a, (CodeInfoObject *)caller_info) : NULL;
         if (caller != NULL && caller != fn) {
             EdgeEntry *edge = edge_of(a, caller, fn, &lost);
             if (edge != NULL)
@@ -1115,13 +1133,13 @@ cs_fold_record(Aggregates *a, RecordObject *r, PyObject *value, int returned)
         }
     }
     /* the key */
-    if (r->args_kind != KEY_OBJECT || record_slot(r, OBJ_ARGS) != Py_None) {
-        PyObject *ret = record_slot(r, OBJ_RET);
+    if (c->args_kind != KEY_OBJECT || c->args != Py_None) {
+        PyObject *ret = c->ret;
         PyObject *raw = NULL;
         int64_t ret_hash = 0;
         int has_ret = 0;
-        if (returned && r->ret_kind != KEY_OBJECT) {
-            ret_hash = r->ret_raw;
+        if (returned && c->ret_kind != KEY_OBJECT) {
+            ret_hash = c->ret_raw;
             has_ret = 1;
         }
         else if (returned && ret != Py_None) {
@@ -1136,11 +1154,11 @@ cs_fold_record(Aggregates *a, RecordObject *r, PyObject *value, int returned)
             PyErr_Clear();
         }
         int identity_ret = has_ret && value != NULL && Py_TYPE(value)->tp_hash == PyBaseObject_Type.tp_hash;
-        long long shadow = r->n[NUM_SHADOW];
+        long long shadow = c->shadow;
         /* a returned value hash() refused: stored as (fingerprint or None, False) */
-        int ret_hashable = !(returned && r->ret_kind == KEY_OBJECT && PyTuple_Check(ret) && PyTuple_GET_SIZE(ret) == 2 &&
+        int ret_hashable = !(returned && c->ret_kind == KEY_OBJECT && PyTuple_Check(ret) && PyTuple_GET_SIZE(ret) == 2 &&
                              PyTuple_GET_ITEM(ret, 1) == Py_False);
-        lost |= fold_key(a, fn, r, has_ret, ret_hash, identity_ret, start, end, cpu, shadow, returned,
+        lost |= fold_key(a, fn, c, has_ret, ret_hash, identity_ret, start, end, cpu, shadow, returned,
                          ret_hashable, returned && value == Py_None) < 0;
         if (shadow & SHADOW_ACTIVE)
             fn->active--;

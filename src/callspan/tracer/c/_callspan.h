@@ -188,10 +188,25 @@ CS_HIDDEN uint32_t cs_thread_root(Aggregates *a, ThreadStateObject *ts);
 /* aggregate.Aggregates.child: the node id of a call of ``ci`` whose logical caller is in node
  * ``parent``. 0 (no exception) when it could not be made: the call is then counted lost. */
 CS_HIDDEN uint32_t cs_child(Aggregates *a, uint32_t parent, CodeInfoObject *ci);
-/* recorder.fold_record for a Record: never fails (what cannot be folded is counted lost). */
+/* A finished call as the fold reads it, from a Record or from a C call frame (_hotpath.c). */
+typedef struct {
+    CodeInfoObject *ci;
+    uint32_t node;
+    int nested;                /* its parent's node is its own (direct recursion) */
+    PyObject *caller;          /* borrowed: its logical parent's CodeInfo, or NULL (a root) */
+    int error;                 /* an exception escaped */
+    int64_t start, end, susp_ns, suspends, cpu, child_cpu, shadow;
+    uint8_t args_kind, ret_kind; /* KEY_*: the raw hash in args_raw / ret_raw, or the object */
+    int64_t args_raw, ret_raw;
+    PyObject *args, *ret;      /* borrowed, never NULL (None) */
+} FoldCall;
+/* recorder.fold_record: never fails (what cannot be folded is counted lost). */
+CS_HIDDEN void cs_fold(Aggregates *a, const FoldCall *call, PyObject *value, int returned);
 CS_HIDDEN void cs_fold_record(Aggregates *a, RecordObject *record, PyObject *value, int returned);
-/* aggregate.Aggregates.shadow for a synchronous function's keyed call (R_SHADOW's value). */
-CS_HIDDEN int cs_shadow(Aggregates *a, CodeInfoObject *ci, RecordObject *record, unsigned long thread);
+/* aggregate.Aggregates.shadow for a synchronous function's keyed call (R_SHADOW's value); its
+ * argument key is args_raw (KEY_COMPACT) or the object args. */
+CS_HIDDEN int cs_shadow(Aggregates *a, CodeInfoObject *ci, int args_kind, int64_t args_raw, PyObject *args,
+                        unsigned long thread);
 CS_HIDDEN int cs_aggregates_ready(PyObject *module);
 CS_HIDDEN PyObject *cs_py_sketch_bucket(PyObject *module, PyObject *arg);
 

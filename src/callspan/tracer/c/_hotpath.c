@@ -631,7 +631,7 @@ hp_start(HotPath *hp, PyObject *info, PyFrameObject *frame)
     if (args != NULL && kind == KIND_FUNCTION &&
         (args_kind != KEY_OBJECT || (PyTuple_Check(args) && PyTuple_GET_SIZE(args) == 3 &&
                                      PyLong_Check(PyTuple_GET_ITEM(args, 0)))))
-        made->n[NUM_SHADOW] = cs_shadow(hp->aggs, ci, made, ts->thread_id);
+        made->n[NUM_SHADOW] = cs_shadow(hp->aggs, ci, args_kind, args_raw, args, ts->thread_id);
     /* 0 when the node could not be made (out of memory): the call is counted lost at its fold */
     made->node = cs_child(hp->aggs, parent_node, ci);
     if (push_record(stack, record) < 0)
