@@ -75,6 +75,9 @@ _OBJECT_HASH = object.__hash__
 if TYPE_CHECKING or not _env.HAS_COMPILED_HASH:
     class _ThreadStateBase:
         __slots__ = ("stack", "ident", "name", "cpu", "cpu_fd")
+
+        def flush_frames(self) -> None:
+            """The compiled base makes Records of the calls it keeps in C; here there are none."""
 else:
     # The same fields as C struct members, read directly by the compiled hot path.
     from callspan.tracer._hotpath import ThreadStateBase as _ThreadStateBase
@@ -192,6 +195,7 @@ class Recorder:
         if self.counter is not None:
             state.cpu = self.counter.thread_reader()
             state.cpu_fd = native_reader(state.cpu)
+        state.flush_frames()
         now = self.clock()
         cpu_now = state.cpu() if state.cpu is not None else 0
         for record in state.stack:
@@ -205,6 +209,7 @@ class Recorder:
         are dropped and the child's own calls start their own trees."""
         state = self.states.get(threading.get_ident())
         if state is not None:
+            state.flush_frames()
             state.stack.clear()
         self.suspended.clear()
         _current_coroutine.set(None)
@@ -223,6 +228,7 @@ class Recorder:
         """Records still running or suspended (for stop): innermost first, so children end first."""
         records: list[Record] = []
         for state in list(self.states.values()):
+            state.flush_frames()
             records.extend(reversed(state.stack))
         records.extend(self.suspended.values())
         return records

@@ -101,10 +101,21 @@ CS_HIDDEN extern PyTypeObject CS_RecordType;
 CS_HIDDEN RecordObject *cs_record_alloc(void);
 #define IS_RECORD_OBJECT(op) Py_IS_TYPE((op), &CS_RecordType)
 
+/* A running synchronous call that has no Record (yet): the compiled hot path keeps a thread's
+ * innermost calls as these while nothing needs them as objects (see _hotpath.c, "call frames"). */
+typedef struct {
+    PyObject *info;     /* strong: its CodeInfo */
+    PyObject *args;     /* strong; NULL for None (or a compact key: args_kind) */
+    long long start, seg_cpu, cpu, child_cpu, shadow;
+    int64_t args_raw;
+    uint32_t node;
+    uint8_t args_kind;
+} CallFrame;
+
 /* Per-thread state: the Python class callspan.tracer.recorder.ThreadState derives from this. */
 typedef struct {
     PyObject_HEAD
-    PyObject *stack; /* list of running records */
+    PyObject *stack; /* list of running records, below the call frames */
     PyObject *ident;
     PyObject *name;
     PyObject *cpu;   /* the thread's CPU reader, or None */
@@ -113,7 +124,14 @@ typedef struct {
     uint32_t root_node;
     uint64_t root_serial;
     unsigned long thread_id; /* PyThread_get_thread_ident() of its thread (set by the hot path) */
+    /* C only: the innermost running calls, above every record of the stack, innermost last */
+    CallFrame *frames;
+    Py_ssize_t n_frames, cap_frames;
 } ThreadStateObject;
+
+/* Makes Records of a thread's call frames (outermost first) and pushes them on its stack. 0, or
+ * -1 with an exception set (the frames not made stay frames). (_hotpath.c) */
+CS_HIDDEN int cs_flush_frames(ThreadStateObject *ts);
 
 CS_HIDDEN extern PyTypeObject CS_ThreadStateType;
 

@@ -507,6 +507,234 @@ push_record(PyObject *stack, PyObject *record)
     return PyList_Append(stack, record);
 }
 
+/* The argument key of a call of ``ci`` starting (keys.args_key): *args a new reference (None
+ * for a compact key, then *raw and *kind say it). -1 with an exception set. */
+static int
+start_key(HotPath *hp, CodeInfoObject *ci, PyFrameObject *frame, PyObject **args, int64_t *raw, int *kind)
+{
+    if (ci->unkeyed >= UNKEYABLE_AFTER && is_set(ci->unkeyed_args)) {
+        *args = Py_NewRef(ci->unkeyed_args); /* never keyable: not tried again */
+        return 0;
+    }
+    /* frame NULL (sys.monitoring): the arguments are read from the running frame */
+    PyObject *key = cs_args_key(hp->kwd_mark, ci, frame, raw, kind);
+    if (key == NULL)
+        return -1;
+    *args = key;
+    /* a compact key (a raw hash) is keyed; a tuple is unkeyed when it has no hash */
+    PyObject *names = *kind != KEY_OBJECT ? NULL : PyTuple_GET_ITEM(key, 1);
+    if (names != NULL && PyTuple_GET_ITEM(key, 0) == Py_None && PyUnicode_GET_LENGTH(names) &&
+        PyUnicode_CompareWithASCIIString(names, "error") != 0) {
+        if (++ci->unkeyed == UNKEYABLE_AFTER) {
+            PyObject *fixed = PyTuple_Pack(3, Py_None, names, Py_False);
+            if (fixed == NULL)
+                return -1;
+            Py_XSETREF(ci->unkeyed_args, fixed);
+        }
+    }
+    else {
+        ci->unkeyed = 0;
+    }
+    return 0;
+}
+
+/* recorder.shadow_of: a keyed call with a hash (the shadow state applies to synchronous ones) */
+static inline int
+keyed_with_hash(PyObject *args, int args_kind)
+{
+    return args != NULL && (args_kind != KEY_OBJECT || (PyTuple_Check(args) && PyTuple_GET_SIZE(args) == 3 &&
+                                                        PyLong_Check(PyTuple_GET_ITEM(args, 0))));
+}
+
+/* -- call frames --------------------------------------------------------------------------
+ * A synchronous function's call whose trace keeps no span (the common case) needs no object
+ * while it runs: it is pushed as a CallFrame on its thread's array and folded from there when it
+ * returns. The frames always sit above every Record of the thread's stack: anything that puts a
+ * Record on the stack (a coroutine or generator starting or resuming, a kept call) or reads it
+ * from Python (stop, fork) first makes Records of the frames (cs_flush_frames), outermost first,
+ * each with the Record below as its parent, exactly as if it had been a Record from its start. */
+
+int
+cs_flush_frames(ThreadStateObject *ts)
+{
+    Py_ssize_t done = 0;
+    int rc = 0;
+    for (; done < ts->n_frames; done++) {
+        CallFrame *f = &ts->frames[done];
+        PyObject *stack = ts->stack;
+        Py_ssize_t depth = stack != NULL && PyList_Check(stack) ? PyList_GET_SIZE(stack) : 0;
+        PyObject *parent = depth ? PyList_GET_ITEM(stack, depth - 1) : NULL;
+        if (parent == NULL || !IS_RECORD_OBJECT(parent)) { /* cannot happen: a frame has a parent */
+            PyErr_SetString(PyExc_RuntimeError, "a call frame without a parent record");
+            rc = -1;
+            break;
+        }
+        RecordObject *made = cs_record_alloc();
+        if (made == NULL) {
+            rc = -1;
+            break;
+        }
+        memset(made->o, 0, sizeof(made->o));
+        made->o[OBJ_INFO] = f->info; /* the frame's references move to the record */
+        made->o[OBJ_ARGS] = f->args;
+        made->o[OBJ_THREAD] = Py_NewRef((PyObject *)ts);
+        made->o[OBJ_PARENT] = Py_NewRef(parent);
+        PyObject *root = record_slot((RecordObject *)parent, OBJ_ROOT);
+        made->o[OBJ_ROOT] = Py_NewRef(root == Py_None ? parent : root);
+        memset(made->n, 0, sizeof(made->n));
+        made->n[NUM_START] = f->start;
+        made->n[NUM_SEG_CPU] = f->seg_cpu;
+        made->n[NUM_CPU] = f->cpu;
+        made->n[NUM_CHILD_CPU] = f->child_cpu;
+        made->n[NUM_SHADOW] = f->shadow;
+        made->args_kind = f->args_kind;
+        made->args_raw = f->args_raw;
+        made->ret_kind = KEY_OBJECT;
+        made->ret_raw = 0;
+        made->node = f->node;
+        if (push_record(stack, (PyObject *)made) < 0) {
+            made->o[OBJ_INFO] = made->o[OBJ_ARGS] = NULL; /* still the frame's */
+            Py_DECREF(made);
+            rc = -1;
+            break;
+        }
+        Py_DECREF(made);
+    }
+    if (done > 0) {
+        memmove(ts->frames, ts->frames + done, (size_t)(ts->n_frames - done) * sizeof(CallFrame));
+        ts->n_frames -= done;
+    }
+    return rc;
+}
+
+/* Starts a call of ``ci`` as a CallFrame when it can be one: a synchronous function under a
+ * running call of this thread, in a trace that keeps no span. 1 started, 0 not such a call
+ * (nothing done), -1 error (as hp_start's). */
+static int
+start_frame(HotPath *hp, ThreadStateObject *ts, CodeInfoObject *ci, PyFrameObject *frame)
+{
+    PyObject *stack = ts->stack;
+    Py_ssize_t depth = PyList_GET_SIZE(stack);
+    PyObject *top = depth ? PyList_GET_ITEM(stack, depth - 1) : NULL;
+    if (top == NULL || !IS_RECORD_OBJECT(top))
+        return 0;
+    PyObject *root = record_slot((RecordObject *)top, OBJ_ROOT);
+    long long root_keep = ((RecordObject *)(root == Py_None ? top : root))->n[NUM_KEEP];
+    if (0 < root_keep && root_keep < hp->max_spans)
+        return 0; /* it would be kept (hp_start): a span needs a Record */
+    PyObject *args = NULL;
+    int64_t args_raw = 0;
+    int args_kind = KEY_OBJECT;
+    /* the key first: hashing may run Python code, whose calls come and go on this stack */
+    if (ci->keys && start_key(hp, ci, frame, &args, &args_raw, &args_kind) < 0)
+        return -1;
+    if (ts->n_frames == ts->cap_frames) {
+        Py_ssize_t cap = ts->cap_frames ? ts->cap_frames * 2 : 64;
+        CallFrame *frames = PyMem_Realloc(ts->frames, (size_t)cap * sizeof(CallFrame));
+        if (frames == NULL) {
+            Py_XDECREF(args);
+            PyErr_NoMemory();
+            return -1;
+        }
+        ts->frames = frames;
+        ts->cap_frames = cap;
+    }
+    long long shadow = keyed_with_hash(args, args_kind)
+                           ? cs_shadow(hp->aggs, ci, args_kind, args_raw, args, ts->thread_id)
+                           : 0;
+    uint32_t parent_node = ts->n_frames ? ts->frames[ts->n_frames - 1].node : ((RecordObject *)top)->node;
+    Py_ssize_t index = ts->n_frames++;
+    CallFrame *f = &ts->frames[index];
+    f->info = Py_NewRef((PyObject *)ci);
+    if (args == Py_None) { /* compact, or keys off */
+        Py_DECREF(args);
+        args = NULL;
+    }
+    f->args = args;
+    f->args_raw = args_raw;
+    f->args_kind = (uint8_t)args_kind;
+    f->shadow = shadow;
+    f->start = f->seg_cpu = f->cpu = f->child_cpu = 0;
+    /* 0 when the node could not be made (out of memory): the call is counted lost at its fold */
+    f->node = cs_child(hp->aggs, parent_node, ci);
+    long long start, value;
+    if (read_clock(hp, &start) < 0)
+        return -1;
+    int got = read_cpu(ts, &value, hp->clock == NULL ? start : -1);
+    if (got < 0)
+        return -1;
+    if (index < ts->n_frames) { /* an injected clock is Python code: re-read the frame */
+        f = &ts->frames[index];
+        if (got == 0)
+            f->seg_cpu = value;
+        f->start = start;
+    }
+    return 1;
+}
+
+/* hp_finish for the innermost call frame, at clock reading ``now``. */
+static int
+finish_frame(HotPath *hp, ThreadStateObject *ts, PyObject *code, PyObject *value, PyObject *error, long long now)
+{
+    CallFrame f = ts->frames[ts->n_frames - 1];
+    CodeInfoObject *ci = (CodeInfoObject *)f.info;
+    if (ci->code != code) /* started before tracing began */
+        return 0;
+    ts->n_frames--; /* popped: its references are f's */
+    int rc = -1;
+    PyObject *ret = NULL;
+    int64_t ret_raw = 0;
+    int ret_kind = KEY_OBJECT;
+    long long cpu_now;
+    int counted = read_cpu(ts, &cpu_now, hp->clock == NULL ? now : -1);
+    if (counted < 0)
+        goto finally;
+    if (counted == 0)
+        f.cpu += cpu_now - f.seg_cpu;
+    PyObject *args = f.args != NULL ? f.args : Py_None;
+    if (error == NULL && ci->keys && ci->unkeyed < UNKEYABLE_AFTER && args != cs_identity_only_args) {
+        /* never kept: no return size (only spans carry it) */
+        if ((ret = cs_value_key(value, &ret_raw, &ret_kind)) == NULL)
+            goto finally;
+    }
+    /* the caller is the innermost call again: a frame, or the stack's top record */
+    uint32_t parent_node = 0;
+    int has_parent = 1;
+    PyObject *caller = NULL;
+    if (ts->n_frames > 0) {
+        CallFrame *parent = &ts->frames[ts->n_frames - 1];
+        if (counted == 0)
+            parent->child_cpu += f.cpu;
+        parent_node = parent->node;
+        caller = parent->info;
+    }
+    else {
+        Py_ssize_t depth = PyList_GET_SIZE(ts->stack);
+        PyObject *parent = depth ? PyList_GET_ITEM(ts->stack, depth - 1) : NULL;
+        has_parent = parent != NULL && IS_RECORD_OBJECT(parent);
+        if (has_parent) {
+            if (counted == 0)
+                ((RecordObject *)parent)->n[NUM_CHILD_CPU] += f.cpu;
+            parent_node = ((RecordObject *)parent)->node;
+            caller = ((RecordObject *)parent)->o[OBJ_INFO];
+        }
+    }
+    FoldCall call = {
+        .ci = ci, .node = f.node, .nested = has_parent && parent_node == f.node, .caller = caller,
+        .error = error != NULL && !PyObject_TypeCheck(error, (PyTypeObject *)hp->generator_exit),
+        .start = f.start, .end = now, .cpu = f.cpu, .child_cpu = f.child_cpu, .shadow = f.shadow,
+        .args_kind = f.args_kind, .ret_kind = (uint8_t)ret_kind, .args_raw = f.args_raw, .ret_raw = ret_raw,
+        .args = args, .ret = ret != NULL ? ret : Py_None,
+    };
+    cs_fold(hp->aggs, &call, error == NULL ? value : NULL, error == NULL);
+    rc = 0;
+finally:
+    Py_XDECREF(ret);
+    Py_DECREF(f.info);
+    Py_XDECREF(f.args);
+    return rc;
+}
+
 /* ``info``: a CodeInfo from the decision cache (checked by as_info when it was put there). */
 static int
 hp_start(HotPath *hp, PyObject *info, PyFrameObject *frame)
@@ -520,8 +748,15 @@ hp_start(HotPath *hp, PyObject *info, PyFrameObject *frame)
     ThreadStateObject *ts = get_state(hp, 1);
     if (ts == NULL)
         goto finally;
-    PyObject *stack = ts->stack;
     int kind = ci->kind;
+    if (kind == KIND_FUNCTION) {
+        int started = start_frame(hp, ts, ci, frame);
+        if (started != 0)
+            return started < 0 ? -1 : 0;
+    }
+    if (ts->n_frames > 0 && cs_flush_frames(ts) < 0) /* a Record goes on top of them */
+        goto finally;
+    PyObject *stack = ts->stack;
     Py_ssize_t depth = PyList_GET_SIZE(stack);
     parent = Py_NewRef(depth ? PyList_GET_ITEM(stack, depth - 1) : Py_None);
     PyObject *via_task = Py_False;
@@ -577,30 +812,8 @@ hp_start(HotPath *hp, PyObject *info, PyFrameObject *frame)
         }
         parent_node = ((RecordObject *)parent)->node;
     }
-    if (ci->keys) {
-        if (ci->unkeyed >= UNKEYABLE_AFTER && is_set(ci->unkeyed_args)) {
-            args = Py_NewRef(ci->unkeyed_args); /* never keyable: not tried again */
-        }
-        else {
-            /* frame NULL (sys.monitoring): the arguments are read from the running frame */
-            if ((args = cs_args_key(hp->kwd_mark, ci, frame, &args_raw, &args_kind)) == NULL)
-                goto finally;
-            /* a compact key (a raw hash) is keyed; a tuple is unkeyed when it has no hash */
-            PyObject *names = args_kind != KEY_OBJECT ? NULL : PyTuple_GET_ITEM(args, 1);
-            if (names != NULL && PyTuple_GET_ITEM(args, 0) == Py_None && PyUnicode_GET_LENGTH(names) &&
-                PyUnicode_CompareWithASCIIString(names, "error") != 0) {
-                if (++ci->unkeyed == UNKEYABLE_AFTER) {
-                    PyObject *fixed = PyTuple_Pack(3, Py_None, names, Py_False);
-                    if (fixed == NULL)
-                        goto finally;
-                    Py_XSETREF(ci->unkeyed_args, fixed);
-                }
-            }
-            else {
-                ci->unkeyed = 0;
-            }
-        }
-    }
+    if (ci->keys && start_key(hp, ci, frame, &args, &args_raw, &args_kind) < 0)
+        goto finally;
     RecordObject *made = cs_record_alloc();
     if (made == NULL)
         goto finally;
@@ -628,9 +841,7 @@ hp_start(HotPath *hp, PyObject *info, PyFrameObject *frame)
     made->ret_kind = KEY_OBJECT;
     made->ret_raw = 0;
     /* Python: recorder.start, shadow_of (a keyed call of a synchronous function with a hash) */
-    if (args != NULL && kind == KIND_FUNCTION &&
-        (args_kind != KEY_OBJECT || (PyTuple_Check(args) && PyTuple_GET_SIZE(args) == 3 &&
-                                     PyLong_Check(PyTuple_GET_ITEM(args, 0)))))
+    if (kind == KIND_FUNCTION && keyed_with_hash(args, args_kind))
         made->n[NUM_SHADOW] = cs_shadow(hp->aggs, ci, args_kind, args_raw, args, ts->thread_id);
     /* 0 when the node could not be made (out of memory): the call is counted lost at its fold */
     made->node = cs_child(hp->aggs, parent_node, ci);
@@ -668,7 +879,7 @@ pop_own(HotPath *hp, PyObject *code, ThreadStateObject **ts_out)
 {
     ThreadStateObject *ts = get_state(hp, 0);
     *ts_out = ts;
-    if (ts == NULL)
+    if (ts == NULL || ts->n_frames > 0) /* the innermost call is a frame (finish_frame) */
         return NULL;
     PyObject *stack = ts->stack;
     Py_ssize_t depth = PyList_GET_SIZE(stack);
@@ -711,7 +922,9 @@ hp_finish(HotPath *hp, PyObject *code, PyObject *value, PyObject *error)
     long long now;
     if (read_clock(hp, &now) < 0)
         return -1;
-    ThreadStateObject *ts;
+    ThreadStateObject *ts = get_state(hp, 0);
+    if (ts != NULL && ts->n_frames > 0)
+        return finish_frame(hp, ts, code, value, error, now);
     RecordObject *record = pop_own(hp, code, &ts);
     if (record == NULL)
         return PyErr_Occurred() ? -1 : 0;
@@ -853,6 +1066,8 @@ hp_resume(HotPath *hp, PyFrameObject *frame)
     if (read_clock(hp, &now) < 0)
         goto finally;
     record->n[NUM_SUSP_NS] += now - record->n[NUM_SUSP_AT];
+    if (ts->n_frames > 0 && cs_flush_frames(ts) < 0) /* the record goes on top of them */
+        goto finally;
     if (PyList_Append(ts->stack, found) < 0)
         goto finally;
     int got = read_cpu(ts, &now, hp->clock == NULL ? now : -1);
@@ -1025,7 +1240,10 @@ innermost_is(HotPath *hp, PyObject *code)
 {
     if (thread_cache.serial != hp->serial)
         return 0;
-    PyObject *stack = thread_cache.state->stack;
+    ThreadStateObject *ts = thread_cache.state;
+    if (ts->n_frames > 0)
+        return ((CodeInfoObject *)ts->frames[ts->n_frames - 1].info)->code == code;
+    PyObject *stack = ts->stack;
     Py_ssize_t depth = PyList_GET_SIZE(stack);
     if (depth == 0)
         return 0;

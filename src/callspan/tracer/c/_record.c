@@ -204,7 +204,56 @@ static PyMemberDef ThreadState_members[] = {
     {NULL, 0, 0, 0, NULL},
 };
 
-MEMBER_GC_FUNCS(ThreadState)
+/* ThreadState: its members, and its call frames' references. */
+static int
+ThreadState_traverse(ThreadStateObject *self, visitproc visit, void *arg)
+{
+    for (Py_ssize_t i = 0; i < self->n_frames; i++) {
+        Py_VISIT(self->frames[i].info);
+        Py_VISIT(self->frames[i].args);
+    }
+    return visit_members((PyObject *)self, ThreadState_members, visit, arg);
+}
+
+static int
+ThreadState_clear(ThreadStateObject *self)
+{
+    CallFrame *frames = self->frames;
+    Py_ssize_t n = self->n_frames;
+    self->frames = NULL;
+    self->n_frames = self->cap_frames = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_XDECREF(frames[i].info);
+        Py_XDECREF(frames[i].args);
+    }
+    PyMem_Free(frames);
+    clear_members((PyObject *)self, ThreadState_members);
+    return 0;
+}
+
+static void
+ThreadState_dealloc(ThreadStateObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    ThreadState_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* flush_frames(): the calls the compiled hot path keeps as C frames become Records on the
+ * stack (the recorder calls it before it reads the stack). */
+static PyObject *
+ThreadState_flush_frames(ThreadStateObject *self, PyObject *unused)
+{
+    if (cs_flush_frames(self) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef ThreadState_methods[] = {
+    {"flush_frames", (PyCFunction)ThreadState_flush_frames, METH_NOARGS,
+     "make Records of the running calls kept as C frames, on the stack"},
+    {NULL, NULL, 0, NULL},
+};
 
 PyTypeObject CS_ThreadStateType = {
     PyVarObject_HEAD_INIT(NULL, 0)
@@ -217,6 +266,7 @@ PyTypeObject CS_ThreadStateType = {
     .tp_traverse = (traverseproc)ThreadState_traverse,
     .tp_clear = (inquiry)ThreadState_clear,
     .tp_members = ThreadState_members,
+    .tp_methods = ThreadState_methods,
 };
 
 static PyMemberDef CodeInfo_members[] = {
