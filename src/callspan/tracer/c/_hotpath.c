@@ -380,7 +380,7 @@ static __thread struct {
 
 static ThreadStateObject *get_state_slow(HotPath *hp, int create);
 
-static inline ThreadStateObject *
+static inline __attribute__((always_inline)) ThreadStateObject *
 get_state(HotPath *hp, int create)
 {
     if (thread_cache.serial == hp->serial)
