@@ -1,6 +1,6 @@
 """scripts/build-jaeger-ui.sh without building: what it says and does when the source is absent
-or wrong, and that a cached build serves without the source. (The build itself, ~1-2.5 min, is
-exercised by the Jaeger UI tests that use its output.)"""
+or wrong, that a cached build serves without the source, and what the UI tests say without a
+build. (The build itself, ~1-3 min, is exercised by the Jaeger UI tests that use its output.)"""
 
 from __future__ import annotations
 
@@ -8,6 +8,9 @@ import json
 import os
 import subprocess
 from pathlib import Path
+
+import otelbins  # type: ignore[import-not-found]
+import pytest
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "build-jaeger-ui.sh"
 
@@ -67,3 +70,21 @@ def test_an_archive_of_the_source_is_unpacked_and_checked(tmp_path: Path) -> Non
     assert list((tmp_path / "cache").iterdir()) == []  # the unpacked copy is gone
     (tmp_path / "notes.txt").write_text("x")
     assert "not a .tar.gz" in build(tmp_path / "cache", tmp_path / "notes.txt").stderr
+
+
+def test_the_ui_tests_skip_without_a_build_saying_how_to_make_one(monkeypatch: pytest.MonkeyPatch,
+                                                                 tmp_path: Path) -> None:
+    """What a fresh machine shows for the Jaeger UI tests (the ``jaeger_ui`` fixture)."""
+    monkeypatch.delenv(otelbins.JAEGER_UI_ASSETS_ENV, raising=False)
+    with pytest.raises(pytest.skip.Exception) as skipped:
+        otelbins.jaeger_ui_assets()
+    message = str(skipped.value)
+    assert "CALLSPAN_JAEGER_UI_ASSETS is not set" in message
+    assert "git clone --branch v1.76.0 https://github.com/jaegertracing/jaeger-ui" in message
+    assert "CALLSPAN_JAEGER_UI_SRC=/path/to/jaeger-ui bash scripts/build-jaeger-ui.sh" in message
+    # Set, but not a build: a failure, not a skip.
+    monkeypatch.setenv(otelbins.JAEGER_UI_ASSETS_ENV, str(tmp_path))
+    with pytest.raises(pytest.fail.Exception, match="has no index.html"):
+        otelbins.jaeger_ui_assets()
+    (tmp_path / "index.html").write_text("<html></html>")
+    assert otelbins.jaeger_ui_assets() == tmp_path.resolve()

@@ -96,6 +96,9 @@ def test_known_trace_report_offline(browser: Any, tmp_path: Path) -> None:
     fetch, fetch_all = box["app.fetch"], box["app.fetch_all"]
     assert fetch_all["left"] <= fetch["left"] and fetch["left"] + fetch["width"] <= fetch_all["left"] + fetch_all["width"] + 1
     assert "3 calls" in fetch["title"] and "self 3.0 ms" in fetch["title"]
+    # Self and total CPU: fetch_all's own 1 ms, 4 ms with what it ran (as its span recorded).
+    assert ("CPU here and below: 4.0 ms (50.0% of all), self 1.0 ms, recorded total 4.0 ms, 1 calls"
+            in fetch_all["title"]), fetch_all["title"]
 
     # Zoom into fetch_all: it spans the width, its ancestors dimmed above, render gone.
     click_box(browser, "app.fetch_all")
