@@ -5,7 +5,10 @@ that name points to (a link checked into a repository, left in a shared director
 output is written to a new file in the same directory (created exclusively, never through a
 link) which is renamed onto the path: an existing file or link there is replaced, a link's target
 is left untouched. Devices and pipes (``/dev/stdout``, ``/dev/null``, ``/dev/fd/3``, a FIFO) are
-written into as they are: nothing can be truncated there. A link to a pipe or device outside
+written into as they are: nothing can be truncated there. So are the names of this process's
+descriptors (``/dev/stdout``, ``/dev/fd/N``, ``/proc/self/fd/N``) given as they are, whatever they
+lead to: ``-o /dev/stdout > report.txt`` writes the file the shell opened (a new file renamed
+onto ``/dev/stdout`` would replace the system's link). A link to a pipe or device outside
 ``/dev`` and ``/proc`` is refused (who made it could be reading).
 """
 
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import stat
 from dataclasses import dataclass
@@ -21,6 +25,9 @@ from typing import IO
 from callspan.errors import CallspanError
 
 _SYSTEM_LINK_PREFIXES = ("/dev/", "/proc/")
+# Names of an open descriptor: the name given, not a link's target (a link of that name planted
+# elsewhere is not trusted to lead to a regular file).
+_DESCRIPTOR_NAME = re.compile(r"/dev/(?:stdout|stderr|fd/\d+)|/proc/(?:self|thread-self|\d+)/fd/\d+")
 _NO_FOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NO_FOLLOW
 
@@ -38,7 +45,10 @@ def _error(path: str, exc: OSError) -> CallspanError:
 
 
 def _special_target(path: str) -> bool:
-    """Whether ``path`` leads to an existing device, pipe or socket (to be written into as is)."""
+    """Whether ``path`` leads to an existing device, pipe or socket, or names a descriptor (to be
+    written into as is)."""
+    if _DESCRIPTOR_NAME.fullmatch(os.path.normpath(path)):
+        return True
     try:
         target = os.stat(path)
     except FileNotFoundError:

@@ -366,6 +366,13 @@ def test_progress_only_on_a_tty_and_after_a_second() -> None:
     assert pipe.getvalue() == ""
 
 
+def test_the_progress_line_is_escaped_like_every_output() -> None:
+    tty = _Tty()
+    progress = Progress(1000, stream=tty, delay=0)
+    progress.set_phase("x\x1b[2J", 500, 50)  # callspan's own words today; escaped all the same
+    assert "\x1b" not in tty.getvalue() and "callspan: x\\x1b[2J" in tty.getvalue()
+
+
 def test_no_progress_output_when_stderr_is_not_a_tty(tmp_path: Path) -> None:
     result = run(workload(tmp_path), "--report", "all")
     assert result.returncode == 0 and "\r" not in result.stderr

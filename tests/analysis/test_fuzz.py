@@ -1,7 +1,7 @@
 """Damaged and hostile inputs through ``callspan analyze``, as a user runs it (in this process, a
 few hundred cases per run): the exit status is 0 or 2, an error is one line on stderr, nothing
 escapes as a traceback, and a report that is written has no negative total, no share or hit
-ratio above 1, and (as text) no terminal control character.
+ratio above 1, and (as text, HTML or folded stacks) no terminal control character.
 
 The cases are drawn by a seeded generator: ``CALLSPAN_FUZZ_SEED`` and ``CALLSPAN_FUZZ_CASES``
 choose others (a failing case names its seed and mutation, and is reproduced by it alone).
@@ -29,7 +29,7 @@ from tests.analysis.test_readers import jaeger_trace
 SEED = int(os.environ.get("CALLSPAN_FUZZ_SEED", "15"))
 CASES = int(os.environ.get("CALLSPAN_FUZZ_CASES", "320"))
 # Terminal controls, C1 controls and bidirectional overrides: never in a text report or message.
-CONTROLS = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+CONTROLS = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
 # -- the inputs before damage ------------------------------------------------------------------
@@ -143,7 +143,7 @@ def encode(documents: list[Any], rng: random.Random | None = None) -> bytes:
 
 def hostile_names(rng: random.Random, documents: list[Any]) -> list[Any]:
     """Function names, files and services carrying escape sequences, newlines, bidi overrides."""
-    evil = ["\x1b[2J\x1b[H", "\x1b]0;owned\x07", "\nfake line", "\u202eevil", "\x9b31m", "\r\x08\x00"]
+    evil = ["\x1b[2J\x1b[H", "\x1b]0;owned\x07", "\nfake line", "\u202eevil", "\x9b31m", "\r\x08\x00", "\u2028\u200fx"]
     for document in documents:
         for container, key in list(nodes(document)):
             if key in ("stringValue", "name", "operationName", "serviceName") and isinstance(container[key], str):
@@ -236,7 +236,8 @@ def check_numbers(value: Any, where: str = "") -> None:
 
 
 @pytest.mark.parametrize("case", range(CASES))
-def test_damaged_input(case: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_damaged_input(case: int, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory,
+                       capsys: pytest.CaptureFixture[str]) -> None:
     rng = random.Random(SEED * 1_000_003 + case)
     name = list(MUTATIONS)[case % len(MUTATIONS)]
     paths = MUTATIONS[name](rng, base_documents(rng), tmp_path)
@@ -245,6 +246,9 @@ def test_damaged_input(case: int, tmp_path: Path, capsys: pytest.CaptureFixture[
             "--jobs", "1", "--no-progress", "--top", "50"]
     if not text and rng.random() < 0.3:
         args += ["--memory-mb", "0"]
+    folded = tmp_path_factory.mktemp("out") / "out.folded"  # not in tmp_path: a directory analyzed
+    if text:
+        args += ["--folded", str(folded)]
     try:
         code = main(args)
     except BaseException as exc:  # what the user would see as a traceback
@@ -259,5 +263,9 @@ def test_damaged_input(case: int, tmp_path: Path, capsys: pytest.CaptureFixture[
         return
     if text:
         assert not CONTROLS.search(out), context
+        assert not CONTROLS.search(folded.read_text()), context
+        if name == "hostile names":  # and the HTML report
+            assert main(["html" if arg == "text" else arg for arg in args]) == 0, context
+            assert not CONTROLS.search(capsys.readouterr().out), context
     else:
         check_numbers(json.loads(out))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,8 @@ from tests.analysis.test_cli import _Jaeger, jaeger_server, run
 
 ESC_NAME = "app.\x1b]0;pwned\x07render\x1b[2J\nforged line\u202e"
 ESCAPED = "app.\\x1b]0;pwned\\x07render\\x1b[2J\\x0aforged line\\u202e"
+# Controls of every kind, the newline and tab excepted (they are an output's own layout).
+CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
 def test_escape_sequences_in_a_trace_never_reach_the_terminal(tmp_path: Path) -> None:
@@ -35,6 +38,25 @@ def test_escape_sequences_in_a_trace_never_reach_the_terminal(tmp_path: Path) ->
     assert ESCAPED in text and "\\x1b[31mred.py" in text
 
 
+def test_escape_sequences_in_a_trace_reach_no_output_file(tmp_path: Path) -> None:
+    # Every string of the input carries controls: names, files, service, the CPU counter and unit.
+    spans = key_sequence_spans(ESC_NAME, [1, 1, 2, 1], cpu=1_000_000, file="/app/\x1b[31mred.py")
+    document = request(spans, service="svc\x1b[8m", unit="n\x1b[2Js\u202e")
+    for attribute in document["resourceSpans"][0]["resource"]["attributes"]:
+        if attribute["key"] == "callspan.cpu.counter":
+            attribute["value"]["stringValue"] += "\x1b]0;x\x07"
+    path = write(str(tmp_path / "evil.jsonl"), [document])
+    outputs = {name: tmp_path / name for name in ("report.html", "out.folded", "out.speedscope.json")}
+    result = run(path, "--report", "all", "--format", "html", "-o", str(outputs["report.html"]), "--folded",
+                 str(outputs["out.folded"]), "--speedscope", str(outputs["out.speedscope.json"]), "--lookup-ns", "50")
+    assert result.returncode == 0, result.stderr
+    for name, output in outputs.items():
+        assert not CONTROLS.search(output.read_text()), name
+    # Folded: one stack a line (the newline a space, ";" a ":"), the rest escaped.
+    assert outputs["out.folded"].read_text() == "app.\\x1b]0:pwned\\x07render\\x1b[2J forged line\\u202e 4000000\n"
+    assert "data-unit='n\\x1b[2Js\\u202e'" in outputs["report.html"].read_text()
+
+
 def test_escape_sequences_in_paths_and_warnings_are_escaped(tmp_path: Path) -> None:
     evil = tmp_path / "bad\x1b[2Jname.jsonl"
     evil.write_bytes(b"{nope\n")
@@ -46,6 +68,9 @@ def test_escape_sequences_in_paths_and_warnings_are_escaped(tmp_path: Path) -> N
     result = run(str(partial))
     assert result.returncode == 0 and "skipped an incomplete last line" in result.stderr
     assert "\x1b" not in result.stderr and "\x07" not in result.stderr
+    # The report says so too (a report kept in a file), escaped alike.
+    warning = result.stdout.split("Input warnings (1; also on stderr):\n  ")[1]
+    assert warning.startswith(str(tmp_path / "partial\\x1b]0;x\\x07.jsonl:2: skipped an"))
 
 
 def impossible_spans() -> list[dict[str, Any]]:
@@ -74,6 +99,18 @@ def test_impossible_times_are_clamped_and_counted(tmp_path: Path) -> None:
     assert latency["m.f"]["total_wall_ns"] == 0 + 200 and latency["m.f"]["max_ns"] == 200
     assert latency["m.g"]["mean_running_ns"] == 5  # (10 + 0) / 2
     assert doc["input"]["time_range_ns"] == [10, 1_000]  # the clamped start 0 means "unknown"
+    # The text report lists the counted warnings under its header.
+    text = run(path, "--report", "cpu").stdout
+    assert text.splitlines()[2:10] == [
+        "Input warnings (5; also on stderr):",
+        "  input: 1 span(s) or summaries with self CPU above their total CPU: self set to the total",
+        "  input: 1 span(s) or listed call(s) ended before they started: end set to start (wall time 0)",
+        "  input: 1 negative CPU figure(s): set to 0",
+        "  input: 1 negative start or end time(s): set to 0",
+        "  input: 1 negative duration(s) or count(s) (running, suspended, awaits, return size, summarised",
+        "    calls): set to 0",
+        "",
+    ]
 
 
 def test_impossible_aggregates_are_clamped_and_counted(tmp_path: Path) -> None:

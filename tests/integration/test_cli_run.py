@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import base64
+import http.server
 import json
 import os
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -168,6 +172,42 @@ def test_the_default_output_replaces_a_symbolic_link_and_leaves_its_target(tmp_p
     assert not output.is_symlink() and len(read_spans(output)) == 3
     assert result.stderr == (f"callspan: 4 spans written to callspan-traces.jsonl (was a symbolic link to {victim}: "
                              "replaced, its target left untouched)\n")
+
+
+class _OtlpReceiver(http.server.BaseHTTPRequestHandler):
+    """Accepts OTLP/HTTP posts; records each one's path and Authorization header."""
+
+    posts: list[tuple[str, str | None]] = []
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server API)
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.posts.append((self.path, self.headers.get("Authorization")))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", "0")  # an empty ExportTraceServiceResponse: all accepted
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_an_otlp_url_keeps_its_query_in_place_and_shows_no_credential(tmp_path: Path) -> None:
+    script = tmp_path / "prog.py"
+    script.write_text(SECRET_SCRIPT)
+    handler = type("Receiver", (_OtlpReceiver,), {"posts": []})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        host = f"127.0.0.1:{server.server_address[1]}"
+        result = run("-m", "callspan", "run", "--otlp", f"http://me:pa55word@{host}/prefix/?token=s3cret",
+                     "--otlp-protocol", "http/protobuf", str(script), cwd=tmp_path)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.returncode == 0, result.stderr
+    assert handler.posts and set(handler.posts) == {
+        ("/prefix/v1/traces?token=s3cret", "Basic " + base64.b64encode(b"me:pa55word").decode())}
+    assert result.stderr == f"callspan: 4 spans written to OTLP/HTTP http://me:***@{host}/prefix/v1/traces?token=***\n"
 
 
 def test_return_size_off_keeps_the_length_of_returned_secrets_in_the_process(tmp_path: Path) -> None:

@@ -65,6 +65,21 @@ def test_devices_and_system_links_are_written_into(tmp_path: Path) -> None:
     assert link.is_symlink() and os.readlink(link) == os.devnull
 
 
+def test_a_descriptor_named_is_written_into_even_when_it_leads_to_a_file(tmp_path: Path) -> None:
+    # `-o /dev/stdout > report.txt`: the file the shell opened is written, and no file is renamed
+    # onto the descriptor's name (as root, one renamed onto /dev/stdout would replace the system's
+    # link). Tested through /dev/fd and /proc, where no file can be created if this broke.
+    report = tmp_path / "report.txt"
+    with open(report, "w") as shell_opened:
+        for name in (f"/dev/fd/{shell_opened.fileno()}", f"/proc/self/fd/{shell_opened.fileno()}"):
+            assert write_output(name, f"report via {name}\n") is None
+            assert report.read_text() == f"report via {name}\n" and os.path.islink(name)
+        with open_output(f"/dev/fd/{shell_opened.fileno()}").stream as stream:
+            stream.write("spans\n")
+        assert report.read_text() == "spans\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.txt"]
+
+
 def test_a_link_to_a_pipe_outside_dev_is_refused(tmp_path: Path) -> None:
     fifo = tmp_path / "someone-elses.fifo"
     os.mkfifo(fifo)

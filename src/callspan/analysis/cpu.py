@@ -27,6 +27,7 @@ from itertools import compress, repeat
 
 from callspan.analysis.model import S_CPU_CALLS, Model, RowColumns
 from callspan.analysis.profile import ProfileData
+from callspan.untrusted import printable
 
 ROOT = 0  # stack id of the empty stack
 UNRESOLVED = 0xFFFFFFFF
@@ -320,7 +321,9 @@ def _wall_self(rows: RowColumns) -> array[int]:
 
 
 def _clean(name: str) -> str:
-    return name.replace(";", ":").replace("\n", " ").replace("\r", " ") or "?"
+    # ";" separates frames, a newline stacks; other controls are escaped as in every output
+    # (a folded file is read with cat and less too).
+    return printable(name.replace(";", ":").replace("\n", " ").replace("\r", " ")) or "?"
 
 
 def folded(report: CpuReport) -> str:

@@ -229,7 +229,7 @@ def flame_html(report: CpuReport, max_nodes: int = MAX_FLAME_NODES) -> str:
             f"Click a box to zoom into it, again to zoom out. {note}.</p>"
             f"<div class=fg-bar><button type=button id=fg-reset>reset zoom</button>"
             f"<div id=fg-detail class=fg-detail></div></div>"
-            f"<div id=fg class=fg data-unit='{html.escape(report.unit)}' "
+            f"<div id=fg class=fg data-unit='{html.escape(printable(report.unit))}' "
             f"data-basis='{'CPU' if report.basis == 'cpu' else 'running time'}'></div>"
             f"<script type='application/json' id=fg-data>{flame_json(tree)}</script>"
             f"<script>{FLAME_JS}</script>")

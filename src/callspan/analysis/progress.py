@@ -7,6 +7,8 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
+from callspan.untrusted import printable
+
 WIDTH = 79
 
 
@@ -51,7 +53,7 @@ class Progress:
         filled = int(fraction * bar_width)
         text = (f"callspan: {self.phase:<9} [{'#' * filled}{'.' * (bar_width - filled)}] {fraction:4.0%} "
                 f"{_sizes(done, self.total)}, {_count(spans)} spans, {elapsed:.0f}s")
-        return text[:WIDTH]
+        return printable(text)[:WIDTH]  # text of callspan's own; escaped like every output all the same
 
     def update(self, done: int, spans: int, force: bool = False) -> None:
         if not self.enabled:

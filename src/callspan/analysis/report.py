@@ -18,6 +18,7 @@ from callspan.analysis.model import Model
 from callspan.untrusted import printable
 
 WIDTH = 100
+MAX_WARNINGS = 20  # input warnings listed in a text or HTML report (JSON has all)
 ESTIMATES = {
     "shards": "estimated: summarised calls were key-sampled at rate {rate:g}; replayed the sampled keys "
               "(SHARDS), counts and sizes scaled by {scale:g}",
@@ -149,6 +150,15 @@ def header(results: Results) -> list[str]:
         lines.extend(_wrap(f"Aggregates (schema 2, every call) for {count} process{'es' if count != 1 else ''}: "
                            "totals from them, spans only as examples", ""))
     lines.extend(_wrap(f"CPU counter: {_units(m)}", ""))
+    # In the report too (not only on stderr): a report kept in a file must say that it was made
+    # of damaged input, e.g. impossible figures clamped (``input.impossible``).
+    if m.warnings:
+        lines.append(f"Input warnings ({len(m.warnings):,}; also on stderr):")
+    for warning in m.warnings[:MAX_WARNINGS]:
+        lines.extend(textwrap.wrap(warning, WIDTH, initial_indent="  ", subsequent_indent="    ",
+                                   break_on_hyphens=False, break_long_words=False))
+    if len(m.warnings) > MAX_WARNINGS:
+        lines.append(f"  ... and {len(m.warnings) - MAX_WARNINGS:,} more (all in --format json: input.warnings)")
     return lines
 
 
@@ -558,7 +568,7 @@ def render_html(results: Results) -> str:
                        f"{'es' if len(m.processes) != 1 else ''}{_esc(_time_range(m))}<br>"
                        f"CPU counter: {_esc(_units(m))}</p>"]
     if m.warnings:
-        body.append("<p class=muted>" + "<br>".join(_esc(w) for w in m.warnings[:20]) + "</p>")
+        body.append("<p class=muted>" + "<br>".join(_esc(w) for w in m.warnings[:MAX_WARNINGS]) + "</p>")
     if results.cache is not None:
         c = results.cache
         body.append(f"<h2>Cache opportunities</h2><p class=muted>In tiers, each ranked by CPU saved at the "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -176,8 +177,14 @@ def _otlp_exporter(endpoint: str | None, protocol: str | None, timeout: float) -
     if protocol in ("http/protobuf", "http"):
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
 
-        if endpoint and not endpoint.rstrip("/").endswith("/v1/traces"):
-            endpoint = endpoint.rstrip("/") + "/v1/traces"
+        if endpoint:
+            # The signal's path after the URL's path, its query (a token, say) kept in place.
+            try:
+                parts = urllib.parse.urlsplit(endpoint)
+            except ValueError:
+                raise CallspanError(f"OTLP endpoint {redact_url(endpoint)}: not a valid URL") from None
+            if not parts.path.rstrip("/").endswith("/v1/traces"):
+                endpoint = urllib.parse.urlunsplit(parts._replace(path=parts.path.rstrip("/") + "/v1/traces"))
         exporter = HttpExporter(endpoint=endpoint, timeout=timeout)
         where = endpoint or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or (
             os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "http://localhost:4318").rstrip("/") + "/v1/traces")

@@ -15,6 +15,7 @@ import os
 import sys
 
 from callspan.config import CALLSPAN_ENABLED
+from callspan.untrusted import printable
 
 _TRUE = ("1", "true", "yes", "on")
 
@@ -32,4 +33,4 @@ def arm_or_say_why_not() -> None:
 
         arm()
     except Exception as exc:
-        print(f"callspan: production mode not armed: {exc}", file=sys.stderr)
+        print(f"callspan: production mode not armed: {printable(str(exc))}", file=sys.stderr)

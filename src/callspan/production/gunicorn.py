@@ -22,6 +22,7 @@ import sys
 from typing import Any
 
 from callspan.production.autoinstrument import arm_or_say_why_not
+from callspan.untrusted import printable
 
 
 def post_fork(server: Any, worker: Any) -> None:
@@ -40,7 +41,7 @@ def instrument_this_process() -> None:
     try:
         from opentelemetry.instrumentation.auto_instrumentation import initialize
     except ImportError as exc:
-        print(f"callspan: OpenTelemetry auto-instrumentation not set up in this worker ({exc}): "
+        print(f"callspan: OpenTelemetry auto-instrumentation not set up in this worker ({printable(str(exc))}): "
               "pip install opentelemetry-distro opentelemetry-exporter-otlp", file=sys.stderr)
         return
     initialize()
