@@ -132,3 +132,7 @@ def test_program_behaves_as_under_python(program: str, core: str, tmp_path: Path
     scopes = [ss["scope"] for line in lines for rs in line["resourceSpans"] for ss in rs["scopeSpans"]]
     cores = {a["value"]["stringValue"] for s in scopes for a in s.get("attributes", ()) if a["key"] == "callspan.core"}
     assert cores == {core}
+    # The program was named by a relative path: its spans' code.file.path are absolute (schema).
+    paths = {a["value"]["stringValue"] for line in lines for rs in line["resourceSpans"] for ss in rs["scopeSpans"]
+             for s in ss["spans"] for a in s["attributes"] if a["key"] == "code.file.path"}
+    assert all(os.path.isabs(path) for path in paths), paths
