@@ -234,3 +234,78 @@ def test_a_real_trace_has_no_impossible_figures(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
     assert doc["input"]["impossible"] == {} and doc["input"]["warnings"] == []
+
+
+FORKING = textwrap.dedent('''
+    import json
+    import os
+    import sys
+
+    def f(i):
+        return i + 1
+
+    def child(calls, leave):
+        for i in range(calls):
+            f(i)
+        if leave == "exit":
+            sys.exit(3)
+        if leave == "raise":
+            raise ValueError("child failed")
+
+    def main(pids_file):
+        for i in range(3000):  # pending in the parent's aggregates when it forks
+            f(i)
+        children = {}
+        for calls, leave in ((10, "exit"), (20, "raise"), (30, "return")):
+            pid = os.fork()
+            if pid == 0:
+                child(calls, leave)
+                return
+            os.waitpid(pid, 0)
+            children[pid] = calls
+        with open(pids_file, "w") as out:  # pids differ from run to run: not in the compared output
+            json.dump({"parent": os.getpid(), "children": children}, out)
+
+    main(sys.argv[1])
+''')
+
+
+@pytest.mark.parametrize("core", available_cores())
+def test_os_fork_children_are_processes_of_their_own_with_exact_counts(core: str, tmp_path: Path) -> None:
+    """Plain os.fork() under `callspan run` (no --follow-children): each child exports only its
+    own calls (never the parent's pending ones again), under its own pid, with no negative CPU,
+    into the parent's file, and prints no line of callspan's."""
+    from tests.integration.test_equivalence import callspan_command, clean_env
+    from tests.integration.test_follow_children import analyze, calls_by_pid
+
+    (tmp_path / "forking.py").write_text(FORKING)
+    plain = subprocess.run([sys.executable, "forking.py", "plain-pids.json"], cwd=tmp_path, env=clean_env(),
+                           capture_output=True, text=True, timeout=60)
+    traced = subprocess.run([*callspan_command(), "run", "--core", core, "-o", "f.jsonl", "forking.py", "pids.json"],
+                            cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=60)
+    assert traced.returncode == plain.returncode == 0, traced.stderr
+    assert traced.stdout == plain.stdout
+    *program_stderr, ours = traced.stderr.splitlines(keepends=True)
+    assert "".join(program_stderr) == plain.stderr and "ValueError: child failed" in plain.stderr
+    assert ours.startswith("callspan: ") and "spans written to f.jsonl" in ours and "internal" not in ours, ours
+
+    pids = json.loads((tmp_path / "pids.json").read_text())
+    parent, children = pids["parent"], {int(pid): calls for pid, calls in pids["children"].items()}
+    report = analyze(tmp_path / "f.jsonl", tmp_path)
+    processes = report["input"]["processes"]
+    assert sorted(p["pid"] for p in processes) == sorted([parent, *children])
+    assert len({p["instance"] for p in processes}) == 4
+    assert calls_by_pid(report) == {
+        "__main__.f": {parent: 3000, **children},
+        "__main__.child": dict.fromkeys(children, 1),
+        "__main__.main": dict.fromkeys([parent, *children], 1),  # a child counts main() from the fork
+    }
+    stacks = {tuple(stack["stack"]): stack for stack in report["cpu"]["stacks"]}
+    assert {stack: row["calls"] for stack, row in stacks.items()} == {
+        ("__main__.main",): 4, ("__main__.main", "__main__.f"): 3000, ("__main__.main", "__main__.child"): 3,
+        ("__main__.main", "__main__.child", "__main__.f"): 10 + 20 + 30}
+    assert all(row["self"] >= 0 and row["total"] >= row["self"] for row in stacks.values())
+    cpu = [int(a["value"]["intValue"]) for s in read_spans(tmp_path / "f.jsonl") for a in s["attributes"]
+           if a["key"] == "callspan.cpu.total"]
+    assert cpu and min(cpu) >= 0
+    assert report["input"]["impossible"] == {}

@@ -2,7 +2,9 @@
 `python PROGRAM` and as `callspan run PROGRAM` on every core of this interpreter; stdout, stderr
 and the exit status must be identical, callspan's own line aside (the last line of stderr).
 
-The programs' headers (equivalence/README.md) give arguments, stdin and the lowest Python.
+The programs' headers (equivalence/README.md) give arguments, stdin and the lowest Python. Both
+sides run in equivalence/ and name the program as a user types it there (`prog.py`, or
+`-m prog`): Python makes `__file__` and the code's paths absolute, so must callspan.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class Header(NamedTuple):
     shutdown_output: bool
     differs_on: tuple[int, ...] | None
     env: dict[str, str]  # for the callspan side only, e.g. CALLSPAN_USER_HASH=off
+    module: bool  # run as `-m NAME` (the file's name without .py)
 
 
 def header(program: str) -> Header:
@@ -50,7 +53,13 @@ def header(program: str) -> Header:
         shutdown_output=fields.get("shutdown-output") == "yes",
         differs_on=tuple(int(p) for p in fields["differs-on"].split()[0].split(".")) if "differs-on" in fields else None,
         env=dict(item.split("=", 1) for item in fields.get("env", "").split()),
+        module=fields.get("run") == "-m",
     )
+
+
+def target(program: str) -> list[str]:
+    """The program as typed in equivalence/ (the working directory of both runs)."""
+    return ["-m", program.removesuffix(".py")] if header(program).module else [program]
 
 
 def normalised(output: bytes) -> str:
@@ -80,9 +89,9 @@ def execute(command: list[str], stdin: bytes, cwd: Path,
 
 
 @functools.cache
-def under_python(program: str, workdir: str) -> subprocess.CompletedProcess[bytes]:
+def under_python(program: str) -> subprocess.CompletedProcess[bytes]:
     spec = header(program)
-    return execute([sys.executable, str(PROGRAMS_DIR / program), *spec.args], spec.stdin, Path(workdir))
+    return execute([sys.executable, *target(program), *spec.args], spec.stdin, PROGRAMS_DIR)
 
 
 def runnable(program: str) -> None:
@@ -94,14 +103,9 @@ def runnable(program: str) -> None:
         pytest.importorskip(needed, reason=f"{program} needs {needed}: pip install -e '.[test]'")
 
 
-@pytest.fixture(scope="module")
-def python_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("python")
-
-
 @pytest.mark.parametrize("core", available_cores())
 @pytest.mark.parametrize("program", PROGRAMS)
-def test_program_behaves_as_under_python(program: str, core: str, python_workdir: Path, tmp_path: Path,
+def test_program_behaves_as_under_python(program: str, core: str, tmp_path: Path,
                                         request: pytest.FixtureRequest) -> None:
     runnable(program)
     spec = header(program)
@@ -109,10 +113,10 @@ def test_program_behaves_as_under_python(program: str, core: str, python_workdir
         # A difference the README lists ("How `callspan run` differs"): run, expected to fail
         # (not always: it depends on timing), and shown as XPASS when it does not.
         request.applymarker(pytest.mark.xfail(reason=f"{program}: known difference (README)", strict=False))
-    plain = under_python(program, str(python_workdir))
+    plain = under_python(program)
     output = tmp_path / "out.jsonl"
     traced = execute([*callspan_command(), "run", "-o", str(output), "--core", core, *spec.callspan,
-                      str(PROGRAMS_DIR / program), *spec.args], spec.stdin, tmp_path, spec.env)
+                      *target(program), *spec.args], spec.stdin, PROGRAMS_DIR, spec.env)
     stderr_lines = normalised(traced.stderr).splitlines(keepends=True)
     ours = [i for i, line in enumerate(stderr_lines) if line.startswith("callspan: ")]
     assert ours, traced.stderr.decode()[-3000:]
@@ -128,3 +132,7 @@ def test_program_behaves_as_under_python(program: str, core: str, python_workdir
     scopes = [ss["scope"] for line in lines for rs in line["resourceSpans"] for ss in rs["scopeSpans"]]
     cores = {a["value"]["stringValue"] for s in scopes for a in s.get("attributes", ()) if a["key"] == "callspan.core"}
     assert cores == {core}
+    # The program was named by a relative path: its spans' code.file.path are absolute (schema).
+    paths = {a["value"]["stringValue"] for line in lines for rs in line["resourceSpans"] for ss in rs["scopeSpans"]
+             for s in ss["spans"] for a in s["attributes"] if a["key"] == "code.file.path"}
+    assert all(os.path.isabs(path) for path in paths), paths

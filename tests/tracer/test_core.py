@@ -495,6 +495,39 @@ def with_value_types(n: int) -> None:
         keyed_with(UserHashed(), i)
 
 
+class HashesThroughTracedCode:
+    """A value type whose __hash__ calls a traced function (leaf)."""
+
+    hashes = 0
+
+    def __hash__(self) -> int:
+        HashesThroughTracedCode.hashes += 1
+        return leaf(1)
+
+
+def with_hashes_through_traced_code(n: int) -> None:
+    for i in range(n):
+        keyed_with(HashesThroughTracedCode(), i)
+
+
+def test_a_user_hash_run_by_the_hook_is_not_traced(traced) -> None:  # type: ignore[no-untyped-def]
+    # CALLSPAN_USER_HASH=on: the __hash__ runs inside the hook, which does not trace what it runs:
+    # neither the __hash__ nor the traced function it calls becomes a span or a counted call.
+    HashesThroughTracedCode.hashes = 0
+    run = traced(max_spans_per_trace=100_000, max_spans_per_second=100_000)
+    run.run(with_hashes_through_traced_code, 5)
+    assert HashesThroughTracedCode.hashes >= 5  # the hook did hash the argument
+    assert len(by_name(run.sink.closed, "keyed_with")) == 5
+    assert by_name(run.sink.closed, "leaf") == []
+    assert by_name(run.sink.closed, "HashesThroughTracedCode.__hash__") == []
+    calls: dict[str, int] = {}
+    for window in run.sink.windows:
+        for name, count in zip(window["function.name"], window["function.calls"], strict=True):
+            calls[name] = calls.get(name, 0) + count
+    assert set(calls) == {f"{__name__}.{name}" for name in ("with_hashes_through_traced_code", "keyed_with")}
+    assert all("callspan.args.hash" in n.attributes for n in by_name(run.sink.closed, "keyed_with"))
+
+
 def test_user_hashes_run_as_lru_cache_would_and_never_end_the_program(traced) -> None:  # type: ignore[no-untyped-def]
     # CALLSPAN_USER_HASH=on (the default of callspan run): value types key by their own __hash__;
     # a __hash__ raising SystemExit(9) is swallowed (the call is not keyed), never ends the program.

@@ -1,4 +1,5 @@
-"""__main__ is this module, with Python's attributes, at start and in atexit handlers."""
+"""__main__ is this module, with Python's attributes, at start and in atexit handlers; its __file__
+is absolute (the suite runs it as `main_module.py`), so it still works after a chdir."""
 import atexit
 import builtins
 import os
@@ -23,4 +24,7 @@ print(sys.argv, sys.path[0] == os.path.dirname(os.path.realpath(__file__)))
 print(os.path.basename(os.path.dirname(sys.path[1])) != "bin")
 print(warnings.filters[:5])
 describe("start")
+os.chdir("/")  # __file__ still names this file: it is absolute, as typed or not
+with open(__file__) as source:
+    print(source.readline().rstrip())
 atexit.register(describe, "atexit")  # Python has removed __file__ and __cached__ by then
