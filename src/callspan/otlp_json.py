@@ -83,7 +83,35 @@ def _array_values_json(values: Any) -> str:
     return ",".join(map(any_value_json, values))
 
 
+# '{"key":<key>,"value":' per attribute key: spans repeat the same few keys. Bounded: cleared
+# when full (keys come from the program's and the SDK's attribute names, a small set).
+_KEY_PREFIXES: dict[str, str] = {}
+_MAX_KEY_PREFIXES = 4096
+
+
 def key_values_json(attributes: Any) -> str:
-    """``key_values(attributes)`` as compact JSON text."""
-    return "[" + ",".join('{"key":' + json_string(k) + ',"value":' + any_value_json(v) + "}"
-                          for k, v in (attributes or {}).items()) + "]"
+    """``key_values(attributes)`` as compact JSON text.
+
+    The exporter calls this for every attribute of every span (~14 a span): the common value
+    types are written inline, exact types only (a bool or an IntEnum is not an ``int`` here;
+    ``any_value_json`` takes every other value)."""
+    if not attributes:
+        return "[]"
+    prefixes = _KEY_PREFIXES
+    parts = []
+    for key, value in attributes.items():
+        prefix = prefixes.get(key)
+        if prefix is None:
+            if len(prefixes) >= _MAX_KEY_PREFIXES:
+                prefixes.clear()
+            prefix = prefixes[key] = '{"key":' + json_string(key) + ',"value":'
+        kind = type(value)
+        if kind is str:
+            parts.append(prefix + '{"stringValue":' + json_string(value) + "}}")
+        elif kind is int:
+            parts.append(prefix + '{"intValue":"' + str(value) + '"}}')
+        elif kind is bool:
+            parts.append(prefix + ('{"boolValue":true}}' if value else '{"boolValue":false}}'))
+        else:
+            parts.append(prefix + any_value_json(value) + "}")
+    return "[" + ",".join(parts) + "]"

@@ -41,11 +41,15 @@ def encode_spans(spans: Sequence[ReadableSpan]) -> str:
 
 
 def _request(spans: Sequence[ReadableSpan]) -> dict[str, Any]:
-    resources: dict[int, tuple[Any, dict[Any, list[dict[str, Any]]]]] = {}
+    resources: dict[int, tuple[Any, dict[Any, list[Any]]]] = {}
+    scope_keys: dict[int, Any] = {}  # per scope object (a tracer's spans share one): its key
     for span in spans:
         resource_entry = resources.setdefault(id(span.resource), (span.resource, {}))
         scope = span.instrumentation_scope
-        scope_key = (scope.name, scope.version, tuple(sorted((scope.attributes or {}).items()))) if scope else None
+        scope_key = scope_keys.get(id(scope), scope_keys)
+        if scope_key is scope_keys:
+            scope_key = scope_keys[id(scope)] = (
+                (scope.name, scope.version, tuple(sorted((scope.attributes or {}).items()))) if scope else None)
         resource_entry[1].setdefault(scope_key, []).append(_span(span))
     resource_spans = []
     for resource, scopes in resources.values():
@@ -66,30 +70,31 @@ def _request(spans: Sequence[ReadableSpan]) -> dict[str, Any]:
     return {"resourceSpans": resource_spans}
 
 
-def _span(span: ReadableSpan) -> dict[str, Any]:
+def _span(span: ReadableSpan) -> _Encoded:
+    """One OTLP/JSON Span, as text: what ``_dumps`` writes for its object form (keys in that
+    order: status before the optional parentSpanId and events). Written directly: the exporter
+    encodes every kept span (thousands at a run's end), and a dict per span walked by ``_dumps``
+    cost ~3x more."""
     context = span.context
-    out: dict[str, Any] = {
-        "traceId": f"{context.trace_id:032x}",
-        "spanId": f"{context.span_id:016x}",
-        "name": span.name,
-        "kind": span.kind.value + 1,  # OTLP enum: 1 = INTERNAL; the SDK's starts at 0
-        "startTimeUnixNano": str(span.start_time),
-        "endTimeUnixNano": str(span.end_time),
-        "attributes": _Encoded(key_values_json(span.attributes)),
-        "status": {},
-    }
+    status = span.status
+    code = status.status_code.value
+    if not code:
+        status_json = "{}"
+    elif status.description:
+        status_json = '{"code":' + str(code) + ',"message":' + json_string(status.description) + "}"
+    else:
+        status_json = '{"code":' + str(code) + "}"
+    text = (f'{{"traceId":"{context.trace_id:032x}","spanId":"{context.span_id:016x}",'
+            f'"name":{json_string(span.name)},"kind":{span.kind.value + 1},'  # OTLP enum: 1 = INTERNAL; the SDK's starts at 0
+            f'"startTimeUnixNano":"{span.start_time}","endTimeUnixNano":"{span.end_time}",'
+            f'"attributes":{key_values_json(span.attributes)},"status":{status_json}')
     if span.parent is not None:
-        out["parentSpanId"] = f"{span.parent.span_id:016x}"
+        text += f',"parentSpanId":"{span.parent.span_id:016x}"'
     if span.events:
-        out["events"] = [
-            {"timeUnixNano": str(e.timestamp), "name": e.name, "attributes": _Encoded(key_values_json(e.attributes))}
-            for e in span.events
-        ]
-    if span.status.status_code.value:
-        out["status"] = {"code": span.status.status_code.value}
-        if span.status.description:
-            out["status"]["message"] = span.status.description
-    return out
+        text += ',"events":[' + ",".join(
+            f'{{"timeUnixNano":"{e.timestamp}","name":{json_string(e.name)},'
+            f'"attributes":{key_values_json(e.attributes)}}}' for e in span.events) + "]"
+    return _Encoded(text + "}")
 
 
 class OtlpJsonLinesExporter(SpanExporter):
