@@ -38,6 +38,11 @@ YIELD_OPCODES = frozenset(dis.opmap[name] for name in ("YIELD_VALUE",) if name i
 # Measured (tests/tracer/test_core.py generator test under setprofile): on 3.13 the "return" event
 # of a yield reports f_lasti at the RESUME that follows YIELD_VALUE, not at YIELD_VALUE itself.
 RESUME_OPCODE = dis.opmap.get("RESUME", -1)
+# Measured on 3.11.7, 3.12.1, 3.13.0 (tests/tracer/test_core.py, generator frame reuse): a "call"
+# profile event's f_lasti is at the RESUME being run; its oparg's low two bits are 0 when the frame
+# starts and 1-3 when it resumes (3.13 sets higher bits too), so a generator's start is told from
+# a resume without trusting the frame's address (a dead generator's frame address is reused).
+RESUME_AT_START_OPARG_MASK = 3
 YIELD_REPORTED_AT_NEXT_RESUME = PYVERSION >= (3, 13)
 
 # The compiled hot path (callspan.tracer._hotpath, an optional C extension built at install time):

@@ -216,7 +216,12 @@ class Recorder:
 
     def evict_oldest_suspended(self) -> None:
         """Bound memory: a generator abandoned without close (3.13 may not tell us) ends here."""
-        key = next(iter(self.suspended))
+        self.end_suspended(next(iter(self.suspended)))
+
+    def end_suspended(self, key: int) -> None:
+        """End the suspended record at ``key`` where it last suspended (incomplete): its generator
+        was evicted, or is gone (its frame's address now belongs to another generator: a close
+        that ran no event, or one the setprofile cores could not tell from a yield)."""
         record = self.suspended.pop(key)
         record[R_END] = record[R_SUSP_AT]
         record[R_INCOMPLETE] = True
@@ -451,9 +456,12 @@ class Recorder:
                 record[CPU] += cpu() - record[SEG_CPU]
             record[SUSPENDS] += 1
             record[SUSP_AT] = now
+            key = id(frame)
+            if key in suspended:
+                recorder.end_suspended(key)  # a dead generator's record (its frame's address reused)
             if len(suspended) >= max_suspended:
                 recorder.evict_oldest_suspended()
-            suspended[id(frame)] = record
+            suspended[key] = record
 
         def resume(frame: FrameType) -> bool:
             """A suspended generator/coroutine runs again. False if we never saw it start."""

@@ -203,6 +203,7 @@ typedef struct {
     PyObject *finished;       /* list of finished kept records (drained by the builder) */
     PyObject *suspended;      /* dict: id(frame) -> record */
     PyObject *evict;          /* recorder.evict_oldest_suspended() */
+    PyObject *end_suspended;  /* recorder.end_suspended(key): a dead generator's record */
     PyObject *clock;          /* NULL: CLOCK_MONOTONIC (what time.perf_counter_ns reads) */
     PyObject *context_getter; /* NULL or callable */
     PyObject *gate;           /* NULL, or recorder.gate: the ContextVar that is True while a sampled
@@ -996,6 +997,39 @@ finally:
     return rc;
 }
 
+/* recorder.end_suspended(key): the record suspended at a frame address now used by another
+ * generator ends where it last suspended (rare: a generator closed without an event). */
+#define RESUME_AT_START_OPARG_MASK 3 /* _env.RESUME_AT_START_OPARG_MASK */
+
+static int
+end_suspended(HotPath *hp, PyObject *key)
+{
+    PyObject *done = PyObject_CallOneArg(hp->end_suspended, key);
+    if (done == NULL)
+        return -1;
+    Py_DECREF(done);
+    return 0;
+}
+
+/* setprofile's "call" of a generator or coroutine frame: 1 when the frame starts (f_lasti at a
+ * RESUME whose oparg's low bits are 0: _env.RESUME_AT_START_OPARG_MASK), 0 when it resumes. */
+static int
+frame_starts(HotPath *hp, PyFrameObject *frame)
+{
+    int lasti = PyFrame_GetLasti(frame);
+    PyCodeObject *code = PyFrame_GetCode(frame);
+    PyObject *bytes = PyCode_GetCode(code);
+    Py_DECREF(code);
+    int starts = 0;
+    if (bytes != NULL && PyBytes_Check(bytes) && lasti >= 0 && lasti + 1 < PyBytes_GET_SIZE(bytes)) {
+        const unsigned char *ops = (const unsigned char *)PyBytes_AS_STRING(bytes);
+        starts = ops[lasti] == hp->resume_op && (ops[lasti + 1] & RESUME_AT_START_OPARG_MASK) == 0;
+    }
+    Py_XDECREF(bytes);
+    PyErr_Clear();
+    return starts;
+}
+
 static int
 hp_suspend(HotPath *hp, PyObject *code, PyFrameObject *frame)
 {
@@ -1012,13 +1046,18 @@ hp_suspend(HotPath *hp, PyObject *code, PyFrameObject *frame)
         goto finally;
     record->n[NUM_SUSPENDS]++;
     record->n[NUM_SUSP_AT] = now;
+    if ((key = PyLong_FromVoidPtr(frame)) == NULL)
+        goto finally;
+    int stale = PyDict_Contains(hp->suspended, key);
+    if (stale < 0 || (stale && end_suspended(hp, key) < 0)) /* recorder.suspend: a dead generator's */
+        goto finally;
     if (PyDict_GET_SIZE(hp->suspended) >= hp->max_suspended) {
         PyObject *done = PyObject_CallNoArgs(hp->evict);
         if (done == NULL)
             goto finally;
         Py_DECREF(done);
     }
-    if ((key = PyLong_FromVoidPtr(frame)) == NULL || PyDict_SetItem(hp->suspended, key, (PyObject *)record) < 0)
+    if (PyDict_SetItem(hp->suspended, key, (PyObject *)record) < 0)
         goto finally;
     rc = 0;
 finally:
@@ -1353,10 +1392,19 @@ profile_call(HotPath *hp, PyFrameObject *frame)
             fault(hp);
             goto done;
         }
-        if (suspended) {
+        if (suspended && !frame_starts(hp, frame)) {
             if (hp_resume(hp, frame) < 0)
                 fault(hp);
             goto done;
+        }
+        if (suspended) { /* starts: the record at its address is a dead generator's */
+            PyObject *stale = PyLong_FromVoidPtr(frame);
+            int ended = stale ? end_suspended(hp, stale) : -1;
+            Py_XDECREF(stale);
+            if (ended < 0) {
+                fault(hp);
+                goto done;
+            }
         }
     }
     if (!gate_closed(hp) && hp_start(hp, info, frame) < 0)
@@ -1533,6 +1581,7 @@ HotPath_traverse(HotPath *self, visitproc visit, void *arg)
     Py_VISIT(self->finished);
     Py_VISIT(self->suspended);
     Py_VISIT(self->evict);
+    Py_VISIT(self->end_suspended);
     Py_VISIT(self->clock);
     Py_VISIT(self->context_getter);
     Py_VISIT(self->gate);
@@ -1561,6 +1610,7 @@ HotPath_clear(HotPath *self)
     Py_CLEAR(self->finished);
     Py_CLEAR(self->suspended);
     Py_CLEAR(self->evict);
+    Py_CLEAR(self->end_suspended);
     Py_CLEAR(self->clock);
     Py_CLEAR(self->context_getter);
     Py_CLEAR(self->gate);
@@ -1648,6 +1698,7 @@ HotPath_init(HotPath *self, PyObject *args, PyObject *kwds)
         (self->finished = PyObject_GetAttrString(recorder, "finished")) == NULL ||
         (self->suspended = PyObject_GetAttrString(recorder, "suspended")) == NULL ||
         (self->evict = PyObject_GetAttrString(recorder, "evict_oldest_suspended")) == NULL ||
+        (self->end_suspended = PyObject_GetAttrString(recorder, "end_suspended")) == NULL ||
         (self->aggs = (Aggregates *)PyObject_GetAttrString(recorder, "aggregates")) == NULL)
         return -1;
     if (!PyDict_Check(self->infos) || !PyDict_Check(self->states) || !PyDict_Check(self->suspended) ||

@@ -90,10 +90,12 @@ class SetProfileCore:
         suspend = recorder.suspend
         resume = recorder.resume
         suspended = recorder.suspended
+        end_suspended = recorder.end_suspended
         return_ops = _env.RETURN_OPCODES
         yield_ops = _env.YIELD_OPCODES
         unknown = _UnknownException()
         resume_op = _env.RESUME_OPCODE
+        start_mask = _env.RESUME_AT_START_OPARG_MASK
         resume_follows_yield = _env.YIELD_REPORTED_AT_NEXT_RESUME
 
         def hook(frame: FrameType, event: str, arg: Any) -> None:
@@ -105,7 +107,15 @@ class SetProfileCore:
                         if code in infos or (info := decide(code, frame)) is None:
                             return
                     if info.kind != KIND_FUNCTION and id(frame) in suspended:
-                        resume(frame)
+                        lasti = frame.f_lasti
+                        co_code = code.co_code
+                        if lasti >= 0 and co_code[lasti] == resume_op and not co_code[lasti + 1] & start_mask:
+                            # RESUME 0: this frame starts; the record at its address is a dead
+                            # generator's (closed without an event, or its close taken for a yield)
+                            end_suspended(id(frame))
+                            start(info, frame)
+                        else:
+                            resume(frame)
                     else:
                         start(info, frame)
                 elif event == "return":
