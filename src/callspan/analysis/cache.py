@@ -109,7 +109,10 @@ LOOKUP_REPEATS = 5  # timings per variant; the fastest is kept (the least distur
 ADVICE_KINDS = ("lru_cache", "lru_cache_convert_args", "method", "async_cache", "inflight_coalescing",
                 "mostly_consistent", "mutable_return", "calls_impure", "inconsistent", "fresh_object", "not_cacheable",
                 "closure", "callees_unknown", "returns_none", "not_worth_it")
-NOT_RECOMMENDED = ("inconsistent", "fresh_object", "not_cacheable", "method", "closure")
+NOT_RECOMMENDED = ("inconsistent", "fresh_object", "not_cacheable", "method", "closure", "slow_hash")
+# The kind the tracer gives a value it stopped hashing for a function because the function's user
+# __hash__ calls passed its bound ("Name:slow-hash": callspan.tracer.keys.USER_HASH_MAX_NS).
+SLOW_HASH_KIND = "slow-hash"
 # Protocol methods that act on their object (initialise, change or advance it): a cache would skip
 # that for every repeated key, whatever they return.
 STATEFUL_PROTOCOL = frozenset({
@@ -896,6 +899,14 @@ def _advise(op: Opportunity, options: CacheOptions, lookup: LookupCost) -> Advic
     where = f"{op.file}:{op.line}" if op.file else op.name
     size = op.recommended_maxsize
     paste = f"@functools.lru_cache(maxsize={size})  # {where}" if size else None
+    slow = [name for name, kind in op.unhashable_args if kind == SLOW_HASH_KIND]
+    if slow:
+        return Advice("slow_hash", f"user __hash__ too slow to key: the __hash__ of {', '.join(slow)} took over "
+                      "10 us per call on average (once 1 ms was spent hashing its keys), so the tracer stopped "
+                      "calling it for this function and its cache figures cover only the calls keyed before; "
+                      "functools.lru_cache would run that __hash__ on every call too: give the "
+                      "type a cheaper (or cached) __hash__, or cache a function of the plain values the result "
+                      "depends on")
     if op.hits_unbounded <= 0 and op.method and not op.identity:
         return Advice("method", f"self is part of the cache key and no key repeated "
                       f"({_format_count(op.calls)} calls, {_format_count(op.distinct_keys)} distinct keys): "
@@ -1145,7 +1156,8 @@ class PendingAnalysis:
             if op.inconsistent_keys and ".<locals>." not in op.name:
                 impure.append(key)
                 impure_ops.setdefault(op.name, op)
-            if op.hits_unbounded <= 0 and not op.method:
+            # (a function whose keys stopped for a slow __hash__ is listed with that reason)
+            if op.hits_unbounded <= 0 and not op.method and op.advice.kind != "slow_hash":
                 without_reuse += 1
                 continue
             opportunities.append(op)

@@ -45,6 +45,7 @@ ADVICE_LABELS = {
     "calls_impure": "calls impure", "not_cacheable": "not cacheable", "not_worth_it": "not worth it",
     "mostly_consistent": "mostly consistent", "fresh_object": "new object", "mutable_return": "mutable return",
     "closure": "nested def", "callees_unknown": "callees unknown", "returns_none": "returns None",
+    "slow_hash": "slow __hash__",
 }
 
 
@@ -214,7 +215,7 @@ def cache_text(report: CacheReport, top: int) -> list[str]:
     if report.functions_without_reuse:
         notes.append(f"{report.functions_without_reuse} never repeated an argument key")
     if report.functions_without_keys:
-        notes.append(f"{report.functions_without_keys} had no key hashes (CALLSPAN_KEYS off for them?)")
+        notes.append(f"{report.functions_without_keys} had no key hashes (CALLSPAN_KEYS off or CALLSPAN_KEYS_EXCLUDE for them?)")
     lines.extend(_wrap("; ".join(notes) + ".", ""))
     return lines
 
