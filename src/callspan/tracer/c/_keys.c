@@ -155,17 +155,46 @@ user_verdict(const CodeInfoObject *ci)
     return ci != NULL && ci->slow_hash ? HASH_SLOW : HASH_USER;
 }
 
+/* The commonest values hashed by a built-in hash, told without a call (every keyed return value
+ * is checked: ints, strings and None first). */
+static inline int
+plainly_builtin(PyObject *value)
+{
+    PyTypeObject *type = Py_TYPE(value);
+    return type == &PyLong_Type || type == &PyUnicode_Type || value == Py_None || type == &PyFloat_Type ||
+           type == &PyBytes_Type;
+}
+
+/* An exact tuple of plainly_builtin items (a common return value): hash_verdict's answer,
+ * HASH_BUILTIN, without its call. */
+static inline int
+plain_tuple(PyObject *value)
+{
+    if (!PyTuple_CheckExact(value))
+        return 0;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(value); i++) {
+        if (!plainly_builtin(PyTuple_GET_ITEM(value, i)))
+            return 0;
+    }
+    return 1;
+}
+
 /* keys.hash_verdict: what hash(value) would run for ``ci``'s keys (NULL: no function's bound). */
 static int
 hash_verdict(PyObject *value, const CodeInfoObject *ci, int depth)
 {
+    if (plainly_builtin(value))
+        return HASH_BUILTIN;
     hashfunc slot = Py_TYPE(value)->tp_hash;
     if (slot == PyTuple_Type.tp_hash) {
         if (depth >= 16) /* keys.py _MAX_TUPLE_DEPTH */
             return user_verdict(ci);
         int verdict = HASH_BUILTIN;
         for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(value); i++) {
-            int found = hash_verdict(PyTuple_GET_ITEM(value, i), ci, depth + 1);
+            PyObject *item = PyTuple_GET_ITEM(value, i);
+            if (plainly_builtin(item))
+                continue;
+            int found = hash_verdict(item, ci, depth + 1);
             if (found < HASH_BUILTIN)
                 return found;
             if (found > verdict)
@@ -1011,7 +1040,7 @@ cs_value_key(PyObject *value, int64_t *raw_out, int *kind, CodeInfoObject *ci, P
     *kind = KEY_OBJECT;
     HashTimer timer = {ci, clock};
     if (Py_TYPE(value)->tp_hash != PyObject_HashNotImplemented) {
-        int verdict = hash_verdict(value, ci, 0);
+        int verdict = plainly_builtin(value) || plain_tuple(value) ? HASH_BUILTIN : hash_verdict(value, ci, 0);
         if (verdict < HASH_BUILTIN)
             return PyTuple_Pack(2, Py_None, Py_False); /* its hash is user code not allowed: not hashed */
         int user = timed(&timer, verdict);
