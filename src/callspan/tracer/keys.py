@@ -213,7 +213,10 @@ def hash_verdict(value: Any, info: CodeInfo | None = None, depth: int = 0) -> in
     first refusal, else USER if any item is; deeper than _MAX_TUPLE_DEPTH, what a user hash gets.
     An unhashable value (whose hash raises TypeError, no user code) is BUILTIN when user hashes
     are on, as before this function existed."""
-    slot = type(value).__hash__
+    kind = type(value)
+    if kind is int or kind is str or value is None:  # the commonest: no lookup
+        return BUILTIN
+    slot = kind.__hash__
     if slot is _TUPLE_HASH:
         if depth >= _MAX_TUPLE_DEPTH:
             return _user_verdict(info)
@@ -229,7 +232,7 @@ def hash_verdict(value: Any, info: CodeInfo | None = None, depth: int = 0) -> in
         return BUILTIN
     if slot is None:
         return BUILTIN if _user_hash else REFUSED
-    if _user_hash and _skipped(type(value)):
+    if _user_hash and _skipped(kind):
         return REFUSED
     return _user_verdict(info)
 
