@@ -279,6 +279,10 @@ def test_a_function_whose_user_hash_was_too_slow_is_listed_with_that_reason() ->
     assert op.advice.text.startswith("user __hash__ too slow to key: the __hash__ of Costly took over 10 us")
     assert op.advice.paste is None
     assert report.functions_without_reuse == 0
+    # A function none of whose calls was keyed (its first hash already too slow) is counted apart.
+    report = cache.analyze(model_of(request(stopped)), CacheOptions(lookup_ns=80))
+    assert (report.functions_without_keys, report.functions_without_keys_slow_hash) == (1, 1)
+    assert cache.analyze(model_of(request(keyed + stopped)), CacheOptions()).functions_without_keys_slow_hash == 0
     # Without the tracer's stop, the same two keyed calls are a function without reuse (not listed).
     report = cache.analyze(model_of(request(keyed)), CacheOptions(lookup_ns=80))
     assert report.opportunities == [] and report.functions_without_reuse == 1

@@ -809,6 +809,7 @@ class CacheReport:
     options: CacheOptions
     lookup: LookupCost = field(default_factory=lambda: LookupCost(0.0, 0.0, 0, 0, "none"))
     clamps: Clamps = field(default_factory=Clamps)
+    functions_without_keys_slow_hash: int = 0  # of functions_without_keys: user __hash__ too slow to key
 
 
 def _summed_steps(results: Sequence[ProcessResult]) -> list[tuple[int, float]]:
@@ -1063,6 +1064,7 @@ class PendingAnalysis:
             if (self._fids(index) if info.process in profiles else model.call_count(index)):
                 groups.setdefault((info.name, info.file), []).append(index)
         self.without_keys = 0
+        self.without_keys_slow_hash = 0  # of those, functions whose user __hash__ was too slow to key
         self.with_nodes: dict[int, set[int]] = {}  # process -> function ids with a call-tree node
         for key, indices in list(groups.items()):
             if sum(map(self._calls, indices)) < options.min_calls:
@@ -1070,6 +1072,7 @@ class PendingAnalysis:
                 continue
             if not any(map(self._keyed, indices)):
                 self.without_keys += 1
+                self.without_keys_slow_hash += any(map(self._slow_hash, indices))
                 del groups[key]
         self.groups = groups
         # Whether self hashes by identity is a fact of the function: any span of it, in any process.
@@ -1122,6 +1125,18 @@ class PendingAnalysis:
             return bool(self.model.keyed_calls[function])
         return any(fid in data.cache and data.cache[fid].calls for fid in self._fids(function))
 
+    def _slow_hash(self, function: int) -> bool:
+        """Whether some call of ``function`` was not keyed because its user __hash__ was too slow
+        (the tracer's ``Name:slow-hash``)."""
+        info = self.model.functions[function]
+        data = self.model.profiles.get(info.process)
+        types = set(info.unhashable)
+        if data is not None:
+            for fid in self._fids(function):
+                if fid in data.cache:
+                    types.update(data.cache[fid].unhashable_types)
+        return any(t.endswith(":" + SLOW_HASH_KIND) for t in types)
+
     def _identity_calls(self, function: int) -> int:
         data = self.model.profiles.get(self.model.functions[function].process)
         if data is None:
@@ -1173,7 +1188,7 @@ class PendingAnalysis:
                 _callees_unknown(op)
         opportunities.sort(key=rank_key)
         return CacheReport(opportunities, self.total_cpu, len(self.groups), without_reuse, self.without_keys,
-                           options, lookup, clamps)
+                           options, lookup, clamps, self.without_keys_slow_hash)
 
 
 def rank_key(op: Opportunity) -> tuple[int, float, float, float, str, str, int]:
