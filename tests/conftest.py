@@ -68,12 +68,12 @@ def core(request: pytest.FixtureRequest) -> str:
 class Traced:
     """Runs code under a session with a RecordingSink, a TickClock and a TickCounter."""
 
-    def __init__(self, core: str, **settings: Any) -> None:
+    def __init__(self, core: str, clock: Any = None, **settings: Any) -> None:
         self.sink = RecordingSink()
         defaults: dict[str, Any] = {"core": core, "keys": "on"}
         defaults.update(settings)
         self.session = Session(Settings(**defaults), self.sink, default_roots=(TESTS_DIR,),
-                               clock=TickClock(), counter=TickCounter(), background=False)
+                               clock=clock or TickClock(), counter=TickCounter(), background=False)
 
     def run(self, func: Any, *args: Any, **kwargs: Any) -> Any:
         self.session.start()
@@ -85,8 +85,8 @@ class Traced:
 
 @pytest.fixture
 def traced(core: str) -> Iterator[Any]:
-    def make(**settings: Any) -> Traced:
-        return Traced(core, **settings)
+    def make(clock: Any = None, **settings: Any) -> Traced:
+        return Traced(core, clock, **settings)
 
     yield make
     # No hook may be left installed after a test.

@@ -41,6 +41,8 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--exclude", action="append", metavar="MODULE_OR_PATH", help="never trace these")
     parser.add_argument("--cpu", choices=["auto", "instructions", "task-clock", "thread", "off"])
     parser.add_argument("--keys", metavar="on|off|NAMES", help="cache-key hashing: on, off, or function names")
+    parser.add_argument("--keys-exclude", action="append", metavar="FUNCTION_GLOB",
+                        help="never key these functions (module.QualName glob; repeatable)")
     parser.add_argument("--core", choices=["csysmon", "sysmon", "csetprofile", "setprofile"])
     parser.add_argument("--max-spans-per-trace", type=int, metavar="N")
     parser.add_argument("--follow-children", action=argparse.BooleanOptionalAction, default=None,
@@ -70,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
 def _settings_from(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "include": args.include, "exclude": args.exclude, "cpu": args.cpu, "keys": args.keys,
-        "core": args.core, "max_spans_per_trace": args.max_spans_per_trace,
+        "keys_exclude": getattr(args, "keys_exclude", None), "core": args.core, "max_spans_per_trace": args.max_spans_per_trace,
         "follow_children": args.follow_children,
     }
 

@@ -31,7 +31,16 @@ CALLSPAN_CPU_INTERVAL_US = "CALLSPAN_CPU_INTERVAL_US"
 #: Cache-key hashing: ``on`` (every traced function), ``off``, or a comma-separated list of
 #: function names (``module.QualName`` or bare ``QualName``) to hash keys for.
 CALLSPAN_KEYS = "CALLSPAN_KEYS"
+#: ``on``: keys may call a class's own ``__hash__``, as functools.lru_cache would (``callspan run``
+#: and ``tracing()``); ``off`` (production mode's default): only built-in hashes run in the hook.
 CALLSPAN_USER_HASH = "CALLSPAN_USER_HASH"
+#: Comma-separated glob patterns of qualified type names (``module.QualName``) whose ``__hash__``
+#: keys never call, even with ``CALLSPAN_USER_HASH=on``: their values are not keyed (counted as
+#: ``Name:user-hash``), as with ``off``. For a ``__hash__`` that takes a lock, does I/O or is slow.
+CALLSPAN_USER_HASH_SKIP = "CALLSPAN_USER_HASH_SKIP"
+#: Comma-separated glob patterns of function names (``module.QualName`` or bare ``QualName``)
+#: whose calls are never keyed (counted, not hashed), whatever ``CALLSPAN_KEYS`` says.
+CALLSPAN_KEYS_EXCLUDE = "CALLSPAN_KEYS_EXCLUDE"
 #: Hex secret for the keyed hashes (default: random per process). Set it to compare keys across processes.
 CALLSPAN_KEY_SECRET = "CALLSPAN_KEY_SECRET"
 #: Most spans kept per trace: the first calls of a kept trace to start (their ancestors are kept too).
@@ -79,6 +88,7 @@ CALLSPAN_FOLLOW_CHILDREN = "CALLSPAN_FOLLOW_CHILDREN"
 
 ENV_VARS = (
     CALLSPAN_CORE, CALLSPAN_INCLUDE, CALLSPAN_EXCLUDE, CALLSPAN_CPU, CALLSPAN_CPU_INTERVAL_US, CALLSPAN_KEYS, CALLSPAN_USER_HASH,
+    CALLSPAN_USER_HASH_SKIP, CALLSPAN_KEYS_EXCLUDE,
     CALLSPAN_KEY_SECRET, CALLSPAN_MAX_SPANS_PER_TRACE, CALLSPAN_MAX_SPANS_PER_SECOND,
     CALLSPAN_MAX_PENDING, CALLSPAN_FLUSH_INTERVAL, CALLSPAN_PROFILE_INTERVAL, CALLSPAN_MAX_NODES,
     CALLSPAN_MAX_DEPTH, CALLSPAN_MAX_KEYS, CALLSPAN_MAX_KEYS_TOTAL, CALLSPAN_KEY_MIN_NS,
@@ -100,6 +110,8 @@ class Settings:
     # "on": keys may call a user __hash__, as functools.lru_cache would (guarded); "off": only
     # built-in hashes run in the hook (user types are not keyed). Production mode defaults to off.
     user_hash: str = "on"
+    user_hash_skip: tuple[str, ...] = ()
+    keys_exclude: tuple[str, ...] = ()
     key_secret: bytes | None = None
     max_spans_per_trace: int = 2000
     max_spans_per_second: int = 200
@@ -119,7 +131,8 @@ class Settings:
 
 _ENV_FOR_FIELD = {
     "core": CALLSPAN_CORE, "include": CALLSPAN_INCLUDE, "exclude": CALLSPAN_EXCLUDE,
-    "cpu": CALLSPAN_CPU, "cpu_interval_us": CALLSPAN_CPU_INTERVAL_US, "keys": CALLSPAN_KEYS, "user_hash": CALLSPAN_USER_HASH, "key_secret": CALLSPAN_KEY_SECRET,
+    "cpu": CALLSPAN_CPU, "cpu_interval_us": CALLSPAN_CPU_INTERVAL_US, "keys": CALLSPAN_KEYS, "user_hash": CALLSPAN_USER_HASH,
+    "user_hash_skip": CALLSPAN_USER_HASH_SKIP, "keys_exclude": CALLSPAN_KEYS_EXCLUDE, "key_secret": CALLSPAN_KEY_SECRET,
     "max_spans_per_trace": CALLSPAN_MAX_SPANS_PER_TRACE,
     "max_spans_per_second": CALLSPAN_MAX_SPANS_PER_SECOND,
     "max_pending": CALLSPAN_MAX_PENDING,
@@ -135,7 +148,7 @@ _SWITCH = {"on": True, "true": True, "1": True, "off": False, "false": False, "0
 
 def _convert(name: str, raw: Any, source: str) -> Any:
     try:
-        if name in ("include", "exclude"):
+        if name in ("include", "exclude", "user_hash_skip", "keys_exclude"):
             if isinstance(raw, str):
                 return tuple(part.strip() for part in raw.split(",") if part.strip())
             return tuple(str(part) for part in raw)

@@ -266,6 +266,28 @@ def test_unhashable_arguments_from_older_tracers_name_types_only() -> None:
     assert "some arguments are unhashable (dict, list" in op.advice.text
 
 
+def test_a_function_whose_user_hash_was_too_slow_is_listed_with_that_reason() -> None:
+    # The tracer keyed two calls, then stopped calling the argument's __hash__ (Name:slow-hash):
+    # no key repeated, yet the function is listed, never recommended, with the reason.
+    keyed = key_sequence_spans("m.f", [1, 2], cpu=1_000_000)
+    stopped = [span("m.f", 10 + i, 5000 + 1000 * i, 5500 + 1000 * i, cpu=1_000_000,
+                    extra={"callspan.args.hashable": False, "callspan.args.unhashable": "Costly:slow-hash"})
+               for i in range(5)]
+    report = cache.analyze(model_of(request(keyed + stopped)), CacheOptions(lookup_ns=80))
+    (op,) = [o for o in report.opportunities if o.name == "m.f"]
+    assert op.advice.kind == "slow_hash" and cache.tier(op.advice.kind) == "not_recommended"
+    assert op.advice.text.startswith("user __hash__ too slow to key: the __hash__ of Costly took over 10 us")
+    assert op.advice.paste is None
+    assert report.functions_without_reuse == 0
+    # A function none of whose calls was keyed (its first hash already too slow) is counted apart.
+    report = cache.analyze(model_of(request(stopped)), CacheOptions(lookup_ns=80))
+    assert (report.functions_without_keys, report.functions_without_keys_slow_hash) == (1, 1)
+    assert cache.analyze(model_of(request(keyed + stopped)), CacheOptions()).functions_without_keys_slow_hash == 0
+    # Without the tracer's stop, the same two keyed calls are a function without reuse (not listed).
+    report = cache.analyze(model_of(request(keyed)), CacheOptions(lookup_ns=80))
+    assert report.opportunities == [] and report.functions_without_reuse == 1
+
+
 def test_methods_whose_self_makes_every_key_distinct() -> None:
     spans = key_sequence_spans("m.C.area", [1, 2, 3, 4], cpu=1_000_000, extra={"callspan.method": True})
     op = opportunity(model_of(request(spans)), "m.C.area")

@@ -73,3 +73,19 @@ def test_follow_children_is_a_switch_in_the_documented_order(tmp_path: Path) -> 
                          project_dir=tmp_path).follow_children is False
     with pytest.raises(CallspanError, match="CALLSPAN_FOLLOW_CHILDREN: bad value 'sometimes' for follow_children"):
         load_settings(environ={CALLSPAN_FOLLOW_CHILDREN: "sometimes"}, project_dir=tmp_path)
+
+
+def test_user_hash_skip_and_keys_exclude_flow_like_every_setting(tmp_path: Path) -> None:
+    from callspan.cli import _parser, _settings_from
+
+    assert load_settings(environ={}, project_dir=tmp_path).user_hash_skip == ()
+    assert load_settings(environ={}, project_dir=tmp_path).keys_exclude == ()
+    where = project(tmp_path, '[tool.callspan]\nuser-hash-skip = ["app.Account"]\nkeys-exclude = "app.*"\n')
+    settings = load_settings(environ={}, project_dir=where)
+    assert (settings.user_hash_skip, settings.keys_exclude) == (("app.Account",), ("app.*",))
+    env = {"CALLSPAN_USER_HASH_SKIP": "app.Lock, __main__.*", "CALLSPAN_KEYS_EXCLUDE": "app.handle"}
+    settings = load_settings(environ=env, project_dir=where)
+    assert (settings.user_hash_skip, settings.keys_exclude) == (("app.Lock", "__main__.*"), ("app.handle",))
+    args = _parser().parse_args(["run", "--keys-exclude", "a.f", "--keys-exclude", "b.*", "prog.py"])
+    settings = load_settings(_settings_from(args), environ=env, project_dir=where)
+    assert settings.keys_exclude == ("a.f", "b.*")

@@ -109,7 +109,10 @@ LOOKUP_REPEATS = 5  # timings per variant; the fastest is kept (the least distur
 ADVICE_KINDS = ("lru_cache", "lru_cache_convert_args", "method", "async_cache", "inflight_coalescing",
                 "mostly_consistent", "mutable_return", "calls_impure", "inconsistent", "fresh_object", "not_cacheable",
                 "closure", "callees_unknown", "returns_none", "not_worth_it")
-NOT_RECOMMENDED = ("inconsistent", "fresh_object", "not_cacheable", "method", "closure")
+NOT_RECOMMENDED = ("inconsistent", "fresh_object", "not_cacheable", "method", "closure", "slow_hash")
+# The kind the tracer gives a value it stopped hashing for a function because the function's user
+# __hash__ calls passed its bound ("Name:slow-hash": callspan.tracer.keys.USER_HASH_MAX_NS).
+SLOW_HASH_KIND = "slow-hash"
 # Protocol methods that act on their object (initialise, change or advance it): a cache would skip
 # that for every repeated key, whatever they return.
 STATEFUL_PROTOCOL = frozenset({
@@ -806,6 +809,7 @@ class CacheReport:
     options: CacheOptions
     lookup: LookupCost = field(default_factory=lambda: LookupCost(0.0, 0.0, 0, 0, "none"))
     clamps: Clamps = field(default_factory=Clamps)
+    functions_without_keys_slow_hash: int = 0  # of functions_without_keys: user __hash__ too slow to key
 
 
 def _summed_steps(results: Sequence[ProcessResult]) -> list[tuple[int, float]]:
@@ -896,6 +900,14 @@ def _advise(op: Opportunity, options: CacheOptions, lookup: LookupCost) -> Advic
     where = f"{op.file}:{op.line}" if op.file else op.name
     size = op.recommended_maxsize
     paste = f"@functools.lru_cache(maxsize={size})  # {where}" if size else None
+    slow = [name for name, kind in op.unhashable_args if kind == SLOW_HASH_KIND]
+    if slow:
+        return Advice("slow_hash", f"user __hash__ too slow to key: the __hash__ of {', '.join(slow)} took over "
+                      "10 us per call on average (once 1 ms was spent hashing its keys), so the tracer stopped "
+                      "calling it for this function and its cache figures cover only the calls keyed before; "
+                      "functools.lru_cache would run that __hash__ on every call too: give the "
+                      "type a cheaper (or cached) __hash__, or cache a function of the plain values the result "
+                      "depends on")
     if op.hits_unbounded <= 0 and op.method and not op.identity:
         return Advice("method", f"self is part of the cache key and no key repeated "
                       f"({_format_count(op.calls)} calls, {_format_count(op.distinct_keys)} distinct keys): "
@@ -1052,6 +1064,7 @@ class PendingAnalysis:
             if (self._fids(index) if info.process in profiles else model.call_count(index)):
                 groups.setdefault((info.name, info.file), []).append(index)
         self.without_keys = 0
+        self.without_keys_slow_hash = 0  # of those, functions whose user __hash__ was too slow to key
         self.with_nodes: dict[int, set[int]] = {}  # process -> function ids with a call-tree node
         for key, indices in list(groups.items()):
             if sum(map(self._calls, indices)) < options.min_calls:
@@ -1059,6 +1072,7 @@ class PendingAnalysis:
                 continue
             if not any(map(self._keyed, indices)):
                 self.without_keys += 1
+                self.without_keys_slow_hash += any(map(self._slow_hash, indices))
                 del groups[key]
         self.groups = groups
         # Whether self hashes by identity is a fact of the function: any span of it, in any process.
@@ -1111,6 +1125,18 @@ class PendingAnalysis:
             return bool(self.model.keyed_calls[function])
         return any(fid in data.cache and data.cache[fid].calls for fid in self._fids(function))
 
+    def _slow_hash(self, function: int) -> bool:
+        """Whether some call of ``function`` was not keyed because its user __hash__ was too slow
+        (the tracer's ``Name:slow-hash``)."""
+        info = self.model.functions[function]
+        data = self.model.profiles.get(info.process)
+        types = set(info.unhashable)
+        if data is not None:
+            for fid in self._fids(function):
+                if fid in data.cache:
+                    types.update(data.cache[fid].unhashable_types)
+        return any(t.endswith(":" + SLOW_HASH_KIND) for t in types)
+
     def _identity_calls(self, function: int) -> int:
         data = self.model.profiles.get(self.model.functions[function].process)
         if data is None:
@@ -1145,7 +1171,8 @@ class PendingAnalysis:
             if op.inconsistent_keys and ".<locals>." not in op.name:
                 impure.append(key)
                 impure_ops.setdefault(op.name, op)
-            if op.hits_unbounded <= 0 and not op.method:
+            # (a function whose keys stopped for a slow __hash__ is listed with that reason)
+            if op.hits_unbounded <= 0 and not op.method and op.advice.kind != "slow_hash":
                 without_reuse += 1
                 continue
             opportunities.append(op)
@@ -1161,7 +1188,7 @@ class PendingAnalysis:
                 _callees_unknown(op)
         opportunities.sort(key=rank_key)
         return CacheReport(opportunities, self.total_cpu, len(self.groups), without_reuse, self.without_keys,
-                           options, lookup, clamps)
+                           options, lookup, clamps, self.without_keys_slow_hash)
 
 
 def rank_key(op: Opportunity) -> tuple[int, float, float, float, str, str, int]:

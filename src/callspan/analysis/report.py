@@ -45,6 +45,7 @@ ADVICE_LABELS = {
     "calls_impure": "calls impure", "not_cacheable": "not cacheable", "not_worth_it": "not worth it",
     "mostly_consistent": "mostly consistent", "fresh_object": "new object", "mutable_return": "mutable return",
     "closure": "nested def", "callees_unknown": "callees unknown", "returns_none": "returns None",
+    "slow_hash": "slow __hash__",
 }
 
 
@@ -213,8 +214,12 @@ def cache_text(report: CacheReport, top: int) -> list[str]:
     notes = [f"{report.functions_analyzed} functions with >= {o.min_calls} keyed calls analyzed"]
     if report.functions_without_reuse:
         notes.append(f"{report.functions_without_reuse} never repeated an argument key")
-    if report.functions_without_keys:
-        notes.append(f"{report.functions_without_keys} had no key hashes (CALLSPAN_KEYS off for them?)")
+    slow = report.functions_without_keys_slow_hash
+    if report.functions_without_keys - slow:
+        notes.append(f"{report.functions_without_keys - slow} had no key hashes "
+                     "(CALLSPAN_KEYS off or CALLSPAN_KEYS_EXCLUDE for them?)")
+    if slow:
+        notes.append(f"{slow} had none because their user __hash__ was too slow to key")
     lines.extend(_wrap("; ".join(notes) + ".", ""))
     return lines
 
@@ -453,6 +458,7 @@ def render_json_object(results: Results) -> dict[str, Any]:
             "functions_analyzed": c.functions_analyzed,
             "functions_without_reuse": c.functions_without_reuse,
             "functions_without_keys": c.functions_without_keys,
+            "functions_without_keys_slow_hash": c.functions_without_keys_slow_hash,
             "tiers": {name: len(ranked) for name, ranked in tier_groups(c.opportunities)},
             "opportunities": [opportunity_json(i, op, tier_rank) for i, (tier_rank, op)
                               in enumerate((pair for _, ranked in tier_groups(c.opportunities) for pair in ranked), 1)],

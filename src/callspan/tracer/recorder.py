@@ -379,7 +379,7 @@ class Recorder:
                 if info.unkeyed >= UNKEYABLE_AFTER:
                     args = info.unkeyed_args  # a function whose arguments never key: not tried again
                 else:
-                    key = args = args_key(info, frame)
+                    key = args = args_key(info, frame, clock)
                     if key[0] is None and key[1] and key[1] != "error":
                         info.unkeyed += 1
                         if info.unkeyed == UNKEYABLE_AFTER:
@@ -419,7 +419,7 @@ class Recorder:
             info = record[INFO]
             if error is None:
                 if info.keys and info.unkeyed < UNKEYABLE_AFTER and record[ARGS] is not IDENTITY_ONLY:
-                    record[RET] = value_key(value)
+                    record[RET] = value_key(value, info, clock)
                     # Sizes only feed memory estimates, on spans: measured on one kept call in
                     # RET_SIZE_EVERY.
                     if record[KEEP]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from fnmatch import fnmatchcase
 from types import CodeType
 from typing import TYPE_CHECKING
 
@@ -31,7 +32,7 @@ _ALWAYS_EXCLUDED_MODULES = ("callspan", "opentelemetry")
 if TYPE_CHECKING or not _env.HAS_COMPILED_HASH:
     class _CodeInfoBase:
         __slots__ = ("code", "kind", "keys", "is_method", "arg_names", "varargs", "kwonly", "varkw",
-                     "unkeyed", "unkeyed_args", "sized")
+                     "unkeyed", "unkeyed_args", "sized", "slow_hash", "hash_ns", "hash_runs")
 else:
     # The same fields as C struct members, read directly by the compiled hot path.
     from callspan.tracer._hotpath import CodeInfoBase as _CodeInfoBase
@@ -52,6 +53,9 @@ class CodeInfo(_CodeInfoBase):
     unkeyed: int  # consecutive calls whose arguments could not be keyed (see keys.UNKEYABLE_AFTER)
     unkeyed_args: tuple[None, str, bool] | None
     sized: int  # calls whose return size was considered (see keys.RET_SIZE_EVERY)
+    slow_hash: bool  # its user hashing passed the bound (keys.USER_HASH_BUDGET_NS): no more user hashes
+    hash_ns: int  # ns spent in the timed user hashes of its keys
+    hash_runs: int  # timed user hashes of its keys
 
     def __init__(self, code: CodeType, module: str, keys: bool) -> None:
         self.code = code
@@ -83,6 +87,9 @@ class CodeInfo(_CodeInfoBase):
         self.unkeyed = 0
         self.unkeyed_args = None
         self.sized = 0
+        self.slow_hash = False
+        self.hash_ns = 0
+        self.hash_runs = 0
 
 
 def _split(patterns: Iterable[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -114,6 +121,7 @@ class Selector:
         exclude: Iterable[str] = (),
         default_roots: Iterable[str] = (),
         keys: str = "on",
+        keys_exclude: Iterable[str] = (),
     ) -> None:
         self.include_modules, self.include_paths = _split(include)
         self.exclude_modules, self.exclude_paths = _split(exclude)
@@ -124,6 +132,8 @@ class Selector:
         self._keys_names = frozenset() if keys in ("on", "off") else frozenset(
             part.strip() for part in keys.split(",") if part.strip()
         )
+        # CALLSPAN_KEYS_EXCLUDE: glob patterns of function names never keyed (decided per code object).
+        self._keys_exclude = tuple(keys_exclude)
         self._realpaths: dict[str, str] = {}
 
     def _real(self, filename: str) -> str:
@@ -160,5 +170,7 @@ class Selector:
         if not code.co_flags & _CO_OPTIMIZED or not self.selects(code, module):
             return None
         info = CodeInfo(code, module, keys=False)
-        info.keys = self._keys_all or info.name in self._keys_names or code.co_qualname in self._keys_names
+        info.keys = (self._keys_all or info.name in self._keys_names or code.co_qualname in self._keys_names) \
+            and not any(fnmatchcase(info.name, pattern) or fnmatchcase(code.co_qualname, pattern)
+                        for pattern in self._keys_exclude)
         return info

@@ -65,7 +65,7 @@ class Session:
         else:
             cpu_reason = "counter supplied by the caller"
         self.counter = counter
-        selector = Selector(settings.include, settings.exclude, default_roots, settings.keys)
+        selector = Selector(settings.include, settings.exclude, default_roots, settings.keys, settings.keys_exclude)
         self.recorder = Recorder(
             selector, counter=counter, clock=clock, context_getter=context_getter,
             max_pending=settings.max_pending, aggregates=self._new_aggregates(settings),
@@ -107,7 +107,7 @@ class Session:
     def start(self) -> None:
         if self._running:
             return
-        set_user_hash(self.settings.user_hash == "on")
+        set_user_hash(self.settings.user_hash == "on", self.settings.user_hash_skip)
         self.core.start()
         self._window_start = time.time_ns()
         self._next_profile = time.monotonic() + self.settings.profile_interval

@@ -153,6 +153,10 @@ typedef struct {
      * were made for: per item, its type when unhashable, else None (see cs_args_key) */
     PyObject *names_types;
     PyObject *names;
+    /* the bound on its user hashing (keys.USER_HASH_BUDGET_NS): ns in timed user hashes, how
+     * many, and whether they passed the bound (no user __hash__ runs for it any more) */
+    long long hash_ns, hash_runs;
+    char slow_hash;
     /* C only: this code's function in the aggregates with serial agg_serial (a cache) */
     void *agg_function;
     uint64_t agg_serial;
@@ -169,7 +173,6 @@ CS_HIDDEN int cs_record_types_ready(PyObject *module);
 CS_HIDDEN uint64_t cs_siphash24_u64(uint64_t k0, uint64_t k1, uint64_t m);
 CS_HIDDEN PyObject *cs_fingerprint_object(PyObject *value);
 CS_HIDDEN PyObject *cs_unhashable_names(PyObject *key, PyObject *arg_names, PyObject *varargs, PyObject *kwd_mark);
-CS_HIDDEN int cs_hash_runs_no_user_code(PyObject *value, int depth);
 CS_HIDDEN int cs_sizeof_is_python(PyObject *value);
 /* (raw hash or fingerprint or None, names, identity) as keys.args_key computes it; a bare int
  * when the key is hashable and self is not hashed by identity. NULL with an exception set. */
@@ -178,17 +181,21 @@ CS_HIDDEN int cs_sizeof_is_python(PyObject *value);
  * instance's address makes its hits unreliable, so hashing the other arguments and the return
  * value would be cost without an answer. */
 CS_HIDDEN extern PyObject *cs_identity_only_args;
+/* ``clock``: the hot path's injected clock (a callable), NULL for the monotonic clock: it times
+ * the user hashes of ``ci``'s keys (keys.USER_HASH_BUDGET_NS). */
 CS_HIDDEN PyObject *cs_args_key(PyObject *kwd_mark, CodeInfoObject *ci, PyFrameObject *frame, int64_t *raw,
-                                 int *kind);
+                                 int *kind, PyObject *clock);
 /* (raw hash or fingerprint or None, hashable) as keys.value_key computes it; a bare int when
- * hashable. NULL only for an interrupt. */
-CS_HIDDEN PyObject *cs_value_key(PyObject *value, int64_t *raw, int *kind);
+ * hashable. NULL only for an interrupt (or a failing injected clock). */
+CS_HIDDEN PyObject *cs_value_key(PyObject *value, int64_t *raw, int *kind, CodeInfoObject *ci, PyObject *clock);
+/* The monotonic clock the hot path reads (time.perf_counter_ns), ns. (_hotpath.c) */
+CS_HIDDEN long long cs_monotonic_ns(void);
 CS_HIDDEN int cs_keys_init(void);
 /* module functions (tests and the builder) */
 CS_HIDDEN PyObject *cs_py_siphash24(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 CS_HIDDEN PyObject *cs_py_fingerprint(PyObject *module, PyObject *value);
 CS_HIDDEN PyObject *cs_py_unhashable_args(PyObject *module, PyObject *args);
-CS_HIDDEN PyObject *cs_py_set_user_hash(PyObject *module, PyObject *flag);
+CS_HIDDEN PyObject *cs_py_set_user_hash(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 
 static inline int
 is_set(PyObject *obj)

@@ -133,6 +133,12 @@ monotonic_ns(void)
     return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
+long long
+cs_monotonic_ns(void)
+{
+    return monotonic_ns();
+}
+
 static inline long long
 thread_cpu_ns(void)
 {
@@ -518,7 +524,7 @@ start_key(HotPath *hp, CodeInfoObject *ci, PyFrameObject *frame, PyObject **args
         return 0;
     }
     /* frame NULL (sys.monitoring): the arguments are read from the running frame */
-    PyObject *key = cs_args_key(hp->kwd_mark, ci, frame, raw, kind);
+    PyObject *key = cs_args_key(hp->kwd_mark, ci, frame, raw, kind, hp->clock);
     if (key == NULL)
         return -1;
     *args = key;
@@ -695,7 +701,7 @@ finish_frame(HotPath *hp, ThreadStateObject *ts, PyObject *code, PyObject *value
     PyObject *args = f.args != NULL ? f.args : Py_None;
     if (error == NULL && ci->keys && ci->unkeyed < UNKEYABLE_AFTER && args != cs_identity_only_args) {
         /* never kept: no return size (only spans carry it) */
-        if ((ret = cs_value_key(value, &ret_raw, &ret_kind)) == NULL)
+        if ((ret = cs_value_key(value, &ret_raw, &ret_kind, ci, hp->clock)) == NULL)
             goto finally;
     }
     /* the caller is the innermost call again: a frame, or the stack's top record */
@@ -939,7 +945,7 @@ hp_finish(HotPath *hp, PyObject *code, PyObject *value, PyObject *error)
         if (ci->keys && ci->unkeyed < UNKEYABLE_AFTER && record->o[OBJ_ARGS] != cs_identity_only_args) {
             int64_t ret_raw = 0;
             int ret_kind;
-            PyObject *ret = cs_value_key(value, &ret_raw, &ret_kind);
+            PyObject *ret = cs_value_key(value, &ret_raw, &ret_kind, ci, hp->clock);
             if (ret == NULL)
                 goto finally;
             Py_XSETREF(record->o[OBJ_RET], ret);
@@ -1986,8 +1992,9 @@ static PyMethodDef module_methods[] = {
      "saved_profile(): this thread's profile function, to give back with restore_profile"},
     {"restore_profile", (PyCFunction)py_restore_profile, METH_O,
      "restore_profile(saved): install a profile function saved by saved_profile (None: none)"},
-    {"set_user_hash", (PyCFunction)cs_py_set_user_hash, METH_O,
-     "set_user_hash(allowed): as callspan.tracer.keys.set_user_hash (CALLSPAN_USER_HASH)"},
+    {"set_user_hash", (PyCFunction)(void (*)(void))cs_py_set_user_hash, METH_FASTCALL,
+     "set_user_hash(allowed, type_skipped=None): as callspan.tracer.keys.set_user_hash\n"
+     "(CALLSPAN_USER_HASH; type_skipped(type) -> bool decides CALLSPAN_USER_HASH_SKIP once per type)"},
     {"sketch_bucket", (PyCFunction)cs_py_sketch_bucket, METH_O,
      "sketch_bucket(value): the latency sketch's bucket of value, as the compiled fold computes it (tests)"},
     {"interval_clock_replay", (PyCFunction)py_interval_clock_replay, METH_VARARGS,

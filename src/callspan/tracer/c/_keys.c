@@ -82,42 +82,180 @@ unhashable_type(PyObject *value)
 }
 
 /* Hash slots that run no Python code (keys.py _NO_USER_CODE_HASHES: the same types). A type
- * defining __hash__ in Python has slot_tp_hash instead, and is never hashed. */
+ * defining __hash__ in Python has slot_tp_hash instead. */
 static hashfunc no_user_code_hashes[12];
 static int n_no_user_code_hashes;
 /* keys.set_user_hash: CALLSPAN_USER_HASH=on lets keys call a user __hash__ (as lru_cache would) */
 static int user_hash_allowed;
+/* CALLSPAN_USER_HASH_SKIP: keys.type_skipped (NULL: no type is skipped), and its answers per
+ * type (a dict, bounded as keys._skip_decisions) */
+static PyObject *type_skipped_fn, *skip_decisions;
+#define MAX_SKIP_DECISIONS 1024
+/* keys.USER_HASH_BUDGET_NS, keys.USER_HASH_MAX_NS: the bound on a function's user hashing */
+#define USER_HASH_BUDGET_NS 1000000LL
+#define USER_HASH_MAX_NS 10000LL
 
 PyObject *
-cs_py_set_user_hash(PyObject *module, PyObject *flag)
+cs_py_set_user_hash(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    int allowed = PyObject_IsTrue(flag);
+    if (nargs < 1 || nargs > 2) {
+        PyErr_SetString(PyExc_TypeError, "set_user_hash(allowed, type_skipped=None)");
+        return NULL;
+    }
+    int allowed = PyObject_IsTrue(args[0]);
     if (allowed < 0)
         return NULL;
+    PyObject *decider = nargs == 2 && args[1] != Py_None ? args[1] : NULL;
+    if (decider != NULL && !PyCallable_Check(decider)) {
+        PyErr_SetString(PyExc_TypeError, "type_skipped must be callable or None");
+        return NULL;
+    }
+    Py_XSETREF(type_skipped_fn, Py_XNewRef(decider));
+    PyDict_Clear(skip_decisions);
     user_hash_allowed = allowed;
     Py_RETURN_NONE;
 }
 
-int
-cs_hash_runs_no_user_code(PyObject *value, int depth)
+/* keys.hash_verdict's answers */
+enum { HASH_REFUSED, HASH_SLOW, HASH_BUILTIN, HASH_USER };
+
+/* keys._skipped: whether ``type``'s __hash__ never runs (CALLSPAN_USER_HASH_SKIP), decided once
+ * per type. An interrupt raised meanwhile is kept for the application (cs_drop_error). */
+static int
+type_skipped(PyTypeObject *type)
 {
-    if (user_hash_allowed)
-        return 1;
+    if (type_skipped_fn == NULL)
+        return 0;
+    /* a metaclass with a hash of its own would run it as a dict key: asked each time instead */
+    int cacheable = Py_TYPE(type)->tp_hash == PyType_Type.tp_hash;
+    if (cacheable) {
+        PyObject *decision = PyDict_GetItemWithError(skip_decisions, (PyObject *)type);
+        if (decision != NULL)
+            return decision == Py_True;
+        PyErr_Clear();
+    }
+    PyObject *answer = PyObject_CallOneArg(type_skipped_fn, (PyObject *)type);
+    if (answer == NULL) {
+        cs_drop_error();
+        return 0;
+    }
+    int skipped = answer == Py_True;
+    Py_DECREF(answer);
+    if (cacheable && PyDict_GET_SIZE(skip_decisions) < MAX_SKIP_DECISIONS &&
+        PyDict_SetItem(skip_decisions, (PyObject *)type, skipped ? Py_True : Py_False) < 0)
+        PyErr_Clear(); /* only a cache */
+    return skipped;
+}
+
+static inline int
+user_verdict(const CodeInfoObject *ci)
+{
+    if (!user_hash_allowed)
+        return HASH_REFUSED;
+    return ci != NULL && ci->slow_hash ? HASH_SLOW : HASH_USER;
+}
+
+/* The commonest values hashed by a built-in hash, told without a call (every keyed return value
+ * is checked: ints, strings and None first). */
+static inline int
+plainly_builtin(PyObject *value)
+{
+    PyTypeObject *type = Py_TYPE(value);
+    return type == &PyLong_Type || type == &PyUnicode_Type || value == Py_None || type == &PyFloat_Type ||
+           type == &PyBytes_Type;
+}
+
+/* An exact tuple of plainly_builtin items (a common return value): hash_verdict's answer,
+ * HASH_BUILTIN, without its call. */
+static inline int
+plain_tuple(PyObject *value)
+{
+    if (!PyTuple_CheckExact(value))
+        return 0;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(value); i++) {
+        if (!plainly_builtin(PyTuple_GET_ITEM(value, i)))
+            return 0;
+    }
+    return 1;
+}
+
+/* keys.hash_verdict: what hash(value) would run for ``ci``'s keys (NULL: no function's bound). */
+static int
+hash_verdict(PyObject *value, const CodeInfoObject *ci, int depth)
+{
+    if (plainly_builtin(value))
+        return HASH_BUILTIN;
     hashfunc slot = Py_TYPE(value)->tp_hash;
     if (slot == PyTuple_Type.tp_hash) {
         if (depth >= 16) /* keys.py _MAX_TUPLE_DEPTH */
-            return 0;
+            return user_verdict(ci);
+        int verdict = HASH_BUILTIN;
         for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(value); i++) {
-            if (!cs_hash_runs_no_user_code(PyTuple_GET_ITEM(value, i), depth + 1))
-                return 0;
+            PyObject *item = PyTuple_GET_ITEM(value, i);
+            if (plainly_builtin(item))
+                continue;
+            int found = hash_verdict(item, ci, depth + 1);
+            if (found < HASH_BUILTIN)
+                return found;
+            if (found > verdict)
+                verdict = found;
         }
-        return 1;
+        return verdict;
     }
     for (int i = 0; i < n_no_user_code_hashes; i++) {
         if (slot == no_user_code_hashes[i])
-            return 1;
+            return HASH_BUILTIN;
     }
-    return 0;
+    if (slot == PyObject_HashNotImplemented)
+        return user_hash_allowed ? HASH_BUILTIN : HASH_REFUSED;
+    if (user_hash_allowed && type_skipped(Py_TYPE(value)))
+        return HASH_REFUSED;
+    return user_verdict(ci);
+}
+
+/* Timing a user hash for ``ci`` (keys._account): the injected clock (a callable) or the
+ * monotonic one. A failing injected clock (tests only) reads as no time passed. */
+typedef struct {
+    CodeInfoObject *ci; /* NULL: nothing timed (module functions called by tests) */
+    PyObject *clock;
+} HashTimer;
+
+static long long
+timer_now(const HashTimer *timer)
+{
+    if (timer->clock == NULL)
+        return cs_monotonic_ns();
+    PyObject *value = PyObject_CallNoArgs(timer->clock);
+    long long now = value != NULL ? PyLong_AsLongLong(value) : -1;
+    Py_XDECREF(value);
+    if (now == -1 && PyErr_Occurred()) {
+        cs_drop_error();
+        return 0;
+    }
+    return now;
+}
+
+/* One timed user hash began at ``start``: past the bound, ``ci``'s user hashing stops. The
+ * exception of the hash, if any, is kept across the clock read. */
+static void
+timer_account(const HashTimer *timer, long long start)
+{
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    long long elapsed = timer_now(timer) - start;
+    PyErr_Restore(type, value, tb);
+    CodeInfoObject *ci = timer->ci;
+    ci->hash_ns += elapsed;
+    ci->hash_runs += 1;
+    if (ci->hash_ns > USER_HASH_BUDGET_NS && ci->hash_ns > ci->hash_runs * USER_HASH_MAX_NS)
+        ci->slow_hash = 1;
+}
+
+/* 1 when a hash whose verdict is ``verdict`` is timed by ``timer`` */
+static inline int
+timed(const HashTimer *timer, int verdict)
+{
+    return verdict == HASH_USER && timer != NULL && timer->ci != NULL;
 }
 
 /* 1 when sys.getsizeof(value) would call a __sizeof__ written in Python (not measured). */
@@ -150,14 +288,57 @@ hash_built(PyObject *built, Py_hash_t *out) /* steals built */
     return 1;
 }
 
+/* keys._verdicts: the first refusal among ``n`` values, else HASH_USER if any is one */
 static int
-flat_fingerprint(PyObject *value, Py_ssize_t *budget, Py_hash_t *out)
+verdicts(PyObject *const *values, Py_ssize_t n, const CodeInfoObject *ci)
+{
+    int verdict = HASH_BUILTIN;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int found = hash_verdict(values[i], ci, 0);
+        if (found < HASH_BUILTIN)
+            return found;
+        if (found > verdict)
+            verdict = found;
+    }
+    return verdict;
+}
+
+/* A list's or dict's fingerprint (keys._flat_fingerprint), the building included in the timing
+ * (a frozenset of a dict's items hashes them). */
+static int
+container_fingerprint(PyObject *value, const HashTimer *timer, int user, Py_hash_t *out)
+{
+    long long start = user ? timer_now(timer) : 0;
+    int done;
+    if (PyList_CheckExact(value)) {
+        PyObject *items = PyList_AsTuple(value);
+        done = hash_built(items ? Py_BuildValue("(ON)", Py_True, items) : NULL, out);
+    }
+    else {
+        PyObject *items = PyDict_Items(value);
+        PyObject *frozen = items ? PyFrozenSet_New(items) : NULL;
+        Py_XDECREF(items);
+        done = hash_built(frozen ? Py_BuildValue("(ON)", str_dict_tag, frozen) : NULL, out);
+    }
+    if (user)
+        timer_account(timer, start);
+    return done;
+}
+
+static int
+flat_fingerprint(PyObject *value, Py_ssize_t *budget, const HashTimer *timer, Py_hash_t *out)
 {
     PyTypeObject *kind = Py_TYPE(value);
+    const CodeInfoObject *ci = timer != NULL ? timer->ci : NULL;
     if (!unhashable_type(value)) {
-        if (!cs_hash_runs_no_user_code(value, 0))
+        int verdict = hash_verdict(value, ci, 0);
+        if (verdict < HASH_BUILTIN)
             return 0;
+        int user = timed(timer, verdict);
+        long long start = user ? timer_now(timer) : 0;
         Py_hash_t h = PyObject_Hash(value);
+        if (user)
+            timer_account(timer, start);
         if (h == -1 && PyErr_Occurred()) {
             cs_drop_error();
             return 0;
@@ -169,12 +350,10 @@ flat_fingerprint(PyObject *value, Py_ssize_t *budget, Py_hash_t *out)
         *budget -= PyList_GET_SIZE(value);
         if (*budget < 0)
             return 0;
-        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(value); i++) {
-            if (!cs_hash_runs_no_user_code(PyList_GET_ITEM(value, i), 0))
-                return 0;
-        }
-        PyObject *items = PyList_AsTuple(value);
-        return hash_built(items ? Py_BuildValue("(ON)", Py_True, items) : NULL, out);
+        int verdict = verdicts(&PyList_GET_ITEM(value, 0), PyList_GET_SIZE(value), ci);
+        if (verdict < HASH_BUILTIN)
+            return 0;
+        return container_fingerprint(value, timer, timed(timer, verdict), out);
     }
     if (kind == &PyDict_Type) {
         *budget -= PyDict_GET_SIZE(value);
@@ -182,18 +361,20 @@ flat_fingerprint(PyObject *value, Py_ssize_t *budget, Py_hash_t *out)
             return 0;
         Py_ssize_t pos = 0;
         PyObject *k, *v;
+        int verdict = HASH_BUILTIN;
         while (PyDict_Next(value, &pos, &k, &v)) {
             if (unhashable_type(v))
                 return 0; /* a nested container: not walked */
-            if (!cs_hash_runs_no_user_code(k, 0) || !cs_hash_runs_no_user_code(v, 0))
+            PyObject *pair[2] = {k, v};
+            int found = verdicts(pair, 2, ci);
+            if (found < HASH_BUILTIN)
                 return 0;
+            if (found > verdict)
+                verdict = found;
         }
-        PyObject *items = PyDict_Items(value);
-        PyObject *frozen = items ? PyFrozenSet_New(items) : NULL;
-        Py_XDECREF(items);
-        return hash_built(frozen ? Py_BuildValue("(ON)", str_dict_tag, frozen) : NULL, out);
+        return container_fingerprint(value, timer, timed(timer, verdict), out);
     }
-    if (kind == &PySet_Type) {
+    if (kind == &PySet_Type) { /* a set's items keep their hashes: none is called */
         PyObject *frozen = PyFrozenSet_New(value);
         return hash_built(frozen ? Py_BuildValue("(ON)", str_set_tag, frozen) : NULL, out);
     }
@@ -203,7 +384,7 @@ flat_fingerprint(PyObject *value, Py_ssize_t *budget, Py_hash_t *out)
 }
 
 static int
-fingerprint(PyObject *value, Py_ssize_t budget, Py_hash_t *out)
+fingerprint(PyObject *value, Py_ssize_t budget, const HashTimer *timer, Py_hash_t *out)
 {
     PyTypeObject *kind = Py_TYPE(value);
     if (kind == &PyList_Type || kind == &PyTuple_Type) {
@@ -219,7 +400,7 @@ fingerprint(PyObject *value, Py_ssize_t budget, Py_hash_t *out)
             }
             for (Py_ssize_t i = 0; i < n; i++) {
                 Py_hash_t part;
-                if (!flat_fingerprint(PyTuple_GET_ITEM(value, i), &budget, &part)) {
+                if (!flat_fingerprint(PyTuple_GET_ITEM(value, i), &budget, timer, &part)) {
                     Py_DECREF(parts);
                     return 0;
                 }
@@ -234,16 +415,23 @@ fingerprint(PyObject *value, Py_ssize_t budget, Py_hash_t *out)
             return hash_built(Py_BuildValue("(ON)", Py_False, parts), out);
         }
     }
-    return flat_fingerprint(value, &budget, out);
+    return flat_fingerprint(value, &budget, timer, out);
 }
 
-PyObject * /* new reference: fingerprint as an int, or None */
-cs_fingerprint_object(PyObject *value)
+/* new reference: fingerprint as an int, or None; user hashes timed by ``timer`` (or NULL) */
+static PyObject *
+fingerprint_object(PyObject *value, const HashTimer *timer)
 {
     Py_hash_t h;
-    if (fingerprint(value, 16, &h))
+    if (fingerprint(value, 16, timer, &h))
         return PyLong_FromSsize_t(h);
     return Py_NewRef(Py_None);
+}
+
+PyObject *
+cs_fingerprint_object(PyObject *value)
+{
+    return fingerprint_object(value, NULL);
 }
 
 PyObject *
@@ -311,10 +499,10 @@ item_label(PyObject *const *items, Py_ssize_t i, int keyword, PyObject *arg_name
     return PyUnicode_FromString("?");
 }
 
-/* keys.skipped_type_names: the unhashable types, then "Name:user-hash" for the values whose
- * hash would run user code, each once, in order. */
+/* keys.skipped_type_names: the unhashable types, then "Name:user-hash" (or "Name:slow-hash")
+ * for the values whose hash would run user code not allowed for ``ci``, each once, in order. */
 static PyObject *
-skipped_type_names(PyObject *const *items, Py_ssize_t n)
+skipped_type_names(PyObject *const *items, Py_ssize_t n, const CodeInfoObject *ci)
 {
     PyObject *seen = PyDict_New(), *sep = NULL, *joined = NULL;
     if (seen == NULL)
@@ -322,11 +510,12 @@ skipped_type_names(PyObject *const *items, Py_ssize_t n)
     for (int pass = 0; pass < 2; pass++) {
         for (Py_ssize_t i = 0; i < n; i++) {
             int unhashable = unhashable_type(items[i]);
-            if (pass == 0 ? !unhashable : (unhashable || cs_hash_runs_no_user_code(items[i], 0)))
+            int verdict = pass == 0 || unhashable ? HASH_BUILTIN : hash_verdict(items[i], ci, 0);
+            if (pass == 0 ? !unhashable : (unhashable || verdict >= HASH_BUILTIN))
                 continue;
             PyObject *name = type_name(Py_TYPE(items[i]));
             if (name != NULL && pass == 1)
-                Py_SETREF(name, PyUnicode_FromFormat("%U:user-hash", name));
+                Py_SETREF(name, PyUnicode_FromFormat(verdict == HASH_REFUSED ? "%U:user-hash" : "%U:slow-hash", name));
             if (name == NULL || PyDict_SetItem(seen, name, Py_None) < 0) {
                 Py_XDECREF(name);
                 Py_DECREF(seen);
@@ -657,8 +846,10 @@ simple_args_hash(CodeInfoObject *ci, Py_ssize_t nargs, int64_t *raw)
  * gathered in a C array and hashed as the lru_cache key tuple would be; the tuple itself is
  * only made for unhashable keys (fingerprint, type names). */
 PyObject *
-cs_args_key(PyObject *kwd_mark, CodeInfoObject *ci, PyFrameObject *frame, int64_t *raw_out, int *kind)
+cs_args_key(PyObject *kwd_mark, CodeInfoObject *ci, PyFrameObject *frame, int64_t *raw_out, int *kind,
+            PyObject *clock)
 {
+    HashTimer timer = {ci, clock};
     *kind = KEY_OBJECT;
     PyObject *arg_names = ci->arg_names;
     PyObject *kwonly = ci->kwonly;
@@ -756,23 +947,33 @@ cs_args_key(PyObject *kwd_mark, CodeInfoObject *ci, PyFrameObject *frame, int64_
 
     /* lru_cache keys a lone int/str argument as itself */
     int lone = total == 1 && (PyLong_CheckExact(items[0]) || PyUnicode_CheckExact(items[0]));
-    int unhashable = 0, user_code = 0;
-    for (Py_ssize_t i = 0; i < total; i++) {
-        if (Py_TYPE(items[i])->tp_hash == PyObject_HashNotImplemented)
+    int unhashable = 0, user = 0;
+    for (Py_ssize_t i = 0; !lone && i < total; i++) {
+        if (Py_TYPE(items[i])->tp_hash == PyObject_HashNotImplemented) {
             unhashable = 1;
-        else if (!lone && !cs_hash_runs_no_user_code(items[i], 0))
-            user_code = 1;
-    }
-    if (user_code) { /* not keyed: hashing would run the program's own code (keys.py) */
-        PyObject *names = skipped_type_names(items, total);
-        if (names == NULL)
-            goto error;
-        result = Py_BuildValue("(ONO)", Py_None, names, Py_False);
-        goto done;
+            continue;
+        }
+        int verdict = hash_verdict(items[i], ci, 0);
+        if (verdict < HASH_BUILTIN) { /* not keyed: see keys.hash_verdict */
+            PyObject *names = skipped_type_names(items, total, ci);
+            if (names == NULL)
+                goto error;
+            result = Py_BuildValue("(ONO)", Py_None, names, Py_False);
+            goto done;
+        }
+        if (verdict == HASH_USER)
+            user = 1;
     }
     Py_hash_t h = -1;
     if (!unhashable) {
-        h = lone ? PyObject_Hash(items[0]) : tuple_hash_of(items, total);
+        if (user) { /* a user __hash__ runs: timed against ci's bound */
+            long long start = timer_now(&timer);
+            h = tuple_hash_of(items, total);
+            timer_account(&timer, start);
+        }
+        else {
+            h = lone ? PyObject_Hash(items[0]) : tuple_hash_of(items, total);
+        }
         if (lone && items[0] == minus_one)
             h = salted_by(h, 1);
         if (h == -1 && PyErr_Occurred()) {
@@ -808,7 +1009,7 @@ cs_args_key(PyObject *kwd_mark, CodeInfoObject *ci, PyFrameObject *frame, int64_
             if (!keyword_part)
                 remember_names(ci, items, total, names);
         }
-        result = Py_BuildValue("(NNO)", cs_fingerprint_object(hashed), names, Py_False);
+        result = Py_BuildValue("(NNO)", fingerprint_object(hashed, &timer), names, Py_False);
     }
     else { /* compact: the raw hash only; a Record reads it back as (raw, "", False) */
         *raw_out = (int64_t)h;
@@ -834,13 +1035,19 @@ error:
 
 /* (raw hash or fingerprint or None, hashable) as keys.value_key computes it. */
 PyObject *
-cs_value_key(PyObject *value, int64_t *raw_out, int *kind)
+cs_value_key(PyObject *value, int64_t *raw_out, int *kind, CodeInfoObject *ci, PyObject *clock)
 {
     *kind = KEY_OBJECT;
+    HashTimer timer = {ci, clock};
     if (Py_TYPE(value)->tp_hash != PyObject_HashNotImplemented) {
-        if (!cs_hash_runs_no_user_code(value, 0))
-            return PyTuple_Pack(2, Py_None, Py_False); /* its hash is user code: not hashed */
+        int verdict = plainly_builtin(value) || plain_tuple(value) ? HASH_BUILTIN : hash_verdict(value, ci, 0);
+        if (verdict < HASH_BUILTIN)
+            return PyTuple_Pack(2, Py_None, Py_False); /* its hash is user code not allowed: not hashed */
+        int user = timed(&timer, verdict);
+        long long start = user ? timer_now(&timer) : 0;
         Py_hash_t h = PyObject_Hash(value);
+        if (user)
+            timer_account(&timer, start);
         if (h != -1 || !PyErr_Occurred()) {
             /* compact: the raw hash only; a Record reads it back as (raw, True) */
             if (PyTuple_CheckExact(value))
@@ -859,7 +1066,7 @@ cs_value_key(PyObject *value, int64_t *raw_out, int *kind)
         }
         PyErr_Clear();
     }
-    return Py_BuildValue("(NO)", cs_fingerprint_object(value), Py_False);
+    return Py_BuildValue("(NO)", fingerprint_object(value, &timer), Py_False);
 }
 
 /* -- the four transitions (mirror callspan/recorder.py) ---------------------------------- */
@@ -871,6 +1078,7 @@ cs_keys_init(void)
         (str_error = PyUnicode_InternFromString("error")) == NULL ||
         (str_dict_tag = PyUnicode_InternFromString("dict")) == NULL ||
         (str_set_tag = PyUnicode_InternFromString("set")) == NULL || (type_names = PyDict_New()) == NULL || (labelled_names = PyDict_New()) == NULL ||
+        (skip_decisions = PyDict_New()) == NULL ||
         (minus_one = PyLong_FromLong(-1)) == NULL ||
         (cs_identity_only_args = PyTuple_Pack(3, Py_None, str_empty, Py_True)) == NULL)
         return -1;

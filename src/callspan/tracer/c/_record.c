@@ -283,6 +283,9 @@ static PyMemberDef CodeInfo_members[] = {
     {"unkeyed_args", T_OBJECT, offsetof(CodeInfoObject, unkeyed_args), 0, NULL},
     {"_names_types", T_OBJECT, offsetof(CodeInfoObject, names_types), READONLY, NULL},
     {"_names", T_OBJECT, offsetof(CodeInfoObject, names), READONLY, NULL},
+    {"slow_hash", T_BOOL, offsetof(CodeInfoObject, slow_hash), 0, NULL},
+    {"hash_ns", T_LONGLONG, offsetof(CodeInfoObject, hash_ns), 0, NULL},
+    {"hash_runs", T_LONGLONG, offsetof(CodeInfoObject, hash_runs), 0, NULL},
     {NULL, 0, 0, 0, NULL},
 };
 
