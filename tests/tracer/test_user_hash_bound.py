@@ -227,3 +227,29 @@ def test_the_python_reference_times_exactly_what_the_compiled_path_does() -> Non
         assert Costly.hashes == 1
     finally:
         keys.set_user_hash(False)
+
+
+class LazyProxy:
+    """A proxy whose __hash__ sets up what it wraps (as Django's LazyObject does): its
+    subclasses are skipped by the base class's name."""
+
+    hashes = 0
+
+    def __hash__(self) -> int:
+        LazyProxy.hashes += 1
+        return 1
+
+
+class LazySettingsLike(LazyProxy):
+    pass
+
+
+def test_a_skipped_type_skips_its_subclasses(traced) -> None:  # type: ignore[no-untyped-def]
+    LazyProxy.hashes = 0
+    run = traced(user_hash_skip=(f"{__name__}.LazyProxy",))
+    values = [LazySettingsLike() for _ in range(5)]
+    run.run(lambda: [identity(v) for v in values])
+    assert LazyProxy.hashes == 0
+    row = cache_row(run, "identity")
+    assert (row["cache.calls"], row["cache.unhashable_calls"]) == (0, 5)  # none keyed: all skipped
+    assert row["cache.unhashable_types"] == "LazySettingsLike:user-hash"

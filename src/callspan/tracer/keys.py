@@ -182,15 +182,17 @@ def set_user_hash(allowed: bool, skip: Iterable[str] = ()) -> None:
 
 
 def type_skipped(kind: type) -> bool:
-    """Whether ``kind``'s qualified name matches a CALLSPAN_USER_HASH_SKIP pattern (a type that
-    cannot be named is not skipped). Both hot paths cache the answer per type."""
+    """Whether the qualified name of ``kind`` or of one of its base classes matches a
+    CALLSPAN_USER_HASH_SKIP pattern: skipping ``django.utils.functional.LazyObject`` skips
+    ``django.conf.LazySettings`` too (a type that cannot be named is not skipped). Both hot
+    paths cache the answer per type."""
     try:
-        name = f"{kind.__module__}.{kind.__qualname__}"
+        names = [f"{base.__module__}.{base.__qualname__}" for base in kind.__mro__]
     except KeyboardInterrupt:
         raise
     except BaseException:
         return False
-    return any(fnmatchcase(name, pattern) for pattern in _skip_patterns)
+    return any(fnmatchcase(name, pattern) for name in names for pattern in _skip_patterns)
 
 
 def _skipped(kind: type) -> bool:
