@@ -1,5 +1,8 @@
 """Real code traced whole, counted exactly against a slow reference.
 
+``realcode/asyncio_workers.py`` does the same for the standard library's asyncio traced whole
+(queues, workers cancelled, gather with errors, a task group, a timeout).
+
 ``realcode/stdlib_and_django.py`` runs code callspan's authors did not write (the standard
 library's pure-Python TOML, decimal, diff, text-wrapping and e-mail code, and Django's template
 engine; one part in a second thread), with those libraries ``--include``d whole. The reference
@@ -30,12 +33,15 @@ pytest.importorskip("django")
 
 ROOT = Path(__file__).resolve().parents[2]
 PROGRAM = Path(__file__).parent / "realcode" / "stdlib_and_django.py"
+ASYNCIO_PROGRAM = Path(__file__).parent / "realcode" / "asyncio_workers.py"
 
 
-def includes() -> list[str]:
+def includes(program: Path = PROGRAM) -> list[str]:
+    stdlib = os.path.dirname(os.__file__)
+    if program == ASYNCIO_PROGRAM:
+        return [os.path.join(stdlib, "asyncio")]
     import django
 
-    stdlib = os.path.dirname(os.__file__)
     return [os.path.dirname(django.__file__), *(os.path.join(stdlib, name) for name in (
         "_pydecimal.py", "tomllib", "difflib.py", "email", "textwrap.py"))]
 
@@ -48,13 +54,24 @@ def run(*args: str, cwd: Path, **variables: str) -> subprocess.CompletedProcess[
     return done
 
 
+def reference_counts(program: Path, out: Path) -> dict[str, Any]:
+    flags = [arg for path in includes(program) for arg in ("--include", path)]
+    run("-m", "tests.call_reference", *flags, "--out", str(out), str(program), cwd=ROOT)
+    data: dict[str, Any] = json.loads(out.read_text())
+    return data
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    out = tmp_path_factory.mktemp("reference") / "reference.json"
-    flags = [arg for path in includes() for arg in ("--include", path)]
-    run("-m", "tests.call_reference", *flags, "--out", str(out), str(PROGRAM), cwd=ROOT)
-    data: dict[str, Any] = json.loads(out.read_text())
+    data = reference_counts(PROGRAM, tmp_path_factory.mktemp("reference") / "reference.json")
     assert sum(data["calls"].values()) > 10_000 and len(data["calls"]) > 300  # real work was counted
+    return data
+
+
+@pytest.fixture(scope="module")
+def asyncio_reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    data = reference_counts(ASYNCIO_PROGRAM, tmp_path_factory.mktemp("reference") / "asyncio.json")
+    assert sum(data["calls"].values()) > 2_000 and len(data["calls"]) > 80
     return data
 
 
@@ -71,9 +88,30 @@ USER_HASH = {"user-hash-off": {"CALLSPAN_USER_HASH": "off"},
 @pytest.mark.parametrize("core", available_cores())
 def test_calls_per_function_and_per_stack_equal_the_reference(core: str, user_hash: str, reference: dict[str, Any],
                                                               tmp_path: Path) -> None:
-    flags = [arg for path in includes() for arg in ("--include", path)]
-    traced = run("-m", "callspan", "run", "--core", core, *flags, "-o", "t.jsonl", str(PROGRAM), cwd=tmp_path,
-                 **USER_HASH[user_hash])
+    assert_counts_equal(PROGRAM, core, reference, tmp_path, **USER_HASH[user_hash])
+
+
+# Known, not yet explained: on CPython 3.12 only, under the two pure-Python cores (whose hooks are
+# Python functions), asyncio.runners' _cancel_all_tasks finds 9 more finished tasks still alive
+# and all_tasks() calls asyncio.futures._get_loop on each: 9 calls the program does not make
+# under python. The compiled cores (callspan's default) and 3.11 and 3.13 are exact.
+_PYTHON_HOOK_KEEPS_TASKS = pytest.mark.xfail(
+    sys.version_info[:2] == (3, 12), strict=True,
+    reason="3.12, pure-Python cores: 9 extra asyncio.futures._get_loop calls at Runner.close")
+
+
+@pytest.mark.parametrize("core", [pytest.param(core, marks=_PYTHON_HOOK_KEEPS_TASKS) if core in ("sysmon", "setprofile")
+                                  else core for core in available_cores()])
+def test_asyncio_traced_whole_equals_the_reference(core: str, asyncio_reference: dict[str, Any],
+                                                   tmp_path: Path) -> None:
+    assert_counts_equal(ASYNCIO_PROGRAM, core, asyncio_reference, tmp_path)
+
+
+def assert_counts_equal(program: Path, core: str, reference: dict[str, Any], tmp_path: Path,
+                        **variables: str) -> None:
+    flags = [arg for path in includes(program) for arg in ("--include", path)]
+    traced = run("-m", "callspan", "run", "--core", core, *flags, "-o", "t.jsonl", str(program), cwd=tmp_path,
+                 **variables)
     assert "dropped" not in traced.stderr and "not exported" not in traced.stderr, traced.stderr
     report = json.loads(run("-m", "callspan", "analyze", "--report", "cpu,latency", "--format", "json",
                             "--top", "1000000", "t.jsonl", cwd=tmp_path).stdout)
