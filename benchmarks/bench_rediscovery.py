@@ -11,8 +11,12 @@ memoization off before importing it and runs calls from its documentation. Then:
    then ``callspan analyze --format json --report cache`` (defaults);
 3. truth: ``python -m tests.cache_reference --include <package>`` on the same workload: exact
    calls, hits and consistency (by value) per function;
-4. cost: ``python -m cProfile`` on the same workload: each function's mean inclusive time per
-   (outermost) call, independent of callspan's own CPU figures;
+4. cost: the workload again, ``--cost-repeat`` times (3), in ``workloads/memo_off.py``'s cost
+   mode: each memoized function wrapped where its cache was, timed by the thread's CPU clock
+   (``time.thread_time_ns``), the wrappers of nested calls taken out: each function's mean CPU
+   time per outermost call, the least of the runs, independent of callspan's own figures. (Not
+   cProfile: it instruments every call, inflating cheap functions 2-5x, and its wall clock made
+   the real-savings set change with the machine's load);
 5. score. A memoized function has *real savings* when the reference finds hits, calls it
    consistent (or consistent once unhashable arguments are converted) and its hits x mean cost
    clears the analyzer's own economics (the ``min_saved_ns`` floor, and a mean cost of at least
@@ -43,7 +47,6 @@ import datetime
 import json
 import os
 import platform
-import pstats
 import subprocess
 import sys
 import tempfile
@@ -157,18 +160,36 @@ def scan_package(package_dir: Path, package: str, decorators: Iterable[str]) -> 
     return sorted(by_name.values(), key=lambda m: m.function)
 
 
-# ---------------------------------------------------------------- cost (cProfile)
+# ---------------------------------------------------------------- cost (timed where the cache was)
 
-def mean_costs(stats: Mapping[tuple[str, int, str], tuple[Any, ...]],
-               memoized: Iterable[Memoized]) -> dict[str, float]:
-    """Mean inclusive ns per outermost call of each memoized function, from ``pstats`` stats
-    (keyed (file, first line, code name); values (primitive calls, calls, tottime, cumtime, ...))."""
+# Cost: each workload run again in memo_off's cost mode (its environment variable names the
+# output file): the memoized functions' own CPU time per outermost call, measured by a wrapper
+# exactly where the cache was, nothing else instrumented, the wrappers' own cost taken out. Not
+# cProfile: it instruments every call (builtins too), which inflated cheap functions' inclusive
+# time 2-5x, and its wall clock counts the time other processes hold the CPU (on a shared machine
+# the real-savings set changed with the load). Each function's least mean over the runs counts.
+COST_ENV = "REDISCOVERY_COST_OUT"  # memo_off.COST_ENV
+COST_REPEAT = 3
+
+def mean_costs(cost_file: Mapping[str, Any], memoized: Iterable[Memoized]) -> dict[str, float]:
+    """Mean CPU ns per outermost call of each memoized function, from a cost-mode output (rows
+    keyed by the code's file, first line and name, as the scan names them)."""
+    rows = {(row["file"], row["line"], row["name"]): row for row in cost_file["functions"]}
     out: dict[str, float] = {}
     for memo in memoized:
-        name = memo.function.rsplit(".", 1)[-1]
-        row = stats.get((memo.file, memo.line, name))
-        if row is not None and row[0] > 0:
-            out[memo.function] = row[3] * 1e9 / row[0]
+        row = rows.get((memo.file, memo.line, memo.function.rsplit(".", 1)[-1]))
+        if row is not None and row["calls"] > 0:
+            out[memo.function] = float(row["mean_ns"])
+    return out
+
+
+def least_costs(runs: Iterable[Mapping[str, float]]) -> dict[str, float]:
+    """Each function's least cost over the runs it appears in: the run least disturbed (cache
+    misses, frequency changes and other processes still add CPU time; nothing takes it away)."""
+    out: dict[str, float] = {}
+    for costs in runs:
+        for function, cost in costs.items():
+            out[function] = min(cost, out.get(function, cost))
     return out
 
 
@@ -223,7 +244,7 @@ def _why_not_real(truth: Mapping[str, Any] | None, cost: float | None, lookup_ns
     if not truth["hits"]:
         return "reference: no repeats"
     if cost is None:
-        return "no cost (not in the cProfile run)"
+        return "no cost (not called in the cost runs)"
     if cost < min_cost_ratio * lookup_ns:
         return f"cheap: {cost:.0f} ns a call < {min_cost_ratio:g} x {lookup_ns:.0f} ns lookup"
     if truth["hits"] * cost < min_saved_ns:
@@ -315,23 +336,26 @@ def _clean_env() -> dict[str, str]:
     return env
 
 
-def _run(command: Sequence[str], cwd: Path, log: Path) -> float:
+def _run(command: Sequence[str], cwd: Path, log: Path, env: Mapping[str, str] | None = None) -> float:
     start = time.perf_counter()
     with open(log, "w") as out:
-        done = subprocess.run(command, cwd=cwd, env=_clean_env(), stdout=out, stderr=subprocess.STDOUT)
+        done = subprocess.run(command, cwd=cwd, env={**_clean_env(), **(env or {})}, stdout=out,
+                              stderr=subprocess.STDOUT)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} exited {done.returncode}; see {log}")
     return time.perf_counter() - start
 
 
-def run_library(lib: Library, python: str, workdir: Path, scale: float | None = None) -> dict[str, Any]:
+def run_library(lib: Library, python: str, workdir: Path, scale: float | None = None,
+                cost_repeat: int = COST_REPEAT) -> dict[str, Any]:
     """Run every step for one library; returns its result (score and timings) as JSON-able data."""
     package_dir = _package_dir(python, lib.package)
     memoized = scan_package(package_dir, lib.package, lib.decorators)
     workload = str(WORKLOADS_DIR / lib.workload)
     args = [workload] + ([str(scale)] if scale is not None else [])
     workdir.mkdir(parents=True, exist_ok=True)
-    spans, analysis, truth, profile = (workdir / n for n in ("spans.jsonl", "analysis.json", "reference.json", "prof.out"))
+    spans, analysis, truth = (workdir / n for n in ("spans.jsonl", "analysis.json", "reference.json"))
+    cost_files = [workdir / f"costs{i}.json" for i in range(1, cost_repeat + 1)]
     seconds = {
         "callspan_run": _run([python, "-m", "callspan", "run", "--include", lib.package, "-o", str(spans), *args],
                              workdir, workdir / "run.log"),
@@ -339,14 +363,18 @@ def run_library(lib: Library, python: str, workdir: Path, scale: float | None = 
                          "--no-progress", "-o", str(analysis), str(spans)], workdir, workdir / "analyze.log"),
         "reference": _run([python, "-m", "tests.cache_reference", "--include", lib.package, "--out", str(truth),
                            *args], REPO, workdir / "reference.log"),
-        "cprofile": _run([python, "-m", "cProfile", "-o", str(profile), *args], workdir, workdir / "cprofile.log"),
+        "costs": sum(_run([python, *args], workdir, workdir / "costs.log", {COST_ENV: str(path)})
+                     for path in cost_files),
     }
     cache_report = json.loads(analysis.read_text())["cache"]
     truths = json.loads(truth.read_text())
-    costs = mean_costs(pstats.Stats(str(profile)).stats, memoized)  # type: ignore[attr-defined]
+    cost_runs = [json.loads(path.read_text()) for path in cost_files]
+    costs = least_costs(mean_costs(run, memoized) for run in cost_runs)
     result = score(memoized, cache_report, truths, costs)
     return {"library": lib.name, "package": lib.package, "version": _version(lib.package),
-            "decorators": list(lib.decorators), "switch": lib.switch, "lookup_ns": cache_report["lookup_ns"],
+            "decorators": list(lib.decorators), "switch": lib.switch, "cost_repeat": cost_repeat,
+            "wrapper_ns": [run["wrapper_ns"] for run in cost_runs],
+            "lookup_ns": cache_report["lookup_ns"],
             "functions_analyzed": cache_report["functions_analyzed"], "seconds": seconds,
             "meets_targets": result.meets_targets, **asdict(result)}
 
@@ -393,7 +421,7 @@ def details(result: Mapping[str, Any]) -> str:
         if row["real"]:
             state = "found" if row["found"] else f"MISSED: {row['why_missed']}"
             lines.append(f"  {row['function']}: ref {row['ref_calls']} calls {row['ref_hits']} hits, "
-                         f"{row['mean_cost_ns']:.0f} ns/call; rank {row['rank']} {row['advice']}; {state}")
+                         f"{row['mean_cost_ns']:.0f} ns CPU/call; rank {row['rank']} {row['advice']}; {state}")
     for name in result["advised_top_not_consistent"]:
         lines.append(f"  advised but not consistent: {name}")
     return "\n".join(lines)
@@ -405,6 +433,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--python", default=sys.executable, help="interpreter to run the workloads with")
     parser.add_argument("--scale", type=float, help="workload scale (default: each workload's own)")
     parser.add_argument("--json", default="rediscovery.json", help="where to write the results")
+    parser.add_argument("--cost-repeat", type=int, default=COST_REPEAT,
+                        help="cost-mode runs per library; each function's least mean cost counts "
+                        f"(default {COST_REPEAT})")
     parser.add_argument("--workdir", help="keep the traces, analyses and references here (default: a temp dir)")
     options = parser.parse_args(argv)
     names = [n for n in options.libs.split(",") if n]
@@ -413,26 +444,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unknown libraries: {', '.join(unknown)} (known: {', '.join(LIBRARIES)})")
     results: list[dict[str, Any]] = []
     skipped: dict[str, str] = {}
+    load_at_start = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="callspan-rediscovery-") as tmp:
         root = Path(options.workdir) if options.workdir else Path(tmp)
         for name in names:
-            print(f"{name}: running (callspan, analyze, reference, cProfile)...", file=sys.stderr, flush=True)
+            print(f"{name}: running (callspan, analyze, reference, costs)...", file=sys.stderr, flush=True)
             try:
-                results.append(run_library(LIBRARIES[name], options.python, root / name, options.scale))
+                results.append(run_library(LIBRARIES[name], options.python, root / name, options.scale,
+                                           options.cost_repeat))
             except LookupError as missing:
                 skipped[name] = str(missing)
                 print(f"{name}: skipped: {missing}", file=sys.stderr)
                 continue
             print(details(results[-1]), file=sys.stderr)
+    load_at_end = os.getloadavg()
     doc = {"date": datetime.date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
            f"{platform.processor() or platform.platform()}", "python": platform.python_version(),
+           "load_average": {"start": load_at_start, "end": load_at_end},
            "top": TOP, "advised_kinds": list(ADVISED), "recall_target": RECALL_TARGET,
            "results": results, "skipped": skipped}
     Path(options.json).write_text(json.dumps(doc, indent=1) + "\n")
     print(table(results))
     for name, why in skipped.items():
         print(f"skipped {name}: {why}")
-    print(f"(Python {doc['python']}, {doc['date']}; JSON: {options.json})")
+    load = " -> ".join("/".join(f"{x:.2f}" for x in at) for at in (load_at_start, load_at_end))
+    print(f"(Python {doc['python']}, {doc['date']}, load average {load}; JSON: {options.json})")
     return 0 if results and all(r["meets_targets"] for r in results) else 1
 
 

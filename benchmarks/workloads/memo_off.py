@@ -5,14 +5,143 @@ versions that hand back the undecorated function for functions defined in the na
 (every call then runs the function, as before the maintainers memoized it) and that still
 memoize everyone else's (the standard library's caches stay on). Call it before the library is
 imported: modules bind ``from functools import lru_cache`` at import time.
+
+Cost mode (``REDISCOVERY_COST_OUT=<file>`` in the environment, set by ``bench_rediscovery.py``):
+instead of the bare function, each memoized function gets a wrapper that measures the CPU time
+(``time.thread_time_ns``, main thread) of its outermost calls, exactly where the maintainers'
+cache sat, and nothing else is instrumented. What a cache would save per hit is such a call's
+cost: the mean is written at exit per function (file, first line, name: as the benchmark's scan
+names it), with the wrapper's own cost measured in the same process so that the cost of the
+wrappers of calls nested inside a call is taken out. CPU time, not wall time: on a shared machine
+wall time counts the time other processes hold the CPU. ``replace_after_import`` does the same
+for a library's own memoizing decorator (sympy's ``cacheit``).
 """
 
 from __future__ import annotations
 
+import atexit
 import functools
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import json
+import os
 import sys
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Sequence
+from types import ModuleType
 from typing import Any
+
+COST_ENV = "REDISCOVERY_COST_OUT"
+CALIBRATION_CALLS = 20_000
+CALIBRATION_REPEATS = 7
+
+
+class CallCosts:
+    """Outermost calls, their CPU ns and the wrapped calls nested in them, per wrapped function."""
+
+    def __init__(self) -> None:
+        self.rows: dict[tuple[str, int, str], list[int]] = {}  # (file, line, name) -> [calls, ns, nested]
+        self.started = 0  # wrapped calls started (any function): nested = difference at exit
+
+    def timed(self, function: Callable[..., Any]) -> Callable[..., Any]:
+        """``function`` measured: every call takes the same path (so each costs the same, which
+        ``wrapper_ns`` measures); only the outermost calls of it (not recursion) are recorded."""
+        code = function.__code__
+        row = self.rows.setdefault((code.co_filename, code.co_firstlineno, code.co_name), [0, 0, 0])
+        depth = [0]
+        main = threading.main_thread().ident
+        clock, ident = time.thread_time_ns, threading.get_ident
+
+        @functools.wraps(function)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if ident() != main:  # its clock is another thread's
+                return function(*args, **kwargs)
+            self.started += 1
+            started = self.started
+            depth[0] += 1
+            begin = clock()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                end = clock()
+                depth[0] -= 1
+                if not depth[0]:
+                    row[0] += 1
+                    row[1] += end - begin
+                    row[2] += self.started - started
+        return wrapper
+
+    def wrapper_ns(self, calls: int = CALIBRATION_CALLS, repeats: int = CALIBRATION_REPEATS) -> float:
+        """CPU ns one wrapped call adds to the call it is nested in: the least over ``repeats``
+        timings of ``calls`` calls of an empty function, wrapped minus bare."""
+        def empty() -> None:
+            return None
+        probe = CallCosts()
+        wrapped = probe.timed(empty)
+        clock = time.thread_time_ns
+        best = float("inf")
+        for _ in range(repeats):
+            begin = clock()
+            for _ in range(calls):
+                wrapped()
+            middle = clock()
+            for _ in range(calls):
+                empty()
+            best = min(best, ((middle - begin) - (clock() - middle)) / calls)
+        return max(best, 0.0)
+
+    def write(self, path: str) -> None:
+        overhead = self.wrapper_ns()
+        rows = [{"file": file, "line": line, "name": name, "calls": calls, "ns": ns, "nested": nested,
+                 "mean_ns": max(ns - nested * overhead, 0.0) / calls}
+                for (file, line, name), (calls, ns, nested) in sorted(self.rows.items()) if calls]
+        with open(path, "w") as out:
+            json.dump({"wrapper_ns": overhead, "functions": rows}, out, indent=0)
+
+
+_costs: CallCosts | None = None
+
+
+def _cost_mode() -> CallCosts | None:
+    """The process's ``CallCosts`` in cost mode (written at exit), else None."""
+    global _costs
+    path = os.environ.get(COST_ENV)
+    if path and _costs is None:
+        _costs = CallCosts()
+        atexit.register(_costs.write, path)
+    return _costs
+
+
+def replace_after_import(module: str, attribute: str) -> None:
+    """Cost mode: once ``module`` is imported (not before: importing it imports its package),
+    its decorator ``attribute`` times the functions it decorates instead (``CallCosts.timed``).
+    Outside cost mode nothing changes (the library's own switch turns the decorator off)."""
+    costs = _cost_mode()
+    if costs is None:
+        return
+    timed = costs.timed
+
+    class Finder(importlib.abc.MetaPathFinder):
+        def find_spec(self, name: str, path: Sequence[str] | None,
+                      target: ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
+            if name != module:
+                return None
+            sys.meta_path.remove(self)
+            spec = importlib.util.find_spec(name)
+            if spec is None or spec.loader is None:
+                return spec
+            loader = spec.loader
+            run = loader.exec_module
+
+            def exec_module(new: ModuleType) -> None:
+                run(new)
+                setattr(new, attribute, timed)
+            loader.exec_module = exec_module  # type: ignore[method-assign, assignment]
+            return spec
+
+    sys.meta_path.insert(0, Finder())
 
 
 def _no_cache_info() -> functools._CacheInfo:
@@ -24,12 +153,15 @@ def disable_functools_caches(*packages: str) -> None:
     if imported:
         raise RuntimeError(f"memo_off: {', '.join(imported)} already imported; its caches are on")
     real_lru_cache, real_cache = functools.lru_cache, functools.cache
+    costs = _cost_mode()
 
     def in_packages(function: Any) -> bool:
         module = getattr(function, "__module__", None) or ""
         return any(module == p or module.startswith(p + ".") for p in packages)
 
     def uncached(function: Any) -> Any:
+        if costs is not None:
+            function = costs.timed(function)
         # Code that clears or inspects the caches keeps working.
         function.cache_clear = lambda: None
         function.cache_info = _no_cache_info

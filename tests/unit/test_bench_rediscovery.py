@@ -5,6 +5,8 @@ on a tiny generated library."""
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -177,12 +179,95 @@ def _truth(verdict: str, calls: int = 100, hits: int = 90) -> dict[str, Any]:
     return {"calls": calls, "hits": hits, "verdict": verdict}
 
 
-def test_mean_costs_match_pstats_rows_by_file_first_line_and_name() -> None:
+def test_mean_costs_match_cost_rows_by_file_first_line_and_name() -> None:
     memos = [_memo("fakelib.parse", 8), _memo("fakelib.Palette.match", 28), _memo("fakelib.width", 13)]
-    stats = {("/lib/fakelib/__init__.py", 8, "parse"): (4, 6, 0.001, 0.002, {}),
-             ("/lib/fakelib/__init__.py", 28, "match"): (0, 0, 0.0, 0.0, {}),  # never called
-             ("/lib/fakelib/__init__.py", 14, "width"): (1, 1, 0.5, 0.5, {})}  # another line
-    assert bench.mean_costs(stats, memos) == {"fakelib.parse": pytest.approx(500_000.0)}
+    cost_file = {"wrapper_ns": 900.0, "functions": [
+        {"file": "/lib/fakelib/__init__.py", "line": 8, "name": "parse", "calls": 4, "ns": 9000, "nested": 2,
+         "mean_ns": 1800.0},
+        {"file": "/lib/fakelib/__init__.py", "line": 28, "name": "match", "calls": 0, "ns": 0, "nested": 0,
+         "mean_ns": 0.0},  # never called
+        {"file": "/lib/fakelib/__init__.py", "line": 14, "name": "width", "calls": 1, "ns": 5, "nested": 0,
+         "mean_ns": 5.0}]}  # another line
+    assert bench.mean_costs(cost_file, memos) == {"fakelib.parse": 1800.0}
+
+
+def test_least_costs_keep_each_functions_least_mean_over_the_runs() -> None:
+    runs = [{"a": 300.0, "b": 50.0}, {"a": 200.0}, {"a": 250.0, "b": 70.0, "c": 9.0}]
+    assert bench.least_costs(runs) == {"a": 200.0, "b": 50.0, "c": 9.0}
+
+
+COST_LIB = """\
+import functools
+import time
+
+from .own import memoize
+
+
+@functools.lru_cache(maxsize=None)
+def leaf(x):
+    return x + 1
+
+
+@functools.lru_cache
+def branch(x):
+    time.sleep(0.05)  # waiting, not CPU
+    return leaf(x) + leaf(x + 1)
+
+
+@memoize
+def countdown(n):
+    return 0 if n == 0 else countdown(n - 1)
+
+
+def unmemoized(x):
+    return leaf(x)
+"""
+
+COST_SCRIPT = """\
+import json, sys
+sys.path[:0] = [{workloads!r}, {lib!r}]
+from memo_off import disable_functools_caches, replace_after_import
+disable_functools_caches("costlib")
+replace_after_import("costlib.own", "memoize")
+import costlib
+results = [costlib.branch(i) for i in range(3)] + [costlib.countdown(4), costlib.countdown(2), costlib.unmemoized(7)]
+print(json.dumps([results, hasattr(costlib.countdown, "__wrapped__"), hasattr(costlib.leaf, "__wrapped__")]))
+"""
+
+
+def test_cost_mode_times_outermost_calls_where_the_caches_were(tmp_path: Path) -> None:
+    package = tmp_path / "costlib"
+    package.mkdir()
+    (package / "__init__.py").write_text(COST_LIB)
+    (package / "own.py").write_text("def memoize(function):\n    return function\n")
+    script = tmp_path / "run.py"
+    script.write_text(COST_SCRIPT.format(workloads=str(REPO / "benchmarks" / "workloads"), lib=str(tmp_path)))
+    out = tmp_path / "costs.json"
+    # Outside cost mode the functions are bare (nothing wrapped, nothing written).
+    plain = subprocess.run([sys.executable, str(script)], capture_output=True, text=True)
+    assert plain.returncode == 0, plain.stderr
+    assert plain.stdout.strip() == "[[3, 5, 7, 0, 0, 8], false, false]"
+    timed = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                           env={**os.environ, bench.COST_ENV: str(out)})
+    assert timed.returncode == 0, timed.stderr
+    assert timed.stdout.strip() == "[[3, 5, 7, 0, 0, 8], true, true]"  # same results, now wrapped
+    written = json.loads(out.read_text())
+    rows = {row["name"]: row for row in written["functions"]}
+    # Outermost calls, and the wrapped calls nested in them (recursion included): exact.
+    assert {name: (row["calls"], row["nested"]) for name, row in rows.items()} == {
+        "leaf": (7, 0), "branch": (3, 6), "countdown": (2, 6)}
+    # Keyed as the scan names them (file, first decorator line, name): the library's own
+    # decorator (replaced after its module was imported) too.
+    memoized = bench.scan_package(package, "costlib", ("lru_cache", "memoize"))
+    costs = bench.mean_costs(written, memoized)
+    assert sorted(costs) == ["costlib.branch", "costlib.countdown", "costlib.leaf"]
+    wrapper_ns = written["wrapper_ns"]
+    assert wrapper_ns > 0
+    for name, row in rows.items():
+        assert row["mean_ns"] == max(row["ns"] - row["nested"] * wrapper_ns, 0.0) / row["calls"], name
+        assert costs[f"costlib.{name}"] == row["mean_ns"]
+    # CPU time: the 3 x 50 ms of sleep in branch() are not in its cost.
+    assert rows["branch"]["ns"] < 3 * 50_000_000 / 5
 
 
 def test_score_counts_recall_and_precision_and_says_why_functions_were_missed() -> None:
