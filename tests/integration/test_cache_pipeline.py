@@ -168,3 +168,95 @@ def test_calls_beyond_the_depth_cap_keep_their_cpu_cost(tmp_path: Path) -> None:
         caller = ops[f"__main__.{name}"]
         assert caller["advice"]["kind"] == "calls_impure" and caller["impure_callees"] == ["__main__.serve"], name
         assert caller["advice"]["text"].startswith(f"calls impure __main__.serve{via},"), name
+
+
+CHAINS = textwrap.dedent("""
+    def work(k, n=300):
+        total = 0
+        for i in range(n):
+            total += (k * i) % 7
+        return total
+
+    def dispatch(k):  # called by api only, once per call: a one-to-one chain
+        return work(k) + 1
+
+    def api(k):
+        return dispatch(k) * 2
+
+    def twice(k):
+        return k + 1
+
+    def pair(k):  # calls twice() twice per call: not one to one
+        return work(k, 200) + twice(k) + twice(k + 1)
+
+    def narrow(k):
+        return work(k, 100) + 3
+
+    def halve(k):  # its callee sees half as many keys: not one to one
+        return narrow(k // 2)
+
+    def step(n):
+        return work(n, 50) + (0 if n == 0 else descend(n - 1))
+
+    def descend(n):  # step and descend call each other, one call each way: recursive, one to one
+        return step(n) + 1
+
+    def main():
+        for i in range(2000):
+            k = i % 40
+            api(k)
+            pair(k)
+            halve(k)
+        for i in range(300):
+            descend(i % 12)
+
+    main()
+""")
+
+
+def memoized_descend_calls() -> int:
+    """The calls CHAINS' descend() makes memoized (functools.lru_cache): a hit makes no nested calls."""
+    made = 0
+
+    def descend(n: int) -> int:
+        nonlocal made
+        made += 1
+        return cached(n)
+
+    @functools.cache
+    def cached(n: int) -> int:
+        return (0 if n == 0 else descend(n - 1)) + 1
+
+    for i in range(300):
+        descend(i % 12)
+    return made
+
+
+def test_one_to_one_call_chains_are_one_row_naming_the_functions_they_cover(tmp_path: Path) -> None:
+    (tmp_path / "chains.py").write_text(CHAINS)
+    ops = cache_report(tmp_path, "chains.py", analyze_args=("--lookup-ns", "100"))
+    api, dispatch = ops["__main__.api"], ops["__main__.dispatch"]
+    # api's row covers dispatch: every dispatch call made by api, once per call, same keys and
+    # hits at every size. dispatch has no row of its own: it is listed at api's rank, after it.
+    assert (api["calls"], api["distinct_keys"], api["hits"]) == (dispatch["calls"], dispatch["distinct_keys"],
+                                                                 dispatch["hits"]) == (2000, 40, 1960)
+    assert api["covers"] == ["__main__.dispatch"] and api["covered_by"] is None
+    assert dispatch["covered_by"] == "__main__.api" and dispatch["covers"] == []
+    assert dispatch["tier"] == api["tier"] == "recommended" and dispatch["tier_rank"] == api["tier_rank"]
+    assert dispatch["rank"] == api["rank"] + 1
+    # Not one to one: work is called by api's chain, pair and narrow; twice twice per pair call;
+    # narrow with half of halve's keys.
+    assert ops["__main__.pair"]["calls"] * 2 == ops["__main__.twice"]["calls"] == 4000
+    assert ops["__main__.halve"]["distinct_keys"] == 2 * ops["__main__.narrow"]["distinct_keys"] == 40
+    for name in ("work", "pair", "twice", "halve", "narrow"):
+        assert ops[f"__main__.{name}"]["covers"] == [] and ops[f"__main__.{name}"]["covered_by"] is None, name
+    # Recursive (mutually), one call each way: descend's row covers step (as many calls left out
+    # as nested in hits of the same key).
+    descend, step = ops["__main__.descend"], ops["__main__.step"]
+    assert descend["shadowed_calls"] == step["shadowed_calls"] > 0
+    assert (descend["calls"], descend["distinct_keys"]) == (step["calls"], step["distinct_keys"]) == (
+        memoized_descend_calls(), 12)
+    assert descend["covers"] == ["__main__.step"] and step["covered_by"] == "__main__.descend"
+    # Every other row moves up one place per covered function above it: tier ranks stay 1..N over rows.
+    rows = sorted(op["tier_rank"] for op in ops.values() if op["tier"] == "recommended" and not op["covered_by"])
+    assert rows == list(range(1, len(rows) + 1))

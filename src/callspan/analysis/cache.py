@@ -741,6 +741,12 @@ class Opportunity:
     own_wall: float = 0.0  # its own total wall time, ns
     unhashable_args: list[tuple[str, str]] = field(default_factory=list)  # (argument, type); "?" when not named
     impure_keys: list[tuple[float, float]] = field(default_factory=list)  # per impure callee: (its inconsistent keys, its keys)
+    hit_steps: list[tuple[int, float]] = field(default_factory=list, repr=False)  # (size, extra hits from it on)
+    # One-to-one call chains (``link_chains``): the functions whose figures this one's row shows
+    # (each of their calls made by it, once per call, same keys and hits at every size), and for
+    # such a function, the name of the function whose row shows it.
+    covers: list[Opportunity] = field(default_factory=list, repr=False)
+    covered_by: str | None = None
 
     @property
     def inconsistent_share(self) -> float:
@@ -1187,6 +1193,7 @@ class PendingAnalysis:
             if tier(op.advice.kind) == "recommended" and not any(map(self._in_call_tree, self.groups[key])):
                 _callees_unknown(op)
         opportunities.sort(key=rank_key)
+        link_chains(opportunities, call_counts(model))
         return CacheReport(opportunities, self.total_cpu, len(self.groups), without_reuse, self.without_keys,
                            options, lookup, clamps, self.without_keys_slow_hash)
 
@@ -1329,7 +1336,7 @@ def _opportunity(model: Model, results: list[ProcessResult], total_cpu: dict[str
                             or any(r.unhashable_returns for r in aggregated)),
         cpu_unit=unit if has_cpu else "none", savings=savings, share=share,
         memory_bytes=memory if not unusable else None, mean_cost=mean_cost,
-        curve=_curve_points(sizes, totals, calls, options.curve_points), processes=per_process,
+        curve=_curve_points(sizes, totals, calls, options.curve_points), processes=per_process, hit_steps=steps,
         identity=identity, identity_collisions=sum(r.identity_collisions for r in results),
         source=sources.pop() if len(sources) == 1 else "mixed", fresh_keys=sum(r.fresh_keys for r in aggregated),
         cheap_ns=max((r.cheap_ns for r in aggregated), default=0),
@@ -1400,6 +1407,75 @@ def profile_edges(model: Model) -> set[tuple[int, int]]:
             if a is not None and b is not None and a != b:
                 out.add((a, b))
     return out
+
+
+def call_counts(model: Model) -> dict[tuple[tuple[str, str], tuple[str, str]], int]:
+    """Calls made per (caller, callee) pair, functions as (name, file) like the report's, from
+    the v2 aggregates: the callee's call-tree nodes under the caller's nodes plus the tracer's
+    pairs of calls folded into (other) nodes (the tracer's own account: exact when none were
+    lost, and a callee's direct recursion is in its node). Processes without aggregates: none."""
+    counts: dict[tuple[tuple[str, str], tuple[str, str]], int] = {}
+    for process, data in model.profiles.items():
+        named: dict[int, tuple[str, str] | None] = {}
+        pairs: list[tuple[int, int, int]] = [(a, b, calls) for (a, b), calls in data.call_edges.items()]
+        for node in data.nodes.values():
+            parent = data.nodes.get(node.parent) if node.function and node.parent else None
+            if parent is not None and parent.function:
+                pairs.append((parent.function, node.function, node.calls))
+        for caller, callee, calls in pairs:
+            a, b = _report_name(model, process, data, caller, named), _report_name(model, process, data, callee, named)
+            if a is not None and b is not None and a != b:
+                counts[(a, b)] = counts.get((a, b), 0) + calls
+    return counts
+
+
+def _report_name(model: Model, process: int, data: ProfileData, fid: int,
+                 named: dict[int, tuple[str, str] | None]) -> tuple[str, str] | None:
+    """The (name, file) the report knows function ``fid`` of ``process`` by (memoised in ``named``)."""
+    if fid not in named:
+        info = data.functions.get(fid)
+        index = model.function_index.get((process, info.name)) if info is not None else None
+        named[fid] = None if index is None else (model.functions[index].name, model.functions[index].file)
+    return named[fid]
+
+
+def _one_to_one(outer: Opportunity, inner: Opportunity, calls_made: int) -> bool:
+    """Every call of ``inner`` was made by ``outer``, once per call of ``outer``, with as many
+    distinct keys and the same hits at every cache size (and, for recursive ones, as many calls
+    left out as nested in hits): the keys correspond one to one as far as the figures can tell,
+    so a cache on ``outer`` skips every call a cache on ``inner`` would. Aggregates only (spans
+    carry no call counts). Same tier, advised: the row keeps the outer one's advice."""
+    made = outer.calls + outer.shadowed_calls  # every call, as the call counts are
+    return (outer.source == inner.source == "aggregates" and outer.shadowed_calls == inner.shadowed_calls
+            and made == inner.calls + inner.shadowed_calls == calls_made > 0 and outer.calls == inner.calls
+            and tier(outer.advice.kind) == tier(inner.advice.kind) in ("recommended", "caveated")
+            and round(outer.distinct_keys) == round(inner.distinct_keys) and outer.hits_unbounded == inner.hits_unbounded
+            and outer.hit_steps == inner.hit_steps)
+
+
+def link_chains(opportunities: Sequence[Opportunity],
+                counts: dict[tuple[tuple[str, str], tuple[str, str]], int]) -> None:
+    """Group one-to-one call chains (``_one_to_one``: e.g. ``diff`` > ``_derivative_dispatch`` >
+    ``Derivative.__new__``) into one row: the outermost function's, which covers the others
+    (``covers``, in ``opportunities`` order; each has ``covered_by``). Otherwise each would take
+    a row of its own with the same hits and nested savings, pushing other functions out of the
+    table's top N."""
+    by_key = {(op.name, op.file): op for op in opportunities}
+    outer_of: dict[tuple[str, str], tuple[str, str]] = {}
+    for (caller, callee), calls in counts.items():
+        outer, inner = by_key.get(caller), by_key.get(callee)
+        if outer is not None and inner is not None and _one_to_one(outer, inner, calls):
+            outer_of[callee] = caller  # at most one caller makes every call
+    for op in opportunities:
+        key = root = (op.name, op.file)
+        seen = {key}
+        while root in outer_of and outer_of[root] not in seen:
+            root = outer_of[root]
+            seen.add(root)
+        if root != key and root not in outer_of:  # (a cycle has no outermost function)
+            outer = by_key[root]
+            op.covered_by = outer.name
+            outer.covers.append(op)
 
 
 def _calls_impure(op: Opportunity, paths: list[list[str]], impure: dict[str, Opportunity]) -> None:

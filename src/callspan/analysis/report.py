@@ -6,6 +6,7 @@ import html
 import math
 import textwrap
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -195,6 +196,8 @@ def cache_text(report: CacheReport, top: int) -> list[str]:
                              f"{est}{fmt_count(op.distinct_keys):>5} {fmt_pct(op.hit_ratio):>5} "
                              f"{fmt_pct(op.hit_ratio_at_128):>5} {size:>7} {saved:>9} {share:>6}  "
                              f"{ADVICE_LABELS.get(op.advice.kind, op.advice.kind)}")
+                if op.covers:
+                    lines.append(f"    {elide('= also ' + ', '.join(o.name for o in op.covers), WIDTH - 4)}")
             if len(ranked) > top:
                 lines.append(f"    ... {len(ranked) - top} more (--top N)")
             shown.extend(ranked[:top])
@@ -226,12 +229,40 @@ def cache_text(report: CacheReport, top: int) -> list[str]:
 
 def tier_groups(ops: list[Opportunity]) -> list[tuple[str, list[tuple[int, Opportunity]]]]:
     """The non-empty tiers of ``ops`` (ranked: tier by tier) in ``TIERS`` order, each with its
-    opportunities and their 1-based rank within the tier."""
+    rows and their 1-based rank within the tier. A function covered by another's row (a
+    one-to-one call chain: ``Opportunity.covers``) has no row of its own."""
     groups: dict[str, list[tuple[int, Opportunity]]] = {}
     for op in ops:
+        if op.covered_by is not None:
+            continue
         ranked = groups.setdefault(tier(op.advice.kind), [])
         ranked.append((len(ranked) + 1, op))
     return [(name, groups[name]) for name in TIERS if name in groups]
+
+
+def report_order(ops: list[Opportunity]) -> Iterator[tuple[int, Opportunity]]:
+    """Every opportunity with its tier rank, in the report's order: tier by tier, each row
+    followed by the functions it covers (at its rank)."""
+    for _, ranked in tier_groups(ops):
+        for rank, op in ranked:
+            yield rank, op
+            for inner in op.covers:
+                yield rank, inner
+
+
+def covers_text(op: Opportunity) -> str | None:
+    """What a row of a one-to-one call chain covers, with each covered function's own figures."""
+    if not op.covers:
+        return None
+    parts = []
+    for inner in op.covers:
+        alone = (fmt_cost(inner.savings.cpu, inner.cpu_unit) + " CPU" if inner.cpu_unit != "none"
+                 else fmt_ns(inner.savings.wall) + " wall")
+        parts.append(f"{inner.name} ({ADVICE_LABELS.get(inner.advice.kind, inner.advice.kind)}; alone it would "
+                     f"save {alone})")
+    return (f"covers {'; '.join(parts)}: {'each' if len(op.covers) > 1 else 'its'} {op.calls:,} calls were made "
+            f"by this function, one per call, with the same distinct keys and hits at every cache size, so a cache "
+            "here skips them too (a row of their own would repeat these figures)")
 
 
 def lookup_text(lookup: LookupCost) -> str:
@@ -317,6 +348,9 @@ def opportunity_text(rank: int, op: Opportunity) -> list[str]:
     estimate = estimate_text(op)
     if estimate:
         lines.extend(_wrap(estimate, "     "))
+    covers = covers_text(op)
+    if covers:
+        lines.extend(_wrap(covers, "     "))
     if len(op.processes) > 1:
         parts = [f"{p['label']}: {fmt_pct(p['hit_ratio'])}% of {fmt_count(p['calls'])}"  # type: ignore[arg-type]
                  for p in op.processes[:4]]
@@ -413,6 +447,7 @@ def opportunity_json(rank: int, op: Opportunity, tier_rank: int) -> dict[str, An
         "own_cost": {"cpu": round(op.own_cpu) if op.cpu_unit != "none" else None, "wall_ns": round(op.own_wall)},
         "source": op.source, "fresh_keys": round(op.fresh_keys), "cheap_ns": op.cheap_ns,
         "shadowed_calls": op.shadowed_calls, "curve_exact_from": op.curve_exact_from,
+        "covers": [inner.name for inner in op.covers], "covered_by": op.covered_by,
         "advice": {"kind": op.advice.kind, "text": op.advice.text, "paste": op.advice.paste},
         "savings": {"cpu": round(op.savings.cpu) if op.cpu_unit != "none" else None,
                     "cpu_unit": op.cpu_unit, "wall_ns": round(op.savings.wall), "hits": round(op.savings.hits),
@@ -461,7 +496,7 @@ def render_json_object(results: Results) -> dict[str, Any]:
             "functions_without_keys_slow_hash": c.functions_without_keys_slow_hash,
             "tiers": {name: len(ranked) for name, ranked in tier_groups(c.opportunities)},
             "opportunities": [opportunity_json(i, op, tier_rank) for i, (tier_rank, op)
-                              in enumerate((pair for _, ranked in tier_groups(c.opportunities) for pair in ranked), 1)],
+                              in enumerate(report_order(c.opportunities), 1)],
         }
     if results.cpu is not None:
         r = results.cpu
@@ -592,7 +627,9 @@ def render_html(results: Results) -> str:
             for rank, op in ranked:
                 anchor = f"op-{name}-{rank}"
                 rows.append(
-                    f"<tr><td>{rank}</td><td class=l><a href='#{anchor}'>{_esc(op.name)}</a></td>"
+                    f"<tr><td>{rank}</td><td class=l><a href='#{anchor}'>{_esc(op.name)}</a>"
+                    + "".join(f"<br><span class=muted>= also {_esc(inner.name)}</span>" for inner in op.covers)
+                    + "</td>"
                     f"<td>{op.calls:,}</td><td>{'~' if op.estimated else ''}{op.distinct_keys:,.0f}</td>"
                     f"<td>{fmt_pct(op.hit_ratio)}%</td><td>{fmt_pct(op.hit_ratio_at_128)}%</td>"
                     f"<td>{'-' if op.recommended_maxsize is None else f'{op.recommended_maxsize:,}'}</td>"
