@@ -13,14 +13,16 @@ memoization off before importing it and runs calls from its documentation. Then:
    calls, hits and consistency (by value) per function;
 4. cost: the workload again, ``--cost-repeat`` times (3), in ``workloads/memo_off.py``'s cost
    mode: each memoized function wrapped where its cache was, timed by the thread's CPU clock
-   (``time.thread_time_ns``), the wrappers of nested calls taken out: each function's mean CPU
-   time per outermost call, the least of the runs, independent of callspan's own figures. (Not
-   cProfile: it instruments every call, inflating cheap functions 2-5x, and its wall clock made
-   the real-savings set change with the machine's load);
-5. score. A memoized function has *real savings* when the reference finds hits, calls it
-   consistent (or consistent once unhashable arguments are converted) and its hits x mean cost
-   clears the analyzer's own economics (the ``min_saved_ns`` floor, and a mean cost of at least
-   ``min_cost_ratio`` x ``lookup_ns``, all read from the analysis). *Advised*: advice kind
+   (``time.thread_time_ns``), the wrappers of nested calls taken out: the CPU of the calls an
+   unbounded cache of that function would answer (``lru_cache``'s keys; calls nested in such a
+   hit left out: they would not run), the least of the runs, independent of callspan's own
+   figures. (Not cProfile's hits x mean time per call: it instruments every call, inflating
+   cheap functions 2-5x, its wall clock made the real-savings set change with the machine's
+   load, and for a recursive function the outermost calls' mean is not what its hits cost);
+5. score. A memoized function has *real savings* when the reference finds hits and calls it
+   consistent (or consistent once unhashable arguments are converted), and what the cost runs
+   measured clears the analyzer's own economics (the ``min_saved_ns`` floor, and a mean cost a
+   hit of at least ``min_cost_ratio`` x ``lookup_ns``, all read from the analysis). *Advised*: advice kind
    ``lru_cache``, ``lru_cache_convert_args``, ``calls_impure``, ``mostly_consistent`` or
    ``mutable_return``.
    The report ranks advice in tiers, each its own table with its own top N: *recommended*
@@ -163,33 +165,46 @@ def scan_package(package_dir: Path, package: str, decorators: Iterable[str]) -> 
 # ---------------------------------------------------------------- cost (timed where the cache was)
 
 # Cost: each workload run again in memo_off's cost mode (its environment variable names the
-# output file): the memoized functions' own CPU time per outermost call, measured by a wrapper
-# exactly where the cache was, nothing else instrumented, the wrappers' own cost taken out. Not
-# cProfile: it instruments every call (builtins too), which inflated cheap functions' inclusive
-# time 2-5x, and its wall clock counts the time other processes hold the CPU (on a shared machine
-# the real-savings set changed with the load). Each function's least mean over the runs counts.
+# output file): the CPU time of the calls an unbounded cache of each memoized function would
+# answer, measured by a wrapper exactly where the cache was, nothing else instrumented, the
+# wrappers' own cost taken out. Not cProfile: it instruments every call (builtins too), which
+# inflated cheap functions' inclusive time 2-5x, and its wall clock counts the time other
+# processes hold the CPU (on a shared machine the real-savings set changed with the load).
 COST_ENV = "REDISCOVERY_COST_OUT"  # memo_off.COST_ENV
 COST_REPEAT = 3
 
-def mean_costs(cost_file: Mapping[str, Any], memoized: Iterable[Memoized]) -> dict[str, float]:
-    """Mean CPU ns per outermost call of each memoized function, from a cost-mode output (rows
-    keyed by the code's file, first line and name, as the scan names them)."""
+@dataclass(frozen=True)
+class Saving:
+    """What an unbounded cache on one function saves in a cost-mode run."""
+
+    saved_ns: float  # CPU of the calls it would answer (not those nested in one: they would not happen)
+    hits: int  # those calls
+
+    @property
+    def per_hit_ns(self) -> float:
+        return self.saved_ns / self.hits if self.hits else 0.0
+
+
+def savings_of(cost_file: Mapping[str, Any], memoized: Iterable[Memoized]) -> dict[str, Saving]:
+    """Each memoized function's ``Saving`` from a cost-mode output (rows keyed by the code's file,
+    first line and name, as the scan names them)."""
     rows = {(row["file"], row["line"], row["name"]): row for row in cost_file["functions"]}
-    out: dict[str, float] = {}
+    out: dict[str, Saving] = {}
     for memo in memoized:
         row = rows.get((memo.file, memo.line, memo.function.rsplit(".", 1)[-1]))
         if row is not None and row["calls"] > 0:
-            out[memo.function] = float(row["mean_ns"])
+            out[memo.function] = Saving(float(row["saved_ns"]), int(row["hits"]))
     return out
 
 
-def least_costs(runs: Iterable[Mapping[str, float]]) -> dict[str, float]:
-    """Each function's least cost over the runs it appears in: the run least disturbed (cache
+def least_savings(runs: Iterable[Mapping[str, Saving]]) -> dict[str, Saving]:
+    """Each function's least saving over the runs it appears in: the run least disturbed (cache
     misses, frequency changes and other processes still add CPU time; nothing takes it away)."""
-    out: dict[str, float] = {}
-    for costs in runs:
-        for function, cost in costs.items():
-            out[function] = min(cost, out.get(function, cost))
+    out: dict[str, Saving] = {}
+    for savings in runs:
+        for function, saving in savings.items():
+            if function not in out or saving.saved_ns < out[function].saved_ns:
+                out[function] = saving
     return out
 
 
@@ -202,8 +217,8 @@ class FunctionRow:
     ref_calls: int | None = None
     ref_hits: int | None = None
     ref_verdict: str | None = None
-    mean_cost_ns: float | None = None
-    ref_savings_ns: float | None = None
+    hit_cost_ns: float | None = None  # cost mode: mean CPU ns of the calls a cache would answer
+    saved_ns: float | None = None  # cost mode: their CPU
     real: bool = False
     why_not_real: str | None = None
     rank: int | None = None
@@ -235,7 +250,7 @@ class Score:
         return self.recall is not None and self.recall >= RECALL_TARGET and not self.advised_inconsistent
 
 
-def _why_not_real(truth: Mapping[str, Any] | None, cost: float | None, lookup_ns: float,
+def _why_not_real(truth: Mapping[str, Any] | None, saving: Saving | None, lookup_ns: float,
                   min_cost_ratio: float, min_saved_ns: float) -> str | None:
     if truth is None or not truth.get("calls"):
         return "not called"
@@ -243,12 +258,12 @@ def _why_not_real(truth: Mapping[str, Any] | None, cost: float | None, lookup_ns
         return f"reference: {truth['verdict']}"
     if not truth["hits"]:
         return "reference: no repeats"
-    if cost is None:
-        return "no cost (not called in the cost runs)"
-    if cost < min_cost_ratio * lookup_ns:
-        return f"cheap: {cost:.0f} ns a call < {min_cost_ratio:g} x {lookup_ns:.0f} ns lookup"
-    if truth["hits"] * cost < min_saved_ns:
-        return f"small: {truth['hits']} hits x {cost:.0f} ns < {min_saved_ns / 1e6:g} ms"
+    if saving is None or not saving.hits:
+        return "no hits in the cost runs" if saving else "not called in the cost runs"
+    if saving.per_hit_ns < min_cost_ratio * lookup_ns:
+        return f"cheap: {saving.per_hit_ns:.0f} ns a hit < {min_cost_ratio:g} x {lookup_ns:.0f} ns lookup"
+    if saving.saved_ns < min_saved_ns:
+        return f"small: {saving.hits} hits save {saving.saved_ns / 1e6:.3g} ms < {min_saved_ns / 1e6:g} ms"
     return None
 
 
@@ -267,9 +282,9 @@ def _why_missed(opportunity: Mapping[str, Any] | None, top: int) -> str:
 
 
 def score(memoized: Sequence[Memoized], cache_report: Mapping[str, Any], truths: Mapping[str, Mapping[str, Any]],
-          costs: Mapping[str, float], top: int = TOP) -> Score:
+          savings: Mapping[str, Saving], top: int = TOP) -> Score:
     """Recall and precision of ``cache_report`` (the analyzer's JSON ``cache`` object) against the
-    reference ``truths`` (``python -m tests.cache_reference`` output) and ``costs`` (ns a call)."""
+    reference ``truths`` (``python -m tests.cache_reference`` output) and the cost runs' ``savings``."""
     options = cache_report["options"]
     lookup_ns = float(cache_report["lookup_ns"])
     opportunities = cache_report["opportunities"]
@@ -282,13 +297,13 @@ def score(memoized: Sequence[Memoized], cache_report: Mapping[str, Any], truths:
     rows: list[FunctionRow] = []
     for memo in memoized:
         truth = truths.get(memo.function)
-        cost = costs.get(memo.function)
-        row = FunctionRow(memo.function, memo.decorator, mean_cost_ns=cost)
+        saving = savings.get(memo.function)
+        row = FunctionRow(memo.function, memo.decorator)
+        if saving is not None and saving.hits:
+            row.hit_cost_ns, row.saved_ns = saving.per_hit_ns, saving.saved_ns
         if truth is not None:
             row.ref_calls, row.ref_hits, row.ref_verdict = truth["calls"], truth["hits"], truth["verdict"]
-            if cost is not None:
-                row.ref_savings_ns = truth["hits"] * cost
-        row.why_not_real = _why_not_real(truth, cost, lookup_ns, float(options["min_cost_ratio"]),
+        row.why_not_real = _why_not_real(truth, saving, lookup_ns, float(options["min_cost_ratio"]),
                                          float(options["min_saved_ns"]))
         row.real = row.why_not_real is None
         opportunity = by_function.get(memo.function)
@@ -369,8 +384,7 @@ def run_library(lib: Library, python: str, workdir: Path, scale: float | None = 
     cache_report = json.loads(analysis.read_text())["cache"]
     truths = json.loads(truth.read_text())
     cost_runs = [json.loads(path.read_text()) for path in cost_files]
-    costs = least_costs(mean_costs(run, memoized) for run in cost_runs)
-    result = score(memoized, cache_report, truths, costs)
+    result = score(memoized, cache_report, truths, least_savings(savings_of(run, memoized) for run in cost_runs))
     return {"library": lib.name, "package": lib.package, "version": _version(lib.package),
             "decorators": list(lib.decorators), "switch": lib.switch, "cost_repeat": cost_repeat,
             "wrapper_ns": [run["wrapper_ns"] for run in cost_runs],
@@ -421,7 +435,7 @@ def details(result: Mapping[str, Any]) -> str:
         if row["real"]:
             state = "found" if row["found"] else f"MISSED: {row['why_missed']}"
             lines.append(f"  {row['function']}: ref {row['ref_calls']} calls {row['ref_hits']} hits, "
-                         f"{row['mean_cost_ns']:.0f} ns CPU/call; rank {row['rank']} {row['advice']}; {state}")
+                         f"{row['hit_cost_ns']:.0f} ns CPU a hit; rank {row['rank']} {row['advice']}; {state}")
     for name in result["advised_top_not_consistent"]:
         lines.append(f"  advised but not consistent: {name}")
     return "\n".join(lines)
@@ -434,7 +448,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--scale", type=float, help="workload scale (default: each workload's own)")
     parser.add_argument("--json", default="rediscovery.json", help="where to write the results")
     parser.add_argument("--cost-repeat", type=int, default=COST_REPEAT,
-                        help="cost-mode runs per library; each function's least mean cost counts "
+                        help="cost-mode runs per library; each function's least saving counts "
                         f"(default {COST_REPEAT})")
     parser.add_argument("--workdir", help="keep the traces, analyses and references here (default: a temp dir)")
     options = parser.parse_args(argv)

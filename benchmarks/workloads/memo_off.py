@@ -8,11 +8,12 @@ imported: modules bind ``from functools import lru_cache`` at import time.
 
 Cost mode (``REDISCOVERY_COST_OUT=<file>`` in the environment, set by ``bench_rediscovery.py``):
 instead of the bare function, each memoized function gets a wrapper that measures the CPU time
-(``time.thread_time_ns``, main thread) of its outermost calls, exactly where the maintainers'
-cache sat, and nothing else is instrumented. What a cache would save per hit is such a call's
-cost: the mean is written at exit per function (file, first line, name: as the benchmark's scan
-names it), with the wrapper's own cost measured in the same process so that the cost of the
-wrappers of calls nested inside a call is taken out. CPU time, not wall time: on a shared machine
+(``time.thread_time_ns``, main thread) of its calls, exactly where the maintainers' cache sat,
+and nothing else is instrumented: the outermost calls' mean, and the CPU of the calls an
+unbounded cache would have answered (its key seen before, not inside such a call of the same
+function): what the cache saves. Written at exit per function (file, first line, name: as the
+benchmark's scan names it), with the wrapper's own cost measured in the same process so that
+the cost of the wrappers of calls nested inside a call is taken out. CPU time, not wall time: on a shared machine
 wall time counts the time other processes hold the CPU. ``replace_after_import`` does the same
 for a library's own memoizing decorator (sympy's ``cacheit``).
 """
@@ -39,34 +40,56 @@ CALIBRATION_REPEATS = 7
 
 
 class CallCosts:
-    """Outermost calls, their CPU ns and the wrapped calls nested in them, per wrapped function."""
+    """Per wrapped function: its outermost calls with their CPU ns and the wrapped calls nested in
+    them, and the calls an unbounded cache would have answered (hits) with the same figures."""
 
     def __init__(self) -> None:
-        self.rows: dict[tuple[str, int, str], list[int]] = {}  # (file, line, name) -> [calls, ns, nested]
+        # (file, line, name) -> [calls, ns, nested, hits, hit ns, hit nested]
+        self.rows: dict[tuple[str, int, str], list[int]] = {}
         self.started = 0  # wrapped calls started (any function): nested = difference at exit
 
     def timed(self, function: Callable[..., Any]) -> Callable[..., Any]:
         """``function`` measured: every call takes the same path (so each costs the same, which
-        ``wrapper_ns`` measures); only the outermost calls of it (not recursion) are recorded."""
+        ``wrapper_ns`` measures). Outermost calls (not recursion) are recorded, and hits: calls
+        whose key (``functools.lru_cache``'s, untyped) an unbounded cache would hold, not nested
+        in a hit of the same function (a cached function would not make those calls, nor add
+        their keys)."""
         code = function.__code__
-        row = self.rows.setdefault((code.co_filename, code.co_firstlineno, code.co_name), [0, 0, 0])
+        row = self.rows.setdefault((code.co_filename, code.co_firstlineno, code.co_name), [0, 0, 0, 0, 0, 0])
         depth = [0]
+        in_hit = [0]
+        cached: set[Any] = set()
         main = threading.main_thread().ident
-        clock, ident = time.thread_time_ns, threading.get_ident
+        clock, ident, make_key = time.thread_time_ns, threading.get_ident, functools._make_key
 
         @functools.wraps(function)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             if ident() != main:  # its clock is another thread's
                 return function(*args, **kwargs)
+            hit = False
+            if not in_hit[0]:
+                try:
+                    key = make_key(args, kwargs, False)
+                    hit = key in cached
+                    if not hit:
+                        cached.add(key)
+                except Exception:  # unhashable: lru_cache would raise; no key
+                    pass
             self.started += 1
             started = self.started
             depth[0] += 1
+            in_hit[0] += hit
             begin = clock()
             try:
                 return function(*args, **kwargs)
             finally:
                 end = clock()
                 depth[0] -= 1
+                in_hit[0] -= hit
+                if hit:
+                    row[3] += 1
+                    row[4] += end - begin
+                    row[5] += self.started - started
                 if not depth[0]:
                     row[0] += 1
                     row[1] += end - begin
@@ -79,7 +102,7 @@ class CallCosts:
         def empty() -> None:
             return None
         probe = CallCosts()
-        wrapped = probe.timed(empty)
+        wrapped = probe.timed(empty)  # one key: a hit each call after the first
         clock = time.thread_time_ns
         best = float("inf")
         for _ in range(repeats):
@@ -95,8 +118,10 @@ class CallCosts:
     def write(self, path: str) -> None:
         overhead = self.wrapper_ns()
         rows = [{"file": file, "line": line, "name": name, "calls": calls, "ns": ns, "nested": nested,
-                 "mean_ns": max(ns - nested * overhead, 0.0) / calls}
-                for (file, line, name), (calls, ns, nested) in sorted(self.rows.items()) if calls]
+                 "mean_ns": max(ns - nested * overhead, 0.0) / calls, "hits": hits, "hit_ns": hit_ns,
+                 "hit_nested": hit_nested, "saved_ns": max(hit_ns - hit_nested * overhead, 0.0)}
+                for (file, line, name), (calls, ns, nested, hits, hit_ns, hit_nested) in sorted(self.rows.items())
+                if calls]
         with open(path, "w") as out:
             json.dump({"wrapper_ns": overhead, "functions": rows}, out, indent=0)
 

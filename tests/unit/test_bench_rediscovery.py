@@ -179,21 +179,25 @@ def _truth(verdict: str, calls: int = 100, hits: int = 90) -> dict[str, Any]:
     return {"calls": calls, "hits": hits, "verdict": verdict}
 
 
-def test_mean_costs_match_cost_rows_by_file_first_line_and_name() -> None:
+def test_savings_match_cost_rows_by_file_first_line_and_name() -> None:
     memos = [_memo("fakelib.parse", 8), _memo("fakelib.Palette.match", 28), _memo("fakelib.width", 13)]
+    row = {"ns": 9000, "nested": 2, "mean_ns": 1800.0, "hit_ns": 7000, "hit_nested": 1}
     cost_file = {"wrapper_ns": 900.0, "functions": [
-        {"file": "/lib/fakelib/__init__.py", "line": 8, "name": "parse", "calls": 4, "ns": 9000, "nested": 2,
-         "mean_ns": 1800.0},
-        {"file": "/lib/fakelib/__init__.py", "line": 28, "name": "match", "calls": 0, "ns": 0, "nested": 0,
-         "mean_ns": 0.0},  # never called
-        {"file": "/lib/fakelib/__init__.py", "line": 14, "name": "width", "calls": 1, "ns": 5, "nested": 0,
-         "mean_ns": 5.0}]}  # another line
-    assert bench.mean_costs(cost_file, memos) == {"fakelib.parse": 1800.0}
+        {"file": "/lib/fakelib/__init__.py", "line": 8, "name": "parse", "calls": 4, "hits": 3, "saved_ns": 6100.0,
+         **row},
+        {"file": "/lib/fakelib/__init__.py", "line": 28, "name": "match", "calls": 0, "hits": 0, "saved_ns": 0.0,
+         **row},  # never called
+        {"file": "/lib/fakelib/__init__.py", "line": 14, "name": "width", "calls": 1, "hits": 0, "saved_ns": 0.0,
+         **row}]}  # another line
+    assert bench.savings_of(cost_file, memos) == {"fakelib.parse": bench.Saving(6100.0, 3)}
+    assert bench.Saving(6100.0, 3).per_hit_ns == 6100.0 / 3 and bench.Saving(0.0, 0).per_hit_ns == 0.0
 
 
-def test_least_costs_keep_each_functions_least_mean_over_the_runs() -> None:
-    runs = [{"a": 300.0, "b": 50.0}, {"a": 200.0}, {"a": 250.0, "b": 70.0, "c": 9.0}]
-    assert bench.least_costs(runs) == {"a": 200.0, "b": 50.0, "c": 9.0}
+def test_least_savings_keep_each_functions_least_saving_over_the_runs() -> None:
+    runs = [{"a": bench.Saving(300.0, 3), "b": bench.Saving(50.0, 1)}, {"a": bench.Saving(200.0, 3)},
+            {"a": bench.Saving(250.0, 3), "b": bench.Saving(70.0, 1), "c": bench.Saving(9.0, 1)}]
+    assert bench.least_savings(runs) == {"a": bench.Saving(200.0, 3), "b": bench.Saving(50.0, 1),
+                                         "c": bench.Saving(9.0, 1)}
 
 
 COST_LIB = """\
@@ -205,13 +209,13 @@ from .own import memoize
 
 @functools.lru_cache(maxsize=None)
 def leaf(x):
-    return x + 1
+    return x + 1 if isinstance(x, int) else len(x)
 
 
 @functools.lru_cache
 def branch(x):
     time.sleep(0.05)  # waiting, not CPU
-    return leaf(x) + leaf(x + 1)
+    return leaf(x) + leaf(x + 1) + leaf([x])  # a list: no key
 
 
 @memoize
@@ -230,7 +234,8 @@ from memo_off import disable_functools_caches, replace_after_import
 disable_functools_caches("costlib")
 replace_after_import("costlib.own", "memoize")
 import costlib
-results = [costlib.branch(i) for i in range(3)] + [costlib.countdown(4), costlib.countdown(2), costlib.unmemoized(7)]
+results = [costlib.branch(i % 2) for i in range(3)] + [costlib.countdown(4), costlib.countdown(2),
+                                                      costlib.unmemoized(7)]
 print(json.dumps([results, hasattr(costlib.countdown, "__wrapped__"), hasattr(costlib.leaf, "__wrapped__")]))
 """
 
@@ -246,34 +251,40 @@ def test_cost_mode_times_outermost_calls_where_the_caches_were(tmp_path: Path) -
     # Outside cost mode the functions are bare (nothing wrapped, nothing written).
     plain = subprocess.run([sys.executable, str(script)], capture_output=True, text=True)
     assert plain.returncode == 0, plain.stderr
-    assert plain.stdout.strip() == "[[3, 5, 7, 0, 0, 8], false, false]"
+    assert plain.stdout.strip() == "[[4, 6, 4, 0, 0, 8], false, false]"
     timed = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
                            env={**os.environ, bench.COST_ENV: str(out)})
     assert timed.returncode == 0, timed.stderr
-    assert timed.stdout.strip() == "[[3, 5, 7, 0, 0, 8], true, true]"  # same results, now wrapped
+    assert timed.stdout.strip() == "[[4, 6, 4, 0, 0, 8], true, true]"  # same results, now wrapped
     written = json.loads(out.read_text())
     rows = {row["name"]: row for row in written["functions"]}
     # Outermost calls, and the wrapped calls nested in them (recursion included): exact.
     assert {name: (row["calls"], row["nested"]) for name, row in rows.items()} == {
-        "leaf": (7, 0), "branch": (3, 6), "countdown": (2, 6)}
+        "leaf": (10, 0), "branch": (3, 9), "countdown": (2, 6)}
+    # Hits of an unbounded cache of each function alone, lru_cache's keys: leaf(1), leaf(0),
+    # leaf(1) (leaf([x]) has none); branch(0) once; countdown(2) once, its nested countdown(1)
+    # and countdown(0) would not run (not keyed), but leaf's calls inside branch's hit count.
+    assert {name: (row["hits"], row["hit_nested"]) for name, row in rows.items()} == {
+        "leaf": (3, 0), "branch": (1, 3), "countdown": (1, 2)}
     # Keyed as the scan names them (file, first decorator line, name): the library's own
     # decorator (replaced after its module was imported) too.
     memoized = bench.scan_package(package, "costlib", ("lru_cache", "memoize"))
-    costs = bench.mean_costs(written, memoized)
-    assert sorted(costs) == ["costlib.branch", "costlib.countdown", "costlib.leaf"]
+    savings = bench.savings_of(written, memoized)
+    assert sorted(savings) == ["costlib.branch", "costlib.countdown", "costlib.leaf"]
     wrapper_ns = written["wrapper_ns"]
     assert wrapper_ns > 0
     for name, row in rows.items():
         assert row["mean_ns"] == max(row["ns"] - row["nested"] * wrapper_ns, 0.0) / row["calls"], name
-        assert costs[f"costlib.{name}"] == row["mean_ns"]
-    # CPU time: the 3 x 50 ms of sleep in branch() are not in its cost.
-    assert rows["branch"]["ns"] < 3 * 50_000_000 / 5
+        assert row["saved_ns"] == max(row["hit_ns"] - row["hit_nested"] * wrapper_ns, 0.0), name
+        assert savings[f"costlib.{name}"] == bench.Saving(row["saved_ns"], row["hits"])
+    # CPU time: the 50 ms of sleep in branch()'s hit are not in what it saves.
+    assert rows["branch"]["hit_ns"] < 50_000_000 / 5
 
 
 def test_score_counts_recall_and_precision_and_says_why_functions_were_missed() -> None:
     memoized = [_memo(f"fakelib.{name}") for name in (
         "found", "low_rank", "judged_cheap", "unlisted", "too_cheap", "small", "fresh", "never_called", "unique",
-        "converted", "caveat_found")]
+        "converted", "caveat_found", "no_cost_hits")]
     report = {
         "options": {"min_cost_ratio": 2.0, "min_saved_ns": 1_000_000.0}, "lookup_ns": 100.0,
         "opportunities": [
@@ -297,17 +308,20 @@ def test_score_counts_recall_and_precision_and_says_why_functions_were_missed() 
         "fakelib.unique": _truth("consistent", hits=0), "fakelib.converted": _truth("unhashable"),
         "fakelib.helper": _truth("consistent"), "fakelib.counter": _truth("inconsistent"),
         "fakelib.listy": _truth("unhashable"), "fakelib.late_impure": _truth("inconsistent"),
-        "fakelib.caveat_found": _truth("consistent"),
+        "fakelib.caveat_found": _truth("consistent"), "fakelib.no_cost_hits": _truth("consistent"),
     }
-    costs = {name: 50_000.0 for name in truths} | {"fakelib.too_cheap": 150.0}  # 150 < 2 x 100 ns
-    result = bench.score(memoized, report, truths, costs, top=7)
+    savings = {name: bench.Saving(90 * 50_000.0, 90) for name in truths} | {
+        "fakelib.too_cheap": bench.Saving(90 * 150.0, 90),  # 150 < 2 x 100 ns
+        "fakelib.small": bench.Saving(5 * 50_000.0, 5), "fakelib.no_cost_hits": bench.Saving(0.0, 0)}
+    result = bench.score(memoized, report, truths, savings, top=7)
 
     rows = {r.function.removeprefix("fakelib."): r for r in result.functions}
     assert {name for name, r in rows.items() if r.real} == {"found", "low_rank", "judged_cheap", "unlisted",
                                                            "converted", "caveat_found"}
     assert {name: r.why_not_real for name, r in rows.items() if not r.real} == {
-        "too_cheap": "cheap: 150 ns a call < 2 x 100 ns lookup",
-        "small": "small: 5 hits x 50000 ns < 1 ms",
+        "too_cheap": "cheap: 150 ns a hit < 2 x 100 ns lookup",
+        "small": "small: 5 hits save 0.25 ms < 1 ms",
+        "no_cost_hits": "no hits in the cost runs",
         "fresh": "reference: fresh",
         "never_called": "not called",
         "unique": "reference: no repeats",
@@ -317,7 +331,7 @@ def test_score_counts_recall_and_precision_and_says_why_functions_were_missed() 
         "judged_cheap": "advice not_worth_it: not_worth_it text",
         "unlisted": "not in the cache report (no keyed calls or no repeated key)",
     }
-    assert (result.memoized, result.ran, result.real, result.found) == (11, 10, 6, 3)
+    assert (result.memoized, result.ran, result.real, result.found) == (12, 11, 6, 3)
     assert result.recall == pytest.approx(3 / 6)
     # advised in the top 7 of their tiers: found, helper, counter, listy, converted, unseen,
     # caveat_found; unseen is not judged; consistent: found, helper, converted, caveat_found (a
@@ -337,6 +351,7 @@ def test_targets_are_met_with_half_the_real_functions_found_and_nothing_inconsis
     report = {"options": {"min_cost_ratio": 2.0, "min_saved_ns": 1_000_000.0}, "lookup_ns": 100.0,
               "opportunities": [_opportunity(1, "fakelib.a", "lru_cache"), _opportunity(2, "fakelib.b", "inconsistent")]}
     truths = {"fakelib.a": _truth("consistent"), "fakelib.b": _truth("consistent")}
-    result = bench.score(memoized, report, truths, {"fakelib.a": 50_000.0, "fakelib.b": 50_000.0})
+    saving = bench.Saving(90 * 50_000.0, 90)
+    result = bench.score(memoized, report, truths, {"fakelib.a": saving, "fakelib.b": saving})
     assert (result.real, result.found, result.recall, result.precision) == (2, 1, 0.5, 1.0)
     assert result.meets_targets
