@@ -387,7 +387,7 @@ def run_library(lib: Library, python: str, workdir: Path, scale: float | None = 
     result = score(memoized, cache_report, truths, least_savings(savings_of(run, memoized) for run in cost_runs))
     return {"library": lib.name, "package": lib.package, "version": _version(lib.package),
             "decorators": list(lib.decorators), "switch": lib.switch, "cost_repeat": cost_repeat,
-            "wrapper_ns": [run["wrapper_ns"] for run in cost_runs],
+            "wrapper_ns": [run["wrapper_ns"] for run in cost_runs], "self_ns": [run["self_ns"] for run in cost_runs],
             "lookup_ns": cache_report["lookup_ns"],
             "functions_analyzed": cache_report["functions_analyzed"], "seconds": seconds,
             "meets_targets": result.meets_targets, **asdict(result)}

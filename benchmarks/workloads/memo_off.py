@@ -12,8 +12,8 @@ instead of the bare function, each memoized function gets a wrapper that measure
 and nothing else is instrumented: the outermost calls' mean, and the CPU of the calls an
 unbounded cache would have answered (its key seen before, not inside such a call of the same
 function): what the cache saves. Written at exit per function (file, first line, name: as the
-benchmark's scan names it), with the wrapper's own cost measured in the same process so that
-the cost of the wrappers of calls nested inside a call is taken out. CPU time, not wall time: on a shared machine
+benchmark's scan names it), with the wrapper's own costs measured in the same process and taken
+out: that of the wrappers of the calls nested in a call, and that of the call's own clock reads. CPU time, not wall time: on a shared machine
 wall time counts the time other processes hold the CPU. ``replace_after_import`` does the same
 for a library's own memoizing decorator (sympy's ``cacheit``).
 """
@@ -50,7 +50,7 @@ class CallCosts:
 
     def timed(self, function: Callable[..., Any]) -> Callable[..., Any]:
         """``function`` measured: every call takes the same path (so each costs the same, which
-        ``wrapper_ns`` measures). Outermost calls (not recursion) are recorded, and hits: calls
+        ``overheads`` measures). Outermost calls (not recursion) are recorded, and hits: calls
         whose key (``functools.lru_cache``'s, untyped) an unbounded cache would hold, not nested
         in a hit of the same function (a cached function would not make those calls, nor add
         their keys)."""
@@ -96,34 +96,42 @@ class CallCosts:
                     row[2] += self.started - started
         return wrapper
 
-    def wrapper_ns(self, calls: int = CALIBRATION_CALLS, repeats: int = CALIBRATION_REPEATS) -> float:
-        """CPU ns one wrapped call adds to the call it is nested in: the least over ``repeats``
-        timings of ``calls`` calls of an empty function, wrapped minus bare."""
+    def overheads(self, calls: int = CALIBRATION_CALLS, repeats: int = CALIBRATION_REPEATS) -> tuple[float, float]:
+        """(CPU ns one wrapped call adds to the call it is nested in, CPU ns a wrapped call's own
+        measurement adds to it: the ends of the clock reads around it), each the least over
+        ``repeats`` timings of ``calls`` calls of an empty function, wrapped against bare."""
         def empty() -> None:
             return None
         probe = CallCosts()
         wrapped = probe.timed(empty)  # one key: a hit each call after the first
+        (row,) = probe.rows.values()
         clock = time.thread_time_ns
-        best = float("inf")
+        nested = measured = float("inf")
         for _ in range(repeats):
+            row[:] = [0] * len(row)
             begin = clock()
             for _ in range(calls):
                 wrapped()
             middle = clock()
             for _ in range(calls):
                 empty()
-            best = min(best, ((middle - begin) - (clock() - middle)) / calls)
-        return max(best, 0.0)
+            bare = (clock() - middle) / calls
+            nested = min(nested, (middle - begin) / calls - bare)
+            measured = min(measured, row[1] / row[0] - bare)
+        return max(nested, 0.0), max(measured, 0.0)
 
     def write(self, path: str) -> None:
-        overhead = self.wrapper_ns()
+        nested_ns, self_ns = self.overheads()
+
+        def net(ns: int, nested: int, calls: int) -> float:
+            return max(ns - nested * nested_ns - calls * self_ns, 0.0)
         rows = [{"file": file, "line": line, "name": name, "calls": calls, "ns": ns, "nested": nested,
-                 "mean_ns": max(ns - nested * overhead, 0.0) / calls, "hits": hits, "hit_ns": hit_ns,
-                 "hit_nested": hit_nested, "saved_ns": max(hit_ns - hit_nested * overhead, 0.0)}
+                 "mean_ns": net(ns, nested, calls) / calls, "hits": hits, "hit_ns": hit_ns,
+                 "hit_nested": hit_nested, "saved_ns": net(hit_ns, hit_nested, hits)}
                 for (file, line, name), (calls, ns, nested, hits, hit_ns, hit_nested) in sorted(self.rows.items())
                 if calls]
         with open(path, "w") as out:
-            json.dump({"wrapper_ns": overhead, "functions": rows}, out, indent=0)
+            json.dump({"wrapper_ns": nested_ns, "self_ns": self_ns, "functions": rows}, out, indent=0)
 
 
 _costs: CallCosts | None = None
