@@ -357,3 +357,15 @@ def test_targets_are_met_with_half_the_real_functions_found_and_nothing_inconsis
     result = bench.score(memoized, report, truths, {"fakelib.a": saving, "fakelib.b": saving})
     assert (result.real, result.found, result.recall, result.precision) == (2, 1, 0.5, 1.0)
     assert result.meets_targets
+
+
+def test_the_truths_lookup_cost_can_be_the_least_measured_rather_than_the_analysis() -> None:
+    memoized = [_memo("fakelib.a")]
+    report = {"options": {"min_cost_ratio": 2.0, "min_saved_ns": 1_000_000.0}, "lookup_ns": 300.0,
+              "opportunities": [_opportunity(1, "fakelib.a", "lru_cache")]}
+    truths = {"fakelib.a": _truth("consistent", hits=5000)}
+    savings = {"fakelib.a": bench.Saving(5000 * 500.0, 5000)}  # 500 ns a hit, 2.5 ms
+    (row,) = bench.score(memoized, report, truths, savings).functions
+    assert row.why_not_real == "cheap: 500 ns a hit < 2 x 300 ns lookup"
+    (row,) = bench.score(memoized, report, truths, savings, lookup_ns=120.0).functions
+    assert row.real and row.found
