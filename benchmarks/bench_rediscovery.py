@@ -35,7 +35,7 @@ memoization off before importing it and runs calls from its documentation. Then:
    and no recommended (clean) function anywhere in the ranking that the reference finds
    inconsistent (caveated ones it finds inconsistent are listed apart).
 
-    python benchmarks/bench_rediscovery.py                    # all libraries, ~6 min on 2 cores
+    python benchmarks/bench_rediscovery.py                    # all libraries, ~6-7 min on 2 cores
     python benchmarks/bench_rediscovery.py --libs rich,textual --json /tmp/rediscovery.json
 
 Needs the libraries (``pip install -e '.[bench]'``); a library the interpreter cannot import is
