@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 
 from callspan.tracer.cores.select import available_cores
+from tests.integration.test_cli_run import run as run_python
 
 pytest.importorskip("django")
 
@@ -47,9 +48,7 @@ def includes(program: Path = PROGRAM) -> list[str]:
 
 
 def run(*args: str, cwd: Path, **variables: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "CALLSPAN_"))} | variables
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    done = subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    done = run_python(*args, cwd=cwd, env=variables, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     return done
 

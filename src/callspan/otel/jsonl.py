@@ -46,10 +46,10 @@ def _request(spans: Sequence[ReadableSpan]) -> dict[str, Any]:
     for span in spans:
         resource_entry = resources.setdefault(id(span.resource), (span.resource, {}))
         scope = span.instrumentation_scope
-        scope_key = scope_keys.get(id(scope), scope_keys)
-        if scope_key is scope_keys:
-            scope_key = scope_keys[id(scope)] = (
+        if id(scope) not in scope_keys:
+            scope_keys[id(scope)] = (
                 (scope.name, scope.version, tuple(sorted((scope.attributes or {}).items()))) if scope else None)
+        scope_key = scope_keys[id(scope)]
         resource_entry[1].setdefault(scope_key, []).append(_span(span))
     resource_spans = []
     for resource, scopes in resources.values():

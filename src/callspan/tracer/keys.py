@@ -222,14 +222,7 @@ def hash_verdict(value: Any, info: CodeInfo | None = None, depth: int = 0) -> in
     if slot is _TUPLE_HASH:
         if depth >= _MAX_TUPLE_DEPTH:
             return _user_verdict(info)
-        verdict = BUILTIN
-        for item in value:
-            found = hash_verdict(item, info, depth + 1)
-            if found < BUILTIN:
-                return found
-            if found > verdict:
-                verdict = found
-        return verdict
+        return _verdicts(value, info, depth + 1)
     if slot in _NO_USER_CODE_HASHES:
         return BUILTIN
     if slot is None:
@@ -327,11 +320,11 @@ def _hash_of(build: Callable[[], Any], user: bool, info: CodeInfo | None, clock:
         _account(info, clock() - start)
 
 
-def _verdicts(values: Iterable[Any], info: CodeInfo | None) -> int:
+def _verdicts(values: Iterable[Any], info: CodeInfo | None, depth: int = 0) -> int:
     """The verdict of hashing all of ``values``: the first refusal, else USER if any is."""
     verdict = BUILTIN
     for value in values:
-        found = hash_verdict(value, info)
+        found = hash_verdict(value, info, depth)
         if found < BUILTIN:
             return found
         if found > verdict:

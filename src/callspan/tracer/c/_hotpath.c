@@ -1017,23 +1017,33 @@ end_suspended(HotPath *hp, PyObject *key)
     return 0;
 }
 
+/* The instruction at byte ``offset`` of ``code`` (its argument in *oparg): -1 when out of range. */
+static int
+opcode_at(PyCodeObject *code, int offset, int *oparg)
+{
+    PyObject *bytes = PyCode_GetCode(code);
+    int opcode = -1;
+    *oparg = 0;
+    if (bytes != NULL && PyBytes_Check(bytes) && offset >= 0 && offset + 1 < PyBytes_GET_SIZE(bytes)) {
+        const unsigned char *ops = (const unsigned char *)PyBytes_AS_STRING(bytes);
+        opcode = ops[offset];
+        *oparg = ops[offset + 1];
+    }
+    Py_XDECREF(bytes);
+    PyErr_Clear();
+    return opcode;
+}
+
 /* setprofile's "call" of a generator or coroutine frame: 1 when the frame starts (f_lasti at a
  * RESUME whose oparg's low bits are 0: _env.RESUME_AT_START_OPARG_MASK), 0 when it resumes. */
 static int
 frame_starts(HotPath *hp, PyFrameObject *frame)
 {
-    int lasti = PyFrame_GetLasti(frame);
     PyCodeObject *code = PyFrame_GetCode(frame);
-    PyObject *bytes = PyCode_GetCode(code);
+    int oparg;
+    int opcode = opcode_at(code, PyFrame_GetLasti(frame), &oparg);
     Py_DECREF(code);
-    int starts = 0;
-    if (bytes != NULL && PyBytes_Check(bytes) && lasti >= 0 && lasti + 1 < PyBytes_GET_SIZE(bytes)) {
-        const unsigned char *ops = (const unsigned char *)PyBytes_AS_STRING(bytes);
-        starts = ops[lasti] == hp->resume_op && (ops[lasti + 1] & RESUME_AT_START_OPARG_MASK) == 0;
-    }
-    Py_XDECREF(bytes);
-    PyErr_Clear();
-    return starts;
+    return opcode == hp->resume_op && (oparg & RESUME_AT_START_OPARG_MASK) == 0;
 }
 
 static int
@@ -1432,16 +1442,10 @@ profile_return(HotPath *hp, PyFrameObject *frame, PyObject *arg)
     }
     int kind = is_code_info(info) ? ((CodeInfoObject *)info)->kind : KIND_FUNCTION;
     int lasti = PyFrame_GetLasti(frame);
-    int opcode = -1;
-    PyObject *bytes = PyCode_GetCode((PyCodeObject *)code);
-    if (bytes != NULL && PyBytes_Check(bytes) && lasti >= 0 && lasti < PyBytes_GET_SIZE(bytes)) {
-        const unsigned char *ops = (const unsigned char *)PyBytes_AS_STRING(bytes);
-        opcode = ops[lasti];
-        if (hp->yield_at_resume && opcode == hp->resume_op && lasti >= 2)
-            opcode = ops[lasti - 2];
-    }
-    Py_XDECREF(bytes);
-    PyErr_Clear();
+    int oparg;
+    int opcode = opcode_at((PyCodeObject *)code, lasti, &oparg);
+    if (hp->yield_at_resume && opcode == hp->resume_op && lasti >= 2)
+        opcode = opcode_at((PyCodeObject *)code, lasti - 2, &oparg);
     int rc;
     if (opcode >= 0 && hp->op_kind[opcode] == 1)
         rc = hp_finish(hp, code, arg ? arg : Py_None, NULL);
