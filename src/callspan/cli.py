@@ -45,6 +45,9 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="never key these functions (module.QualName glob; repeatable)")
     parser.add_argument("--core", choices=["csysmon", "sysmon", "csetprofile", "setprofile"])
     parser.add_argument("--max-spans-per-trace", type=int, metavar="N")
+    parser.add_argument("--min-span-us", type=int, metavar="US",
+                        help="kept calls shorter than this are not made spans; they stay in the profile "
+                             "(default: CALLSPAN_MIN_SPAN_US, else 0: every kept call is a span)")
     parser.add_argument("--follow-children", action=argparse.BooleanOptionalAction, default=None,
                         help="also trace the children the program starts with multiprocessing (fork, spawn, "
                              "forkserver; ProcessPoolExecutor), each a process of its own in the same output "
@@ -73,7 +76,7 @@ def _settings_from(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "include": args.include, "exclude": args.exclude, "cpu": args.cpu, "keys": args.keys,
         "keys_exclude": getattr(args, "keys_exclude", None), "core": args.core, "max_spans_per_trace": args.max_spans_per_trace,
-        "follow_children": args.follow_children,
+        "min_span_us": getattr(args, "min_span_us", None), "follow_children": args.follow_children,
     }
 
 
@@ -291,6 +294,10 @@ def _report(tracing: Any, finished: bool) -> None:
             parts.append(f"{lost} of {ended} spans not exported to {destination.name}{why}{destination.note}")
         else:
             parts.append(f"{ended} spans written to {destination.name}{destination.note}")
+    elided = session.builder.spans_elided
+    if elided:
+        parts.append(f"{elided} kept calls shorter than {session.settings.min_span_us} us not made spans "
+                     "(CALLSPAN_MIN_SPAN_US; their calls are in the profile)")
     if session.dropped:
         parts.append(f"{session.dropped} spans not built (backlog full; their calls are in the profile)")
     other = session.recorder.aggregates.other_calls

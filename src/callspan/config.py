@@ -48,6 +48,9 @@ CALLSPAN_MAX_SPANS_PER_TRACE = "CALLSPAN_MAX_SPANS_PER_TRACE"
 #: Most spans per second, process-wide (a token bucket decided at each trace's root); other traces
 #: are not made spans. Every call is in the aggregates either way.
 CALLSPAN_MAX_SPANS_PER_SECOND = "CALLSPAN_MAX_SPANS_PER_SECOND"
+#: Kept calls shorter than this many microseconds of wall time are not made spans (they stay in
+#: the aggregates); 0 (default; production mode: 100) makes every kept call a span.
+CALLSPAN_MIN_SPAN_US = "CALLSPAN_MIN_SPAN_US"
 #: Most finished kept calls waiting for the span builder; beyond, their spans are not built
 #: (counted; the calls stay in the aggregates).
 CALLSPAN_MAX_PENDING = "CALLSPAN_MAX_PENDING"
@@ -89,7 +92,7 @@ CALLSPAN_FOLLOW_CHILDREN = "CALLSPAN_FOLLOW_CHILDREN"
 ENV_VARS = (
     CALLSPAN_CORE, CALLSPAN_INCLUDE, CALLSPAN_EXCLUDE, CALLSPAN_CPU, CALLSPAN_CPU_INTERVAL_US, CALLSPAN_KEYS, CALLSPAN_USER_HASH,
     CALLSPAN_USER_HASH_SKIP, CALLSPAN_KEYS_EXCLUDE,
-    CALLSPAN_KEY_SECRET, CALLSPAN_MAX_SPANS_PER_TRACE, CALLSPAN_MAX_SPANS_PER_SECOND,
+    CALLSPAN_KEY_SECRET, CALLSPAN_MAX_SPANS_PER_TRACE, CALLSPAN_MAX_SPANS_PER_SECOND, CALLSPAN_MIN_SPAN_US,
     CALLSPAN_MAX_PENDING, CALLSPAN_FLUSH_INTERVAL, CALLSPAN_PROFILE_INTERVAL, CALLSPAN_MAX_NODES,
     CALLSPAN_MAX_DEPTH, CALLSPAN_MAX_KEYS, CALLSPAN_MAX_KEYS_TOTAL, CALLSPAN_KEY_MIN_NS,
     CALLSPAN_SAMPLE_RATE, CALLSPAN_ENABLED, CALLSPAN_RETURN_SIZE, CALLSPAN_FOLLOW_CHILDREN,
@@ -115,6 +118,7 @@ class Settings:
     key_secret: bytes | None = None
     max_spans_per_trace: int = 2000
     max_spans_per_second: int = 200
+    min_span_us: int = 0
     max_pending: int = 200_000
     flush_interval: float = 0.5
     profile_interval: float = 10.0
@@ -134,7 +138,7 @@ _ENV_FOR_FIELD = {
     "cpu": CALLSPAN_CPU, "cpu_interval_us": CALLSPAN_CPU_INTERVAL_US, "keys": CALLSPAN_KEYS, "user_hash": CALLSPAN_USER_HASH,
     "user_hash_skip": CALLSPAN_USER_HASH_SKIP, "keys_exclude": CALLSPAN_KEYS_EXCLUDE, "key_secret": CALLSPAN_KEY_SECRET,
     "max_spans_per_trace": CALLSPAN_MAX_SPANS_PER_TRACE,
-    "max_spans_per_second": CALLSPAN_MAX_SPANS_PER_SECOND,
+    "max_spans_per_second": CALLSPAN_MAX_SPANS_PER_SECOND, "min_span_us": CALLSPAN_MIN_SPAN_US,
     "max_pending": CALLSPAN_MAX_PENDING,
     "flush_interval": CALLSPAN_FLUSH_INTERVAL, "profile_interval": CALLSPAN_PROFILE_INTERVAL,
     "max_nodes": CALLSPAN_MAX_NODES, "max_depth": CALLSPAN_MAX_DEPTH, "max_keys": CALLSPAN_MAX_KEYS,
@@ -158,7 +162,7 @@ def _convert(name: str, raw: Any, source: str) -> Any:
             if value < 1:
                 raise ValueError("must be at least 1")
             return value
-        if name in ("cpu_interval_us", "key_min_ns"):
+        if name in ("cpu_interval_us", "key_min_ns", "min_span_us"):
             value = int(raw)
             if value < 0:
                 raise ValueError("must be 0 or more")

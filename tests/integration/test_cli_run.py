@@ -210,6 +210,45 @@ def test_an_otlp_url_keeps_its_query_in_place_and_shows_no_credential(tmp_path: 
     assert result.stderr == f"callspan: 4 spans written to OTLP/HTTP http://me:***@{host}/prefix/v1/traces?token=***\n"
 
 
+MIN_SPAN_SCRIPT = textwrap.dedent('''
+    import time
+
+    def quick(x):
+        return x + 1
+
+    def slow(x):
+        time.sleep(0.005)
+        return quick(x)
+
+    def main():
+        return slow(1) + sum(quick(i) for i in range(3))
+
+    main()
+''')
+
+
+def test_min_span_us_leaves_short_calls_to_the_profile_and_says_how_many(tmp_path: Path) -> None:
+    script = tmp_path / "prog.py"
+    script.write_text(MIN_SPAN_SCRIPT)
+    result = run("-m", "callspan", "run", "--min-span-us", "1000", "-o", "t.jsonl", str(script), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    # main and slow last 5 ms; quick (4 calls) and the generator expression are left out
+    assert result.stderr.strip().splitlines()[-1] == (
+        "callspan: 3 spans written to t.jsonl; 5 kept calls shorter than 1000 us not made spans "
+        "(CALLSPAN_MIN_SPAN_US; their calls are in the profile)")
+    spans = read_spans(tmp_path / "t.jsonl")
+    by_name = {s["name"]: s for s in spans}
+    assert sorted(by_name) == ["__main__.main", "__main__.slow"]
+    assert by_name["__main__.slow"]["parentSpanId"] == by_name["__main__.main"]["spanId"]
+    profile = [s for line in (tmp_path / "t.jsonl").read_text().splitlines()
+               for rs in json.loads(line)["resourceSpans"] for ss in rs["scopeSpans"] for s in ss["spans"]
+               if s["name"] == "callspan.profile"]
+    columns = {a["key"]: a["value"] for a in profile[0]["attributes"]}
+    names = [v["stringValue"] for v in columns["callspan.profile.function.name"]["arrayValue"]["values"]]
+    calls = [int(v["intValue"]) for v in columns["callspan.profile.function.calls"]["arrayValue"]["values"]]
+    assert dict(zip(names, calls, strict=True))["__main__.quick"] == 4  # every call in the profile
+
+
 def test_return_size_off_keeps_the_length_of_returned_secrets_in_the_process(tmp_path: Path) -> None:
     script = tmp_path / "prog.py"
     script.write_text(SECRET_SCRIPT)

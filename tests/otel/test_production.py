@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -48,7 +49,8 @@ def provider(sampler: object) -> tuple[TracerProvider, InMemorySpanExporter]:
 
 def test_a_sampled_server_span_traces_its_calls_under_it_and_an_unsampled_one_does_not() -> None:
     sampled_provider, exporter = provider(ALWAYS_ON)
-    production.arm(tracer_provider=sampled_provider, roots=(TESTS_DIR,), flush_interval=100)
+    # every kept call a span (the default leaves out calls under 100 us: the next test)
+    production.arm(tracer_provider=sampled_provider, roots=(TESTS_DIR,), flush_interval=100, min_span_us=0)
     tracer = sampled_provider.get_tracer("server")
     with tracer.start_as_current_span("GET /view", kind=SpanKind.SERVER):
         assert request_gate.get() is True
@@ -68,6 +70,33 @@ def test_a_sampled_server_span_traces_its_calls_under_it_and_an_unsampled_one_do
     assert spans[f"{__name__}.helper"].parent.span_id == spans[f"{__name__}.view"].context.span_id
     assert sorted(spans) == sorted(["GET /view", "internal", "internal root", f"{__name__}.view",
                                     f"{__name__}.helper"])
+
+
+def slow_view(x: int) -> int:
+    time.sleep(0.002)
+    return helper(x)
+
+
+def test_by_default_a_sampled_request_makes_spans_of_its_calls_of_100_us_or_more_only() -> None:
+    sampled_provider, exporter = provider(ALWAYS_ON)
+    production.arm(tracer_provider=sampled_provider, roots=(TESTS_DIR,), flush_interval=100)
+    tracer = sampled_provider.get_tracer("server")
+    with tracer.start_as_current_span("GET /slow", kind=SpanKind.SERVER):
+        assert slow_view(1) == 2 and view(1) == 3
+    state = production._armed
+    assert state is not None and state.session is not None
+    session = state.session
+    window = session.recorder.aggregates.export_window()  # every call, span or not
+    assert {name: _calls(window, name) for name in ("slow_view", "view", "helper")} == \
+        {"slow_view": 1, "view": 1, "helper": 2}
+    production.disarm()
+    spans = {span.name: span for span in exporter.get_finished_spans()}
+    # slow_view (2 ms) is a span under the server span; view and the helpers (well under 100 us)
+    # are not, but every call is in the aggregates
+    assert sorted(spans) == sorted(["GET /slow", f"{__name__}.slow_view"])
+    assert spans[f"{__name__}.slow_view"].parent.span_id == spans["GET /slow"].context.span_id
+    assert session.builder.spans_elided == 3
+    assert session.settings.min_span_us == 100
 
 
 def test_an_unsampled_server_span_opens_nothing() -> None:

@@ -3,6 +3,7 @@ kept trace to start, every ancestor of a kept span kept; every call in the aggre
 
 from __future__ import annotations
 
+import asyncio
 import sys
 
 from tests.tracer.test_aggregate import calls_by_function
@@ -100,3 +101,56 @@ def test_span_attributes_of_a_kept_call(traced) -> None:  # type: ignore[no-unty
     assert attrs["callspan.return.hashable"] is True and len(attrs["callspan.return.hash"]) == 16
     assert attrs["callspan.cpu.total"] >= attrs["callspan.cpu.self"] > 0
     assert not any(name.startswith("callspan.summary") for name in attrs)
+
+
+def ten_tiny(n: int) -> int:
+    total = 0
+    for i in range(10):
+        total += tiny(i + n)
+    return total
+
+
+def top(n: int) -> int:
+    return ten_tiny(n) + tiny(n)
+
+
+def test_min_span_duration_elides_short_calls_and_keeps_their_ancestors(traced) -> None:  # type: ignore[no-untyped-def]
+    # The tick clock advances 1 us per read: tiny lasts ~1-2 us, ten_tiny and top 20 us or more.
+    run = traced(min_span_us=5)
+    run.run(top, 1)
+    names = sorted(short(n.name) for n in run.sink.closed)
+    assert names == ["ten_tiny", "top"]
+    (inner,) = run.sink.named(".ten_tiny")
+    (outer,) = run.sink.named(".top")
+    assert inner.parent is outer and outer.parent is None
+    assert run.session.builder.spans_elided == 11
+    assert calls_by_function(run.sink.windows) == {"top": 1, "ten_tiny": 1, "tiny": 11}
+    # without a minimum every kept call is a span
+    run = traced()
+    run.run(top, 1)
+    assert len(run.sink.closed) == 13 and run.session.builder.spans_elided == 0
+
+
+async def _long_child() -> int:
+    await asyncio.sleep(0)
+    return ten_tiny(0)
+
+
+async def _short_spawner() -> asyncio.Task[int]:
+    return asyncio.ensure_future(_long_child())
+
+
+async def _awaits_the_task() -> int:
+    task = await _short_spawner()
+    return await task + ten_tiny(1)
+
+
+def test_min_span_duration_hangs_a_task_under_its_elided_creators_nearest_span(traced) -> None:  # type: ignore[no-untyped-def]
+    run = traced(min_span_us=5)
+    run.run(asyncio.run, _awaits_the_task())
+    by_name = {short(n.name): n for n in run.sink.closed}
+    assert "_short_spawner" not in by_name  # it returned at once: elided
+    child = by_name["_long_child"]
+    assert child.parent is by_name["_awaits_the_task"]
+    assert child.open_attributes.get("callspan.parent.via") == "task"
+    assert calls_by_function(run.sink.windows)["_short_spawner"] == 1

@@ -50,6 +50,18 @@ def test_production_defaults_sit_below_every_other_source(tmp_path: Path) -> Non
     assert load_settings(environ={}, project_dir=tmp_path, defaults={"user_hash": "off"}).user_hash == "on"
 
 
+def test_min_span_us_flows_like_every_setting_and_production_defaults_to_100(tmp_path: Path) -> None:
+    assert load_settings(environ={}, project_dir=tmp_path).min_span_us == 0
+    assert load_settings(environ={}, project_dir=tmp_path, defaults={"min_span_us": 100}).min_span_us == 100
+    env = {"CALLSPAN_MIN_SPAN_US": "0"}
+    assert load_settings(environ=env, project_dir=tmp_path, defaults={"min_span_us": 100}).min_span_us == 0
+    assert load_settings({"min_span_us": 7}, environ=env, project_dir=tmp_path).min_span_us == 7
+    where = project(tmp_path, "[tool.callspan]\nmin-span-us = 50\n")
+    assert load_settings(environ={}, project_dir=where).min_span_us == 50
+    with pytest.raises(CallspanError, match="CALLSPAN_MIN_SPAN_US: bad value '-1'"):
+        load_settings(environ={"CALLSPAN_MIN_SPAN_US": "-1"}, project_dir=tmp_path)
+
+
 def test_return_size_is_a_switch(tmp_path: Path) -> None:
     assert load_settings(environ={}, project_dir=tmp_path).return_size is True
     assert load_settings(environ={CALLSPAN_RETURN_SIZE: "off"}, project_dir=tmp_path).return_size is False

@@ -78,8 +78,10 @@ def arm(*, tracer_provider: Any = None, roots: tuple[str, ...] | None = None,
     with _lock:
         if _armed is not None:
             return
-        # In a server no user code runs in the hook unless asked (CALLSPAN_USER_HASH=on).
-        _armed = _Armed(load_settings(settings, defaults={"user_hash": "off"}), roots or (os.getcwd(),),
+        # In a server no user code runs in the hook unless asked (CALLSPAN_USER_HASH=on), and
+        # calls under 100 us are not made spans (CALLSPAN_MIN_SPAN_US): a span costs the SDK and
+        # its exporter ~80-130 us, more than such a call (docs/performance.md, production at 1%).
+        _armed = _Armed(load_settings(settings, defaults={"user_hash": "off", "min_span_us": 100}), roots or (os.getcwd(),),
                         tracer_provider)
         if not _atexit_registered:
             atexit.register(disarm)

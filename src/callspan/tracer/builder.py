@@ -9,6 +9,12 @@ Records arrive in the order calls finish (children before their parents); a span
 with every ancestor that has none yet, outermost first, when the first record of its subtree
 arrives, and closed when its own record arrives.
 
+A minimum span duration (``min_span_ns``, CALLSPAN_MIN_SPAN_US) leaves the kept calls shorter
+than it out of the spans (they stay in the aggregates): a record that arrives without a span
+(none of its descendants made one) and ran shorter is elided. A synchronous call lasts at least
+as long as any call inside it, so the parent of a span is never elided; a task that outlives its
+creator hangs under the creator's nearest ancestor with a span (or the trace's context).
+
 The builder knows nothing of OpenTelemetry: it hands SpanNodes to a Sink.
 """
 
@@ -71,19 +77,26 @@ class Sink(Protocol):
     def profile(self, columns: dict[str, list[Any]], start_ns: int, end_ns: int, final: bool) -> None: ...
 
 
+# R_OUT of an elided record: no span, and none to hang children under (see SpanBuilder._open).
+_ELIDED = SpanNode("", None, None, 0, {})
+_ELIDED.closed = True
+
+
 def _hex(digest: int | None) -> str:
     return f"{digest:016x}" if digest is not None else ""
 
 
 class SpanBuilder:
     def __init__(self, sink: Sink, hasher: KeyHasher, *, clock_offset: int, cpu_enabled: bool,
-                 return_size: bool = True) -> None:
+                 return_size: bool = True, min_span_ns: int = 0) -> None:
         self.sink = sink
         self.hasher = hasher
         self.clock_offset = clock_offset
         self.cpu_enabled = cpu_enabled
         self.return_size = return_size  # CALLSPAN_RETURN_SIZE: export callspan.return.size
+        self.min_span_ns = min_span_ns  # CALLSPAN_MIN_SPAN_US, in ns: shorter kept calls are elided
         self.spans_opened = 0
+        self.spans_elided = 0
         self._keyed_memo: dict[int, int] = {}
 
     def _keyed(self, raw: int) -> int:
@@ -97,10 +110,16 @@ class SpanBuilder:
         return digest
 
     def process(self, records: list[Record]) -> None:
+        min_ns = self.min_span_ns
         for record in records:
             node = record[R_OUT]
-            if node is not None and node.closed:
-                continue  # ended at stop, then finished
+            if node is not None:
+                if node.closed:
+                    continue  # ended at stop, then finished; or elided
+            elif min_ns and record[R_END] - record[R_START] < min_ns:
+                record[R_OUT] = _ELIDED
+                self.spans_elided += 1
+                continue
             self._close(record)
 
     # -- spans --------------------------------------------------------------------------------
@@ -109,17 +128,25 @@ class SpanBuilder:
         """Open the span of ``record`` and of every ancestor that has none yet, outermost first."""
         chain: list[Record] = []
         current: Record | None = record
-        while current is not None and current[R_OUT] is None:
-            chain.append(current)
+        outermost = record
+        while current is not None:
+            out = current[R_OUT]
+            if out is None:
+                chain.append(current)
+            elif out is not _ELIDED:
+                break
+            outermost = current
             current = current[R_PARENT]
         parent_node = current[R_OUT] if current is not None else None
+        # Without a span above: the trace's context, which only its root record holds.
+        context = outermost[R_CONTEXT] if parent_node is None else None
         for item in reversed(chain):
-            parent_node = self._open_one(item, parent_node)
+            parent_node = self._open_one(item, parent_node, context)
         node = record[R_OUT]
         assert node is not None
         return node
 
-    def _open_one(self, record: Record, parent: SpanNode | None) -> SpanNode:
+    def _open_one(self, record: Record, parent: SpanNode | None, context: Any) -> SpanNode:
         info: CodeInfo = record[R_INFO]
         thread = record[R_THREAD]
         attributes: dict[str, Any] = {
@@ -132,7 +159,8 @@ class SpanBuilder:
         }
         if record[R_VIA_TASK]:
             attributes["callspan.parent.via"] = "task"
-        context = record[R_CONTEXT] if parent is None else None
+        if parent is not None:
+            context = None
         node = SpanNode(info.name, parent, context, record[R_START] + self.clock_offset, attributes)
         record[R_OUT] = node
         self.spans_opened += 1

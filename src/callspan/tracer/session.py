@@ -88,6 +88,7 @@ class Session:
         self.builder = SpanBuilder(
             sink, KeyHasher(settings.key_secret), clock_offset=time.time_ns() - clock(),
             cpu_enabled=counter is not None, return_size=settings.return_size,
+            min_span_ns=settings.min_span_us * 1000,
         )
         self.build_faults = 0
         self.profile_faults = 0
