@@ -103,6 +103,11 @@ VARIANTS = {
     # 100 us: natively every call of this handler, ~60 us in all)
     "callspan-1%-every-span": Variant(True, True, False, 100, (("CALLSPAN_MIN_SPAN_US", "0"),)),
     "callspan-10%-every-span": Variant(True, True, False, 10, (("CALLSPAN_MIN_SPAN_US", "0"),)),
+    # armed as `CALLSPAN_ENABLED=1 opentelemetry-instrument` arms it: the span processor, no middleware
+    "callspan-1%-processor": Variant(True, True, False, 100, (("SHOP_CALLSPAN", "processor"),)),
+    "callspan-hooked-0%-processor-idle": Variant(True, True, False, 10**12, (("SHOP_CALLSPAN", "processor"),
+                                                                            ("CALLSPAN_FLUSH_INTERVAL", "1000"),
+                                                                            ("CALLSPAN_PROFILE_INTERVAL", "1000"))),
     # an option measured: the sampled requests' function spans capped at one trace per second
     # (the aggregates still count every call)
     "callspan-1%-spans-1/s": Variant(True, True, False, 100, (("CALLSPAN_MAX_SPANS_PER_SECOND", "1"),)),
