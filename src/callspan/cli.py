@@ -79,8 +79,8 @@ def _parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 def _settings_from(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "include": args.include, "exclude": args.exclude, "cpu": args.cpu, "keys": args.keys,
-        "keys_exclude": getattr(args, "keys_exclude", None), "core": args.core, "max_spans_per_trace": args.max_spans_per_trace,
-        "min_span_us": getattr(args, "min_span_us", None), "follow_children": args.follow_children,
+        "keys_exclude": args.keys_exclude, "core": args.core, "max_spans_per_trace": args.max_spans_per_trace,
+        "min_span_us": args.min_span_us, "follow_children": args.follow_children,
     }
 
 
@@ -317,8 +317,8 @@ def run_demo(args: argparse.Namespace) -> int:
     demo = Path(__file__).with_name("demo") / "shop.py"
     ns = argparse.Namespace(
         output=args.output, otlp=None, otlp_protocol=None, export_timeout=10.0, service="callspan-demo",
-        include=None, exclude=None, cpu=None, keys=None, core=None, max_spans_per_trace=None,
-        follow_children=None, module=None, target=[str(demo)],
+        include=None, exclude=None, cpu=None, keys=None, keys_exclude=None, core=None, max_spans_per_trace=None,
+        min_span_us=None, follow_children=None, module=None, target=[str(demo)],
     )
     code = run_program(ns)
     if code:

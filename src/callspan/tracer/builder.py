@@ -113,14 +113,11 @@ class SpanBuilder:
         min_ns = self.min_span_ns
         for record in records:
             node = record[R_OUT]
-            if node is not None:
-                if node.closed:
-                    continue  # ended at stop, then finished; or elided
-            elif min_ns and record[R_END] - record[R_START] < min_ns:
-                record[R_OUT] = _ELIDED
+            if node is None and min_ns and record[R_END] - record[R_START] < min_ns:
+                record[R_OUT] = _ELIDED  # no span opened for a descendant: left out
                 self.spans_elided += 1
-                continue
-            self._close(record)
+            elif node is None or not node.closed:  # closed: ended at stop, then finished
+                self._close(record)
 
     # -- spans --------------------------------------------------------------------------------
 
@@ -142,6 +139,7 @@ class SpanBuilder:
         context = outermost[R_CONTEXT] if parent_node is None else None
         for item in reversed(chain):
             parent_node = self._open_one(item, parent_node, context)
+            context = None  # the others hang under the span just opened
         node = record[R_OUT]
         assert node is not None
         return node
@@ -159,8 +157,6 @@ class SpanBuilder:
         }
         if record[R_VIA_TASK]:
             attributes["callspan.parent.via"] = "task"
-        if parent is not None:
-            context = None
         node = SpanNode(info.name, parent, context, record[R_START] + self.clock_offset, attributes)
         record[R_OUT] = node
         self.spans_opened += 1

@@ -1403,25 +1403,17 @@ profile_call(HotPath *hp, PyFrameObject *frame)
     if (ci->kind != KIND_FUNCTION) {
         PyObject *key = PyLong_FromVoidPtr(frame);
         int suspended = key ? PyDict_Contains(hp->suspended, key) : -1;
+        int resumes = suspended > 0 && !frame_starts(hp, frame);
+        int failed = suspended < 0;
+        if (resumes)
+            failed = hp_resume(hp, frame) < 0;
+        else if (suspended > 0) /* it starts at a suspended record's address: a dead generator's */
+            failed = end_suspended(hp, key) < 0;
         Py_XDECREF(key);
-        if (suspended < 0) {
+        if (failed)
             fault(hp);
+        if (failed || resumes)
             goto done;
-        }
-        if (suspended && !frame_starts(hp, frame)) {
-            if (hp_resume(hp, frame) < 0)
-                fault(hp);
-            goto done;
-        }
-        if (suspended) { /* starts: the record at its address is a dead generator's */
-            PyObject *stale = PyLong_FromVoidPtr(frame);
-            int ended = stale ? end_suspended(hp, stale) : -1;
-            Py_XDECREF(stale);
-            if (ended < 0) {
-                fault(hp);
-                goto done;
-            }
-        }
     }
     if (!gate_closed(hp) && hp_start(hp, info, frame) < 0)
         fault(hp);
