@@ -15,7 +15,7 @@ setup(
             "callspan.tracer._hotpath",
             # The tracer's hot path, one job per file: the callbacks and transitions, the record
             # type, key hashing, the aggregates; _callspan.h is what they share.
-            ["src/callspan/tracer/c/_hotpath.c", "src/callspan/tracer/c/_record.c", "src/callspan/tracer/c/_keys.c",
+            ["src/callspan/tracer/c/_hotpath.c", "src/callspan/tracer/c/_clock.c", "src/callspan/tracer/c/_record.c", "src/callspan/tracer/c/_keys.c",
              "src/callspan/tracer/c/_aggregate.c"],
             depends=["src/callspan/tracer/c/_callspan.h"],
             optional=OPTIONAL,

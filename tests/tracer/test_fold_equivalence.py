@@ -479,17 +479,25 @@ def test_sketch_buckets_match_the_reference() -> None:
 
 
 def test_compiled_sketch_bucket_is_the_reference_at_every_boundary() -> None:
-    # The compiled fold estimates the logarithm itself and falls back to libm near a bucket
-    # boundary: every boundary GAMMA**b (and its neighbours) and random values of every size.
+    # The compiled fold reads buckets from tables (64 slices per power of two, each bucket's
+    # first value): every bucket's exact first value and its neighbours, every slice's ends, and
+    # random values of every size give the reference's bucket.
     import random
 
     from callspan.tracer import _hotpath
-    from callspan.tracer.aggregate import GAMMA, sketch_bucket
+    from callspan.tracer.aggregate import sketch_bucket
 
-    values = [-5, 0, 1, 2, 3, 4, 1000, 2**53, 2**53 + 1, 2**62, 2**63 - 1]
-    for bucket in range(1, 2200):
-        edge = int(GAMMA**bucket)
-        values += [v for v in range(edge - 2, edge + 3) if 0 <= v < 2**63]
+    values = [-5, 0, 1, 2, 3, 4, 63, 64, 65, 1000, 2**53, 2**53 + 1, 2**62, 2**63 - 1]
+    for bucket in range(sketch_bucket(2) + 1, sketch_bucket(2**63 - 1) + 1):
+        lo, hi = 2, 2**63 - 1  # sketch_bucket(lo) < bucket <= sketch_bucket(hi)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if sketch_bucket(mid) >= bucket else (mid, hi)
+        values += [v for v in range(hi - 2, hi + 3) if v < 2**63]
+    for top in range(6, 63):
+        for slice_ in range(64):
+            low = (64 + slice_) << (top - 6)
+            values += [low, low + (1 << (top - 6)) - 1]
     rng = random.Random(7)
     values += [rng.randrange(2, 2 ** rng.randrange(2, 64)) for _ in range(100_000)]
     assert [_hotpath.sketch_bucket(v) for v in values] == [sketch_bucket(v) for v in values]

@@ -39,6 +39,7 @@ def scope_attributes(facts: SessionFacts) -> dict[str, Any]:
         "callspan.cpu.counter": facts.cpu_counter,
         "callspan.cpu.unit": facts.cpu_unit or "none",
         "callspan.cpu.interval_ns": facts.cpu_interval_ns,
+        "callspan.clock": facts.clock,
     }
 
 

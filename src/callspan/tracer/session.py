@@ -41,7 +41,10 @@ class SessionFacts:
     cpu_unit: str
     cpu_reason: str
     cpu_interval_ns: int = 0
-    instance_id: str = ""  # service.instance.id of this process's session (production mode), or ""
+    instance_id: str = ""
+    # How call times are read: "tsc" (the compiled hot path scaling the time-stamp counter to
+    # CLOCK_MONOTONIC), "monotonic" (CLOCK_MONOTONIC), or "injected" (a clock the caller gave).
+    clock: str = "monotonic"  # service.instance.id of this process's session (production mode), or ""
 
 
 class Session:
@@ -77,16 +80,23 @@ class Session:
         tool_note = getattr(self.core, "tool_note", None)
         if tool_note:
             core_reason = f"{core_reason}; {tool_note}"
+        if clock is not time.perf_counter_ns:
+            clock_source = "injected"
+        elif self.recorder.clock is not clock:  # the compiled hot path's (cores.base.compiled_hot_path)
+            from callspan.tracer import _hotpath
+            clock_source = _hotpath.clock_source()
+        else:
+            clock_source = "monotonic"
         self.facts = SessionFacts(
             core=self.core.name, core_reason=core_reason,
             cpu_counter=counter.name if counter is not None else "none",
             cpu_unit=counter.unit if counter is not None else "",
             cpu_reason=cpu_reason, cpu_interval_ns=getattr(counter, "interval_ns", 0),
-            instance_id=instance_id,
+            instance_id=instance_id, clock=clock_source,
         )
         self.clock = clock
         self.builder = SpanBuilder(
-            sink, KeyHasher(settings.key_secret), clock_offset=time.time_ns() - clock(),
+            sink, KeyHasher(settings.key_secret), clock_offset=time.time_ns() - self.recorder.clock(),
             cpu_enabled=counter is not None, return_size=settings.return_size,
             min_span_ns=settings.min_span_us * 1000,
         )

@@ -38,41 +38,62 @@ sketch_bucket_libm(int64_t value)
     return (int32_t)ceil(log((double)value) / log_gamma);
 }
 
-/* ln(1 + i/256) and 256/(256 + i), for sketch_bucket's logarithm */
-#define LN_TABLE_BITS 8
-static double ln_head[(1 << LN_TABLE_BITS) + 1], inv_head[(1 << LN_TABLE_BITS) + 1];
-static double inv_log_gamma;
-#define LN2 0.693147180559945309417232121458176568
-/* Far enough from a bucket boundary that both this estimate of log(value) / log_gamma (error
- * ~1e-13) and the reference's computation (a few ulps) round up to the same integer. */
-#define BUCKET_MARGIN 1e-9
+/* sketch_bucket_libm by table: the reference's bucket, exact by construction (the tables are
+ * made with sketch_bucket_libm itself, whose ceil(log(v) / log_gamma) grows with v). A value
+ * v >= 64 whose top bit is t falls in one of 64 equal slices of [2**t, 2**(t+1)); a slice (its
+ * values within 1/64 of each other) is narrower than a bucket (GAMMA: 2.02%), so at most one
+ * bucket starts inside it: v's bucket is the slice's first value's, or the next one from where
+ * that one starts. A load, a compare and a load, where the logarithm was a chain of ~30 dependent
+ * floating-point operations (the larger part of the fold's time on a call-heavy run). The
+ * tables of an octave are made at its first value (~1,000 libm calls, ~20 us). */
+#define SLICE_BITS 6
+#define MAX_BUCKETS 2300 /* > sketch_bucket_libm(INT64_MAX) = 2204, + 1 past the last */
+static int16_t small_bucket[1 << SLICE_BITS];     /* v < 64 */
+static int16_t slice_bucket[63][1 << SLICE_BITS]; /* [top bit][slice]: its first value's bucket */
+static uint64_t bucket_start[MAX_BUCKETS + 1];    /* least v of bucket b; UINT64_MAX while unknown */
+static signed char octave_state[63]; /* 0 not made yet, 1 made, -1 not by table (see octave_make) */
 
-/* sketch_bucket_libm's result, in ~30 instructions: ln(value) from the double's exponent, a
- * table entry for the top 8 bits of its mantissa and a 5-term series for the rest (|r| < 1/256:
- * truncation < 1e-15); values within BUCKET_MARGIN of a boundary take the libm path, so the
- * bucket is the reference's whatever the rounding (tests/tracer/test_fold_equivalence.py). */
+/* An octave's slices; 0, or -1 if a slice holds more than one bucket start (cannot happen with
+ * GAMMA > 1 + 1/64; the caller then uses sketch_bucket_libm). */
+static int
+octave_make(int top)
+{
+    int shift = top - SLICE_BITS;
+    for (int j = 0; j < (1 << SLICE_BITS); j++) {
+        int64_t low = ((int64_t)((1 << SLICE_BITS) + j)) << shift;
+        int64_t high = low + ((int64_t)1 << shift) - 1;
+        int32_t bucket = sketch_bucket_libm(low), at_high = sketch_bucket_libm(high);
+        if (at_high == bucket + 1) { /* the next bucket starts in (low, high]: find where */
+            int64_t lo = low, hi = high; /* bucket(lo) == bucket, bucket(hi) == bucket + 1 */
+            while (hi - lo > 1) {
+                int64_t mid = lo + (hi - lo) / 2;
+                if (sketch_bucket_libm(mid) > bucket)
+                    hi = mid;
+                else
+                    lo = mid;
+            }
+            bucket_start[bucket + 1] = (uint64_t)hi;
+        }
+        else if (at_high != bucket || bucket + 1 > MAX_BUCKETS) {
+            octave_state[top] = -1;
+            return -1;
+        }
+        slice_bucket[top][j] = (int16_t)bucket;
+    }
+    octave_state[top] = 1;
+    return 0;
+}
+
 static inline int32_t
 sketch_bucket(int64_t value)
 {
-    if (value <= 1)
-        return 0;
-    double d = (double)value;
-    uint64_t bits;
-    memcpy(&bits, &d, sizeof bits);
-    int exponent = (int)(bits >> 52) - 1023; /* value >= 2: positive, normal */
-    uint64_t fraction = bits & ((1ULL << 52) - 1);
-    int head = (int)(fraction >> (52 - LN_TABLE_BITS));
-    uint64_t one_bits = (fraction | (1023ULL << 52));
-    double m;
-    memcpy(&m, &one_bits, sizeof m); /* the mantissa, in [1, 2) */
-    double r = (m - (1.0 + (double)head / (1 << LN_TABLE_BITS))) * inv_head[head];
-    double series = r * (1.0 - r * (0.5 - r * (1.0 / 3 - r * (0.25 - r * 0.2))));
-    double x = ((double)exponent * LN2 + ln_head[head] + series) * inv_log_gamma;
-    int32_t up = (int32_t)x; /* x > 0: truncation is floor */
-    double below = x - (double)up;
-    if (below < BUCKET_MARGIN || below > 1.0 - BUCKET_MARGIN)
+    if (value < (1 << SLICE_BITS))
+        return value <= 1 ? 0 : small_bucket[value];
+    int top = 63 - __builtin_clzll((unsigned long long)value);
+    if (octave_state[top] != 1 && (octave_state[top] < 0 || octave_make(top) < 0))
         return sketch_bucket_libm(value);
-    return up + 1;
+    int32_t bucket = slice_bucket[top][(value >> (top - SLICE_BITS)) & ((1 << SLICE_BITS) - 1)];
+    return bucket + ((uint64_t)value >= bucket_start[bucket + 1]);
 }
 
 /* sketch_bucket(value), for tests. */
@@ -1721,12 +1742,10 @@ cs_aggregates_ready(PyObject *module)
 {
     volatile double alpha = 0.01; /* computed at run time with the libm Python's math module uses */
     log_gamma = log((1 + alpha) / (1 - alpha));
-    inv_log_gamma = 1.0 / log_gamma;
-    for (int i = 0; i <= (1 << LN_TABLE_BITS); i++) {
-        double head = 1.0 + (double)i / (1 << LN_TABLE_BITS);
-        ln_head[i] = log(head);
-        inv_head[i] = 1.0 / head;
-    }
+    for (int v = 0; v < (1 << SLICE_BITS); v++)
+        small_bucket[v] = (int16_t)(v <= 1 ? 0 : sketch_bucket_libm(v));
+    for (int b = 0; b <= MAX_BUCKETS; b++)
+        bucket_start[b] = UINT64_MAX;
     static const char *const kinds[4] = {"function", "coroutine", "generator", "async_generator"};
     for (int i = 0; i < 4; i++) {
         if ((kind_names[i] = PyUnicode_InternFromString(kinds[i])) == NULL)

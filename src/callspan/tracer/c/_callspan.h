@@ -1,6 +1,7 @@
 /* Declarations shared by the C files of callspan.tracer._hotpath (one extension module):
  *
- *   _hotpath.c   clocks, the hot path (start/finish/suspend/resume), callbacks, module init
+ *   _hotpath.c   the CPU clocks, the hot path (start/finish/suspend/resume), callbacks, module init
+ *   _clock.c     the wall clock: CLOCK_MONOTONIC, read from the time-stamp counter where it can
  *   _record.c    the Record type, ThreadStateBase and CodeInfoBase
  *   _keys.c      SipHash, fingerprints, argument and return-value keys
  *   _aggregate.c the per-process fold (call tree, per-function totals and sketches, cache state)
@@ -168,6 +169,43 @@ CS_HIDDEN extern PyTypeObject CS_CodeInfoType;
 #define RET_SIZE_EVERY 16  /* callspan.tracer.keys.RET_SIZE_EVERY */
 
 CS_HIDDEN int cs_record_types_ready(PyObject *module);
+
+/* -- the wall clock (_clock.c) ------------------------------------------------------------ */
+typedef struct {
+    uint64_t tsc; /* 0: no reading yet */
+    long long ns;
+} CsTscAnchor;
+CS_HIDDEN extern int cs_tsc_on;
+CS_HIDDEN extern uint64_t cs_tsc_mult, cs_tsc_window;
+CS_HIDDEN extern __thread CsTscAnchor cs_tsc_anchor __attribute__((tls_model("initial-exec")));
+CS_HIDDEN long long cs_tsc_reanchor(uint64_t now);
+CS_HIDDEN void cs_clock_init(void);
+CS_HIDDEN const char *cs_clock_source(void);
+CS_HIDDEN PyObject *cs_py_clock_ns(PyObject *module, PyObject *unused);
+CS_HIDDEN PyObject *cs_py_clock_source(PyObject *module, PyObject *unused);
+#if defined(__x86_64__) && defined(__linux__)
+#include <x86intrin.h>
+#endif
+#include <time.h>
+
+/* The hot path's wall clock, ns: CLOCK_MONOTONIC (what time.perf_counter_ns reads), through the
+ * time-stamp counter when cs_tsc_on (see _clock.c). */
+static inline long long
+cs_clock_ns(void)
+{
+#if defined(__x86_64__) && defined(__linux__)
+    if (cs_tsc_on) {
+        uint64_t now = __rdtsc();
+        uint64_t ticks = now - cs_tsc_anchor.tsc;
+        if (ticks < cs_tsc_window) /* ticks * mult < 2**64: the window is ~1 ms of ticks */
+            return cs_tsc_anchor.ns + (long long)((ticks * cs_tsc_mult) >> 32);
+        return cs_tsc_reanchor(now);
+    }
+#endif
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
 
 /* -- keys (_keys.c) ------------------------------------------------------------------------ */
 CS_HIDDEN uint64_t cs_siphash24_u64(uint64_t k0, uint64_t k1, uint64_t m);

@@ -300,7 +300,7 @@ static inline int
 read_clock(HotPath *hp, long long *out)
 {
     if (hp->clock == NULL) {
-        *out = monotonic_ns();
+        *out = cs_clock_ns();
         return 0;
     }
     return read_clock_python(hp, out);
@@ -346,7 +346,7 @@ read_cpu_other(ThreadStateObject *ts, long long *out, long long wall_now)
     if (fd == -3) {
         IntervalClock *clock = &thread_interval_clock;
         /* the clock reading the caller just took, when it is this same clock (saves a read) */
-        long long now = wall_now >= 0 ? wall_now : monotonic_ns();
+        long long now = wall_now >= 0 ? wall_now : cs_clock_ns();
         int need_real;
         *out = interval_step(clock, cpu_interval_ns, now, &need_real);
         if (need_real)
@@ -1991,6 +1991,10 @@ static PyMethodDef module_methods[] = {
     {"set_user_hash", (PyCFunction)(void (*)(void))cs_py_set_user_hash, METH_FASTCALL,
      "set_user_hash(allowed, type_skipped=None): as callspan.tracer.keys.set_user_hash\n"
      "(CALLSPAN_USER_HASH; type_skipped(type) -> bool decides CALLSPAN_USER_HASH_SKIP once per type)"},
+    {"clock_ns", (PyCFunction)cs_py_clock_ns, METH_NOARGS,
+     "the hot path's wall clock (CLOCK_MONOTONIC ns, through the time-stamp counter where clock_source() says so)"},
+    {"clock_source", (PyCFunction)cs_py_clock_source, METH_NOARGS,
+     "how the hot path reads its wall clock: 'tsc' (the time-stamp counter, scaled) or 'monotonic'"},
     {"sketch_bucket", (PyCFunction)cs_py_sketch_bucket, METH_O,
      "sketch_bucket(value): the latency sketch's bucket of value, as the compiled fold computes it (tests)"},
     {"interval_clock_replay", (PyCFunction)py_interval_clock_replay, METH_VARARGS,
@@ -2020,6 +2024,7 @@ PyInit__hotpath(void)
         PyModule_AddIntConstant(module, "UNKEYABLE_AFTER", UNKEYABLE_AFTER) < 0 ||
         PyModule_AddIntConstant(module, "RET_SIZE_EVERY", RET_SIZE_EVERY) < 0)
         goto error;
+    cs_clock_init();
     if (cs_keys_init() < 0 || cs_record_types_ready(module) < 0 || cs_aggregates_ready(module) < 0)
         goto error;
     if ((str_faults = PyUnicode_InternFromString("faults")) == NULL ||

@@ -30,7 +30,8 @@ def compiled_hot_path(recorder: Recorder, disable: Any) -> Any:
     """The compiled recorder (callspan.tracer._hotpath.HotPath) both compiled cores drive.
 
     The default clock is read natively (CLOCK_MONOTONIC, what time.perf_counter_ns reads on
-    Linux); an injected clock is called. ``disable`` is sys.monitoring.DISABLE, or None.
+    Linux, through the time-stamp counter where the kernel keeps time with it: _hotpath.c's
+    _clock.c); an injected clock is called. ``disable`` is sys.monitoring.DISABLE, or None.
 
     The compiled hot path folds into compiled aggregates (callspan.tracer._hotpath.Aggregates, the twin
     of callspan.tracer.aggregate.Aggregates): they replace ``recorder.aggregates``, with its limits.
@@ -46,4 +47,10 @@ def compiled_hot_path(recorder: Recorder, disable: Any) -> Any:
     native_clock = recorder.clock is time.perf_counter_ns and _env.PERF_COUNTER_IS_CLOCK_MONOTONIC
     # The key's separator item, as keys.args_key adds it (``key += _KWD_MARK``).
     (kwd_mark,) = _KWD_MARK
-    return _hotpath.HotPath(recorder, current_coroutine_var, kwd_mark, disable, native_clock)
+    hot_path = _hotpath.HotPath(recorder, current_coroutine_var, kwd_mark, disable, native_clock)
+    if native_clock:
+        # The native clock may be the time-stamp counter (_hotpath.clock_source()): CLOCK_MONOTONIC
+        # within the scale's error. The recorder's own readings (the tokens, open calls at stop)
+        # are compared with the hot path's: the same clock.
+        recorder.clock = _hotpath.clock_ns
+    return hot_path
