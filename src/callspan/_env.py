@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import dis
+import opcode
 import sys
 
 PYVERSION = sys.version_info[:2]
@@ -33,11 +33,11 @@ GENERATOR_CLOSE_MAY_BE_SILENT = PYVERSION >= (3, 13)
 SETPROFILE_SEES_EXCEPTION_TYPE = False
 
 # Opcodes that end a frame normally, or suspend it, as seen at frame.f_lasti in a "return" event.
-RETURN_OPCODES = frozenset(dis.opmap[name] for name in ("RETURN_VALUE", "RETURN_CONST") if name in dis.opmap)
-YIELD_OPCODES = frozenset(dis.opmap[name] for name in ("YIELD_VALUE",) if name in dis.opmap)
+RETURN_OPCODES = frozenset(opcode.opmap[name] for name in ("RETURN_VALUE", "RETURN_CONST") if name in opcode.opmap)
+YIELD_OPCODES = frozenset(opcode.opmap[name] for name in ("YIELD_VALUE",) if name in opcode.opmap)
 # Measured (tests/tracer/test_core.py generator test under setprofile): on 3.13 the "return" event
 # of a yield reports f_lasti at the RESUME that follows YIELD_VALUE, not at YIELD_VALUE itself.
-RESUME_OPCODE = dis.opmap.get("RESUME", -1)
+RESUME_OPCODE = opcode.opmap.get("RESUME", -1)
 # Measured on 3.11.7, 3.12.1, 3.13.0 (tests/tracer/test_core.py, generator frame reuse): a "call"
 # profile event's f_lasti is at the RESUME being run; its oparg's low two bits are 0 when the frame
 # starts and 1-3 when it resumes (3.13 sets higher bits too), so a generator's start is told from

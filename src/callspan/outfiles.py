@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import secrets
 import stat
 from dataclasses import dataclass
 from typing import IO
@@ -70,7 +69,7 @@ def _new_file_beside(path: str, flags: int = 0) -> tuple[int, str, str | None] |
         before = None
     link = os.readlink(path) if before is not None and stat.S_ISLNK(before.st_mode) else None
     directory, name = os.path.split(path)
-    temporary = os.path.join(directory, f".{name}.{secrets.token_hex(4)}.tmp")
+    temporary = os.path.join(directory, f".{name}.{os.urandom(4).hex()}.tmp")
     try:
         fd = os.open(temporary, _CREATE_FLAGS | flags, 0o666)
     except PermissionError:

@@ -639,6 +639,41 @@ def memo_fib(n: int) -> int:
     return n if n < 2 else memo_fib(n - 1) + memo_fib(n - 2)
 
 
+class CountedValue:
+    """A return value whose hash counts how often the tracer takes it."""
+
+    hashes = 0
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, CountedValue) and other.n == self.n
+
+    def __hash__(self) -> int:
+        CountedValue.hashes += 1
+        return hash(self.n)
+
+
+def counted_fib(n: int) -> CountedValue:
+    return CountedValue(n if n < 2 else counted_fib(n - 1).n + counted_fib(n - 2).n)
+
+
+def test_a_shadowed_calls_return_value_is_not_hashed(traced) -> None:  # type: ignore[no-untyped-def]
+    # A shadowed call (inside a call whose key was cached) is counted and nothing more: its
+    # return value is not hashed, so only the memoized program's calls hash theirs.
+    # No trace keeps spans (a span would show the hash); CountedValue's own methods are traced
+    # (this file is) but not keyed (their self would be hashed as an argument).
+    run = traced(max_spans_per_second=0, keys_exclude=("*CountedValue*",))
+    CountedValue.hashes = 0
+    run.run(counted_fib, 12)
+    windows = run.sink.windows
+    shadowed = cache_column(windows, "counted_fib", "shadowed_calls")
+    assert calls_by_function(windows)["counted_fib"] == fib_calls(12)
+    assert shadowed > 0
+    assert CountedValue.hashes == fib_calls(12) - shadowed
+
+
 def test_recursive_functions_are_sized_on_the_calls_a_memoized_version_makes(traced) -> None:  # type: ignore[no-untyped-def]
     run = traced()
     run.run(memo_fib, 16)

@@ -78,3 +78,28 @@ def test_session_with_perf_counter_records_cpu_per_span(core: str) -> None:
     session.stop()
     (node,) = sink.named(".burn")
     assert node.attributes["callspan.cpu.total"] > 0
+
+
+@pytest.mark.parametrize("event", ["task-clock", "instructions"])
+def test_compiled_perf_event_open_is_the_ctypes_syscall(event: str) -> None:
+    # The compiled module opens counters (no ctypes at start-up); the ctypes path is its
+    # fallback. Both give a working counter or the same error for the same event.
+    import os
+
+    hotpath = pytest.importorskip("callspan.tracer._hotpath")
+    from callspan.tracer.counters import PERF_EVENTS, _perf_event_open_ctypes
+
+    event_type, config, _ = PERF_EVENTS[event]
+    outcomes = []
+    for open_ in (hotpath.perf_event_open, _perf_event_open_ctypes):
+        try:
+            fd = open_(event_type, config, 0)
+        except OSError as exc:
+            outcomes.append(("error", exc.errno))
+        else:
+            sum(range(10_000))
+            outcomes.append(("counts", int.from_bytes(os.read(fd, 8), "little") > 0))
+            os.close(fd)
+    assert outcomes[0] == outcomes[1]
+    if event == "task-clock":
+        assert outcomes[0] == ("counts", True)

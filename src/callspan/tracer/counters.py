@@ -6,10 +6,7 @@ A counter hands each thread its own zero-argument reader (perf counters are per 
 
 from __future__ import annotations
 
-import ctypes
 import os
-import platform
-import struct
 import time
 from collections.abc import Callable
 from typing import Protocol
@@ -125,6 +122,19 @@ def native_reader(reader: Reader | None) -> int:
 
 
 def _perf_event_open(event_type: int, config: int, flags: int) -> int:
+    try:
+        from callspan.tracer._hotpath import perf_event_open
+    except ImportError:
+        return _perf_event_open_ctypes(event_type, config, flags)
+    return perf_event_open(event_type, config, flags)
+
+
+def _perf_event_open_ctypes(event_type: int, config: int, flags: int) -> int:
+    """The same syscall without the compiled module (ctypes: ~3 ms to import, so only here)."""
+    import ctypes
+    import platform
+    import struct
+
     number = _SYSCALL_PERF_EVENT_OPEN.get(platform.machine())
     if number is None or os.name != "posix":
         raise OSError(0, "perf_event_open is not available on this platform")

@@ -21,13 +21,17 @@ it into a keyed BLAKE2b digest off the hot path.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 import types
 from collections.abc import Callable, Iterable
 from fnmatch import fnmatchcase
 from types import FrameType
+
+try:  # blake2 itself: importing hashlib would also load OpenSSL (~3 ms at start-up), unused here
+    from _blake2 import blake2b
+except ImportError:  # pragma: no cover - CPython builds _blake2 everywhere
+    from hashlib import blake2b
 from typing import Any
 
 from callspan.tracer.selection import CodeInfo
@@ -580,7 +584,7 @@ class KeyHasher:
 
     def __init__(self, secret: bytes | None = None) -> None:
         self.secret = secret if secret else os.urandom(32)
-        key = hashlib.blake2b(self.secret, digest_size=16, person=b"callspan.keys").digest()
+        key = blake2b(self.secret, digest_size=16, person=b"callspan.keys").digest()
         self.k0 = int.from_bytes(key[:8], "little")
         self.k1 = int.from_bytes(key[8:], "little")
 

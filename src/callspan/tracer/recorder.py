@@ -47,6 +47,7 @@ from callspan.tracer.record import (
     R_SUSP_AT,
     R_SUSP_NS,
     R_SUSPENDS,
+    SHADOWED,
     Record,
 )
 from callspan.tracer.selection import KIND_COROUTINE, KIND_FUNCTION, CodeInfo, Selector
@@ -418,7 +419,10 @@ class Recorder:
             record[END] = now
             info = record[INFO]
             if error is None:
-                if info.keys and info.unkeyed < UNKEYABLE_AFTER and record[ARGS] is not IDENTITY_ONLY:
+                # A shadowed call's return value is not folded (fold_key counts the call and
+                # stops): unless a span shows it, it is not hashed.
+                if (info.keys and info.unkeyed < UNKEYABLE_AFTER and record[ARGS] is not IDENTITY_ONLY
+                        and (record[KEEP] or not record[R_SHADOW] & SHADOWED)):
                     record[RET] = value_key(value, info, clock)
                     # Sizes only feed memory estimates, on spans: measured on one kept call in
                     # RET_SIZE_EVERY.

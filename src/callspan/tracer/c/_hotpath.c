@@ -22,6 +22,7 @@
 #include <pthread.h>
 #include <errno.h>
 #include <signal.h>
+#include <sys/syscall.h>
 
 #if PY_VERSION_HEX >= 0x030D0000
 PyAPI_FUNC(size_t) _PySys_GetSizeOf(PyObject *); /* exported; declared in an internal header in 3.13 */
@@ -145,6 +146,40 @@ thread_cpu_ns(void)
     struct timespec ts;
     clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
     return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+/* perf_event_open(type, config, flags): a counter of this thread (pid 0, any CPU), its file
+ * descriptor (close-on-exec); OSError as the syscall fails. The attribute is PERF_ATTR_SIZE_VER0
+ * (64 bytes), laid out as counters._perf_event_open_ctypes packs it: type, size, config,
+ * sample_period, sample_type, read_format, the flag bits, wakeup_events, bp_type, config1.
+ * Here so that choosing a counter needs no ctypes (~3 ms at start-up). */
+static PyObject *
+py_perf_event_open(PyObject *module, PyObject *args)
+{
+    unsigned int type;
+    unsigned long long config, flags;
+    if (!PyArg_ParseTuple(args, "IKK:perf_event_open", &type, &config, &flags))
+        return NULL;
+#ifdef SYS_perf_event_open
+    struct {
+        uint32_t type, size;
+        uint64_t config, sample_period, sample_type, read_format, flags;
+        uint32_t wakeup_events, bp_type;
+        uint64_t config1;
+    } attr;
+    memset(&attr, 0, sizeof attr);
+    attr.type = type;
+    attr.size = 64;
+    attr.config = config;
+    attr.flags = flags;
+    long fd = syscall(SYS_perf_event_open, &attr, 0, -1, -1, 8UL /* PERF_FLAG_FD_CLOEXEC */);
+    if (fd < 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    return PyLong_FromLong(fd);
+#else
+    errno = ENOSYS;
+    return PyErr_SetFromErrno(PyExc_OSError);
+#endif
 }
 
 static __thread IntervalClock thread_interval_clock __attribute__((unused, tls_model("initial-exec")));
@@ -699,8 +734,10 @@ finish_frame(HotPath *hp, ThreadStateObject *ts, PyObject *code, PyObject *value
     if (counted == 0)
         f.cpu += cpu_now - f.seg_cpu;
     PyObject *args = f.args != NULL ? f.args : Py_None;
-    if (error == NULL && ci->keys && ci->unkeyed < UNKEYABLE_AFTER && args != cs_identity_only_args) {
-        /* never kept: no return size (only spans carry it) */
+    if (error == NULL && ci->keys && ci->unkeyed < UNKEYABLE_AFTER && args != cs_identity_only_args &&
+        !(f.shadow & SHADOW_SHADOWED)) {
+        /* never kept: no return size (only spans carry it); a shadowed call's return value is
+         * not folded (fold_key counts the call and stops), so it is not hashed either */
         if ((ret = cs_value_key(value, &ret_raw, &ret_kind, ci, hp->clock)) == NULL)
             goto finally;
     }
@@ -1991,6 +2028,8 @@ static PyMethodDef module_methods[] = {
     {"set_user_hash", (PyCFunction)(void (*)(void))cs_py_set_user_hash, METH_FASTCALL,
      "set_user_hash(allowed, type_skipped=None): as callspan.tracer.keys.set_user_hash\n"
      "(CALLSPAN_USER_HASH; type_skipped(type) -> bool decides CALLSPAN_USER_HASH_SKIP once per type)"},
+    {"perf_event_open", (PyCFunction)py_perf_event_open, METH_VARARGS,
+     "perf_event_open(type, config, flags): this thread's counter, a file descriptor (OSError on failure)"},
     {"clock_ns", (PyCFunction)cs_py_clock_ns, METH_NOARGS,
      "the hot path's wall clock (CLOCK_MONOTONIC ns, through the time-stamp counter where clock_source() says so)"},
     {"clock_source", (PyCFunction)cs_py_clock_source, METH_NOARGS,
