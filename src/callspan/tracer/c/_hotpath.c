@@ -763,13 +763,25 @@ finish_frame(HotPath *hp, ThreadStateObject *ts, PyObject *code, PyObject *value
             caller = ((RecordObject *)parent)->o[OBJ_INFO];
         }
     }
-    FoldCall call = {
-        .ci = ci, .node = f.node, .nested = has_parent && parent_node == f.node, .caller = caller,
-        .error = error != NULL && !PyObject_TypeCheck(error, (PyTypeObject *)hp->generator_exit),
-        .start = f.start, .end = now, .cpu = f.cpu, .child_cpu = f.child_cpu, .shadow = f.shadow,
-        .args_kind = f.args_kind, .ret_kind = (uint8_t)ret_kind, .args_raw = f.args_raw, .ret_raw = ret_raw,
-        .args = args, .ret = ret != NULL ? ret : Py_None,
-    };
+    /* Field by field: an initializer zeroes the whole struct first (a `rep stos` per call). */
+    FoldCall call;
+    call.ci = ci;
+    call.node = f.node;
+    call.nested = has_parent && parent_node == f.node;
+    call.caller = caller;
+    call.error = error != NULL && !PyObject_TypeCheck(error, (PyTypeObject *)hp->generator_exit);
+    call.start = f.start;
+    call.end = now;
+    call.susp_ns = call.suspends = 0;
+    call.cpu = f.cpu;
+    call.child_cpu = f.child_cpu;
+    call.shadow = f.shadow;
+    call.args_kind = f.args_kind;
+    call.ret_kind = (uint8_t)ret_kind;
+    call.args_raw = f.args_raw;
+    call.ret_raw = ret_raw;
+    call.args = args;
+    call.ret = ret != NULL ? ret : Py_None;
     cs_fold(hp->aggs, &call, error == NULL ? value : NULL, error == NULL);
     rc = 0;
 finally:
