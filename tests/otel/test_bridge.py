@@ -66,6 +66,36 @@ def test_spans_use_the_users_provider_and_nest_inside_the_current_span() -> None
     assert o.start_time <= inners[0].start_time <= inners[0].end_time <= o.end_time
 
 
+class StartAttributes(SimpleSpanProcessor):
+    """Records which attributes each span has when it starts."""
+
+    def __init__(self) -> None:
+        super().__init__(InMemorySpanExporter())
+        self.at_start: dict[str, list[set[str]]] = {}
+
+    def on_start(self, span, parent_context=None) -> None:  # type: ignore[no-untyped-def]
+        self.at_start.setdefault(span.name, []).append(set(span.attributes or {}))
+
+
+def test_a_finished_calls_span_starts_with_its_final_attributes() -> None:
+    # outer's span opens when its first callee's closes (outer still running): its end attributes
+    # come at close; the callees had finished before their spans opened: all at once. The
+    # exported attributes are the same either way.
+    provider, memory = provider_with_memory()
+    starts = StartAttributes()
+    provider.add_span_processor(starts)
+    with callspan.tracing(tracer_provider=provider, cpu="thread", background=False):
+        assert outer(3) == 12
+    end_keys = {"callspan.run_ns", "callspan.cpu.total", "callspan.cpu.self", "callspan.args.hash",
+                "callspan.return.hash"}
+    assert all(end_keys <= keys for keys in starts.at_start[f"{__name__}.inner"])
+    (outer_start,) = starts.at_start[f"{__name__}.outer"]
+    assert not end_keys & outer_start
+    for span in memory.get_finished_spans():
+        if span.name != "callspan.profile":
+            assert end_keys <= set(span.attributes), span.name
+
+
 def test_errors_become_error_status() -> None:
     provider, memory = provider_with_memory()
 

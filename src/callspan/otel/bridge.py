@@ -152,13 +152,18 @@ class OtelSink:
         tracer = self._tracer
         if tracer is None:
             raise RuntimeError("OtelSink used before bind()")
-        if node.parent is not None and node.parent.handle is not None:
-            context = trace.set_span_in_context(node.parent.handle, Context())
+        parent = node.parent
+        if parent is not None and parent.handle is not None:
+            context = parent.child_context  # one context for all of a span's children
+            if context is None:
+                context = parent.child_context = trace.set_span_in_context(parent.handle, Context())
         else:
             context = node.context if node.context is not None else Context()
+        # A call that had finished already: every attribute at once (one pass of the SDK's
+        # attribute checks; close then only ends the span).
+        attributes = node.open_attributes | node.attributes if node.complete else node.open_attributes
         node.handle = tracer.start_span(
-            node.name, context=context, kind=SpanKind.INTERNAL,
-            attributes=node.open_attributes, start_time=node.start_ns,
+            node.name, context=context, kind=SpanKind.INTERNAL, attributes=attributes, start_time=node.start_ns,
         )
 
     def profile(self, columns: dict[str, list[Any]], start_ns: int, end_ns: int, final: bool) -> None:
@@ -216,7 +221,8 @@ class OtelSink:
     def close(self, node: SpanNode) -> None:
         span = node.handle
         try:
-            span.set_attributes(node.attributes)
+            if not node.complete:
+                span.set_attributes(node.attributes)
             for name, timestamp, attributes in node.events:
                 span.add_event(name, attributes, timestamp)
             if node.error is not None:
@@ -227,3 +233,4 @@ class OtelSink:
             self.faults += 1
         # Children that start later (tasks outliving their creator) only need the context.
         node.handle = NonRecordingSpan(span.get_span_context())
+        node.child_context = None  # it held the ended span

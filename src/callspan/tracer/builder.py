@@ -52,7 +52,7 @@ class SpanNode:
     """One span to be: what the sink needs at open (name, parent, start) and at close."""
 
     __slots__ = ("name", "parent", "context", "start_ns", "end_ns", "open_attributes",
-                 "attributes", "error", "events", "handle", "closed")
+                 "attributes", "error", "events", "handle", "closed", "complete", "child_context")
 
     def __init__(self, name: str, parent: SpanNode | None, context: Any, start_ns: int,
                  open_attributes: dict[str, Any]) -> None:
@@ -67,6 +67,10 @@ class SpanNode:
         self.events: list[tuple[str, int, dict[str, Any]]] = []
         self.handle: Any = None
         self.closed = False
+        # Opened when its call had already finished: ``attributes`` (and end_ns, error) are final
+        # at open, so a sink may start the span with every attribute at once.
+        self.complete = False
+        self.child_context: Any = None  # the sink's: its children's parent context, made once
 
 
 class Sink(Protocol):
@@ -121,8 +125,9 @@ class SpanBuilder:
 
     # -- spans --------------------------------------------------------------------------------
 
-    def _open(self, record: Record) -> SpanNode:
-        """Open the span of ``record`` and of every ancestor that has none yet, outermost first."""
+    def _open(self, record: Record, complete: bool = False) -> SpanNode:
+        """Open the span of ``record`` and of every ancestor that has none yet, outermost first;
+        ``complete``: ``record`` has finished, its span is opened with its final attributes."""
         chain: list[Record] = []
         current: Record | None = record
         outermost = record
@@ -138,13 +143,13 @@ class SpanBuilder:
         # Without a span above: the trace's context, which only its root record holds.
         context = outermost[R_CONTEXT] if parent_node is None else None
         for item in reversed(chain):
-            parent_node = self._open_one(item, parent_node, context)
+            parent_node = self._open_one(item, parent_node, context, complete and item is record)
             context = None  # the others hang under the span just opened
         node = record[R_OUT]
         assert node is not None
         return node
 
-    def _open_one(self, record: Record, parent: SpanNode | None, context: Any) -> SpanNode:
+    def _open_one(self, record: Record, parent: SpanNode | None, context: Any, complete: bool) -> SpanNode:
         info: CodeInfo = record[R_INFO]
         thread = record[R_THREAD]
         attributes: dict[str, Any] = {
@@ -159,12 +164,24 @@ class SpanBuilder:
             attributes["callspan.parent.via"] = "task"
         node = SpanNode(info.name, parent, context, record[R_START] + self.clock_offset, attributes)
         record[R_OUT] = node
+        if complete:
+            self._end_attributes(record, node)
+            node.complete = True
         self.spans_opened += 1
         self.sink.open(node)
         return node
 
     def _close(self, record: Record) -> None:
-        node = record[R_OUT] if record[R_OUT] is not None else self._open(record)
+        node = record[R_OUT]
+        if node is None:  # finished before any span under it was opened: opened complete
+            node = self._open(record, complete=True)
+        else:
+            self._end_attributes(record, node)
+        node.closed = True
+        self.sink.close(node)
+
+    def _end_attributes(self, record: Record, node: SpanNode) -> None:
+        """What a span learns when its call ends: attributes, end time, error."""
         info: CodeInfo = record[R_INFO]
         attributes = node.attributes
         wall = record[R_END] - record[R_START]
@@ -189,8 +206,6 @@ class SpanBuilder:
         if record[R_INCOMPLETE]:
             attributes["callspan.incomplete"] = True
         node.end_ns = record[R_END] + self.clock_offset
-        node.closed = True
-        self.sink.close(node)
 
     def _key_attributes(self, record: Record, attributes: dict[str, Any]) -> None:
         info: CodeInfo = record[R_INFO]
