@@ -90,10 +90,11 @@ def _span(span: ReadableSpan) -> _Encoded:
             f'"attributes":{key_values_json(span.attributes)},"status":{status_json}')
     if span.parent is not None:
         text += f',"parentSpanId":"{span.parent.span_id:016x}"'
-    if span.events:
+    events = span.events  # a property that copies them
+    if events:
         text += ',"events":[' + ",".join(
             f'{{"timeUnixNano":"{e.timestamp}","name":{json_string(e.name)},'
-            f'"attributes":{key_values_json(e.attributes)}}}' for e in span.events) + "]"
+            f'"attributes":{key_values_json(e.attributes)}}}' for e in events) + "]"
     return _Encoded(text + "}")
 
 
