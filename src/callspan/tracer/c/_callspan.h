@@ -197,7 +197,7 @@ cs_clock_ns(void)
     if (cs_tsc_on) {
         uint64_t now = __rdtsc();
         uint64_t ticks = now - cs_tsc_anchor.tsc;
-        if (ticks < cs_tsc_window) /* ticks * mult < 2**64: the window is ~1 ms of ticks */
+        if (ticks < cs_tsc_window) /* ticks * mult < 2**64: the window is 0.25 ms of ticks */
             return cs_tsc_anchor.ns + (long long)((ticks * cs_tsc_mult) >> 32);
         return cs_tsc_reanchor(now);
     }

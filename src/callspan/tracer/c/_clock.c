@@ -8,12 +8,14 @@
  *
  *   ns = anchor.ns + (rdtsc() - anchor.tsc) * mult >> 32
  *
- * Each thread re-anchors on CLOCK_MONOTONIC every ~1 ms of counter time (TSC_WINDOW_NS), so a
- * reading is never further from CLOCK_MONOTONIC than the scale's error over 1 ms. The scale is
+ * Each thread re-anchors on CLOCK_MONOTONIC every 0.25 ms of counter time (TSC_WINDOW_NS), so a
+ * reading is never further from CLOCK_MONOTONIC than an anchor's error (a pair read within
+ * TSC_PAIR_GOOD_TICKS: ~70 ns) plus the scale's over 0.25 ms (NTP slews CLOCK_MONOTONIC by up to
+ * 500 ppm: ~125 ns at worst, far less when the clock is in step). The scale is
  * measured, not taken from the CPU: the monotonic time over the counter ticks since the module was
  * loaded (TSC_MIN_BASELINE_NS at least), refined at every re-anchor, so its error shrinks as the
- * baseline grows (~5e-5 at 1 ms, ~5e-8 after a second: a reading within ~50 ns, then well under
- * 1 ns, of CLOCK_MONOTONIC). A thread's readings never decrease: a re-anchor takes the later of
+ * baseline grows (~5e-5 at 1 ms, ~5e-8 after a second). Measured here: readings inside the
+ * perf_counter_ns readings around them, by 30-45 ns. A thread's readings never decrease: a re-anchor takes the later of
  * CLOCK_MONOTONIC and the old anchor's extrapolation.
  *
  * Anywhere else (another clocksource, another architecture, a file that cannot be read) the hot
@@ -30,9 +32,10 @@
 #define CS_HAVE_TSC 0
 #endif
 
-#define TSC_WINDOW_NS 1000000LL      /* re-anchor after this much counter time */
+#define TSC_WINDOW_NS 250000LL       /* re-anchor after this much counter time */
 #define TSC_MIN_BASELINE_NS 1000000LL /* the first scale is measured over at least this */
-#define TSC_PAIR_MAX_TICKS 20000ULL   /* a (counter, monotonic) pair read within this, or again */
+#define TSC_PAIR_GOOD_TICKS 300ULL   /* a (counter, monotonic) pair read within this is kept */
+#define TSC_PAIR_ATTEMPTS 16
 
 int cs_tsc_on;
 uint64_t cs_tsc_mult;   /* ns per tick, << 32 */
@@ -51,22 +54,28 @@ monotonic_now(void)
 }
 
 #if CS_HAVE_TSC
-/* A counter reading and CLOCK_MONOTONIC at the same moment: read between two counter readings
- * close together (a thread preempted in between would pair them wrongly), their middle. */
+/* A counter reading and CLOCK_MONOTONIC at the same moment: the monotonic clock read between two
+ * counter readings, paired with their middle. Its error is at most half their distance (an
+ * interrupt, a preemption or a slow first read in between widens it): the closest of up to
+ * TSC_PAIR_ATTEMPTS tries, stopping at one within TSC_PAIR_GOOD_TICKS (~150 ns at 2 GHz; a pair
+ * takes ~50 ns here). */
 static void
 read_pair(uint64_t *tsc, long long *ns)
 {
-    uint64_t before = 0, after = 0;
-    long long mono = 0;
-    for (int attempt = 0; attempt < 8; attempt++) {
-        before = __rdtsc();
-        mono = monotonic_now();
-        after = __rdtsc();
-        if (after - before <= TSC_PAIR_MAX_TICKS)
+    uint64_t best = UINT64_MAX;
+    for (int attempt = 0; attempt < TSC_PAIR_ATTEMPTS; attempt++) {
+        uint64_t before = __rdtsc();
+        long long mono = monotonic_now();
+        uint64_t after = __rdtsc();
+        uint64_t spread = after - before;
+        if (spread < best) {
+            best = spread;
+            *tsc = before + spread / 2;
+            *ns = mono;
+        }
+        if (spread <= TSC_PAIR_GOOD_TICKS)
             break;
     }
-    *tsc = before + (after - before) / 2;
-    *ns = mono;
 }
 
 /* The scale from the baseline (base_tsc, base_ns) to (tsc, ns). */
@@ -75,8 +84,13 @@ rescale(uint64_t tsc, long long ns)
 {
     uint64_t ticks = tsc - base_tsc;
     long long elapsed = ns - base_ns;
-    if (ticks == 0 || elapsed <= 0)
+    if ((int64_t)ticks <= 0 || elapsed <= 0) {
+        /* the counter went back (or stood still) against the baseline, e.g. on a virtual
+         * machine moved to another host: measure from here on, keeping the scale meanwhile */
+        base_tsc = tsc;
+        base_ns = ns;
         return;
+    }
     cs_tsc_mult = (uint64_t)(((unsigned __int128)(uint64_t)elapsed << 32) / ticks);
     if (cs_tsc_mult == 0)
         cs_tsc_mult = 1;
@@ -95,9 +109,15 @@ cs_tsc_reanchor(uint64_t now)
     long long ns;
     read_pair(&tsc, &ns);
     if (cs_tsc_mult == 0) {
-        /* the first reading of the process: measure the scale over TSC_MIN_BASELINE_NS */
-        while (ns - base_ns < TSC_MIN_BASELINE_NS)
+        /* the first reading of the process: measure the scale over TSC_MIN_BASELINE_NS (busy, at
+         * most 1 ms once, when the first traced call comes that soon after the module loaded) */
+        while (ns - base_ns < TSC_MIN_BASELINE_NS || (int64_t)(tsc - base_tsc) <= 0) {
+            if ((int64_t)(tsc - base_tsc) <= 0 || ns < base_ns) { /* not a usable baseline: anew */
+                base_tsc = tsc;
+                base_ns = ns;
+            }
             read_pair(&tsc, &ns);
+        }
     }
     rescale(tsc, ns);
     if (anchor->tsc != 0) {
