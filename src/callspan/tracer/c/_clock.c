@@ -121,10 +121,15 @@ cs_tsc_reanchor(uint64_t now)
     }
     rescale(tsc, ns);
     if (anchor->tsc != 0) {
-        /* never before a reading this thread may already have returned */
-        long long extrapolated = anchor->ns + (long long)(((unsigned __int128)(tsc - anchor->tsc) * cs_tsc_mult) >> 32);
-        if (extrapolated > ns && extrapolated - ns < TSC_WINDOW_NS)
-            ns = extrapolated;
+        /* Never before a reading this thread may already have returned: the old anchor's
+         * readings end with its window, so extrapolate it to the window's end at most (across a
+         * longer pause the scale's error would accumulate into an anchor ahead of the clock). */
+        uint64_t since = tsc - anchor->tsc;
+        if (since > cs_tsc_window)
+            since = cs_tsc_window;
+        long long last = anchor->ns + (long long)(((unsigned __int128)since * cs_tsc_mult) >> 32);
+        if (last > ns && last - ns < TSC_WINDOW_NS)
+            ns = last;
     }
     anchor->tsc = tsc;
     anchor->ns = ns;
