@@ -39,3 +39,17 @@ def test_callspan_run_does_not_load_the_analyzer() -> None:
     # `analyze` gets its options
     modules = imported_after("callspan.cli; callspan.cli._parser(['analyze', 'x.jsonl'])")
     assert "callspan.analysis.cli" in modules
+
+
+def test_callspan_run_starts_without_ctypes_or_openssl(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # Start-up again: choosing the CPU counter opens perf events through the compiled module, and
+    # the key secret is derived with blake2 itself, so `callspan run` loads neither ctypes nor
+    # OpenSSL (hashlib's _hashlib, or hmac through secrets): ~5 ms of every traced program's start.
+    import pytest
+
+    pytest.importorskip("callspan.tracer._hotpath")
+    script = tmp_path / "report.py"
+    script.write_text("import sys\nprint(sorted(m for m in ('ctypes', '_hashlib', 'hmac', 'secrets') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-m", "callspan", "run", "-o", str(tmp_path / "spans.jsonl"), str(script)],
+                         capture_output=True, text=True, check=True, cwd=tmp_path).stdout
+    assert out.splitlines()[0] == "[]"
