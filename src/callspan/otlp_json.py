@@ -87,6 +87,9 @@ def _array_values_json(values: Any) -> str:
 # when full (keys come from the program's and the SDK's attribute names, a small set).
 _KEY_PREFIXES: dict[str, str] = {}
 _MAX_KEY_PREFIXES = 4096
+# The whole text of a string attribute, per (key, value): spans repeat their functions' names,
+# files, threads and argument hashes. Bounded the same way.
+_STRING_ATTRIBUTES: dict[tuple[str, str], str] = {}
 
 
 def key_values_json(attributes: Any) -> str:
@@ -98,17 +101,25 @@ def key_values_json(attributes: Any) -> str:
     if not attributes:
         return "[]"
     prefixes = _KEY_PREFIXES
+    strings = _STRING_ATTRIBUTES
     parts = []
-    for key, value in attributes.items():
+    for item in attributes.items():
+        key, value = item
+        kind = type(value)
+        if kind is str:
+            text = strings.get(item)
+            if text is None:
+                if len(strings) >= _MAX_KEY_PREFIXES:
+                    strings.clear()
+                text = strings[item] = '{"key":' + json_string(key) + ',"value":{"stringValue":' + json_string(value) + "}}"
+            parts.append(text)
+            continue
         prefix = prefixes.get(key)
         if prefix is None:
             if len(prefixes) >= _MAX_KEY_PREFIXES:
                 prefixes.clear()
             prefix = prefixes[key] = '{"key":' + json_string(key) + ',"value":'
-        kind = type(value)
-        if kind is str:
-            parts.append(prefix + '{"stringValue":' + json_string(value) + "}}")
-        elif kind is int:
+        if kind is int:
             parts.append(prefix + '{"intValue":"' + str(value) + '"}}')
         elif kind is bool:
             parts.append(prefix + ('{"boolValue":true}}' if value else '{"boolValue":false}}'))

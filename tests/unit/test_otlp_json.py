@@ -50,6 +50,9 @@ def test_text_equals_the_object_form_dumped() -> None:
         assert any_value_json(value) == dumps(any_value(value)), value
     attributes = {f"k{i}\x1b\"": random_value(rng) for i in range(50)}
     assert key_values_json(attributes) == dumps(key_values(attributes))
+    assert key_values_json(attributes) == dumps(key_values(attributes))  # string attributes from the cache
+    same_values = {"a": "x", "b": "x", "x": "a"}  # a cached text is its key's and value's only
+    assert key_values_json(same_values) == dumps(key_values(same_values))
     assert key_values_json(None) == dumps(key_values(None)) == "[]"
     big = list(range(100_000))
     assert any_value_json(big) == dumps(any_value(big))

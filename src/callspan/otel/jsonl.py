@@ -25,14 +25,35 @@ class _Encoded(str):
 
 def _dumps(value: Any) -> str:
     """Compact JSON, as ``json.dumps(value, separators=(",", ":"))`` writes it, with
-    ``_Encoded`` parts as they are (the attributes: see callspan.otlp_json)."""
+    ``_Encoded`` parts as they are (the attributes: see callspan.otlp_json). Written as pieces
+    joined once: a request is megabytes of span text, which nested concatenation copied at every
+    level."""
+    parts: list[str] = []
+    _write(value, parts)
+    return "".join(parts)
+
+
+def _write(value: Any, out: list[str]) -> None:
     if isinstance(value, _Encoded):
-        return value
-    if isinstance(value, dict):
-        return "{" + ",".join(json_string(k) + ":" + _dumps(v) for k, v in value.items()) + "}"
-    if isinstance(value, list):
-        return "[" + ",".join(map(_dumps, value)) + "]"
-    return json.dumps(value)
+        out.append(value)
+    elif isinstance(value, dict):
+        out.append("{")
+        for i, (key, item) in enumerate(value.items()):
+            out.append(("," if i else "") + json_string(key) + ":")
+            _write(item, out)
+        out.append("}")
+    elif isinstance(value, list):
+        if value and all(type(item) is _Encoded for item in value):  # spans: text already
+            out.append("[" + ",".join(value) + "]")
+            return
+        out.append("[")
+        for i, item in enumerate(value):
+            if i:
+                out.append(",")
+            _write(item, out)
+        out.append("]")
+    else:
+        out.append(json.dumps(value))
 
 
 def encode_spans(spans: Sequence[ReadableSpan]) -> str:
