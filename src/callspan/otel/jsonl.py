@@ -43,9 +43,6 @@ def _write(value: Any, out: list[str]) -> None:
             _write(item, out)
         out.append("}")
     elif isinstance(value, list):
-        if value and all(type(item) is _Encoded for item in value):  # spans: text already
-            out.append("[" + ",".join(value) + "]")
-            return
         out.append("[")
         for i, item in enumerate(value):
             if i:

@@ -27,14 +27,14 @@ import types
 from collections.abc import Callable, Iterable
 from fnmatch import fnmatchcase
 from types import FrameType
+from typing import Any
+
+from callspan.tracer.selection import CodeInfo
 
 try:  # blake2 itself: importing hashlib would also load OpenSSL (~3 ms at start-up), unused here
     from _blake2 import blake2b
 except ImportError:  # pragma: no cover - CPython builds _blake2 everywhere
     from hashlib import blake2b
-from typing import Any
-
-from callspan.tracer.selection import CodeInfo
 
 # After this many consecutive calls whose arguments could not be keyed at all (unhashable and
 # not fingerprinted: a parsed JSON request, say), a function's calls are no longer keyed: its

@@ -333,7 +333,7 @@ class Recorder:
         INFO, PARENT, START, END, SEG_CPU, CPU, CHILD_CPU = R_INFO, R_PARENT, R_START, R_END, R_SEG_CPU, R_CPU, R_CHILD_CPU
         RET, RET_SIZE, ERROR, SUSPENDS, SUSP_NS, SUSP_AT, PREV = (
             R_RET, R_RET_SIZE, R_ERROR, R_SUSPENDS, R_SUSP_NS, R_SUSP_AT, R_PREV_CURRENT)
-        NODE, KEEP, ARGS = R_NODE, R_KEEP, R_ARGS
+        NODE, KEEP, ARGS, SHADOW = R_NODE, R_KEEP, R_ARGS, R_SHADOW
         gate_get = self.gate.get if self.gate is not None else None
 
         def start(info: CodeInfo, frame: FrameType) -> None:
@@ -422,7 +422,7 @@ class Recorder:
                 # A shadowed call's return value is not folded (fold_key counts the call and
                 # stops): unless a span shows it, it is not hashed.
                 if (info.keys and info.unkeyed < UNKEYABLE_AFTER and record[ARGS] is not IDENTITY_ONLY
-                        and (record[KEEP] or not record[R_SHADOW] & SHADOWED)):
+                        and (record[KEEP] or not record[SHADOW] & SHADOWED)):
                     record[RET] = value_key(value, info, clock)
                     # Sizes only feed memory estimates, on spans: measured on one kept call in
                     # RET_SIZE_EVERY.

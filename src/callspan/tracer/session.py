@@ -41,10 +41,10 @@ class SessionFacts:
     cpu_unit: str
     cpu_reason: str
     cpu_interval_ns: int = 0
-    instance_id: str = ""
+    instance_id: str = ""  # service.instance.id of this process's session (production mode), or ""
     # How call times are read: "tsc" (the compiled hot path scaling the time-stamp counter to
     # CLOCK_MONOTONIC), "monotonic" (CLOCK_MONOTONIC), or "injected" (a clock the caller gave).
-    clock: str = "monotonic"  # service.instance.id of this process's session (production mode), or ""
+    clock: str = "monotonic"
 
 
 class Session:

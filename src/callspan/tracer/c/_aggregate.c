@@ -63,6 +63,10 @@ octave_make(int top)
         int64_t low = ((int64_t)((1 << SLICE_BITS) + j)) << shift;
         int64_t high = low + ((int64_t)1 << shift) - 1;
         int32_t bucket = sketch_bucket_libm(low), at_high = sketch_bucket_libm(high);
+        if (bucket + 1 > MAX_BUCKETS || (at_high != bucket && at_high != bucket + 1)) {
+            octave_state[top] = -1;
+            return -1;
+        }
         if (at_high == bucket + 1) { /* the next bucket starts in (low, high]: find where */
             int64_t lo = low, hi = high; /* bucket(lo) == bucket, bucket(hi) == bucket + 1 */
             while (hi - lo > 1) {
@@ -73,10 +77,6 @@ octave_make(int top)
                     lo = mid;
             }
             bucket_start[bucket + 1] = (uint64_t)hi;
-        }
-        else if (at_high != bucket || bucket + 1 > MAX_BUCKETS) {
-            octave_state[top] = -1;
-            return -1;
         }
         slice_bucket[top][j] = (int16_t)bucket;
     }

@@ -185,15 +185,28 @@ CS_HIDDEN PyObject *cs_py_clock_ns(PyObject *module, PyObject *unused);
 CS_HIDDEN PyObject *cs_py_clock_source(PyObject *module, PyObject *unused);
 #if defined(__x86_64__) && defined(__linux__)
 #include <x86intrin.h>
+#define CS_HAVE_TSC 1
+#else
+#define CS_HAVE_TSC 0
 #endif
 #include <time.h>
+
+/* CLOCK_MONOTONIC (what time.perf_counter_ns reads), ns: the clock the counter is scaled to, and
+ * the one user hashes are timed by. */
+static inline long long
+cs_monotonic_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
 
 /* The hot path's wall clock, ns: CLOCK_MONOTONIC (what time.perf_counter_ns reads), through the
  * time-stamp counter when cs_tsc_on (see _clock.c). */
 static inline long long
 cs_clock_ns(void)
 {
-#if defined(__x86_64__) && defined(__linux__)
+#if CS_HAVE_TSC
     if (cs_tsc_on) {
         uint64_t now = __rdtsc();
         uint64_t ticks = now - cs_tsc_anchor.tsc;
@@ -202,9 +215,7 @@ cs_clock_ns(void)
         return cs_tsc_reanchor(now);
     }
 #endif
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+    return cs_monotonic_ns();
 }
 
 /* -- keys (_keys.c) ------------------------------------------------------------------------ */
@@ -226,8 +237,6 @@ CS_HIDDEN PyObject *cs_args_key(PyObject *kwd_mark, CodeInfoObject *ci, PyFrameO
 /* (raw hash or fingerprint or None, hashable) as keys.value_key computes it; a bare int when
  * hashable. NULL only for an interrupt (or a failing injected clock). */
 CS_HIDDEN PyObject *cs_value_key(PyObject *value, int64_t *raw, int *kind, CodeInfoObject *ci, PyObject *clock);
-/* The monotonic clock the hot path reads (time.perf_counter_ns), ns. (_hotpath.c) */
-CS_HIDDEN long long cs_monotonic_ns(void);
 CS_HIDDEN int cs_keys_init(void);
 /* module functions (tests and the builder) */
 CS_HIDDEN PyObject *cs_py_siphash24(PyObject *module, PyObject *const *args, Py_ssize_t nargs);

@@ -23,14 +23,6 @@
  * process's; the anchors are per thread). */
 #include "_callspan.h"
 #include <string.h>
-#include <time.h>
-
-#if defined(__x86_64__) && defined(__linux__)
-#include <x86intrin.h>
-#define CS_HAVE_TSC 1
-#else
-#define CS_HAVE_TSC 0
-#endif
 
 #define TSC_WINDOW_NS 250000LL       /* re-anchor after this much counter time */
 #define TSC_MIN_BASELINE_NS 1000000LL /* the first scale is measured over at least this */
@@ -45,14 +37,6 @@ __thread CsTscAnchor cs_tsc_anchor __attribute__((tls_model("initial-exec")));
 static uint64_t base_tsc;
 static long long base_ns;
 
-static inline long long
-monotonic_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
-
 #if CS_HAVE_TSC
 /* A counter reading and CLOCK_MONOTONIC at the same moment: the monotonic clock read between two
  * counter readings, paired with their middle. Its error is at most half their distance (an
@@ -65,7 +49,7 @@ read_pair(uint64_t *tsc, long long *ns)
     uint64_t best = UINT64_MAX;
     for (int attempt = 0; attempt < TSC_PAIR_ATTEMPTS; attempt++) {
         uint64_t before = __rdtsc();
-        long long mono = monotonic_now();
+        long long mono = cs_monotonic_ns();
         uint64_t after = __rdtsc();
         uint64_t spread = after - before;
         if (spread < best) {
@@ -138,7 +122,7 @@ cs_tsc_reanchor(uint64_t now)
     return ns + (long long)(((unsigned __int128)(now - tsc) * cs_tsc_mult) >> 32);
 #else
     (void)now;
-    return monotonic_now();
+    return cs_monotonic_ns();
 #endif
 }
 

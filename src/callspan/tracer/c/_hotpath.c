@@ -127,20 +127,6 @@ interval_commit(IntervalClock *c, long long now, long long real)
 }
 
 static inline long long
-monotonic_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
-
-long long
-cs_monotonic_ns(void)
-{
-    return monotonic_ns();
-}
-
-static inline long long
 thread_cpu_ns(void)
 {
     struct timespec ts;
