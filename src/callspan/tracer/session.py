@@ -245,6 +245,7 @@ class Session:
 
     def _run(self) -> None:
         interval = self.settings.flush_interval
+        pacer = BuildPacer(interval, self.settings.max_pending)
         while self._running and not self._paused:
             wake = self._wake
             wake.wait(interval)
@@ -254,7 +255,10 @@ class Session:
             if signum and self._signal_action is not None:
                 self._signal_action(signum)
                 return
+            if pacer.defer(len(self.recorder.finished), profile_due=self._next_profile):
+                continue
             self.flush()
+            pacer.built()
 
     # -- fork: all of it here ------------------------------------------------------------------
     # The builder thread is stopped before the program forks and started again on both sides:
@@ -295,6 +299,53 @@ class Session:
         self._signal_action = None
         if self._running and self._background:
             self._start_thread()
+
+
+class BuildPacer:
+    """When the builder thread builds: at every flush interval while the program leaves the CPU
+    idle (the builder's work then costs the program nothing), otherwise at most every
+    ``BUSY_MAX_DEFER_S``. The builder shares the GIL: against a program that keeps a CPU busy,
+    each pass is a run of forced GIL hand-overs that slows the program beyond the pass's own CPU
+    (call_heavy: ~0.15x of plain's time, docs/performance.md); fewer, larger passes cost less.
+    A pass is never deferred past the aggregates' export time, nor while a tenth of the pending
+    bound is used (records are held meanwhile: memory, and spans not built beyond the bound).
+
+    The clocks are injectable for tests: ``wall`` (seconds), ``process_cpu`` (the process's CPU
+    seconds), ``own_cpu`` (the builder thread's, subtracted: the program's share is measured)."""
+
+    # The OpenTelemetry SDK's BatchSpanProcessor waits this long between exports by default
+    # (OTEL_BSP_SCHEDULE_DELAY, 5000 ms): spans of a busy program arrive no later than with it.
+    BUSY_MAX_DEFER_S = 5.0
+    # The program is busy when it used this share of one CPU since the last look.
+    BUSY_CPU_SHARE = 0.9
+
+    def __init__(self, interval: float, max_pending: int, *, wall: Callable[[], float] = time.monotonic,
+                 process_cpu: Callable[[], float] = time.process_time,
+                 own_cpu: Callable[[], float] = time.thread_time) -> None:
+        self.max_defer = max(self.BUSY_MAX_DEFER_S, interval)
+        self.pending_limit = max_pending // 10
+        self._wall, self._process_cpu, self._own_cpu = wall, process_cpu, own_cpu
+        self.deferred = 0  # passes deferred so far
+        self.built()
+
+    def defer(self, pending: int, *, profile_due: float) -> bool:
+        """Whether to skip this pass (``pending``: finished records waiting; ``profile_due``:
+        when the aggregates are to be exported, on the ``wall`` clock)."""
+        wall, process_cpu, own_cpu = self._wall(), self._process_cpu(), self._own_cpu()
+        program_cpu = (process_cpu - self._mark_process) - (own_cpu - self._mark_own)
+        busy = program_cpu >= self.BUSY_CPU_SHARE * (wall - self._mark_wall)
+        self._mark_wall, self._mark_process, self._mark_own = wall, process_cpu, own_cpu
+        if (busy and wall - self._last_build < self.max_defer and pending < self.pending_limit
+                and wall < profile_due):
+            self.deferred += 1
+            return True
+        return False
+
+    def built(self) -> None:
+        """A pass is done: the next look measures the program from here."""
+        self._last_build = self._mark_wall = self._wall()
+        self._mark_process = self._process_cpu()
+        self._mark_own = self._own_cpu()
 
 
 class _PipeWakeup:
