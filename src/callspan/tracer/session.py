@@ -326,6 +326,7 @@ class BuildPacer:
         self.pending_limit = max_pending // 10
         self._wall, self._process_cpu, self._own_cpu = wall, process_cpu, own_cpu
         self.deferred = 0  # passes deferred so far
+        self._last_build = self._mark_wall = self._mark_process = self._mark_own = 0.0
         self.built()
 
     def defer(self, pending: int, *, profile_due: float) -> bool:
