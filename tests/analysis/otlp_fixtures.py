@@ -48,7 +48,7 @@ def span(name: str, span_id: int, start: int, end: int, *, parent: int | None = 
         attrs["callspan.cpu.self"] = cpu if cpu_self is None else cpu_self
     if args is not None:
         attrs["callspan.args.hash"] = hexkey(args)
-        attrs["callspan.args.hashable"] = True
+        attrs["callspan.args.hashable"] = True  # as traces before 2026-12-06 wrote it (now: false only)
     if ret is not None and not error:
         attrs["callspan.return.hash"] = hexkey(ret)
         attrs["callspan.return.hashable"] = True

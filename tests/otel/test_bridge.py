@@ -165,7 +165,7 @@ def test_jsonl_exporter_writes_otlp_json(tmp_path) -> None:  # type: ignore[no-u
     assert o["kind"] == 1 and i["status"]["code"] == 2
     attrs = {a["key"]: a["value"] for a in o["attributes"]}
     assert attrs["code.line.number"] == {"intValue": str(outer.__code__.co_firstlineno)}
-    assert attrs["callspan.args.hashable"] == {"boolValue": True}
+    assert "callspan.args.hashable" not in attrs  # written only when false
     assert list(attrs["callspan.args.hash"]) == ["stringValue"]
     rs = json.loads(lines[0])["resourceSpans"][0]
     assert {"key": "service.name", "value": {"stringValue": "unit"}} in rs["resource"]["attributes"]

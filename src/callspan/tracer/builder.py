@@ -214,8 +214,8 @@ class SpanBuilder:
         if args is not None:
             if args[0] is not None:
                 attributes["callspan.args.hash"] = _hex(keyed(args[0]))
-            attributes["callspan.args.hashable"] = not args[1]
-            if args[1]:
+            if args[1]:  # hashable is the rule: only its exception is written (docs/span-schema.md)
+                attributes["callspan.args.hashable"] = False
                 attributes["callspan.args.unhashable"] = args[1]
             if args[2]:
                 attributes["callspan.args.identity"] = True
@@ -223,7 +223,8 @@ class SpanBuilder:
         if ret is not None and record[R_ERROR] is None:
             if ret[0] is not None:
                 attributes["callspan.return.hash"] = _hex(keyed(ret[0]))
-            attributes["callspan.return.hashable"] = ret[1]
+            if not ret[1]:
+                attributes["callspan.return.hashable"] = False
             if record[R_RET_SIZE] is not None and self.return_size:
                 attributes["callspan.return.size"] = record[R_RET_SIZE]
         if info.is_method:
