@@ -306,7 +306,7 @@ class BuildPacer:
     idle (the builder's work then costs the program nothing), otherwise at most every
     ``BUSY_MAX_DEFER_S``. The builder shares the GIL: against a program that keeps a CPU busy,
     each pass is a run of forced GIL hand-overs that slows the program beyond the pass's own CPU
-    (call_heavy: ~0.15x of plain's time, docs/performance.md); fewer, larger passes cost less.
+    (measured in docs/performance.md); fewer, larger passes cost less.
     A pass is never deferred past the aggregates' export time, nor while a tenth of the pending
     bound is used (records are held meanwhile: memory, and spans not built beyond the bound).
 
