@@ -83,12 +83,13 @@ def _array_values_json(values: Any) -> str:
     return ",".join(map(any_value_json, values))
 
 
-# '{"key":<key>,"value":' per attribute key: spans repeat the same few keys. Bounded: cleared
-# when full (keys come from the program's and the SDK's attribute names, a small set).
+# Entries in each text cache below; a full one is cleared.
+_MAX_CACHED_TEXTS = 4096
+# '{"key":<key>,"value":' per attribute key: spans repeat the same few keys (the program's and
+# the SDK's attribute names, a small set).
 _KEY_PREFIXES: dict[str, str] = {}
-_MAX_KEY_PREFIXES = 4096
 # The whole text of a string attribute, per (key, value): spans repeat their functions' names,
-# files, threads and argument hashes. Bounded the same way.
+# files, threads and argument hashes.
 _STRING_ATTRIBUTES: dict[tuple[str, str], str] = {}
 
 
@@ -109,14 +110,14 @@ def key_values_json(attributes: Any) -> str:
         if kind is str:
             text = strings.get(item)
             if text is None:
-                if len(strings) >= _MAX_KEY_PREFIXES:
+                if len(strings) >= _MAX_CACHED_TEXTS:
                     strings.clear()
                 text = strings[item] = '{"key":' + json_string(key) + ',"value":{"stringValue":' + json_string(value) + "}}"
             parts.append(text)
             continue
         prefix = prefixes.get(key)
         if prefix is None:
-            if len(prefixes) >= _MAX_KEY_PREFIXES:
+            if len(prefixes) >= _MAX_CACHED_TEXTS:
                 prefixes.clear()
             prefix = prefixes[key] = '{"key":' + json_string(key) + ',"value":'
         if kind is int:

@@ -319,6 +319,12 @@ class BuildPacer:
     # The program is busy when it used this share of one CPU since the last look.
     BUSY_CPU_SHARE = 0.9
 
+    # Set by built(): the last pass, and the clocks at the last look.
+    _last_build: float
+    _mark_wall: float
+    _mark_process: float
+    _mark_own: float
+
     def __init__(self, interval: float, max_pending: int, *, wall: Callable[[], float] = time.monotonic,
                  process_cpu: Callable[[], float] = time.process_time,
                  own_cpu: Callable[[], float] = time.thread_time) -> None:
@@ -326,7 +332,6 @@ class BuildPacer:
         self.pending_limit = max_pending // 10
         self._wall, self._process_cpu, self._own_cpu = wall, process_cpu, own_cpu
         self.deferred = 0  # passes deferred so far
-        self._last_build = self._mark_wall = self._mark_process = self._mark_own = 0.0
         self.built()
 
     def defer(self, pending: int, *, profile_due: float) -> bool:
